@@ -1,0 +1,284 @@
+//! The node configuration: one TOML file per node, every field with a default and a unit,
+//! validated at start-up with a message that names the field. Documented in docs/CONFIG.md.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// A configuration error names the field and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("config field `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, reason: reason.into() }
+}
+
+/// Everything a `kho server` process needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's id; unique in the cluster, never reused. Required, > 0.
+    pub node_id: u64,
+    /// Address the gRPC server binds (clients and peers). Default `127.0.0.1:7001`.
+    pub listen_addr: String,
+    /// Address other nodes and clients use to reach this node. Default: `listen_addr`.
+    pub advertise_addr: Option<String>,
+    /// Directory of this node's RocksDB and snapshot files. Default `./kho-data`.
+    pub data_dir: PathBuf,
+    /// Members of a new cluster, `"id=host:port"`. Every member of a new cluster is started
+    /// with the same list; a fresh node bootstraps the cluster with it. Empty on a node that
+    /// joins an existing cluster (`kho cluster add-node`). Ignored once the node has state.
+    pub initial_members: Vec<String>,
+    pub raft: RaftConfig,
+    pub limits: Limits,
+}
+
+/// Raft timing and log retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Leader heartbeat interval, milliseconds. Default 100.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomized election timeout, milliseconds. Default 800.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout, milliseconds. Default 1600.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one. Default 20000.
+    pub snapshot_logs_since_last: u64,
+    /// Log entries kept behind the last snapshot, for slow followers. Default 5000.
+    pub logs_to_keep_after_snapshot: u64,
+    /// Largest chunk of a snapshot stream, bytes (before compression). Default 1048576.
+    pub snapshot_chunk_bytes: u64,
+    /// Most entries in one append-entries message. Default 1000.
+    pub append_entries_max: u64,
+    /// Timeout of one append-entries or vote message, milliseconds. Default 2000.
+    pub rpc_timeout_ms: u64,
+    /// Timeout of one whole snapshot transfer, milliseconds. Default 600000.
+    pub snapshot_timeout_ms: u64,
+}
+
+/// Limits on client requests, checked before anything reaches Raft.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest key or row key, bytes. Default 4096.
+    pub key_bytes_max: u64,
+    /// Largest qualifier, bytes. Default 4096.
+    pub qualifier_bytes_max: u64,
+    /// Largest value, bytes. Default 1048576 (1 MiB).
+    pub value_bytes_max: u64,
+    /// Most operations in one Write, MutateRow or BatchGet. Default 1000.
+    pub batch_ops_max: u64,
+    /// Largest total of keys and values in one Write or MutateRow, bytes. Default 8388608.
+    pub batch_bytes_max: u64,
+    /// Most pairs or rows one Scan or ScanRows returns. Default 10000.
+    pub scan_limit_max: u64,
+    /// Largest encoded gRPC message the server accepts, bytes. Default 16777216.
+    pub grpc_message_bytes_max: u64,
+    /// Most requests a node serves at once (others wait), count. Default 1024.
+    pub concurrent_requests_max: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 0,
+            listen_addr: "127.0.0.1:7001".to_string(),
+            advertise_addr: None,
+            data_dir: PathBuf::from("./kho-data"),
+            initial_members: Vec::new(),
+            raft: RaftConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 800,
+            election_timeout_max_ms: 1600,
+            snapshot_logs_since_last: 20_000,
+            logs_to_keep_after_snapshot: 5_000,
+            snapshot_chunk_bytes: 1 << 20,
+            append_entries_max: 1_000,
+            rpc_timeout_ms: 2_000,
+            snapshot_timeout_ms: 600_000,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            key_bytes_max: 4096,
+            qualifier_bytes_max: 4096,
+            value_bytes_max: 1 << 20,
+            batch_ops_max: 1000,
+            batch_bytes_max: 8 << 20,
+            scan_limit_max: 10_000,
+            grpc_message_bytes_max: 16 << 20,
+            concurrent_requests_max: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; unknown fields are errors.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::File { path: path.display().to_string(), reason: e.to_string() })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::File { reason, .. } => ConfigError::File { path: path.display().to_string(), reason },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::File { path: String::new(), reason: e.to_string() })
+    }
+
+    /// The address peers and clients use for this node.
+    pub fn advertise_addr(&self) -> &str {
+        self.advertise_addr.as_deref().unwrap_or(&self.listen_addr)
+    }
+
+    /// Parses `initial_members` into id → address.
+    pub fn initial_members(&self) -> Result<BTreeMap<u64, String>, ConfigError> {
+        let mut members = BTreeMap::new();
+        for m in &self.initial_members {
+            let (id, addr) = m
+                .split_once('=')
+                .ok_or_else(|| invalid("initial_members", format!("`{m}` is not of the form id=host:port")))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| invalid("initial_members", format!("`{m}`: node id is not a number")))?;
+            if id == 0 {
+                return Err(invalid("initial_members", format!("`{m}`: node id must be > 0")));
+            }
+            check_host_port("initial_members", addr.trim())?;
+            if members.insert(id, addr.trim().to_string()).is_some() {
+                return Err(invalid("initial_members", format!("node id {id} appears twice")));
+            }
+        }
+        Ok(members)
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "must be set to a number > 0"));
+        }
+        self.listen_addr
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("listen_addr", format!("`{}` is not ip:port ({e})", self.listen_addr)))?;
+        if let Some(a) = &self.advertise_addr {
+            check_host_port("advertise_addr", a)?;
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        let members = self.initial_members()?;
+        if !members.is_empty() && !members.contains_key(&self.node_id) {
+            return Err(invalid(
+                "initial_members",
+                format!("does not contain this node's id {} (node_id)", self.node_id),
+            ));
+        }
+        let r = &self.raft;
+        positive("raft.heartbeat_interval_ms", r.heartbeat_interval_ms)?;
+        positive("raft.election_timeout_min_ms", r.election_timeout_min_ms)?;
+        if r.election_timeout_min_ms <= r.heartbeat_interval_ms {
+            return Err(invalid(
+                "raft.election_timeout_min_ms",
+                format!("must be greater than raft.heartbeat_interval_ms ({})", r.heartbeat_interval_ms),
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err(invalid(
+                "raft.election_timeout_max_ms",
+                format!("must be greater than raft.election_timeout_min_ms ({})", r.election_timeout_min_ms),
+            ));
+        }
+        positive("raft.snapshot_logs_since_last", r.snapshot_logs_since_last)?;
+        in_range("raft.snapshot_chunk_bytes", r.snapshot_chunk_bytes, 4096, 64 << 20)?;
+        in_range("raft.append_entries_max", r.append_entries_max, 1, 100_000)?;
+        positive("raft.rpc_timeout_ms", r.rpc_timeout_ms)?;
+        positive("raft.snapshot_timeout_ms", r.snapshot_timeout_ms)?;
+        let l = &self.limits;
+        // Key sizes are bounded by the storage format (row key length fits the encoding and
+        // RocksDB handles keys well up to tens of KiB).
+        in_range("limits.key_bytes_max", l.key_bytes_max, 1, 65_536)?;
+        in_range("limits.qualifier_bytes_max", l.qualifier_bytes_max, 1, 65_536)?;
+        in_range("limits.value_bytes_max", l.value_bytes_max, 1, 64 << 20)?;
+        in_range("limits.batch_ops_max", l.batch_ops_max, 1, 100_000)?;
+        in_range("limits.batch_bytes_max", l.batch_bytes_max, 1, 256 << 20)?;
+        in_range("limits.scan_limit_max", l.scan_limit_max, 1, 10_000_000)?;
+        in_range("limits.grpc_message_bytes_max", l.grpc_message_bytes_max, 4096, 1 << 30)?;
+        if l.grpc_message_bytes_max < l.value_bytes_max + l.key_bytes_max {
+            return Err(invalid(
+                "limits.grpc_message_bytes_max",
+                "must be at least limits.value_bytes_max + limits.key_bytes_max",
+            ));
+        }
+        in_range("limits.concurrent_requests_max", l.concurrent_requests_max, 1, 1_000_000)?;
+        Ok(())
+    }
+}
+
+fn positive(field: &'static str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(invalid(field, "must be > 0"));
+    }
+    Ok(())
+}
+
+fn in_range(field: &'static str, v: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if v < min || v > max {
+        return Err(invalid(field, format!("{v} is outside {min}..={max}")));
+    }
+    Ok(())
+}
+
+fn check_host_port(field: &'static str, s: &str) -> Result<(), ConfigError> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(invalid(field, format!("`{s}` is not host:port"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_with_node_id_are_valid() {
+        let c = Config::from_toml("node_id = 1").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.limits.value_bytes_max, 1 << 20);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::from_toml("").unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("node_id"), "{e}");
+        let c = Config::from_toml("node_id = 1\n[raft]\nelection_timeout_min_ms = 50\nheartbeat_interval_ms = 100").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("raft.election_timeout_min_ms"), "{e}");
+        let e = Config::from_toml("node_id = 1\nbogus = 2").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let c = Config::from_toml("node_id = 2\ninitial_members = [\"1=127.0.0.1:7001\"]").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("initial_members"), "{e}");
+    }
+}
