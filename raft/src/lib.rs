@@ -1,1 +1,45 @@
+//! Kho's Raft layer: the openraft type configuration, the RocksDB log store and state
+//! machine (over `kho-engine`), streamed snapshots, and a node that hosts many Raft groups.
+//!
+//! This crate knows nothing of tonic: it defines the [`Transport`] trait that the `rpc`
+//! crate implements, and it encodes every Raft message it sends as opaque bytes.
 
+pub mod catalog;
+pub mod codec;
+pub mod command;
+mod error;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod snapshot;
+pub mod state_machine;
+
+pub use command::{AppError, AppErrorKind, Command, Response, WriteOp};
+pub use error::{ProposeError, RaftNodeError};
+pub use network::{MessageKind, Transport, TransportError};
+pub use node::{Group, GroupStatus, MemberStatus, RaftNode, RaftSettings};
+
+/// A node's id: unique in the cluster, never reused, > 0.
+pub type NodeId = u64;
+/// A Raft group's id. Group 1 is the first data group (it also holds the catalog).
+pub type GroupId = u64;
+
+/// The first data group, which also holds the catalog in this version.
+pub const DATA_GROUP: GroupId = 1;
+
+openraft::declare_raft_types!(
+    /// Kho's openraft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+);
+
+pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type Membership = openraft::Membership<NodeId, openraft::BasicNode>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;

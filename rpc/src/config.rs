@@ -63,6 +63,9 @@ pub struct RaftConfig {
     pub rpc_timeout_ms: u64,
     /// Timeout of one whole snapshot transfer, milliseconds. Default 600000.
     pub snapshot_timeout_ms: u64,
+    /// How long a client write or linearizable read waits for a quorum before it is
+    /// answered UNAVAILABLE, milliseconds. Default 5000.
+    pub proposal_timeout_ms: u64,
 }
 
 /// Limits on client requests, checked before anything reaches Raft.
@@ -113,6 +116,7 @@ impl Default for RaftConfig {
             append_entries_max: 1_000,
             rpc_timeout_ms: 2_000,
             snapshot_timeout_ms: 600_000,
+            proposal_timeout_ms: 5_000,
         }
     }
 }
@@ -133,6 +137,22 @@ impl Default for Limits {
 }
 
 impl Config {
+    /// The Raft settings of this config.
+    pub fn raft_settings(&self) -> kho_raft::RaftSettings {
+        let r = &self.raft;
+        kho_raft::RaftSettings {
+            heartbeat_interval_ms: r.heartbeat_interval_ms,
+            election_timeout_min_ms: r.election_timeout_min_ms,
+            election_timeout_max_ms: r.election_timeout_max_ms,
+            snapshot_logs_since_last: r.snapshot_logs_since_last,
+            logs_to_keep_after_snapshot: r.logs_to_keep_after_snapshot,
+            snapshot_chunk_bytes: r.snapshot_chunk_bytes,
+            append_entries_max: r.append_entries_max,
+            rpc_timeout_ms: r.rpc_timeout_ms,
+            snapshot_timeout_ms: r.snapshot_timeout_ms,
+        }
+    }
+
     /// Reads a TOML file; unknown fields are errors.
     pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -215,6 +235,7 @@ impl Config {
         in_range("raft.append_entries_max", r.append_entries_max, 1, 100_000)?;
         positive("raft.rpc_timeout_ms", r.rpc_timeout_ms)?;
         positive("raft.snapshot_timeout_ms", r.snapshot_timeout_ms)?;
+        positive("raft.proposal_timeout_ms", r.proposal_timeout_ms)?;
         let l = &self.limits;
         // Key sizes are bounded by the storage format (row key length fits the encoding and
         // RocksDB handles keys well up to tens of KiB).

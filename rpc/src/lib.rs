@@ -1,7 +1,18 @@
-//! Kho's gRPC services, routing and server assembly.
+//! Kho's gRPC services, request routing and forwarding, and server assembly. The only
+//! crate that knows tonic.
 
+mod admin;
+mod channels;
 pub mod config;
+pub mod ctx;
+mod data;
+mod server;
+mod status;
+mod transport;
+mod validate;
+
 pub use config::Config;
+pub use server::run_server;
 
 /// Why a server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -11,14 +22,4 @@ pub enum ServerError {
     Config(#[from] config::ConfigError),
     #[error("{0}")]
     Other(String),
-}
-
-/// Runs a node until `shutdown` completes, then stops gracefully.
-pub async fn run_server(
-    config: Config,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    config.validate()?;
-    let _ = shutdown;
-    Err(ServerError::Other("server not assembled yet".into()))
 }

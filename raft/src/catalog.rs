@@ -1,0 +1,153 @@
+//! The catalog: tenants, tables and their column families, replicated through the log and
+//! stored in the data column family under the reserved system tenant (id 0), so that
+//! snapshots and checksums cover it like any other data.
+//!
+//! System tables (tenant 0): table 1 `tenants` (row = tenant name → tenant id u32 BE),
+//! table 2 `tables` (row = tenant id u32 BE ++ table name → table record), table 3
+//! `counters` (row = counter name → u32 BE). Ids are never reused, so a dropped table's
+//! data can never reappear under a new table of the same name.
+
+use std::collections::BTreeMap;
+
+use kho_engine::keys::{self, FamilyId, TableId, TenantId, SYSTEM_TENANT};
+
+use crate::codec::{DecodeError, Reader, Writer};
+
+pub const SYS_TENANTS: TableId = 1;
+pub const SYS_TABLES: TableId = 2;
+pub const SYS_COUNTERS: TableId = 3;
+pub const NEXT_TENANT_ID: &[u8] = b"next_tenant_id";
+pub const NEXT_TABLE_ID: &[u8] = b"next_table_id";
+
+/// Most column families a table may declare.
+pub const FAMILIES_PER_TABLE_MAX: usize = 256;
+/// Longest tenant, table or family name, bytes.
+pub const NAME_BYTES_MAX: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableMeta {
+    pub tenant: String,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub id: TableId,
+    /// Families in declaration order; a family's id is its position + 1.
+    pub families: Vec<String>,
+}
+
+impl TableMeta {
+    /// The family's id; an empty name means the first family.
+    pub fn family_id(&self, name: &str) -> Option<FamilyId> {
+        if name.is_empty() {
+            return Some(1);
+        }
+        self.families.iter().position(|f| f == name).map(|i| (i + 1) as FamilyId)
+    }
+
+    pub fn family_name(&self, id: FamilyId) -> Option<&str> {
+        self.families.get((id as usize).checked_sub(1)?).map(String::as_str)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u32(self.id);
+        w.bytes(self.name.as_bytes());
+        w.u32(self.families.len() as u32);
+        for f in &self.families {
+            w.bytes(f.as_bytes());
+        }
+        w.buf
+    }
+
+    pub fn decode(tenant: &str, tenant_id: TenantId, bytes: &[u8]) -> Result<TableMeta, DecodeError> {
+        let mut r = Reader::new(bytes, "table record");
+        let id = r.u32()?;
+        let name = utf8(r.bytes()?)?;
+        let n = r.u32()?;
+        let mut families = Vec::new();
+        for _ in 0..n {
+            families.push(utf8(r.bytes()?)?);
+        }
+        r.finish()?;
+        Ok(TableMeta { tenant: tenant.to_string(), tenant_id, name, id, families })
+    }
+}
+
+fn utf8(b: &[u8]) -> Result<String, DecodeError> {
+    String::from_utf8(b.to_vec()).map_err(|_| DecodeError { what: "catalog", reason: "name is not UTF-8".into() })
+}
+
+/// The in-memory catalog, rebuilt from storage at start and after a snapshot install.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub tenants: BTreeMap<String, TenantId>,
+    /// (tenant name, table name) → table.
+    pub tables: BTreeMap<(String, String), TableMeta>,
+}
+
+impl Catalog {
+    pub fn table(&self, tenant: &str, table: &str) -> Result<&TableMeta, crate::AppError> {
+        if !self.tenants.contains_key(tenant) {
+            return Err(crate::AppError::not_found(format!("tenant `{tenant}` does not exist")));
+        }
+        self.tables
+            .get(&(tenant.to_string(), table.to_string()))
+            .ok_or_else(|| crate::AppError::not_found(format!("table `{tenant}/{table}` does not exist")))
+    }
+
+    /// Loads the catalog from the system tables of the data column family.
+    pub fn load(engine: &kho_engine::Engine) -> Result<Catalog, kho_engine::Error> {
+        let mut cat = Catalog::default();
+        let (start, end) = keys::row_range(SYSTEM_TENANT, SYS_TENANTS, b"", None, b"");
+        for (k, v) in engine.scan_values(&start, &end, usize::MAX)? {
+            let dk = keys::decode_data_key(&k)?;
+            let name = String::from_utf8(dk.row).map_err(|_| corrupt("tenant name is not UTF-8"))?;
+            let id = u32::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt("tenant id is not 4 bytes"))?);
+            cat.tenants.insert(name, id);
+        }
+        let by_id: BTreeMap<TenantId, String> = cat.tenants.iter().map(|(n, i)| (*i, n.clone())).collect();
+        let (start, end) = keys::row_range(SYSTEM_TENANT, SYS_TABLES, b"", None, b"");
+        for (k, v) in engine.scan_values(&start, &end, usize::MAX)? {
+            let dk = keys::decode_data_key(&k)?;
+            if dk.row.len() < 4 {
+                return Err(corrupt("table row key shorter than 4 bytes"));
+            }
+            let tenant_id = u32::from_be_bytes(dk.row[..4].try_into().expect("4 bytes"));
+            let tenant = by_id.get(&tenant_id).ok_or_else(|| corrupt("table of an unknown tenant id"))?;
+            let meta = TableMeta::decode(tenant, tenant_id, &v).map_err(|e| corrupt(&e.to_string()))?;
+            cat.tables.insert((tenant.clone(), meta.name.clone()), meta);
+        }
+        Ok(cat)
+    }
+}
+
+fn corrupt(what: &str) -> kho_engine::Error {
+    kho_engine::Error::Corruption { what: format!("catalog: {what}") }
+}
+
+pub fn tenant_key(name: &str) -> Vec<u8> {
+    keys::data_key(SYSTEM_TENANT, SYS_TENANTS, name.as_bytes(), 0, b"")
+}
+
+pub fn table_key(tenant_id: TenantId, name: &str) -> Vec<u8> {
+    let mut row = tenant_id.to_be_bytes().to_vec();
+    row.extend_from_slice(name.as_bytes());
+    keys::data_key(SYSTEM_TENANT, SYS_TABLES, &row, 0, b"")
+}
+
+pub fn counter_key(name: &[u8]) -> Vec<u8> {
+    keys::data_key(SYSTEM_TENANT, SYS_COUNTERS, name, 0, b"")
+}
+
+/// Checks a tenant, table or family name: 1..=64 bytes of [a-z0-9_], starting with a letter.
+pub fn check_name(field: &str, name: &str) -> Result<(), crate::AppError> {
+    let ok_len = !name.is_empty() && name.len() <= NAME_BYTES_MAX;
+    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let ok_start = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
+    if ok_len && ok_chars && ok_start {
+        Ok(())
+    } else {
+        Err(crate::AppError::invalid(format!(
+            "{field} `{name}` must be 1 to {NAME_BYTES_MAX} bytes of a-z, 0-9 and _, starting with a letter"
+        )))
+    }
+}

@@ -1,0 +1,260 @@
+//! The Raft log store of one group, on the `raft_log` and `raft_meta` column families.
+//!
+//! Durability: a vote is written with a synced write before `save_vote` returns. Appended
+//! entries are written (unsynced, so they are readable at once) and their flush callback is
+//! handed to the node's [`WalSyncer`], which syncs the shared RocksDB WAL once for every
+//! callback waiting at that moment (group commit across all groups) and only then tells
+//! openraft the entries are durable. openraft acknowledges an append to the leader, and the
+//! leader counts it towards commit, only after that callback.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use kho_engine::{Cf, Engine};
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
+
+use crate::codec;
+use crate::{Entry, GroupId, LogId, TypeConfig, Vote};
+
+/// Keys of per-group metadata in the `raft_meta` column family: group id (u64 BE) ++ tag.
+pub mod meta_key {
+    use crate::GroupId;
+    pub const VOTE: u8 = 0x01;
+    pub const COMMITTED: u8 = 0x02;
+    pub const LAST_PURGED: u8 = 0x03;
+    pub const APPLIED: u8 = 0x10;
+    pub const MEMBERSHIP: u8 = 0x11;
+    /// Present while a received snapshot is being installed (crash recovery redoes it).
+    pub const INSTALLING_SNAPSHOT: u8 = 0x12;
+
+    pub fn key(group: GroupId, tag: u8) -> [u8; 9] {
+        let mut k = [0u8; 9];
+        k[..8].copy_from_slice(&group.to_be_bytes());
+        k[8] = tag;
+        k
+    }
+}
+
+/// Key of a log entry in the `raft_log` column family: group id (u64 BE) ++ index (u64 BE).
+pub fn log_key(group: GroupId, index: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&group.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn group_log_end(group: GroupId) -> [u8; 16] {
+    // Groups are < u64::MAX, so group + 1 does not overflow.
+    log_key(group + 1, 0)
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn data_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// Most flush callbacks waiting for the WAL syncer, count.
+pub const SYNC_QUEUE_MAX: usize = 65_536;
+/// Most callbacks completed by one WAL sync, count.
+pub const SYNC_BATCH_MAX: usize = 8_192;
+
+/// One thread per node that turns many pending appends into one WAL sync.
+pub struct WalSyncer {
+    tx: tokio::sync::mpsc::Sender<IOFlushed<TypeConfig>>,
+}
+
+impl WalSyncer {
+    pub fn start(engine: Engine) -> Arc<WalSyncer> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<IOFlushed<TypeConfig>>(SYNC_QUEUE_MAX);
+        std::thread::Builder::new()
+            .name("kho-wal-sync".into())
+            .spawn(move || {
+                let mut pending = Vec::with_capacity(64);
+                while let Some(first) = rx.blocking_recv() {
+                    pending.push(first);
+                    while pending.len() < SYNC_BATCH_MAX {
+                        match rx.try_recv() {
+                            Ok(cb) => pending.push(cb),
+                            Err(_) => break,
+                        }
+                    }
+                    let res = engine.sync_wal();
+                    if let Err(e) = &res {
+                        tracing::error!(error = %e, "WAL sync failed; appends are not acknowledged");
+                    }
+                    for cb in pending.drain(..) {
+                        cb.io_completed(res.as_ref().map(|_| ()).map_err(io_err));
+                    }
+                }
+            })
+            .expect("spawning the WAL sync thread");
+        Arc::new(WalSyncer { tx })
+    }
+}
+
+/// The log store of one Raft group.
+#[derive(Clone)]
+pub struct LogStore {
+    group: GroupId,
+    engine: Engine,
+    syncer: Arc<WalSyncer>,
+}
+
+impl LogStore {
+    pub fn new(group: GroupId, engine: Engine, syncer: Arc<WalSyncer>) -> Self {
+        LogStore { group, engine, syncer }
+    }
+
+    fn get_meta(&self, tag: u8) -> io::Result<Option<Vec<u8>>> {
+        self.engine.get(Cf::RaftMeta, &meta_key::key(self.group, tag)).map_err(io_err)
+    }
+
+    /// The first log index still stored, if any (for status reporting).
+    pub fn first_index(&self) -> io::Result<Option<u64>> {
+        let first = self
+            .engine
+            .first_in_range(Cf::RaftLog, &log_key(self.group, 0), &group_log_end(self.group))
+            .map_err(io_err)?;
+        Ok(first.map(|(k, _)| u64::from_be_bytes(k[8..16].try_into().expect("16-byte log key"))))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(x) => log_key(self.group, x.saturating_add(1)),
+            Bound::Excluded(x) => log_key(self.group, *x),
+            Bound::Unbounded => group_log_end(self.group),
+        };
+        let start_key = log_key(self.group, start);
+        if start_key >= end {
+            return Ok(Vec::new());
+        }
+        let rows = self.engine.scan(Cf::RaftLog, &start_key, Some(&end), usize::MAX).map_err(io_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut expected = start;
+        for (k, v) in rows {
+            let index = u64::from_be_bytes(k[8..16].try_into().map_err(|_| data_err("short log key"))?);
+            let entry = codec::decode_entry(&v).map_err(data_err)?;
+            if entry.log_id.index != index {
+                return Err(data_err(format!("log entry at key index {index} says index {}", entry.log_id.index)));
+            }
+            if !out.is_empty() && index != expected {
+                return Err(data_err(format!("log has a gap: expected index {expected}, found {index}")));
+            }
+            expected = index + 1;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        match self.get_meta(meta_key::VOTE)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(codec::decode_vote(&b).map_err(data_err)?)),
+        }
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last = self
+            .engine
+            .last_in_range(Cf::RaftLog, &log_key(self.group, 0), &group_log_end(self.group))
+            .map_err(io_err)?;
+        let last_log_id = match last {
+            None => None,
+            Some((_, v)) => Some(codec::decode_entry(&v).map_err(data_err)?.log_id),
+        };
+        let last_purged_log_id = match self.get_meta(meta_key::LAST_PURGED)? {
+            None => None,
+            Some(b) => codec::decode_opt_log_id(&b).map_err(data_err)?,
+        };
+        let last_log_id = last_log_id.or_else(|| last_purged_log_id.clone());
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let mut batch = self.engine.batch();
+        batch.put(Cf::RaftMeta, &meta_key::key(self.group, meta_key::VOTE), &codec::encode_vote(vote));
+        let engine = self.engine.clone();
+        // A vote must be on disk before it is acted upon: synced write.
+        tokio::task::spawn_blocking(move || engine.write(batch, true)).await.map_err(io_err)?.map_err(io_err)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // Not synced: the committed index is a hint to re-apply faster after a restart; a lost
+        // update only means re-learning it from the leader.
+        let mut batch = self.engine.batch();
+        batch.put(
+            Cf::RaftMeta,
+            &meta_key::key(self.group, meta_key::COMMITTED),
+            &codec::encode_opt_log_id(committed.as_ref()),
+        );
+        self.engine.write(batch, false).map_err(io_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        match self.get_meta(meta_key::COMMITTED)? {
+            None => Ok(None),
+            Some(b) => codec::decode_opt_log_id(&b).map_err(data_err),
+        }
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = self.engine.batch();
+        for entry in entries {
+            batch.put(Cf::RaftLog, &log_key(self.group, entry.log_id.index), &codec::encode_entry(&entry));
+        }
+        // Readable now (memtable); durable once the syncer has synced the WAL.
+        self.engine.write(batch, false).map_err(io_err)?;
+        self.syncer.tx.send(callback).await.map_err(|_| io_err("WAL syncer stopped"))?;
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map(|id| id.index + 1).unwrap_or(0);
+        let mut batch = self.engine.batch();
+        batch.delete_range(Cf::RaftLog, &log_key(self.group, from), &group_log_end(self.group));
+        // No sync needed: any later append is synced after this write (one WAL, in order), and
+        // a truncation lost in a crash with no later append only restores entries that were
+        // never acknowledged as replaced.
+        self.engine.write(batch, false).map_err(io_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let mut batch = self.engine.batch();
+        batch.put(
+            Cf::RaftMeta,
+            &meta_key::key(self.group, meta_key::LAST_PURGED),
+            &codec::encode_opt_log_id(Some(&log_id)),
+        );
+        batch.delete_range(Cf::RaftLog, &log_key(self.group, 0), &log_key(self.group, log_id.index + 1));
+        // Purged entries are covered by a snapshot; losing the purge in a crash is harmless.
+        self.engine.write(batch, false).map_err(io_err)
+    }
+}

@@ -1,0 +1,223 @@
+//! Raft messages between nodes. This crate encodes every message as opaque bytes and
+//! hands it to a [`Transport`], which the `rpc` crate implements over one gRPC channel per
+//! peer node, shared by all groups. Every message carries its group id.
+//!
+//! Wire encoding (docs/FORMATS.md, "Raft messages"): a request payload is the postcard
+//! encoding of openraft's request; a reply payload is one status byte (0 = ok, followed by
+//! the postcard-encoded response; 1 = error, followed by a UTF-8 message).
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::{BasicNode, OptionalSend};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+
+use crate::snapshot::SnapshotFile;
+use crate::{GroupId, NodeId, SnapshotMeta, TypeConfig, Vote};
+
+/// What a request/response Raft message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    AppendEntries,
+    Vote,
+}
+
+/// Why a message did not get an answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    #[error("node {target} at {addr} is unreachable: {reason}")]
+    Unreachable { target: NodeId, addr: String, reason: String },
+    #[error("node {target} did not answer within {timeout_ms} ms")]
+    Timeout { target: NodeId, timeout_ms: u64 },
+    #[error("node {target} answered with an error: {reason}")]
+    Remote { target: NodeId, reason: String },
+}
+
+/// Sends Raft messages to other nodes. Implemented by the `rpc` crate.
+pub trait Transport: Send + Sync + 'static {
+    fn call(
+        &self,
+        target: NodeId,
+        addr: String,
+        group: GroupId,
+        kind: MessageKind,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Bytes, TransportError>>;
+
+    /// Streams a snapshot: `header` first, then the file's bytes in bounded chunks.
+    fn send_snapshot(
+        &self,
+        target: NodeId,
+        addr: String,
+        group: GroupId,
+        header: Bytes,
+        chunks: BoxStream<'static, io::Result<Bytes>>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Bytes, TransportError>>;
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Bytes {
+    Bytes::from(postcard::to_stdvec(v).expect("encoding a Raft message into a Vec cannot fail"))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(b).map_err(|e| format!("undecodable {what}: {e}"))
+}
+
+pub(crate) fn encode_reply<T: Serialize>(r: Result<T, String>) -> Bytes {
+    match r {
+        Ok(v) => {
+            let mut out = vec![0u8];
+            out = postcard::to_extend(&v, out).expect("encoding a Raft reply into a Vec cannot fail");
+            Bytes::from(out)
+        }
+        Err(msg) => {
+            let mut out = vec![1u8];
+            out.extend_from_slice(msg.as_bytes());
+            Bytes::from(out)
+        }
+    }
+}
+
+fn decode_reply<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, String> {
+    match b.split_first() {
+        Some((0, rest)) => decode(what, rest),
+        Some((1, rest)) => Err(String::from_utf8_lossy(rest).into_owned()),
+        _ => Err(format!("malformed {what} reply")),
+    }
+}
+
+/// The header of a snapshot stream: the leader's vote and the snapshot's meta.
+pub(crate) fn encode_snapshot_header(vote: &Vote, meta: &SnapshotMeta) -> Bytes {
+    encode(&(vote, meta))
+}
+
+pub(crate) fn decode_snapshot_header(b: &[u8]) -> Result<(Vote, SnapshotMeta), String> {
+    decode("snapshot header", b)
+}
+
+/// Creates a [`PeerClient`] per (group, target node).
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub(crate) group: GroupId,
+    pub(crate) transport: std::sync::Arc<dyn Transport>,
+    pub(crate) rpc_timeout: Duration,
+    pub(crate) snapshot_timeout: Duration,
+    pub(crate) snapshot_chunk_bytes: usize,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient { factory: self.clone(), target, addr: node.addr.clone() }
+    }
+}
+
+pub struct PeerClient {
+    factory: NetworkFactory,
+    target: NodeId,
+    addr: String,
+}
+
+fn to_rpc_error(e: TransportError) -> RPCError<TypeConfig> {
+    match e {
+        TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::from_string(e.to_string())),
+        _ => RPCError::Network(NetworkError::from_string(e.to_string())),
+    }
+}
+
+impl PeerClient {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        kind: MessageKind,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let f = &self.factory;
+        // openraft's hard TTL bounds the call as well; take the smaller.
+        let timeout = f.rpc_timeout.min(option.hard_ttl());
+        let reply = f
+            .transport
+            .call(self.target, self.addr.clone(), f.group, kind, encode(req), timeout)
+            .await
+            .map_err(to_rpc_error)?;
+        decode_reply(&format!("{kind:?}"), &reply).map_err(|m| RPCError::Network(NetworkError::from_string(m)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(MessageKind::AppendEntries, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(MessageKind::Vote, &rpc, &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let f = self.factory.clone();
+        let header = encode_snapshot_header(&vote, &snapshot.meta);
+        let chunk_bytes = f.snapshot_chunk_bytes;
+        let file = tokio::fs::File::from_std(snapshot.snapshot.file);
+        // The file is sent as it is on disk: it is already chunked, compressed and checksummed.
+        let chunks = futures::stream::unfold(Some(file), move |state| async move {
+            let mut file = state?;
+            let mut buf = vec![0u8; chunk_bytes];
+            let mut filled = 0;
+            while filled < chunk_bytes {
+                match file.read(&mut buf[filled..]).await {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) => return Some((Err(e), None)),
+                }
+            }
+            if filled == 0 {
+                return None;
+            }
+            buf.truncate(filled);
+            Some((Ok(Bytes::from(buf)), Some(file)))
+        })
+        .boxed();
+        let send = f.transport.send_snapshot(self.target, self.addr.clone(), f.group, header, chunks, f.snapshot_timeout);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            reply = send => {
+                let reply = reply.map_err(|e| match to_rpc_error(e) {
+                    RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                    RPCError::Network(n) => StreamingError::Network(n),
+                    other => StreamingError::Network(NetworkError::from_string(other.to_string())),
+                })?;
+                decode_reply("snapshot", &reply).map_err(|m| StreamingError::Network(NetworkError::from_string(m)))
+            }
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! A node: one RocksDB engine, one WAL syncer, and a map of Raft groups.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use kho_engine::{Engine, EngineOptions};
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
+
+use crate::command::{AppError, Command, Response};
+use crate::error::{ProposeError, RaftNodeError};
+use crate::log_store::{LogStore, WalSyncer};
+use crate::network::{self, MessageKind, NetworkFactory, Transport};
+use crate::snapshot::{self, SnapshotFile};
+use crate::state_machine::{SmState, StateMachine};
+use crate::{GroupId, NodeId, Raft, TypeConfig, DATA_GROUP};
+
+/// Raft settings of a node (the `[raft]` section of the config; units in the names).
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_logs_since_last: u64,
+    pub logs_to_keep_after_snapshot: u64,
+    pub snapshot_chunk_bytes: u64,
+    pub append_entries_max: u64,
+    pub rpc_timeout_ms: u64,
+    pub snapshot_timeout_ms: u64,
+}
+
+/// Largest snapshot stream a node accepts from a peer, bytes.
+pub const SNAPSHOT_RECEIVE_BYTES_MAX: u64 = 256 << 30;
+
+pub struct RaftNode {
+    pub id: NodeId,
+    pub addr: String,
+    engine: Engine,
+    groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
+}
+
+/// One Raft group hosted on this node.
+pub struct Group {
+    pub id: GroupId,
+    pub raft: Raft,
+    pub state: Arc<SmState>,
+    log: LogStore,
+    snapshot_dir: PathBuf,
+}
+
+/// A member as the local node sees it.
+#[derive(Debug, Clone)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub addr: String,
+    pub voter: bool,
+}
+
+/// A group's state on this node.
+#[derive(Debug, Clone)]
+pub struct GroupStatus {
+    pub node_id: NodeId,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader_id: Option<NodeId>,
+    pub last_log_index: u64,
+    pub first_log_index: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+impl RaftNode {
+    /// Opens the node's storage under `data_dir` and starts its groups.
+    pub async fn open(
+        id: NodeId,
+        addr: String,
+        data_dir: &Path,
+        settings: &RaftSettings,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Arc<RaftNode>, RaftNodeError> {
+        std::fs::create_dir_all(data_dir)?;
+        let engine = Engine::open(&data_dir.join("db"), &EngineOptions::default())?;
+        let syncer = WalSyncer::start(engine.clone());
+        let node = Arc::new(RaftNode { id, addr, engine: engine.clone(), groups: RwLock::new(BTreeMap::new()) });
+        let group = Group::open(id, DATA_GROUP, engine, syncer, &data_dir.join("snapshots").join(DATA_GROUP.to_string()), settings, transport)
+            .await?;
+        node.groups.write().expect("groups lock").insert(DATA_GROUP, Arc::new(group));
+        Ok(node)
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn group(&self, id: GroupId) -> Option<Arc<Group>> {
+        self.groups.read().expect("groups lock").get(&id).cloned()
+    }
+
+    pub fn data_group(&self) -> Arc<Group> {
+        self.group(DATA_GROUP).expect("the data group is opened with the node")
+    }
+
+    fn group_or_err(&self, id: GroupId) -> Result<Arc<Group>, RaftNodeError> {
+        self.group(id).ok_or(RaftNodeError::UnknownGroup(id))
+    }
+
+    /// Initializes a new cluster with `members` if this node has no Raft state yet.
+    /// Returns whether it did. Every member of a new cluster may call it with the same list.
+    pub async fn bootstrap(&self, members: &BTreeMap<NodeId, String>) -> Result<bool, RaftNodeError> {
+        let g = self.data_group();
+        if g.raft.is_initialized().await.map_err(|e| RaftNodeError::Raft(e.to_string()))? {
+            return Ok(false);
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> = members.iter().map(|(id, a)| (*id, BasicNode { addr: a.clone() })).collect();
+        match g.raft.initialize(nodes).await {
+            Ok(()) => Ok(true),
+            // Another member's initialization reached us first: fine.
+            Err(RaftError::APIError(e)) => {
+                tracing::info!(error = %e, "not initializing: the cluster already has state");
+                Ok(false)
+            }
+            Err(e) => Err(RaftNodeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Serves one request/response Raft message from a peer.
+    pub async fn handle_call(&self, group: GroupId, kind: MessageKind, payload: &[u8]) -> Result<Bytes, RaftNodeError> {
+        let g = self.group_or_err(group)?;
+        Ok(match kind {
+            MessageKind::AppendEntries => {
+                let req = network::decode("append-entries", payload).map_err(RaftNodeError::BadMessage)?;
+                network::encode_reply(g.raft.append_entries(req).await.map_err(|e| e.to_string()))
+            }
+            MessageKind::Vote => {
+                let req = network::decode("vote", payload).map_err(RaftNodeError::BadMessage)?;
+                network::encode_reply(g.raft.vote(req).await.map_err(|e| e.to_string()))
+            }
+        })
+    }
+
+    /// Receives a snapshot stream into a durable file, then installs it.
+    pub async fn receive_snapshot<S, E>(&self, group: GroupId, header: &[u8], mut chunks: S) -> Result<Bytes, RaftNodeError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let g = self.group_or_err(group)?;
+        let (vote, meta) = network::decode_snapshot_header(header).map_err(RaftNodeError::BadMessage)?;
+        let path = g.snapshot_dir.join(format!("incoming-{}.tmp", std::process::id()));
+        let mut file = tokio::fs::File::create(&path).await?;
+        let mut received = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| RaftNodeError::BadMessage(format!("snapshot stream broke: {e}")))?;
+            received += chunk.len() as u64;
+            if received > SNAPSHOT_RECEIVE_BYTES_MAX {
+                return Err(RaftNodeError::BadMessage(format!("snapshot exceeds {SNAPSHOT_RECEIVE_BYTES_MAX} bytes")));
+            }
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await?;
+        }
+        file.sync_all().await?;
+        drop(file);
+        // Verify the whole stream before touching the state machine.
+        let check = path.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut r = snapshot::SnapshotReader::open(&check)?;
+            while r.next_chunk()?.is_some() {}
+            Ok(())
+        })
+        .await
+        .map_err(|e| RaftNodeError::Raft(e.to_string()))??;
+        let file = std::fs::File::open(&path)?;
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotFile> { meta, snapshot: SnapshotFile { path, file } };
+        let resp = g.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string());
+        Ok(network::encode_reply(resp))
+    }
+
+    pub async fn shutdown(&self) {
+        let groups: Vec<_> = self.groups.read().expect("groups lock").values().cloned().collect();
+        for g in groups {
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(group = g.id, error = %e, "raft shutdown");
+            }
+        }
+    }
+}
+
+impl Group {
+    async fn open(
+        node_id: NodeId,
+        id: GroupId,
+        engine: Engine,
+        syncer: Arc<WalSyncer>,
+        snapshot_dir: &Path,
+        s: &RaftSettings,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Group, RaftNodeError> {
+        std::fs::create_dir_all(snapshot_dir)?;
+        // Leftovers of transfers interrupted by a crash.
+        for e in std::fs::read_dir(snapshot_dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let config = openraft::Config {
+            cluster_name: "kho".to_string(),
+            heartbeat_interval: s.heartbeat_interval_ms,
+            election_timeout_min: s.election_timeout_min_ms,
+            election_timeout_max: s.election_timeout_max_ms,
+            install_snapshot_timeout: s.snapshot_timeout_ms,
+            send_snapshot_timeout: s.snapshot_timeout_ms,
+            max_payload_entries: s.append_entries_max,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: s.logs_to_keep_after_snapshot,
+            snapshot_max_chunk_size: s.snapshot_chunk_bytes,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| RaftNodeError::Raft(e.to_string()))?);
+        let log = LogStore::new(id, engine.clone(), syncer);
+        let sm = StateMachine::open(id, engine, snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize)?;
+        let state = sm.state();
+        let net = NetworkFactory {
+            group: id,
+            transport,
+            rpc_timeout: Duration::from_millis(s.rpc_timeout_ms),
+            snapshot_timeout: Duration::from_millis(s.snapshot_timeout_ms),
+            snapshot_chunk_bytes: s.snapshot_chunk_bytes as usize,
+        };
+        let raft = Raft::new(node_id, config, net, log.clone(), sm).await.map_err(|e| RaftNodeError::Raft(e.to_string()))?;
+        Ok(Group { id, raft, state, log, snapshot_dir: snapshot_dir.to_path_buf() })
+    }
+
+    /// Proposes a command and waits until it is applied here (the leader).
+    pub async fn propose(&self, cmd: Command) -> Result<Response, ProposeError> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data),
+            Err(e) => Err(write_error(e)),
+        }
+    }
+
+    /// Returns once this node's state machine reflects every write acknowledged before the
+    /// call (ReadIndex: the leader confirms its leadership with a quorum). Only the leader
+    /// can; others get `ForwardToLeader`.
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(ProposeError::ForwardToLeader {
+                leader_id: f.leader_id,
+                leader_addr: f.leader_node.map(|n| n.addr),
+            }),
+            Err(e) => Err(ProposeError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
+    pub async fn add_node(&self, id: NodeId, addr: String) -> Result<Vec<NodeId>, ProposeError> {
+        self.raft.add_learner(id, BasicNode { addr }, true).await.map_err(write_error)?;
+        let r = self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(write_error)?;
+        Ok(r.membership.map(|m| m.voter_ids().collect()).unwrap_or_default())
+    }
+
+    /// Removes a node from the voters and the learners.
+    pub async fn remove_node(&self, id: NodeId) -> Result<Vec<NodeId>, ProposeError> {
+        let r = self
+            .raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .await
+            .map_err(write_error)?;
+        Ok(r.membership.map(|m| m.voter_ids().collect()).unwrap_or_default())
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| MemberStatus { id: *id, addr: n.addr.clone(), voter: voters.contains(id) })
+            .collect();
+        GroupStatus {
+            node_id: m.id,
+            role,
+            term: m.current_term,
+            leader_id: m.current_leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            first_log_index: self.log.first_index().ok().flatten().unwrap_or(0),
+            commit_index: m.committed.map(|l| l.index).unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            members,
+        }
+    }
+
+    /// The address of a member, if it is in the membership.
+    pub fn member_addr(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().nodes().find(|(n, _)| **n == id).map(|(_, node)| node.addr.clone())
+    }
+}
+
+fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ProposeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ProposeError::ForwardToLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) }
+        }
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
+            ProposeError::Unavailable("the leader changed before the write was committed; it was not applied".into())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ProposeError::Rejected(AppError::invalid(e.to_string())),
+        RaftError::APIError(e) => ProposeError::Unavailable(e.to_string()),
+        RaftError::Fatal(f) => ProposeError::Unavailable(format!("raft stopped: {f}")),
+    }
+}

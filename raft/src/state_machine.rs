@@ -1,0 +1,520 @@
+//! The state machine of one group: applies commands to the data column family, keeps the
+//! catalog, builds and installs snapshots.
+//!
+//! Invariants:
+//! - applying an entry writes its data changes and the new applied log id in one atomic
+//!   RocksDB batch, so after a crash the data is exactly that of some applied prefix;
+//! - applied writes need no sync: the log entries they come from are durable, and an
+//!   applied state lost in a crash is re-applied from the log (the WAL recovers a
+//!   consistent prefix, and a purge is always written after the applies it relies on);
+//! - a snapshot is built from one RocksDB point-in-time view (data and applied id agree);
+//! - installing a received snapshot is redone from its file after a crash (a marker is
+//!   kept in `raft_meta` until the install's final synced batch).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, TryStreamExt};
+use kho_engine::keys::{self, FamilyId};
+use kho_engine::{Cf, Engine};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+
+use crate::catalog::{self, Catalog, TableMeta};
+use crate::codec;
+use crate::command::{AppError, CasOutcome, Command, Condition, Outcome, Response, WriteOp};
+use crate::log_store::meta_key;
+use crate::snapshot::{self, SnapshotFile, SnapshotReader, SnapshotWriter};
+use crate::{GroupId, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+
+type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+
+/// Most bytes of snapshot records written to RocksDB in one batch during an install.
+const INSTALL_BATCH_BYTES_MAX: usize = 4 << 20;
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// The part of a group's state that request handlers read: the engine and the catalog.
+pub struct SmState {
+    pub group: GroupId,
+    pub engine: Engine,
+    pub catalog: RwLock<Catalog>,
+    /// The group's key range in the data column family: [start, end), end None = unbounded.
+    pub range: (Vec<u8>, Option<Vec<u8>>),
+}
+
+impl SmState {
+    pub fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().expect("catalog lock poisoned")
+    }
+
+    /// Resolves a table and a family (empty = first family).
+    pub fn resolve(&self, tenant: &str, table: &str) -> Result<TableMeta, AppError> {
+        self.catalog().table(tenant, table).cloned()
+    }
+
+    fn meta(&self, tag: u8) -> Result<Option<Vec<u8>>, kho_engine::Error> {
+        self.engine.get(Cf::RaftMeta, &meta_key::key(self.group, tag))
+    }
+
+    /// The applied log id and membership, as stored.
+    pub fn applied_state(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let applied = match self.meta(meta_key::APPLIED).map_err(io_err)? {
+            None => None,
+            Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?,
+        };
+        let membership = match self.meta(meta_key::MEMBERSHIP).map_err(io_err)? {
+            None => StoredMembership::default(),
+            Some(b) => codec::decode_stored_membership(&b).map_err(io_err)?,
+        };
+        Ok((applied, membership))
+    }
+
+    /// CRC-32 over every replicated key and value of the group, in key order, at one point
+    /// in time, with the applied index of that point. Returns (applied index, crc, keys).
+    pub fn checksum(&self) -> io::Result<(u64, u32, u64)> {
+        let snap = self.engine.snapshot();
+        let applied = match snap.get(Cf::RaftMeta, &meta_key::key(self.group, meta_key::APPLIED)).map_err(io_err)? {
+            None => None,
+            Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?,
+        };
+        let mut h = crc32fast::Hasher::new();
+        let mut n = 0u64;
+        snap.for_each(Cf::Data, &self.range.0, self.range.1.as_deref(), |k, v| {
+            h.update(&(k.len() as u32).to_be_bytes());
+            h.update(k);
+            h.update(&(v.len() as u32).to_be_bytes());
+            h.update(v);
+            n += 1;
+            Ok(true)
+        })
+        .map_err(io_err)?;
+        Ok((applied.map(|l| l.index).unwrap_or(0), h.finalize(), n))
+    }
+}
+
+pub struct StateMachine {
+    state: Arc<SmState>,
+    snapshot_dir: PathBuf,
+    snapshot_chunk_bytes: usize,
+}
+
+impl StateMachine {
+    /// Opens the state machine of `group`, finishing a snapshot install that a crash
+    /// interrupted.
+    pub fn open(group: GroupId, engine: Engine, snapshot_dir: PathBuf, snapshot_chunk_bytes: usize) -> io::Result<Self> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let state = Arc::new(SmState {
+            group,
+            engine,
+            catalog: RwLock::new(Catalog::default()),
+            range: (Vec::new(), None),
+        });
+        let sm = StateMachine { state, snapshot_dir, snapshot_chunk_bytes };
+        if sm.state.meta(meta_key::INSTALLING_SNAPSHOT).map_err(io_err)?.is_some() {
+            let path = sm.installing_path();
+            tracing::warn!(group, path = %path.display(), "finishing a snapshot install interrupted by a crash");
+            let meta = SnapshotReader::open(&path)?.meta()?;
+            sm.install_from(&path, &meta)?;
+        }
+        sm.reload_catalog()?;
+        Ok(sm)
+    }
+
+    pub fn state(&self) -> Arc<SmState> {
+        self.state.clone()
+    }
+
+    fn installing_path(&self) -> PathBuf {
+        self.snapshot_dir.join("installing.kho")
+    }
+
+    fn reload_catalog(&self) -> io::Result<()> {
+        let cat = Catalog::load(&self.state.engine).map_err(io_err)?;
+        *self.state.catalog.write().expect("catalog lock poisoned") = cat;
+        Ok(())
+    }
+
+    /// Applies one command into `batch`; returns the outcome and a catalog change to make
+    /// visible once the batch is written.
+    fn execute(&self, cmd: Command, batch: &mut kho_engine::WriteBatch) -> io::Result<(Outcome, Option<CatalogChange>)> {
+        let engine = &self.state.engine;
+        let cat = self.state.catalog();
+        match cmd {
+            Command::CreateTenant { name } => {
+                if let Err(e) = catalog::check_name("tenant", &name) {
+                    return Ok((Outcome::Rejected(e), None));
+                }
+                if cat.tenants.contains_key(&name) {
+                    return Ok((Outcome::Rejected(AppError::already_exists(format!("tenant `{name}` already exists"))), None));
+                }
+                let id = next_id(engine, batch, catalog::NEXT_TENANT_ID)?;
+                batch.put_value(&catalog::tenant_key(&name), &id.to_be_bytes());
+                Ok((Outcome::Done, Some(CatalogChange::Tenant(name, id))))
+            }
+            Command::CreateTable { tenant, name, families } => {
+                let Some(&tenant_id) = cat.tenants.get(&tenant) else {
+                    return Ok((Outcome::Rejected(AppError::not_found(format!("tenant `{tenant}` does not exist"))), None));
+                };
+                if let Err(e) = check_table(&name, &families) {
+                    return Ok((Outcome::Rejected(e), None));
+                }
+                if cat.tables.contains_key(&(tenant.clone(), name.clone())) {
+                    return Ok((
+                        Outcome::Rejected(AppError::already_exists(format!("table `{tenant}/{name}` already exists"))),
+                        None,
+                    ));
+                }
+                let id = next_id(engine, batch, catalog::NEXT_TABLE_ID)?;
+                let meta = TableMeta { tenant, tenant_id, name, id, families };
+                batch.put_value(&catalog::table_key(tenant_id, &meta.name), &meta.encode());
+                Ok((Outcome::Done, Some(CatalogChange::CreateTable(meta))))
+            }
+            Command::DropTable { tenant, name } => {
+                let meta = match cat.table(&tenant, &name) {
+                    Ok(m) => m.clone(),
+                    Err(e) => return Ok((Outcome::Rejected(e), None)),
+                };
+                let prefix = keys::table_prefix(meta.tenant_id, meta.id);
+                let end = keys::prefix_end(&prefix).expect("a table prefix is never all 0xff");
+                batch.delete_range(Cf::Data, &prefix, &end);
+                batch.delete(Cf::Data, &catalog::table_key(meta.tenant_id, &name));
+                Ok((Outcome::Done, Some(CatalogChange::DropTable(tenant, name))))
+            }
+            Command::Write { tenant, table, ops, condition } => {
+                let meta = match cat.table(&tenant, &table) {
+                    Ok(m) => m.clone(),
+                    Err(e) => return Ok((Outcome::Rejected(e), None)),
+                };
+                drop(cat);
+                Ok((self.execute_write(&meta, ops, condition, batch)?, None))
+            }
+        }
+    }
+
+    fn execute_write(
+        &self,
+        meta: &TableMeta,
+        ops: Vec<WriteOp>,
+        condition: Option<Condition>,
+        batch: &mut kho_engine::WriteBatch,
+    ) -> io::Result<Outcome> {
+        let engine = &self.state.engine;
+        let family = |name: &str| -> Result<FamilyId, AppError> {
+            meta.family_id(name).ok_or_else(|| {
+                AppError::not_found(format!("column family `{name}` does not exist in table `{}/{}`", meta.tenant, meta.name))
+            })
+        };
+        let cell = |row: &[u8], fam: FamilyId, q: &[u8]| keys::data_key(meta.tenant_id, meta.id, row, fam, q);
+        let mut cas = None;
+        if let Some(c) = condition {
+            let fam = match family(&c.family) {
+                Ok(f) => f,
+                Err(e) => return Ok(Outcome::Rejected(e)),
+            };
+            let current = match engine.get_value(&cell(&c.row, fam, &c.qualifier)) {
+                Ok(v) => v,
+                Err(e) => return Ok(Outcome::Rejected(AppError::corruption(e.to_string()))),
+            };
+            let succeeded = current == c.expected;
+            if !succeeded {
+                return Ok(Outcome::Written { existed: current.is_some(), cas: Some(CasOutcome { succeeded, current }) });
+            }
+            cas = Some(CasOutcome { succeeded, current });
+        }
+        // Resolve every family first: a bad op rejects the whole write, nothing is applied.
+        let mut resolved = Vec::with_capacity(ops.len());
+        for op in ops {
+            let fam = match &op {
+                WriteOp::Put { family: f, .. } | WriteOp::Delete { family: f, .. } | WriteOp::DeleteFamily { family: f, .. } => {
+                    match family(f) {
+                        Ok(id) => id,
+                        Err(e) => return Ok(Outcome::Rejected(e)),
+                    }
+                }
+                WriteOp::DeleteRow { .. } => 0,
+            };
+            resolved.push((op, fam));
+        }
+        let single_delete = resolved.len() == 1 && matches!(resolved[0].0, WriteOp::Delete { .. });
+        let mut existed = false;
+        for (op, fam) in resolved {
+            match op {
+                WriteOp::Put { row, qualifier, value, .. } => batch.put_value(&cell(&row, fam, &qualifier), &value),
+                WriteOp::Delete { row, qualifier, .. } => {
+                    let key = cell(&row, fam, &qualifier);
+                    if single_delete {
+                        existed = engine.get(Cf::Data, &key).map_err(io_err)?.is_some();
+                    }
+                    batch.delete(Cf::Data, &key);
+                }
+                WriteOp::DeleteFamily { row, .. } => {
+                    let p = keys::family_prefix(meta.tenant_id, meta.id, &row, fam);
+                    batch.delete_range(Cf::Data, &p, &keys::prefix_end(&p).expect("family prefix has an end"));
+                }
+                WriteOp::DeleteRow { row } => {
+                    let p = keys::row_prefix(meta.tenant_id, meta.id, &row);
+                    batch.delete_range(Cf::Data, &p, &keys::prefix_end(&p).expect("row prefix has an end"));
+                }
+            }
+        }
+        Ok(Outcome::Written { existed, cas })
+    }
+
+    fn apply_catalog_change(&self, change: CatalogChange) {
+        let mut cat = self.state.catalog.write().expect("catalog lock poisoned");
+        match change {
+            CatalogChange::Tenant(name, id) => {
+                cat.tenants.insert(name, id);
+            }
+            CatalogChange::CreateTable(meta) => {
+                cat.tables.insert((meta.tenant.clone(), meta.name.clone()), meta);
+            }
+            CatalogChange::DropTable(tenant, name) => {
+                cat.tables.remove(&(tenant, name));
+            }
+        }
+    }
+
+    /// Replaces the group's data with the snapshot at `path` (already durable on disk).
+    fn install_from(&self, path: &Path, meta: &SnapshotMeta) -> io::Result<()> {
+        let engine = &self.state.engine;
+        let group = self.state.group;
+        let mut reader = SnapshotReader::open(path)?;
+        let mut batch = engine.batch();
+        let (start, end) = &self.state.range;
+        match end {
+            Some(end) => batch.delete_range(Cf::Data, start, end),
+            None => batch.delete_range(Cf::Data, start, &[0xff; 32]),
+        }
+        let mut records = 0u64;
+        while let Some(chunk) = reader.next_chunk()? {
+            for (k, v) in chunk {
+                // Each value carries its own checksum: refuse to spread a corrupt value.
+                kho_engine::value::decode_value(&k, &v).map_err(io_err)?;
+                batch.put(Cf::Data, &k, &v);
+                records += 1;
+            }
+            if batch.size_bytes() >= INSTALL_BATCH_BYTES_MAX {
+                engine.write(std::mem::replace(&mut batch, engine.batch()), false).map_err(io_err)?;
+            }
+        }
+        batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::APPLIED), &codec::encode_opt_log_id(meta.last_log_id.as_ref()));
+        batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP), &codec::encode_stored_membership(&meta.last_membership));
+        batch.delete(Cf::RaftMeta, &meta_key::key(group, meta_key::INSTALLING_SNAPSHOT));
+        engine.write(batch, true).map_err(io_err)?;
+        // The installed file is now this node's current snapshot.
+        let final_path = self.snapshot_dir.join(snapshot::file_name(meta.last_log_id.as_ref()));
+        std::fs::rename(path, &final_path)?;
+        snapshot::sync_dir(&self.snapshot_dir)?;
+        remove_other_snapshots(&self.snapshot_dir, &final_path);
+        tracing::info!(group, records, last_log_id = ?meta.last_log_id, "installed snapshot");
+        Ok(())
+    }
+}
+
+enum CatalogChange {
+    Tenant(String, u32),
+    CreateTable(TableMeta),
+    DropTable(String, String),
+}
+
+fn check_table(name: &str, families: &[String]) -> Result<(), AppError> {
+    catalog::check_name("table", name)?;
+    if families.is_empty() {
+        return Err(AppError::invalid("families: a table needs at least one column family"));
+    }
+    if families.len() > catalog::FAMILIES_PER_TABLE_MAX {
+        return Err(AppError::invalid(format!(
+            "families: {} families exceed the limit of {}",
+            families.len(),
+            catalog::FAMILIES_PER_TABLE_MAX
+        )));
+    }
+    for (i, f) in families.iter().enumerate() {
+        catalog::check_name("family", f)?;
+        if families[..i].contains(f) {
+            return Err(AppError::invalid(format!("families: `{f}` is declared twice")));
+        }
+    }
+    Ok(())
+}
+
+/// Reads and bumps a catalog id counter (ids start at 1).
+fn next_id(engine: &Engine, batch: &mut kho_engine::WriteBatch, name: &[u8]) -> io::Result<u32> {
+    let key = catalog::counter_key(name);
+    let id = match engine.get_value(&key).map_err(io_err)? {
+        None => 1,
+        Some(b) => u32::from_be_bytes(b.as_slice().try_into().map_err(|_| io_err("catalog counter is not 4 bytes"))?),
+    };
+    let next = id.checked_add(1).ok_or_else(|| io_err("catalog id space exhausted"))?;
+    batch.put_value(&key, &next.to_be_bytes());
+    Ok(id)
+}
+
+fn remove_other_snapshots(dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if p != keep && name.starts_with("snap-") && name.ends_with(".kho") {
+            if let Err(err) = std::fs::remove_file(&p) {
+                tracing::warn!(path = %p.display(), error = %err, "could not remove an old snapshot");
+            }
+        }
+    }
+}
+
+/// The current snapshot file of a directory (the newest `snap-*.kho`), if any.
+fn current_snapshot_path(dir: &Path) -> io::Result<Option<PathBuf>> {
+    let mut best: Option<PathBuf> = None;
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with("snap-") && name.ends_with(".kho") && best.as_ref().is_none_or(|b| p > *b) {
+            best = Some(p);
+        }
+    }
+    Ok(best)
+}
+
+/// Builds snapshot files from a point-in-time view of the engine.
+pub struct SnapshotBuilder {
+    state: Arc<SmState>,
+    dir: PathBuf,
+    chunk_bytes: usize,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let state = self.state.clone();
+        let dir = self.dir.clone();
+        let chunk_bytes = self.chunk_bytes;
+        tokio::task::spawn_blocking(move || build_snapshot_blocking(&state, &dir, chunk_bytes)).await.map_err(io_err)?
+    }
+}
+
+fn build_snapshot_blocking(state: &SmState, dir: &Path, chunk_bytes: usize) -> io::Result<Snapshot> {
+    let snap = state.engine.snapshot();
+    let group = state.group;
+    let applied = match snap.get(Cf::RaftMeta, &meta_key::key(group, meta_key::APPLIED)).map_err(io_err)? {
+        None => None,
+        Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?,
+    };
+    let membership = match snap.get(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP)).map_err(io_err)? {
+        None => StoredMembership::default(),
+        Some(b) => codec::decode_stored_membership(&b).map_err(io_err)?,
+    };
+    let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
+    let final_path = dir.join(snapshot::file_name(meta.last_log_id.as_ref()));
+    let tmp = dir.join(format!("building-{}.tmp", std::process::id()));
+    let mut w = SnapshotWriter::create(&tmp, &meta, chunk_bytes)?;
+    let mut write_err = None;
+    snap.for_each(Cf::Data, &state.range.0, state.range.1.as_deref(), |k, v| match w.add(k, v) {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            write_err = Some(e);
+            Ok(false)
+        }
+    })
+    .map_err(io_err)?;
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    let records = w.finish()?;
+    std::fs::rename(&tmp, &final_path)?;
+    snapshot::sync_dir(dir)?;
+    remove_other_snapshots(dir, &final_path);
+    tracing::info!(group, records, last_log_id = ?meta.last_log_id, "built snapshot");
+    let file = std::fs::File::open(&final_path)?;
+    Ok(Snapshot { meta, snapshot: SnapshotFile { path: final_path, file } })
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        self.state.applied_state()
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let group = self.state.group;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let mut batch = self.state.engine.batch();
+            let index = entry.log_id.index;
+            let mut change = None;
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Outcome::Done,
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(entry.log_id.clone()), m);
+                    batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP), &codec::encode_stored_membership(&stored));
+                    Outcome::Done
+                }
+                EntryPayload::Normal(cmd) => {
+                    let (outcome, c) = self.execute(cmd, &mut batch)?;
+                    if matches!(outcome, Outcome::Rejected(_)) {
+                        // Nothing of a rejected command is written, only the applied index.
+                        batch = self.state.engine.batch();
+                    }
+                    change = c;
+                    outcome
+                }
+            };
+            batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::APPLIED), &codec::encode_opt_log_id(Some(&entry.log_id)));
+            self.state.engine.write(batch, false).map_err(io_err)?;
+            if let Some(c) = change {
+                self.apply_catalog_change(c);
+            }
+            if let Some(r) = responder {
+                r.send(Response { revision: index, outcome });
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { state: self.state.clone(), dir: self.snapshot_dir.clone(), chunk_bytes: self.snapshot_chunk_bytes }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+        let installing = self.installing_path();
+        drop(snapshot.file);
+        if snapshot.path != installing {
+            std::fs::rename(&snapshot.path, &installing)?;
+            snapshot::sync_dir(&self.snapshot_dir)?;
+        }
+        let mut marker = self.state.engine.batch();
+        marker.put(Cf::RaftMeta, &meta_key::key(self.state.group, meta_key::INSTALLING_SNAPSHOT), b"1");
+        self.state.engine.write(marker, true).map_err(io_err)?;
+        let this_meta = meta.clone();
+        let state = self.state.clone();
+        let dir = self.snapshot_dir.clone();
+        let chunk_bytes = self.snapshot_chunk_bytes;
+        tokio::task::spawn_blocking(move || {
+            let sm = StateMachine { state, snapshot_dir: dir, snapshot_chunk_bytes: chunk_bytes };
+            sm.install_from(&installing, &this_meta)?;
+            sm.reload_catalog()
+        })
+        .await
+        .map_err(io_err)?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let Some(path) = current_snapshot_path(&self.snapshot_dir)? else {
+            return Ok(None);
+        };
+        let meta = SnapshotReader::open(&path)?.meta()?;
+        let file = std::fs::File::open(&path)?;
+        Ok(Some(Snapshot { meta, snapshot: SnapshotFile { path, file } }))
+    }
+}

@@ -1,0 +1,521 @@
+//! The `kho.v1.Data` service.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use kho_engine::keys::{self, FamilyId};
+use kho_engine::{value, Cf, Engine};
+use kho_proto::v1::data_server::Data;
+use kho_proto::v1::{self as pb, write_op, mutation};
+use kho_raft::catalog::TableMeta;
+use kho_raft::command::Condition;
+use kho_raft::{Command, WriteOp};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::ctx::{is_forwarded, written, Ctx, Leader};
+use crate::{forward, status, validate};
+
+/// Most chunks a scan buffers ahead of a slow client, count.
+const SCAN_CHANNEL_CHUNKS_MAX: usize = 4;
+/// Most items in one streamed chunk, count.
+const SCAN_CHUNK_ITEMS_MAX: usize = 512;
+/// A chunk is sent once it holds this many bytes of keys and values.
+const SCAN_CHUNK_BYTES_MAX: usize = 1 << 20;
+
+pub struct DataService {
+    pub ctx: Arc<Ctx>,
+}
+
+type ScanStream = Pin<Box<dyn Stream<Item = Result<pb::ScanResponse, Status>> + Send>>;
+type ScanRowsStream = Pin<Box<dyn Stream<Item = Result<pb::ScanRowsResponse, Status>> + Send>>;
+
+fn family_of(meta: &TableMeta, name: &str) -> Result<FamilyId, Status> {
+    meta.family_id(name).ok_or_else(|| {
+        Status::not_found(format!("column family `{name}` does not exist in table `{}/{}`", meta.tenant, meta.name))
+    })
+}
+
+impl DataService {
+    fn limits(&self) -> &crate::config::Limits {
+        &self.ctx.limits
+    }
+
+    fn table(&self, tenant: &str, table: &str) -> Result<TableMeta, Status> {
+        self.ctx.group().state.resolve(tenant, table).map_err(status::app_error)
+    }
+
+    fn engine(&self) -> Engine {
+        self.ctx.node.engine().clone()
+    }
+
+    fn check_table_names(&self, tenant: &str, table: &str) -> Result<(), Status> {
+        validate::name("tenant", tenant)?;
+        validate::name("table", table)
+    }
+
+    /// Rejects writes to unknown tables/families early when this node is the leader (so bad
+    /// requests do not fill the log); the state machine checks again when applying.
+    fn precheck(&self, tenant: &str, table: &str, families: &[&str]) -> Result<(), Status> {
+        let g = self.ctx.group();
+        if g.raft.metrics().borrow().current_leader != Some(self.ctx.node.id) {
+            return Ok(());
+        }
+        let meta = self.table(tenant, table)?;
+        for f in families {
+            family_of(&meta, f)?;
+        }
+        Ok(())
+    }
+
+    async fn propose_write(&self, cmd: Command, forwarded: bool) -> Result<Leader<crate::ctx::Written>, Status> {
+        if let Command::Write { tenant, table, ops, condition } = &cmd {
+            let mut fams: Vec<&str> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    WriteOp::Put { family, .. } | WriteOp::Delete { family, .. } | WriteOp::DeleteFamily { family, .. } => {
+                        Some(family.as_str())
+                    }
+                    WriteOp::DeleteRow { .. } => None,
+                })
+                .collect();
+            if let Some(c) = condition {
+                fams.push(&c.family);
+            }
+            self.precheck(tenant, table, &fams)?;
+        }
+        Ok(match self.ctx.propose(cmd, forwarded).await? {
+            Leader::Here(r) => Leader::Here(written(r)?),
+            Leader::There(a) => Leader::There(a),
+        })
+    }
+}
+
+/// Reads every cell of `[start, end)` under one point-in-time view, in a blocking task,
+/// calling `visit` with the decoded key and verified value; `visit` returns false to stop.
+fn scan_cells(
+    engine: &Engine,
+    start: &[u8],
+    end: &[u8],
+    mut visit: impl FnMut(keys::DecodedKey, &[u8]) -> Result<bool, Status>,
+) -> Result<(), Status> {
+    if start >= end {
+        return Ok(());
+    }
+    let snap = engine.snapshot();
+    let mut failure = None;
+    snap.for_each(Cf::Data, start, Some(end), |k, v| {
+        let step = keys::decode_data_key(k)
+            .map_err(status::engine_error)
+            .and_then(|dk| value::decode_value(k, v).map_err(status::engine_error).and_then(|payload| visit(dk, payload)));
+        match step {
+            Ok(go_on) => Ok(go_on),
+            Err(s) => {
+                failure = Some(s);
+                Ok(false)
+            }
+        }
+    })
+    .map_err(status::engine_error)?;
+    failure.map_or(Ok(()), Err)
+}
+
+fn end_bound(end: &[u8]) -> Option<&[u8]> {
+    if end.is_empty() { None } else { Some(end) }
+}
+
+#[tonic::async_trait]
+impl Data for DataService {
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let r = req.into_inner();
+        self.check_table_names(&r.tenant, &r.table)?;
+        validate::family("family", &r.family)?;
+        validate::key(self.limits(), "key", &r.key)?;
+        validate::value(self.limits(), "value", &r.value)?;
+        let cmd = Command::Write {
+            tenant: r.tenant.clone(),
+            table: r.table.clone(),
+            ops: vec![WriteOp::Put { row: r.key.clone(), family: r.family.clone(), qualifier: vec![], value: r.value.clone() }],
+            condition: None,
+        };
+        match self.propose_write(cmd, fwd).await? {
+            Leader::Here(w) => Ok(Response::new(pb::PutResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
+            Leader::There(addr) => forward!(self.ctx, data_client, addr, put, r),
+        }
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let r = req.into_inner();
+        self.check_table_names(&r.tenant, &r.table)?;
+        validate::family("family", &r.family)?;
+        validate::key(self.limits(), "key", &r.key)?;
+        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
+            return forward!(self.ctx, data_client, addr, get, r);
+        }
+        let meta = self.table(&r.tenant, &r.table)?;
+        let fam = family_of(&meta, &r.family)?;
+        let key = keys::data_key(meta.tenant_id, meta.id, &r.key, fam, b"");
+        let engine = self.engine();
+        let v = tokio::task::spawn_blocking(move || engine.get_value(&key))
+            .await
+            .map_err(status::internal)?
+            .map_err(status::engine_error)?;
+        Ok(Response::new(pb::GetResponse { found: v.is_some(), value: v.unwrap_or_default() }))
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let r = req.into_inner();
+        self.check_table_names(&r.tenant, &r.table)?;
+        validate::family("family", &r.family)?;
+        validate::key(self.limits(), "key", &r.key)?;
+        let cmd = Command::Write {
+            tenant: r.tenant.clone(),
+            table: r.table.clone(),
+            ops: vec![WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] }],
+            condition: None,
+        };
+        match self.propose_write(cmd, fwd).await? {
+            Leader::Here(w) => Ok(Response::new(pb::DeleteResponse {
+                header: Some(pb::WriteHeader { revision: w.revision }),
+                existed: w.existed,
+            })),
+            Leader::There(addr) => forward!(self.ctx, data_client, addr, delete, r),
+        }
+    }
+
+    async fn batch_get(&self, req: Request<pb::BatchGetRequest>) -> Result<Response<pb::BatchGetResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let r = req.into_inner();
+        self.check_table_names(&r.tenant, &r.table)?;
+        validate::family("family", &r.family)?;
+        let key_bytes: u64 = r.keys.iter().map(|k| k.len() as u64).sum();
+        validate::batch(self.limits(), "keys", r.keys.len(), key_bytes)?;
+        for k in &r.keys {
+            validate::key(self.limits(), "keys", k)?;
+        }
+        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
+            return forward!(self.ctx, data_client, addr, batch_get, r);
+        }
+        let meta = self.table(&r.tenant, &r.table)?;
+        let fam = family_of(&meta, &r.family)?;
+        let engine = self.engine();
+        let reply_max = self.limits().grpc_message_bytes_max;
+        let items = tokio::task::spawn_blocking(move || -> Result<Vec<pb::BatchGetItem>, Status> {
+            let snap = engine.snapshot();
+            let mut items = Vec::with_capacity(r.keys.len());
+            let mut bytes = 0u64;
+            for k in r.keys {
+                let key = keys::data_key(meta.tenant_id, meta.id, &k, fam, b"");
+                let v = match snap.get(Cf::Data, &key).map_err(status::engine_error)? {
+                    None => None,
+                    Some(stored) => Some(value::decode_value(&key, &stored).map_err(status::engine_error)?.to_vec()),
+                };
+                bytes += (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
+                if bytes > reply_max {
+                    return Err(Status::resource_exhausted(format!(
+                        "keys: the values found exceed {reply_max} bytes (limits.grpc_message_bytes_max); ask for fewer keys"
+                    )));
+                }
+                items.push(pb::BatchGetItem { key: k, found: v.is_some(), value: v.unwrap_or_default() });
+            }
+            Ok(items)
+        })
+        .await
+        .map_err(status::internal)??;
+        Ok(Response::new(pb::BatchGetResponse { items }))
+    }
+
+    type ScanStream = ScanStream;
+
+    async fn scan(&self, req: Request<pb::ScanRequest>) -> Result<Response<ScanStream>, Status> {
+        let fwd = is_forwarded(&req);
+        let r = req.into_inner();
+        self.check_table_names(&r.tenant, &r.table)?;
+        validate::family("family", &r.family)?;
+        validate::optional_key(self.limits(), "start_key", &r.start_key)?;
+        validate::optional_key(self.limits(), "end_key", &r.end_key)?;
+        validate::optional_key(self.limits(), "prefix", &r.prefix)?;
+        let limit = validate::scan_limit(self.limits(), r.limit)?;
+        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
+            let resp = forward!(self.ctx, data_client, addr, scan, r)?;
+            return Ok(Response::new(Box::pin(resp.into_inner()) as ScanStream));
+        }
+        let meta = self.table(&r.tenant, &r.table)?;
+        let fam = family_of(&meta, &r.family)?;
+        let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_key, end_bound(&r.end_key), &r.prefix);
+        let engine = self.engine();
+        let (tx, rx) = tokio::sync::mpsc::channel(SCAN_CHANNEL_CHUNKS_MAX);
+        tokio::task::spawn_blocking(move || {
+            let mut chunk = Vec::new();
+            let mut chunk_bytes = 0usize;
+            let mut sent = 0usize;
+            let res = scan_cells(&engine, &start, &end, |dk, payload| {
+                if dk.family != fam || !dk.qualifier.is_empty() {
+                    return Ok(true);
+                }
+                chunk_bytes += dk.row.len() + payload.len();
+                chunk.push(pb::KeyValue { key: dk.row, value: payload.to_vec() });
+                sent += 1;
+                if chunk.len() >= SCAN_CHUNK_ITEMS_MAX || chunk_bytes >= SCAN_CHUNK_BYTES_MAX {
+                    chunk_bytes = 0;
+                    let kvs = std::mem::take(&mut chunk);
+                    if tx.blocking_send(Ok(pb::ScanResponse { kvs })).is_err() {
+                        return Ok(false); // the client went away
+                    }
+                }
+                Ok(sent < limit)
+            });
+            match res {
+                Ok(()) if !chunk.is_empty() => {
+                    let _ = tx.blocking_send(Ok(pb::ScanResponse { kvs: chunk }));
+                }
+                Ok(()) => {}
+                Err(s) => {
+                    let _ = tx.blocking_send(Err(s));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as ScanStream))
+    }
+
+    async fn write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let r = req.into_inner();
+        self.check_table_names(&r.tenant, &r.table)?;
+        let l = self.limits();
+        let mut ops = Vec::with_capacity(r.ops.len());
+        let mut bytes = 0u64;
+        for (i, op) in r.ops.iter().enumerate() {
+            match &op.op {
+                Some(write_op::Op::Put(p)) => {
+                    validate::family(&format!("ops[{i}].put.family"), &p.family)?;
+                    validate::key(l, &format!("ops[{i}].put.key"), &p.key)?;
+                    validate::value(l, &format!("ops[{i}].put.value"), &p.value)?;
+                    bytes += (p.key.len() + p.value.len()) as u64;
+                    ops.push(WriteOp::Put { row: p.key.clone(), family: p.family.clone(), qualifier: vec![], value: p.value.clone() });
+                }
+                Some(write_op::Op::Delete(d)) => {
+                    validate::family(&format!("ops[{i}].delete.family"), &d.family)?;
+                    validate::key(l, &format!("ops[{i}].delete.key"), &d.key)?;
+                    bytes += d.key.len() as u64;
+                    ops.push(WriteOp::Delete { row: d.key.clone(), family: d.family.clone(), qualifier: vec![] });
+                }
+                None => return Err(Status::invalid_argument(format!("ops[{i}]: no operation set"))),
+            }
+        }
+        validate::batch(l, "ops", ops.len(), bytes)?;
+        let cmd = Command::Write { tenant: r.tenant.clone(), table: r.table.clone(), ops, condition: None };
+        match self.propose_write(cmd, fwd).await? {
+            Leader::Here(w) => Ok(Response::new(pb::WriteResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
+            Leader::There(addr) => forward!(self.ctx, data_client, addr, write, r),
+        }
+    }
+
+    async fn compare_and_swap(
+        &self,
+        req: Request<pb::CompareAndSwapRequest>,
+    ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let r = req.into_inner();
+        self.check_table_names(&r.tenant, &r.table)?;
+        validate::family("family", &r.family)?;
+        validate::key(self.limits(), "key", &r.key)?;
+        if let Some(v) = &r.expected_value {
+            validate::value(self.limits(), "expected_value", v)?;
+        }
+        if let Some(v) = &r.new_value {
+            validate::value(self.limits(), "new_value", v)?;
+        }
+        let op = match &r.new_value {
+            Some(v) => WriteOp::Put { row: r.key.clone(), family: r.family.clone(), qualifier: vec![], value: v.clone() },
+            None => WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] },
+        };
+        let cmd = Command::Write {
+            tenant: r.tenant.clone(),
+            table: r.table.clone(),
+            ops: vec![op],
+            condition: Some(Condition {
+                row: r.key.clone(),
+                family: r.family.clone(),
+                qualifier: vec![],
+                expected: r.expected_value.clone(),
+            }),
+        };
+        match self.propose_write(cmd, fwd).await? {
+            Leader::Here(w) => {
+                let cas = w.cas.ok_or_else(|| status::internal("conditional write returned no comparison outcome"))?;
+                Ok(Response::new(pb::CompareAndSwapResponse {
+                    header: Some(pb::WriteHeader { revision: w.revision }),
+                    succeeded: cas.succeeded,
+                    current_found: cas.current.is_some(),
+                    current_value: cas.current.unwrap_or_default(),
+                }))
+            }
+            Leader::There(addr) => forward!(self.ctx, data_client, addr, compare_and_swap, r),
+        }
+    }
+
+    async fn mutate_row(&self, req: Request<pb::MutateRowRequest>) -> Result<Response<pb::MutateRowResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let r = req.into_inner();
+        self.check_table_names(&r.tenant, &r.table)?;
+        let l = self.limits();
+        validate::key(l, "row_key", &r.row_key)?;
+        let mut ops = Vec::with_capacity(r.mutations.len());
+        let mut bytes = r.row_key.len() as u64;
+        let row = &r.row_key;
+        for (i, m) in r.mutations.iter().enumerate() {
+            match &m.mutation {
+                Some(mutation::Mutation::SetCell(c)) => {
+                    validate::name(&format!("mutations[{i}].set_cell.family"), &c.family)?;
+                    validate::qualifier(l, &format!("mutations[{i}].set_cell.qualifier"), &c.qualifier)?;
+                    validate::value(l, &format!("mutations[{i}].set_cell.value"), &c.value)?;
+                    bytes += (c.qualifier.len() + c.value.len()) as u64;
+                    ops.push(WriteOp::Put { row: row.clone(), family: c.family.clone(), qualifier: c.qualifier.clone(), value: c.value.clone() });
+                }
+                Some(mutation::Mutation::DeleteCell(c)) => {
+                    validate::name(&format!("mutations[{i}].delete_cell.family"), &c.family)?;
+                    validate::qualifier(l, &format!("mutations[{i}].delete_cell.qualifier"), &c.qualifier)?;
+                    bytes += c.qualifier.len() as u64;
+                    ops.push(WriteOp::Delete { row: row.clone(), family: c.family.clone(), qualifier: c.qualifier.clone() });
+                }
+                Some(mutation::Mutation::DeleteFamily(f)) => {
+                    validate::name(&format!("mutations[{i}].delete_family.family"), &f.family)?;
+                    ops.push(WriteOp::DeleteFamily { row: row.clone(), family: f.family.clone() });
+                }
+                Some(mutation::Mutation::DeleteRow(_)) => ops.push(WriteOp::DeleteRow { row: row.clone() }),
+                None => return Err(Status::invalid_argument(format!("mutations[{i}]: no mutation set"))),
+            }
+        }
+        validate::batch(l, "mutations", ops.len(), bytes)?;
+        let cmd = Command::Write { tenant: r.tenant.clone(), table: r.table.clone(), ops, condition: None };
+        match self.propose_write(cmd, fwd).await? {
+            Leader::Here(w) => Ok(Response::new(pb::MutateRowResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
+            Leader::There(addr) => forward!(self.ctx, data_client, addr, mutate_row, r),
+        }
+    }
+
+    async fn read_row(&self, req: Request<pb::ReadRowRequest>) -> Result<Response<pb::ReadRowResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let r = req.into_inner();
+        self.check_table_names(&r.tenant, &r.table)?;
+        validate::key(self.limits(), "row_key", &r.row_key)?;
+        for f in &r.families {
+            validate::name("families", f)?;
+        }
+        for q in &r.qualifiers {
+            validate::qualifier(self.limits(), "qualifiers", q)?;
+        }
+        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
+            return forward!(self.ctx, data_client, addr, read_row, r);
+        }
+        let meta = self.table(&r.tenant, &r.table)?;
+        let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
+        let prefix = keys::row_prefix(meta.tenant_id, meta.id, &r.row_key);
+        let end = keys::prefix_end(&prefix).expect("a row prefix has an end");
+        let engine = self.engine();
+        let reply_max = self.limits().grpc_message_bytes_max as usize;
+        let row_key = r.row_key.clone();
+        let cells = tokio::task::spawn_blocking(move || -> Result<Vec<pb::Cell>, Status> {
+            let mut cells = Vec::new();
+            let mut bytes = 0usize;
+            scan_cells(&engine, &prefix, &end, |dk, payload| {
+                if (!fams.is_empty() && !fams.contains(&dk.family)) || (!r.qualifiers.is_empty() && !r.qualifiers.contains(&dk.qualifier)) {
+                    return Ok(true);
+                }
+                bytes += dk.qualifier.len() + payload.len();
+                if bytes > reply_max {
+                    return Err(Status::resource_exhausted(format!(
+                        "row_key: the row exceeds {reply_max} bytes (limits.grpc_message_bytes_max); filter by family or qualifier"
+                    )));
+                }
+                let family = meta.family_name(dk.family).unwrap_or_default().to_string();
+                cells.push(pb::Cell { family, qualifier: dk.qualifier, value: payload.to_vec() });
+                Ok(true)
+            })?;
+            Ok(cells)
+        })
+        .await
+        .map_err(status::internal)??;
+        let found = !cells.is_empty();
+        Ok(Response::new(pb::ReadRowResponse { found, row: found.then(|| pb::Row { key: row_key, cells }) }))
+    }
+
+    type ScanRowsStream = ScanRowsStream;
+
+    async fn scan_rows(&self, req: Request<pb::ScanRowsRequest>) -> Result<Response<ScanRowsStream>, Status> {
+        let fwd = is_forwarded(&req);
+        let r = req.into_inner();
+        self.check_table_names(&r.tenant, &r.table)?;
+        validate::optional_key(self.limits(), "start_row", &r.start_row)?;
+        validate::optional_key(self.limits(), "end_row", &r.end_row)?;
+        validate::optional_key(self.limits(), "prefix", &r.prefix)?;
+        for f in &r.families {
+            validate::name("families", f)?;
+        }
+        let limit = validate::scan_limit(self.limits(), r.limit)?;
+        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
+            let resp = forward!(self.ctx, data_client, addr, scan_rows, r)?;
+            return Ok(Response::new(Box::pin(resp.into_inner()) as ScanRowsStream));
+        }
+        let meta = self.table(&r.tenant, &r.table)?;
+        let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
+        let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_row, end_bound(&r.end_row), &r.prefix);
+        let engine = self.engine();
+        let row_bytes_max = self.limits().grpc_message_bytes_max as usize;
+        let (tx, rx) = tokio::sync::mpsc::channel(SCAN_CHANNEL_CHUNKS_MAX);
+        tokio::task::spawn_blocking(move || {
+            let mut rows: Vec<pb::Row> = Vec::new();
+            let mut chunk_bytes = 0usize;
+            let mut row_bytes = 0usize;
+            let mut done_rows = 0usize;
+            let res = scan_cells(&engine, &start, &end, |dk, payload| {
+                if !fams.is_empty() && !fams.contains(&dk.family) {
+                    return Ok(true);
+                }
+                let new_row = rows.last().is_none_or(|last| last.key != dk.row);
+                if new_row {
+                    if done_rows == limit {
+                        return Ok(false);
+                    }
+                    done_rows += 1;
+                    row_bytes = 0;
+                    // Send full chunks only at row boundaries: a row is never split.
+                    if rows.len() >= SCAN_CHUNK_ITEMS_MAX || chunk_bytes >= SCAN_CHUNK_BYTES_MAX {
+                        chunk_bytes = 0;
+                        let out = std::mem::take(&mut rows);
+                        if tx.blocking_send(Ok(pb::ScanRowsResponse { rows: out })).is_err() {
+                            return Ok(false);
+                        }
+                    }
+                    rows.push(pb::Row { key: dk.row.clone(), cells: Vec::new() });
+                }
+                let n = dk.qualifier.len() + payload.len();
+                row_bytes += n;
+                chunk_bytes += n;
+                if row_bytes > row_bytes_max {
+                    return Err(Status::resource_exhausted(format!(
+                        "a row exceeds {row_bytes_max} bytes (limits.grpc_message_bytes_max); filter by family"
+                    )));
+                }
+                let family = meta.family_name(dk.family).unwrap_or_default().to_string();
+                rows.last_mut().expect("a row was pushed").cells.push(pb::Cell { family, qualifier: dk.qualifier, value: payload.to_vec() });
+                Ok(true)
+            });
+            match res {
+                Ok(()) if !rows.is_empty() => {
+                    let _ = tx.blocking_send(Ok(pb::ScanRowsResponse { rows }));
+                }
+                Ok(()) => {}
+                Err(s) => {
+                    let _ = tx.blocking_send(Err(s));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as ScanRowsStream))
+    }
+}

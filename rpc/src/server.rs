@@ -1,0 +1,95 @@
+//! Server assembly: opens the node, serves every gRPC service on one port, bootstraps a
+//! new cluster, and stops gracefully.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kho_proto::v1::admin_server::AdminServer;
+use kho_proto::v1::data_server::DataServer;
+use kho_proto::v1::raft_transport_server::RaftTransportServer;
+use kho_raft::RaftNode;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::AdminService;
+use crate::channels::Channels;
+use crate::config::Config;
+use crate::ctx::Ctx;
+use crate::data::DataService;
+use crate::transport::{GrpcTransport, RaftService};
+use crate::ServerError;
+
+/// Runs a node until `shutdown` completes, then stops gracefully.
+pub async fn run_server(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let members = config.initial_members()?;
+    let advertise = config.advertise_addr().to_string();
+    let msg_max = config.limits.grpc_message_bytes_max as usize;
+    let listener = tokio::net::TcpListener::bind(&config.listen_addr)
+        .await
+        .map_err(|e| ServerError::Other(format!("listen_addr: cannot bind {}: {e}", config.listen_addr)))?;
+    let channels = Arc::new(Channels::default());
+    let transport = Arc::new(GrpcTransport { from: config.node_id, channels: channels.clone(), message_bytes_max: msg_max });
+    let node = RaftNode::open(config.node_id, advertise.clone(), &config.data_dir, &config.raft_settings(), transport)
+        .await
+        .map_err(|e| ServerError::Other(format!("cannot open node storage in {}: {e}", config.data_dir.display())))?;
+    tracing::info!(node_id = config.node_id, listen = %config.listen_addr, advertise = %advertise, data_dir = %config.data_dir.display(), "node opened");
+
+    let ctx = Arc::new(Ctx {
+        node: node.clone(),
+        limits: config.limits.clone(),
+        channels,
+        proposal_timeout: Duration::from_millis(config.raft.proposal_timeout_ms),
+    });
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<DataServer<DataService>>().await;
+    health_reporter.set_serving::<AdminServer<AdminService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kho_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Other(format!("reflection: {e}")))?;
+
+    let data = DataServer::new(DataService { ctx: ctx.clone() }).max_decoding_message_size(msg_max).max_encoding_message_size(msg_max);
+    let admin = AdminServer::new(AdminService { ctx: ctx.clone() }).max_decoding_message_size(msg_max).max_encoding_message_size(msg_max);
+    let raft = RaftTransportServer::new(RaftService { node: node.clone() })
+        .max_decoding_message_size(msg_max)
+        .max_encoding_message_size(msg_max);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(config.limits.concurrent_requests_max as usize)
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(data)
+        .add_service(admin)
+        .add_service(raft)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    let server = tokio::spawn(server);
+
+    if !members.is_empty() {
+        match node.bootstrap(&members).await {
+            Ok(true) => tracing::info!(?members, "bootstrapped a new cluster"),
+            Ok(false) => tracing::info!("node has Raft state; initial_members ignored"),
+            Err(e) => return Err(ServerError::Other(format!("bootstrap: {e}"))),
+        }
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+        Err(_) => tracing::warn!("gRPC server did not stop within 10 s"),
+    }
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

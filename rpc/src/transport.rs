@@ -1,0 +1,165 @@
+//! The Raft transport over gRPC: `kho_raft::Transport` for the sending side and the
+//! `RaftTransport` service for the receiving side.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, Stream, StreamExt};
+use kho_proto::v1::raft_transport_client::RaftTransportClient;
+use kho_proto::v1::raft_transport_server::RaftTransport;
+use kho_proto::v1::{RaftMessage, RaftMessageKind, SnapshotChunk};
+use kho_raft::{GroupId, MessageKind, NodeId, RaftNode, Transport, TransportError};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::channels::Channels;
+
+pub struct GrpcTransport {
+    pub from: NodeId,
+    pub channels: Arc<Channels>,
+    pub message_bytes_max: usize,
+}
+
+fn kind_to_proto(k: MessageKind) -> RaftMessageKind {
+    match k {
+        MessageKind::AppendEntries => RaftMessageKind::AppendEntries,
+        MessageKind::Vote => RaftMessageKind::Vote,
+    }
+}
+
+fn status_to_error(target: NodeId, addr: &str, s: Status) -> TransportError {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            TransportError::Unreachable { target, addr: addr.to_string(), reason: s.message().to_string() }
+        }
+        _ => TransportError::Remote { target, reason: format!("{:?}: {}", s.code(), s.message()) },
+    }
+}
+
+impl GrpcTransport {
+    fn client(&self, target: NodeId, addr: &str) -> Result<RaftTransportClient<tonic::transport::Channel>, TransportError> {
+        let ch = self
+            .channels
+            .get(addr)
+            .map_err(|reason| TransportError::Unreachable { target, addr: addr.to_string(), reason })?;
+        Ok(RaftTransportClient::new(ch)
+            .max_decoding_message_size(self.message_bytes_max)
+            .max_encoding_message_size(self.message_bytes_max))
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn call(
+        &self,
+        target: NodeId,
+        addr: String,
+        group: GroupId,
+        kind: MessageKind,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Bytes, TransportError>> {
+        let client = self.client(target, &addr);
+        let from = self.from;
+        async move {
+            let mut client = client?;
+            let mut req = Request::new(RaftMessage { group_id: group, kind: kind_to_proto(kind) as i32, payload, from });
+            req.set_timeout(timeout);
+            match tokio::time::timeout(timeout, client.call(req)).await {
+                Err(_) => Err(TransportError::Timeout { target, timeout_ms: timeout.as_millis() as u64 }),
+                Ok(Err(s)) => Err(status_to_error(target, &addr, s)),
+                Ok(Ok(r)) => Ok(r.into_inner().payload),
+            }
+        }
+        .boxed()
+    }
+
+    fn send_snapshot(
+        &self,
+        target: NodeId,
+        addr: String,
+        group: GroupId,
+        header: Bytes,
+        chunks: BoxStream<'static, io::Result<Bytes>>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Bytes, TransportError>> {
+        let client = self.client(target, &addr);
+        let from = self.from;
+        async move {
+            let mut client = client?;
+            let first = futures::stream::once(async move {
+                SnapshotChunk { group_id: group, header, data: Bytes::new(), from }
+            });
+            // A read error ends the stream early; the receiver then sees a truncated
+            // snapshot and rejects it (the end marker is missing).
+            let rest = chunks
+                .take_while(|c| {
+                    if let Err(e) = c {
+                        tracing::warn!(error = %e, "reading the snapshot file failed; aborting the transfer");
+                    }
+                    futures::future::ready(c.is_ok())
+                })
+                .filter_map(|c| async move { c.ok() })
+                .map(move |data| SnapshotChunk { group_id: group, header: Bytes::new(), data, from });
+            let mut req = Request::new(first.chain(rest));
+            req.set_timeout(timeout);
+            match tokio::time::timeout(timeout, client.install_snapshot(req)).await {
+                Err(_) => Err(TransportError::Timeout { target, timeout_ms: timeout.as_millis() as u64 }),
+                Ok(Err(s)) => Err(status_to_error(target, &addr, s)),
+                Ok(Ok(r)) => Ok(r.into_inner().payload),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// The receiving side of the Raft transport.
+pub struct RaftService {
+    pub node: Arc<RaftNode>,
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftService {
+    async fn call(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = req.into_inner();
+        let kind = match RaftMessageKind::try_from(m.kind) {
+            Ok(RaftMessageKind::AppendEntries) => MessageKind::AppendEntries,
+            Ok(RaftMessageKind::Vote) => MessageKind::Vote,
+            _ => return Err(Status::invalid_argument(format!("kind: unsupported raft message kind {}", m.kind))),
+        };
+        let payload = self.node.handle_call(m.group_id, kind, &m.payload).await.map_err(|e| match e {
+            kho_raft::RaftNodeError::UnknownGroup(_) => Status::not_found(e.to_string()),
+            kho_raft::RaftNodeError::BadMessage(_) => Status::invalid_argument(e.to_string()),
+            other => Status::internal(other.to_string()),
+        })?;
+        Ok(Response::new(RaftMessage { group_id: m.group_id, kind: m.kind, payload, from: self.node.id }))
+    }
+
+    async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftMessage>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("snapshot stream: empty, the first chunk must carry the header"))?;
+        if first.header.is_empty() {
+            return Err(Status::invalid_argument("snapshot stream: the first chunk has no header"));
+        }
+        let group = first.group_id;
+        let data: Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>> =
+            Box::pin(stream.map(|c| c.map(|c| c.data)));
+        let payload = self.node.receive_snapshot(group, &first.header, data).await.map_err(|e| match e {
+            kho_raft::RaftNodeError::UnknownGroup(_) => Status::not_found(e.to_string()),
+            kho_raft::RaftNodeError::BadMessage(_) => Status::invalid_argument(e.to_string()),
+            other => Status::internal(other.to_string()),
+        })?;
+        Ok(Response::new(RaftMessage {
+            group_id: group,
+            kind: RaftMessageKind::Snapshot as i32,
+            payload,
+            from: self.node.id,
+        }))
+    }
+}
