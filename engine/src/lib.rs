@@ -1,1 +1,20 @@
+//! Kho's storage engine: one RocksDB instance per node, the data-key encoding
+//! and the checksummed value header.
+//!
+//! The engine knows nothing of Raft or gRPC. It offers:
+//! - [`keys`]: the order-preserving encoding of the data model
+//!   tenant → table → row → family → qualifier into RocksDB keys;
+//! - [`value`]: the versioned, checksummed header of every value in [`Cf::Data`];
+//! - [`Engine`]: the column families of a node, raw reads and writes for the Raft
+//!   log and metadata, verified reads of data values, atomic batches and snapshots.
+//!
+//! On-disk formats are described byte by byte in `docs/FORMATS-engine.md`.
 
+pub mod keys;
+pub mod value;
+
+mod db;
+mod error;
+
+pub use db::{Cf, Engine, EngineOptions, Snapshot, WriteBatch};
+pub use error::{Error, Result};

@@ -1,0 +1,424 @@
+//! The RocksDB instance of a node: column families, reads, atomic batches, snapshots.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
+    DBRawIteratorWithThreadMode, DBRecoveryMode, DBWithThreadMode, Options, ReadOptions,
+    SingleThreaded, SnapshotWithThreadMode, WriteOptions,
+};
+
+use crate::error::{key_hex, rocks, Error, Result};
+use crate::value::{decode_value, encode_value};
+
+/// The RocksDB handle. Spelled out (not `rocksdb::DB`) so that a workspace-wide
+/// `multi-threaded-cf` feature cannot change the column-family handle type under us.
+type Db = DBWithThreadMode<SingleThreaded>;
+
+/// Bloom filter bits per key of the Data column family (about 1% false positives).
+const DATA_BLOOM_BITS_PER_KEY: f64 = 10.0;
+
+/// The RocksDB column families of a node. Names are part of the on-disk format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cf {
+    /// `"raft_log"`: Raft log entries, written and read raw by the `raft` crate.
+    RaftLog,
+    /// `"raft_meta"`: Raft state such as vote and purge point, raw.
+    RaftMeta,
+    /// `"data"`: replicated cells under data keys ([`crate::keys`]), every value with the
+    /// checksummed header of [`crate::value`].
+    Data,
+    /// `"local"`: node-local state that is not replicated, raw.
+    Local,
+}
+
+impl Cf {
+    /// Every column family, in the order they are created.
+    pub const ALL: [Cf; 4] = [Cf::RaftLog, Cf::RaftMeta, Cf::Data, Cf::Local];
+
+    /// The RocksDB name of the column family (part of the on-disk format).
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::RaftLog => "raft_log",
+            Cf::RaftMeta => "raft_meta",
+            Cf::Data => "data",
+            Cf::Local => "local",
+        }
+    }
+}
+
+/// Tuning of an [`Engine`]. None of these affect the on-disk format.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Capacity of the block cache shared by all column families, in bytes. Default 256 MiB.
+    pub block_cache_bytes: usize,
+    /// Size of one memtable of each column family, in bytes. Default 64 MiB.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            block_cache_bytes: 256 << 20,
+            write_buffer_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The storage engine of a node: one RocksDB instance with the column families of [`Cf`].
+///
+/// Cloning is cheap and shares the instance; it closes when the last clone, batch and
+/// snapshot are dropped.
+#[derive(Clone)]
+pub struct Engine {
+    db: Arc<Db>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// The handle of a column family. Every column family is opened with the instance, so a
+/// missing one is a bug.
+fn handle(db: &Db, cf: Cf) -> &ColumnFamily {
+    db.cf_handle(cf.name())
+        .unwrap_or_else(|| panic!("column family {} not open", cf.name()))
+}
+
+/// Whether `[start, end)` is empty. An inverted range is a caller bug (debug builds panic);
+/// release builds treat it as empty.
+fn is_empty_range(start: &[u8], end: Option<&[u8]>) -> bool {
+    end.is_some_and(|end| {
+        debug_assert!(
+            start <= end,
+            "inverted range {}..{}",
+            key_hex(start),
+            key_hex(end)
+        );
+        start >= end
+    })
+}
+
+/// Read options bounding an iterator to `[start, end)`.
+fn range_read_options(start: &[u8], end: Option<&[u8]>) -> ReadOptions {
+    let mut read_options = ReadOptions::default();
+    read_options.set_iterate_lower_bound(start);
+    if let Some(end) = end {
+        read_options.set_iterate_upper_bound(end);
+    }
+    read_options
+}
+
+/// Calls `f` on each item of `iter` from `start` on, in order, until `f` returns `Ok(false)`
+/// or the iterator ends; then reports the iterator's status.
+fn drive(
+    mut iter: DBRawIteratorWithThreadMode<'_, Db>,
+    op: &'static str,
+    start: &[u8],
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+) -> Result<()> {
+    iter.seek(start);
+    while let Some((key, value)) = iter.item() {
+        if !f(key, value)? {
+            return Ok(());
+        }
+        iter.next();
+    }
+    iter.status().map_err(rocks(op))
+}
+
+/// The options of one column family.
+fn cf_options(cf: Cf, opts: &EngineOptions, cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    let mut cf_opts = Options::default();
+    cf_opts.set_write_buffer_size(opts.write_buffer_bytes);
+    cf_opts.set_compression_type(DBCompressionType::Lz4);
+    if cf == Cf::Data {
+        // Point reads of absent cells are common; the bottommost level holds most data.
+        table.set_bloom_filter(DATA_BLOOM_BITS_PER_KEY, false);
+        cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+    }
+    cf_opts.set_block_based_table_factory(&table);
+    cf_opts
+}
+
+impl Engine {
+    /// Opens or creates the DB at `path` with all four column families.
+    ///
+    /// WAL recovery mode is PointInTime: after a crash, a consistent prefix of the writes
+    /// survives (every write made durable by `sync` or [`Engine::sync_wal`], at least).
+    /// Data is compressed with lz4, and zstd on the bottommost level.
+    pub fn open(path: &Path, opts: &EngineOptions) -> Result<Engine> {
+        std::fs::create_dir_all(path).map_err(|source| Error::Io {
+            op: "create engine directory",
+            source,
+        })?;
+        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+        // RocksDB's unused "default" column family; snappy is not linked in.
+        db_opts.set_compression_type(DBCompressionType::Lz4);
+        let descriptors = Cf::ALL
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, opts, &cache)));
+        let db = Db::open_cf_descriptors(&db_opts, path, descriptors).map_err(rocks("open"))?;
+        tracing::info!(path = %path.display(), ?opts, "engine opened");
+        Ok(Engine {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The directory of the DB.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Raw read (no value header): used for Raft log and metadata.
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(handle(&self.db, cf), key).map_err(rocks("get"))
+    }
+
+    /// Raw (key, value) pairs of `cf` in `[start, end)` in key order (end None = to the end
+    /// of the column family), at most `limit` of them.
+    pub fn scan(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if limit == 0 || is_empty_range(start, end) {
+            return Ok(out);
+        }
+        let iter = self
+            .db
+            .raw_iterator_cf_opt(handle(&self.db, cf), range_read_options(start, end));
+        drive(iter, "scan", start, |key, value| {
+            out.push((key.to_vec(), value.to_vec()));
+            Ok(out.len() < limit)
+        })?;
+        debug_assert!(out.len() <= limit);
+        Ok(out)
+    }
+
+    /// The last raw (key, value) of `cf` in `[start, end)`, or None.
+    pub fn last_in_range(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if is_empty_range(start, Some(end)) {
+            return Ok(None);
+        }
+        let mut iter = self
+            .db
+            .raw_iterator_cf_opt(handle(&self.db, cf), range_read_options(start, Some(end)));
+        iter.seek_to_last();
+        if let Some((key, value)) = iter.item() {
+            debug_assert!(start <= key && key < end);
+            return Ok(Some((key.to_vec(), value.to_vec())));
+        }
+        iter.status().map_err(rocks("last_in_range"))?;
+        Ok(None)
+    }
+
+    /// The first raw (key, value) of `cf` in `[start, end)`, or None.
+    pub fn first_in_range(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self.scan(cf, start, Some(end), 1)?.pop())
+    }
+
+    /// An empty batch for this engine.
+    pub fn batch(&self) -> WriteBatch {
+        WriteBatch {
+            inner: rocksdb::WriteBatch::default(),
+            db: Arc::clone(&self.db),
+        }
+    }
+
+    /// Writes `batch` atomically: after a crash, all of it or none of it is visible.
+    /// With `sync`, the WAL is fsynced before returning.
+    ///
+    /// # Panics
+    ///
+    /// If `batch` was made by another engine.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        assert!(
+            Arc::ptr_eq(&batch.db, &self.db),
+            "write batch of another engine"
+        );
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(sync);
+        self.db
+            .write_opt(batch.inner, &write_options)
+            .map_err(rocks("write"))
+    }
+
+    /// Makes every write so far durable (RocksDB `FlushWAL(sync = true)`). Used for group
+    /// commit: several writes with `sync = false`, then one `sync_wal`.
+    pub fn sync_wal(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(rocks("sync_wal"))
+    }
+
+    /// Reads a cell of the Data column family and verifies its value header.
+    ///
+    /// Returns the payload, or [`Error::Corruption`] if verification fails.
+    pub fn get_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.get(Cf::Data, key)? {
+            Some(stored) => Ok(Some(decode_value(key, &stored)?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// Verified (key, payload) pairs of the Data column family in `[start, end)`, in key
+    /// order, at most `limit` of them. Any value failing verification fails the whole scan
+    /// with [`Error::Corruption`].
+    pub fn scan_values(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut pairs = self.scan(Cf::Data, start, Some(end), limit)?;
+        for (key, stored) in &mut pairs {
+            let payload_len = decode_value(key, stored)?.len();
+            stored.drain(..stored.len() - payload_len);
+        }
+        Ok(pairs)
+    }
+
+    /// A consistent point-in-time view of all column families.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            db: &self.db,
+            inner: self.db.snapshot(),
+        }
+    }
+
+    /// Compacts the whole range of a column family (for tests and operators).
+    pub fn compact(&self, cf: Cf) -> Result<()> {
+        self.db
+            .compact_range_cf(handle(&self.db, cf), None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+}
+
+/// Writes to apply atomically with [`Engine::write`], in order.
+pub struct WriteBatch {
+    inner: rocksdb::WriteBatch,
+    db: Arc<Db>,
+}
+
+impl fmt::Debug for WriteBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteBatch")
+            .field("len", &self.len())
+            .field("size_bytes", &self.size_bytes())
+            .finish()
+    }
+}
+
+impl WriteBatch {
+    /// Sets `key` of `cf` to the raw `value`.
+    pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.inner.put_cf(handle(&self.db, cf), key, value);
+    }
+
+    /// Deletes `key` of `cf`.
+    pub fn delete(&mut self, cf: Cf, key: &[u8]) {
+        self.inner.delete_cf(handle(&self.db, cf), key);
+    }
+
+    /// Deletes every key of `cf` in `[start, end)`. An empty range is a no-op.
+    ///
+    /// # Panics
+    ///
+    /// If `start > end`.
+    pub fn delete_range(&mut self, cf: Cf, start: &[u8], end: &[u8]) {
+        assert!(
+            start <= end,
+            "delete_range: inverted range {}..{}",
+            key_hex(start),
+            key_hex(end)
+        );
+        if start < end {
+            self.inner.delete_range_cf(handle(&self.db, cf), start, end);
+        }
+    }
+
+    /// Sets data `key` of the Data column family to `payload`, behind a value header.
+    pub fn put_value(&mut self, key: &[u8], payload: &[u8]) {
+        self.put(Cf::Data, key, &encode_value(key, payload));
+    }
+
+    /// The number of operations in the batch.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Whether the batch has no operations.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// The size of the batch's serialized representation, in bytes.
+    pub fn size_bytes(&self) -> usize {
+        self.inner.size_in_bytes()
+    }
+}
+
+/// A consistent point-in-time view of all column families of an [`Engine`].
+pub struct Snapshot<'a> {
+    db: &'a Db,
+    inner: SnapshotWithThreadMode<'a, Db>,
+}
+
+impl fmt::Debug for Snapshot<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("sequence_number", &self.inner.sequence_number())
+            .finish()
+    }
+}
+
+impl Snapshot<'_> {
+    /// Raw read of `key` of `cf` as of the snapshot.
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner
+            .get_cf(handle(self.db, cf), key)
+            .map_err(rocks("snapshot get"))
+    }
+
+    /// Calls `f` for each raw (key, value) of `cf` in `[start, end)` in key order (end None =
+    /// to the end of the column family), stopping early if `f` returns `Ok(false)`. An error
+    /// from `f` stops the iteration and is returned.
+    pub fn for_each(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        if is_empty_range(start, end) {
+            return Ok(());
+        }
+        let iter = self
+            .inner
+            .raw_iterator_cf_opt(handle(self.db, cf), range_read_options(start, end));
+        drive(iter, "snapshot for_each", start, f)
+    }
+}

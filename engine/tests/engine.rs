@@ -1,0 +1,444 @@
+//! The engine against a real RocksDB in temporary directories.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use kho_engine::keys::{data_key, row_range};
+use kho_engine::value::encode_value;
+use kho_engine::{Cf, Engine, EngineOptions, Error};
+use proptest::prelude::*;
+use tempfile::TempDir;
+
+/// Small caches: tests open many engines.
+fn test_options() -> EngineOptions {
+    EngineOptions {
+        block_cache_bytes: 8 << 20,
+        write_buffer_bytes: 1 << 20,
+    }
+}
+
+fn open(dir: &TempDir) -> Engine {
+    Engine::open(dir.path(), &test_options()).expect("open engine")
+}
+
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn pairs(items: &[(&[u8], &[u8])]) -> Pairs {
+    items.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+}
+
+#[test]
+fn engine_is_send_sync_and_clone() {
+    fn check<T: Send + Sync + Clone>() {}
+    check::<Engine>();
+}
+
+#[test]
+fn open_creates_missing_directories() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = dir.path().join("a/b/node");
+    let engine = Engine::open(&path, &test_options()).expect("open");
+    assert_eq!(engine.path(), path);
+}
+
+#[test]
+fn second_open_of_the_same_directory_fails() {
+    let dir = TempDir::new().expect("tempdir");
+    let _engine = open(&dir);
+    let err = Engine::open(dir.path(), &test_options()).expect_err("lock held");
+    assert!(matches!(err, Error::Rocks { op: "open", .. }), "{err}");
+}
+
+#[test]
+fn batch_is_atomic_and_visible_after_write() {
+    let dir = TempDir::new().expect("tempdir");
+    let engine = open(&dir);
+    let mut batch = engine.batch();
+    assert!(batch.is_empty());
+    batch.put(Cf::RaftLog, b"log-1", b"entry");
+    batch.put(Cf::RaftMeta, b"vote", b"term 3");
+    batch.put_value(b"cell", b"payload");
+    batch.put(Cf::Local, b"node", b"7");
+    assert_eq!(batch.len(), 4);
+    assert!(batch.size_bytes() > 0);
+
+    // Nothing is visible before the write.
+    assert_eq!(engine.get(Cf::RaftLog, b"log-1").expect("get"), None);
+    engine.write(batch, false).expect("write");
+
+    assert_eq!(engine.get(Cf::RaftLog, b"log-1").expect("get").as_deref(), Some(&b"entry"[..]));
+    assert_eq!(engine.get(Cf::RaftMeta, b"vote").expect("get").as_deref(), Some(&b"term 3"[..]));
+    assert_eq!(engine.get(Cf::Local, b"node").expect("get").as_deref(), Some(&b"7"[..]));
+    assert_eq!(engine.get_value(b"cell").expect("get").as_deref(), Some(&b"payload"[..]));
+    // Column families are separate key spaces; the raw Data value carries the header.
+    assert_eq!(engine.get(Cf::Local, b"log-1").expect("get"), None);
+    assert_eq!(
+        engine.get(Cf::Data, b"cell").expect("get"),
+        Some(encode_value(b"cell", b"payload"))
+    );
+}
+
+#[test]
+fn reopen_keeps_synced_writes() {
+    let dir = TempDir::new().expect("tempdir");
+    {
+        let engine = open(&dir);
+        let mut batch = engine.batch();
+        batch.put(Cf::RaftLog, b"a", b"synced by write");
+        engine.write(batch, true).expect("write");
+        let mut batch = engine.batch();
+        batch.put(Cf::RaftMeta, b"b", b"synced by sync_wal");
+        batch.put_value(b"c", b"value");
+        engine.write(batch, false).expect("write");
+        engine.sync_wal().expect("sync_wal");
+    }
+    let engine = open(&dir);
+    assert_eq!(
+        engine.get(Cf::RaftLog, b"a").expect("get").as_deref(),
+        Some(&b"synced by write"[..])
+    );
+    assert_eq!(
+        engine.get(Cf::RaftMeta, b"b").expect("get").as_deref(),
+        Some(&b"synced by sync_wal"[..])
+    );
+    assert_eq!(engine.get_value(b"c").expect("get").as_deref(), Some(&b"value"[..]));
+}
+
+#[test]
+fn scan_respects_start_end_and_limit() {
+    let dir = TempDir::new().expect("tempdir");
+    let engine = open(&dir);
+    let mut batch = engine.batch();
+    for key in [&b"a"[..], b"b", b"b\x00", b"c", b"d"] {
+        batch.put(Cf::RaftLog, key, key);
+    }
+    batch.put(Cf::Local, b"b", b"other cf");
+    engine.write(batch, false).expect("write");
+
+    let all = engine.scan(Cf::RaftLog, b"", None, usize::MAX).expect("scan");
+    assert_eq!(all.len(), 5);
+    assert_eq!(
+        engine.scan(Cf::RaftLog, b"b", Some(b"d"), 10).expect("scan"),
+        pairs(&[(b"b", b"b"), (b"b\x00", b"b\x00"), (b"c", b"c")])
+    );
+    assert_eq!(
+        engine.scan(Cf::RaftLog, b"b", Some(b"d"), 2).expect("scan"),
+        pairs(&[(b"b", b"b"), (b"b\x00", b"b\x00")])
+    );
+    assert_eq!(
+        engine.scan(Cf::RaftLog, b"c", None, 10).expect("scan"),
+        pairs(&[(b"c", b"c"), (b"d", b"d")])
+    );
+    assert!(engine.scan(Cf::RaftLog, b"a", None, 0).expect("scan").is_empty());
+    assert!(engine.scan(Cf::RaftLog, b"b", Some(b"b"), 10).expect("scan").is_empty());
+}
+
+#[test]
+fn delete_and_delete_range() {
+    let dir = TempDir::new().expect("tempdir");
+    let engine = open(&dir);
+    let mut batch = engine.batch();
+    for i in 0u8..10 {
+        batch.put(Cf::RaftLog, &[i], &[i]);
+        batch.put(Cf::RaftMeta, &[i], &[i]);
+    }
+    engine.write(batch, false).expect("write");
+    // Flush some of it to SST files so range tombstones cover both memtable and files.
+    engine.compact(Cf::RaftLog).expect("compact");
+
+    let mut batch = engine.batch();
+    batch.delete_range(Cf::RaftLog, &[2], &[5]);
+    batch.delete_range(Cf::RaftLog, &[7], &[7]);
+    batch.delete(Cf::RaftLog, &[8]);
+    engine.write(batch, false).expect("write");
+
+    let keys: Vec<u8> = engine
+        .scan(Cf::RaftLog, b"", None, usize::MAX)
+        .expect("scan")
+        .into_iter()
+        .map(|(k, _)| k[0])
+        .collect();
+    assert_eq!(keys, vec![0, 1, 5, 6, 7, 9]);
+    assert_eq!(engine.scan(Cf::RaftMeta, b"", None, usize::MAX).expect("scan").len(), 10);
+    engine.compact(Cf::RaftLog).expect("compact");
+    assert_eq!(engine.scan(Cf::RaftLog, b"", None, usize::MAX).expect("scan").len(), 6);
+}
+
+#[test]
+#[should_panic(expected = "inverted range")]
+fn inverted_delete_range_panics() {
+    let dir = TempDir::new().expect("tempdir");
+    let engine = open(&dir);
+    engine.batch().delete_range(Cf::Data, b"b", b"a");
+}
+
+#[test]
+fn first_and_last_in_range() {
+    let dir = TempDir::new().expect("tempdir");
+    let engine = open(&dir);
+    let index = |i: u64| i.to_be_bytes().to_vec();
+    assert_eq!(engine.first_in_range(Cf::RaftLog, &index(0), &index(100)).expect("first"), None);
+    assert_eq!(engine.last_in_range(Cf::RaftLog, &index(0), &index(100)).expect("last"), None);
+
+    let mut batch = engine.batch();
+    for i in 10..20 {
+        batch.put(Cf::RaftLog, &index(i), format!("entry {i}").as_bytes());
+    }
+    batch.put(Cf::RaftMeta, &index(50), b"other cf");
+    engine.write(batch, false).expect("write");
+
+    let key_of = |item: Option<(Vec<u8>, Vec<u8>)>| item.map(|(k, _)| k);
+    let first = |s, e| key_of(engine.first_in_range(Cf::RaftLog, &index(s), &index(e)).expect("first"));
+    let last = |s, e| key_of(engine.last_in_range(Cf::RaftLog, &index(s), &index(e)).expect("last"));
+    assert_eq!(first(0, 100), Some(index(10)));
+    assert_eq!(last(0, 100), Some(index(19)));
+    assert_eq!(first(12, 15), Some(index(12)));
+    assert_eq!(last(12, 15), Some(index(14)), "end is exclusive");
+    assert_eq!(last(12, 13), Some(index(12)));
+    assert_eq!(first(20, 100), None);
+    assert_eq!(last(0, 10), None, "start is inclusive, nothing below 10");
+    assert_eq!(last(0, 11), Some(index(10)));
+    assert_eq!(last(15, 15), None);
+    let (key, value) = engine
+        .last_in_range(Cf::RaftLog, &index(0), &index(100))
+        .expect("last")
+        .expect("some");
+    assert_eq!((key, value), (index(19), b"entry 19".to_vec()));
+}
+
+#[test]
+fn snapshot_does_not_see_later_writes() {
+    let dir = TempDir::new().expect("tempdir");
+    let engine = open(&dir);
+    let mut batch = engine.batch();
+    batch.put(Cf::Data, b"a", b"1");
+    batch.put(Cf::Data, b"b", b"1");
+    batch.put(Cf::RaftMeta, b"m", b"1");
+    engine.write(batch, false).expect("write");
+
+    let snapshot = engine.snapshot();
+    let mut batch = engine.batch();
+    batch.put(Cf::Data, b"a", b"2");
+    batch.delete(Cf::Data, b"b");
+    batch.put(Cf::Data, b"c", b"2");
+    batch.delete_range(Cf::RaftMeta, b"", b"\xff");
+    engine.write(batch, false).expect("write");
+
+    assert_eq!(snapshot.get(Cf::Data, b"a").expect("get").as_deref(), Some(&b"1"[..]));
+    assert_eq!(snapshot.get(Cf::Data, b"c").expect("get"), None);
+    assert_eq!(snapshot.get(Cf::RaftMeta, b"m").expect("get").as_deref(), Some(&b"1"[..]));
+    let mut seen = Vec::new();
+    snapshot
+        .for_each(Cf::Data, b"", None, |k, v| {
+            seen.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })
+        .expect("for_each");
+    assert_eq!(seen, pairs(&[(b"a", b"1"), (b"b", b"1")]));
+
+    // The live engine sees the new state.
+    assert_eq!(
+        engine.scan(Cf::Data, b"", None, 10).expect("scan"),
+        pairs(&[(b"a", b"2"), (b"c", b"2")])
+    );
+    assert_eq!(engine.get(Cf::RaftMeta, b"m").expect("get"), None);
+}
+
+#[test]
+fn snapshot_for_each_stops_early_and_propagates_errors() {
+    let dir = TempDir::new().expect("tempdir");
+    let engine = open(&dir);
+    let mut batch = engine.batch();
+    for i in 0u8..10 {
+        batch.put(Cf::Local, &[i], &[i]);
+    }
+    engine.write(batch, false).expect("write");
+    let snapshot = engine.snapshot();
+
+    let mut seen = Vec::new();
+    snapshot
+        .for_each(Cf::Local, &[2], Some(&[8]), |k, _| {
+            seen.push(k[0]);
+            Ok(seen.len() < 3)
+        })
+        .expect("for_each");
+    assert_eq!(seen, vec![2, 3, 4]);
+
+    let err = snapshot
+        .for_each(Cf::Local, &[0], None, |k, _| {
+            if k[0] == 5 {
+                Err(Error::InvalidKey { reason: "stop".into() })
+            } else {
+                Ok(true)
+            }
+        })
+        .expect_err("error from f");
+    assert!(matches!(err, Error::InvalidKey { .. }));
+}
+
+#[test]
+fn corrupt_data_values_are_errors_never_data() {
+    let dir = TempDir::new().expect("tempdir");
+    let engine = open(&dir);
+    let good = data_key(1, 1, b"row", 1, b"good");
+    let flipped = data_key(1, 1, b"row", 1, b"flipped");
+    let moved = data_key(1, 1, b"row", 1, b"moved");
+    let short = data_key(1, 1, b"row", 1, b"short");
+
+    let mut batch = engine.batch();
+    batch.put_value(&good, b"ok");
+    let mut bad = encode_value(&flipped, b"payload");
+    bad[7] ^= 0x01;
+    batch.put(Cf::Data, &flipped, &bad);
+    // A valid value copied under another key.
+    batch.put(Cf::Data, &moved, &encode_value(&good, b"ok"));
+    batch.put(Cf::Data, &short, b"\x01\x00");
+    engine.write(batch, false).expect("write");
+
+    assert_eq!(engine.get_value(&good).expect("get").as_deref(), Some(&b"ok"[..]));
+    for key in [&flipped, &moved, &short] {
+        let err = engine.get_value(key).expect_err("corrupt");
+        assert!(matches!(err, Error::Corruption { .. }), "{err}");
+    }
+    let err = engine.scan_values(&good[..8], &[0xff; 9], 10).expect_err("corrupt");
+    assert!(matches!(err, Error::Corruption { .. }), "{err}");
+    // The good value alone still scans.
+    let mut end = good.clone();
+    end.push(0);
+    assert_eq!(
+        engine.scan_values(&good, &end, 10).expect("scan"),
+        vec![(good.clone(), b"ok".to_vec())]
+    );
+}
+
+#[test]
+fn row_range_scans_exactly_the_wanted_rows() {
+    let dir = TempDir::new().expect("tempdir");
+    let engine = open(&dir);
+    let rows: [&[u8]; 7] = [b"", b"a", b"a\x00", b"a\x00b", b"ab", b"b", b"\xff"];
+    let mut batch = engine.batch();
+    for table in [1, 2, 3] {
+        for row in rows {
+            for family in [0u16, 1] {
+                let key = data_key(7, table, row, family, b"q");
+                batch.put_value(&key, row);
+            }
+        }
+    }
+    engine.write(batch, false).expect("write");
+
+    let rows_in = |start_row: &[u8], end_row: Option<&[u8]>, prefix: &[u8]| -> Vec<Vec<u8>> {
+        let (start, end) = row_range(7, 2, start_row, end_row, prefix);
+        if start >= end {
+            return Vec::new();
+        }
+        let mut found: Vec<Vec<u8>> = engine
+            .scan_values(&start, &end, usize::MAX)
+            .expect("scan")
+            .into_iter()
+            .map(|(_, row)| row)
+            .collect();
+        assert!(found.len() % 2 == 0, "both families of each row");
+        found.dedup();
+        found
+    };
+    let all: Vec<Vec<u8>> = rows.iter().map(|r| r.to_vec()).collect();
+    assert_eq!(rows_in(b"", None, b""), all);
+    assert_eq!(rows_in(b"a\x00", Some(b"b"), b""), all[2..5].to_vec());
+    assert_eq!(rows_in(b"", None, b"a"), all[1..5].to_vec());
+    assert_eq!(rows_in(b"", None, b"a\x00"), all[2..4].to_vec());
+    assert_eq!(rows_in(b"a\x00b", None, b"a"), all[3..5].to_vec());
+    assert!(rows_in(b"b", None, b"a").is_empty());
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    DeleteRange(Vec<u8>, Vec<u8>),
+    /// Ends the current batch: writes it and checks a scan against the model.
+    Commit { start: Vec<u8>, end: Option<Vec<u8>>, limit: usize, sync: bool },
+    /// Drops and reopens the engine (after syncing).
+    Reopen,
+}
+
+fn small_key() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(prop::sample::select(vec![0x00u8, 0x01, 0x7f, 0xff]), 0..4)
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (small_key(), prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(k, v)| Op::Put(k, v)),
+        2 => small_key().prop_map(Op::Delete),
+        1 => (small_key(), small_key()).prop_map(|(a, b)| if a <= b { Op::DeleteRange(a, b) } else { Op::DeleteRange(b, a) }),
+        3 => (small_key(), prop::option::of(small_key()), 0usize..12, any::<bool>()).prop_map(|(start, end, limit, sync)| {
+            let end = end.map(|end| end.max(start.clone()));
+            Op::Commit { start, end, limit, sync }
+        }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn model_scan(model: &BTreeMap<Vec<u8>, Vec<u8>>, start: &[u8], end: Option<&[u8]>, limit: usize) -> Pairs {
+    let upper = end.map_or(Bound::Unbounded, |end| Bound::Excluded(end.to_vec()));
+    model
+        .range((Bound::Included(start.to_vec()), upper))
+        .take(limit)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Batches of put/delete/delete_range against a BTreeMap, with scans and reopens.
+    #[test]
+    fn engine_matches_btreemap_model(ops in prop::collection::vec(op(), 1..60)) {
+        let dir = TempDir::new().expect("tempdir");
+        let mut engine = open(&dir);
+        let mut model = BTreeMap::new();
+        let mut pending = model.clone();
+        let mut batch = engine.batch();
+        for op in ops {
+            match op {
+                Op::Put(key, value) => {
+                    batch.put(Cf::Data, &key, &value);
+                    pending.insert(key, value);
+                }
+                Op::Delete(key) => {
+                    batch.delete(Cf::Data, &key);
+                    pending.remove(&key);
+                }
+                Op::DeleteRange(start, end) => {
+                    batch.delete_range(Cf::Data, &start, &end);
+                    pending.retain(|k, _| !(start <= *k && *k < end));
+                }
+                Op::Commit { start, end, limit, sync } => {
+                    // Uncommitted writes are invisible.
+                    prop_assert_eq!(engine.scan(Cf::Data, b"", None, usize::MAX)?, model_scan(&model, b"", None, usize::MAX));
+                    engine.write(std::mem::replace(&mut batch, engine.batch()), sync)?;
+                    model = pending.clone();
+                    prop_assert_eq!(
+                        engine.scan(Cf::Data, &start, end.as_deref(), limit)?,
+                        model_scan(&model, &start, end.as_deref(), limit)
+                    );
+                    if let Some(end) = &end {
+                        let last = model.range(start.clone()..end.clone()).next_back().map(|(k, v)| (k.clone(), v.clone()));
+                        prop_assert_eq!(engine.last_in_range(Cf::Data, &start, end)?, last);
+                    }
+                }
+                Op::Reopen => {
+                    engine.write(std::mem::replace(&mut batch, engine.batch()), false)?;
+                    model = pending.clone();
+                    engine.sync_wal()?;
+                    drop(batch);
+                    drop(engine);
+                    engine = open(&dir);
+                    batch = engine.batch();
+                }
+            }
+        }
+        engine.write(batch, false)?;
+        prop_assert_eq!(engine.scan(Cf::Data, b"", None, usize::MAX)?, model_scan(&pending, b"", None, usize::MAX));
+    }
+}
