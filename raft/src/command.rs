@@ -42,7 +42,7 @@ pub struct Condition {
 
 impl Command {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![COMMAND_FORMAT_V1];
+        let out = vec![COMMAND_FORMAT_V1];
         postcard::to_extend(self, out).expect("encoding a command into a Vec cannot fail")
     }
 
@@ -127,5 +127,24 @@ mod tests {
         assert_eq!(Command::decode(&c.encode()).unwrap(), c);
         assert!(Command::decode(&[9, 1, 2]).is_err());
         assert!(Command::decode(&[]).is_err());
+    }
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::CreateTenant { name } => write!(f, "create-tenant {name}"),
+            Command::CreateTable { tenant, name, families } => write!(f, "create-table {tenant}/{name} {families:?}"),
+            Command::DropTable { tenant, name } => write!(f, "drop-table {tenant}/{name}"),
+            Command::Write { tenant, table, ops, condition } => {
+                write!(f, "write {tenant}/{table}: {} ops{}", ops.len(), if condition.is_some() { ", conditional" } else { "" })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "revision {}: {:?}", self.revision, self.outcome)
     }
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use kho_engine::{Engine, EngineOptions};
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 
 use crate::command::{AppError, Command, Response};
@@ -214,7 +215,6 @@ impl Group {
             election_timeout_min: s.election_timeout_min_ms,
             election_timeout_max: s.election_timeout_max_ms,
             install_snapshot_timeout: s.snapshot_timeout_ms,
-            send_snapshot_timeout: s.snapshot_timeout_ms,
             max_payload_entries: s.append_entries_max,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: s.logs_to_keep_after_snapshot,
@@ -281,7 +281,7 @@ impl Group {
     }
 
     pub fn status(&self) -> GroupStatus {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let role = match m.state {
             ServerState::Leader => "leader",
             ServerState::Follower => "follower",
@@ -302,7 +302,7 @@ impl Group {
             leader_id: m.current_leader,
             last_log_index: m.last_log_index.unwrap_or(0),
             first_log_index: self.log.first_index().ok().flatten().unwrap_or(0),
-            commit_index: m.committed.map(|l| l.index).unwrap_or(0),
+            commit_index: m.local_committed.map(|l| l.index).unwrap_or(0),
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             members,
         }
@@ -310,8 +310,9 @@ impl Group {
 
     /// The address of a member, if it is in the membership.
     pub fn member_addr(&self, id: NodeId) -> Option<String> {
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        m.membership().nodes().find(|(n, _)| **n == id).map(|(_, node)| node.addr.clone())
+        let m = self.raft.metrics().borrow_watched().membership_config.clone();
+        let addr = m.membership().nodes().find(|(n, _)| **n == id).map(|(_, node)| node.addr.clone());
+        addr
     }
 }
 

@@ -34,8 +34,8 @@ pub struct SnapshotFile {
     pub file: File,
 }
 
-fn bad(reason: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("corrupt snapshot: {}", reason.into()))
+fn bad(reason: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("corrupt snapshot: {reason}"))
 }
 
 pub fn encode_meta(meta: &SnapshotMeta) -> Vec<u8> {

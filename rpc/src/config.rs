@@ -237,10 +237,9 @@ impl Config {
         positive("raft.snapshot_timeout_ms", r.snapshot_timeout_ms)?;
         positive("raft.proposal_timeout_ms", r.proposal_timeout_ms)?;
         let l = &self.limits;
-        // Key sizes are bounded by the storage format (row key length fits the encoding and
-        // RocksDB handles keys well up to tens of KiB).
-        in_range("limits.key_bytes_max", l.key_bytes_max, 1, 65_536)?;
-        in_range("limits.qualifier_bytes_max", l.qualifier_bytes_max, 1, 65_536)?;
+        // Key sizes are bounded by the storage format (kho_engine::keys).
+        in_range("limits.key_bytes_max", l.key_bytes_max, 1, kho_engine::keys::ROW_BYTES_MAX as u64)?;
+        in_range("limits.qualifier_bytes_max", l.qualifier_bytes_max, 1, kho_engine::keys::QUALIFIER_BYTES_MAX as u64)?;
         in_range("limits.value_bytes_max", l.value_bytes_max, 1, 64 << 20)?;
         in_range("limits.batch_ops_max", l.batch_ops_max, 1, 100_000)?;
         in_range("limits.batch_bytes_max", l.batch_bytes_max, 1, 256 << 20)?;

@@ -9,6 +9,7 @@ use kho_engine::{value, Cf, Engine};
 use kho_proto::v1::data_server::Data;
 use kho_proto::v1::{self as pb, write_op, mutation};
 use kho_raft::catalog::TableMeta;
+use openraft::type_config::async_runtime::WatchReceiver;
 use kho_raft::command::Condition;
 use kho_raft::{Command, WriteOp};
 use tokio_stream::wrappers::ReceiverStream;
@@ -59,7 +60,7 @@ impl DataService {
     /// requests do not fill the log); the state machine checks again when applying.
     fn precheck(&self, tenant: &str, table: &str, families: &[&str]) -> Result<(), Status> {
         let g = self.ctx.group();
-        if g.raft.metrics().borrow().current_leader != Some(self.ctx.node.id) {
+        if g.raft.metrics().borrow_watched().current_leader != Some(self.ctx.node.id) {
             return Ok(());
         }
         let meta = self.table(tenant, table)?;

@@ -1,0 +1,30 @@
+//! openraft's storage conformance suite against Kho's RocksDB log store and state machine.
+
+use kho_engine::{Engine, EngineOptions};
+use kho_raft::log_store::{LogStore, WalSyncer};
+use kho_raft::state_machine::StateMachine;
+use kho_raft::TypeConfig;
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::TypeConfigExt;
+use openraft::StorageError;
+use tempfile::TempDir;
+
+struct RocksBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+        let err = |e: &dyn std::fmt::Display| StorageError::read(TypeConfig::err_from_string(e.to_string()));
+        let dir = TempDir::new().map_err(|e| err(&e))?;
+        let engine = Engine::open(&dir.path().join("db"), &EngineOptions::default()).map_err(|e| err(&e))?;
+        let log = LogStore::new(1, engine.clone(), WalSyncer::start(engine.clone()));
+        let sm = StateMachine::open(1, engine, dir.path().join("snapshots"), 64 << 10).map_err(|e| err(&e))?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes_on_rocksdb_store() {
+    TypeConfig::run(async {
+        Suite::test_all(RocksBuilder).await.expect("openraft storage suite");
+    });
+}
