@@ -18,6 +18,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::channels::Channels;
 
+/// Most snapshot chunks read ahead of the network, count.
+const SNAPSHOT_CHUNKS_IN_FLIGHT_MAX: usize = 4;
+
 pub struct GrpcTransport {
     pub from: NodeId,
     pub channels: Arc<Channels>,
@@ -88,23 +91,34 @@ impl Transport for GrpcTransport {
     ) -> BoxFuture<'static, Result<Bytes, TransportError>> {
         let client = self.client(target, &addr);
         let from = self.from;
+        // A feeder task reads the file and a bounded channel carries the chunks to gRPC. A
+        // read error ends the stream early; the receiver then sees a truncated snapshot and
+        // rejects it (the end marker is missing).
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(SNAPSHOT_CHUNKS_IN_FLIGHT_MAX);
+        let mut chunks = chunks;
+        tokio::spawn(async move {
+            let first = SnapshotChunk { group_id: group, header: header.to_vec(), data: Bytes::new(), from };
+            if tx.send(first).await.is_err() {
+                return;
+            }
+            while let Some(c) = chunks.next().await {
+                match c {
+                    Ok(data) => {
+                        if tx.send(SnapshotChunk { group_id: group, header: Vec::new(), data, from }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the snapshot file failed; aborting the transfer");
+                        return;
+                    }
+                }
+            }
+        });
         async move {
             let mut client = client?;
-            let first = futures::stream::once(async move {
-                SnapshotChunk { group_id: group, header, data: Bytes::new(), from }
-            });
-            // A read error ends the stream early; the receiver then sees a truncated
-            // snapshot and rejects it (the end marker is missing).
-            let rest = chunks
-                .take_while(|c| {
-                    if let Err(e) = c {
-                        tracing::warn!(error = %e, "reading the snapshot file failed; aborting the transfer");
-                    }
-                    futures::future::ready(c.is_ok())
-                })
-                .filter_map(|c| async move { c.ok() })
-                .map(move |data| SnapshotChunk { group_id: group, header: Bytes::new(), data, from });
-            let mut req = Request::new(first.chain(rest));
+            let outgoing = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let mut req = Request::new(outgoing);
             req.set_timeout(timeout);
             match tokio::time::timeout(timeout, client.install_snapshot(req)).await {
                 Err(_) => Err(TransportError::Timeout { target, timeout_ms: timeout.as_millis() as u64 }),
