@@ -64,7 +64,7 @@ pub enum TableOp {
         /// Table name.
         name: String,
         /// Column families, comma-separated; the first is the key-value view's default.
-        #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+        #[arg(long, value_delimiter = ',', required = true)]
         families: Vec<String>,
     },
     /// Lists tables (of one tenant, or of all).

@@ -56,12 +56,27 @@ pub async fn connect(endpoints: &EndpointList, t: Timeouts) -> anyhow::Result<Co
                 return Ok(Conn { endpoint: ep.clone(), channel });
             }
             Err(e) => {
-                tracing::debug!(endpoint = %ep, error = %format!("{e:#}"), "connect failed");
-                failures.push(format!("{ep} ({e:#})"));
+                let text = error_text(&e);
+                tracing::debug!(endpoint = %ep, error = %text, "connect failed");
+                failures.push(format!("{ep} ({text})"));
             }
         }
     }
     Err(anyhow!("could not connect to any endpoint: {}", failures.join("; ")))
+}
+
+/// An error and its causes on one line, without the repeats tonic's transport errors have
+/// ("tcp connect error: tcp connect error: Connection refused").
+fn error_text(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|last| last.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
 }
 
 async fn connect_one(endpoint: &str, t: Timeouts) -> anyhow::Result<Channel> {

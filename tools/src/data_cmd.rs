@@ -20,8 +20,10 @@ use crate::parse::{parse_cell, parse_set, CellSpec, SetSpec};
 /// The table a data command works on.
 #[derive(Debug, Clone, Args)]
 pub struct TableRef {
+    /// Tenant (hosted database).
     #[arg(long)]
     pub tenant: String,
+    /// Table of the tenant.
     #[arg(long)]
     pub table: String,
 }

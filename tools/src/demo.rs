@@ -170,7 +170,14 @@ fn prepare(args: &DemoArgs) -> anyhow::Result<Prepared> {
     match std::fs::read_to_string(&shape_file) {
         Ok(text) => {
             let old = DemoShape::from_toml(&text).with_context(|| format!("read {}", shape_file.display()))?;
-            if old != shape {
+            let old_has_data = local_cluster::layout(&dir, old.nodes, old.base_port)
+                .map(|ls| ls.iter().any(|l| dir_has_entries(&l.data_dir)))
+                .unwrap_or(true);
+            if old != shape && !old_has_data {
+                // The previous demo never stored anything: nothing to keep consistent with.
+                std::fs::write(&shape_file, shape.to_toml())
+                    .with_context(|| format!("write {}", shape_file.display()))?;
+            } else if old != shape {
                 bail!(
                     "{} holds a demo of {} node(s) on ports from {}; its members are fixed in its data. \
                      Run with --nodes {} --base-port {}, or choose another --dir",

@@ -195,18 +195,24 @@ impl DirLock {
 /// Refuses to start over nodes that still run (left behind by a demo that was killed)
 /// and over ports that something else holds.
 pub fn check_free(nodes: &[NodeLayout]) -> anyhow::Result<()> {
+    let mut left = Vec::new();
     for n in nodes {
         if let Ok(text) = std::fs::read_to_string(&n.pid_file) {
             if let Ok(pid) = text.trim().parse::<u32>() {
                 if is_our_server(pid, &n.config) {
-                    bail!(
-                        "node {} of a previous demo is still running (pid {pid}, {}); stop it with `kill {pid}`",
-                        n.id,
-                        n.addr
-                    );
+                    left.push((n.id, pid));
                 }
             }
         }
+    }
+    if !left.is_empty() {
+        let which: Vec<String> = left.iter().map(|(id, pid)| format!("node {id} (pid {pid})")).collect();
+        let pids: Vec<String> = left.iter().map(|(_, pid)| pid.to_string()).collect();
+        bail!(
+            "nodes of a previous demo are still running: {}; stop them with `kill {}`",
+            which.join(", "),
+            pids.join(" ")
+        );
     }
     for n in nodes {
         if let Err(e) = std::net::TcpListener::bind(&n.addr) {

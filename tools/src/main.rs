@@ -67,7 +67,8 @@ enum ConfigOp {
 /// Logging to stderr, filtered by `KHO_LOG` (tracing-subscriber env-filter syntax).
 fn init_logging(default: &str) {
     let filter = EnvFilter::try_from_env("KHO_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 fn main() -> ExitCode {
@@ -227,6 +228,11 @@ mod tests {
         let admin_cmd::TableOp::Create { families, .. } = cmd.op else { panic!() };
         assert_eq!(families, ["a", "b"]);
         assert!(parse(&["table", "create", "--tenant", "t", "x"]).is_err());
+        // The table name after --families is the name, not another family.
+        let cli = parse(&["table", "create", "--tenant", "t", "--families", "a,b", "--families", "c", "x"]).unwrap();
+        let Command::Table(cmd) = cli.command else { panic!() };
+        let admin_cmd::TableOp::Create { families, name, .. } = cmd.op else { panic!() };
+        assert_eq!((families, name.as_str()), (vec!["a".to_string(), "b".into(), "c".into()], "x"));
     }
 
     #[test]
