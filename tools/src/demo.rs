@@ -61,7 +61,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     let signals = match crate::server::shutdown_signal() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot install signal handlers: {e}");
+            say_err!("error: cannot install signal handlers: {e}");
             return ExitCode::from(1);
         }
     };
@@ -69,37 +69,37 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     let prepared = match prepare(&args) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say_err!("error: {e:#}");
             return ExitCode::from(1);
         }
     };
     let Prepared { dir, layouts, _lock, exe, reused } = prepared;
-    println!("kho demo: data directory {}", dir.display());
+    say!("kho demo: data directory {}", dir.display());
     if reused {
-        println!("kho demo: reusing the data of a previous demo (no new bootstrap)");
+        say!("kho demo: reusing the data of a previous demo (no new bootstrap)");
     }
     let mut cluster = tokio::select! {
         r = LocalCluster::start(&exe, &layouts) => match r {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                say_err!("error: {e:#}");
                 return ExitCode::from(1);
             }
         },
         sig = &mut signals => {
-            eprintln!("kho demo: {sig} while starting");
+            say_err!("kho demo: {sig} while starting");
             return ExitCode::from(EXIT_INTERRUPTED);
         }
     };
     for n in &cluster.nodes {
-        println!("kho demo: node {} (pid {}) on {}, log {}", n.layout.id, n.pid, n.layout.addr, n.layout.log.display());
+        say!("kho demo: node {} (pid {}) on {}, log {}", n.layout.id, n.pid, n.layout.addr, n.layout.log.display());
     }
     let endpoints = EndpointList(layouts.iter().map(|l| l.addr.clone()).collect());
 
     let setup = tokio::select! {
         r = setup(&mut cluster, &endpoints, args.rows) => Some(r),
         sig = &mut signals => {
-            eprintln!("kho demo: {sig} before the demo was ready; stopping the nodes");
+            say_err!("kho demo: {sig} before the demo was ready; stopping the nodes");
             None
         }
     };
@@ -109,7 +109,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             return ExitCode::from(EXIT_INTERRUPTED);
         }
         Some(Err(e)) => {
-            eprintln!("error: {e:#}");
+            say_err!("error: {e:#}");
             print_tails(&layouts);
             cluster.stop(STOP_GRACE).await;
             return ExitCode::from(1);
@@ -117,24 +117,25 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         Some(Ok(first)) => first,
     };
     let exe_text = shell_quote(&exe.to_string_lossy());
-    print!("{}", usage_text(&exe_text, &endpoints, &dir, first.as_deref()));
-    println!("kho demo: ready");
+    let usage = usage_text(&exe_text, &endpoints, &dir, first.as_deref());
+    say!("{}", usage.strip_suffix('\n').unwrap_or(&usage));
+    say!("kho demo: ready");
 
     if args.no_wait {
-        println!("kho demo: --no-wait: stopping the nodes");
+        say!("kho demo: --no-wait: stopping the nodes");
         cluster.stop(STOP_GRACE).await;
         return ExitCode::SUCCESS;
     }
     loop {
         tokio::select! {
             sig = &mut signals => {
-                println!("kho demo: {sig}: stopping the nodes");
+                say!("kho demo: {sig}: stopping the nodes");
                 break;
             }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 report_exits(&mut cluster);
                 if cluster.running() == 0 {
-                    eprintln!("kho demo: every node has exited");
+                    say_err!("kho demo: every node has exited");
                     return ExitCode::from(1);
                 }
             }
@@ -208,23 +209,23 @@ fn dir_has_entries(p: &Path) -> bool {
 fn report_exits(cluster: &mut LocalCluster) {
     for (l, pid, status) in cluster.newly_exited() {
         match status {
-            Ok(s) => eprintln!("kho demo: node {} (pid {pid}) exited unexpectedly: {s}", l.id),
-            Err(e) => eprintln!("kho demo: node {} (pid {pid}): cannot wait: {e}", l.id),
+            Ok(s) => say_err!("kho demo: node {} (pid {pid}) exited unexpectedly: {s}", l.id),
+            Err(e) => say_err!("kho demo: node {} (pid {pid}): cannot wait: {e}", l.id),
         }
-        eprintln!("--- last lines of {} ---\n{}", l.log.display(), local_cluster::tail(&l.log, TAIL_LINES));
+        say_err!("--- last lines of {} ---\n{}", l.log.display(), local_cluster::tail(&l.log, TAIL_LINES));
     }
 }
 
 fn print_tails(layouts: &[NodeLayout]) {
     for l in layouts {
-        eprintln!("--- last lines of {} ---\n{}", l.log.display(), local_cluster::tail(&l.log, TAIL_LINES));
+        say_err!("--- last lines of {} ---\n{}", l.log.display(), local_cluster::tail(&l.log, TAIL_LINES));
     }
 }
 
 /// Waits for a leader, creates the schema, loads the rows. Returns the first citizen id.
 async fn setup(cluster: &mut LocalCluster, endpoints: &EndpointList, rows: u64) -> anyhow::Result<Option<String>> {
     let status = wait_for_leader(cluster, endpoints).await?;
-    println!("kho demo: node {} is the leader (term {})", status.leader_id, status.term);
+    say!("kho demo: node {} is the leader (term {})", status.leader_id, status.term);
     // Writes go to the leader directly when its address is known; any node would forward.
     let leader_addr = status.nodes.iter().find(|n| n.node_id == status.leader_id).map(|n| n.address.clone());
     let mut order = Vec::new();
@@ -240,7 +241,7 @@ async fn wait_for_leader(cluster: &mut LocalCluster, endpoints: &EndpointList) -
     let start = Instant::now();
     let quick = Timeouts { connect: Duration::from_secs(1), request: Duration::from_secs(3) };
     let mut last_error = String::from("no answer yet");
-    println!("kho demo: waiting for a leader (up to {} s)", LEADER_WAIT.as_secs());
+    say!("kho demo: waiting for a leader (up to {} s)", LEADER_WAIT.as_secs());
     while start.elapsed() < LEADER_WAIT {
         let exited = cluster.newly_exited();
         if !exited.is_empty() {
@@ -293,8 +294,8 @@ async fn create_schema(admin: &mut AdminClient<Channel>) -> anyhow::Result<()> {
     })
     .await;
     match r {
-        Ok(_) => println!("kho demo: created tenant {TENANT}"),
-        Err(s) if s.code() == tonic::Code::AlreadyExists => println!("kho demo: tenant {TENANT} exists"),
+        Ok(_) => say!("kho demo: created tenant {TENANT}"),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => say!("kho demo: tenant {TENANT} exists"),
         Err(s) => return Err(anyhow!("create tenant {TENANT}: {}", display::status_line(&s))),
     }
     let r = with_retry(|| {
@@ -308,8 +309,8 @@ async fn create_schema(admin: &mut AdminClient<Channel>) -> anyhow::Result<()> {
     })
     .await;
     match r {
-        Ok(_) => println!("kho demo: created table {TENANT}/{TABLE} (families {})", FAMILIES.join(", ")),
-        Err(s) if s.code() == tonic::Code::AlreadyExists => println!("kho demo: table {TENANT}/{TABLE} exists"),
+        Ok(_) => say!("kho demo: created table {TENANT}/{TABLE} (families {})", FAMILIES.join(", ")),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => say!("kho demo: table {TENANT}/{TABLE} exists"),
         Err(s) => return Err(anyhow!("create table {TENANT}/{TABLE}: {}", display::status_line(&s))),
     }
     Ok(())
@@ -337,11 +338,11 @@ pub fn citizen_request(c: &Citizen) -> MutateRowRequest {
 
 async fn load(data: &DataClient<Channel>, rows: u64) -> anyhow::Result<()> {
     if rows == 0 {
-        println!("kho demo: --rows 0: nothing to load");
+        say!("kho demo: --rows 0: nothing to load");
         return Ok(());
     }
     let start = Instant::now();
-    println!("kho demo: loading {rows} rows into {TENANT}/{TABLE} ({LOAD_IN_FLIGHT_MAX} in flight)");
+    say!("kho demo: loading {rows} rows into {TENANT}/{TABLE} ({LOAD_IN_FLIGHT_MAX} in flight)");
     let mut results = futures::stream::iter(CitizenGen::new(DEMO_SEED).take(usize::try_from(rows)?))
         .map(|c| {
             let data = data.clone();
@@ -365,11 +366,11 @@ async fn load(data: &DataClient<Channel>, rows: u64) -> anyhow::Result<()> {
         let tenths = done * 10 / rows;
         if tenths > reported_tenths {
             reported_tenths = tenths;
-            println!("kho demo: loaded {done}/{rows} rows ({}%)", tenths * 10);
+            say!("kho demo: loaded {done}/{rows} rows ({}%)", tenths * 10);
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("kho demo: loaded {rows} rows in {secs:.1} s ({:.0} rows/s)", rows as f64 / secs.max(0.001));
+    say!("kho demo: loaded {rows} rows in {secs:.1} s ({:.0} rows/s)", rows as f64 / secs.max(0.001));
     Ok(())
 }
 

@@ -316,7 +316,7 @@ impl LocalCluster {
         for n in &self.nodes {
             if n.child.is_some() {
                 if let Err(e) = send_signal(n.pid, libc::SIGTERM) {
-                    eprintln!("kho demo: SIGTERM to node {} (pid {}): {e}", n.layout.id, n.pid);
+                    say_err!("kho demo: SIGTERM to node {} (pid {}): {e}", n.layout.id, n.pid);
                 }
             }
         }
@@ -324,8 +324,8 @@ impl LocalCluster {
         loop {
             for (l, pid, status) in self.newly_exited() {
                 match status {
-                    Ok(s) => println!("kho demo: node {} (pid {pid}) stopped: {s}", l.id),
-                    Err(e) => println!("kho demo: node {} (pid {pid}): cannot wait: {e}", l.id),
+                    Ok(s) => say!("kho demo: node {} (pid {pid}) stopped: {s}", l.id),
+                    Err(e) => say!("kho demo: node {} (pid {pid}): cannot wait: {e}", l.id),
                 }
             }
             if self.running() == 0 || Instant::now() >= deadline {
@@ -335,7 +335,7 @@ impl LocalCluster {
         }
         for n in &mut self.nodes {
             let Some(mut child) = n.child.take() else { continue };
-            eprintln!(
+            say_err!(
                 "kho demo: node {} (pid {}) did not stop within {} s; sending SIGKILL",
                 n.layout.id,
                 n.pid,
@@ -343,9 +343,9 @@ impl LocalCluster {
             );
             let _ = child.start_kill();
             match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-                Ok(Ok(s)) => println!("kho demo: node {} (pid {}) killed: {s}", n.layout.id, n.pid),
-                Ok(Err(e)) => eprintln!("kho demo: node {} (pid {}): cannot wait: {e}", n.layout.id, n.pid),
-                Err(_) => eprintln!("kho demo: node {} (pid {}) still not gone after SIGKILL", n.layout.id, n.pid),
+                Ok(Ok(s)) => say!("kho demo: node {} (pid {}) killed: {s}", n.layout.id, n.pid),
+                Ok(Err(e)) => say_err!("kho demo: node {} (pid {}): cannot wait: {e}", n.layout.id, n.pid),
+                Err(_) => say_err!("kho demo: node {} (pid {}) still not gone after SIGKILL", n.layout.id, n.pid),
             }
             let _ = std::fs::remove_file(&n.layout.pid_file);
         }

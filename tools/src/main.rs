@@ -4,6 +4,23 @@
 //! Exit codes: 0 success; 1 an error (a gRPC status is printed as `error: <CODE>: <message>`,
 //! a missing key or row as `not found`); 2 a bad command line or an invalid config.
 
+/// `println!` that ignores a closed stdout instead of panicking: `kho demo` must go on
+/// to stop its nodes even when its output pipe is gone.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr (see `say!`).
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod admin_cmd;
 mod client;
 mod data_cmd;
