@@ -1,1 +1,261 @@
-fn main() {}
+//! `kho`: the one binary of Kho. `kho server` runs a node; the other commands are clients
+//! of a running cluster, plus `kho demo` (a local cluster with data) and `kho config check`.
+//!
+//! Exit codes: 0 success; 1 an error (a gRPC status is printed as `error: <CODE>: <message>`,
+//! a missing key or row as `not found`); 2 a bad command line or an invalid config.
+
+/// `println!` that ignores a closed stdout instead of panicking: `kho demo` must go on
+/// to stop its nodes even when its output pipe is gone.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr (see `say!`).
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+mod admin_cmd;
+mod client;
+mod data_cmd;
+mod datagen;
+mod demo;
+mod display;
+mod local_cluster;
+mod node_config;
+mod parse;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "kho", version, about = "Kho: a Raft-replicated key-value and column-family store")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a node until SIGINT or SIGTERM.
+    Server(server::ServerArgs),
+    /// Tenants (hosted databases).
+    Tenant(admin_cmd::TenantCmd),
+    /// Tables and their column families.
+    Table(admin_cmd::TableCmd),
+    /// The key-value view: one cell per key (family, empty qualifier).
+    Kv(data_cmd::KvCmd),
+    /// Rows of cells: `family:qualifier = value`.
+    Row(data_cmd::RowCmd),
+    /// Membership and Raft status.
+    Cluster(admin_cmd::ClusterCmd),
+    /// Starts a local cluster of real `kho server` processes and loads demo data.
+    Demo(demo::DemoArgs),
+    /// Node config files.
+    Config {
+        #[command(subcommand)]
+        op: ConfigOp,
+    },
+    /// Prints the version.
+    Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigOp {
+    /// Validates a config file (with the same override flags as `kho server`) and prints
+    /// the effective config, every field included.
+    Check {
+        file: PathBuf,
+        #[command(flatten)]
+        overrides: node_config::Overrides,
+    },
+}
+
+/// Logging to stderr, filtered by `KHO_LOG` (tracing-subscriber env-filter syntax).
+fn init_logging(default: &str) {
+    let filter = EnvFilter::try_from_env("KHO_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(match cli.command {
+        Command::Server(_) => "info",
+        _ => "warn",
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> ExitCode {
+    let result = match command {
+        Command::Server(args) => return server::run(args).await,
+        Command::Demo(args) => return demo::run(args).await,
+        Command::Config { op: ConfigOp::Check { file, overrides } } => {
+            return match node_config::load(Some(&file), &overrides) {
+                Ok(c) => {
+                    print!("{}", node_config::render(&c));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Version => {
+            println!("kho {} (API kho.v1)", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Tenant(cmd) => admin_cmd::tenant(cmd).await,
+        Command::Table(cmd) => admin_cmd::table(cmd).await,
+        Command::Cluster(cmd) => admin_cmd::cluster(cmd).await,
+        Command::Kv(cmd) => data_cmd::kv(cmd).await,
+        Command::Row(cmd) => data_cmd::row(cmd).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => report(&e),
+    }
+}
+
+/// Prints a client command's error: a gRPC status as `error: <CODE>: <message>`, anything
+/// else with its causes. Output cut short by a closed pipe (`kho kv scan | head`) is not
+/// an error.
+fn report(e: &anyhow::Error) -> ExitCode {
+    for cause in e.chain() {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::BrokenPipe {
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+    match e.downcast_ref::<tonic::Status>() {
+        Some(status) => eprintln!("{}", display::status_line(status)),
+        None => eprintln!("error: {e:#}"),
+    }
+    ExitCode::from(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kho").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn server_flags() {
+        let cli = parse(&[
+            "server",
+            "--config",
+            "n.toml",
+            "--node-id",
+            "2",
+            "--listen",
+            "0.0.0.0:7002",
+            "--advertise",
+            "kho-2:7002",
+            "--data-dir",
+            "/d",
+            "--initial-members",
+            "1=a:7001,2=b:7002",
+        ])
+        .unwrap();
+        let Command::Server(a) = cli.command else { panic!() };
+        assert_eq!(a.config, Some(PathBuf::from("n.toml")));
+        assert_eq!(a.overrides.node_id, Some(2));
+        assert_eq!(a.overrides.listen_addr.as_deref(), Some("0.0.0.0:7002"));
+        assert_eq!(a.overrides.advertise_addr.as_deref(), Some("kho-2:7002"));
+        assert_eq!(a.overrides.initial_members.unwrap().0, ["1=a:7001", "2=b:7002"]);
+        let Command::Server(a) = parse(&["server", "--initial-members", ""]).unwrap().command else { panic!() };
+        assert_eq!(a.overrides.initial_members.unwrap().0, Vec::<String>::new());
+        assert!(parse(&["server", "--node-id", "x"]).is_err());
+        assert!(parse(&["server", "--initial-members", "1=a"]).is_err());
+    }
+
+    #[test]
+    fn endpoints_flag_anywhere_after_the_group() {
+        for args in [
+            &["kv", "--endpoints", "a:1,b:2", "get", "--tenant", "t", "--table", "x", "k"][..],
+            &["kv", "get", "--endpoints", "a:1,b:2", "--tenant", "t", "--table", "x", "k"][..],
+            &["kv", "get", "--tenant", "t", "--table", "x", "k", "--endpoints", "a:1,b:2"][..],
+        ] {
+            let Command::Kv(cmd) = parse(args).unwrap().command else { panic!() };
+            assert_eq!(cmd.conn.endpoints.0, ["a:1", "b:2"]);
+        }
+        assert!(parse(&["kv", "get", "--tenant", "t", "--table", "x", "k", "--endpoints", "nope"]).is_err());
+    }
+
+    #[test]
+    fn row_mutate_flags_repeat() {
+        let cli = parse(&[
+            "row", "mutate", "--tenant", "dan_cu", "--table", "citizen", "--row", "001", "--set", "identity:ho_ten=Lý Thị Hà",
+            "--set", "residence:tinh=Cần Thơ", "--delete", "residence:dia_chi", "--delete-row",
+        ])
+        .unwrap();
+        let Command::Row(cmd) = cli.command else { panic!() };
+        let data_cmd::RowOp::Mutate { sets, deletes, delete_row, row, .. } = cmd.op else { panic!() };
+        assert_eq!(row, "001");
+        assert_eq!(sets.len(), 2);
+        assert_eq!(sets[1].value, "Cần Thơ");
+        assert_eq!(deletes[0].qualifier, "dia_chi");
+        assert!(delete_row);
+        assert!(parse(&["row", "mutate", "--tenant", "t", "--table", "x", "--row", "r", "--set", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn scans_and_families() {
+        let cli = parse(&[
+            "row", "scan", "--tenant", "t", "--table", "x", "--prefix", "079", "--limit", "5", "--family", "identity",
+            "--family", "residence",
+        ])
+        .unwrap();
+        let Command::Row(cmd) = cli.command else { panic!() };
+        let data_cmd::RowOp::Scan { bounds, families, .. } = cmd.op else { panic!() };
+        assert_eq!(bounds.limit, 5);
+        assert_eq!(bounds.prefix.as_deref(), Some("079"));
+        assert_eq!(families, ["identity", "residence"]);
+        let cli = parse(&["table", "create", "--tenant", "t", "x", "--families", "a,b"]).unwrap();
+        let Command::Table(cmd) = cli.command else { panic!() };
+        let admin_cmd::TableOp::Create { families, .. } = cmd.op else { panic!() };
+        assert_eq!(families, ["a", "b"]);
+        assert!(parse(&["table", "create", "--tenant", "t", "x"]).is_err());
+        // The table name after --families is the name, not another family.
+        let cli = parse(&["table", "create", "--tenant", "t", "--families", "a,b", "--families", "c", "x"]).unwrap();
+        let Command::Table(cmd) = cli.command else { panic!() };
+        let admin_cmd::TableOp::Create { families, name, .. } = cmd.op else { panic!() };
+        assert_eq!((families, name.as_str()), (vec!["a".to_string(), "b".into(), "c".into()], "x"));
+    }
+
+    #[test]
+    fn demo_defaults() {
+        let Command::Demo(a) = parse(&["demo"]).unwrap().command else { panic!() };
+        assert_eq!((a.nodes, a.rows, a.base_port, a.no_wait), (3, 1000, 7101, false));
+        assert_eq!(a.dir, PathBuf::from("./kho-demo-data"));
+    }
+}

@@ -1,0 +1,217 @@
+//! The node configuration as `kho server` and `kho config check` see it: the TOML file
+//! (or the defaults), then the command-line flags on top, then `Config::validate`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use kho_rpc::config::{ConfigError, Limits, RaftConfig};
+use kho_rpc::Config;
+
+use crate::parse::{parse_members, MemberList};
+
+/// Flags that override fields of the config file. Each flag overrides exactly one field.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Overrides {
+    /// Overrides `node_id`.
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<u64>,
+    /// Overrides `listen_addr` (ip:port the gRPC server binds).
+    #[arg(long = "listen", value_name = "IP:PORT")]
+    pub listen_addr: Option<String>,
+    /// Overrides `advertise_addr` (host:port peers and clients use to reach this node).
+    #[arg(long = "advertise", value_name = "HOST:PORT")]
+    pub advertise_addr: Option<String>,
+    /// Overrides `data_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Overrides `initial_members`: `1=127.0.0.1:7001,2=127.0.0.1:7002,...`; an empty
+    /// string clears the list (a node that joins an existing cluster).
+    #[arg(long, value_name = "ID=HOST:PORT,...", value_parser = parse_members)]
+    pub initial_members: Option<MemberList>,
+}
+
+impl Overrides {
+    /// The config with every given flag replacing its field; other fields are untouched.
+    pub fn apply(&self, mut c: Config) -> Config {
+        if let Some(v) = self.node_id {
+            c.node_id = v;
+        }
+        if let Some(v) = &self.listen_addr {
+            c.listen_addr = v.clone();
+        }
+        if let Some(v) = &self.advertise_addr {
+            c.advertise_addr = Some(v.clone());
+        }
+        if let Some(v) = &self.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = &self.initial_members {
+            c.initial_members = v.0.clone();
+        }
+        c
+    }
+}
+
+/// Reads the file (or starts from the defaults), applies the flags and validates.
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let base = match file {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let config = overrides.apply(base);
+    config.validate()?;
+    Ok(config)
+}
+
+/// Quotes a string as a TOML basic string.
+pub fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// The config as TOML, every field written out (defaults included), in the order of
+/// docs/CONFIG.md. Reading the text back gives the same config.
+///
+/// The structs are destructured without `..` on purpose: a field added to the config
+/// does not compile here until it is printed (and documented in docs/CONFIG.md).
+pub fn render(c: &Config) -> String {
+    let Config { node_id, listen_addr, advertise_addr, data_dir, initial_members, raft, limits } = c;
+    let RaftConfig {
+        heartbeat_interval_ms,
+        election_timeout_min_ms,
+        election_timeout_max_ms,
+        snapshot_logs_since_last,
+        logs_to_keep_after_snapshot,
+        snapshot_chunk_bytes,
+        append_entries_max,
+        rpc_timeout_ms,
+        snapshot_timeout_ms,
+    } = raft;
+    let Limits {
+        key_bytes_max,
+        qualifier_bytes_max,
+        value_bytes_max,
+        batch_ops_max,
+        batch_bytes_max,
+        scan_limit_max,
+        grpc_message_bytes_max,
+        concurrent_requests_max,
+    } = limits;
+    let mut o = String::new();
+    let _ = writeln!(o, "node_id = {node_id}");
+    let _ = writeln!(o, "listen_addr = {}", toml_str(listen_addr));
+    match advertise_addr {
+        Some(a) => {
+            let _ = writeln!(o, "advertise_addr = {}", toml_str(a));
+        }
+        None => {
+            let _ = writeln!(o, "# advertise_addr is not set: peers and clients use listen_addr");
+        }
+    }
+    let _ = writeln!(o, "data_dir = {}", toml_str(&data_dir.to_string_lossy()));
+    let members: Vec<String> = initial_members.iter().map(|m| toml_str(m)).collect();
+    let _ = writeln!(o, "initial_members = [{}]", members.join(", "));
+    let _ = writeln!(o, "\n[raft]");
+    let _ = writeln!(o, "heartbeat_interval_ms = {heartbeat_interval_ms}");
+    let _ = writeln!(o, "election_timeout_min_ms = {election_timeout_min_ms}");
+    let _ = writeln!(o, "election_timeout_max_ms = {election_timeout_max_ms}");
+    let _ = writeln!(o, "snapshot_logs_since_last = {snapshot_logs_since_last}");
+    let _ = writeln!(o, "logs_to_keep_after_snapshot = {logs_to_keep_after_snapshot}");
+    let _ = writeln!(o, "snapshot_chunk_bytes = {snapshot_chunk_bytes}");
+    let _ = writeln!(o, "append_entries_max = {append_entries_max}");
+    let _ = writeln!(o, "rpc_timeout_ms = {rpc_timeout_ms}");
+    let _ = writeln!(o, "snapshot_timeout_ms = {snapshot_timeout_ms}");
+    let _ = writeln!(o, "\n[limits]");
+    let _ = writeln!(o, "key_bytes_max = {key_bytes_max}");
+    let _ = writeln!(o, "qualifier_bytes_max = {qualifier_bytes_max}");
+    let _ = writeln!(o, "value_bytes_max = {value_bytes_max}");
+    let _ = writeln!(o, "batch_ops_max = {batch_ops_max}");
+    let _ = writeln!(o, "batch_bytes_max = {batch_bytes_max}");
+    let _ = writeln!(o, "scan_limit_max = {scan_limit_max}");
+    let _ = writeln!(o, "grpc_message_bytes_max = {grpc_message_bytes_max}");
+    let _ = writeln!(o, "concurrent_requests_max = {concurrent_requests_max}");
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+node_id = 1
+listen_addr = "127.0.0.1:7001"
+data_dir = "/var/lib/kho"
+initial_members = ["1=127.0.0.1:7001", "2=127.0.0.1:7002"]
+[raft]
+heartbeat_interval_ms = 50
+"#;
+
+    #[test]
+    fn flags_override_only_their_fields() {
+        let base = Config::from_toml(FILE).unwrap();
+        let o = Overrides {
+            node_id: Some(2),
+            listen_addr: Some("0.0.0.0:7002".into()),
+            advertise_addr: Some("node-2.dc1:7002".into()),
+            data_dir: None,
+            initial_members: None,
+        };
+        let c = o.apply(base);
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.listen_addr, "0.0.0.0:7002");
+        assert_eq!(c.advertise_addr(), "node-2.dc1:7002");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/kho"));
+        assert_eq!(c.initial_members.len(), 2);
+        assert_eq!(c.raft.heartbeat_interval_ms, 50);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn no_flags_keep_the_file() {
+        let c = Overrides::default().apply(Config::from_toml(FILE).unwrap());
+        assert_eq!(format!("{c:?}"), format!("{:?}", Config::from_toml(FILE).unwrap()));
+    }
+
+    #[test]
+    fn empty_member_list_clears_the_file_list() {
+        let o = Overrides { initial_members: Some(MemberList(vec![])), ..Overrides::default() };
+        let c = o.apply(Config::from_toml(FILE).unwrap());
+        assert!(c.initial_members.is_empty());
+    }
+
+    #[test]
+    fn load_without_file_uses_defaults_and_flags() {
+        let e = load(None, &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("node_id"), "{e}");
+        let o = Overrides { node_id: Some(7), ..Overrides::default() };
+        let c = load(None, &o).unwrap();
+        assert_eq!(c.node_id, 7);
+        assert_eq!(c.listen_addr, Config::default().listen_addr);
+    }
+
+    #[test]
+    fn load_names_the_bad_field_after_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, FILE).unwrap();
+        // Node 3 is not in the file's initial_members.
+        let o = Overrides { node_id: Some(3), ..Overrides::default() };
+        let e = load(Some(&path), &o).unwrap_err().to_string();
+        assert!(e.contains("initial_members"), "{e}");
+        let o = Overrides { listen_addr: Some("localhost".into()), ..Overrides::default() };
+        let e = load(Some(&path), &o).unwrap_err().to_string();
+        assert!(e.contains("listen_addr"), "{e}");
+        let e = load(Some(&dir.path().join("missing.toml")), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("missing.toml"), "{e}");
+    }
+
+    #[test]
+    fn render_round_trips() {
+        for text in [FILE, "node_id = 4\nadvertise_addr = \"kho-4.example:7001\"\ndata_dir = 'C:\\kho \"x\"'"] {
+            let c = Config::from_toml(text).unwrap();
+            let out = render(&c);
+            let back = Config::from_toml(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+            assert_eq!(format!("{back:?}"), format!("{c:?}"), "{out}");
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! `kho server`: one node, until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::node_config::{self, Overrides};
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The node's TOML config file (docs/CONFIG.md). Without it: the defaults and the flags.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+/// A future that completes on the first SIGINT or SIGTERM. The handlers are installed
+/// when this is called, so a signal that arrives before the future is polled is kept.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = &'static str> + Send + 'static> {
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    })
+}
+
+pub async fn run(args: ServerArgs) -> ExitCode {
+    let config = match node_config::load(args.config.as_deref(), &args.overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let signals = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(
+        node_id = config.node_id,
+        listen = %config.listen_addr,
+        advertise = %config.advertise_addr(),
+        data_dir = %config.data_dir.display(),
+        initial_members = ?config.initial_members,
+        version = env!("CARGO_PKG_VERSION"),
+        "starting kho server"
+    );
+    let shutdown = async move {
+        let which = signals.await;
+        tracing::info!(signal = which, "shutting down");
+    };
+    match kho_rpc::run_server(config, shutdown).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

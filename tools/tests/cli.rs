@@ -1,0 +1,473 @@
+//! The `kho` client commands, run as a real process against an in-process fake of the
+//! Data and Admin services (a BTreeMap, no Raft). This checks what the user sees: the
+//! output formats, the exit codes, `error: <CODE>: <message>`, and endpoint failover.
+//! It does not check the real server; cluster-tests does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::Stream;
+use kho_proto::v1::admin_server::{Admin, AdminServer};
+use kho_proto::v1::data_server::{Data, DataServer};
+use kho_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+type Cells = BTreeMap<(Vec<u8>, String, Vec<u8>), Vec<u8>>;
+
+#[derive(Default)]
+struct Model {
+    tenants: BTreeSet<String>,
+    /// (tenant, table) -> families
+    tables: BTreeMap<(String, String), Vec<String>>,
+    /// (tenant, table) -> (row, family, qualifier) -> value
+    cells: BTreeMap<(String, String), Cells>,
+    voters: BTreeSet<u64>,
+    revision: u64,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<Model>>);
+
+impl Fake {
+    fn with<T>(&self, f: impl FnOnce(&mut Model) -> Result<T, Status>) -> Result<T, Status> {
+        let mut m = self.0.lock().unwrap();
+        f(&mut m)
+    }
+}
+
+impl Model {
+    fn bump(&mut self) -> Option<WriteHeader> {
+        self.revision += 1;
+        Some(WriteHeader { revision: self.revision })
+    }
+
+    fn family(&self, tenant: &str, table: &str, family: &str) -> Result<String, Status> {
+        let fams = self
+            .tables
+            .get(&(tenant.to_string(), table.to_string()))
+            .ok_or_else(|| Status::not_found(format!("table {tenant}/{table}")))?;
+        if family.is_empty() {
+            return Ok(fams[0].clone());
+        }
+        if !fams.iter().any(|f| f == family) {
+            return Err(Status::invalid_argument(format!("family: `{family}` is not a family of {tenant}/{table}")));
+        }
+        Ok(family.to_string())
+    }
+
+    fn cells(&mut self, tenant: &str, table: &str) -> &mut Cells {
+        self.cells.entry((tenant.to_string(), table.to_string())).or_default()
+    }
+}
+
+fn in_bounds(key: &[u8], start: &[u8], end: &[u8], prefix: &[u8]) -> bool {
+    key >= start && (end.is_empty() || key < end) && key.starts_with(prefix)
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Data for Fake {
+    async fn put(&self, r: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let r = r.into_inner();
+        self.with(|m| {
+            let fam = m.family(&r.tenant, &r.table, &r.family)?;
+            m.cells(&r.tenant, &r.table).insert((r.key, fam, vec![]), r.value);
+            Ok(Response::new(PutResponse { header: m.bump() }))
+        })
+    }
+
+    async fn get(&self, r: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let r = r.into_inner();
+        self.with(|m| {
+            let fam = m.family(&r.tenant, &r.table, &r.family)?;
+            let v = m.cells(&r.tenant, &r.table).get(&(r.key, fam, vec![])).cloned();
+            Ok(Response::new(GetResponse { found: v.is_some(), value: v.unwrap_or_default() }))
+        })
+    }
+
+    async fn delete(&self, r: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let r = r.into_inner();
+        self.with(|m| {
+            let fam = m.family(&r.tenant, &r.table, &r.family)?;
+            let existed = m.cells(&r.tenant, &r.table).remove(&(r.key, fam, vec![])).is_some();
+            Ok(Response::new(DeleteResponse { header: m.bump(), existed }))
+        })
+    }
+
+    async fn batch_get(&self, _: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    type ScanStream = BoxStream<ScanResponse>;
+
+    async fn scan(&self, r: Request<ScanRequest>) -> Result<Response<Self::ScanStream>, Status> {
+        let r = r.into_inner();
+        let kvs = self.with(|m| {
+            let fam = m.family(&r.tenant, &r.table, &r.family)?;
+            let limit = if r.limit == 0 { usize::MAX } else { r.limit as usize };
+            Ok(m.cells(&r.tenant, &r.table)
+                .iter()
+                .filter(|((row, f, q), _)| *f == fam && q.is_empty() && in_bounds(row, &r.start_key, &r.end_key, &r.prefix))
+                .take(limit)
+                .map(|((row, _, _), v)| KeyValue { key: row.clone(), value: v.clone() })
+                .collect::<Vec<_>>())
+        })?;
+        // Two pairs per message, so the client must read several chunks.
+        let chunks: Vec<Result<ScanResponse, Status>> =
+            kvs.chunks(2).map(|c| Ok(ScanResponse { kvs: c.to_vec() })).collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    async fn write(&self, _: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        _: Request<CompareAndSwapRequest>,
+    ) -> Result<Response<CompareAndSwapResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn mutate_row(&self, r: Request<MutateRowRequest>) -> Result<Response<MutateRowResponse>, Status> {
+        let r = r.into_inner();
+        self.with(|m| {
+            for mu in &r.mutations {
+                match &mu.mutation {
+                    Some(mutation::Mutation::SetCell(s)) => {
+                        m.family(&r.tenant, &r.table, &s.family)?;
+                    }
+                    Some(mutation::Mutation::DeleteCell(d)) => {
+                        m.family(&r.tenant, &r.table, &d.family)?;
+                    }
+                    Some(mutation::Mutation::DeleteFamily(d)) => {
+                        m.family(&r.tenant, &r.table, &d.family)?;
+                    }
+                    Some(mutation::Mutation::DeleteRow(_)) => {}
+                    None => return Err(Status::invalid_argument("mutations: empty mutation")),
+                }
+            }
+            let row = r.row_key.clone();
+            let cells = m.cells(&r.tenant, &r.table);
+            for mu in r.mutations {
+                match mu.mutation {
+                    Some(mutation::Mutation::SetCell(s)) => {
+                        cells.insert((row.clone(), s.family, s.qualifier), s.value);
+                    }
+                    Some(mutation::Mutation::DeleteCell(d)) => {
+                        cells.remove(&(row.clone(), d.family, d.qualifier));
+                    }
+                    Some(mutation::Mutation::DeleteFamily(d)) => cells.retain(|(rk, f, _), _| !(*rk == row && *f == d.family)),
+                    Some(mutation::Mutation::DeleteRow(_)) => cells.retain(|(rk, _, _), _| *rk != row),
+                    None => {}
+                }
+            }
+            Ok(Response::new(MutateRowResponse { header: m.bump() }))
+        })
+    }
+
+    async fn read_row(&self, r: Request<ReadRowRequest>) -> Result<Response<ReadRowResponse>, Status> {
+        let r = r.into_inner();
+        self.with(|m| {
+            m.family(&r.tenant, &r.table, "")?;
+            let cells: Vec<Cell> = m
+                .cells(&r.tenant, &r.table)
+                .iter()
+                .filter(|((rk, f, _), _)| *rk == r.row_key && (r.families.is_empty() || r.families.contains(f)))
+                .map(|((_, f, q), v)| Cell { family: f.clone(), qualifier: q.clone(), value: v.clone() })
+                .collect();
+            Ok(Response::new(ReadRowResponse {
+                found: !cells.is_empty(),
+                row: Some(Row { key: r.row_key, cells }),
+            }))
+        })
+    }
+
+    type ScanRowsStream = BoxStream<ScanRowsResponse>;
+
+    async fn scan_rows(&self, r: Request<ScanRowsRequest>) -> Result<Response<Self::ScanRowsStream>, Status> {
+        let r = r.into_inner();
+        let rows = self.with(|m| {
+            m.family(&r.tenant, &r.table, "")?;
+            let mut rows: Vec<Row> = Vec::new();
+            for ((rk, f, q), v) in m.cells(&r.tenant, &r.table).iter() {
+                if !in_bounds(rk, &r.start_row, &r.end_row, &r.prefix) || !(r.families.is_empty() || r.families.contains(f)) {
+                    continue;
+                }
+                let cell = Cell { family: f.clone(), qualifier: q.clone(), value: v.clone() };
+                match rows.last_mut() {
+                    Some(last) if last.key == *rk => last.cells.push(cell),
+                    _ => rows.push(Row { key: rk.clone(), cells: vec![cell] }),
+                }
+            }
+            if r.limit > 0 {
+                rows.truncate(r.limit as usize);
+            }
+            Ok(rows)
+        })?;
+        let chunks: Vec<Result<ScanRowsResponse, Status>> =
+            rows.chunks(2).map(|c| Ok(ScanRowsResponse { rows: c.to_vec() })).collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for Fake {
+    async fn create_tenant(&self, r: Request<CreateTenantRequest>) -> Result<Response<CreateTenantResponse>, Status> {
+        let name = r.into_inner().name;
+        self.with(|m| {
+            if !m.tenants.insert(name.clone()) {
+                return Err(Status::already_exists(format!("tenant {name}")));
+            }
+            Ok(Response::new(CreateTenantResponse { revision: m.bump().map(|h| h.revision).unwrap_or(0) }))
+        })
+    }
+
+    async fn list_tenants(&self, _: Request<ListTenantsRequest>) -> Result<Response<ListTenantsResponse>, Status> {
+        self.with(|m| Ok(Response::new(ListTenantsResponse { tenants: m.tenants.iter().cloned().collect() })))
+    }
+
+    async fn create_table(&self, r: Request<CreateTableRequest>) -> Result<Response<CreateTableResponse>, Status> {
+        let r = r.into_inner();
+        self.with(|m| {
+            if !m.tenants.contains(&r.tenant) {
+                return Err(Status::not_found(format!("tenant {}", r.tenant)));
+            }
+            let key = (r.tenant.clone(), r.name.clone());
+            if m.tables.contains_key(&key) {
+                return Err(Status::already_exists(format!("table {}/{}", r.tenant, r.name)));
+            }
+            m.tables.insert(key, r.families.into_iter().map(|f| f.name).collect());
+            Ok(Response::new(CreateTableResponse { revision: m.bump().map(|h| h.revision).unwrap_or(0) }))
+        })
+    }
+
+    async fn list_tables(&self, r: Request<ListTablesRequest>) -> Result<Response<ListTablesResponse>, Status> {
+        let tenant = r.into_inner().tenant;
+        self.with(|m| {
+            let tables = m
+                .tables
+                .iter()
+                .filter(|((t, _), _)| tenant.is_empty() || *t == tenant)
+                .map(|((t, n), f)| TableInfo {
+                    tenant: t.clone(),
+                    name: n.clone(),
+                    families: f.iter().map(|name| ColumnFamily { name: name.clone() }).collect(),
+                })
+                .collect();
+            Ok(Response::new(ListTablesResponse { tables }))
+        })
+    }
+
+    async fn drop_table(&self, r: Request<DropTableRequest>) -> Result<Response<DropTableResponse>, Status> {
+        let r = r.into_inner();
+        self.with(|m| {
+            let key = (r.tenant.clone(), r.name.clone());
+            if m.tables.remove(&key).is_none() {
+                return Err(Status::not_found(format!("table {}/{}", r.tenant, r.name)));
+            }
+            m.cells.remove(&key);
+            Ok(Response::new(DropTableResponse { revision: m.bump().map(|h| h.revision).unwrap_or(0) }))
+        })
+    }
+
+    async fn cluster_status(&self, _: Request<ClusterStatusRequest>) -> Result<Response<ClusterStatusResponse>, Status> {
+        let node = |id: u64, role: &str, error: &str| NodeStatus {
+            node_id: id,
+            address: format!("127.0.0.1:710{id}"),
+            role: role.into(),
+            term: 4,
+            leader_id: 2,
+            last_log_index: 57,
+            commit_index: 57,
+            applied_index: 56,
+            error: error.into(),
+        };
+        Ok(Response::new(ClusterStatusResponse {
+            leader_id: 2,
+            term: 4,
+            nodes: vec![node(1, "follower", ""), node(2, "leader", ""), node(3, "unreachable", "connection refused")],
+        }))
+    }
+
+    async fn node_status(&self, _: Request<NodeStatusRequest>) -> Result<Response<NodeStatus>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn node_checksum(&self, _: Request<NodeChecksumRequest>) -> Result<Response<NodeChecksumResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn add_node(&self, r: Request<AddNodeRequest>) -> Result<Response<AddNodeResponse>, Status> {
+        let id = r.into_inner().node_id;
+        self.with(|m| {
+            m.voters.insert(id);
+            Ok(Response::new(AddNodeResponse { voters: m.voters.iter().copied().collect() }))
+        })
+    }
+
+    async fn remove_node(&self, r: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
+        let id = r.into_inner().node_id;
+        self.with(|m| {
+            if !m.voters.remove(&id) {
+                return Err(Status::failed_precondition(format!("node {id} is not a member")));
+            }
+            Ok(Response::new(RemoveNodeResponse { voters: m.voters.iter().copied().collect() }))
+        })
+    }
+}
+
+async fn start_fake() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = Fake::default();
+    fake.0.lock().unwrap().voters.extend([1, 2, 3]);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DataServer::new(fake.clone()))
+            .add_service(AdminServer::new(fake))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `kho` with the arguments, against the given endpoints (through KHO_ENDPOINTS).
+async fn kho(endpoints: &str, args: &[&str]) -> Out {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kho"))
+        .args(args)
+        .env("KHO_ENDPOINTS", endpoints)
+        .env_remove("KHO_LOG")
+        .output()
+        .await
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn client_commands_against_a_fake_cluster() {
+    let addr = start_fake().await;
+    // The first endpoint refuses connections: the client must fall through to the second.
+    let eps = format!("127.0.0.1:1,{addr}");
+    let eps = eps.as_str();
+    let ok = |o: &Out| assert_eq!(o.code, 0, "stdout: {}\nstderr: {}", o.stdout, o.stderr);
+
+    let o = kho(eps, &["tenant", "create", "dan_cu"]).await;
+    ok(&o);
+    let o = kho(eps, &["tenant", "create", "dan_cu"]).await;
+    assert_eq!(o.code, 1);
+    assert_eq!(o.stderr.trim(), "error: ALREADY_EXISTS: tenant dan_cu");
+    let o = kho(eps, &["tenant", "list"]).await;
+    ok(&o);
+    assert_eq!(o.stdout, "dan_cu\n");
+
+    ok(&kho(eps, &["table", "create", "--tenant", "dan_cu", "citizen", "--families", "identity,residence"]).await);
+    ok(&kho(eps, &["table", "create", "--tenant", "dan_cu", "tmp", "--families", "a"]).await);
+    let o = kho(eps, &["table", "list", "--tenant", "dan_cu"]).await;
+    ok(&o);
+    assert_eq!(o.stdout, "TENANT  TABLE    FAMILIES\ndan_cu  citizen  identity,residence\ndan_cu  tmp      a\n");
+    ok(&kho(eps, &["table", "drop", "--tenant", "dan_cu", "tmp"]).await);
+    let o = kho(eps, &["table", "drop", "--tenant", "dan_cu", "tmp"]).await;
+    assert_eq!((o.code, o.stderr.trim()), (1, "error: NOT_FOUND: table dan_cu/tmp"));
+
+    // Key-value view.
+    let t = ["--tenant", "dan_cu", "--table", "citizen"];
+    for (k, v) in [("a", "một"), ("b", "hai"), ("c", "ba"), ("d", "bốn"), ("e", "năm")] {
+        ok(&kho(eps, &[&["kv", "put"][..], &t, &[k, v]].concat()).await);
+    }
+    let o = kho(eps, &[&["kv", "get"][..], &t, &["d"]].concat()).await;
+    ok(&o);
+    assert_eq!(o.stdout, "bốn\n");
+    let o = kho(eps, &[&["kv", "get"][..], &t, &["zz"]].concat()).await;
+    assert_eq!((o.code, o.stdout.as_str(), o.stderr.trim()), (1, "", "not found"));
+    let o = kho(eps, &[&["kv", "scan"][..], &t, &["--start", "b", "--end", "e"]].concat()).await;
+    ok(&o);
+    assert_eq!(o.stdout, "b\thai\nc\tba\nd\tbốn\n");
+    let o = kho(eps, &[&["kv", "scan"][..], &t, &["--limit", "2"]].concat()).await;
+    assert_eq!(o.stdout, "a\tmột\nb\thai\n");
+    let o = kho(eps, &[&["kv", "delete"][..], &t, &["a"]].concat()).await;
+    ok(&o);
+    assert!(o.stdout.starts_with("deleted"), "{}", o.stdout);
+    let o = kho(eps, &[&["kv", "delete"][..], &t, &["a"]].concat()).await;
+    assert!(o.stdout.starts_with("did not exist"), "{}", o.stdout);
+    let o = kho(eps, &[&["kv", "put", "--family", "nope"][..], &t, &["k", "v"]].concat()).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.starts_with("error: INVALID_ARGUMENT: family:"), "{}", o.stderr);
+
+    // Rows.
+    let m = |row: &str, extra: &[&str]| {
+        [&["row", "mutate"][..], &t, &["--row", row], extra].concat().into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let args = m("079190000001", &["--set", "identity:ho_ten=Trần Thị Yến", "--set", "residence:tinh=Thành phố Hồ Chí Minh", "--set", "residence:dia_chi=Số 5, đường Lê Lợi"]);
+    ok(&kho(eps, &args.iter().map(String::as_str).collect::<Vec<_>>()).await);
+    let args = m("001085000002", &["--set", "identity:ho_ten=Lê Văn Nam"]);
+    ok(&kho(eps, &args.iter().map(String::as_str).collect::<Vec<_>>()).await);
+    let args = m("079190000001", &["--delete", "residence:dia_chi"]);
+    ok(&kho(eps, &args.iter().map(String::as_str).collect::<Vec<_>>()).await);
+    let o = kho(eps, &[&["row", "read"][..], &t, &["--row", "079190000001"]].concat()).await;
+    ok(&o);
+    assert_eq!(o.stdout, "079190000001\n  identity:ho_ten = Trần Thị Yến\n  residence:tinh = Thành phố Hồ Chí Minh\n");
+    let o = kho(eps, &[&["row", "read"][..], &t, &["--row", "079190000001", "--family", "residence"]].concat()).await;
+    assert_eq!(o.stdout, "079190000001\n  residence:tinh = Thành phố Hồ Chí Minh\n");
+    let o = kho(eps, &[&["row", "read"][..], &t, &["--row", "nobody"]].concat()).await;
+    assert_eq!((o.code, o.stderr.trim()), (1, "not found"));
+    let o = kho(eps, &[&["row", "scan"][..], &t, &["--prefix", "0", "--family", "identity"]].concat()).await;
+    ok(&o);
+    assert_eq!(o.stdout, "001085000002\n  identity:ho_ten = Lê Văn Nam\n079190000001\n  identity:ho_ten = Trần Thị Yến\n");
+    // The kv view's cells are in family `identity` with an empty qualifier.
+    let o = kho(eps, &[&["row", "read"][..], &t, &["--row", "b"]].concat()).await;
+    assert_eq!(o.stdout, "b\n  identity: = hai\n");
+    let args = m("b", &["--delete-row", "--set", "identity:=mới"]);
+    ok(&kho(eps, &args.iter().map(String::as_str).collect::<Vec<_>>()).await);
+    let o = kho(eps, &[&["kv", "get"][..], &t, &["b"]].concat()).await;
+    assert_eq!(o.stdout, "mới\n");
+    let o = kho(eps, &[&["row", "mutate"][..], &t, &["--row", "b"]].concat()).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("nothing to do"), "{}", o.stderr);
+
+    // Cluster.
+    let o = kho(eps, &["cluster", "status"]).await;
+    ok(&o);
+    assert!(o.stdout.contains(&format!("asked: {addr}")), "{}", o.stdout);
+    assert!(o.stdout.contains("leader: 2  term: 4"), "{}", o.stdout);
+    assert!(o.stdout.lines().any(|l| l.starts_with("*  2") && l.contains("leader")), "{}", o.stdout);
+    assert!(o.stdout.contains("node 3: connection refused"), "{}", o.stdout);
+    let o = kho(eps, &["cluster", "add-node", "--node-id", "4", "--address", "127.0.0.1:7104"]).await;
+    ok(&o);
+    assert_eq!(o.stdout, "added node 4 (127.0.0.1:7104); voters: 1,2,3,4\n");
+    let o = kho(eps, &["cluster", "remove-node", "--node-id", "1"]).await;
+    assert_eq!(o.stdout, "removed node 1; voters: 2,3,4\n");
+    let o = kho(eps, &["cluster", "remove-node", "--node-id", "1"]).await;
+    assert_eq!((o.code, o.stderr.trim()), (1, "error: FAILED_PRECONDITION: node 1 is not a member"));
+}
+
+#[tokio::test]
+async fn no_endpoint_answers() {
+    let o = kho("127.0.0.1:1,127.0.0.1:2", &["tenant", "list"]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.starts_with("error: could not connect to any endpoint: 127.0.0.1:1"), "{}", o.stderr);
+    assert!(o.stderr.contains("127.0.0.1:2"), "{}", o.stderr);
+}
+
+#[tokio::test]
+async fn bad_command_lines_exit_2() {
+    let o = kho("127.0.0.1:1", &["kv", "get", "--tenant", "t", "--table", "x", "k", "--endpoints", "nope"]).await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    let o = kho("nope", &["tenant", "list"]).await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    let o = kho("127.0.0.1:1", &["server"]).await;
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("node_id"), "{}", o.stderr);
+}
