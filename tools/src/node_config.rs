@@ -86,6 +86,7 @@ pub fn render(c: &Config) -> String {
         append_entries_max,
         rpc_timeout_ms,
         snapshot_timeout_ms,
+        proposal_timeout_ms,
     } = raft;
     let Limits {
         key_bytes_max,
@@ -121,6 +122,7 @@ pub fn render(c: &Config) -> String {
     let _ = writeln!(o, "append_entries_max = {append_entries_max}");
     let _ = writeln!(o, "rpc_timeout_ms = {rpc_timeout_ms}");
     let _ = writeln!(o, "snapshot_timeout_ms = {snapshot_timeout_ms}");
+    let _ = writeln!(o, "proposal_timeout_ms = {proposal_timeout_ms}");
     let _ = writeln!(o, "\n[limits]");
     let _ = writeln!(o, "key_bytes_max = {key_bytes_max}");
     let _ = writeln!(o, "qualifier_bytes_max = {qualifier_bytes_max}");
