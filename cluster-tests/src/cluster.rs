@@ -1,0 +1,650 @@
+//! A cluster of real `kho server` processes on loopback.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kho_proto::v1::admin_client::AdminClient;
+use kho_proto::v1::data_client::DataClient;
+use kho_proto::v1::{ClusterStatusRequest, NodeChecksumRequest, NodeChecksumResponse, NodeStatus, NodeStatusRequest};
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::binary::kho_binary;
+use crate::process::NodeProcess;
+
+/// At most one cluster runs at a time in a test binary (cargo runs test binaries one after
+/// the other, and the tests of one binary on parallel threads): three debug-build servers
+/// already keep a 2-core machine busy.
+static CLUSTER_SLOT: Semaphore = Semaphore::const_new(1);
+
+/// Environment variable: when set to 1, the cluster's directory (configs, data, logs) is kept
+/// after the test and its path printed.
+pub const KEEP_DIR_ENV: &str = "KHO_KEEP_TEST_DIR";
+
+/// Lines of each node's log included in a failure message.
+const LOG_TAIL_LINES: usize = 30;
+/// Longest line of a log tail kept in a failure message, characters.
+const LOG_TAIL_LINE_CHARS_MAX: usize = 600;
+/// Pause between two polls of a wait loop, milliseconds.
+const POLL_INTERVAL_MS: u64 = 100;
+/// Timeout of one status or checksum call in a wait loop, milliseconds.
+const STATUS_CALL_TIMEOUT_MS: u64 = 3_000;
+/// Timeout of establishing a TCP connection to a node, milliseconds.
+const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Largest response message the test clients accept, bytes.
+const CLIENT_DECODE_BYTES_MAX: usize = 64 << 20;
+
+/// Request limits written into every node's config; tests read them from here.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub key_bytes_max: u64,
+    pub value_bytes_max: u64,
+    pub batch_ops_max: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { key_bytes_max: 4096, value_bytes_max: 1 << 20, batch_ops_max: 1000 }
+    }
+}
+
+/// How a test cluster is configured and how long the harness waits for it.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Raft timing, short so that elections after a kill take well under a second or two.
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Timeout of one Raft message between nodes, milliseconds.
+    pub raft_rpc_timeout_ms: u64,
+    /// `raft.snapshot_logs_since_last`; `None` keeps the server default.
+    pub snapshot_logs_since_last: Option<u64>,
+    /// `raft.logs_to_keep_after_snapshot`; `None` keeps the server default.
+    pub logs_to_keep_after_snapshot: Option<u64>,
+    pub limits: Limits,
+    /// Longest wait for a started cluster to elect a leader with every node answering, ms.
+    pub ready_wait_ms: u64,
+    /// Longest wait for `leader()` to find a leader, milliseconds.
+    pub leader_wait_ms: u64,
+    /// Longest wait for a restarted node to answer, milliseconds.
+    pub node_serving_wait_ms: u64,
+    /// Grace period between SIGTERM and SIGKILL in `stop`, milliseconds.
+    pub stop_grace_ms: u64,
+    /// Longest wait for the one-cluster-at-a-time slot, milliseconds (other tests of the
+    /// same binary run their clusters meanwhile).
+    pub slot_wait_ms: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1_000,
+            raft_rpc_timeout_ms: 1_000,
+            snapshot_logs_since_last: None,
+            logs_to_keep_after_snapshot: None,
+            limits: Limits::default(),
+            ready_wait_ms: 30_000,
+            leader_wait_ms: 20_000,
+            node_serving_wait_ms: 30_000,
+            stop_grace_ms: 10_000,
+            slot_wait_ms: 30 * 60_000,
+        }
+    }
+}
+
+/// What the harness knows about one node; fixed for the cluster's life.
+#[derive(Debug)]
+struct NodeInfo {
+    id: u64,
+    /// `127.0.0.1:port`
+    addr: String,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    /// Shared by the clients `data_client` and `admin_client` hand out.
+    channel: Channel,
+}
+
+/// Real server processes, one per node, with their configs, data and logs in a temporary
+/// directory. Every method takes `&self`, so a test body can borrow the cluster while
+/// `bounded` keeps it for the failure message.
+///
+/// Dropping the cluster kills every node still running (SIGKILL to each child's own pid).
+/// When the thread is panicking, the tail of every node's log is printed first.
+pub struct Cluster {
+    opts: ClusterOptions,
+    kho: PathBuf,
+    nodes: BTreeMap<u64, NodeInfo>,
+    running: Mutex<BTreeMap<u64, NodeProcess>>,
+    /// Set once a failure message carried the log tails, so `Drop` does not repeat them.
+    tails_reported: AtomicBool,
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
+    _slot: SemaphorePermit<'static>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes (ids 1..=n) as a new cluster and waits until it has a leader that
+    /// every node knows. Panics, with the nodes' log tails, if that takes longer than
+    /// `opts.ready_wait_ms`.
+    pub async fn start(n: u64, opts: ClusterOptions) -> Cluster {
+        assert!(n >= 1, "a cluster needs at least one node");
+        let slot = match tokio::time::timeout(Duration::from_millis(opts.slot_wait_ms), CLUSTER_SLOT.acquire()).await {
+            Ok(permit) => permit.expect("the cluster slot semaphore is never closed"),
+            Err(_) => panic!("waited over {} ms for another test's cluster to finish", opts.slot_wait_ms),
+        };
+        let kho = kho_binary();
+        let dir = tempfile::Builder::new().prefix("kho-cluster-").tempdir().expect("create a temporary directory");
+        let root = dir.path().to_path_buf();
+        println!("cluster of {n}: directory {}, binary {}", root.display(), kho.display());
+
+        let addrs = free_loopback_addrs(n as usize);
+        let members: Vec<String> = (1..=n).zip(&addrs).map(|(id, addr)| format!("{id}={addr}")).collect();
+        let mut nodes = BTreeMap::new();
+        for (id, addr) in (1..=n).zip(addrs) {
+            let data_dir = root.join(format!("node-{id}-data"));
+            let config_path = root.join(format!("node-{id}.toml"));
+            std::fs::write(&config_path, node_config(&opts, id, &addr, &data_dir, &members))
+                .expect("write a node config");
+            let endpoint = format!("http://{addr}");
+            let channel = Endpoint::from_shared(endpoint)
+                .expect("a valid endpoint URI")
+                .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            let log_path = root.join(format!("node-{id}.log"));
+            nodes.insert(id, NodeInfo { id, addr, config_path, log_path, channel });
+        }
+        let cluster = Cluster {
+            opts,
+            kho,
+            nodes,
+            running: Mutex::new(BTreeMap::new()),
+            tails_reported: AtomicBool::new(false),
+            dir: Some(dir),
+            root,
+            _slot: slot,
+        };
+        for id in cluster.ids() {
+            cluster.spawn(id);
+        }
+        let leader = cluster.wait_ready().await;
+        println!("cluster of {n} ready, leader {leader}");
+        cluster
+    }
+
+    pub fn opts(&self) -> &ClusterOptions {
+        &self.opts
+    }
+
+    /// The directory holding configs, data and logs.
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every node id, running or not, in order.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Ids of the nodes the harness has started and not killed or stopped.
+    pub fn running_ids(&self) -> Vec<u64> {
+        self.running.lock().unwrap().keys().copied().collect()
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.running.lock().unwrap().contains_key(&id)
+    }
+
+    /// `127.0.0.1:port` of node `id`.
+    pub fn addr(&self, id: u64) -> &str {
+        &self.node(id).addr
+    }
+
+    /// `http://127.0.0.1:port` of node `id`.
+    pub fn endpoint(&self, id: u64) -> String {
+        format!("http://{}", self.node(id).addr)
+    }
+
+    pub fn log_path(&self, id: u64) -> &Path {
+        &self.node(id).log_path
+    }
+
+    /// A Data client of node `id` over the cluster's shared connection to it.
+    pub fn data_client(&self, id: u64) -> DataClient<Channel> {
+        DataClient::new(self.node(id).channel.clone()).max_decoding_message_size(CLIENT_DECODE_BYTES_MAX)
+    }
+
+    /// An Admin client of node `id` over the cluster's shared connection to it.
+    pub fn admin_client(&self, id: u64) -> AdminClient<Channel> {
+        AdminClient::new(self.node(id).channel.clone()).max_decoding_message_size(CLIENT_DECODE_BYTES_MAX)
+    }
+
+    /// Data clients of every node, each over a new connection of its own, as an independent
+    /// client process would have; paired with the node id.
+    pub fn new_data_clients(&self) -> Vec<(u64, DataClient<Channel>)> {
+        self.nodes
+            .values()
+            .map(|node| {
+                let channel = Endpoint::from_shared(format!("http://{}", node.addr))
+                    .expect("a valid endpoint URI")
+                    .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                (node.id, DataClient::new(channel).max_decoding_message_size(CLIENT_DECODE_BYTES_MAX))
+            })
+            .collect()
+    }
+
+    /// SIGKILL node `id` and reap it. Panics if it is not running.
+    pub fn kill(&self, id: u64) {
+        let process = self.take_running(id, "kill");
+        let pid = process.pid();
+        let status = process.kill();
+        println!("node {id} (pid {pid}) killed: {status:?}");
+    }
+
+    /// SIGKILL every running node at once (all signals sent before any is reaped).
+    pub fn kill_all(&self) -> Vec<u64> {
+        let mut processes: Vec<(u64, NodeProcess)> = std::mem::take(&mut *self.running.lock().unwrap()).into_iter().collect();
+        for (_, process) in processes.iter_mut() {
+            process.send_kill();
+        }
+        let ids: Vec<u64> = processes.iter().map(|(id, _)| *id).collect();
+        for (id, process) in processes {
+            let pid = process.pid();
+            let status = process.reap();
+            println!("node {id} (pid {pid}) killed: {status:?}");
+        }
+        ids
+    }
+
+    /// SIGTERM node `id`, wait up to `opts.stop_grace_ms` for it to exit, then SIGKILL.
+    pub async fn stop(&self, id: u64) {
+        let process = self.take_running(id, "stop");
+        let pid = process.pid();
+        let (status, killed) = process.terminate(self.opts.stop_grace_ms).await;
+        if killed {
+            println!("node {id} (pid {pid}) ignored SIGTERM for {} ms and was killed", self.opts.stop_grace_ms);
+        } else {
+            println!("node {id} (pid {pid}) stopped: {status:?}");
+        }
+    }
+
+    /// Starts node `id` again with the same config and data directory and waits until it
+    /// answers NodeStatus (it need not know a leader yet: the others may be down).
+    pub async fn restart(&self, id: u64) {
+        self.spawn(id);
+        self.wait_node_serving(id).await;
+    }
+
+    /// Starts every node that is not running and waits until the cluster is ready (a leader
+    /// every node knows). Returns the leader.
+    pub async fn restart_all(&self) -> u64 {
+        for id in self.ids() {
+            if !self.is_running(id) {
+                self.spawn(id);
+            }
+        }
+        self.wait_ready().await
+    }
+
+    /// The current leader: a running node that some running node's ClusterStatus names as
+    /// leader and that reports itself as leader there. Retries up to `opts.leader_wait_ms`.
+    pub async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_millis(self.opts.leader_wait_ms);
+        let mut last = String::from("no node answered");
+        while Instant::now() < deadline {
+            self.check_alive();
+            for id in self.running_ids() {
+                match self.cluster_status(id).await {
+                    Ok(status) => {
+                        let leader = status.leader_id;
+                        let confirmed = leader != 0
+                            && self.is_running(leader)
+                            && status.nodes.iter().any(|n| n.node_id == leader && n.role == "leader");
+                        if confirmed {
+                            return leader;
+                        }
+                        last = format!("node {id} reports leader {leader}: {}", describe_nodes(&status.nodes));
+                    }
+                    Err(e) => last = format!("node {id}: {e}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+        self.fail(format!("no leader among running nodes within {} ms; last: {last}", self.opts.leader_wait_ms))
+    }
+
+    /// Waits until every running node answers NodeStatus and names the same leader, which is
+    /// running, reports itself leader, and whose ClusterStatus shows every node reachable.
+    /// Bounded by `opts.ready_wait_ms`. Returns the leader.
+    pub async fn wait_ready(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_millis(self.opts.ready_wait_ms);
+        let mut last = String::from("no node answered");
+        while Instant::now() < deadline {
+            self.check_alive();
+            match self.ready_leader().await {
+                Ok(leader) => return leader,
+                Err(why) => last = why,
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+        self.fail(format!("cluster not ready within {} ms; last: {last}", self.opts.ready_wait_ms))
+    }
+
+    async fn ready_leader(&self) -> Result<u64, String> {
+        let running = self.running_ids();
+        let mut statuses = BTreeMap::new();
+        for &id in &running {
+            let status = self.node_status(id).await.map_err(|e| format!("node {id} NodeStatus: {e}"))?;
+            statuses.insert(id, status);
+        }
+        let leaders: std::collections::BTreeSet<u64> = statuses.values().map(|s| s.leader_id).collect();
+        let [leader] = leaders.iter().copied().collect::<Vec<_>>()[..] else {
+            return Err(format!("nodes name different leaders: {}", describe_nodes(&statuses.into_values().collect::<Vec<_>>())));
+        };
+        if leader == 0 || !statuses.get(&leader).is_some_and(|s| s.role == "leader") {
+            return Err(format!("no confirmed leader: {}", describe_nodes(&statuses.into_values().collect::<Vec<_>>())));
+        }
+        let cluster = self.cluster_status(leader).await.map_err(|e| format!("leader {leader} ClusterStatus: {e}"))?;
+        let reachable = cluster.nodes.iter().filter(|n| n.role != "unreachable").count();
+        if cluster.leader_id != leader || reachable < running.len() {
+            return Err(format!("leader {leader} ClusterStatus: leader {} {}", cluster.leader_id, describe_nodes(&cluster.nodes)));
+        }
+        Ok(leader)
+    }
+
+    /// Waits until node `id` answers NodeStatus, up to `opts.node_serving_wait_ms`.
+    pub async fn wait_node_serving(&self, id: u64) -> NodeStatus {
+        let deadline = Instant::now() + Duration::from_millis(self.opts.node_serving_wait_ms);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            self.check_alive();
+            match self.node_status(id).await {
+                Ok(status) => return status,
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+        self.fail(format!("node {id} did not answer NodeStatus within {} ms; last: {last}", self.opts.node_serving_wait_ms))
+    }
+
+    /// Polls Admin.NodeChecksum on every running node until all report the same
+    /// applied_index, then returns their answers in node order. Panics after `timeout`.
+    pub async fn wait_applied_equal(&self, timeout: Duration) -> Vec<NodeChecksumResponse> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no node answered");
+        while Instant::now() < deadline {
+            self.check_alive();
+            let mut answers = Vec::new();
+            for id in self.running_ids() {
+                match self.node_checksum(id).await {
+                    Ok(answer) => {
+                        assert_eq!(answer.node_id, id, "node {id} answered NodeChecksum as node {}", answer.node_id);
+                        answers.push(answer);
+                    }
+                    Err(e) => {
+                        last = format!("node {id} NodeChecksum: {e}");
+                        answers.clear();
+                        break;
+                    }
+                }
+            }
+            if !answers.is_empty() {
+                if answers.iter().all(|a| a.applied_index == answers[0].applied_index) {
+                    return answers;
+                }
+                last = describe_checksums(&answers);
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+        self.fail(format!("applied indexes not equal within {} ms; last: {last}", timeout.as_millis()))
+    }
+
+    /// Runs `body` with a time bound; on timeout, panics with `name`, the bound and the
+    /// nodes' log tails. The cluster outlives `body`, so the logs can still be read.
+    pub async fn bounded<T>(&self, name: &str, limit: Duration, body: impl Future<Output = T>) -> T {
+        match tokio::time::timeout(limit, body).await {
+            Ok(value) => value,
+            Err(_) => self.fail(format!("{name}: did not finish within {} s", limit.as_secs())),
+        }
+    }
+
+    /// Panics with `message` followed by the last lines of every node's log.
+    pub fn fail(&self, message: impl std::fmt::Display) -> ! {
+        self.tails_reported.store(true, Ordering::SeqCst);
+        panic!("{message}\n{}", self.log_tails())
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    pub fn log_tails(&self) -> String {
+        let mut out = format!("cluster directory: {}\n", self.root.display());
+        for node in self.nodes.values() {
+            let state = if self.is_running(node.id) { "running" } else { "not running" };
+            out.push_str(&format!(
+                "--- node {} ({}, {state}) log {}, last {LOG_TAIL_LINES} lines ---\n",
+                node.id,
+                node.addr,
+                node.log_path.display()
+            ));
+            out.push_str(&log_tail(&node.log_path, LOG_TAIL_LINES));
+        }
+        out
+    }
+
+    /// Panics (with log tails) if a node the harness started has exited on its own.
+    pub fn check_alive(&self) {
+        let mut exited = Vec::new();
+        {
+            let mut running = self.running.lock().unwrap();
+            for (id, process) in running.iter_mut() {
+                if let Some(status) = process.exited() {
+                    exited.push((*id, status));
+                }
+            }
+            for (id, _) in &exited {
+                running.remove(id);
+            }
+        }
+        if !exited.is_empty() {
+            let list: Vec<String> = exited.iter().map(|(id, s)| format!("node {id} ({s})")).collect();
+            self.fail(format!("server process exited unexpectedly: {}", list.join(", ")));
+        }
+    }
+
+    /// NodeStatus of node `id`, one bounded call.
+    pub async fn node_status(&self, id: u64) -> Result<NodeStatus, tonic::Status> {
+        let mut client = self.admin_client(id);
+        bounded_call(async move { client.node_status(NodeStatusRequest {}).await }).await
+    }
+
+    /// ClusterStatus as seen by node `id`, one bounded call.
+    pub async fn cluster_status(&self, id: u64) -> Result<kho_proto::v1::ClusterStatusResponse, tonic::Status> {
+        let mut client = self.admin_client(id);
+        bounded_call(async move { client.cluster_status(ClusterStatusRequest {}).await }).await
+    }
+
+    /// NodeChecksum of node `id`, one bounded call.
+    pub async fn node_checksum(&self, id: u64) -> Result<NodeChecksumResponse, tonic::Status> {
+        let mut client = self.admin_client(id);
+        bounded_call(async move { client.node_checksum(NodeChecksumRequest {}).await }).await
+    }
+
+    fn node(&self, id: u64) -> &NodeInfo {
+        self.nodes.get(&id).unwrap_or_else(|| panic!("no node {id} in this cluster (ids {:?})", self.ids()))
+    }
+
+    fn take_running(&self, id: u64, what: &str) -> NodeProcess {
+        let process = self.running.lock().unwrap().remove(&id);
+        process.unwrap_or_else(|| panic!("cannot {what} node {id}: it is not running"))
+    }
+
+    fn spawn(&self, id: u64) {
+        let node = self.node(id);
+        let mut running = self.running.lock().unwrap();
+        assert!(!running.contains_key(&id), "node {id} is already running");
+        let process = NodeProcess::spawn(&self.kho, &node.config_path, &node.log_path, id)
+            .unwrap_or_else(|e| panic!("cannot start {} for node {id}: {e}", self.kho.display()));
+        println!("node {id} started, pid {}, {}", process.pid(), node.addr);
+        running.insert(id, process);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let processes = std::mem::take(&mut *self.running.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut processes: Vec<NodeProcess> = processes.into_values().collect();
+        for process in processes.iter_mut() {
+            process.send_kill();
+        }
+        for process in processes {
+            process.reap();
+        }
+        if std::thread::panicking() && !self.tails_reported.load(Ordering::SeqCst) {
+            eprintln!("{}", self.log_tails());
+        }
+        if std::env::var(KEEP_DIR_ENV).is_ok_and(|v| v == "1") {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("{KEEP_DIR_ENV}=1: kept {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+/// One status call bounded by `STATUS_CALL_TIMEOUT_MS`.
+async fn bounded_call<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(Duration::from_millis(STATUS_CALL_TIMEOUT_MS), call).await {
+        Ok(result) => result.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {STATUS_CALL_TIMEOUT_MS} ms"))),
+    }
+}
+
+/// `n` distinct free ports on 127.0.0.1: all are bound at once (so none repeats), read, and
+/// released. Another process could take one before the node binds it; on loopback in a test
+/// that is rare, and the node then fails to start with a clear log line.
+fn free_loopback_addrs(n: usize) -> Vec<String> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("local address").to_string()).collect()
+}
+
+/// The TOML config of one node.
+fn node_config(opts: &ClusterOptions, id: u64, addr: &str, data_dir: &Path, members: &[String]) -> String {
+    let data_dir = data_dir.to_str().expect("temporary directory path is UTF-8");
+    assert!(!data_dir.contains('\''), "data dir {data_dir} cannot be a TOML literal string");
+    let members: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
+    let mut raft = format!(
+        "heartbeat_interval_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\nrpc_timeout_ms = {}\n",
+        opts.heartbeat_interval_ms, opts.election_timeout_min_ms, opts.election_timeout_max_ms, opts.raft_rpc_timeout_ms
+    );
+    if let Some(v) = opts.snapshot_logs_since_last {
+        raft.push_str(&format!("snapshot_logs_since_last = {v}\n"));
+    }
+    if let Some(v) = opts.logs_to_keep_after_snapshot {
+        raft.push_str(&format!("logs_to_keep_after_snapshot = {v}\n"));
+    }
+    let l = &opts.limits;
+    format!(
+        "# Written by kho-cluster-tests.\n\
+         node_id = {id}\n\
+         listen_addr = \"{addr}\"\n\
+         data_dir = '{data_dir}'\n\
+         initial_members = [{}]\n\
+         \n[raft]\n{raft}\
+         \n[limits]\nkey_bytes_max = {}\nvalue_bytes_max = {}\nbatch_ops_max = {}\n",
+        members.join(", "),
+        l.key_bytes_max,
+        l.value_bytes_max,
+        l.batch_ops_max,
+    )
+}
+
+/// The last `lines` lines of a file (each cut to `LOG_TAIL_LINE_CHARS_MAX` characters).
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => return format!("(cannot read: {e})\n"),
+    };
+    let all: Vec<&str> = text.lines().collect();
+    let mut out = String::new();
+    for line in &all[all.len().saturating_sub(lines)..] {
+        let cut: String = line.chars().take(LOG_TAIL_LINE_CHARS_MAX).collect();
+        out.push_str(&cut);
+        out.push('\n');
+    }
+    if all.is_empty() {
+        out.push_str("(empty)\n");
+    }
+    out
+}
+
+fn describe_nodes(nodes: &[NodeStatus]) -> String {
+    let parts: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            let mut s = format!(
+                "{}:{} term {} leader {} applied {}",
+                n.node_id, n.role, n.term, n.leader_id, n.applied_index
+            );
+            if !n.error.is_empty() {
+                s.push_str(&format!(" ({})", n.error));
+            }
+            s
+        })
+        .collect();
+    format!("[{}]", parts.join("; "))
+}
+
+/// "node 1 applied 10 checksum 0x… keys 5; …"
+pub fn describe_checksums(answers: &[NodeChecksumResponse]) -> String {
+    let parts: Vec<String> = answers
+        .iter()
+        .map(|a| format!("node {} applied {} checksum {:#010x} keys {}", a.node_id, a.applied_index, a.checksum, a.key_count))
+        .collect();
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_valid_toml_with_every_field() {
+        let opts = ClusterOptions { snapshot_logs_since_last: Some(500), logs_to_keep_after_snapshot: Some(100), ..Default::default() };
+        let members = vec!["1=127.0.0.1:7001".to_string(), "2=127.0.0.1:7002".to_string()];
+        let text = node_config(&opts, 2, "127.0.0.1:7002", Path::new("/tmp/x/node-2-data"), &members);
+        assert!(text.contains("node_id = 2\n"), "{text}");
+        assert!(text.contains("initial_members = [\"1=127.0.0.1:7001\", \"2=127.0.0.1:7002\"]"), "{text}");
+        assert!(text.contains("data_dir = '/tmp/x/node-2-data'"), "{text}");
+        assert!(text.contains("snapshot_logs_since_last = 500\n"), "{text}");
+        assert!(text.contains("logs_to_keep_after_snapshot = 100\n"), "{text}");
+        assert!(text.contains("[limits]\nkey_bytes_max = 4096\n"), "{text}");
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let addrs = free_loopback_addrs(5);
+        let unique: std::collections::BTreeSet<&String> = addrs.iter().collect();
+        assert_eq!(unique.len(), 5);
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.log");
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        let tail = log_tail(&path, 3);
+        assert_eq!(tail, "line 97\nline 98\nline 99\n");
+        assert!(log_tail(&dir.path().join("missing"), 3).starts_with("(cannot read"));
+    }
+}
