@@ -113,12 +113,12 @@ async fn bad_input_gets_documented_status() {
                     &["value", &value_max_s],
                 );
 
-                expect_status(&cluster, &format!("{via}: Put, unknown tenant"), rpc!(c, put, put_req("no-such-tenant", TABLE, FAMILY, b"k", b"v")), Code::NotFound, &[]);
-                expect_status(&cluster, &format!("{via}: Put, unknown table"), rpc!(c, put, put_req(TENANT, "no-such-table", FAMILY, b"k", b"v")), Code::NotFound, &[]);
-                expect_status(&cluster, &format!("{via}: Put, unknown family"), rpc!(c, put, put_req(TENANT, TABLE, "no-such-family", b"k", b"v")), Code::NotFound, &[]);
-                expect_status(&cluster, &format!("{via}: Get, unknown tenant"), rpc!(c, get, get_req("no-such-tenant", TABLE, FAMILY, b"k")), Code::NotFound, &[]);
-                expect_status(&cluster, &format!("{via}: Get, unknown table"), rpc!(c, get, get_req(TENANT, "no-such-table", FAMILY, b"k")), Code::NotFound, &[]);
-                expect_status(&cluster, &format!("{via}: Get, unknown family"), rpc!(c, get, get_req(TENANT, TABLE, "no-such-family", b"k")), Code::NotFound, &[]);
+                expect_status(&cluster, &format!("{via}: Put, unknown tenant"), rpc!(c, put, put_req("no_such_tenant", TABLE, FAMILY, b"k", b"v")), Code::NotFound, &[]);
+                expect_status(&cluster, &format!("{via}: Put, unknown table"), rpc!(c, put, put_req(TENANT, "no_such_table", FAMILY, b"k", b"v")), Code::NotFound, &[]);
+                expect_status(&cluster, &format!("{via}: Put, unknown family"), rpc!(c, put, put_req(TENANT, TABLE, "no_such_family", b"k", b"v")), Code::NotFound, &[]);
+                expect_status(&cluster, &format!("{via}: Get, unknown tenant"), rpc!(c, get, get_req("no_such_tenant", TABLE, FAMILY, b"k")), Code::NotFound, &[]);
+                expect_status(&cluster, &format!("{via}: Get, unknown table"), rpc!(c, get, get_req(TENANT, "no_such_table", FAMILY, b"k")), Code::NotFound, &[]);
+                expect_status(&cluster, &format!("{via}: Get, unknown family"), rpc!(c, get, get_req(TENANT, TABLE, "no_such_family", b"k")), Code::NotFound, &[]);
 
                 let ops: Vec<WriteOp> = (0..=ops_max)
                     .map(|i| WriteOp { op: Some(Op::Put(PutOp { key: format!("batch/{i:05}").into_bytes(), value: b"v".to_vec(), family: String::new() })) })
@@ -278,7 +278,7 @@ async fn rows_and_admin_end_to_end() {
             expect_status(&cluster, "CreateTenant rt again", rpc!(admin, create_tenant, CreateTenantRequest { name: RT.into() }), Code::AlreadyExists, &[]);
             let again = CreateTableRequest { tenant: RT.into(), name: PEOPLE.into(), families: vec![ColumnFamily { name: "info".into() }] };
             expect_status(&cluster, "CreateTable people again", rpc!(admin, create_table, again), Code::AlreadyExists, &[]);
-            let orphan = CreateTableRequest { tenant: "no-such-tenant".into(), name: "x".into(), families: vec![ColumnFamily { name: "f".into() }] };
+            let orphan = CreateTableRequest { tenant: "no_such_tenant".into(), name: "x".into(), families: vec![ColumnFamily { name: "f".into() }] };
             expect_status(&cluster, "CreateTable in an unknown tenant", rpc!(admin, create_table, orphan), Code::NotFound, &[]);
 
             let tenants = ok(&cluster, "ListTenants", rpc!(admin, list_tenants, ListTenantsRequest {}));
@@ -328,7 +328,7 @@ async fn rows_and_admin_end_to_end() {
             assert_eq!(cells(&got.row.unwrap_or_default()), vec![triple("info", "name", "Alice"), triple("stats", "visits", "4")]);
 
             // A mutation naming an unknown family fails the whole MutateRow: nothing applied.
-            let bad = mutate("alice", vec![set("info", "email", "a@example.org"), set("no-such-family", "x", "y")]);
+            let bad = mutate("alice", vec![set("info", "email", "a@example.org"), set("no_such_family", "x", "y")]);
             expect_status(&cluster, "MutateRow with an unknown family", rpc!(node(), mutate_row, bad), Code::NotFound, &[]);
             let got = ok(&cluster, "ReadRow alice 3", rpc!(node(), read_row, read_row("alice", &["info"], &[])));
             assert_eq!(cells(&got.row.unwrap_or_default()), vec![triple("info", "name", "Alice")], "a failed MutateRow applied part of its mutations");
@@ -396,7 +396,7 @@ async fn rows_and_admin_end_to_end() {
             let kv_delete = |key: &str| WriteOp { op: Some(Op::Delete(DeleteOp { key: key.into(), family: String::new() })) };
             let batch = vec![kv_put("new-a", "a"), kv_delete("k00"), kv_put("", "empty key")];
             expect_status(&cluster, "Write with an empty key", rpc!(node(), write, WriteRequest { tenant: RT.into(), table: KV.into(), ops: batch }), Code::InvalidArgument, &["key"]);
-            let unknown_family = WriteOp { op: Some(Op::Put(PutOp { key: b"new-b".to_vec(), value: b"b".to_vec(), family: "no-such-family".into() })) };
+            let unknown_family = WriteOp { op: Some(Op::Put(PutOp { key: b"new-b".to_vec(), value: b"b".to_vec(), family: "no_such_family".into() })) };
             let batch = vec![kv_put("new-a", "a"), kv_delete("k00"), unknown_family];
             expect_status(&cluster, "Write with an unknown family", rpc!(node(), write, WriteRequest { tenant: RT.into(), table: KV.into(), ops: batch }), Code::NotFound, &[]);
             let kvs = ok(&cluster, "Scan after failed Writes", scan_retry(&node(), kv_scan("", "", "", 0), &RetryPolicy::STEADY).await);

@@ -91,7 +91,8 @@ fn init_logging(default: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(match cli.command {
-        Command::Server(_) => "info",
+        // openraft logs every election step at info; its warnings and errors are enough.
+        Command::Server(_) => "info,openraft=warn",
         _ => "warn",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
