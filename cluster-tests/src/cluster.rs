@@ -78,6 +78,10 @@ pub struct ClusterOptions {
     /// Longest wait for the one-cluster-at-a-time slot, milliseconds (other tests of the
     /// same binary run their clusters meanwhile).
     pub slot_wait_ms: u64,
+    /// Extra nodes (ids n+1..) configured to join an existing cluster (empty
+    /// `initial_members`) and not started: a test starts one with `restart` and adds it with
+    /// `AddNode`.
+    pub spare_nodes: u64,
 }
 
 impl Default for ClusterOptions {
@@ -95,6 +99,7 @@ impl Default for ClusterOptions {
             node_serving_wait_ms: 30_000,
             stop_grace_ms: 10_000,
             slot_wait_ms: 30 * 60_000,
+            spare_nodes: 0,
         }
     }
 }
@@ -144,13 +149,15 @@ impl Cluster {
         let root = dir.path().to_path_buf();
         println!("cluster of {n}: directory {}, binary {}", root.display(), kho.display());
 
-        let addrs = free_loopback_addrs(n as usize);
+        let total = n + opts.spare_nodes;
+        let addrs = free_loopback_addrs(total as usize);
         let members: Vec<String> = (1..=n).zip(&addrs).map(|(id, addr)| format!("{id}={addr}")).collect();
         let mut nodes = BTreeMap::new();
-        for (id, addr) in (1..=n).zip(addrs) {
+        for (id, addr) in (1..=total).zip(addrs) {
             let data_dir = root.join(format!("node-{id}-data"));
             let config_path = root.join(format!("node-{id}.toml"));
-            std::fs::write(&config_path, node_config(&opts, id, &addr, &data_dir, &members))
+            let node_members: &[String] = if id <= n { &members } else { &[] };
+            std::fs::write(&config_path, node_config(&opts, id, &addr, &data_dir, node_members))
                 .expect("write a node config");
             let endpoint = format!("http://{addr}");
             let channel = Endpoint::from_shared(endpoint)
@@ -171,7 +178,7 @@ impl Cluster {
             root,
             _slot: slot,
         };
-        for id in cluster.ids() {
+        for id in 1..=n {
             cluster.spawn(id);
         }
         let leader = cluster.wait_ready().await;

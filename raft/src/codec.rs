@@ -340,6 +340,23 @@ mod tests {
         }
     }
 
+    /// The worked example of docs/FORMATS.md, "Raft log entries".
+    #[test]
+    fn worked_example_matches_the_format_document() {
+        let e = Entry { log_id: log_id(2, 1, 5), payload: EntryPayload::Blank };
+        let stored = encode_entry(&e);
+        let body = "000000000000000200000000000000010000000000000005".to_string() + "00";
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(stored.len(), 30);
+        assert_eq!(stored[0], 1);
+        assert_eq!(hex(&stored[5..]), body);
+        let mut h = crc32fast::Hasher::new();
+        h.update(&stored[..1]);
+        h.update(&stored[5..]);
+        assert_eq!(stored[1..5], h.finalize().to_be_bytes());
+        assert_eq!(hex(&crate::log_store::log_key(1, 5)), "00000000000000010000000000000005");
+    }
+
     #[test]
     fn vote_round_trip() {
         let leader_id = openraft::impls::leader_id_adv::LeaderId { term: 7, node_id: 3 };

@@ -153,7 +153,9 @@ impl RaftNode {
     {
         let g = self.group_or_err(group)?;
         let (vote, meta) = network::decode_snapshot_header(header).map_err(RaftNodeError::BadMessage)?;
-        let path = g.snapshot_dir.join(format!("incoming-{}.tmp", std::process::id()));
+        static INCOMING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = INCOMING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = g.snapshot_dir.join(format!("incoming-{}-{n}.tmp", std::process::id()));
         let mut file = tokio::fs::File::create(&path).await?;
         let mut received = 0u64;
         while let Some(chunk) = chunks.next().await {

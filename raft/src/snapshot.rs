@@ -19,9 +19,12 @@ use crate::{LogId, SnapshotMeta};
 
 pub const MAGIC: &[u8; 8] = b"KHOSNAP\0";
 pub const SNAPSHOT_FORMAT_V1: u8 = 1;
-/// Largest decompressed chunk a reader accepts, bytes. The writer's chunk size is a config
-/// field bounded below this.
-pub const CHUNK_RAW_BYTES_MAX: u32 = 64 << 20;
+/// Largest decompressed chunk a reader accepts, bytes. A writer flushes a chunk once it
+/// reaches its chunk size (at most [`WRITER_CHUNK_BYTES_MAX`]), so a chunk holds at most that
+/// plus one record (a value is at most 64 MiB, a key 16 KiB): always below this.
+pub const CHUNK_RAW_BYTES_MAX: u32 = 128 << 20;
+/// Largest chunk size a writer may be configured with, bytes.
+pub const WRITER_CHUNK_BYTES_MAX: usize = 32 << 20;
 /// Largest encoded snapshot meta, bytes.
 pub const META_BYTES_MAX: u32 = 1 << 20;
 /// zstd level used for chunks: fast, still several times smaller for typical rows.
@@ -72,7 +75,7 @@ pub struct SnapshotWriter {
 
 impl SnapshotWriter {
     pub fn create(path: &Path, meta: &SnapshotMeta, chunk_bytes: usize) -> io::Result<SnapshotWriter> {
-        assert!(chunk_bytes > 0 && chunk_bytes <= CHUNK_RAW_BYTES_MAX as usize / 2);
+        assert!(chunk_bytes > 0 && chunk_bytes <= WRITER_CHUNK_BYTES_MAX, "snapshot chunk size {chunk_bytes} out of range");
         let mut out = BufWriter::new(File::create(path)?);
         let meta_bytes = encode_meta(meta);
         out.write_all(MAGIC)?;

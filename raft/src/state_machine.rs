@@ -350,7 +350,11 @@ fn next_id(engine: &Engine, batch: &mut kho_engine::WriteBatch, name: &[u8]) -> 
         None => 1,
         Some(b) => u32::from_be_bytes(b.as_slice().try_into().map_err(|_| io_err("catalog counter is not 4 bytes"))?),
     };
-    let next = id.checked_add(1).ok_or_else(|| io_err("catalog id space exhausted"))?;
+    // u32::MAX is reserved by the key format (kho_engine::keys::TABLE_ID_MAX).
+    if id > kho_engine::keys::TABLE_ID_MAX {
+        return Err(io_err("catalog id space exhausted"));
+    }
+    let next = id + 1;
     batch.put_value(&key, &next.to_be_bytes());
     Ok(id)
 }

@@ -55,7 +55,8 @@ pub struct RaftConfig {
     pub snapshot_logs_since_last: u64,
     /// Log entries kept behind the last snapshot, for slow followers. Default 5000.
     pub logs_to_keep_after_snapshot: u64,
-    /// Largest chunk of a snapshot stream, bytes (before compression). Default 1048576.
+    /// Largest chunk of a snapshot stream, bytes (before compression). Default 1048576,
+    /// at most 33554432 (32 MiB).
     pub snapshot_chunk_bytes: u64,
     /// Most entries in one append-entries message. Default 1000.
     pub append_entries_max: u64,
@@ -231,7 +232,7 @@ impl Config {
             ));
         }
         positive("raft.snapshot_logs_since_last", r.snapshot_logs_since_last)?;
-        in_range("raft.snapshot_chunk_bytes", r.snapshot_chunk_bytes, 4096, 64 << 20)?;
+        in_range("raft.snapshot_chunk_bytes", r.snapshot_chunk_bytes, 4096, kho_raft::snapshot::WRITER_CHUNK_BYTES_MAX as u64)?;
         in_range("raft.append_entries_max", r.append_entries_max, 1, 100_000)?;
         positive("raft.rpc_timeout_ms", r.rpc_timeout_ms)?;
         positive("raft.snapshot_timeout_ms", r.snapshot_timeout_ms)?;
@@ -249,6 +250,13 @@ impl Config {
             return Err(invalid(
                 "limits.grpc_message_bytes_max",
                 "must be at least limits.value_bytes_max + limits.key_bytes_max",
+            ));
+        }
+        // A snapshot chunk travels as one gRPC message.
+        if l.grpc_message_bytes_max < r.snapshot_chunk_bytes + 4096 {
+            return Err(invalid(
+                "limits.grpc_message_bytes_max",
+                "must be at least raft.snapshot_chunk_bytes + 4096",
             ));
         }
         in_range("limits.concurrent_requests_max", l.concurrent_requests_max, 1, 1_000_000)?;
