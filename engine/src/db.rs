@@ -274,6 +274,16 @@ impl Engine {
         self.db.flush_wal(true).map_err(rocks("sync_wal"))
     }
 
+    /// Readies the process to exit: makes every write durable (synced WAL) and stops
+    /// RocksDB's background flushes and compactions, waiting for running ones. The engine
+    /// must not be written afterwards. A process that exits while RocksDB threads still run
+    /// can abort in C++ static destructors; after this it can leave with `_exit`.
+    pub fn prepare_for_exit(&self) -> Result<()> {
+        self.sync_wal()?;
+        self.db.cancel_all_background_work(true);
+        Ok(())
+    }
+
     /// Reads a cell of the Data column family and verifies its value header.
     ///
     /// Returns the payload, or [`Error::Corruption`] if verification fails.

@@ -183,12 +183,20 @@ impl RaftNode {
         Ok(network::encode_reply(resp))
     }
 
+    /// Stops every group, makes all writes durable and stops the engine's background
+    /// work. The process should exit right after (see `Engine::prepare_for_exit`).
     pub async fn shutdown(&self) {
         let groups: Vec<_> = self.groups.read().expect("groups lock").values().cloned().collect();
         for g in groups {
             if let Err(e) = g.raft.shutdown().await {
                 tracing::warn!(group = g.id, error = %e, "raft shutdown");
             }
+        }
+        let engine = self.engine.clone();
+        match tokio::task::spawn_blocking(move || engine.prepare_for_exit()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "could not sync the WAL at shutdown"),
+            Err(e) => tracing::error!(error = %e, "shutdown task failed"),
         }
     }
 }
