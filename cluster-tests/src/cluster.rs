@@ -43,13 +43,21 @@ const CLIENT_DECODE_BYTES_MAX: usize = 64 << 20;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub key_bytes_max: u64,
+    pub qualifier_bytes_max: u64,
     pub value_bytes_max: u64,
     pub batch_ops_max: u64,
+    pub scan_limit_max: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { key_bytes_max: 4096, value_bytes_max: 1 << 20, batch_ops_max: 1000 }
+        Limits {
+            key_bytes_max: 4096,
+            qualifier_bytes_max: 4096,
+            value_bytes_max: 1 << 20,
+            batch_ops_max: 1000,
+            scan_limit_max: 10_000,
+        }
     }
 }
 
@@ -567,11 +575,14 @@ fn node_config(opts: &ClusterOptions, id: u64, addr: &str, data_dir: &Path, memb
          data_dir = '{data_dir}'\n\
          initial_members = [{}]\n\
          \n[raft]\n{raft}\
-         \n[limits]\nkey_bytes_max = {}\nvalue_bytes_max = {}\nbatch_ops_max = {}\n",
+         \n[limits]\nkey_bytes_max = {}\nqualifier_bytes_max = {}\nvalue_bytes_max = {}\nbatch_ops_max = {}\n\
+         scan_limit_max = {}\n",
         members.join(", "),
         l.key_bytes_max,
+        l.qualifier_bytes_max,
         l.value_bytes_max,
         l.batch_ops_max,
+        l.scan_limit_max,
     )
 }
 
@@ -634,7 +645,8 @@ mod tests {
         assert!(text.contains("data_dir = '/tmp/x/node-2-data'"), "{text}");
         assert!(text.contains("snapshot_logs_since_last = 500\n"), "{text}");
         assert!(text.contains("logs_to_keep_after_snapshot = 100\n"), "{text}");
-        assert!(text.contains("[limits]\nkey_bytes_max = 4096\n"), "{text}");
+        assert!(text.contains("[limits]\nkey_bytes_max = 4096\nqualifier_bytes_max = 4096\n"), "{text}");
+        assert!(text.contains("scan_limit_max = 10000\n"), "{text}");
     }
 
     #[test]

@@ -227,11 +227,13 @@ pub fn max_revision(records: &[WriteRecord]) -> u64 {
         .unwrap_or(0)
 }
 
-/// Checks the documented meaning of `revision`: every acknowledged write has one (> 0), and
-/// the acknowledged writes of one writer, sent one after the other, have growing revisions.
-/// Returns the violations.
+/// Checks the documented meaning of `revision` (the Raft log index a write was applied at,
+/// increasing over all writes of the cluster): every acknowledged write has one (> 0), no
+/// two acknowledged writes share one, and the acknowledged writes of one writer, sent one
+/// after the other, have growing revisions. Returns the violations.
 pub fn revision_violations(records: &[WriteRecord]) -> Vec<String> {
     let mut last: std::collections::BTreeMap<u32, (u64, &[u8])> = std::collections::BTreeMap::new();
+    let mut seen: std::collections::BTreeMap<u64, &[u8]> = std::collections::BTreeMap::new();
     let mut violations = Vec::new();
     let mut sorted: Vec<&WriteRecord> = records.iter().collect();
     sorted.sort_by_key(|r| (r.writer, r.started));
@@ -240,6 +242,11 @@ pub fn revision_violations(records: &[WriteRecord]) -> Vec<String> {
         let key = String::from_utf8_lossy(&r.key);
         if revision == 0 {
             violations.push(format!("write of `{key}` acknowledged without a revision"));
+        } else if let Some(other) = seen.insert(revision, &r.key) {
+            violations.push(format!(
+                "`{key}` and `{}` were both acknowledged with revision {revision}",
+                String::from_utf8_lossy(other)
+            ));
         }
         if let Some((previous, previous_key)) = last.get(&r.writer) {
             if revision <= *previous {
@@ -264,6 +271,28 @@ mod tests {
         assert_eq!(writer_key("b", 3, 42), b"b/03/0000042".to_vec());
         assert!(writer_key("b", 3, 9) < writer_key("b", 3, 10));
         assert_ne!(writer_key("b", 1, 0), writer_key("b", 2, 0));
+    }
+
+    fn record(writer: u32, key: &str, started: Instant, revision: Option<u64>) -> WriteRecord {
+        let outcome = match revision {
+            Some(revision) => WriteOutcome::Acknowledged { revision },
+            None => WriteOutcome::Unknown { last_error: Status::unavailable("no leader") },
+        };
+        WriteRecord { writer, key: key.into(), value: b"v".to_vec(), started, finished: started, outcome }
+    }
+
+    #[test]
+    fn revisions_must_be_set_distinct_and_growing_per_writer() {
+        let t0 = Instant::now();
+        let t = |ms| t0 + std::time::Duration::from_millis(ms);
+        let good = [record(0, "a", t(0), Some(5)), record(1, "b", t(1), Some(3)), record(0, "c", t(2), None), record(0, "d", t(3), Some(9))];
+        assert!(revision_violations(&good).is_empty(), "{:?}", revision_violations(&good));
+        let shrinking = [record(0, "a", t(0), Some(5)), record(0, "b", t(1), Some(4))];
+        assert_eq!(revision_violations(&shrinking).len(), 1);
+        let shared = [record(0, "a", t(0), Some(5)), record(1, "b", t(1), Some(5))];
+        assert_eq!(revision_violations(&shared).len(), 1);
+        let missing = [record(0, "a", t(0), Some(0))];
+        assert_eq!(revision_violations(&missing).len(), 1);
     }
 
     #[test]

@@ -79,8 +79,11 @@ async fn bad_input_gets_documented_status() {
             let key_max = limits.key_bytes_max as usize;
             let value_max = limits.value_bytes_max as usize;
             let ops_max = limits.batch_ops_max as usize;
+            let qualifier_max = limits.qualifier_bytes_max as usize;
+            let scan_max = u32::try_from(limits.scan_limit_max).expect("scan_limit_max fits u32");
             let (key_max_s, value_max_s, ops_max_s) =
                 (limits.key_bytes_max.to_string(), limits.value_bytes_max.to_string(), limits.batch_ops_max.to_string());
+            let qualifier_max_s = limits.qualifier_bytes_max.to_string();
 
             for id in cluster.ids() {
                 let c = cluster.data_client(id);
@@ -131,6 +134,58 @@ async fn bad_input_gets_documented_status() {
                 // The rejected Write wrote nothing.
                 let first = ok(&cluster, "Get batch/00000", rpc!(c, get, get_req(TENANT, TABLE, FAMILY, b"batch/00000")));
                 assert!(!first.found, "{via}: a rejected Write left batch/00000 behind");
+
+                // One bad op among good ones rejects the whole Write, naming the value limit.
+                let mut ops: Vec<WriteOp> = (0..3)
+                    .map(|i| WriteOp { op: Some(Op::Put(PutOp { key: format!("mixed/{i}").into_bytes(), value: b"v".to_vec(), family: String::new() })) })
+                    .collect();
+                ops.push(WriteOp { op: Some(Op::Put(PutOp { key: b"mixed/3".to_vec(), value: big_value.clone(), family: String::new() })) });
+                let write = WriteRequest { tenant: TENANT.into(), table: TABLE.into(), ops };
+                expect_status(&cluster, &format!("{via}: Write with an oversized value in op 3"), rpc!(c, write, write), Code::InvalidArgument, &["value", &value_max_s]);
+                let first = ok(&cluster, "Get mixed/0", rpc!(c, get, get_req(TENANT, TABLE, FAMILY, b"mixed/0")));
+                assert!(!first.found, "{via}: a rejected Write left mixed/0 behind");
+                let empty = WriteRequest { tenant: TENANT.into(), table: TABLE.into(), ops: Vec::new() };
+                expect_status(&cluster, &format!("{via}: Write without ops"), rpc!(c, write, empty), Code::InvalidArgument, &[]);
+
+                let long_qualifier = vec![b'q'; qualifier_max + 1];
+                let mutation = Mutation {
+                    mutation: Some(M::SetCell(SetCell { family: FAMILY.into(), qualifier: long_qualifier, value: b"v".to_vec() })),
+                };
+                let mutate = MutateRowRequest { tenant: TENANT.into(), table: TABLE.into(), row_key: b"row".to_vec(), mutations: vec![mutation] };
+                expect_status(
+                    &cluster,
+                    &format!("{via}: MutateRow, qualifier of {} bytes", qualifier_max + 1),
+                    rpc!(c, mutate_row, mutate),
+                    Code::InvalidArgument,
+                    &["qualifier", &qualifier_max_s],
+                );
+
+                let scan = ScanRequest {
+                    tenant: TENANT.into(),
+                    table: TABLE.into(),
+                    family: FAMILY.into(),
+                    limit: scan_max + 1,
+                    ..Default::default()
+                };
+                expect_status(
+                    &cluster,
+                    &format!("{via}: Scan with limit {}", scan_max + 1),
+                    scan_retry(&c, scan, &RetryPolicy::STEADY).await,
+                    Code::InvalidArgument,
+                    &["limit", &scan_max.to_string()],
+                );
+
+                // Names are a-z, 0-9 and _, starting with a letter: anything else is a bad
+                // argument (naming the field), not an unknown name.
+                expect_status(&cluster, &format!("{via}: Put, tenant `Bad-Name`"), rpc!(c, put, put_req("Bad-Name", TABLE, FAMILY, b"k", b"v")), Code::InvalidArgument, &["tenant"]);
+                let admin = cluster.admin_client(id);
+                expect_status(
+                    &cluster,
+                    &format!("{via}: CreateTenant `Bad-Name`"),
+                    rpc!(admin, create_tenant, CreateTenantRequest { name: "Bad-Name".into() }),
+                    Code::InvalidArgument,
+                    &["name"],
+                );
             }
 
             // The limits are inclusive: a key and a value of exactly the maximum are accepted.
