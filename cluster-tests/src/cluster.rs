@@ -365,7 +365,7 @@ impl Cluster {
         let [leader] = leaders.iter().copied().collect::<Vec<_>>()[..] else {
             return Err(format!("nodes name different leaders: {}", describe_nodes(&statuses.into_values().collect::<Vec<_>>())));
         };
-        if leader == 0 || !statuses.get(&leader).is_some_and(|s| s.role == "leader") {
+        if leader == 0 || statuses.get(&leader).is_none_or(|s| s.role != "leader") {
             return Err(format!("no confirmed leader: {}", describe_nodes(&statuses.into_values().collect::<Vec<_>>())));
         }
         let cluster = self.cluster_status(leader).await.map_err(|e| format!("leader {leader} ClusterStatus: {e}"))?;

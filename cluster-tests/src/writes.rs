@@ -262,47 +262,6 @@ pub fn revision_violations(records: &[WriteRecord]) -> Vec<String> {
     violations
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_distinct_and_ordered_per_writer() {
-        assert_eq!(writer_key("b", 3, 42), b"b/03/0000042".to_vec());
-        assert!(writer_key("b", 3, 9) < writer_key("b", 3, 10));
-        assert_ne!(writer_key("b", 1, 0), writer_key("b", 2, 0));
-    }
-
-    fn record(writer: u32, key: &str, started: Instant, revision: Option<u64>) -> WriteRecord {
-        let outcome = match revision {
-            Some(revision) => WriteOutcome::Acknowledged { revision },
-            None => WriteOutcome::Unknown { last_error: Status::unavailable("no leader") },
-        };
-        WriteRecord { writer, key: key.into(), value: b"v".to_vec(), started, finished: started, outcome }
-    }
-
-    #[test]
-    fn revisions_must_be_set_distinct_and_growing_per_writer() {
-        let t0 = Instant::now();
-        let t = |ms| t0 + std::time::Duration::from_millis(ms);
-        let good = [record(0, "a", t(0), Some(5)), record(1, "b", t(1), Some(3)), record(0, "c", t(2), None), record(0, "d", t(3), Some(9))];
-        assert!(revision_violations(&good).is_empty(), "{:?}", revision_violations(&good));
-        let shrinking = [record(0, "a", t(0), Some(5)), record(0, "b", t(1), Some(4))];
-        assert_eq!(revision_violations(&shrinking).len(), 1);
-        let shared = [record(0, "a", t(0), Some(5)), record(1, "b", t(1), Some(5))];
-        assert_eq!(revision_violations(&shared).len(), 1);
-        let missing = [record(0, "a", t(0), Some(0))];
-        assert_eq!(revision_violations(&missing).len(), 1);
-    }
-
-    #[test]
-    fn values_depend_on_seed_and_key() {
-        assert_eq!(value_for(1, b"k"), value_for(1, b"k"));
-        assert_ne!(value_for(1, b"k"), value_for(2, b"k"));
-        assert_ne!(value_for(1, b"k"), value_for(1, b"j"));
-    }
-}
-
 /// A group of writer tasks sharing a stop flag and progress counters. Dropping it tells the
 /// writers to stop.
 pub struct Writers {
@@ -368,5 +327,46 @@ impl Writers {
 impl Drop for Writers {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_distinct_and_ordered_per_writer() {
+        assert_eq!(writer_key("b", 3, 42), b"b/03/0000042".to_vec());
+        assert!(writer_key("b", 3, 9) < writer_key("b", 3, 10));
+        assert_ne!(writer_key("b", 1, 0), writer_key("b", 2, 0));
+    }
+
+    fn record(writer: u32, key: &str, started: Instant, revision: Option<u64>) -> WriteRecord {
+        let outcome = match revision {
+            Some(revision) => WriteOutcome::Acknowledged { revision },
+            None => WriteOutcome::Unknown { last_error: Status::unavailable("no leader") },
+        };
+        WriteRecord { writer, key: key.into(), value: b"v".to_vec(), started, finished: started, outcome }
+    }
+
+    #[test]
+    fn revisions_must_be_set_distinct_and_growing_per_writer() {
+        let t0 = Instant::now();
+        let t = |ms| t0 + std::time::Duration::from_millis(ms);
+        let good = [record(0, "a", t(0), Some(5)), record(1, "b", t(1), Some(3)), record(0, "c", t(2), None), record(0, "d", t(3), Some(9))];
+        assert!(revision_violations(&good).is_empty(), "{:?}", revision_violations(&good));
+        let shrinking = [record(0, "a", t(0), Some(5)), record(0, "b", t(1), Some(4))];
+        assert_eq!(revision_violations(&shrinking).len(), 1);
+        let shared = [record(0, "a", t(0), Some(5)), record(1, "b", t(1), Some(5))];
+        assert_eq!(revision_violations(&shared).len(), 1);
+        let missing = [record(0, "a", t(0), Some(0))];
+        assert_eq!(revision_violations(&missing).len(), 1);
+    }
+
+    #[test]
+    fn values_depend_on_seed_and_key() {
+        assert_eq!(value_for(1, b"k"), value_for(1, b"k"));
+        assert_ne!(value_for(1, b"k"), value_for(2, b"k"));
+        assert_ne!(value_for(1, b"k"), value_for(1, b"j"));
     }
 }

@@ -338,7 +338,7 @@ fn row_range_scans_exactly_the_wanted_rows() {
             .into_iter()
             .map(|(_, row)| row)
             .collect();
-        assert!(found.len() % 2 == 0, "both families of each row");
+        assert!(found.len().is_multiple_of(2), "both families of each row");
         found.dedup();
         found
     };

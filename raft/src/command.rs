@@ -117,19 +117,6 @@ pub struct CasOutcome {
     pub current: Option<Vec<u8>>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn command_round_trip() {
-        let c = Command::CreateTable { tenant: "dân_cư".into(), name: "x".into(), families: vec!["a".into()] };
-        assert_eq!(Command::decode(&c.encode()).unwrap(), c);
-        assert!(Command::decode(&[9, 1, 2]).is_err());
-        assert!(Command::decode(&[]).is_err());
-    }
-}
-
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -146,5 +133,18 @@ impl std::fmt::Display for Command {
 impl std::fmt::Display for Response {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "revision {}: {:?}", self.revision, self.outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_round_trip() {
+        let c = Command::CreateTable { tenant: "dân_cư".into(), name: "x".into(), families: vec!["a".into()] };
+        assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+        assert!(Command::decode(&[9, 1, 2]).is_err());
+        assert!(Command::decode(&[]).is_err());
     }
 }

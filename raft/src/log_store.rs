@@ -186,7 +186,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             None => None,
             Some(b) => codec::decode_opt_log_id(&b).map_err(data_err)?,
         };
-        let last_log_id = last_log_id.or_else(|| last_purged_log_id.clone());
+        let last_log_id = last_log_id.or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 

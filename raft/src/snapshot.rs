@@ -30,6 +30,9 @@ pub const META_BYTES_MAX: u32 = 1 << 20;
 /// zstd level used for chunks: fast, still several times smaller for typical rows.
 const ZSTD_LEVEL: i32 = 1;
 
+/// The (key, value) records of one chunk.
+pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A snapshot file on disk, opened. openraft's `SnapshotData`.
 #[derive(Debug)]
 pub struct SnapshotFile {
@@ -167,7 +170,7 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// The records of the next chunk, or None after the verified end marker.
-    pub fn next_chunk(&mut self) -> io::Result<Option<Vec<(Vec<u8>, Vec<u8>)>>> {
+    pub fn next_chunk(&mut self) -> io::Result<Option<Records>> {
         if self.done {
             return Ok(None);
         }

@@ -460,7 +460,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let outcome = match entry.payload {
                 EntryPayload::Blank => Outcome::Done,
                 EntryPayload::Membership(m) => {
-                    let stored = StoredMembership::new(Some(entry.log_id.clone()), m);
+                    let stored = StoredMembership::new(Some(entry.log_id), m);
                     batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP), &codec::encode_stored_membership(&stored));
                     Outcome::Done
                 }

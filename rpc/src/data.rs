@@ -443,7 +443,7 @@ impl Data for DataService {
         .await
         .map_err(status::internal)??;
         let found = !cells.is_empty();
-        Ok(Response::new(pb::ReadRowResponse { found, row: found.then(|| pb::Row { key: row_key, cells }) }))
+        Ok(Response::new(pb::ReadRowResponse { found, row: found.then_some(pb::Row { key: row_key, cells }) }))
     }
 
     type ScanRowsStream = ScanRowsStream;
