@@ -79,7 +79,9 @@ pub struct Engine {
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Engine").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -166,8 +168,8 @@ impl Engine {
         db_opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
         // RocksDB's unused "default" column family; snappy is not linked in.
         db_opts.set_compression_type(DBCompressionType::Lz4);
-        let descriptors = Cf::ALL
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, opts, &cache)));
+        let descriptors =
+            Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, opts, &cache)));
         let db = Db::open_cf_descriptors(&db_opts, path, descriptors).map_err(rocks("open"))?;
         tracing::info!(path = %path.display(), ?opts, "engine opened");
         Ok(Engine {
@@ -183,7 +185,9 @@ impl Engine {
 
     /// Raw read (no value header): used for Raft log and metadata.
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db.get_cf(handle(&self.db, cf), key).map_err(rocks("get"))
+        self.db
+            .get_cf(handle(&self.db, cf), key)
+            .map_err(rocks("get"))
     }
 
     /// Raw (key, value) pairs of `cf` in `[start, end)` in key order (end None = to the end

@@ -93,6 +93,13 @@ pub fn encode_row(out: &mut Vec<u8>, row: &[u8]) {
 /// Returns [`Error::Corruption`] on a 0x00 followed by anything but 0xFF or 0x01, or if the
 /// terminator is missing.
 pub fn decode_row(input: &[u8]) -> Result<(Vec<u8>, usize)> {
+    split_row(input).map_err(|reason| Error::Corruption {
+        what: format!("row encoding {}: {reason}", key_hex(input)),
+    })
+}
+
+/// [`decode_row`], with the reason of a failure as the error.
+fn split_row(input: &[u8]) -> std::result::Result<(Vec<u8>, usize), String> {
     let mut row = Vec::new();
     let mut at = 0;
     while at < input.len() {
@@ -109,19 +116,14 @@ pub fn decode_row(input: &[u8]) -> Result<(Vec<u8>, usize)> {
             }
             Some(&TERMINATOR) => return Ok((row, at + 2)),
             Some(&other) => {
-                return Err(Error::Corruption {
-                    what: format!(
-                        "row encoding: byte 0x00 followed by 0x{other:02x} at offset {at} of {}",
-                        key_hex(input)
-                    ),
-                })
+                return Err(format!(
+                    "byte 0x00 followed by 0x{other:02x} at row offset {at}"
+                ))
             }
             None => break,
         }
     }
-    Err(Error::Corruption {
-        what: format!("row encoding: missing terminator in {}", key_hex(input)),
-    })
+    Err("row terminator 0x00 0x01 missing".to_owned())
 }
 
 /// The first 8 bytes of every key of the table: tenant u32 BE ++ table u32 BE.
@@ -154,7 +156,10 @@ pub fn data_key(
     family: FamilyId,
     qualifier: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(TABLE_PREFIX_LEN + row.len() + 4 + FAMILY_LEN + qualifier.len());
+    // Exact unless the row holds 0x00 bytes (one more byte each).
+    let encoded_row_len = row.len() + 2;
+    let mut out =
+        Vec::with_capacity(TABLE_PREFIX_LEN + encoded_row_len + FAMILY_LEN + qualifier.len());
     out.extend_from_slice(&tenant.to_be_bytes());
     out.extend_from_slice(&table.to_be_bytes());
     encode_row(&mut out, row);
@@ -188,11 +193,8 @@ pub fn decode_data_key(key: &[u8]) -> Result<DecodedKey> {
     };
     let (tenant_bytes, rest) = key.split_first_chunk::<4>().ok_or_else(too_short)?;
     let (table_bytes, rest) = rest.split_first_chunk::<4>().ok_or_else(too_short)?;
-    let (row, row_len) = decode_row(rest).map_err(|err| match err {
-        Error::Corruption { what } => Error::Corruption {
-            what: format!("data key {}: {what}", key_hex(key)),
-        },
-        other => other,
+    let (row, row_len) = split_row(rest).map_err(|reason| Error::Corruption {
+        what: format!("data key {}: {reason}", key_hex(key)),
     })?;
     let (family_bytes, qualifier) = rest[row_len..]
         .split_first_chunk::<FAMILY_LEN>()
@@ -231,7 +233,10 @@ pub fn row_range(
     end_row: Option<&[u8]>,
     row_prefix: &[u8],
 ) -> (Vec<u8>, Vec<u8>) {
-    assert!(table <= TABLE_ID_MAX, "row_range: reserved table id {table}");
+    assert!(
+        table <= TABLE_ID_MAX,
+        "row_range: reserved table id {table}"
+    );
     let table_start = table_prefix(tenant, table);
     // The table prefix has a byte other than 0xFF (table <= TABLE_ID_MAX), so every
     // prefix_end below is Some.
@@ -267,7 +272,10 @@ mod tests {
 
     /// Bytes that stress the escaping: 0x00, 0x01, 0xFE, 0xFF and an ordinary letter.
     fn tricky_bytes(len: usize) -> impl Strategy<Value = Vec<u8>> {
-        prop::collection::vec(prop::sample::select(vec![0x00u8, 0x01, 0xFE, 0xFF, b'a']), 0..len)
+        prop::collection::vec(
+            prop::sample::select(vec![0x00u8, 0x01, 0xFE, 0xFF, b'a']),
+            0..len,
+        )
     }
 
     type Tuple = (TenantId, TableId, Vec<u8>, FamilyId, Vec<u8>);
@@ -290,7 +298,10 @@ mod tests {
     fn worked_example_matches_the_format_document() {
         let key = data_key(1, 2, b"a\0b", 3, b"q");
         // tenant 00000001 | table 00000002 | row 61 00ff 62 0001 | family 0003 | qualifier 71
-        assert_eq!(crate::error::key_hex(&key), "00000001000000026100ff620001000371");
+        assert_eq!(
+            crate::error::key_hex(&key),
+            "00000001000000026100ff620001000371"
+        );
     }
 
     #[test]
@@ -302,6 +313,11 @@ mod tests {
             );
         }
         assert_eq!(decode_row(b"\x00\xff\x00\x01rest").ok(), Some((vec![0], 4)));
+        let err = decode_data_key(b"\0\0\0\x01\0\0\0\x02a\x00\x02").expect_err("bad escape");
+        assert_eq!(
+            err.to_string(),
+            "corruption: data key 0000000100000002610002: byte 0x00 followed by 0x02 at row offset 1"
+        );
     }
 
     #[test]
@@ -326,7 +342,9 @@ mod tests {
 
     #[test]
     fn check_key_parts_limits() {
-        assert!(check_key_parts(TABLE_ID_MAX, &[0; ROW_BYTES_MAX], &[0; QUALIFIER_BYTES_MAX]).is_ok());
+        assert!(
+            check_key_parts(TABLE_ID_MAX, &[0; ROW_BYTES_MAX], &[0; QUALIFIER_BYTES_MAX]).is_ok()
+        );
         for (table, row, qualifier) in [
             (u32::MAX, 0, 0),
             (1, ROW_BYTES_MAX + 1, 0),

@@ -100,7 +100,10 @@ mod tests {
             for xor in 1..=u8::MAX {
                 let mut changed = stored.clone();
                 changed[at] ^= xor;
-                assert!(is_corruption(decode_value(&key, &changed)), "byte {at} ^ {xor:#04x}");
+                assert!(
+                    is_corruption(decode_value(&key, &changed)),
+                    "byte {at} ^ {xor:#04x}"
+                );
             }
         }
     }
@@ -110,9 +113,15 @@ mod tests {
         let mut stored = encode_value(b"k", b"payload");
         stored[1] = 0b01;
         let err = decode_value(b"k", &stored).expect_err("flag set");
-        assert_eq!(err.to_string(), "corruption: value of key 6b: unsupported flags 0x01");
+        assert_eq!(
+            err.to_string(),
+            "corruption: value of key 6b: unsupported flags 0x01"
+        );
         let err = decode_value(b"k", &stored[..5]).expect_err("short");
-        assert!(err.to_string().contains("shorter than the 6-byte header"), "{err}");
+        assert!(
+            err.to_string().contains("shorter than the 6-byte header"),
+            "{err}"
+        );
     }
 
     proptest! {

@@ -24,13 +24,19 @@ fn open(dir: &TempDir) -> Engine {
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 fn pairs(items: &[(&[u8], &[u8])]) -> Pairs {
-    items.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    items
+        .iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
 }
 
 #[test]
-fn engine_is_send_sync_and_clone() {
-    fn check<T: Send + Sync + Clone>() {}
-    check::<Engine>();
+fn handles_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Engine>();
+    send_sync::<kho_engine::Snapshot<'static>>();
+    send::<kho_engine::WriteBatch>();
 }
 
 #[test]
@@ -66,10 +72,22 @@ fn batch_is_atomic_and_visible_after_write() {
     assert_eq!(engine.get(Cf::RaftLog, b"log-1").expect("get"), None);
     engine.write(batch, false).expect("write");
 
-    assert_eq!(engine.get(Cf::RaftLog, b"log-1").expect("get").as_deref(), Some(&b"entry"[..]));
-    assert_eq!(engine.get(Cf::RaftMeta, b"vote").expect("get").as_deref(), Some(&b"term 3"[..]));
-    assert_eq!(engine.get(Cf::Local, b"node").expect("get").as_deref(), Some(&b"7"[..]));
-    assert_eq!(engine.get_value(b"cell").expect("get").as_deref(), Some(&b"payload"[..]));
+    assert_eq!(
+        engine.get(Cf::RaftLog, b"log-1").expect("get").as_deref(),
+        Some(&b"entry"[..])
+    );
+    assert_eq!(
+        engine.get(Cf::RaftMeta, b"vote").expect("get").as_deref(),
+        Some(&b"term 3"[..])
+    );
+    assert_eq!(
+        engine.get(Cf::Local, b"node").expect("get").as_deref(),
+        Some(&b"7"[..])
+    );
+    assert_eq!(
+        engine.get_value(b"cell").expect("get").as_deref(),
+        Some(&b"payload"[..])
+    );
     // Column families are separate key spaces; the raw Data value carries the header.
     assert_eq!(engine.get(Cf::Local, b"log-1").expect("get"), None);
     assert_eq!(
@@ -101,7 +119,10 @@ fn reopen_keeps_synced_writes() {
         engine.get(Cf::RaftMeta, b"b").expect("get").as_deref(),
         Some(&b"synced by sync_wal"[..])
     );
-    assert_eq!(engine.get_value(b"c").expect("get").as_deref(), Some(&b"value"[..]));
+    assert_eq!(
+        engine.get_value(b"c").expect("get").as_deref(),
+        Some(&b"value"[..])
+    );
 }
 
 #[test]
@@ -115,10 +136,14 @@ fn scan_respects_start_end_and_limit() {
     batch.put(Cf::Local, b"b", b"other cf");
     engine.write(batch, false).expect("write");
 
-    let all = engine.scan(Cf::RaftLog, b"", None, usize::MAX).expect("scan");
+    let all = engine
+        .scan(Cf::RaftLog, b"", None, usize::MAX)
+        .expect("scan");
     assert_eq!(all.len(), 5);
     assert_eq!(
-        engine.scan(Cf::RaftLog, b"b", Some(b"d"), 10).expect("scan"),
+        engine
+            .scan(Cf::RaftLog, b"b", Some(b"d"), 10)
+            .expect("scan"),
         pairs(&[(b"b", b"b"), (b"b\x00", b"b\x00"), (b"c", b"c")])
     );
     assert_eq!(
@@ -129,8 +154,14 @@ fn scan_respects_start_end_and_limit() {
         engine.scan(Cf::RaftLog, b"c", None, 10).expect("scan"),
         pairs(&[(b"c", b"c"), (b"d", b"d")])
     );
-    assert!(engine.scan(Cf::RaftLog, b"a", None, 0).expect("scan").is_empty());
-    assert!(engine.scan(Cf::RaftLog, b"b", Some(b"b"), 10).expect("scan").is_empty());
+    assert!(engine
+        .scan(Cf::RaftLog, b"a", None, 0)
+        .expect("scan")
+        .is_empty());
+    assert!(engine
+        .scan(Cf::RaftLog, b"b", Some(b"b"), 10)
+        .expect("scan")
+        .is_empty());
 }
 
 #[test]
@@ -159,9 +190,21 @@ fn delete_and_delete_range() {
         .map(|(k, _)| k[0])
         .collect();
     assert_eq!(keys, vec![0, 1, 5, 6, 7, 9]);
-    assert_eq!(engine.scan(Cf::RaftMeta, b"", None, usize::MAX).expect("scan").len(), 10);
+    assert_eq!(
+        engine
+            .scan(Cf::RaftMeta, b"", None, usize::MAX)
+            .expect("scan")
+            .len(),
+        10
+    );
     engine.compact(Cf::RaftLog).expect("compact");
-    assert_eq!(engine.scan(Cf::RaftLog, b"", None, usize::MAX).expect("scan").len(), 6);
+    assert_eq!(
+        engine
+            .scan(Cf::RaftLog, b"", None, usize::MAX)
+            .expect("scan")
+            .len(),
+        6
+    );
 }
 
 #[test]
@@ -177,8 +220,18 @@ fn first_and_last_in_range() {
     let dir = TempDir::new().expect("tempdir");
     let engine = open(&dir);
     let index = |i: u64| i.to_be_bytes().to_vec();
-    assert_eq!(engine.first_in_range(Cf::RaftLog, &index(0), &index(100)).expect("first"), None);
-    assert_eq!(engine.last_in_range(Cf::RaftLog, &index(0), &index(100)).expect("last"), None);
+    assert_eq!(
+        engine
+            .first_in_range(Cf::RaftLog, &index(0), &index(100))
+            .expect("first"),
+        None
+    );
+    assert_eq!(
+        engine
+            .last_in_range(Cf::RaftLog, &index(0), &index(100))
+            .expect("last"),
+        None
+    );
 
     let mut batch = engine.batch();
     for i in 10..20 {
@@ -188,8 +241,20 @@ fn first_and_last_in_range() {
     engine.write(batch, false).expect("write");
 
     let key_of = |item: Option<(Vec<u8>, Vec<u8>)>| item.map(|(k, _)| k);
-    let first = |s, e| key_of(engine.first_in_range(Cf::RaftLog, &index(s), &index(e)).expect("first"));
-    let last = |s, e| key_of(engine.last_in_range(Cf::RaftLog, &index(s), &index(e)).expect("last"));
+    let first = |s, e| {
+        key_of(
+            engine
+                .first_in_range(Cf::RaftLog, &index(s), &index(e))
+                .expect("first"),
+        )
+    };
+    let last = |s, e| {
+        key_of(
+            engine
+                .last_in_range(Cf::RaftLog, &index(s), &index(e))
+                .expect("last"),
+        )
+    };
     assert_eq!(first(0, 100), Some(index(10)));
     assert_eq!(last(0, 100), Some(index(19)));
     assert_eq!(first(12, 15), Some(index(12)));
@@ -224,9 +289,15 @@ fn snapshot_does_not_see_later_writes() {
     batch.delete_range(Cf::RaftMeta, b"", b"\xff");
     engine.write(batch, false).expect("write");
 
-    assert_eq!(snapshot.get(Cf::Data, b"a").expect("get").as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        snapshot.get(Cf::Data, b"a").expect("get").as_deref(),
+        Some(&b"1"[..])
+    );
     assert_eq!(snapshot.get(Cf::Data, b"c").expect("get"), None);
-    assert_eq!(snapshot.get(Cf::RaftMeta, b"m").expect("get").as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        snapshot.get(Cf::RaftMeta, b"m").expect("get").as_deref(),
+        Some(&b"1"[..])
+    );
     let mut seen = Vec::new();
     snapshot
         .for_each(Cf::Data, b"", None, |k, v| {
@@ -267,7 +338,9 @@ fn snapshot_for_each_stops_early_and_propagates_errors() {
     let err = snapshot
         .for_each(Cf::Local, &[0], None, |k, _| {
             if k[0] == 5 {
-                Err(Error::InvalidKey { reason: "stop".into() })
+                Err(Error::InvalidKey {
+                    reason: "stop".into(),
+                })
             } else {
                 Ok(true)
             }
@@ -295,12 +368,17 @@ fn corrupt_data_values_are_errors_never_data() {
     batch.put(Cf::Data, &short, b"\x01\x00");
     engine.write(batch, false).expect("write");
 
-    assert_eq!(engine.get_value(&good).expect("get").as_deref(), Some(&b"ok"[..]));
+    assert_eq!(
+        engine.get_value(&good).expect("get").as_deref(),
+        Some(&b"ok"[..])
+    );
     for key in [&flipped, &moved, &short] {
         let err = engine.get_value(key).expect_err("corrupt");
         assert!(matches!(err, Error::Corruption { .. }), "{err}");
     }
-    let err = engine.scan_values(&good[..8], &[0xff; 9], 10).expect_err("corrupt");
+    let err = engine
+        .scan_values(&good[..8], &[0xff; 9], 10)
+        .expect_err("corrupt");
     assert!(matches!(err, Error::Corruption { .. }), "{err}");
     // The good value alone still scans.
     let mut end = good.clone();
@@ -357,7 +435,12 @@ enum Op {
     Delete(Vec<u8>),
     DeleteRange(Vec<u8>, Vec<u8>),
     /// Ends the current batch: writes it and checks a scan against the model.
-    Commit { start: Vec<u8>, end: Option<Vec<u8>>, limit: usize, sync: bool },
+    Commit {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+        sync: bool,
+    },
     /// Drops and reopens the engine (after syncing).
     Reopen,
 }
@@ -379,7 +462,12 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn model_scan(model: &BTreeMap<Vec<u8>, Vec<u8>>, start: &[u8], end: Option<&[u8]>, limit: usize) -> Pairs {
+fn model_scan(
+    model: &BTreeMap<Vec<u8>, Vec<u8>>,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: usize,
+) -> Pairs {
     let upper = end.map_or(Bound::Unbounded, |end| Bound::Excluded(end.to_vec()));
     model
         .range((Bound::Included(start.to_vec()), upper))
