@@ -87,7 +87,8 @@ pub struct Limits {
     pub scan_limit_max: u64,
     /// Largest encoded gRPC message the server accepts, bytes. Default 16777216.
     pub grpc_message_bytes_max: u64,
-    /// Most requests a node serves at once (others wait), count. Default 1024.
+    /// Most requests served at once on one client connection (others on it wait), count.
+    /// Default 1024.
     pub concurrent_requests_max: u64,
 }
 
