@@ -77,6 +77,21 @@ pub struct Engine {
     path: PathBuf,
 }
 
+/// A handle that does not keep the instance open: for background threads, so that the
+/// instance closes where its last user drops it, never in a thread racing process exit.
+#[derive(Clone)]
+pub struct WeakEngine {
+    db: std::sync::Weak<Db>,
+    path: PathBuf,
+}
+
+impl WeakEngine {
+    /// The engine, if some [`Engine`] still holds it open.
+    pub fn upgrade(&self) -> Option<Engine> {
+        self.db.upgrade().map(|db| Engine { db, path: self.path.clone() })
+    }
+}
+
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Engine")
@@ -276,6 +291,11 @@ impl Engine {
     /// commit: several writes with `sync = false`, then one `sync_wal`.
     pub fn sync_wal(&self) -> Result<()> {
         self.db.flush_wal(true).map_err(rocks("sync_wal"))
+    }
+
+    /// A handle that does not keep the instance open.
+    pub fn downgrade(&self) -> WeakEngine {
+        WeakEngine { db: Arc::downgrade(&self.db), path: self.path.clone() }
     }
 
     /// Readies the process to exit: makes every write durable (synced WAL) and stops

@@ -16,5 +16,5 @@ pub mod value;
 mod db;
 mod error;
 
-pub use db::{Cf, Engine, EngineOptions, Snapshot, WriteBatch};
+pub use db::{Cf, Engine, EngineOptions, Snapshot, WeakEngine, WriteBatch};
 pub use error::{Error, Result};

@@ -70,8 +70,12 @@ pub struct WalSyncer {
 }
 
 impl WalSyncer {
+    /// Starts the sync thread. It holds the engine weakly: the engine closes where its last
+    /// user drops it, and the thread then ends.
     pub fn start(engine: Engine) -> Arc<WalSyncer> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<IOFlushed<TypeConfig>>(SYNC_QUEUE_MAX);
+        let weak = engine.downgrade();
+        drop(engine);
         std::thread::Builder::new()
             .name("kho-wal-sync".into())
             .spawn(move || {
@@ -84,7 +88,10 @@ impl WalSyncer {
                             Err(_) => break,
                         }
                     }
-                    let res = engine.sync_wal();
+                    let res = match weak.upgrade() {
+                        Some(engine) => engine.sync_wal().map_err(io_err),
+                        None => Err(io_err("the engine is closed")),
+                    };
                     if let Err(e) = &res {
                         tracing::error!(error = %e, "WAL sync failed; appends are not acknowledged");
                     }
