@@ -48,3 +48,17 @@ pub fn assert_checksums_equal(cluster: &Cluster, answers: &[NodeChecksumResponse
         cluster.fail(format!("replicas differ: {}", describe_checksums(answers)));
     }
 }
+
+/// Reads every record back through every running node: each acknowledged write must be
+/// present with its value, and no unknown write may have a wrong value.
+pub async fn verify_everywhere(cluster: &Cluster, seed: u64, target: &KvTarget, records: &[WriteRecord]) {
+    for id in cluster.running_ids() {
+        let v = verify_writes(&cluster.data_client(id), target, records, &RetryPolicy::STEADY)
+            .await
+            .unwrap_or_else(|e| cluster.fail(format!("seed {seed}: reading back via node {id}: {e}")));
+        println!("read back via node {id}: {}", v.describe());
+        if !v.violations.is_empty() || v.acknowledged != writes::count_acknowledged(records) {
+            cluster.fail(format!("seed {seed}: via node {id}: {}", v.describe()));
+        }
+    }
+}

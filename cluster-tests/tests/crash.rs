@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use kho_cluster_tests::writes::{count_acknowledged, max_revision, revision_violations};
 use kho_cluster_tests::{
-    assert_checksums_equal, setup_kv, test_seed, verify_writes, Cluster, ClusterOptions, KvTarget, RetryPolicy,
+    assert_checksums_equal, setup_kv, test_seed, verify_everywhere, Cluster, ClusterOptions, KvTarget, RetryPolicy,
     WriteRecord, WriterConfig, Writers,
 };
 
@@ -45,15 +45,7 @@ async fn check_no_acknowledged_write_lost(cluster: &Cluster, seed: u64, target: 
             max_revision(records)
         ));
     }
-    for id in cluster.ids() {
-        let v = verify_writes(&cluster.data_client(id), target, records, &RetryPolicy::STEADY)
-            .await
-            .unwrap_or_else(|e| cluster.fail(format!("seed {seed}: reading back via node {id}: {e}")));
-        println!("read back via node {id}: {}", v.describe());
-        if !v.violations.is_empty() || v.acknowledged != count_acknowledged(records) {
-            cluster.fail(format!("seed {seed}: via node {id}: {}", v.describe()));
-        }
-    }
+    verify_everywhere(cluster, seed, target, records).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use kho_cluster_tests::kv::scan_retry;
 use kho_cluster_tests::writes::{count_acknowledged, max_revision, revision_violations};
 use kho_cluster_tests::{
-    assert_checksums_equal, setup_kv, test_seed, verify_writes, Cluster, ClusterOptions, RetryPolicy, WriteOutcome,
+    assert_checksums_equal, setup_kv, test_seed, verify_everywhere, Cluster, ClusterOptions, RetryPolicy, WriteOutcome,
     WriteRecord, WriterConfig, Writers,
 };
 use kho_proto::v1::ScanRequest;
@@ -30,19 +30,6 @@ fn assert_all_acknowledged(cluster: &Cluster, seed: u64, records: &[WriteRecord]
     let violations = revision_violations(records);
     if !violations.is_empty() {
         cluster.fail(format!("seed {seed}: revisions: {:#?}", &violations[..violations.len().min(10)]));
-    }
-}
-
-/// Reads every record back through every node.
-async fn verify_everywhere(cluster: &Cluster, seed: u64, target: &kho_cluster_tests::KvTarget, records: &[WriteRecord]) {
-    for id in cluster.running_ids() {
-        let v = verify_writes(&cluster.data_client(id), target, records, &RetryPolicy::STEADY)
-            .await
-            .unwrap_or_else(|e| cluster.fail(format!("seed {seed}: reading back via node {id}: {e}")));
-        println!("read back via node {id}: {}", v.describe());
-        if !v.violations.is_empty() || v.acknowledged != count_acknowledged(records) {
-            cluster.fail(format!("seed {seed}: via node {id}: {}", v.describe()));
-        }
     }
 }
 
