@@ -1,8 +1,8 @@
 //! A cluster of real `kho server` processes on loopback.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::binary::kho_binary;
+use crate::netproxy::Network;
 use crate::process::NodeProcess;
 
 /// At most one cluster runs at a time in a test binary (cargo runs test binaries one after
@@ -26,6 +27,9 @@ static CLUSTER_SLOT: Semaphore = Semaphore::const_new(1);
 /// after the test and its path printed.
 pub const KEEP_DIR_ENV: &str = "KHO_KEEP_TEST_DIR";
 
+/// Most nodes (voters and spares) of a test cluster: each needs its own source IP
+/// `127.0.1.<id>`.
+const SOURCE_IP_NODES_MAX: u64 = 254;
 /// Lines of each node's log included in a failure message.
 const LOG_TAIL_LINES: usize = 30;
 /// Longest line of a log tail kept in a failure message, characters.
@@ -90,6 +94,14 @@ pub struct ClusterOptions {
     /// `initial_members`) and not started: a test starts one with `restart` and adds it with
     /// `AddNode`.
     pub spare_nodes: u64,
+    /// Route every node-to-node connection through a fault-injecting proxy
+    /// ([`Cluster::network`]): each node advertises its proxy's address and makes its
+    /// outgoing connections from its own loopback IP (`127.0.1.<id>`, config
+    /// `peer_source_ip`), so the proxy knows the directed link. Clients of the harness still
+    /// reach every node directly.
+    pub network_faults: bool,
+    /// `raft.proposal_timeout_ms`; `None` keeps the server default.
+    pub proposal_timeout_ms: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -108,6 +120,8 @@ impl Default for ClusterOptions {
             stop_grace_ms: 10_000,
             slot_wait_ms: 30 * 60_000,
             spare_nodes: 0,
+            network_faults: false,
+            proposal_timeout_ms: None,
         }
     }
 }
@@ -116,8 +130,10 @@ impl Default for ClusterOptions {
 #[derive(Debug)]
 struct NodeInfo {
     id: u64,
-    /// `127.0.0.1:port`
+    /// `127.0.0.1:port` the node listens on; the harness's clients use it.
     addr: String,
+    /// The address other nodes use: `addr`, or its proxy's address with `network_faults`.
+    advertise: String,
     config_path: PathBuf,
     log_path: PathBuf,
     /// Shared by the clients `data_client` and `admin_client` hand out.
@@ -135,6 +151,10 @@ pub struct Cluster {
     kho: PathBuf,
     nodes: BTreeMap<u64, NodeInfo>,
     running: Mutex<BTreeMap<u64, NodeProcess>>,
+    /// Nodes stopped with SIGSTOP and not yet continued.
+    paused: Mutex<BTreeSet<u64>>,
+    /// The proxies between nodes, with `network_faults`.
+    net: Option<Network>,
     /// Set once a failure message carried the log tails, so `Drop` does not repeat them.
     tails_reported: AtomicBool,
     dir: Option<tempfile::TempDir>,
@@ -158,15 +178,33 @@ impl Cluster {
         println!("cluster of {n}: directory {}, binary {}", root.display(), kho.display());
 
         let total = n + opts.spare_nodes;
+        assert!(total <= SOURCE_IP_NODES_MAX, "at most {SOURCE_IP_NODES_MAX} nodes in a test cluster");
         let addrs = free_loopback_addrs(total as usize);
-        let members: Vec<String> = (1..=n).zip(&addrs).map(|(id, addr)| format!("{id}={addr}")).collect();
+        let sources: BTreeMap<u64, IpAddr> =
+            (1..=total).map(|id| (id, IpAddr::V4(Ipv4Addr::new(127, 0, 1, id as u8)))).collect();
+        let net = opts.network_faults.then(|| Network::new(sources.clone()));
+        let mut advertised = Vec::with_capacity(addrs.len());
+        for (id, addr) in (1..=total).zip(&addrs) {
+            let a = match &net {
+                Some(net) => {
+                    let target: SocketAddr = addr.parse().expect("a loopback socket address");
+                    let listen: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
+                    let bound = net.add_destination(id, listen, target).await.expect("start a proxy");
+                    bound.to_string()
+                }
+                None => addr.clone(),
+            };
+            advertised.push(a);
+        }
+        let members: Vec<String> = (1..=n).zip(&advertised).map(|(id, addr)| format!("{id}={addr}")).collect();
         let mut nodes = BTreeMap::new();
-        for (id, addr) in (1..=total).zip(addrs) {
+        for ((id, addr), advertise) in (1..=total).zip(addrs).zip(advertised) {
             let data_dir = root.join(format!("node-{id}-data"));
             let config_path = root.join(format!("node-{id}.toml"));
             let node_members: &[String] = if id <= n { &members } else { &[] };
-            std::fs::write(&config_path, node_config(&opts, id, &addr, &data_dir, node_members))
-                .expect("write a node config");
+            let source_ip = net.as_ref().map(|_| sources[&id]);
+            let config = node_config(&opts, id, &addr, &advertise, source_ip, &data_dir, node_members);
+            std::fs::write(&config_path, config).expect("write a node config");
             let endpoint = format!("http://{addr}");
             let channel = Endpoint::from_shared(endpoint)
                 .expect("a valid endpoint URI")
@@ -174,13 +212,15 @@ impl Cluster {
                 .tcp_nodelay(true)
                 .connect_lazy();
             let log_path = root.join(format!("node-{id}.log"));
-            nodes.insert(id, NodeInfo { id, addr, config_path, log_path, channel });
+            nodes.insert(id, NodeInfo { id, addr, advertise, config_path, log_path, channel });
         }
         let cluster = Cluster {
             opts,
             kho,
             nodes,
             running: Mutex::new(BTreeMap::new()),
+            paused: Mutex::new(BTreeSet::new()),
+            net,
             tails_reported: AtomicBool::new(false),
             dir: Some(dir),
             root,
@@ -220,6 +260,49 @@ impl Cluster {
     /// `127.0.0.1:port` of node `id`.
     pub fn addr(&self, id: u64) -> &str {
         &self.node(id).addr
+    }
+
+    /// The address other nodes reach node `id` at (its proxy's, with `network_faults`):
+    /// the address to give `AddNode`.
+    pub fn advertise_addr(&self, id: u64) -> &str {
+        &self.node(id).advertise
+    }
+
+    /// The proxies between the nodes. Panics unless the cluster was started with
+    /// `network_faults`.
+    pub fn network(&self) -> &Network {
+        self.net.as_ref().expect("the cluster was started without ClusterOptions::network_faults")
+    }
+
+    /// The proxies between the nodes, if the cluster has them.
+    pub fn network_if_any(&self) -> Option<&Network> {
+        self.net.as_ref()
+    }
+
+    /// Stops node `id` with SIGSTOP: it keeps its sockets and state but does nothing (a
+    /// long GC pause, a hung disk); `resume` wakes it. Panics if it is not running.
+    pub fn pause(&self, id: u64) {
+        self.signal_running(id, libc::SIGSTOP, "pause");
+        self.paused.lock().unwrap().insert(id);
+        println!("node {id} paused (SIGSTOP)");
+    }
+
+    /// SIGCONT to a node paused with `pause`.
+    pub fn resume(&self, id: u64) {
+        assert!(self.paused.lock().unwrap().remove(&id), "node {id} is not paused");
+        self.signal_running(id, libc::SIGCONT, "resume");
+        println!("node {id} resumed (SIGCONT)");
+    }
+
+    /// Nodes paused and not resumed.
+    pub fn paused_ids(&self) -> Vec<u64> {
+        self.paused.lock().unwrap().iter().copied().collect()
+    }
+
+    fn signal_running(&self, id: u64, signal: libc::c_int, what: &str) {
+        let running = self.running.lock().unwrap();
+        let process = running.get(&id).unwrap_or_else(|| panic!("cannot {what} node {id}: it is not running"));
+        process.signal(signal);
     }
 
     /// `http://127.0.0.1:port` of node `id`.
@@ -268,6 +351,7 @@ impl Cluster {
     /// SIGKILL every running node at once (all signals sent before any is reaped).
     pub fn kill_all(&self) -> Vec<u64> {
         let mut processes: Vec<(u64, NodeProcess)> = std::mem::take(&mut *self.running.lock().unwrap()).into_iter().collect();
+        self.paused.lock().unwrap().clear();
         for (_, process) in processes.iter_mut() {
             process.send_kill();
         }
@@ -496,9 +580,15 @@ impl Cluster {
         self.nodes.get(&id).unwrap_or_else(|| panic!("no node {id} in this cluster (ids {:?})", self.ids()))
     }
 
+    /// Removes node `id` from the running set. A paused node is continued first, so that
+    /// SIGTERM can reach it (SIGKILL would anyway).
     fn take_running(&self, id: u64, what: &str) -> NodeProcess {
         let process = self.running.lock().unwrap().remove(&id);
-        process.unwrap_or_else(|| panic!("cannot {what} node {id}: it is not running"))
+        let process = process.unwrap_or_else(|| panic!("cannot {what} node {id}: it is not running"));
+        if self.paused.lock().unwrap().remove(&id) {
+            process.signal(libc::SIGCONT);
+        }
+        process
     }
 
     fn spawn(&self, id: u64) {
@@ -514,6 +604,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let Some(net) = &self.net {
+            net.shutdown();
+        }
         let processes = std::mem::take(&mut *self.running.lock().unwrap_or_else(|e| e.into_inner()));
         let mut processes: Vec<NodeProcess> = processes.into_values().collect();
         for process in processes.iter_mut() {
@@ -553,7 +646,15 @@ fn free_loopback_addrs(n: usize) -> Vec<String> {
 }
 
 /// The TOML config of one node.
-fn node_config(opts: &ClusterOptions, id: u64, addr: &str, data_dir: &Path, members: &[String]) -> String {
+fn node_config(
+    opts: &ClusterOptions,
+    id: u64,
+    addr: &str,
+    advertise: &str,
+    source_ip: Option<IpAddr>,
+    data_dir: &Path,
+    members: &[String],
+) -> String {
     let data_dir = data_dir.to_str().expect("temporary directory path is UTF-8");
     assert!(!data_dir.contains('\''), "data dir {data_dir} cannot be a TOML literal string");
     let members: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
@@ -567,11 +668,17 @@ fn node_config(opts: &ClusterOptions, id: u64, addr: &str, data_dir: &Path, memb
     if let Some(v) = opts.logs_to_keep_after_snapshot {
         raft.push_str(&format!("logs_to_keep_after_snapshot = {v}\n"));
     }
+    if let Some(v) = opts.proposal_timeout_ms {
+        raft.push_str(&format!("proposal_timeout_ms = {v}\n"));
+    }
+    let source = source_ip.map(|ip| format!("peer_source_ip = \"{ip}\"\n")).unwrap_or_default();
     let l = &opts.limits;
     format!(
         "# Written by kho-cluster-tests.\n\
          node_id = {id}\n\
          listen_addr = \"{addr}\"\n\
+         advertise_addr = \"{advertise}\"\n\
+         {source}\
          data_dir = '{data_dir}'\n\
          initial_members = [{}]\n\
          \n[raft]\n{raft}\
@@ -639,7 +746,10 @@ mod tests {
     fn config_is_valid_toml_with_every_field() {
         let opts = ClusterOptions { snapshot_logs_since_last: Some(500), logs_to_keep_after_snapshot: Some(100), ..Default::default() };
         let members = vec!["1=127.0.0.1:7001".to_string(), "2=127.0.0.1:7002".to_string()];
-        let text = node_config(&opts, 2, "127.0.0.1:7002", Path::new("/tmp/x/node-2-data"), &members);
+        let source = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 1, 2)));
+        let text = node_config(&opts, 2, "127.0.0.1:7002", "127.0.0.1:9002", source, Path::new("/tmp/x/node-2-data"), &members);
+        assert!(text.contains("advertise_addr = \"127.0.0.1:9002\"\n"), "{text}");
+        assert!(text.contains("peer_source_ip = \"127.0.1.2\"\n"), "{text}");
         assert!(text.contains("node_id = 2\n"), "{text}");
         assert!(text.contains("initial_members = [\"1=127.0.0.1:7001\", \"2=127.0.0.1:7002\"]"), "{text}");
         assert!(text.contains("data_dir = '/tmp/x/node-2-data'"), "{text}");

@@ -37,6 +37,7 @@ pub async fn get(
         table: target.table.clone(),
         key: key.to_vec(),
         family: target.family.clone(),
+        ..Default::default()
     };
     let resp = retry_call(policy, |_| {
         let mut client = client.clone();
@@ -62,6 +63,7 @@ pub async fn batch_get_all(
             table: target.table.clone(),
             keys: chunk.to_vec(),
             family: target.family.clone(),
+            ..Default::default()
         };
         let resp = retry_call(policy, |_| {
             let mut client = client.clone();

@@ -18,12 +18,18 @@
 //! binary.
 
 mod binary;
+pub mod checker;
 mod cluster;
+pub mod history;
 pub mod kv;
+pub mod nemesis;
+pub mod netproxy;
 mod process;
 mod retry;
+pub mod scenario;
 mod seed;
 mod setup;
+pub mod workload;
 pub mod writes;
 
 pub use binary::{kho_binary, KHO_BIN_ENV};

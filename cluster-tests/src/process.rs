@@ -56,6 +56,16 @@ impl NodeProcess {
         }
     }
 
+    /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to the child, if it has not been reaped.
+    pub fn signal(&self, signal: libc::c_int) {
+        if self.child.is_none() {
+            return;
+        }
+        let pid = libc::pid_t::try_from(self.pid).expect("pid fits pid_t");
+        // SAFETY: kill(2) has no memory effects; the pid is our unreaped child.
+        unsafe { libc::kill(pid, signal) };
+    }
+
     /// SIGKILL and reap.
     pub fn kill(mut self) -> Option<ExitStatus> {
         self.send_kill();

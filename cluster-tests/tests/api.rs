@@ -65,7 +65,7 @@ fn put_req(tenant: &str, table: &str, family: &str, key: &[u8], value: &[u8]) ->
 }
 
 fn get_req(tenant: &str, table: &str, family: &str, key: &[u8]) -> GetRequest {
-    GetRequest { tenant: tenant.into(), table: table.into(), key: key.to_vec(), family: family.into() }
+    GetRequest { tenant: tenant.into(), table: table.into(), key: key.to_vec(), family: family.into(), ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,7 +129,7 @@ async fn bad_input_gets_documented_status() {
                 let write = WriteRequest { tenant: TENANT.into(), table: TABLE.into(), ops };
                 expect_status(&cluster, &format!("{via}: Write of {} ops", ops_max + 1), rpc!(c, write, write), Code::InvalidArgument, &[&ops_max_s]);
                 let keys: Vec<Vec<u8>> = (0..=ops_max).map(|i| format!("batch/{i:05}").into_bytes()).collect();
-                let batch_get = BatchGetRequest { tenant: TENANT.into(), table: TABLE.into(), keys, family: FAMILY.into() };
+                let batch_get = BatchGetRequest { tenant: TENANT.into(), table: TABLE.into(), keys, family: FAMILY.into(), ..Default::default() };
                 expect_status(&cluster, &format!("{via}: BatchGet of {} keys", ops_max + 1), rpc!(c, batch_get, batch_get), Code::InvalidArgument, &[&ops_max_s]);
                 // The rejected Write wrote nothing.
                 let first = ok(&cluster, "Get batch/00000", rpc!(c, get, get_req(TENANT, TABLE, FAMILY, b"batch/00000")));
@@ -235,6 +235,7 @@ fn read_row(row: &str, families: &[&str], qualifiers: &[&str]) -> ReadRowRequest
         row_key: row.into(),
         families: families.iter().map(|f| f.to_string()).collect(),
         qualifiers: qualifiers.iter().map(|q| q.as_bytes().to_vec()).collect(),
+        ..Default::default()
     }
 }
 
@@ -286,6 +287,7 @@ fn kv_scan(start: &str, end: &str, prefix: &str, limit: u32) -> ScanRequest {
         end_key: end.into(),
         prefix: prefix.into(),
         limit,
+        ..Default::default()
     }
 }
 
@@ -411,6 +413,7 @@ async fn rows_and_admin_end_to_end() {
                 prefix: prefix.into(),
                 families: families.iter().map(|f| f.to_string()).collect(),
                 limit,
+                ..Default::default()
             };
             let user = |i: u32| format!("user/{i:03}");
             let rows = ok(&cluster, "ScanRows user/", scan_rows(&node(), rows_req("", "", "user/", &[], 0)).await);

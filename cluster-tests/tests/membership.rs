@@ -44,7 +44,7 @@ async fn node_joins_as_voter_with_the_same_data_and_leaves() {
             cluster.restart(4).await;
             let added = cluster
                 .admin_client(3)
-                .add_node(AddNodeRequest { node_id: 4, address: cluster.addr(4).to_string() })
+                .add_node(AddNodeRequest { node_id: 4, address: cluster.advertise_addr(4).to_string() })
                 .await
                 .unwrap_or_else(|e| cluster.fail(format!("AddNode 4 via node 3: {e}")))
                 .into_inner();

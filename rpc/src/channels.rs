@@ -2,6 +2,7 @@
 //! Raft messages and by request forwarding.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,9 +14,15 @@ const CONNECT_TIMEOUT_MS: u64 = 1_000;
 #[derive(Default)]
 pub struct Channels {
     map: Mutex<HashMap<String, Channel>>,
+    /// Source IP of every outgoing connection (`peer_source_ip`); `None` lets the OS pick.
+    source_ip: Option<IpAddr>,
 }
 
 impl Channels {
+    pub fn new(source_ip: Option<IpAddr>) -> Channels {
+        Channels { map: Mutex::default(), source_ip }
+    }
+
     pub fn get(&self, addr: &str) -> Result<Channel, String> {
         let mut map = self.map.lock().expect("channels lock");
         if let Some(c) = map.get(addr) {
@@ -26,7 +33,8 @@ impl Channels {
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .keep_alive_timeout(Duration::from_secs(5))
+            .local_address(self.source_ip);
         let channel = endpoint.connect_lazy();
         map.insert(addr.to_string(), channel.clone());
         Ok(channel)

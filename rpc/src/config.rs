@@ -31,6 +31,10 @@ pub struct Config {
     pub listen_addr: String,
     /// Address other nodes and clients use to reach this node. Default: `listen_addr`.
     pub advertise_addr: Option<String>,
+    /// Source IP of this node's outgoing connections to other nodes (Raft messages and
+    /// forwarded requests). Default: none, the operating system picks it. Set it on a
+    /// multi-homed host so that peers and firewalls see the node by one address.
+    pub peer_source_ip: Option<String>,
     /// Directory of this node's RocksDB and snapshot files. Default `./kho-data`.
     pub data_dir: PathBuf,
     /// Members of a new cluster, `"id=host:port"`. Every member of a new cluster is started
@@ -98,6 +102,7 @@ impl Default for Config {
             node_id: 0,
             listen_addr: "127.0.0.1:7001".to_string(),
             advertise_addr: None,
+            peer_source_ip: None,
             data_dir: PathBuf::from("./kho-data"),
             initial_members: Vec::new(),
             raft: RaftConfig::default(),
@@ -174,6 +179,17 @@ impl Config {
         self.advertise_addr.as_deref().unwrap_or(&self.listen_addr)
     }
 
+    /// The parsed `peer_source_ip`.
+    pub fn peer_source_ip(&self) -> Result<Option<std::net::IpAddr>, ConfigError> {
+        match &self.peer_source_ip {
+            None => Ok(None),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|e| invalid("peer_source_ip", format!("`{s}` is not an IP address ({e})"))),
+        }
+    }
+
     /// Parses `initial_members` into id → address.
     pub fn initial_members(&self) -> Result<BTreeMap<u64, String>, ConfigError> {
         let mut members = BTreeMap::new();
@@ -207,6 +223,7 @@ impl Config {
         if let Some(a) = &self.advertise_addr {
             check_host_port("advertise_addr", a)?;
         }
+        self.peer_source_ip()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -309,5 +326,11 @@ mod tests {
         let c = Config::from_toml("node_id = 2\ninitial_members = [\"1=127.0.0.1:7001\"]").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("initial_members"), "{e}");
+        let c = Config::from_toml("node_id = 1\npeer_source_ip = \"127.0.0.300\"").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("peer_source_ip"), "{e}");
+        let c = Config::from_toml("node_id = 1\npeer_source_ip = \"127.0.1.3\"").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.peer_source_ip().unwrap(), Some("127.0.1.3".parse().unwrap()));
     }
 }

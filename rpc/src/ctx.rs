@@ -90,6 +90,18 @@ impl Ctx {
         }
     }
 
+    /// `read_barrier` for a read that asked for `consistency` (the proto enum's number):
+    /// a STALE read is served from this node's state at once, without the leader.
+    pub async fn read_barrier_for(&self, consistency: i32, forwarded: bool) -> Result<Leader<()>, Status> {
+        match kho_proto::v1::ReadConsistency::try_from(consistency) {
+            Ok(kho_proto::v1::ReadConsistency::Linearizable) => self.read_barrier(forwarded).await,
+            Ok(kho_proto::v1::ReadConsistency::Stale) => Ok(Leader::Here(())),
+            Err(_) => Err(Status::invalid_argument(format!(
+                "consistency: unknown value {consistency}; use 0 (READ_CONSISTENCY_LINEARIZABLE) or 1 (READ_CONSISTENCY_STALE)"
+            ))),
+        }
+    }
+
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
         self.channels.get(addr).map_err(Status::unavailable)
     }

@@ -153,7 +153,7 @@ impl Data for DataService {
         self.check_table_names(&r.tenant, &r.table)?;
         validate::family("family", &r.family)?;
         validate::key(self.limits(), "key", &r.key)?;
-        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
+        if let Leader::There(addr) = self.ctx.read_barrier_for(r.consistency, fwd).await? {
             return forward!(self.ctx, data_client, addr, get, r);
         }
         let meta = self.table(&r.tenant, &r.table)?;
@@ -198,7 +198,7 @@ impl Data for DataService {
         for k in &r.keys {
             validate::key(self.limits(), "keys", k)?;
         }
-        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
+        if let Leader::There(addr) = self.ctx.read_barrier_for(r.consistency, fwd).await? {
             return forward!(self.ctx, data_client, addr, batch_get, r);
         }
         let meta = self.table(&r.tenant, &r.table)?;
@@ -241,7 +241,7 @@ impl Data for DataService {
         validate::optional_key(self.limits(), "end_key", &r.end_key)?;
         validate::optional_key(self.limits(), "prefix", &r.prefix)?;
         let limit = validate::scan_limit(self.limits(), r.limit)?;
-        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
+        if let Leader::There(addr) = self.ctx.read_barrier_for(r.consistency, fwd).await? {
             let resp = forward!(self.ctx, data_client, addr, scan, r)?;
             return Ok(Response::new(Box::pin(resp.into_inner()) as ScanStream));
         }
@@ -411,7 +411,7 @@ impl Data for DataService {
         for q in &r.qualifiers {
             validate::qualifier(self.limits(), "qualifiers", q)?;
         }
-        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
+        if let Leader::There(addr) = self.ctx.read_barrier_for(r.consistency, fwd).await? {
             return forward!(self.ctx, data_client, addr, read_row, r);
         }
         let meta = self.table(&r.tenant, &r.table)?;
@@ -459,7 +459,7 @@ impl Data for DataService {
             validate::name("families", f)?;
         }
         let limit = validate::scan_limit(self.limits(), r.limit)?;
-        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
+        if let Leader::There(addr) = self.ctx.read_barrier_for(r.consistency, fwd).await? {
             let resp = forward!(self.ctx, data_client, addr, scan_rows, r)?;
             return Ok(Response::new(Box::pin(resp.into_inner()) as ScanRowsStream));
         }

@@ -30,7 +30,7 @@ pub async fn run_server(
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)
         .await
         .map_err(|e| ServerError::Other(format!("listen_addr: cannot bind {}: {e}", config.listen_addr)))?;
-    let channels = Arc::new(Channels::default());
+    let channels = Arc::new(Channels::new(config.peer_source_ip()?));
     let transport = Arc::new(GrpcTransport { from: config.node_id, channels: channels.clone(), message_bytes_max: msg_max });
     let node = RaftNode::open(config.node_id, advertise.clone(), &config.data_dir, &config.raft_settings(), transport)
         .await

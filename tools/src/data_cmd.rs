@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use kho_proto::v1::{
     mutation, DeleteCell, DeleteFamily, DeleteRequest, DeleteRow, GetRequest, Mutation, MutateRowRequest,
-    PutRequest, ReadRowRequest, ScanRequest, ScanRowsRequest, SetCell,
+    PutRequest, ReadConsistency, ReadRowRequest, ScanRequest, ScanRowsRequest, SetCell,
 };
 
 use crate::admin_cmd::ConnArgs;
@@ -72,6 +72,10 @@ pub enum KvOp {
         key: String,
         #[arg(long, default_value = "")]
         family: String,
+        /// Serve from the called node's local replica without asking the leader: may be
+        /// stale, answers without a quorum (READ_CONSISTENCY_STALE).
+        #[arg(long)]
+        stale: bool,
     },
     /// Deletes KEY.
     Delete {
@@ -89,6 +93,10 @@ pub enum KvOp {
         bounds: ScanBounds,
         #[arg(long, default_value = "")]
         family: String,
+        /// Serve from the called node's local replica without asking the leader: may be
+        /// stale, answers without a quorum (READ_CONSISTENCY_STALE).
+        #[arg(long)]
+        stale: bool,
     },
 }
 
@@ -134,6 +142,10 @@ pub enum RowOp {
         /// Only these families (repeatable, or comma-separated).
         #[arg(long = "family", value_delimiter = ',')]
         families: Vec<String>,
+        /// Serve from the called node's local replica without asking the leader: may be
+        /// stale, answers without a quorum (READ_CONSISTENCY_STALE).
+        #[arg(long)]
+        stale: bool,
     },
     /// Prints whole rows of a row-key range, in row-key order.
     Scan {
@@ -144,6 +156,10 @@ pub enum RowOp {
         /// Only these families (repeatable, or comma-separated).
         #[arg(long = "family", value_delimiter = ',')]
         families: Vec<String>,
+        /// Serve from the called node's local replica without asking the leader: may be
+        /// stale, answers without a quorum (READ_CONSISTENCY_STALE).
+        #[arg(long)]
+        stale: bool,
     },
 }
 
@@ -178,6 +194,12 @@ pub fn mutations(
     out
 }
 
+/// The read consistency of a `--stale` flag.
+fn consistency(stale: bool) -> i32 {
+    let c = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
+    c as i32
+}
+
 fn opt_bytes(s: Option<String>) -> Vec<u8> {
     s.map(String::into_bytes).unwrap_or_default()
 }
@@ -192,8 +214,9 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<ExitCode> {
             let r = data.put(req).await?.into_inner();
             writeln!(out, "OK (revision {})", r.header.map(|h| h.revision).unwrap_or_default())?;
         }
-        KvOp::Get { t, key, family } => {
-            let req = GetRequest { tenant: t.tenant, table: t.table, key: key.into_bytes(), family };
+        KvOp::Get { t, key, family, stale } => {
+            let req =
+                GetRequest { tenant: t.tenant, table: t.table, key: key.into_bytes(), family, consistency: consistency(stale) };
             let r = data.get(req).await?.into_inner();
             if !r.found {
                 eprintln!("not found");
@@ -211,7 +234,7 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<ExitCode> {
                 writeln!(out, "did not exist (revision {rev})")?;
             }
         }
-        KvOp::Scan { t, bounds, family } => {
+        KvOp::Scan { t, bounds, family, stale } => {
             let req = ScanRequest {
                 tenant: t.tenant,
                 table: t.table,
@@ -220,6 +243,7 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<ExitCode> {
                 end_key: opt_bytes(bounds.end),
                 prefix: opt_bytes(bounds.prefix),
                 limit: bounds.limit,
+                consistency: consistency(stale),
             };
             let mut stream = data.scan(req).await?.into_inner();
             while let Some(chunk) = stream.message().await? {
@@ -246,13 +270,14 @@ pub async fn row(cmd: RowCmd) -> anyhow::Result<ExitCode> {
             let r = data.mutate_row(req).await?.into_inner();
             writeln!(out, "OK (revision {})", r.header.map(|h| h.revision).unwrap_or_default())?;
         }
-        RowOp::Read { t, row, families } => {
+        RowOp::Read { t, row, families, stale } => {
             let req = ReadRowRequest {
                 tenant: t.tenant,
                 table: t.table,
                 row_key: row.into_bytes(),
                 families: non_empty(families),
                 qualifiers: vec![],
+                consistency: consistency(stale),
             };
             let r = data.read_row(req).await?.into_inner();
             match r.row {
@@ -263,7 +288,7 @@ pub async fn row(cmd: RowCmd) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        RowOp::Scan { t, bounds, families } => {
+        RowOp::Scan { t, bounds, families, stale } => {
             let req = ScanRowsRequest {
                 tenant: t.tenant,
                 table: t.table,
@@ -272,6 +297,7 @@ pub async fn row(cmd: RowCmd) -> anyhow::Result<ExitCode> {
                 prefix: opt_bytes(bounds.prefix),
                 families: non_empty(families),
                 limit: bounds.limit,
+                consistency: consistency(stale),
             };
             let mut stream = data.scan_rows(req).await?.into_inner();
             while let Some(chunk) = stream.message().await? {

@@ -22,6 +22,9 @@ pub struct Overrides {
     /// Overrides `advertise_addr` (host:port peers and clients use to reach this node).
     #[arg(long = "advertise", value_name = "HOST:PORT")]
     pub advertise_addr: Option<String>,
+    /// Overrides `peer_source_ip` (source IP of connections to other nodes).
+    #[arg(long, value_name = "IP")]
+    pub peer_source_ip: Option<String>,
     /// Overrides `data_dir`.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -42,6 +45,9 @@ impl Overrides {
         }
         if let Some(v) = &self.advertise_addr {
             c.advertise_addr = Some(v.clone());
+        }
+        if let Some(v) = &self.peer_source_ip {
+            c.peer_source_ip = Some(v.clone());
         }
         if let Some(v) = &self.data_dir {
             c.data_dir = v.clone();
@@ -75,7 +81,7 @@ pub fn toml_str(s: &str) -> String {
 /// The structs are destructured without `..` on purpose: a field added to the config
 /// does not compile here until it is printed (and documented in docs/CONFIG.md).
 pub fn render(c: &Config) -> String {
-    let Config { node_id, listen_addr, advertise_addr, data_dir, initial_members, raft, limits } = c;
+    let Config { node_id, listen_addr, advertise_addr, peer_source_ip, data_dir, initial_members, raft, limits } = c;
     let RaftConfig {
         heartbeat_interval_ms,
         election_timeout_min_ms,
@@ -107,6 +113,14 @@ pub fn render(c: &Config) -> String {
         }
         None => {
             let _ = writeln!(o, "# advertise_addr is not set: peers and clients use listen_addr");
+        }
+    }
+    match peer_source_ip {
+        Some(ip) => {
+            let _ = writeln!(o, "peer_source_ip = {}", toml_str(ip));
+        }
+        None => {
+            let _ = writeln!(o, "# peer_source_ip is not set: the OS picks the source of connections to peers");
         }
     }
     let _ = writeln!(o, "data_dir = {}", toml_str(&data_dir.to_string_lossy()));
@@ -155,6 +169,7 @@ heartbeat_interval_ms = 50
             node_id: Some(2),
             listen_addr: Some("0.0.0.0:7002".into()),
             advertise_addr: Some("node-2.dc1:7002".into()),
+            peer_source_ip: Some("10.0.0.2".into()),
             data_dir: None,
             initial_members: None,
         };
@@ -162,6 +177,7 @@ heartbeat_interval_ms = 50
         assert_eq!(c.node_id, 2);
         assert_eq!(c.listen_addr, "0.0.0.0:7002");
         assert_eq!(c.advertise_addr(), "node-2.dc1:7002");
+        assert_eq!(c.peer_source_ip.as_deref(), Some("10.0.0.2"));
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/kho"));
         assert_eq!(c.initial_members.len(), 2);
         assert_eq!(c.raft.heartbeat_interval_ms, 50);

@@ -1,0 +1,113 @@
+//! Crash consistency: repeated cycles of heavy writes and SIGKILL of random nodes. After
+//! every cycle, each acknowledged write so far is present with its value and the replicas
+//! hold identical data.
+
+use std::time::Duration;
+
+use kho_cluster_tests::writes::{count_acknowledged, max_revision, revision_violations};
+use kho_cluster_tests::{
+    assert_checksums_equal, setup_kv, test_seed, verify_everywhere, verify_writes, Cluster, ClusterOptions,
+    RetryPolicy, WriteRecord, WriterConfig, Writers,
+};
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+
+/// Kill-and-recover cycles in CI.
+const CYCLES: u32 = 20;
+/// Writer tasks during each cycle.
+const CLIENTS: u32 = 6;
+/// Most writes one writer sends in a cycle; the cycle stops the writers long before.
+const WRITES_PER_CLIENT_MAX: u64 = 100_000;
+/// Acknowledged writes in a cycle before the kill, and again after the restart.
+const ACKNOWLEDGED_PER_PHASE: usize = 100;
+/// Longest wait for one phase's acknowledged writes, milliseconds.
+const PHASE_WAIT_MS: u64 = 120_000;
+/// Longest time nodes stay dead, milliseconds.
+const DOWN_MS_MAX: u64 = 400;
+/// Longest wait for replicas to reach the same applied index, seconds.
+const CONVERGE_WAIT_S: u64 = 120;
+/// Longest time for the whole test, seconds.
+const TEST_TIMEOUT_S: u64 = 1_200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repeated_sigkill_cycles_lose_no_acknowledged_write() {
+    const NAME: &str = "repeated_sigkill_cycles_lose_no_acknowledged_write";
+    let seed = test_seed(NAME);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cluster = Cluster::start(3, ClusterOptions::default()).await;
+    cluster
+        .bounded(NAME, Duration::from_secs(TEST_TIMEOUT_S), async {
+            let target = setup_kv(&cluster, 1).await;
+            let ids = cluster.ids();
+            let mut all: Vec<WriteRecord> = Vec::new();
+            let mut kills = 0usize;
+            for cycle in 0..CYCLES {
+                let template = WriterConfig {
+                    writer: 0,
+                    key_prefix: format!("cycle{cycle:02}"),
+                    seed,
+                    writes_max: WRITES_PER_CLIENT_MAX,
+                    policy: RetryPolicy::THROUGH_OUTAGE,
+                    target: target.clone(),
+                };
+                let writers = Writers::spawn(&cluster, &ids, CLIENTS, &template);
+                writers.wait_acknowledged(&cluster, ACKNOWLEDGED_PER_PHASE, PHASE_WAIT_MS).await;
+
+                // One node, a majority, or every node, chosen at random, killed mid-write.
+                let mut victims = ids.clone();
+                victims.shuffle(&mut rng);
+                let how_many = *[1usize, 2, 3].choose(&mut rng).expect("non-empty");
+                victims.truncate(how_many);
+                victims.sort();
+                for &id in &victims {
+                    cluster.kill(id);
+                }
+                kills += victims.len();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..=DOWN_MS_MAX))).await;
+                let leader = cluster.restart_all().await;
+                let before = writers.progress().acknowledged();
+                writers.wait_acknowledged(&cluster, before + ACKNOWLEDGED_PER_PHASE, PHASE_WAIT_MS).await;
+                let records = writers.stop_and_join().await;
+                let acknowledged = count_acknowledged(&records);
+                all.extend(records);
+
+                let revisions = revision_violations(&all);
+                if !revisions.is_empty() {
+                    cluster.fail(format!("seed {seed} cycle {cycle}: revisions: {:#?}", &revisions[..revisions.len().min(10)]));
+                }
+                let sums = cluster.wait_applied_equal(Duration::from_secs(CONVERGE_WAIT_S)).await;
+                assert_checksums_equal(&cluster, &sums);
+                if sums[0].applied_index < max_revision(&all) {
+                    cluster.fail(format!(
+                        "seed {seed} cycle {cycle}: applied index {} below the acknowledged revision {}",
+                        sums[0].applied_index,
+                        max_revision(&all)
+                    ));
+                }
+                // Every acknowledged write of every cycle so far, read through a random node.
+                let via = *ids.choose(&mut rng).expect("non-empty");
+                let v = verify_writes(&cluster.data_client(via), &target, &all, &RetryPolicy::STEADY)
+                    .await
+                    .unwrap_or_else(|e| cluster.fail(format!("seed {seed} cycle {cycle}: reading back via node {via}: {e}")));
+                if !v.violations.is_empty() || v.acknowledged != count_acknowledged(&all) {
+                    cluster.fail(format!("seed {seed} cycle {cycle}: via node {via}: {}", v.describe()));
+                }
+                println!(
+                    "cycle {cycle}: killed {victims:?}, leader after restart {leader}; {acknowledged} acknowledged this cycle, \
+                     {} in all, {} unknown in all; replicas identical at index {}; all present via node {via}",
+                    count_acknowledged(&all),
+                    all.len() - count_acknowledged(&all),
+                    sums[0].applied_index
+                );
+            }
+            verify_everywhere(&cluster, seed, &target, &all).await;
+            println!(
+                "summary: {CYCLES} cycles, {kills} SIGKILLs, {} writes ({} acknowledged, {} unknown), none lost, replicas identical",
+                all.len(),
+                count_acknowledged(&all),
+                all.len() - count_acknowledged(&all)
+            );
+        })
+        .await;
+}
