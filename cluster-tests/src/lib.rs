@@ -42,6 +42,19 @@ pub use writes::{verify_writes, WriteOutcome, WriteRecord, WriterConfig, Writers
 
 use kho_proto::v1::NodeChecksumResponse;
 
+/// Writes `text` straight to the process's standard output, past the test harness's
+/// output capture (which only catches `print!`), so that CI logs show the summary of every
+/// fault-injection run and crash-cycle test, passing or not.
+pub fn publish(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    if !text.ends_with('\n') {
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.flush();
+}
+
 /// Asserts that every node reports the same checksum and key count (at the same applied
 /// index, as `Cluster::wait_applied_equal` returns them).
 pub fn assert_checksums_equal(cluster: &Cluster, answers: &[NodeChecksumResponse]) {

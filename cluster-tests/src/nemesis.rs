@@ -311,13 +311,21 @@ impl<'a> Nemesis<'a> {
             let mut a = admin.clone();
             async move { a.remove_node(RemoveNodeRequest { node_id: victim }).await }
         })
-        .await
-        .unwrap_or_else(|e| self.cluster.fail(format!("RemoveNode {victim} via {via}: {e}")));
+        .await;
+        // A retry of a removal that was applied but not answered finds the node gone
+        // (NOT_FOUND); so does a retried AddNode find the node there.
+        let voters = match removed {
+            Ok(r) => r.voters,
+            Err(e) => match self.voters_via(via).await {
+                Some(voters) if !voters.contains(&victim) => voters,
+                _ => self.cluster.fail(format!("RemoveNode {victim} via {via}: {e}")),
+            },
+        };
         let remaining: Vec<u64> = members.iter().copied().filter(|&id| id != victim).collect();
         // Clients stop sending to the removed node before it goes away.
         self.targets.set_members(remaining.clone());
         self.cluster.stop(victim).await;
-        self.log(format!("node {victim} removed (voters {:?}) and stopped", removed.voters));
+        self.log(format!("node {victim} removed (voters {voters:?}) and stopped"));
 
         self.cluster.restart(new).await;
         let address = self.cluster.advertise_addr(new).to_string();
@@ -326,12 +334,25 @@ impl<'a> Nemesis<'a> {
             let address = address.clone();
             async move { a.add_node(AddNodeRequest { node_id: new, address }).await }
         })
-        .await
-        .unwrap_or_else(|e| self.cluster.fail(format!("AddNode {new} via {via}: {e}")));
+        .await;
+        let voters = match added {
+            Ok(r) => r.voters,
+            Err(e) => match self.voters_via(via).await {
+                Some(voters) if voters.contains(&new) => voters,
+                _ => self.cluster.fail(format!("AddNode {new} via {via}: {e}")),
+            },
+        };
         let mut now = remaining;
         now.push(new);
         self.targets.set_members(now);
-        self.log(format!("node {new} added (voters {:?})", added.voters));
+        self.log(format!("node {new} added (voters {voters:?})"));
+    }
+
+    /// The members (voters, and a learner still catching up) as node `via`'s ClusterStatus
+    /// lists them, or None if it does not answer.
+    async fn voters_via(&self, via: u64) -> Option<Vec<u64>> {
+        let status = self.cluster.cluster_status(via).await.ok()?;
+        Some(status.nodes.iter().filter(|n| n.role != "learner").map(|n| n.node_id).collect())
     }
 
     /// Heals everything: restarts nodes that are down (members only), continues paused

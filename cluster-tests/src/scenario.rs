@@ -182,7 +182,7 @@ async fn run_on(cluster: &Cluster, cfg: &ScenarioConfig) -> ScenarioReport {
     let violations = report.violations();
     let verdict_ok = match cfg.expect {
         Expect::Correct => linearizable && set_ok,
-        Expect::Violation => !violations.is_empty(),
+        Expect::Violation => !violations.is_empty() && set_ok,
     };
     let mut detail = String::new();
     for v in violations.iter().take(3) {
@@ -194,13 +194,18 @@ async fn run_on(cluster: &Cluster, cfg: &ScenarioConfig) -> ScenarioReport {
         match (cfg.expect, verdict_ok) {
             (Expect::Correct, true) => "PASS (linearizable, no acknowledged write lost)".to_string(),
             (Expect::Violation, true) => format!("PASS (the checker caught {} violating key(s), as expected)", violations.len()),
-            (Expect::Correct, false) => "FAIL".to_string(),
+            (Expect::Correct, false) => format!(
+                "FAIL ({} non-linearizable key(s), {} key(s) beyond the checker's budget, set read {})",
+                violations.len(),
+                report.unknown_keys().len(),
+                if set_ok { "valid" } else { "INVALID" }
+            ),
             (Expect::Violation, false) => "FAIL (expected a linearizability violation, found none)".to_string(),
         }
     ));
-    println!("{summary}");
-    if !detail.is_empty() {
-        println!("first violations:\n{detail}");
+    crate::publish(&summary);
+    if let Some(first) = violations.first() {
+        crate::publish(&format!("first violation:\n{}", first.describe()));
     }
     if !verdict_ok || cfg.keep_artifacts {
         let dir = write_artifacts(cfg, &ops, nemesis.events(), &summary, &detail);

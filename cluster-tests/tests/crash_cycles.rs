@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kho_cluster_tests::writes::{count_acknowledged, max_revision, revision_violations};
 use kho_cluster_tests::{
-    assert_checksums_equal, setup_kv, test_seed, verify_everywhere, verify_writes, Cluster, ClusterOptions,
+    assert_checksums_equal, publish, setup_kv, test_seed, verify_everywhere, verify_writes, Cluster, ClusterOptions,
     RetryPolicy, WriteRecord, WriterConfig, Writers,
 };
 use rand::rngs::StdRng;
@@ -102,12 +102,13 @@ async fn repeated_sigkill_cycles_lose_no_acknowledged_write() {
                 );
             }
             verify_everywhere(&cluster, seed, &target, &all).await;
-            println!(
-                "summary: {CYCLES} cycles, {kills} SIGKILLs, {} writes ({} acknowledged, {} unknown), none lost, replicas identical",
+            publish(&format!(
+                "=== {NAME} (seed {seed}) ===\n{CYCLES} cycles, {kills} SIGKILLs, {} writes ({} acknowledged, {} unknown); \
+                 after every cycle all acknowledged writes present and replicas identical\n",
                 all.len(),
                 count_acknowledged(&all),
                 all.len() - count_acknowledged(&all)
-            );
+            ));
         })
         .await;
 }
