@@ -22,6 +22,7 @@ macro_rules! say_err {
 }
 
 mod admin_cmd;
+mod bench;
 mod client;
 mod data_cmd;
 mod datagen;
@@ -61,6 +62,8 @@ enum Command {
     Cluster(admin_cmd::ClusterCmd),
     /// Starts a local cluster of real `kho server` processes and loads demo data.
     Demo(demo::DemoArgs),
+    /// YCSB-style benchmark (workloads A-F) of a Kho cluster or of etcd.
+    Bench(bench::BenchArgs),
     /// Node config files.
     Config {
         #[command(subcommand)]
@@ -130,6 +133,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Cluster(cmd) => admin_cmd::cluster(cmd).await,
         Command::Kv(cmd) => data_cmd::kv(cmd).await,
         Command::Row(cmd) => data_cmd::row(cmd).await,
+        Command::Bench(args) => bench::command(args).await,
     };
     match result {
         Ok(code) => code,
