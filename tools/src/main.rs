@@ -64,6 +64,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// YCSB-style benchmark (workloads A-F) of a Kho cluster or of etcd.
     Bench(bench::BenchArgs),
+    /// Kho, etcd and an embedded RocksDB side by side: starts the clusters, runs the same
+    /// workloads in alternating rounds, writes a table and chart (docs/BENCHMARKS.md).
+    BenchCompare(bench::compare::CompareArgs),
     /// Node config files.
     Config {
         #[command(subcommand)]
@@ -134,6 +137,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Kv(cmd) => data_cmd::kv(cmd).await,
         Command::Row(cmd) => data_cmd::row(cmd).await,
         Command::Bench(args) => bench::command(args).await,
+        Command::BenchCompare(args) => bench::compare::command(args).await,
     };
     match result {
         Ok(code) => code,

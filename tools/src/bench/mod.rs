@@ -36,6 +36,7 @@
 //!   [`BenchReport`]; [`run_on`] runs a validated [`Config`] on targets built by the caller
 //!   (any implementation of [`Target`]).
 
+pub mod compare;
 pub mod config;
 pub mod generator;
 pub mod keys;

@@ -1,0 +1,546 @@
+//! `kho bench-compare`: Kho, etcd and raw RocksDB side by side in one run on this machine.
+//!
+//! Starts a 3-node Kho cluster (this binary, `kho server`) and a 3-member etcd cluster
+//! (the `etcd` binary of Debian's `etcd-server` package) on loopback, then runs rounds: in
+//! each round every workload runs against Kho and against etcd, in alternating order from
+//! one round to the next so that drift of the machine (page cache, thermal, background
+//! work) affects both; the write shape also runs against an embedded RocksDB with synced
+//! writes. It stops every process it started (by its own pid), then writes the medians over
+//! the rounds as a markdown table, an SVG chart and the raw reports as JSON.
+//!
+//! `scripts/bench-compare` installs `etcd-server` when missing, builds the release binary
+//! and runs this command; docs/BENCHMARKS.md has the figures.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use super::config::{BenchArgs, Phase, TargetKind};
+use super::report::{BenchReport, PhaseName, PhaseReport};
+use super::workload::{OpKind, WorkloadName};
+use crate::local_cluster::{self, LocalCluster};
+
+/// Members of each cluster.
+const NODES: u64 = 3;
+/// Longest wait for a cluster to answer after its start, seconds.
+const READY_WAIT_S: u64 = 60;
+/// Grace between SIGTERM and SIGKILL when stopping, seconds.
+const STOP_GRACE_S: u64 = 20;
+/// Most rounds.
+const ROUNDS_MAX: u32 = 20;
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Where the table (`compare.md`), chart (`compare.svg`) and raw reports
+    /// (`compare.json`) are written.
+    #[arg(long, default_value = "docs/benchmarks")]
+    pub out: PathBuf,
+    /// Scratch directory for the clusters' data and logs (emptied first).
+    #[arg(long, default_value = "kho-bench-compare")]
+    pub dir: PathBuf,
+    /// Rounds; the table shows the median of each figure over the rounds.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// YCSB workloads run after the write (load) phase in each round, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
+    pub workloads: Vec<String>,
+    /// Records written by each round's write phase (the load phase), and the key space.
+    #[arg(long, default_value_t = 50_000)]
+    pub record_count: u64,
+    /// Seconds of each workload's measured run.
+    #[arg(long, default_value_t = 15)]
+    pub duration_secs: u64,
+    /// Concurrent clients (etcd's "l" shape: 500).
+    #[arg(long, default_value_t = 500)]
+    pub concurrency: usize,
+    /// Key size, bytes (etcd's "l" shape: 256).
+    #[arg(long, default_value_t = 256)]
+    pub key_bytes: usize,
+    /// Value size, bytes (etcd's "l" shape: 1024).
+    #[arg(long, default_value_t = 1024)]
+    pub value_bytes: usize,
+    /// First port of the Kho nodes (3 consecutive ports).
+    #[arg(long, default_value_t = 7301)]
+    pub kho_base_port: u16,
+    /// First port of the etcd members (6 consecutive ports: clients, then peers).
+    #[arg(long, default_value_t = 2479)]
+    pub etcd_base_port: u16,
+    /// The etcd binary.
+    #[arg(long, default_value = "etcd")]
+    pub etcd_bin: PathBuf,
+    /// Skip etcd (when it cannot be installed); Kho and RocksDB still run.
+    #[arg(long)]
+    pub no_etcd: bool,
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Serialize)]
+struct Sample {
+    round: u32,
+    target: &'static str,
+    /// `write` (the load phase) or a YCSB workload letter.
+    workload: String,
+    phase: PhaseReport,
+}
+
+pub async fn command(args: CompareArgs) -> anyhow::Result<std::process::ExitCode> {
+    if args.rounds == 0 || args.rounds > ROUNDS_MAX {
+        bail!("--rounds: {} is outside 1..={ROUNDS_MAX}", args.rounds);
+    }
+    let workloads: Vec<WorkloadName> = args
+        .workloads
+        .iter()
+        .map(|w| parse_workload(w.trim()))
+        .collect::<anyhow::Result<_>>()?;
+    let etcd_bin = if args.no_etcd { None } else { Some(find_etcd(&args.etcd_bin)?) };
+    if args.dir.exists() {
+        std::fs::remove_dir_all(&args.dir).with_context(|| format!("--dir: cannot empty {}", args.dir.display()))?;
+    }
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("--dir: cannot create {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("--out: cannot create {}", args.out.display()))?;
+    let dir = args.dir.canonicalize()?;
+
+    let exe = std::env::current_exe().context("the path of this kho binary")?;
+    let layouts = local_cluster::layout(&dir.join("kho"), NODES, args.kho_base_port)?;
+    std::fs::create_dir_all(dir.join("kho"))?;
+    local_cluster::check_free(&layouts)?;
+    let mut kho = LocalCluster::start(&exe, &layouts).await?;
+    let kho_endpoints: Vec<String> = layouts.iter().map(|l| l.addr.clone()).collect();
+    let mut etcd = match &etcd_bin {
+        Some(bin) => match Etcd::start(bin, &dir.join("etcd"), args.etcd_base_port) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                kho.stop(Duration::from_secs(STOP_GRACE_S)).await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    let result = rounds(&args, &workloads, &kho_endpoints, etcd.as_ref(), &dir).await;
+    kho.stop(Duration::from_secs(STOP_GRACE_S)).await;
+    if let Some(e) = etcd.as_mut() {
+        e.stop(Duration::from_secs(STOP_GRACE_S)).await;
+    }
+    let samples = result?;
+    write_outputs(&args, &samples)?;
+    println!(
+        "kho bench-compare: wrote {}, {} and {}",
+        args.out.join("compare.md").display(),
+        args.out.join("compare.svg").display(),
+        args.out.join("compare.json").display()
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn parse_workload(w: &str) -> anyhow::Result<WorkloadName> {
+    Ok(match w {
+        "a" => WorkloadName::A,
+        "b" => WorkloadName::B,
+        "c" => WorkloadName::C,
+        "d" => WorkloadName::D,
+        "e" => WorkloadName::E,
+        "f" => WorkloadName::F,
+        other => bail!("--workloads: unknown workload `{other}`; use a, b, c, d, e, f"),
+    })
+}
+
+fn workload_label(w: WorkloadName) -> String {
+    format!("{w:?}").to_lowercase()
+}
+
+/// `name` as given if it contains a slash, else the first match on PATH.
+fn find_etcd(name: &Path) -> anyhow::Result<PathBuf> {
+    if name.components().count() > 1 {
+        return if name.is_file() { Ok(name.to_path_buf()) } else { bail!("--etcd-bin: {} is not a file", name.display()) };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "--etcd-bin: `{}` is not on PATH; install it with `apt-get install etcd-server` (scripts/bench-compare does), \
+         or pass --no-etcd",
+        name.display()
+    )
+}
+
+/// The bench arguments shared by every run of the comparison.
+fn base_args(args: &CompareArgs, target: TargetKind, endpoints: &[String]) -> BenchArgs {
+    BenchArgs {
+        target,
+        endpoints: endpoints.to_vec(),
+        record_count: args.record_count,
+        operation_count: 0,
+        duration_secs: args.duration_secs,
+        key_bytes: args.key_bytes,
+        value_bytes: args.value_bytes,
+        concurrency: args.concurrency,
+        progress_secs: 0,
+        ..BenchArgs::default()
+    }
+}
+
+async fn one(args: BenchArgs) -> anyhow::Result<BenchReport> {
+    let what = format!("{:?} {:?} {:?}", args.target, args.workload, args.phase);
+    super::run(&args).await.with_context(|| format!("bench run {what}"))
+}
+
+fn phase_of(report: &BenchReport, name: PhaseName) -> anyhow::Result<PhaseReport> {
+    report.phases.iter().find(|p| p.phase == name).cloned().context("a phase missing from a report")
+}
+
+async fn rounds(
+    args: &CompareArgs,
+    workloads: &[WorkloadName],
+    kho: &[String],
+    etcd: Option<&Etcd>,
+    dir: &Path,
+) -> anyhow::Result<Vec<Sample>> {
+    wait_ready(TargetKind::Kho, kho).await?;
+    if let Some(e) = etcd {
+        wait_ready(TargetKind::Etcd, &e.endpoints).await?;
+    }
+    let mut samples = Vec::new();
+    for round in 0..args.rounds {
+        let mut targets: Vec<(TargetKind, Vec<String>)> = vec![(TargetKind::Kho, kho.to_vec())];
+        if let Some(e) = etcd {
+            targets.push((TargetKind::Etcd, e.endpoints.clone()));
+        }
+        if round % 2 == 1 {
+            targets.reverse();
+        }
+        // The write shape: the load phase (one insert per operation).
+        for (target, endpoints) in &targets {
+            let report = one(BenchArgs { phase: Phase::Load, ..base_args(args, *target, endpoints) }).await?;
+            let phase = phase_of(&report, PhaseName::Load)?;
+            eprintln!("round {round}: {} write: {:.0} ops/s", label(*target), phase.throughput_ops_per_sec);
+            samples.push(Sample { round, target: label(*target), workload: "write".into(), phase });
+        }
+        // The physical reference: synced writes to an embedded RocksDB, same shape.
+        let rocks_dir = dir.join(format!("rocksdb-{round}"));
+        let report = one(BenchArgs {
+            phase: Phase::Load,
+            data_dir: Some(rocks_dir.clone()),
+            ..base_args(args, TargetKind::Rocksdb, &[])
+        })
+        .await?;
+        let phase = phase_of(&report, PhaseName::Load)?;
+        eprintln!("round {round}: rocksdb write: {:.0} ops/s", phase.throughput_ops_per_sec);
+        samples.push(Sample { round, target: "rocksdb", workload: "write".into(), phase });
+        let _ = std::fs::remove_dir_all(&rocks_dir);
+
+        for &w in workloads {
+            for (target, endpoints) in &targets {
+                let report = one(BenchArgs { phase: Phase::Run, workload: w, ..base_args(args, *target, endpoints) }).await?;
+                let phase = phase_of(&report, PhaseName::Run)?;
+                eprintln!("round {round}: {} workload {}: {:.0} ops/s", label(*target), workload_label(w), phase.throughput_ops_per_sec);
+                samples.push(Sample { round, target: label(*target), workload: workload_label(w), phase });
+            }
+        }
+    }
+    Ok(samples)
+}
+
+fn label(t: TargetKind) -> &'static str {
+    match t {
+        TargetKind::Kho => "kho",
+        TargetKind::Etcd => "etcd",
+        TargetKind::Rocksdb => "rocksdb",
+    }
+}
+
+/// Waits until a tiny read succeeds (a leader is elected), bounded by `READY_WAIT_S`.
+async fn wait_ready(target: TargetKind, endpoints: &[String]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(READY_WAIT_S);
+    let probe = BenchArgs {
+        target,
+        endpoints: endpoints.to_vec(),
+        record_count: 1,
+        operation_count: 1,
+        duration_secs: 0,
+        concurrency: 1,
+        phase: Phase::Load,
+        progress_secs: 0,
+        ..BenchArgs::default()
+    };
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match super::run(&probe).await {
+            Ok(r) if r.phases.iter().all(|p| p.errors == 0) => return Ok(()),
+            Ok(_) => last = "the probe write failed".into(),
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("{} did not answer within {READY_WAIT_S} s: {last}", label(target))
+}
+
+/// The etcd members this command started.
+struct Etcd {
+    children: Vec<(u32, Child)>,
+    endpoints: Vec<String>,
+}
+
+impl Etcd {
+    fn start(bin: &Path, dir: &Path, base_port: u16) -> anyhow::Result<Etcd> {
+        std::fs::create_dir_all(dir)?;
+        let last = u64::from(base_port) + 2 * NODES;
+        if base_port == 0 || last > u64::from(u16::MAX) {
+            bail!("--etcd-base-port {base_port}: ports up to {last} must be within 1..=65535");
+        }
+        let client = |i: u64| format!("127.0.0.1:{}", u64::from(base_port) + i - 1);
+        let peer = |i: u64| format!("http://127.0.0.1:{}", u64::from(base_port) + NODES + i - 1);
+        let cluster: Vec<String> = (1..=NODES).map(|i| format!("e{i}={}", peer(i))).collect();
+        let mut etcd = Etcd { children: Vec::new(), endpoints: (1..=NODES).map(client).collect() };
+        for i in 1..=NODES {
+            let log = std::fs::File::create(dir.join(format!("etcd-{i}.log")))?;
+            let spawned = Command::new(bin)
+                .args(["--name", &format!("e{i}")])
+                .arg("--data-dir")
+                .arg(dir.join(format!("e{i}")))
+                .args(["--listen-client-urls", &format!("http://{}", client(i))])
+                .args(["--advertise-client-urls", &format!("http://{}", client(i))])
+                .args(["--listen-peer-urls", &peer(i)])
+                .args(["--initial-advertise-peer-urls", &peer(i)])
+                .args(["--initial-cluster", &cluster.join(",")])
+                .args(["--initial-cluster-state", "new", "--initial-cluster-token", "kho-bench-compare"])
+                // etcd's own guidance for large values and many clients; the defaults
+                // otherwise (fsync on every commit, as Kho).
+                .args(["--quota-backend-bytes", &(8u64 << 30).to_string()])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .process_group(0)
+                .spawn();
+            match spawned {
+                Ok(child) => {
+                    let pid = child.id().context("etcd exited at once")?;
+                    etcd.children.push((pid, child));
+                }
+                Err(e) => {
+                    for (pid, _) in &etcd.children {
+                        signal(*pid, libc::SIGKILL);
+                    }
+                    bail!("cannot start {}: {e}", bin.display());
+                }
+            }
+        }
+        Ok(etcd)
+    }
+
+    async fn stop(&mut self, grace: Duration) {
+        for (pid, _) in &self.children {
+            signal(*pid, libc::SIGTERM);
+        }
+        for (pid, child) in &mut self.children {
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                signal(*pid, libc::SIGKILL);
+                let _ = child.wait().await;
+            }
+        }
+        self.children.clear();
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) has no memory effects; the pid is our unreaped child.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// One row of the table: medians over the rounds.
+struct Row {
+    workload: String,
+    target: &'static str,
+    op: OpKind,
+    ops_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: f64,
+}
+
+fn rows(samples: &[Sample]) -> Vec<Row> {
+    let mut keys: Vec<(String, &'static str, OpKind)> = Vec::new();
+    for s in samples {
+        for o in &s.phase.operations {
+            let k = (s.workload.clone(), s.target, o.op);
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    keys.into_iter()
+        .map(|(workload, target, op)| {
+            let ops: Vec<_> = samples
+                .iter()
+                .filter(|s| s.workload == workload && s.target == target)
+                .filter_map(|s| s.phase.operations.iter().find(|o| o.op == op))
+                .collect();
+            Row {
+                ops_per_sec: median(ops.iter().map(|o| o.throughput_ops_per_sec).collect()),
+                p50_us: median(ops.iter().filter_map(|o| o.latency_us.as_ref()).map(|l| l.p50 as f64).collect()),
+                p99_us: median(ops.iter().filter_map(|o| o.latency_us.as_ref()).map(|l| l.p99 as f64).collect()),
+                errors: median(ops.iter().map(|o| o.errors as f64).collect()),
+                workload,
+                target,
+                op,
+            }
+        })
+        .collect()
+}
+
+fn write_outputs(args: &CompareArgs, samples: &[Sample]) -> anyhow::Result<()> {
+    let rows = rows(samples);
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Generated by `kho bench-compare` ({} rounds; {} clients, keys {} B, values {} B, {} records, {} s per workload). \
+         Medians over the rounds. `write` is the load phase: one insert per operation.\n",
+        args.rounds, args.concurrency, args.key_bytes, args.value_bytes, args.record_count, args.duration_secs
+    );
+    let _ = writeln!(md, "| workload | op | target | ops/s | p50 ms | p99 ms | errors/run |");
+    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|");
+    for r in &rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.0} |",
+            r.workload,
+            serde_json::to_value(r.op).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            r.target,
+            r.ops_per_sec,
+            r.p50_us / 1000.0,
+            r.p99_us / 1000.0,
+            r.errors
+        );
+    }
+    let _ = writeln!(md, "\nRatios (Kho / etcd, throughput of the whole workload):\n");
+    let mut workloads: Vec<String> = Vec::new();
+    for s in samples {
+        if !workloads.contains(&s.workload) {
+            workloads.push(s.workload.clone());
+        }
+    }
+    let total = |w: &str, t: &str| {
+        median(samples.iter().filter(|s| s.workload == w && s.target == t).map(|s| s.phase.throughput_ops_per_sec).collect())
+    };
+    for w in &workloads {
+        let (k, e, r) = (total(w, "kho"), total(w, "etcd"), total(w, "rocksdb"));
+        let mut line = format!("- {w}: Kho {k:.0} ops/s");
+        if e > 0.0 {
+            line.push_str(&format!(", etcd {e:.0} ops/s, Kho/etcd {:.2}", k / e));
+        }
+        if r > 0.0 {
+            line.push_str(&format!(", RocksDB {r:.0} ops/s, Kho/RocksDB {:.2}", k / r));
+        }
+        let _ = writeln!(md, "{line}");
+    }
+    std::fs::write(args.out.join("compare.md"), md)?;
+    std::fs::write(args.out.join("compare.json"), serde_json::to_string_pretty(samples)?)?;
+    let bars: Vec<(String, Vec<(&str, f64)>)> = workloads
+        .iter()
+        .map(|w| (w.clone(), ["kho", "etcd", "rocksdb"].iter().map(|t| (*t, total(w, t))).filter(|(_, v)| *v > 0.0).collect()))
+        .collect();
+    std::fs::write(args.out.join("compare.svg"), svg_chart(&bars))?;
+    Ok(())
+}
+
+/// A grouped bar chart of throughput per workload and target, as plain SVG.
+fn svg_chart(groups: &[(String, Vec<(&str, f64)>)]) -> String {
+    const W: f64 = 900.0;
+    const H: f64 = 420.0;
+    const LEFT: f64 = 80.0;
+    const BOTTOM: f64 = 60.0;
+    const TOP: f64 = 50.0;
+    let colors = |t: &str| match t {
+        "kho" => "#1f77b4",
+        "etcd" => "#ff7f0e",
+        _ => "#2ca02c",
+    };
+    let max = groups.iter().flat_map(|(_, b)| b.iter().map(|(_, v)| *v)).fold(1.0f64, f64::max);
+    let plot_h = H - TOP - BOTTOM;
+    let group_w = (W - LEFT - 20.0) / groups.len().max(1) as f64;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">Throughput by workload (ops/s, median of rounds)</text>\n",
+        W / 2.0
+    );
+    for i in 0..=4 {
+        let v = max * f64::from(i) / 4.0;
+        let y = TOP + plot_h - plot_h * f64::from(i) / 4.0;
+        let _ = writeln!(s, "<line x1=\"{LEFT}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>", W - 20.0);
+        let _ = writeln!(s, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>", LEFT - 6.0, y + 4.0);
+    }
+    for (gi, (name, bars)) in groups.iter().enumerate() {
+        let x0 = LEFT + group_w * gi as f64;
+        let bar_w = (group_w - 20.0) / bars.len().max(1) as f64;
+        for (bi, (t, v)) in bars.iter().enumerate() {
+            let h = plot_h * v / max;
+            let x = x0 + 10.0 + bar_w * bi as f64;
+            let y = TOP + plot_h - h;
+            let _ = writeln!(
+                s,
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{}\"><title>{t} {name}: {v:.0} ops/s</title></rect>",
+                bar_w - 4.0,
+                colors(t)
+            );
+            let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{v:.0}</text>", x + (bar_w - 4.0) / 2.0, y - 3.0);
+        }
+        let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{name}</text>", x0 + group_w / 2.0, H - BOTTOM + 18.0);
+    }
+    for (i, t) in ["kho", "etcd", "rocksdb"].iter().enumerate() {
+        let x = LEFT + 10.0 + 110.0 * i as f64;
+        let _ = writeln!(s, "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/>", H - 24.0, colors(t));
+        let _ = writeln!(s, "<text x=\"{}\" y=\"{}\">{t}</text>", x + 18.0, H - 14.0);
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn chart_has_a_bar_per_target_and_workload() {
+        let svg = svg_chart(&[
+            ("write".into(), vec![("kho", 100.0), ("etcd", 50.0), ("rocksdb", 200.0)]),
+            ("c".into(), vec![("kho", 300.0), ("etcd", 150.0)]),
+        ]);
+        assert_eq!(svg.matches("<title>").count(), 5, "{svg}");
+        assert!(svg.contains("kho write: 100 ops/s"), "{svg}");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn unknown_workload_names_the_flag() {
+        let e = parse_workload("z").unwrap_err().to_string();
+        assert!(e.contains("--workloads"), "{e}");
+    }
+}
