@@ -487,7 +487,13 @@ mod tests {
         assert_eq!((c.concurrency, c.rate, c.seed, c.warmup_secs), (500, 1000, 7, 2));
         assert_eq!(c.phase, Phase::Run);
         assert!(parse(&["--workload", "g"]).is_err());
-        assert!(parse(&["--target", "rocksdb"]).is_err());
+        assert!(parse(&["--target", "redis"]).is_err());
+        // The embedded target needs its directory and no endpoint.
+        let e = parse(&["--target", "rocksdb"]).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("--data-dir"), "{e}");
+        let r = parse(&["--target", "rocksdb", "--data-dir", "/tmp/x"]).unwrap().validate().unwrap();
+        assert!(r.endpoints.is_empty());
+        assert_eq!(r.data_dir.as_deref(), Some(std::path::Path::new("/tmp/x")));
     }
 
     #[test]
