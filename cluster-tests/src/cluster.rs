@@ -179,20 +179,23 @@ impl Cluster {
 
         let total = n + opts.spare_nodes;
         assert!(total <= SOURCE_IP_NODES_MAX, "at most {SOURCE_IP_NODES_MAX} nodes in a test cluster");
-        let addrs = free_loopback_addrs(total as usize);
+        // Node ports, then (with network faults) proxy ports, chosen together so all differ.
+        let proxied = if opts.network_faults { total as usize } else { 0 };
+        let mut addrs = free_loopback_addrs(total as usize + proxied);
+        let proxy_addrs = addrs.split_off(total as usize);
         let sources: BTreeMap<u64, IpAddr> =
             (1..=total).map(|id| (id, IpAddr::V4(Ipv4Addr::new(127, 0, 1, id as u8)))).collect();
         let net = opts.network_faults.then(|| Network::new(sources.clone()));
         let mut advertised = Vec::with_capacity(addrs.len());
-        for (id, addr) in (1..=total).zip(&addrs) {
-            let a = match &net {
-                Some(net) => {
+        for ((id, addr), proxy) in (1..=total).zip(&addrs).zip(proxy_addrs.iter().map(Some).chain(std::iter::repeat(None))) {
+            let a = match (&net, proxy) {
+                (Some(net), Some(proxy)) => {
                     let target: SocketAddr = addr.parse().expect("a loopback socket address");
-                    let listen: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
+                    let listen: SocketAddr = proxy.parse().expect("a loopback socket address");
                     let bound = net.add_destination(id, listen, target).await.expect("start a proxy");
                     bound.to_string()
                 }
-                None => addr.clone(),
+                _ => addr.clone(),
             };
             advertised.push(a);
         }
@@ -636,13 +639,31 @@ async fn bounded_call<T>(
     }
 }
 
-/// `n` distinct free ports on 127.0.0.1: all are bound at once (so none repeats), read, and
-/// released. Another process could take one before the node binds it; on loopback in a test
-/// that is rare, and the node then fails to start with a clear log line.
+/// Ports the harness gives to nodes and proxies: below Linux's default ephemeral range
+/// (32768–60999), so that no outgoing connection (whose source port the kernel picks from
+/// that range) and no `bind(…:0)` can take a port between its choice and its use.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+/// Most ports `free_loopback_addrs` tries per port it needs.
+const PORT_TRIES_PER_PORT: usize = 100;
+
+/// `n` distinct free ports on 127.0.0.1 from `PORT_RANGE`: each is bound (so none repeats
+/// and none is in use), then all are released together. Another program could still take
+/// one before the node binds it; the node then fails to start with a clear log line.
 fn free_loopback_addrs(n: usize) -> Vec<String> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("local address").to_string()).collect()
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    let mut held: Vec<TcpListener> = Vec::with_capacity(n);
+    for _ in 0..n * PORT_TRIES_PER_PORT {
+        if held.len() == n {
+            break;
+        }
+        let port = rng.random_range(PORT_RANGE);
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    assert_eq!(held.len(), n, "found only {} free loopback ports in {PORT_RANGE:?}", held.len());
+    held.iter().map(|l| l.local_addr().expect("local address").to_string()).collect()
 }
 
 /// The TOML config of one node.
@@ -760,10 +781,14 @@ mod tests {
     }
 
     #[test]
-    fn free_ports_are_distinct() {
-        let addrs = free_loopback_addrs(5);
+    fn free_ports_are_distinct_and_outside_the_ephemeral_range() {
+        let addrs = free_loopback_addrs(50);
         let unique: std::collections::BTreeSet<&String> = addrs.iter().collect();
-        assert_eq!(unique.len(), 5);
+        assert_eq!(unique.len(), 50);
+        for a in &addrs {
+            let port: u16 = a.rsplit_once(':').unwrap().1.parse().unwrap();
+            assert!(PORT_RANGE.contains(&port), "{a}");
+        }
     }
 
     #[test]
