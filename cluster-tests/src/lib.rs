@@ -68,10 +68,10 @@ pub fn assert_checksums_equal(cluster: &Cluster, answers: &[NodeChecksumResponse
     }
 }
 
-/// Reads every record back through every running node: each acknowledged write must be
+/// Reads every record back through each node of `via`: each acknowledged write must be
 /// present with its value, and no unknown write may have a wrong value.
-pub async fn verify_everywhere(cluster: &Cluster, seed: u64, target: &KvTarget, records: &[WriteRecord]) {
-    for id in cluster.running_ids() {
+pub async fn verify_via(cluster: &Cluster, seed: u64, target: &KvTarget, records: &[WriteRecord], via: &[u64]) {
+    for &id in via {
         let v = verify_writes(&cluster.data_client(id), target, records, &RetryPolicy::STEADY)
             .await
             .unwrap_or_else(|e| cluster.fail(format!("seed {seed}: reading back via node {id}: {e}")));
@@ -80,4 +80,38 @@ pub async fn verify_everywhere(cluster: &Cluster, seed: u64, target: &KvTarget, 
             cluster.fail(format!("seed {seed}: via node {id}: {}", v.describe()));
         }
     }
+}
+
+/// `verify_via` every running node.
+pub async fn verify_everywhere(cluster: &Cluster, seed: u64, target: &KvTarget, records: &[WriteRecord]) {
+    verify_via(cluster, seed, target, records, &cluster.running_ids()).await;
+}
+
+/// After a fault, with every node up again: revisions are consistent, the replicas reach
+/// the same applied index (within `converge`) with identical data, that index covers every
+/// acknowledged revision, and every acknowledged write reads back through each node of
+/// `via`. Returns the replicas' checksums.
+pub async fn check_no_acknowledged_write_lost(
+    cluster: &Cluster,
+    seed: u64,
+    target: &KvTarget,
+    records: &[WriteRecord],
+    via: &[u64],
+    converge: std::time::Duration,
+) -> Vec<NodeChecksumResponse> {
+    let revisions = writes::revision_violations(records);
+    if !revisions.is_empty() {
+        cluster.fail(format!("seed {seed}: revisions: {:#?}", &revisions[..revisions.len().min(10)]));
+    }
+    let sums = cluster.wait_applied_equal(converge).await;
+    assert_checksums_equal(cluster, &sums);
+    let acknowledged_max = writes::max_revision(records);
+    if sums[0].applied_index < acknowledged_max {
+        cluster.fail(format!(
+            "seed {seed}: applied index {} is below the acknowledged revision {acknowledged_max}",
+            sums[0].applied_index
+        ));
+    }
+    verify_via(cluster, seed, target, records, via).await;
+    sums
 }
