@@ -16,7 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::binary::kho_binary;
 use crate::netproxy::Network;
-use crate::process::NodeProcess;
+use crate::process::{NodeProcess, ServerRun};
 
 /// At most one cluster runs at a time in a test binary (cargo runs test binaries one after
 /// the other, and the tests of one binary on parallel threads): three debug-build servers
@@ -102,6 +102,10 @@ pub struct ClusterOptions {
     pub network_faults: bool,
     /// `raft.proposal_timeout_ms`; `None` keeps the server default.
     pub proposal_timeout_ms: Option<u64>,
+    /// `encryption.master_key_file` of every node (encryption at rest); `None` writes no
+    /// `[encryption]` section. The file must stay outside every node's data directory and
+    /// outlive the cluster (see [`crate::MasterKey::write_file`]).
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -122,6 +126,7 @@ impl Default for ClusterOptions {
             spare_nodes: 0,
             network_faults: false,
             proposal_timeout_ms: None,
+            master_key_file: None,
         }
     }
 }
@@ -136,6 +141,12 @@ struct NodeInfo {
     advertise: String,
     config_path: PathBuf,
     log_path: PathBuf,
+    /// `data_dir` of its config.
+    data_dir: PathBuf,
+    /// `initial_members` of its config.
+    members: Vec<String>,
+    /// `peer_source_ip` of its config.
+    source_ip: Option<IpAddr>,
     /// Shared by the clients `data_client` and `admin_client` hand out.
     channel: Channel,
 }
@@ -215,7 +226,8 @@ impl Cluster {
                 .tcp_nodelay(true)
                 .connect_lazy();
             let log_path = root.join(format!("node-{id}.log"));
-            nodes.insert(id, NodeInfo { id, addr, advertise, config_path, log_path, channel });
+            let members = node_members.to_vec();
+            nodes.insert(id, NodeInfo { id, addr, advertise, config_path, log_path, data_dir, members, source_ip, channel });
         }
         let cluster = Cluster {
             opts,
@@ -315,6 +327,48 @@ impl Cluster {
 
     pub fn log_path(&self, id: u64) -> &Path {
         &self.node(id).log_path
+    }
+
+    /// The data directory of node `id` (RocksDB, snapshots, the `ENCRYPTION` marker).
+    pub fn data_dir(&self, id: u64) -> &Path {
+        &self.node(id).data_dir
+    }
+
+    /// The config file node `id` is started with.
+    pub fn config_path(&self, id: u64) -> &Path {
+        &self.node(id).config_path
+    }
+
+    /// The TOML config of node `id` as the harness wrote it, but with `master_key_file`
+    /// instead of the cluster's (`None`: no `[encryption]` section). For starting a node by
+    /// hand with another key, or none ([`Cluster::run_server_once`]).
+    pub fn node_config_with_master_key(&self, id: u64, master_key_file: Option<&Path>) -> String {
+        let node = self.node(id);
+        let opts = ClusterOptions { master_key_file: master_key_file.map(Path::to_path_buf), ..self.opts.clone() };
+        node_config(&opts, id, &node.addr, &node.advertise, node.source_ip, &node.data_dir, &node.members)
+    }
+
+    /// Runs `kho server` for node `id` (which must not be running) with the config `config`
+    /// (written beside the node's own as `node-<id>-<label>.toml`) and waits up to
+    /// `timeout` for it to exit by itself: for checking that a node refuses to start. A
+    /// process still running at the deadline is killed (SIGKILL to its own pid) and reported
+    /// with `timed_out`. Its stdout and stderr are kept apart, in `node-<id>-<label>.out` and
+    /// `.err` in the cluster directory.
+    pub async fn run_server_once(&self, id: u64, label: &str, config: &str, timeout: Duration) -> ServerRun {
+        assert!(!self.is_running(id), "node {id} is running; stop it before starting it by hand");
+        assert!(
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "label `{label}` must be a plain file-name part"
+        );
+        let config_path = self.root.join(format!("node-{id}-{label}.toml"));
+        let stdout_path = self.root.join(format!("node-{id}-{label}.out"));
+        let stderr_path = self.root.join(format!("node-{id}-{label}.err"));
+        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
+        let run = crate::process::run_to_exit(&self.kho, &config_path, &stdout_path, &stderr_path, timeout)
+            .await
+            .unwrap_or_else(|e| panic!("cannot run {} for node {id} ({label}): {e}", self.kho.display()));
+        println!("node {id} started by hand ({label}): {}", run.describe());
+        run
     }
 
     /// A Data client of node `id` over the cluster's shared connection to it.
@@ -693,8 +747,16 @@ fn node_config(
         raft.push_str(&format!("proposal_timeout_ms = {v}\n"));
     }
     let source = source_ip.map(|ip| format!("peer_source_ip = \"{ip}\"\n")).unwrap_or_default();
+    let encryption = match &opts.master_key_file {
+        Some(path) => {
+            let path = path.to_str().expect("master key file path is UTF-8");
+            assert!(!path.contains('\''), "master key file {path} cannot be a TOML literal string");
+            format!("\n[encryption]\nmaster_key_file = '{path}'\n")
+        }
+        None => String::new(),
+    };
     let l = &opts.limits;
-    format!(
+    let mut text = format!(
         "# Written by kho-cluster-tests.\n\
          node_id = {id}\n\
          listen_addr = \"{addr}\"\n\
@@ -711,7 +773,9 @@ fn node_config(
         l.value_bytes_max,
         l.batch_ops_max,
         l.scan_limit_max,
-    )
+    );
+    text.push_str(&encryption);
+    text
 }
 
 /// The last `lines` lines of a file (each cut to `LOG_TAIL_LINE_CHARS_MAX` characters).
@@ -778,6 +842,14 @@ mod tests {
         assert!(text.contains("logs_to_keep_after_snapshot = 100\n"), "{text}");
         assert!(text.contains("[limits]\nkey_bytes_max = 4096\nqualifier_bytes_max = 4096\n"), "{text}");
         assert!(text.contains("scan_limit_max = 10000\n"), "{text}");
+        assert!(!text.contains("[encryption]"), "no master key, no [encryption] section: {text}");
+    }
+
+    #[test]
+    fn config_names_the_master_key_file() {
+        let opts = ClusterOptions { master_key_file: Some(PathBuf::from("/tmp/keys/master.key")), ..Default::default() };
+        let text = node_config(&opts, 1, "127.0.0.1:7001", "127.0.0.1:7001", None, Path::new("/tmp/x/node-1-data"), &[]);
+        assert!(text.ends_with("\n[encryption]\nmaster_key_file = '/tmp/keys/master.key'\n"), "{text}");
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! bounded attempts ([`RetryPolicy`]) and record which writes were ACKNOWLEDGED
 //! ([`WriteOutcome`]); only those must survive any fault.
 //!
+//! Encryption at rest: [`ClusterOptions::master_key_file`] names a [`MasterKey`] file for
+//! every node; [`disk`] searches every file of the data directories for plaintext and
+//! records a directory tree (to check that a refused start-up touched nothing); and
+//! [`Cluster::run_server_once`] starts a node by hand with another config and waits for
+//! it to exit.
+//!
 //! Running: build the server first (`cargo build --bin kho`), then
 //! `cargo test -p kho-cluster-tests`. Environment:
 //! - `KHO_BIN`: the `kho` binary to run (default: `target/<profile>/kho` beside the tests);
@@ -20,7 +26,9 @@
 mod binary;
 pub mod checker;
 mod cluster;
+pub mod disk;
 pub mod history;
+mod keys;
 pub mod kv;
 pub mod nemesis;
 pub mod netproxy;
@@ -34,10 +42,14 @@ pub mod writes;
 
 pub use binary::{kho_binary, KHO_BIN_ENV};
 pub use cluster::{describe_checksums, Cluster, ClusterOptions, Limits, KEEP_DIR_ENV};
+pub use keys::MasterKey;
 pub use kv::KvTarget;
+pub use process::ServerRun;
 pub use retry::{is_retryable, retry_call, RetryPolicy};
 pub use seed::{test_seed, SEED_ENV};
-pub use setup::{create_table, create_tenant, setup_kv, FAMILY, TABLE, TENANT};
+pub use setup::{
+    create_table, create_table_with, create_tenant, create_tenant_with_encryption, setup_kv, FAMILY, TABLE, TENANT,
+};
 pub use writes::{verify_writes, WriteOutcome, WriteRecord, WriterConfig, Writers};
 
 use kho_proto::v1::NodeChecksumResponse;

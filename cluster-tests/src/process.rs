@@ -118,6 +118,82 @@ impl Drop for NodeProcess {
     }
 }
 
+/// How a server started by [`run_to_exit`] ended.
+#[derive(Debug)]
+pub struct ServerRun {
+    /// The exit status, if it exited by itself before the deadline.
+    pub status: Option<ExitStatus>,
+    /// True when it was still running at the deadline and was killed.
+    pub timed_out: bool,
+    /// How long it ran.
+    pub elapsed: Duration,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ServerRun {
+    /// Whether it exited by itself with a non-zero status.
+    pub fn refused(&self) -> bool {
+        !self.timed_out && self.status.is_some_and(|s| !s.success())
+    }
+
+    /// "exited with exit status: 1 after 0.21 s", and the output, for failure messages.
+    pub fn describe(&self) -> String {
+        let how = match (&self.status, self.timed_out) {
+            (_, true) => "was still running at the deadline and was killed".to_string(),
+            (Some(s), false) => format!("exited with {s}"),
+            (None, false) => "ended with an unknown status".to_string(),
+        };
+        format!(
+            "{how} after {:.2} s\n--- stderr ---\n{}\n--- stdout ---\n{}",
+            self.elapsed.as_secs_f64(),
+            self.stderr.trim_end(),
+            self.stdout.trim_end()
+        )
+    }
+}
+
+/// Starts `kho server --config <config>` with stdout and stderr written to the two files,
+/// and waits up to `timeout` for it to exit by itself; a process still running then is
+/// killed (SIGKILL to its own pid) and reaped. For start-ups that must be refused.
+pub async fn run_to_exit(
+    kho: &Path,
+    config: &Path,
+    stdout_path: &Path,
+    stderr_path: &Path,
+    timeout: Duration,
+) -> std::io::Result<ServerRun> {
+    let stdout = std::fs::File::create(stdout_path)?;
+    let stderr = std::fs::File::create(stderr_path)?;
+    let mut cmd = Command::new(kho);
+    cmd.arg("server").arg("--config").arg(config).stdin(Stdio::null()).stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    set_parent_death_signal(&mut cmd);
+    let started = Instant::now();
+    // Killed and reaped on drop, whatever happens below.
+    let child = cmd.spawn()?;
+    let pid = child.id();
+    let mut process = NodeProcess { child: Some(child), pid };
+    let deadline = started + timeout;
+    let mut status = None;
+    while Instant::now() < deadline {
+        if let Some(s) = process.exited() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(EXIT_POLL_MS)).await;
+    }
+    let timed_out = status.is_none();
+    if timed_out {
+        process.kill();
+    }
+    let elapsed = started.elapsed();
+    let read = |p: &Path| std::fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned());
+    Ok(ServerRun { status, timed_out, elapsed, stdout: read(stdout_path)?, stderr: read(stderr_path)? })
+}
+
 /// On Linux, the kernel sends the child SIGKILL if the thread that spawned it dies, so even
 /// a test process killed with SIGKILL leaves no server behind. (Tokio runtime threads live as
 /// long as the test's runtime, which owns the cluster.)

@@ -1,7 +1,7 @@
 //! Creating tenants and tables, tolerating retries.
 
 use kho_proto::v1::admin_client::AdminClient;
-use kho_proto::v1::{ColumnFamily, CreateTableRequest, CreateTenantRequest};
+use kho_proto::v1::{ColumnFamily, CreateTableRequest, CreateTenantRequest, TenantEncryption};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -26,12 +26,22 @@ pub async fn setup_kv(cluster: &Cluster, via: u64) -> KvTarget {
     KvTarget::new(TENANT, TABLE, FAMILY)
 }
 
-/// Creates a tenant, retrying on retryable errors. ALREADY_EXISTS counts as success only
-/// after an attempt whose outcome is unknown (it may have created the tenant).
+/// Creates a tenant (default encryption: encrypted when the cluster has a master key),
+/// retrying on retryable errors. ALREADY_EXISTS counts as success only after an attempt
+/// whose outcome is unknown (it may have created the tenant).
 pub async fn create_tenant(admin: &mut AdminClient<Channel>, name: &str) -> Result<u64, Status> {
+    create_tenant_with_encryption(admin, name, TenantEncryption::Default).await
+}
+
+/// `create_tenant` with an explicit encryption choice.
+pub async fn create_tenant_with_encryption(
+    admin: &mut AdminClient<Channel>,
+    name: &str,
+    encryption: TenantEncryption,
+) -> Result<u64, Status> {
     create_idempotent(&RetryPolicy::STEADY, || {
         let mut admin = admin.clone();
-        let req = CreateTenantRequest { name: name.to_string() };
+        let req = CreateTenantRequest { name: name.to_string(), encryption: encryption as i32 };
         async move { admin.create_tenant(req).await.map(|r| r.into_inner().revision) }
     })
     .await
@@ -44,12 +54,25 @@ pub async fn create_table(
     name: &str,
     families: &[&str],
 ) -> Result<u64, Status> {
+    create_table_with(admin, tenant, name, families, false).await
+}
+
+/// `create_table`, with `hashed_row_keys` (row keys stored as keyed hashes; needs an
+/// encrypted tenant).
+pub async fn create_table_with(
+    admin: &mut AdminClient<Channel>,
+    tenant: &str,
+    name: &str,
+    families: &[&str],
+    hashed_row_keys: bool,
+) -> Result<u64, Status> {
     create_idempotent(&RetryPolicy::STEADY, || {
         let mut admin = admin.clone();
         let req = CreateTableRequest {
             tenant: tenant.to_string(),
             name: name.to_string(),
             families: families.iter().map(|f| ColumnFamily { name: f.to_string() }).collect(),
+            hashed_row_keys,
         };
         async move { admin.create_table(req).await.map(|r| r.into_inner().revision) }
     })

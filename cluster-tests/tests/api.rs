@@ -182,7 +182,7 @@ async fn bad_input_gets_documented_status() {
                 expect_status(
                     &cluster,
                     &format!("{via}: CreateTenant `Bad-Name`"),
-                    rpc!(admin, create_tenant, CreateTenantRequest { name: "Bad-Name".into() }),
+                    rpc!(admin, create_tenant, CreateTenantRequest { name: "Bad-Name".into(), ..Default::default() }),
                     Code::InvalidArgument,
                     &["name"],
                 );
@@ -332,10 +332,10 @@ async fn rows_and_admin_end_to_end() {
             ok(&cluster, "CreateTenant rt", create_tenant(&mut admin, RT).await);
             ok(&cluster, "CreateTable people", create_table(&mut admin, RT, PEOPLE, &["info", "stats"]).await);
             ok(&cluster, "CreateTable kv", create_table(&mut admin, RT, KV, &["f"]).await);
-            expect_status(&cluster, "CreateTenant rt again", rpc!(admin, create_tenant, CreateTenantRequest { name: RT.into() }), Code::AlreadyExists, &[]);
-            let again = CreateTableRequest { tenant: RT.into(), name: PEOPLE.into(), families: vec![ColumnFamily { name: "info".into() }] };
+            expect_status(&cluster, "CreateTenant rt again", rpc!(admin, create_tenant, CreateTenantRequest { name: RT.into(), ..Default::default() }), Code::AlreadyExists, &[]);
+            let again = CreateTableRequest { tenant: RT.into(), name: PEOPLE.into(), families: vec![ColumnFamily { name: "info".into() }], ..Default::default() };
             expect_status(&cluster, "CreateTable people again", rpc!(admin, create_table, again), Code::AlreadyExists, &[]);
-            let orphan = CreateTableRequest { tenant: "no_such_tenant".into(), name: "x".into(), families: vec![ColumnFamily { name: "f".into() }] };
+            let orphan = CreateTableRequest { tenant: "no_such_tenant".into(), name: "x".into(), families: vec![ColumnFamily { name: "f".into() }], ..Default::default() };
             expect_status(&cluster, "CreateTable in an unknown tenant", rpc!(admin, create_table, orphan), Code::NotFound, &[]);
 
             let tenants = ok(&cluster, "ListTenants", rpc!(admin, list_tenants, ListTenantsRequest {}));

@@ -343,6 +343,18 @@ impl Engine {
         }
     }
 
+    /// Flushes every memtable to SST files and compacts every column family fully, so
+    /// that overwritten and deleted values leave the files (`kho node compact`).
+    pub fn flush_and_compact_all(&self) -> Result<()> {
+        for cf in Cf::ALL {
+            self.db.flush_cf(handle(&self.db, cf)).map_err(rocks("flush"))?;
+        }
+        for cf in Cf::ALL {
+            self.compact(cf)?;
+        }
+        Ok(())
+    }
+
     /// Compacts the whole range of a column family (for tests and operators).
     pub fn compact(&self, cf: Cf) -> Result<()> {
         self.db

@@ -9,7 +9,7 @@
 //! proper prefix of another `enc(b)`), so the byte order of data keys is the order of the
 //! tuples `(tenant, table, row, family, qualifier)` and all cells of a row are contiguous.
 //! The qualifier is the last component and is written raw. The layout is part of the
-//! on-disk format: see `docs/FORMATS-engine.md`.
+//! on-disk format: see `docs/FORMATS.md`.
 
 use crate::error::{key_hex, Error, Result};
 

@@ -4,12 +4,14 @@
 //! The engine knows nothing of Raft or gRPC. It offers:
 //! - [`keys`]: the order-preserving encoding of the data model
 //!   tenant → table → row → family → qualifier into RocksDB keys;
-//! - [`value`]: the versioned, checksummed header of every value in [`Cf::Data`];
+//! - [`value`]: the versioned, checksummed or encrypted header of every value in [`Cf::Data`];
+//! - [`crypto`]: the ciphers of encryption at rest (master key, tenant keys, log key);
 //! - [`Engine`]: the column families of a node, raw reads and writes for the Raft
 //!   log and metadata, verified reads of data values, atomic batches and snapshots.
 //!
-//! On-disk formats are described byte by byte in `docs/FORMATS-engine.md`.
+//! On-disk formats are described byte by byte in `docs/FORMATS.md`.
 
+pub mod crypto;
 pub mod keys;
 pub mod value;
 

@@ -1,5 +1,6 @@
-//! The header of every value stored in the Data column family, format version 1.
+//! The header of every value stored in the Data column family.
 //!
+//! Format version 1, plaintext:
 //! ```text
 //! offset 0: version u8 = 1
 //! offset 1: flags   u8 = 0   (bit 0 compressed, bit 1 encrypted: reserved, must be 0)
@@ -7,10 +8,94 @@
 //! offset 6: payload
 //! ```
 //!
-//! The checksum covers the storage key, so a value copied under another key fails
-//! verification too. The layout is part of the on-disk format: see `docs/FORMATS-engine.md`.
+//! Format version 2, encrypted (docs/SECURITY.md):
+//! ```text
+//! offset 0:  version     u8 = 2
+//! offset 1:  flags       u8 = 0x02 (encrypted)
+//! offset 2:  key version u32 big-endian: the tenant key version that sealed the value
+//! offset 6:  nonce       12 bytes
+//! offset 18: AES-256-GCM ciphertext of the payload ++ tag (16 bytes)
+//! ```
+//! The associated data is `key ++ bytes 0..18`: a value moved under another key, or with
+//! a changed header, fails authentication.
+//!
+//! The checksum or the tag covers the storage key, so a value copied under another key
+//! fails verification too. The layout is part of the on-disk format: see `docs/FORMATS.md`.
 
+use crate::crypto::{DataKey, GCM_NONCE_BYTES, TAG_BYTES};
 use crate::error::{key_hex, Error, Result};
+
+/// The format of encrypted values.
+pub const VALUE_FORMAT_V2: u8 = 2;
+/// Flags of format 2: bit 1, encrypted.
+const FLAGS_V2: u8 = 0x02;
+/// Length of the header of an encrypted value: version, flags, key version, nonce.
+pub const SEALED_HEADER_LEN: usize = 2 + 4 + GCM_NONCE_BYTES;
+/// Bytes an encrypted value takes beyond its payload: header and tag.
+pub const SEALED_OVERHEAD: usize = SEALED_HEADER_LEN + TAG_BYTES;
+
+/// What a stored value's header says, checked without any key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored<'a> {
+    /// Format 1, checksum verified: the payload.
+    Plain(&'a [u8]),
+    /// Format 2, sealed under this version of its tenant's key.
+    Sealed { key_version: u32 },
+}
+
+fn corruption(key: &[u8], what: impl std::fmt::Display) -> Error {
+    Error::Corruption { what: format!("value of key {}: {what}", key_hex(key)) }
+}
+
+/// Seals `payload` stored under `key` with one version of its tenant's key (format 2).
+pub fn seal_value(key: &[u8], payload: &[u8], data_key: &DataKey, key_version: u32, nonce: [u8; GCM_NONCE_BYTES]) -> Vec<u8> {
+    let mut header = [0u8; SEALED_HEADER_LEN];
+    header[0] = VALUE_FORMAT_V2;
+    header[1] = FLAGS_V2;
+    header[2..6].copy_from_slice(&key_version.to_be_bytes());
+    header[6..].copy_from_slice(&nonce);
+    let mut aad = Vec::with_capacity(key.len() + SEALED_HEADER_LEN);
+    aad.extend_from_slice(key);
+    aad.extend_from_slice(&header);
+    let sealed = data_key.seal(&nonce, &aad, payload);
+    let mut out = Vec::with_capacity(SEALED_HEADER_LEN + sealed.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&sealed);
+    out
+}
+
+/// Checks the header of a stored value: a format 1 value is fully verified (checksum); a
+/// format 2 value's key version is returned, to be opened with [`open_value`].
+pub fn inspect<'a>(key: &[u8], stored: &'a [u8]) -> Result<Stored<'a>> {
+    match stored.first() {
+        Some(&VALUE_FORMAT_V2) => {
+            if stored.len() < SEALED_OVERHEAD {
+                return Err(corruption(key, format!("{} bytes, shorter than an encrypted value's {SEALED_OVERHEAD}", stored.len())));
+            }
+            if stored[1] != FLAGS_V2 {
+                return Err(corruption(key, format!("unsupported flags 0x{:02x} of an encrypted value", stored[1])));
+            }
+            Ok(Stored::Sealed { key_version: u32::from_be_bytes(stored[2..6].try_into().expect("4 bytes")) })
+        }
+        _ => decode_value(key, stored).map(Stored::Plain),
+    }
+}
+
+/// Opens an encrypted (format 2) value stored under `key` with the key version its header
+/// names. Any change to key, header, ciphertext or tag is [`Error::Corruption`].
+pub fn open_value(key: &[u8], stored: &[u8], data_key: &DataKey) -> Result<Vec<u8>> {
+    let Stored::Sealed { key_version } = inspect(key, stored)? else {
+        return Err(corruption(key, "not an encrypted value"));
+    };
+    let (header, sealed) = stored.split_at(SEALED_HEADER_LEN);
+    let nonce: [u8; GCM_NONCE_BYTES] = header[6..].try_into().expect("12 bytes");
+    let mut aad = Vec::with_capacity(key.len() + SEALED_HEADER_LEN);
+    aad.extend_from_slice(key);
+    aad.extend_from_slice(header);
+    data_key
+        .open(&nonce, &aad, sealed)
+        .map_err(|e| corruption(key, format!("encrypted under key version {key_version}: {e}")))
+}
 
 /// The value format written by this version of the engine.
 pub const VALUE_FORMAT_V1: u8 = 1;
@@ -59,6 +144,9 @@ pub fn decode_value<'a>(key: &[u8], stored: &'a [u8]) -> Result<&'a [u8]> {
         )));
     };
     let [version, flags, crc @ ..] = *header;
+    if version == VALUE_FORMAT_V2 {
+        return Err(corrupt("encrypted value (format 2) read without its tenant key".to_string()));
+    }
     if version != VALUE_FORMAT_V1 {
         return Err(corrupt(format!("unsupported format version {version}")));
     }
@@ -79,6 +167,7 @@ pub fn decode_value<'a>(key: &[u8], stored: &'a [u8]) -> Result<&'a [u8]> {
 mod tests {
     use super::*;
     use crate::keys::data_key;
+    use crate::keys::data_key as data_key_of;
     use proptest::prelude::*;
 
     fn is_corruption<T: std::fmt::Debug>(result: Result<T>) -> bool {
@@ -122,6 +211,60 @@ mod tests {
             err.to_string().contains("shorter than the 6-byte header"),
             "{err}"
         );
+    }
+
+    fn tenant_key(byte: u8) -> DataKey {
+        DataKey::new(&[byte; 32])
+    }
+
+    #[test]
+    fn sealed_worked_example_matches_the_format_document() {
+        let key = data_key(1, 2, b"a\0b", 3, b"q");
+        let stored = seal_value(&key, b"v", &DataKey::new(&[7; 32]), 1, [9; 12]);
+        assert_eq!(
+            crate::error::key_hex(&stored),
+            "020200000001090909090909090909090909516d47adaf1ebe5b2910cc89118f57db55"
+        );
+    }
+
+    #[test]
+    fn sealed_values_hide_the_payload_and_round_trip() {
+        let key = data_key_of(1, 2, b"001085012345", 1, b"name");
+        let stored = seal_value(&key, b"Nguyen Van An", &tenant_key(7), 3, [9; 12]);
+        assert_eq!(stored.len(), SEALED_OVERHEAD + 13);
+        assert_eq!(&stored[..6], &[2, 2, 0, 0, 0, 3]);
+        assert!(!stored.windows(6).any(|w| w == b"Nguyen"));
+        assert_eq!(inspect(&key, &stored).unwrap(), Stored::Sealed { key_version: 3 });
+        assert_eq!(open_value(&key, &stored, &tenant_key(7)).unwrap(), b"Nguyen Van An");
+        // Deterministic for one nonce: replicas write the same bytes.
+        assert_eq!(seal_value(&key, b"Nguyen Van An", &tenant_key(7), 3, [9; 12]), stored);
+    }
+
+    #[test]
+    fn every_single_byte_change_of_a_sealed_value_is_corruption() {
+        let key = data_key_of(1, 2, b"r", 1, b"q");
+        let stored = seal_value(&key, b"payload", &tenant_key(7), 1, [1; 12]);
+        for at in 0..stored.len() {
+            for xor in [0x01u8, 0x80, 0xff] {
+                let mut changed = stored.clone();
+                changed[at] ^= xor;
+                let read = inspect(&key, &changed).and_then(|_| open_value(&key, &changed, &tenant_key(7)));
+                assert!(is_corruption(read), "byte {at} ^ {xor:#04x}");
+            }
+        }
+    }
+
+    #[test]
+    fn sealed_value_fails_under_another_key_or_storage_key() {
+        let key = data_key_of(1, 2, b"r", 1, b"q");
+        let stored = seal_value(&key, b"payload", &tenant_key(7), 1, [1; 12]);
+        assert!(is_corruption(open_value(&key, &stored, &tenant_key(8))));
+        let other_tenant = data_key_of(2, 2, b"r", 1, b"q");
+        assert!(is_corruption(open_value(&other_tenant, &stored, &tenant_key(7))));
+        let err = decode_value(&key, &stored).expect_err("plain read of a sealed value");
+        assert!(err.to_string().contains("without its tenant key"), "{err}");
+        assert!(is_corruption(open_value(&key, &stored[..SEALED_OVERHEAD - 1], &tenant_key(7))));
+        assert!(is_corruption(open_value(&key, &encode_value(&key, b"x"), &tenant_key(7))));
     }
 
     proptest! {

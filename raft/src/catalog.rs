@@ -2,16 +2,21 @@
 //! stored in the data column family under the reserved system tenant (id 0), so that
 //! snapshots and checksums cover it like any other data.
 //!
-//! System tables (tenant 0): table 1 `tenants` (row = tenant name → tenant id u32 BE),
-//! table 2 `tables` (row = tenant id u32 BE ++ table name → table record), table 3
-//! `counters` (row = counter name → u32 BE). Ids are never reused, so a dropped table's
-//! data can never reappear under a new table of the same name.
+//! System tables (tenant 0): table 1 `tenants` (row = tenant name → tenant id u32 BE, then
+//! optionally a flags byte: bit 0 = created encrypted), table 2 `tables` (row = tenant id
+//! u32 BE ++ table name → table record), table 3 `counters` (row = counter name → u32 BE),
+//! tables 4 and 5: tenant keys and re-encryption jobs ([`crate::keyring`]). Ids are never
+//! reused, so a dropped table's data can never reappear under a new table of the same name.
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
+use kho_engine::crypto::MasterKey;
 use kho_engine::keys::{self, FamilyId, TableId, TenantId, SYSTEM_TENANT};
 
 use crate::codec::{DecodeError, Reader, Writer};
+use crate::keyring::{self, Job, KeyRecord, TenantKeys, TenantKeysMap};
 
 pub const SYS_TENANTS: TableId = 1;
 pub const SYS_TABLES: TableId = 2;
@@ -32,6 +37,8 @@ pub struct TableMeta {
     pub id: TableId,
     /// Families in declaration order; a family's id is its position + 1.
     pub families: Vec<String>,
+    /// Row keys are stored as keyed hashes ([`kho_engine::crypto::RowHasher`]).
+    pub hashed_row_keys: bool,
 }
 
 impl TableMeta {
@@ -55,6 +62,10 @@ impl TableMeta {
         for f in &self.families {
             w.bytes(f.as_bytes());
         }
+        // Flags, bit 0: hashed row keys. Absent in records written before it existed.
+        if self.hashed_row_keys {
+            w.u8(1);
+        }
         w.buf
     }
 
@@ -67,8 +78,12 @@ impl TableMeta {
         for _ in 0..n {
             families.push(utf8(r.bytes()?)?);
         }
+        let flags = if r.finish().is_ok() { 0 } else { r.u8()? };
         r.finish()?;
-        Ok(TableMeta { tenant: tenant.to_string(), tenant_id, name, id, families })
+        if flags & !1 != 0 {
+            return Err(DecodeError { what: "table record", reason: format!("unknown flags 0x{flags:02x}") });
+        }
+        Ok(TableMeta { tenant: tenant.to_string(), tenant_id, name, id, families, hashed_row_keys: flags & 1 != 0 })
     }
 }
 
@@ -82,6 +97,10 @@ pub struct Catalog {
     pub tenants: BTreeMap<String, TenantId>,
     /// (tenant name, table name) → table.
     pub tables: BTreeMap<(String, String), TableMeta>,
+    /// Keys of the tenants that have any (encrypted tenants).
+    pub keys: TenantKeysMap,
+    /// Re-encryption jobs by tenant, finished ones included.
+    pub jobs: BTreeMap<TenantId, Job>,
 }
 
 impl Catalog {
@@ -94,14 +113,27 @@ impl Catalog {
             .ok_or_else(|| crate::AppError::not_found(format!("table `{tenant}/{table}` does not exist")))
     }
 
-    /// Loads the catalog from the system tables of the data column family.
-    pub fn load(engine: &kho_engine::Engine) -> Result<Catalog, kho_engine::Error> {
+    pub fn tenant_name(&self, id: TenantId) -> Option<&str> {
+        self.tenants.iter().find(|(_, i)| **i == id).map(|(n, _)| n.as_str())
+    }
+
+    /// The keys of a tenant, if it is encrypted (or was).
+    pub fn tenant_keys(&self, id: TenantId) -> Option<Arc<TenantKeys>> {
+        self.keys.get(&id).cloned()
+    }
+
+    /// Loads the catalog from the system tables of the data column family, unwrapping the
+    /// tenant keys with `master`. A tenant key that cannot be unwrapped is an error that
+    /// names the tenant and the master key ids: the node cannot serve without it.
+    pub fn load(engine: &kho_engine::Engine, master: Option<&MasterKey>) -> Result<Catalog, kho_engine::Error> {
         let mut cat = Catalog::default();
+        let mut created_encrypted = BTreeMap::new();
         let (start, end) = keys::row_range(SYSTEM_TENANT, SYS_TENANTS, b"", None, b"");
         for (k, v) in engine.scan_values(&start, &end, usize::MAX)? {
             let dk = keys::decode_data_key(&k)?;
             let name = String::from_utf8(dk.row).map_err(|_| corrupt("tenant name is not UTF-8"))?;
-            let id = u32::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt("tenant id is not 4 bytes"))?);
+            let (id, flags) = decode_tenant_record(&v).map_err(|e| corrupt(&e))?;
+            created_encrypted.insert(id, flags & 1 != 0);
             cat.tenants.insert(name, id);
         }
         let by_id: BTreeMap<TenantId, String> = cat.tenants.iter().map(|(n, i)| (*i, n.clone())).collect();
@@ -116,7 +148,56 @@ impl Catalog {
             let meta = TableMeta::decode(tenant, tenant_id, &v).map_err(|e| corrupt(&e.to_string()))?;
             cat.tables.insert((tenant.clone(), meta.name.clone()), meta);
         }
+        let mut records: BTreeMap<TenantId, BTreeMap<u32, KeyRecord>> = BTreeMap::new();
+        let (start, end) = keys::row_range(SYSTEM_TENANT, keyring::SYS_TENANT_KEYS, b"", None, b"");
+        for (k, v) in engine.scan_values(&start, &end, usize::MAX)? {
+            let dk = keys::decode_data_key(&k)?;
+            let (Some(t), Some(ver)) = (dk.row.get(..4), dk.row.get(4..8)) else {
+                return Err(corrupt("key record row is not tenant id ++ version"));
+            };
+            let tenant_id = u32::from_be_bytes(t.try_into().expect("4 bytes"));
+            let version = u32::from_be_bytes(ver.try_into().expect("4 bytes"));
+            let rec = KeyRecord::decode(&v).map_err(|e| corrupt(&e.to_string()))?;
+            records.entry(tenant_id).or_default().insert(version, rec);
+        }
+        for (tenant_id, recs) in records {
+            let tenant = by_id.get(&tenant_id).ok_or_else(|| corrupt("key of an unknown tenant id"))?;
+            let encrypted = created_encrypted.get(&tenant_id).copied().unwrap_or(false);
+            let keys = keyring::unwrap_tenant(master, tenant, tenant_id, encrypted, &recs)
+                .map_err(|what| kho_engine::Error::Corruption { what })?;
+            cat.keys.insert(tenant_id, Arc::new(keys));
+        }
+        let (start, end) = keys::row_range(SYSTEM_TENANT, keyring::SYS_KEY_JOBS, b"", None, b"");
+        for (k, v) in engine.scan_values(&start, &end, usize::MAX)? {
+            let dk = keys::decode_data_key(&k)?;
+            let id = u32::from_be_bytes(dk.row.as_slice().try_into().map_err(|_| corrupt("job row is not a tenant id"))?);
+            cat.jobs.insert(id, Job::decode(&v).map_err(|e| corrupt(&e.to_string()))?);
+        }
         Ok(cat)
+    }
+}
+
+/// The value of a `tenants` row: tenant id u32 BE, then a flags byte (bit 0: created
+/// encrypted) when any flag is set.
+pub fn encode_tenant_record(id: TenantId, created_encrypted: bool) -> Vec<u8> {
+    let mut out = id.to_be_bytes().to_vec();
+    if created_encrypted {
+        out.push(1);
+    }
+    out
+}
+
+fn decode_tenant_record(v: &[u8]) -> Result<(TenantId, u8), String> {
+    match v.len() {
+        4 | 5 => {
+            let id = u32::from_be_bytes(v[..4].try_into().expect("4 bytes"));
+            let flags = v.get(4).copied().unwrap_or(0);
+            if flags & !1 != 0 {
+                return Err(format!("tenant record has unknown flags 0x{flags:02x}"));
+            }
+            Ok((id, flags))
+        }
+        n => Err(format!("tenant record is {n} bytes, expected 4 or 5")),
     }
 }
 

@@ -325,6 +325,7 @@ mod tests {
                     table: "x".into(),
                     ops: vec![WriteOp::Put { row: b"r\0".to_vec(), family: "f".into(), qualifier: vec![], value: vec![0xff; 10] }],
                     condition: None,
+                    nonce_seed: [7; 12],
                 }),
             },
         ];

@@ -8,17 +8,40 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::DecodeError;
 
-/// Format version of an encoded command (first byte; the rest is postcard).
-pub const COMMAND_FORMAT_V1: u8 = 1;
+/// Format version of an encoded command (first byte; the rest is postcard). Version 2
+/// added encryption (nonce seeds, tenant keys, key commands); version 1 is refused.
+pub const COMMAND_FORMAT_V2: u8 = 2;
+
+/// A random 96-bit seed from which a command derives the nonce of every value it seals
+/// ([`kho_engine::crypto::nonce_at`]): replicas seal identically.
+pub type NonceSeed = [u8; 12];
 
 /// A replicated state-machine command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    CreateTenant { name: String },
-    CreateTable { tenant: String, name: String, families: Vec<String> },
+    /// With `keys`, the tenant is created encrypted.
+    CreateTenant { name: String, keys: Option<NewTenantKeys> },
+    CreateTable { tenant: String, name: String, families: Vec<String>, hashed_row_keys: bool },
     DropTable { tenant: String, name: String },
     /// Cell mutations of one table, applied atomically; with a condition, only if it holds.
-    Write { tenant: String, table: String, ops: Vec<WriteOp>, condition: Option<Condition> },
+    Write { tenant: String, table: String, ops: Vec<WriteOp>, condition: Option<Condition>, nonce_seed: NonceSeed },
+    /// Adds value key `version` (must be the tenant's latest + 1), current from now on; with
+    /// `hash_key`, also the row-key hashing key (a tenant that had none).
+    RotateKey { tenant: String, version: u32, master_key_id: [u8; 8], data_key: Vec<u8>, hash_key: Option<Vec<u8>> },
+    /// Starts (or resumes) rewriting the tenant's values under its current key version.
+    StartReencrypt { tenant: String },
+    /// One bounded step of a re-encryption, from `cursor`; refused unless it matches the job.
+    ReencryptStep { tenant: String, target: u32, cursor: Vec<u8>, nonce_seed: NonceSeed },
+    /// Erases a retired key version that nothing uses (checked by the proposer).
+    DestroyKey { tenant: String, version: u32 },
+}
+
+/// The wrapped keys of a new encrypted tenant: hashing key (version 0) and value key version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTenantKeys {
+    pub master_key_id: [u8; 8],
+    pub hash_key: Vec<u8>,
+    pub data_key: Vec<u8>,
 }
 
 /// One cell mutation. An empty family names the table's first family.
@@ -42,13 +65,13 @@ pub struct Condition {
 
 impl Command {
     pub fn encode(&self) -> Vec<u8> {
-        let out = vec![COMMAND_FORMAT_V1];
+        let out = vec![COMMAND_FORMAT_V2];
         postcard::to_extend(self, out).expect("encoding a command into a Vec cannot fail")
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
         match bytes.split_first() {
-            Some((&COMMAND_FORMAT_V1, rest)) => postcard::from_bytes(rest)
+            Some((&COMMAND_FORMAT_V2, rest)) => postcard::from_bytes(rest)
                 .map_err(|e| DecodeError { what: "command", reason: e.to_string() }),
             Some((v, _)) => Err(DecodeError { what: "command", reason: format!("unknown format version {v}") }),
             None => Err(DecodeError { what: "command", reason: "empty".into() }),
@@ -65,6 +88,8 @@ pub enum AppErrorKind {
     InvalidArgument,
     /// Stored data failed its checksum.
     Corruption,
+    /// The state does not allow the command (for example a key version still in use).
+    FailedPrecondition,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -86,6 +111,9 @@ impl AppError {
     }
     pub fn corruption(message: impl Into<String>) -> Self {
         AppError { kind: AppErrorKind::Corruption, message: message.into() }
+    }
+    pub fn failed_precondition(message: impl Into<String>) -> Self {
+        AppError { kind: AppErrorKind::FailedPrecondition, message: message.into() }
     }
 }
 
@@ -109,6 +137,9 @@ pub enum Outcome {
         cas: Option<CasOutcome>,
     },
     Rejected(AppError),
+    /// A re-encryption was started or stepped: its target version, and whether an
+    /// unfinished one was resumed.
+    Job { target: u32, resumed: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,10 +151,18 @@ pub struct CasOutcome {
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::CreateTenant { name } => write!(f, "create-tenant {name}"),
-            Command::CreateTable { tenant, name, families } => write!(f, "create-table {tenant}/{name} {families:?}"),
+            Command::CreateTenant { name, keys } => {
+                write!(f, "create-tenant {name}{}", if keys.is_some() { " (encrypted)" } else { "" })
+            }
+            Command::CreateTable { tenant, name, families, hashed_row_keys } => {
+                write!(f, "create-table {tenant}/{name} {families:?}{}", if *hashed_row_keys { " hashed" } else { "" })
+            }
             Command::DropTable { tenant, name } => write!(f, "drop-table {tenant}/{name}"),
-            Command::Write { tenant, table, ops, condition } => {
+            Command::RotateKey { tenant, version, .. } => write!(f, "rotate-key {tenant} to version {version}"),
+            Command::StartReencrypt { tenant } => write!(f, "start-reencrypt {tenant}"),
+            Command::ReencryptStep { tenant, target, .. } => write!(f, "reencrypt-step {tenant} to version {target}"),
+            Command::DestroyKey { tenant, version } => write!(f, "destroy-key {tenant} version {version}"),
+            Command::Write { tenant, table, ops, condition, .. } => {
                 write!(f, "write {tenant}/{table}: {} ops{}", ops.len(), if condition.is_some() { ", conditional" } else { "" })
             }
         }
@@ -142,9 +181,10 @@ mod tests {
 
     #[test]
     fn command_round_trip() {
-        let c = Command::CreateTable { tenant: "dân_cư".into(), name: "x".into(), families: vec!["a".into()] };
+        let c = Command::CreateTable { tenant: "dân_cư".into(), name: "x".into(), families: vec!["a".into()], hashed_row_keys: true };
         assert_eq!(Command::decode(&c.encode()).unwrap(), c);
         assert!(Command::decode(&[9, 1, 2]).is_err());
+        assert!(Command::decode(&[1, 0]).unwrap_err().to_string().contains("unknown format version 1"));
         assert!(Command::decode(&[]).is_err());
     }
 }

@@ -7,6 +7,8 @@
 pub mod catalog;
 pub mod codec;
 pub mod command;
+pub mod key_jobs;
+pub mod keyring;
 mod error;
 pub mod log_store;
 pub mod network;

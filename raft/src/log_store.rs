@@ -12,6 +12,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
+use kho_engine::crypto::LogCipher;
 use kho_engine::{Cf, Engine};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
@@ -105,17 +106,52 @@ impl WalSyncer {
     }
 }
 
+/// Format of a log entry sealed under the log key:
+/// `2 | nonce (24) | XChaCha20-Poly1305(v1 frame) | tag (16)`, associated data = the entry's
+/// `raft_log` key (group ++ index), so an entry cannot be moved to another index.
+pub const LOG_ENTRY_FORMAT_SEALED: u8 = 2;
+
 /// The log store of one Raft group.
 #[derive(Clone)]
 pub struct LogStore {
     group: GroupId,
     engine: Engine,
     syncer: Arc<WalSyncer>,
+    /// Seals entries when the node has a master key.
+    cipher: Option<LogCipher>,
 }
 
 impl LogStore {
-    pub fn new(group: GroupId, engine: Engine, syncer: Arc<WalSyncer>) -> Self {
-        LogStore { group, engine, syncer }
+    pub fn new(group: GroupId, engine: Engine, syncer: Arc<WalSyncer>, cipher: Option<LogCipher>) -> Self {
+        LogStore { group, engine, syncer, cipher }
+    }
+
+    /// The stored bytes of an entry: its v1 frame, sealed when there is a log key.
+    fn encode(&self, entry: &Entry) -> Vec<u8> {
+        let frame = codec::encode_entry(entry);
+        match &self.cipher {
+            None => frame,
+            Some(c) => {
+                let mut out = vec![LOG_ENTRY_FORMAT_SEALED];
+                c.seal_into(&mut out, &log_key(self.group, entry.log_id.index), &frame);
+                out
+            }
+        }
+    }
+
+    /// Decodes stored entry bytes under `key`; sealed ones need the log key. Entries written
+    /// before the node had a master key (format 1) stay readable.
+    fn decode(&self, key: &[u8], stored: &[u8]) -> io::Result<Entry> {
+        match stored.split_first() {
+            Some((&LOG_ENTRY_FORMAT_SEALED, sealed)) => {
+                let Some(c) = &self.cipher else {
+                    return Err(data_err("the log entry is encrypted, and this node has no master key ([encryption] config)"));
+                };
+                let frame = c.open(key, sealed).map_err(|e| data_err(format!("log entry: {e}")))?;
+                codec::decode_entry(&frame).map_err(data_err)
+            }
+            _ => codec::decode_entry(stored).map_err(data_err),
+        }
     }
 
     fn get_meta(&self, tag: u8) -> io::Result<Option<Vec<u8>>> {
@@ -156,7 +192,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut expected = start;
         for (k, v) in rows {
             let index = u64::from_be_bytes(k[8..16].try_into().map_err(|_| data_err("short log key"))?);
-            let entry = codec::decode_entry(&v).map_err(data_err)?;
+            let entry = self.decode(&k, &v)?;
             if entry.log_id.index != index {
                 return Err(data_err(format!("log entry at key index {index} says index {}", entry.log_id.index)));
             }
@@ -187,7 +223,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(io_err)?;
         let last_log_id = match last {
             None => None,
-            Some((_, v)) => Some(codec::decode_entry(&v).map_err(data_err)?.log_id),
+            Some((k, v)) => Some(self.decode(&k, &v)?.log_id),
         };
         let last_purged_log_id = match self.get_meta(meta_key::LAST_PURGED)? {
             None => None,
@@ -235,7 +271,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = self.engine.batch();
         for entry in entries {
-            batch.put(Cf::RaftLog, &log_key(self.group, entry.log_id.index), &codec::encode_entry(&entry));
+            batch.put(Cf::RaftLog, &log_key(self.group, entry.log_id.index), &self.encode(&entry));
         }
         // Readable now (memtable); durable once the syncer has synced the WAL.
         self.engine.write(batch, false).map_err(io_err)?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use kho_engine::crypto::MasterKey;
 use kho_engine::{Engine, EngineOptions};
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::type_config::async_runtime::WatchReceiver;
@@ -43,6 +44,8 @@ pub struct RaftNode {
     pub addr: String,
     engine: Engine,
     groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
+    /// The background re-encryption driver ([`crate::key_jobs`]), stopped at shutdown.
+    key_jobs: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// One Raft group hosted on this node.
@@ -84,14 +87,23 @@ impl RaftNode {
         data_dir: &Path,
         settings: &RaftSettings,
         transport: Arc<dyn Transport>,
+        master: Option<Arc<MasterKey>>,
     ) -> Result<Arc<RaftNode>, RaftNodeError> {
         std::fs::create_dir_all(data_dir)?;
         let engine = Engine::open(&data_dir.join("db"), &EngineOptions::default())?;
         let syncer = WalSyncer::start(engine.clone());
-        let node = Arc::new(RaftNode { id, addr, engine: engine.clone(), groups: RwLock::new(BTreeMap::new()) });
-        let group = Group::open(id, DATA_GROUP, engine, syncer, &data_dir.join("snapshots").join(DATA_GROUP.to_string()), settings, transport)
-            .await?;
+        let node = Arc::new(RaftNode {
+            id,
+            addr,
+            engine: engine.clone(),
+            groups: RwLock::new(BTreeMap::new()),
+            key_jobs: std::sync::Mutex::new(None),
+        });
+        let snapshot_dir = data_dir.join("snapshots").join(DATA_GROUP.to_string());
+        let group = Group::open(id, DATA_GROUP, engine, syncer, &snapshot_dir, settings, transport, master).await?;
         node.groups.write().expect("groups lock").insert(DATA_GROUP, Arc::new(group));
+        let driver = crate::key_jobs::spawn(Arc::downgrade(&node));
+        *node.key_jobs.lock().expect("key jobs lock") = Some(driver);
         Ok(node)
     }
 
@@ -170,8 +182,9 @@ impl RaftNode {
         drop(file);
         // Verify the whole stream before touching the state machine.
         let check = path.clone();
+        let cipher = g.state.log_cipher.clone();
         tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let mut r = snapshot::SnapshotReader::open(&check)?;
+            let mut r = snapshot::SnapshotReader::open(&check, cipher.as_ref())?;
             while r.next_chunk()?.is_some() {}
             Ok(())
         })
@@ -186,6 +199,9 @@ impl RaftNode {
     /// Stops every group, makes all writes durable and stops the engine's background
     /// work. The process should exit right after (see `Engine::prepare_for_exit`).
     pub async fn shutdown(&self) {
+        if let Some(driver) = self.key_jobs.lock().expect("key jobs lock").take() {
+            driver.abort();
+        }
         let groups: Vec<_> = self.groups.read().expect("groups lock").values().cloned().collect();
         for g in groups {
             if let Err(e) = g.raft.shutdown().await {
@@ -210,6 +226,7 @@ impl Group {
         snapshot_dir: &Path,
         s: &RaftSettings,
         transport: Arc<dyn Transport>,
+        master: Option<Arc<MasterKey>>,
     ) -> Result<Group, RaftNodeError> {
         std::fs::create_dir_all(snapshot_dir)?;
         // Leftovers of transfers interrupted by a crash.
@@ -233,8 +250,8 @@ impl Group {
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| RaftNodeError::Raft(e.to_string()))?);
-        let log = LogStore::new(id, engine.clone(), syncer);
-        let sm = StateMachine::open(id, engine, snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize)?;
+        let log = LogStore::new(id, engine.clone(), syncer, master.as_ref().map(|m| m.log_cipher()));
+        let sm = StateMachine::open(id, engine, snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize, master)?;
         let state = sm.state();
         let net = NetworkFactory {
             group: id,
@@ -288,6 +305,11 @@ impl Group {
             .await
             .map_err(write_error)?;
         Ok(r.membership.map(|m| m.voter_ids().collect()).unwrap_or_default())
+    }
+
+    /// Whether this node is the group's leader, as far as it knows.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
     pub fn status(&self) -> GroupStatus {

@@ -9,16 +9,43 @@
 //! A chunk decompresses to records `key_len u32 BE | key | value_len u32 BE | value`, where
 //! key and value are the raw entries of the data column family (values keep their own
 //! header and checksum). Only one chunk is ever in memory.
+//!
+//! Version 2 (written by a node with a master key) seals every chunk under the log key:
+//! stored = `nonce (24) | XChaCha20-Poly1305(zstd bytes) | tag (16)` with associated data
+//! `"kho snapshot chunk v1" | chunk number u64 BE | meta`; its end marker is
+//! `0u32 | sealed(record count u64 BE)` with associated data `"kho snapshot end v1" | chunk
+//! count u64 BE | meta` (48 bytes), so chunks cannot be dropped, reordered or moved
+//! between snapshots.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+
+use kho_engine::crypto::LogCipher;
 
 use crate::codec::{self, Reader, Writer};
 use crate::{LogId, SnapshotMeta};
 
 pub const MAGIC: &[u8; 8] = b"KHOSNAP\0";
 pub const SNAPSHOT_FORMAT_V1: u8 = 1;
+/// The format of a snapshot sealed under the log key.
+pub const SNAPSHOT_FORMAT_V2: u8 = 2;
+/// Length of a version 2 end marker after its 0u32: sealed record count.
+const SEALED_END_BYTES: usize = 24 + 8 + 16;
+
+fn chunk_aad(n: u64, meta: &[u8]) -> Vec<u8> {
+    let mut aad = b"kho snapshot chunk v1".to_vec();
+    aad.extend_from_slice(&n.to_be_bytes());
+    aad.extend_from_slice(meta);
+    aad
+}
+
+fn end_aad(chunks: u64, meta: &[u8]) -> Vec<u8> {
+    let mut aad = b"kho snapshot end v1".to_vec();
+    aad.extend_from_slice(&chunks.to_be_bytes());
+    aad.extend_from_slice(meta);
+    aad
+}
 /// Largest decompressed chunk a reader accepts, bytes. A writer flushes a chunk once it
 /// reaches its chunk size (at most [`WRITER_CHUNK_BYTES_MAX`]), so a chunk holds at most that
 /// plus one record (a value is at most 64 MiB, a key 16 KiB): always below this.
@@ -74,20 +101,33 @@ pub struct SnapshotWriter {
     chunk_bytes: usize,
     records: u64,
     trailer_crc: crc32fast::Hasher,
+    cipher: Option<LogCipher>,
+    meta_bytes: Vec<u8>,
+    chunks: u64,
 }
 
 impl SnapshotWriter {
-    pub fn create(path: &Path, meta: &SnapshotMeta, chunk_bytes: usize) -> io::Result<SnapshotWriter> {
+    /// With `cipher`, writes format 2 (sealed chunks); without, format 1.
+    pub fn create(path: &Path, meta: &SnapshotMeta, chunk_bytes: usize, cipher: Option<LogCipher>) -> io::Result<SnapshotWriter> {
         assert!(chunk_bytes > 0 && chunk_bytes <= WRITER_CHUNK_BYTES_MAX, "snapshot chunk size {chunk_bytes} out of range");
         let mut out = BufWriter::new(File::create(path)?);
         let meta_bytes = encode_meta(meta);
         out.write_all(MAGIC)?;
-        out.write_all(&[SNAPSHOT_FORMAT_V1])?;
+        out.write_all(&[if cipher.is_some() { SNAPSHOT_FORMAT_V2 } else { SNAPSHOT_FORMAT_V1 }])?;
         out.write_all(&(meta_bytes.len() as u32).to_be_bytes())?;
         out.write_all(&meta_bytes)?;
         let mut trailer_crc = crc32fast::Hasher::new();
         trailer_crc.update(&meta_bytes);
-        Ok(SnapshotWriter { out, chunk: Vec::with_capacity(chunk_bytes), chunk_bytes, records: 0, trailer_crc })
+        Ok(SnapshotWriter {
+            out,
+            chunk: Vec::with_capacity(chunk_bytes),
+            chunk_bytes,
+            records: 0,
+            trailer_crc,
+            cipher,
+            meta_bytes,
+            chunks: 0,
+        })
     }
 
     pub fn add(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
@@ -108,7 +148,16 @@ impl SnapshotWriter {
         }
         let raw_len = u32::try_from(self.chunk.len()).map_err(|_| bad("chunk over 4 GiB"))?;
         assert!(raw_len <= CHUNK_RAW_BYTES_MAX, "a single record is larger than the chunk limit");
-        let stored = zstd::bulk::compress(&self.chunk, ZSTD_LEVEL)?;
+        let compressed = zstd::bulk::compress(&self.chunk, ZSTD_LEVEL)?;
+        let stored = match &self.cipher {
+            None => compressed,
+            Some(c) => {
+                let mut sealed = Vec::new();
+                c.seal_into(&mut sealed, &chunk_aad(self.chunks, &self.meta_bytes), &compressed);
+                sealed
+            }
+        };
+        self.chunks += 1;
         self.out.write_all(&(stored.len() as u32).to_be_bytes())?;
         self.out.write_all(&raw_len.to_be_bytes())?;
         self.out.write_all(&crc32fast::hash(&stored).to_be_bytes())?;
@@ -122,8 +171,18 @@ impl SnapshotWriter {
         self.flush_chunk()?;
         self.trailer_crc.update(&self.records.to_be_bytes());
         self.out.write_all(&0u32.to_be_bytes())?;
-        self.out.write_all(&self.records.to_be_bytes())?;
-        self.out.write_all(&self.trailer_crc.clone().finalize().to_be_bytes())?;
+        match &self.cipher {
+            None => {
+                self.out.write_all(&self.records.to_be_bytes())?;
+                self.out.write_all(&self.trailer_crc.clone().finalize().to_be_bytes())?;
+            }
+            Some(c) => {
+                let mut sealed = Vec::with_capacity(SEALED_END_BYTES);
+                c.seal_into(&mut sealed, &end_aad(self.chunks, &self.meta_bytes), &self.records.to_be_bytes());
+                debug_assert_eq!(sealed.len(), SEALED_END_BYTES);
+                self.out.write_all(&sealed)?;
+            }
+        }
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         Ok(self.records)
@@ -136,16 +195,19 @@ pub struct SnapshotReader<R: Read> {
     meta_bytes: Vec<u8>,
     records: u64,
     done: bool,
+    cipher: Option<LogCipher>,
+    chunks: u64,
 }
 
 impl SnapshotReader<BufReader<File>> {
-    pub fn open(path: &Path) -> io::Result<Self> {
-        SnapshotReader::new(BufReader::new(File::open(path)?))
+    /// Opens a snapshot file; a sealed (format 2) one needs the log key.
+    pub fn open(path: &Path, cipher: Option<&LogCipher>) -> io::Result<Self> {
+        SnapshotReader::new(BufReader::new(File::open(path)?), cipher)
     }
 }
 
 impl<R: Read> SnapshotReader<R> {
-    pub fn new(mut input: R) -> io::Result<Self> {
+    pub fn new(mut input: R, cipher: Option<&LogCipher>) -> io::Result<Self> {
         let mut magic = [0u8; 8];
         input.read_exact(&mut magic).map_err(|_| bad("missing header"))?;
         if &magic != MAGIC {
@@ -153,16 +215,20 @@ impl<R: Read> SnapshotReader<R> {
         }
         let mut v = [0u8; 1];
         input.read_exact(&mut v)?;
-        if v[0] != SNAPSHOT_FORMAT_V1 {
-            return Err(bad(format!("unknown format version {}", v[0])));
-        }
+        let cipher = match v[0] {
+            SNAPSHOT_FORMAT_V1 => None,
+            SNAPSHOT_FORMAT_V2 => Some(cipher.cloned().ok_or_else(|| {
+                bad("the snapshot is encrypted, and this node has no master key ([encryption] config)")
+            })?),
+            other => return Err(bad(format!("unknown format version {other}"))),
+        };
         let meta_len = read_u32(&mut input)?;
         if meta_len > META_BYTES_MAX {
             return Err(bad(format!("meta of {meta_len} bytes exceeds {META_BYTES_MAX}")));
         }
         let mut meta_bytes = vec![0u8; meta_len as usize];
         input.read_exact(&mut meta_bytes)?;
-        Ok(SnapshotReader { input, meta_bytes, records: 0, done: false })
+        Ok(SnapshotReader { input, meta_bytes, records: 0, done: false, cipher, chunks: 0 })
     }
 
     pub fn meta(&self) -> io::Result<SnapshotMeta> {
@@ -176,16 +242,28 @@ impl<R: Read> SnapshotReader<R> {
         }
         let stored_len = read_u32(&mut self.input)?;
         if stored_len == 0 {
-            let mut count = [0u8; 8];
-            self.input.read_exact(&mut count)?;
-            let crc = read_u32(&mut self.input)?;
-            let mut h = crc32fast::Hasher::new();
-            h.update(&self.meta_bytes);
-            h.update(&count);
-            if h.finalize() != crc {
-                return Err(bad("end marker checksum mismatch"));
-            }
-            let count = u64::from_be_bytes(count);
+            let count = match &self.cipher {
+                None => {
+                    let mut count = [0u8; 8];
+                    self.input.read_exact(&mut count).map_err(|_| bad("truncated end marker"))?;
+                    let crc = read_u32(&mut self.input)?;
+                    let mut h = crc32fast::Hasher::new();
+                    h.update(&self.meta_bytes);
+                    h.update(&count);
+                    if h.finalize() != crc {
+                        return Err(bad("end marker checksum mismatch"));
+                    }
+                    u64::from_be_bytes(count)
+                }
+                Some(c) => {
+                    let mut sealed = [0u8; SEALED_END_BYTES];
+                    self.input.read_exact(&mut sealed).map_err(|_| bad("truncated end marker"))?;
+                    let plain = c
+                        .open(&end_aad(self.chunks, &self.meta_bytes), &sealed)
+                        .map_err(|e| bad(format!("end marker: {e}")))?;
+                    u64::from_be_bytes(plain.as_slice().try_into().map_err(|_| bad("end marker is not 8 bytes"))?)
+                }
+            };
             if count != self.records {
                 return Err(bad(format!("end marker says {count} records, read {}", self.records)));
             }
@@ -202,7 +280,14 @@ impl<R: Read> SnapshotReader<R> {
         if crc32fast::hash(&stored) != crc {
             return Err(bad("chunk checksum mismatch"));
         }
-        let raw = zstd::bulk::decompress(&stored, raw_len as usize)?;
+        let compressed = match &self.cipher {
+            None => stored,
+            Some(c) => c
+                .open(&chunk_aad(self.chunks, &self.meta_bytes), &stored)
+                .map_err(|e| bad(format!("chunk {}: {e}", self.chunks)))?,
+        };
+        self.chunks += 1;
+        let raw = zstd::bulk::decompress(&compressed, raw_len as usize)?;
         if raw.len() != raw_len as usize {
             return Err(bad("chunk length mismatch"));
         }
@@ -250,11 +335,41 @@ mod tests {
         SnapshotMeta { last_log_id: None, last_membership: Default::default() }
     }
 
+    fn log_cipher(b: u8) -> LogCipher {
+        kho_engine::crypto::MasterKey::new(zeroize::Zeroizing::new([b; 32])).log_cipher()
+    }
+
     #[test]
-    fn round_trip_in_many_chunks_and_detects_any_flipped_byte() {
+    fn plaintext_round_trip_in_many_chunks_and_detects_any_flipped_byte() {
+        round_trip_in_many_chunks_and_detects_any_flipped_byte(None);
+    }
+
+    #[test]
+    fn sealed_round_trip_in_many_chunks_and_detects_any_flipped_byte() {
+        round_trip_in_many_chunks_and_detects_any_flipped_byte(Some(log_cipher(1)));
+    }
+
+    #[test]
+    fn sealed_snapshot_hides_records_and_needs_the_log_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
-        let mut w = SnapshotWriter::create(&path, &meta(), 4096).unwrap();
+        let mut w = SnapshotWriter::create(&path, &meta(), 4096, Some(log_cipher(1))).unwrap();
+        for i in 0..100u32 {
+            w.add(format!("citizen-{i:04}").as_bytes(), b"Nguyen Van An").unwrap();
+        }
+        w.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(!bytes.windows(7).any(|x| x == b"citizen"));
+        let err = SnapshotReader::open(&path, None).err().expect("no key");
+        assert!(err.to_string().contains("no master key"), "{err}");
+        let mut r = SnapshotReader::open(&path, Some(&log_cipher(2))).unwrap();
+        assert!(r.next_chunk().is_err(), "another master key must not open the chunks");
+    }
+
+    fn round_trip_in_many_chunks_and_detects_any_flipped_byte(cipher: Option<LogCipher>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let mut w = SnapshotWriter::create(&path, &meta(), 4096, cipher.clone()).unwrap();
         let mut expected = Vec::new();
         for i in 0..2000u32 {
             let k = format!("key-{i:06}").into_bytes();
@@ -264,7 +379,7 @@ mod tests {
         }
         assert_eq!(w.finish().unwrap(), 2000);
         let read_all = |p: &Path| -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-            let mut r = SnapshotReader::open(p)?;
+            let mut r = SnapshotReader::open(p, cipher.as_ref())?;
             r.meta()?;
             let mut all = Vec::new();
             let mut chunks = 0;

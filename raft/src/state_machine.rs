@@ -16,14 +16,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, TryStreamExt};
-use kho_engine::keys::{self, FamilyId};
-use kho_engine::{Cf, Engine};
+use kho_engine::crypto::{self, LogCipher, MasterKey};
+use kho_engine::keys::{self, FamilyId, TenantId};
+use kho_engine::{value, Cf, Engine};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
 use crate::catalog::{self, Catalog, TableMeta};
 use crate::codec;
-use crate::command::{AppError, CasOutcome, Command, Condition, Outcome, Response, WriteOp};
+use crate::command::{AppError, CasOutcome, Command, Condition, NewTenantKeys, NonceSeed, Outcome, Response, WriteOp};
+use crate::keyring::{self, Job, KeyRecord, KeyState, TenantKeys};
 use crate::log_store::meta_key;
 use crate::snapshot::{self, SnapshotFile, SnapshotReader, SnapshotWriter};
 use crate::{GroupId, LogId, SnapshotMeta, StoredMembership, TypeConfig};
@@ -32,6 +34,10 @@ type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
 
 /// Most bytes of snapshot records written to RocksDB in one batch during an install.
 const INSTALL_BATCH_BYTES_MAX: usize = 4 << 20;
+/// Most values one re-encryption step visits, count.
+pub const REENCRYPT_STEP_VALUES_MAX: usize = 512;
+/// Most stored bytes one re-encryption step visits (it stops after the value that crosses it).
+pub const REENCRYPT_STEP_BYTES_MAX: usize = 1 << 20;
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -44,6 +50,10 @@ pub struct SmState {
     pub catalog: RwLock<Catalog>,
     /// The group's key range in the data column family: [start, end), end None = unbounded.
     pub range: (Vec<u8>, Option<Vec<u8>>),
+    /// The cluster's master key, when this node has one ([encryption] config).
+    pub master: Option<Arc<MasterKey>>,
+    /// The log key derived from the master key: seals snapshot chunks.
+    pub log_cipher: Option<LogCipher>,
 }
 
 impl SmState {
@@ -54,6 +64,28 @@ impl SmState {
     /// Resolves a table and a family (empty = first family).
     pub fn resolve(&self, tenant: &str, table: &str) -> Result<TableMeta, AppError> {
         self.catalog().table(tenant, table).cloned()
+    }
+
+    /// Counts the values of a tenant by key version, at one point in time. Returns the
+    /// applied index of that point, values per key version, and plaintext values.
+    pub fn key_usage(&self, tenant: TenantId) -> io::Result<(u64, std::collections::BTreeMap<u32, u64>, u64)> {
+        let snap = self.engine.snapshot();
+        let applied = match snap.get(Cf::RaftMeta, &meta_key::key(self.group, meta_key::APPLIED)).map_err(io_err)? {
+            None => 0,
+            Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?.map(|l| l.index).unwrap_or(0),
+        };
+        let (start, end) = tenant_range(tenant);
+        let mut per_version = std::collections::BTreeMap::new();
+        let mut plain = 0u64;
+        snap.for_each(Cf::Data, &start, Some(&end), |k, v| {
+            match value::inspect(k, v)? {
+                value::Stored::Plain(_) => plain += 1,
+                value::Stored::Sealed { key_version } => *per_version.entry(key_version).or_insert(0u64) += 1,
+            }
+            Ok(true)
+        })
+        .map_err(io_err)?;
+        Ok((applied, per_version, plain))
     }
 
     fn meta(&self, tag: u8) -> Result<Option<Vec<u8>>, kho_engine::Error> {
@@ -105,19 +137,28 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the state machine of `group`, finishing a snapshot install that a crash
     /// interrupted.
-    pub fn open(group: GroupId, engine: Engine, snapshot_dir: PathBuf, snapshot_chunk_bytes: usize) -> io::Result<Self> {
+    pub fn open(
+        group: GroupId,
+        engine: Engine,
+        snapshot_dir: PathBuf,
+        snapshot_chunk_bytes: usize,
+        master: Option<Arc<MasterKey>>,
+    ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
+        let log_cipher = master.as_ref().map(|m| m.log_cipher());
         let state = Arc::new(SmState {
             group,
             engine,
             catalog: RwLock::new(Catalog::default()),
             range: (Vec::new(), None),
+            master,
+            log_cipher,
         });
         let sm = StateMachine { state, snapshot_dir, snapshot_chunk_bytes };
         if sm.state.meta(meta_key::INSTALLING_SNAPSHOT).map_err(io_err)?.is_some() {
             let path = sm.installing_path();
             tracing::warn!(group, path = %path.display(), "finishing a snapshot install interrupted by a crash");
-            let meta = SnapshotReader::open(&path)?.meta()?;
+            let meta = SnapshotReader::open(&path, sm.state.log_cipher.as_ref())?.meta()?;
             sm.install_from(&path, &meta)?;
         }
         sm.reload_catalog()?;
@@ -133,18 +174,18 @@ impl StateMachine {
     }
 
     fn reload_catalog(&self) -> io::Result<()> {
-        let cat = Catalog::load(&self.state.engine).map_err(io_err)?;
+        let cat = Catalog::load(&self.state.engine, self.state.master.as_deref()).map_err(io_err)?;
         *self.state.catalog.write().expect("catalog lock poisoned") = cat;
         Ok(())
     }
 
     /// Applies one command into `batch`; returns the outcome and a catalog change to make
     /// visible once the batch is written.
-    fn execute(&self, cmd: Command, batch: &mut kho_engine::WriteBatch) -> io::Result<(Outcome, Option<CatalogChange>)> {
+    fn execute(&self, cmd: Command, revision: u64, batch: &mut kho_engine::WriteBatch) -> io::Result<(Outcome, Option<CatalogChange>)> {
         let engine = &self.state.engine;
         let cat = self.state.catalog();
         match cmd {
-            Command::CreateTenant { name } => {
+            Command::CreateTenant { name, keys } => {
                 if let Err(e) = catalog::check_name("tenant", &name) {
                     return Ok((Outcome::Rejected(e), None));
                 }
@@ -152,10 +193,115 @@ impl StateMachine {
                     return Ok((Outcome::Rejected(AppError::already_exists(format!("tenant `{name}` already exists"))), None));
                 }
                 let id = next_id(engine, batch, catalog::NEXT_TENANT_ID)?;
-                batch.put_value(&catalog::tenant_key(&name), &id.to_be_bytes());
-                Ok((Outcome::Done, Some(CatalogChange::Tenant(name, id))))
+                batch.put_value(&catalog::tenant_key(&name), &catalog::encode_tenant_record(id, keys.is_some()));
+                let tenant_keys = match keys {
+                    None => None,
+                    Some(NewTenantKeys { master_key_id, hash_key, data_key }) => {
+                        let mut records = std::collections::BTreeMap::new();
+                        for (version, wrapped) in [(keyring::HASH_KEY_VERSION, hash_key), (1, data_key)] {
+                            let rec = KeyRecord { state: KeyState::Current, created_revision: revision, master_key_id, wrapped };
+                            batch.put_value(&keyring::key_record_key(id, version), &rec.encode());
+                            records.insert(version, rec);
+                        }
+                        Some(self.unwrap_keys(&name, id, true, &records)?)
+                    }
+                };
+                Ok((Outcome::Done, Some(CatalogChange::Tenant(name, id, tenant_keys))))
             }
-            Command::CreateTable { tenant, name, families } => {
+            Command::RotateKey { tenant, version, master_key_id, data_key, hash_key } => {
+                let Some(&tenant_id) = cat.tenants.get(&tenant) else {
+                    return Ok((Outcome::Rejected(AppError::not_found(format!("tenant `{tenant}` does not exist"))), None));
+                };
+                let old = cat.keys.get(&tenant_id).map(|k| (**k).clone());
+                let latest = old.as_ref().map(TenantKeys::latest_version).unwrap_or(0);
+                if version != latest + 1 {
+                    return Ok((
+                        Outcome::Rejected(AppError::failed_precondition(format!(
+                            "tenant `{tenant}`: key version {version} was proposed but the latest is {latest} (a concurrent rotation); retry"
+                        ))),
+                        None,
+                    ));
+                }
+                let mut records = self.key_records(tenant_id)?;
+                for rec in records.iter_mut().filter(|(v, r)| **v != keyring::HASH_KEY_VERSION && r.state == KeyState::Current) {
+                    rec.1.state = KeyState::Retired;
+                    batch.put_value(&keyring::key_record_key(tenant_id, *rec.0), &rec.1.encode());
+                }
+                let new = KeyRecord { state: KeyState::Current, created_revision: revision, master_key_id, wrapped: data_key };
+                batch.put_value(&keyring::key_record_key(tenant_id, version), &new.encode());
+                records.insert(version, new);
+                if let Some(wrapped) = hash_key.filter(|_| !records.contains_key(&keyring::HASH_KEY_VERSION)) {
+                    let rec = KeyRecord { state: KeyState::Current, created_revision: revision, master_key_id, wrapped };
+                    batch.put_value(&keyring::key_record_key(tenant_id, keyring::HASH_KEY_VERSION), &rec.encode());
+                    records.insert(keyring::HASH_KEY_VERSION, rec);
+                }
+                let created_encrypted = old.as_ref().is_some_and(|k| k.created_encrypted);
+                let keys = self.unwrap_keys(&tenant, tenant_id, created_encrypted, &records)?;
+                Ok((Outcome::Done, Some(CatalogChange::Keys(tenant_id, keys))))
+            }
+            Command::StartReencrypt { tenant } => {
+                let Some(&tenant_id) = cat.tenants.get(&tenant) else {
+                    return Ok((Outcome::Rejected(AppError::not_found(format!("tenant `{tenant}` does not exist"))), None));
+                };
+                let Some(target) = cat.keys.get(&tenant_id).and_then(|k| k.current().map(|(v, _)| v)) else {
+                    return Ok((
+                        Outcome::Rejected(AppError::failed_precondition(format!(
+                            "tenant `{tenant}` is not encrypted: `kho keys rotate` gives it a key first"
+                        ))),
+                        None,
+                    ));
+                };
+                let resumed = cat.jobs.get(&tenant_id).filter(|j| !j.done && j.target == target).cloned();
+                let job = resumed.clone().unwrap_or(Job { target, ..Default::default() });
+                batch.put_value(&keyring::job_key(tenant_id), &job.encode());
+                Ok((Outcome::Job { target, resumed: resumed.is_some() }, Some(CatalogChange::Job(tenant_id, job))))
+            }
+            Command::ReencryptStep { tenant, target, cursor, nonce_seed } => {
+                let Some(&tenant_id) = cat.tenants.get(&tenant) else {
+                    return Ok((Outcome::Rejected(AppError::not_found(format!("tenant `{tenant}` does not exist"))), None));
+                };
+                let job = match cat.jobs.get(&tenant_id) {
+                    Some(j) if !j.done && j.target == target && j.cursor == cursor => j.clone(),
+                    _ => {
+                        return Ok((
+                            Outcome::Rejected(AppError::failed_precondition(format!(
+                                "tenant `{tenant}`: no unfinished re-encryption to version {target} at this cursor"
+                            ))),
+                            None,
+                        ))
+                    }
+                };
+                let keys = cat.keys.get(&tenant_id).cloned();
+                drop(cat);
+                let outcome = self.reencrypt_step(tenant_id, keys.as_deref(), job, nonce_seed, batch)?;
+                Ok(outcome)
+            }
+            Command::DestroyKey { tenant, version } => {
+                let Some(&tenant_id) = cat.tenants.get(&tenant) else {
+                    return Ok((Outcome::Rejected(AppError::not_found(format!("tenant `{tenant}` does not exist"))), None));
+                };
+                let Some(keys) = cat.keys.get(&tenant_id) else {
+                    return Ok((Outcome::Rejected(AppError::not_found(format!("tenant `{tenant}` has no keys"))), None));
+                };
+                let refuse = |why: String| Ok((Outcome::Rejected(AppError::failed_precondition(why)), None));
+                match keys.versions.get(&version).map(|v| v.state) {
+                    None => return Ok((Outcome::Rejected(AppError::not_found(format!("tenant `{tenant}` has no key version {version}"))), None)),
+                    Some(KeyState::Destroyed) => return refuse(format!("tenant `{tenant}` key version {version} is already destroyed")),
+                    Some(KeyState::Current) => return refuse(format!("tenant `{tenant}` key version {version} is current; rotate first")),
+                    Some(KeyState::Retired) => {}
+                }
+                if cat.jobs.get(&tenant_id).is_some_and(|j| !j.done && j.target == version) {
+                    return refuse(format!("tenant `{tenant}`: a re-encryption to key version {version} is still running"));
+                }
+                let mut records = self.key_records(tenant_id)?;
+                let rec = records.get_mut(&version).ok_or_else(|| io_err("key version in memory but not stored"))?;
+                rec.state = KeyState::Destroyed;
+                rec.wrapped.clear();
+                batch.put_value(&keyring::key_record_key(tenant_id, version), &rec.encode());
+                let keys = self.unwrap_keys(&tenant, tenant_id, keys.created_encrypted, &records)?;
+                Ok((Outcome::Done, Some(CatalogChange::Keys(tenant_id, keys))))
+            }
+            Command::CreateTable { tenant, name, families, hashed_row_keys } => {
                 let Some(&tenant_id) = cat.tenants.get(&tenant) else {
                     return Ok((Outcome::Rejected(AppError::not_found(format!("tenant `{tenant}` does not exist"))), None));
                 };
@@ -168,8 +314,16 @@ impl StateMachine {
                         None,
                     ));
                 }
+                if hashed_row_keys && cat.keys.get(&tenant_id).is_none_or(|k| k.hasher.is_none()) {
+                    return Ok((
+                        Outcome::Rejected(AppError::failed_precondition(format!(
+                            "hashed_row_keys: tenant `{tenant}` is not encrypted, and hashed row keys need its hashing key"
+                        ))),
+                        None,
+                    ));
+                }
                 let id = next_id(engine, batch, catalog::NEXT_TABLE_ID)?;
-                let meta = TableMeta { tenant, tenant_id, name, id, families };
+                let meta = TableMeta { tenant, tenant_id, name, id, families, hashed_row_keys };
                 batch.put_value(&catalog::table_key(tenant_id, &meta.name), &meta.encode());
                 Ok((Outcome::Done, Some(CatalogChange::CreateTable(meta))))
             }
@@ -184,40 +338,141 @@ impl StateMachine {
                 batch.delete(Cf::Data, &catalog::table_key(meta.tenant_id, &name));
                 Ok((Outcome::Done, Some(CatalogChange::DropTable(tenant, name))))
             }
-            Command::Write { tenant, table, ops, condition } => {
+            Command::Write { tenant, table, ops, condition, nonce_seed } => {
                 let meta = match cat.table(&tenant, &table) {
                     Ok(m) => m.clone(),
                     Err(e) => return Ok((Outcome::Rejected(e), None)),
                 };
+                let keys = cat.keys.get(&meta.tenant_id).cloned();
                 drop(cat);
-                Ok((self.execute_write(&meta, ops, condition, batch)?, None))
+                Ok((self.execute_write(&meta, keys.as_deref(), ops, condition, nonce_seed, batch)?, None))
             }
         }
+    }
+
+    /// The stored key records of a tenant, by version.
+    fn key_records(&self, tenant: TenantId) -> io::Result<std::collections::BTreeMap<u32, KeyRecord>> {
+        let row = tenant.to_be_bytes();
+        let (start, end) = keys::row_range(keys::SYSTEM_TENANT, keyring::SYS_TENANT_KEYS, b"", None, &row);
+        let mut out = std::collections::BTreeMap::new();
+        for (k, v) in self.state.engine.scan_values(&start, &end, usize::MAX).map_err(io_err)? {
+            let dk = keys::decode_data_key(&k).map_err(io_err)?;
+            let version = dk.row.get(4..8).ok_or_else(|| io_err("key record row too short"))?;
+            out.insert(u32::from_be_bytes(version.try_into().expect("4 bytes")), KeyRecord::decode(&v).map_err(io_err)?);
+        }
+        Ok(out)
+    }
+
+    /// Unwraps a tenant's keys. Failing is fatal for this node (an io error stops the
+    /// group): it cannot apply the tenant's writes without them, and must not diverge.
+    fn unwrap_keys(
+        &self,
+        tenant: &str,
+        id: TenantId,
+        created_encrypted: bool,
+        records: &std::collections::BTreeMap<u32, KeyRecord>,
+    ) -> io::Result<TenantKeys> {
+        keyring::unwrap_tenant(self.state.master.as_deref(), tenant, id, created_encrypted, records).map_err(|e| {
+            tracing::error!(error = %e, "cannot unwrap a tenant key; this node stops applying");
+            io_err(e)
+        })
+    }
+
+    /// One bounded step of a re-encryption: rewrites the values from the job's cursor that
+    /// are not sealed under its target version, and moves the cursor.
+    fn reencrypt_step(
+        &self,
+        tenant: TenantId,
+        keys: Option<&TenantKeys>,
+        mut job: Job,
+        nonce_seed: NonceSeed,
+        batch: &mut kho_engine::WriteBatch,
+    ) -> io::Result<(Outcome, Option<CatalogChange>)> {
+        let Some((keys, target_key)) = keys.and_then(|k| k.versions.get(&job.target).and_then(|v| v.key.as_ref()).map(|t| (k, t))) else {
+            return Ok((Outcome::Rejected(AppError::failed_precondition(format!("key version {} is not available", job.target))), None));
+        };
+        let (tenant_start, end) = tenant_range(tenant);
+        let start = if job.cursor.is_empty() { tenant_start } else { job.cursor.clone() };
+        let rows = self.state.engine.scan(Cf::Data, &start, Some(&end), REENCRYPT_STEP_VALUES_MAX).map_err(io_err)?;
+        let mut bytes = 0usize;
+        let mut sealed = 0u32;
+        let mut last = None;
+        let mut reached_end = rows.len() < REENCRYPT_STEP_VALUES_MAX;
+        for (i, (k, v)) in rows.iter().enumerate() {
+            job.visited += 1;
+            bytes += k.len() + v.len();
+            let under_target = matches!(value::inspect(k, v), Ok(value::Stored::Sealed { key_version }) if key_version == job.target);
+            if !under_target {
+                let plain = match keyring::open_value(Some(keys), k, v) {
+                    Ok(p) => p,
+                    Err(e) => return Ok((Outcome::Rejected(AppError::corruption(format!("re-encryption stopped: {e}"))), None)),
+                };
+                batch.put(Cf::Data, k, &value::seal_value(k, &plain, target_key, job.target, crypto::nonce_at(nonce_seed, sealed)));
+                sealed += 1;
+                job.rewritten += 1;
+            }
+            last = Some(k.clone());
+            if bytes >= REENCRYPT_STEP_BYTES_MAX && i + 1 < rows.len() {
+                reached_end = false;
+                break;
+            }
+        }
+        match last {
+            Some(mut k) if !reached_end => {
+                k.push(0); // the next key after `k`
+                job.cursor = k;
+            }
+            _ => {
+                job.done = true;
+                job.cursor.clear();
+            }
+        }
+        batch.put_value(&keyring::job_key(tenant), &job.encode());
+        Ok((Outcome::Job { target: job.target, resumed: true }, Some(CatalogChange::Job(tenant, job))))
     }
 
     fn execute_write(
         &self,
         meta: &TableMeta,
+        tenant_keys: Option<&TenantKeys>,
         ops: Vec<WriteOp>,
         condition: Option<Condition>,
+        nonce_seed: NonceSeed,
         batch: &mut kho_engine::WriteBatch,
     ) -> io::Result<Outcome> {
         let engine = &self.state.engine;
+        let sealer = tenant_keys.and_then(TenantKeys::current);
+        let hasher = match (meta.hashed_row_keys, tenant_keys.and_then(|k| k.hasher.as_ref())) {
+            (false, _) => None,
+            (true, Some(h)) => Some(h),
+            (true, None) => return Err(io_err(format!("table `{}/{}` has hashed row keys but no hashing key", meta.tenant, meta.name))),
+        };
+        let stored_row = |row: &[u8]| -> Vec<u8> {
+            match hasher {
+                Some(h) => h.hash(meta.id, row).to_vec(),
+                None => row.to_vec(),
+            }
+        };
+        let mut sealed = 0u32;
         let family = |name: &str| -> Result<FamilyId, AppError> {
             meta.family_id(name).ok_or_else(|| {
                 AppError::not_found(format!("column family `{name}` does not exist in table `{}/{}`", meta.tenant, meta.name))
             })
         };
-        let cell = |row: &[u8], fam: FamilyId, q: &[u8]| keys::data_key(meta.tenant_id, meta.id, row, fam, q);
+        let cell = |row: &[u8], fam: FamilyId, q: &[u8]| keys::data_key(meta.tenant_id, meta.id, &stored_row(row), fam, q);
         let mut cas = None;
         if let Some(c) = condition {
             let fam = match family(&c.family) {
                 Ok(f) => f,
                 Err(e) => return Ok(Outcome::Rejected(e)),
             };
-            let current = match engine.get_value(&cell(&c.row, fam, &c.qualifier)) {
-                Ok(v) => v,
-                Err(e) => return Ok(Outcome::Rejected(AppError::corruption(e.to_string()))),
+            let key = cell(&c.row, fam, &c.qualifier);
+            let current = match engine.get(Cf::Data, &key).map_err(io_err)? {
+                None => None,
+                Some(stored) => match keyring::open_value(tenant_keys, &key, &stored) {
+                    Ok(v) => Some(v),
+                    Err(e) => return Ok(Outcome::Rejected(AppError::corruption(e.to_string()))),
+                },
             };
             let succeeded = current == c.expected;
             if !succeeded {
@@ -243,7 +498,17 @@ impl StateMachine {
         let mut existed = false;
         for (op, fam) in resolved {
             match op {
-                WriteOp::Put { row, qualifier, value, .. } => batch.put_value(&cell(&row, fam, &qualifier), &value),
+                WriteOp::Put { row, qualifier, value, .. } => {
+                    let key = cell(&row, fam, &qualifier);
+                    match sealer {
+                        Some((version, k)) => {
+                            let stored = value::seal_value(&key, &value, k, version, crypto::nonce_at(nonce_seed, sealed));
+                            sealed += 1;
+                            batch.put(Cf::Data, &key, &stored);
+                        }
+                        None => batch.put_value(&key, &value),
+                    }
+                }
                 WriteOp::Delete { row, qualifier, .. } => {
                     let key = cell(&row, fam, &qualifier);
                     if single_delete {
@@ -252,11 +517,11 @@ impl StateMachine {
                     batch.delete(Cf::Data, &key);
                 }
                 WriteOp::DeleteFamily { row, .. } => {
-                    let p = keys::family_prefix(meta.tenant_id, meta.id, &row, fam);
+                    let p = keys::family_prefix(meta.tenant_id, meta.id, &stored_row(&row), fam);
                     batch.delete_range(Cf::Data, &p, &keys::prefix_end(&p).expect("family prefix has an end"));
                 }
                 WriteOp::DeleteRow { row } => {
-                    let p = keys::row_prefix(meta.tenant_id, meta.id, &row);
+                    let p = keys::row_prefix(meta.tenant_id, meta.id, &stored_row(&row));
                     batch.delete_range(Cf::Data, &p, &keys::prefix_end(&p).expect("row prefix has an end"));
                 }
             }
@@ -267,8 +532,17 @@ impl StateMachine {
     fn apply_catalog_change(&self, change: CatalogChange) {
         let mut cat = self.state.catalog.write().expect("catalog lock poisoned");
         match change {
-            CatalogChange::Tenant(name, id) => {
+            CatalogChange::Tenant(name, id, keys) => {
                 cat.tenants.insert(name, id);
+                if let Some(k) = keys {
+                    cat.keys.insert(id, Arc::new(k));
+                }
+            }
+            CatalogChange::Keys(id, keys) => {
+                cat.keys.insert(id, Arc::new(keys));
+            }
+            CatalogChange::Job(id, job) => {
+                cat.jobs.insert(id, job);
             }
             CatalogChange::CreateTable(meta) => {
                 cat.tables.insert((meta.tenant.clone(), meta.name.clone()), meta);
@@ -283,7 +557,7 @@ impl StateMachine {
     fn install_from(&self, path: &Path, meta: &SnapshotMeta) -> io::Result<()> {
         let engine = &self.state.engine;
         let group = self.state.group;
-        let mut reader = SnapshotReader::open(path)?;
+        let mut reader = SnapshotReader::open(path, self.state.log_cipher.as_ref())?;
         let mut batch = engine.batch();
         let (start, end) = &self.state.range;
         match end {
@@ -293,8 +567,9 @@ impl StateMachine {
         let mut records = 0u64;
         while let Some(chunk) = reader.next_chunk()? {
             for (k, v) in chunk {
-                // Each value carries its own checksum: refuse to spread a corrupt value.
-                kho_engine::value::decode_value(&k, &v).map_err(io_err)?;
+                // Each value carries its own checksum or header: refuse to spread a corrupt
+                // value (encrypted values are authenticated when read, with their key).
+                value::inspect(&k, &v).map_err(io_err)?;
                 batch.put(Cf::Data, &k, &v);
                 records += 1;
             }
@@ -317,9 +592,18 @@ impl StateMachine {
 }
 
 enum CatalogChange {
-    Tenant(String, u32),
+    Tenant(String, u32, Option<TenantKeys>),
+    Keys(TenantId, TenantKeys),
+    Job(TenantId, Job),
     CreateTable(TableMeta),
     DropTable(String, String),
+}
+
+/// The key range of every value of a tenant: `[tenant u32 BE, tenant + 1 u32 BE)`.
+pub fn tenant_range(tenant: TenantId) -> (Vec<u8>, Vec<u8>) {
+    let start = tenant.to_be_bytes().to_vec();
+    let end = keys::prefix_end(&start).unwrap_or_else(|| vec![0xff; 5]);
+    (start, end)
 }
 
 fn check_table(name: &str, families: &[String]) -> Result<(), AppError> {
@@ -418,7 +702,7 @@ fn build_snapshot_blocking(state: &SmState, dir: &Path, chunk_bytes: usize) -> i
     let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
     let final_path = dir.join(snapshot::file_name(meta.last_log_id.as_ref()));
     let tmp = dir.join(format!("building-{}.tmp", std::process::id()));
-    let mut w = SnapshotWriter::create(&tmp, &meta, chunk_bytes)?;
+    let mut w = SnapshotWriter::create(&tmp, &meta, chunk_bytes, state.log_cipher.clone())?;
     let mut write_err = None;
     snap.for_each(Cf::Data, &state.range.0, state.range.1.as_deref(), |k, v| match w.add(k, v) {
         Ok(()) => Ok(true),
@@ -465,7 +749,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Outcome::Done
                 }
                 EntryPayload::Normal(cmd) => {
-                    let (outcome, c) = self.execute(cmd, &mut batch)?;
+                    let (outcome, c) = self.execute(cmd, index, &mut batch)?;
                     if matches!(outcome, Outcome::Rejected(_)) {
                         // Nothing of a rejected command is written, only the applied index.
                         batch = self.state.engine.batch();
@@ -517,7 +801,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(path) = current_snapshot_path(&self.snapshot_dir)? else {
             return Ok(None);
         };
-        let meta = SnapshotReader::open(&path)?.meta()?;
+        let meta = SnapshotReader::open(&path, self.state.log_cipher.as_ref())?.meta()?;
         let file = std::fs::File::open(&path)?;
         Ok(Some(Snapshot { meta, snapshot: SnapshotFile { path, file } }))
     }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use kho_proto::v1::admin_server::Admin;
 use kho_proto::v1::{self as pb};
-use kho_raft::command::Outcome;
+use kho_engine::crypto;
+use kho_raft::command::{NewTenantKeys, Outcome};
+use kho_raft::keyring::{self, KeyState};
 use kho_raft::{Command, GroupStatus, ProposeError};
 use tonic::{Request, Response, Status};
 
@@ -66,7 +68,32 @@ impl Admin for AdminService {
         let fwd = is_forwarded(&req);
         let r = req.into_inner();
         validate::name("name", &r.name)?;
-        match self.ctx.propose(Command::CreateTenant { name: r.name.clone() }, fwd).await? {
+        let master = self.ctx.group().state.master.clone();
+        let encrypt = match pb::TenantEncryption::try_from(r.encryption) {
+            Ok(pb::TenantEncryption::Default) => master.is_some(),
+            Ok(pb::TenantEncryption::Encrypted) if master.is_none() => {
+                return Err(Status::failed_precondition(
+                    "encryption: TENANT_ENCRYPTION_ENCRYPTED needs a master key on the nodes ([encryption] config)",
+                ))
+            }
+            Ok(pb::TenantEncryption::Encrypted) => true,
+            Ok(pb::TenantEncryption::Plaintext) => false,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "encryption: unknown value {}; use 0 (DEFAULT), 1 (ENCRYPTED) or 2 (PLAINTEXT)",
+                    r.encryption
+                )))
+            }
+        };
+        let keys = match (&master, encrypt) {
+            (Some(m), true) => Some(NewTenantKeys {
+                master_key_id: m.id(),
+                hash_key: keyring::new_wrapped_key(m, &r.name, keyring::HASH_KEY_VERSION),
+                data_key: keyring::new_wrapped_key(m, &r.name, 1),
+            }),
+            _ => None,
+        };
+        match self.ctx.propose(Command::CreateTenant { name: r.name.clone(), keys }, fwd).await? {
             Leader::Here(resp) => Ok(Response::new(pb::CreateTenantResponse { revision: admin_outcome(resp)? })),
             Leader::There(addr) => forward!(self.ctx, admin_client, addr, create_tenant, r),
         }
@@ -97,6 +124,7 @@ impl Admin for AdminService {
             tenant: r.tenant.clone(),
             name: r.name.clone(),
             families: r.families.iter().map(|f| f.name.clone()).collect(),
+            hashed_row_keys: r.hashed_row_keys,
         };
         match self.ctx.propose(cmd, fwd).await? {
             Leader::Here(resp) => Ok(Response::new(pb::CreateTableResponse { revision: admin_outcome(resp)? })),
@@ -123,6 +151,7 @@ impl Admin for AdminService {
                 tenant: t.tenant.clone(),
                 name: t.name.clone(),
                 families: t.families.iter().map(|f| pb::ColumnFamily { name: f.clone() }).collect(),
+                hashed_row_keys: t.hashed_row_keys,
             })
             .collect();
         Ok(Response::new(pb::ListTablesResponse { tables }))
@@ -202,6 +231,120 @@ impl Admin for AdminService {
         }
     }
 
+    async fn rotate_tenant_key(
+        &self,
+        req: Request<pb::RotateTenantKeyRequest>,
+    ) -> Result<Response<pb::RotateTenantKeyResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let r = req.into_inner();
+        validate::name("tenant", &r.tenant)?;
+        let (version, has_hasher) = {
+            let g = self.ctx.group();
+            let cat = g.state.catalog();
+            let Some(&id) = cat.tenants.get(&r.tenant) else {
+                return Err(Status::not_found(format!("tenant `{}` does not exist", r.tenant)));
+            };
+            let keys = cat.tenant_keys(id);
+            (keys.as_ref().map(|k| k.latest_version()).unwrap_or(0) + 1, keys.is_some_and(|k| k.hasher.is_some()))
+        };
+        let m = self.master()?;
+        let cmd = Command::RotateKey {
+            tenant: r.tenant.clone(),
+            version,
+            master_key_id: m.id(),
+            data_key: keyring::new_wrapped_key(&m, &r.tenant, version),
+            hash_key: (!has_hasher).then(|| keyring::new_wrapped_key(&m, &r.tenant, keyring::HASH_KEY_VERSION)),
+        };
+        match self.ctx.propose(cmd, fwd).await? {
+            Leader::Here(resp) => Ok(Response::new(pb::RotateTenantKeyResponse { revision: admin_outcome(resp)?, version })),
+            Leader::There(addr) => forward!(self.ctx, admin_client, addr, rotate_tenant_key, r),
+        }
+    }
+
+    async fn start_reencryption(
+        &self,
+        req: Request<pb::StartReencryptionRequest>,
+    ) -> Result<Response<pb::StartReencryptionResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let r = req.into_inner();
+        validate::name("tenant", &r.tenant)?;
+        match self.ctx.propose(Command::StartReencrypt { tenant: r.tenant.clone() }, fwd).await? {
+            Leader::Here(resp) => {
+                let revision = resp.revision;
+                match resp.outcome {
+                    Outcome::Job { target, resumed } => {
+                        Ok(Response::new(pb::StartReencryptionResponse { revision, target_version: target, resumed }))
+                    }
+                    Outcome::Rejected(e) => Err(status::app_error(e)),
+                    other => Err(status::internal(format!("unexpected outcome {other:?}"))),
+                }
+            }
+            Leader::There(addr) => forward!(self.ctx, admin_client, addr, start_reencryption, r),
+        }
+    }
+
+    async fn tenant_key_status(
+        &self,
+        req: Request<pb::TenantKeyStatusRequest>,
+    ) -> Result<Response<pb::TenantKeyStatusResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let r = req.into_inner();
+        if !r.tenant.is_empty() {
+            validate::name("tenant", &r.tenant)?;
+        }
+        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
+            let mut c = self.ctx.admin_client(&addr)?;
+            return c.tenant_key_status(crate::ctx::forwarded_request(r, Duration::from_millis(KEY_STATUS_TIMEOUT_MS + 5_000))).await;
+        }
+        Ok(Response::new(self.key_status_here(&r.tenant).await?))
+    }
+
+    async fn destroy_tenant_key(
+        &self,
+        req: Request<pb::DestroyTenantKeyRequest>,
+    ) -> Result<Response<pb::DestroyTenantKeyResponse>, Status> {
+        let fwd = is_forwarded(&req);
+        let r = req.into_inner();
+        validate::name("tenant", &r.tenant)?;
+        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
+            let mut c = self.ctx.admin_client(&addr)?;
+            return c.destroy_tenant_key(crate::ctx::forwarded_request(r, Duration::from_millis(KEY_STATUS_TIMEOUT_MS + 5_000))).await;
+        }
+        // Nothing may still be sealed under the version: count at the leader's applied state.
+        // Values are only ever sealed under the current version (or a running re-encryption's
+        // target, which the state machine checks), so the count cannot grow afterwards.
+        let st = self.key_status_here(&r.tenant).await?;
+        let tenant = st.tenants.first().ok_or_else(|| Status::not_found(format!("tenant `{}` does not exist", r.tenant)))?;
+        let Some(v) = tenant.versions.iter().find(|v| v.version == r.version) else {
+            return Err(Status::not_found(format!("tenant `{}` has no key version {}", r.tenant, r.version)));
+        };
+        if v.state == KeyState::Current.name() {
+            return Err(Status::failed_precondition(format!(
+                "tenant `{}` key version {} is current; rotate first",
+                r.tenant, r.version
+            )));
+        }
+        if v.values > 0 {
+            return Err(Status::failed_precondition(format!(
+                "tenant `{}` key version {} still seals {} values; run `kho keys reencrypt --tenant {}` first",
+                r.tenant, r.version, v.values, r.tenant
+            )));
+        }
+        match self.ctx.propose(Command::DestroyKey { tenant: r.tenant.clone(), version: r.version }, true).await? {
+            Leader::Here(resp) => Ok(Response::new(pb::DestroyTenantKeyResponse { revision: admin_outcome(resp)? })),
+            Leader::There(_) => Err(Status::unavailable("the leader changed during the check; retry")),
+        }
+    }
+
+    async fn compact_node(&self, _req: Request<pb::CompactNodeRequest>) -> Result<Response<pb::CompactNodeResponse>, Status> {
+        let engine = self.ctx.node.engine().clone();
+        tokio::task::spawn_blocking(move || engine.flush_and_compact_all())
+            .await
+            .map_err(status::internal)?
+            .map_err(status::engine_error)?;
+        Ok(Response::new(pb::CompactNodeResponse { node_id: self.ctx.node.id }))
+    }
+
     async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         let fwd = is_forwarded(&req);
         let r = req.into_inner();
@@ -218,6 +361,75 @@ impl Admin for AdminService {
             Leader::Here(voters) => Ok(Response::new(pb::RemoveNodeResponse { voters })),
             Leader::There(addr) => forward!(self.ctx, admin_client, addr, remove_node, r),
         }
+    }
+}
+
+/// How long counting a tenant's values may take (it scans the tenant), milliseconds.
+const KEY_STATUS_TIMEOUT_MS: u64 = 120_000;
+
+impl AdminService {
+    /// Counts values per key version for the tenants asked for, on this node (the leader,
+    /// after a read barrier).
+    async fn key_status_here(&self, tenant: &str) -> Result<pb::TenantKeyStatusResponse, Status> {
+        let state = self.ctx.group().state.clone();
+        let wanted: Vec<(String, u32)> = {
+            let cat = state.catalog();
+            if !tenant.is_empty() && !cat.tenants.contains_key(tenant) {
+                return Err(Status::not_found(format!("tenant `{tenant}` does not exist")));
+            }
+            cat.tenants.iter().filter(|(n, _)| tenant.is_empty() || n.as_str() == tenant).map(|(n, i)| (n.clone(), *i)).collect()
+        };
+        let count = tokio::task::spawn_blocking(move || -> Result<pb::TenantKeyStatusResponse, Status> {
+            let mut out = pb::TenantKeyStatusResponse::default();
+            for (name, id) in wanted {
+                let (applied, per_version, plain) = state.key_usage(id).map_err(status::internal)?;
+                out.applied_index = out.applied_index.max(applied);
+                let cat = state.catalog();
+                let keys = cat.tenant_keys(id);
+                let current = keys.as_ref().and_then(|k| k.current().map(|(v, _)| v)).unwrap_or(0);
+                let mut versions: Vec<pb::KeyVersionStatus> = keys
+                    .iter()
+                    .flat_map(|k| k.versions.iter())
+                    .map(|(v, kv)| pb::KeyVersionStatus {
+                        version: *v,
+                        state: kv.state.name().to_string(),
+                        values: per_version.get(v).copied().unwrap_or(0),
+                        created_revision: kv.created_revision,
+                    })
+                    .collect();
+                // Values under a version the catalog does not know would be corruption: show them.
+                for (v, n) in &per_version {
+                    if !versions.iter().any(|x| x.version == *v) {
+                        versions.push(pb::KeyVersionStatus { version: *v, state: "unknown".into(), values: *n, created_revision: 0 });
+                    }
+                }
+                let reencryption = cat.jobs.get(&id).map(|j| pb::ReencryptionStatus {
+                    target_version: j.target,
+                    done: j.done,
+                    visited: j.visited,
+                    rewritten: j.rewritten,
+                });
+                out.tenants.push(pb::TenantKeys {
+                    tenant: name,
+                    encrypted: current != 0,
+                    current_version: current,
+                    versions,
+                    plaintext_values: plain,
+                    reencryption,
+                });
+            }
+            Ok(out)
+        });
+        tokio::time::timeout(Duration::from_millis(KEY_STATUS_TIMEOUT_MS), count)
+            .await
+            .map_err(|_| Status::deadline_exceeded(format!("counting values took longer than {KEY_STATUS_TIMEOUT_MS} ms")))?
+            .map_err(status::internal)?
+    }
+
+    fn master(&self) -> Result<std::sync::Arc<crypto::MasterKey>, Status> {
+        self.ctx.group().state.master.clone().ok_or_else(|| {
+            Status::failed_precondition("this node has no master key ([encryption] config): tenant keys cannot be made")
+        })
     }
 }
 

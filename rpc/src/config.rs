@@ -43,6 +43,19 @@ pub struct Config {
     pub initial_members: Vec<String>,
     pub raft: RaftConfig,
     pub limits: Limits,
+    pub encryption: EncryptionConfig,
+}
+
+/// Where the cluster's master key comes from (docs/SECURITY.md). Neither: no encryption.
+/// Every node of a cluster must get the same key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// A file holding the key as 64 hex digits; it must not be readable by group or others.
+    pub master_key_file: Option<PathBuf>,
+    /// A command run with `sh -c` that prints the key as 64 hex digits (an HSM or KMS client).
+    /// It must finish within 10 s.
+    pub master_key_command: Option<String>,
 }
 
 /// Raft timing and log retention.
@@ -107,6 +120,7 @@ impl Default for Config {
             initial_members: Vec::new(),
             raft: RaftConfig::default(),
             limits: Limits::default(),
+            encryption: EncryptionConfig::default(),
         }
     }
 }
@@ -278,6 +292,16 @@ impl Config {
             ));
         }
         in_range("limits.concurrent_requests_max", l.concurrent_requests_max, 1, 1_000_000)?;
+        let e = &self.encryption;
+        if e.master_key_file.is_some() && e.master_key_command.is_some() {
+            return Err(invalid("encryption.master_key_command", "set either encryption.master_key_file or encryption.master_key_command, not both"));
+        }
+        if e.master_key_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(invalid("encryption.master_key_file", "must not be empty"));
+        }
+        if e.master_key_command.as_ref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(invalid("encryption.master_key_command", "must not be empty"));
+        }
         Ok(())
     }
 }

@@ -132,7 +132,7 @@ pub struct Written {
 pub fn written(r: kho_raft::Response) -> Result<Written, Status> {
     match r.outcome {
         Outcome::Written { existed, cas } => Ok(Written { revision: r.revision, existed, cas }),
-        Outcome::Done => Ok(Written { revision: r.revision, existed: false, cas: None }),
+        Outcome::Done | Outcome::Job { .. } => Ok(Written { revision: r.revision, existed: false, cas: None }),
         Outcome::Rejected(e) => Err(status::app_error(e)),
     }
 }

@@ -4,13 +4,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use kho_engine::crypto;
 use kho_engine::keys::{self, FamilyId};
-use kho_engine::{value, Cf, Engine};
+use kho_engine::{Cf, Engine};
 use kho_proto::v1::data_server::Data;
 use kho_proto::v1::{self as pb, write_op, mutation};
 use kho_raft::catalog::TableMeta;
 use openraft::type_config::async_runtime::WatchReceiver;
 use kho_raft::command::Condition;
+use kho_raft::keyring::{self, TenantKeys};
 use kho_raft::{Command, WriteOp};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -47,6 +49,15 @@ impl DataService {
         self.ctx.group().state.resolve(tenant, table).map_err(status::app_error)
     }
 
+    /// The table and its tenant's keys (None for a plaintext tenant).
+    fn access(&self, tenant: &str, table: &str) -> Result<(TableMeta, Option<Arc<TenantKeys>>), Status> {
+        let g = self.ctx.group();
+        let cat = g.state.catalog();
+        let meta = cat.table(tenant, table).map_err(status::app_error)?.clone();
+        let keys = cat.tenant_keys(meta.tenant_id);
+        Ok((meta, keys))
+    }
+
     fn engine(&self) -> Engine {
         self.ctx.node.engine().clone()
     }
@@ -71,7 +82,7 @@ impl DataService {
     }
 
     async fn propose_write(&self, cmd: Command, forwarded: bool) -> Result<Leader<crate::ctx::Written>, Status> {
-        if let Command::Write { tenant, table, ops, condition } = &cmd {
+        if let Command::Write { tenant, table, ops, condition, .. } = &cmd {
             let mut fams: Vec<&str> = ops
                 .iter()
                 .filter_map(|op| match op {
@@ -93,10 +104,38 @@ impl DataService {
     }
 }
 
+/// The row key as stored: a keyed hash for a table with hashed row keys.
+fn stored_row(meta: &TableMeta, keys: Option<&TenantKeys>, row: &[u8]) -> Result<Vec<u8>, Status> {
+    if !meta.hashed_row_keys {
+        return Ok(row.to_vec());
+    }
+    let hasher = keys.and_then(|k| k.hasher.as_ref()).ok_or_else(|| {
+        Status::internal(format!("table `{}/{}` has hashed row keys but its tenant has no hashing key", meta.tenant, meta.name))
+    })?;
+    Ok(hasher.hash(meta.id, row).to_vec())
+}
+
+/// Range scans cannot work on hashed row keys: their order is not the rows' order.
+fn refuse_scan_of_hashed(meta: &TableMeta) -> Result<(), Status> {
+    if meta.hashed_row_keys {
+        return Err(Status::failed_precondition(format!(
+            "table `{}/{}` has hashed row keys: range scans are not possible; read rows by key",
+            meta.tenant, meta.name
+        )));
+    }
+    Ok(())
+}
+
+/// A stored cell's value: checksum verified, or opened with the tenant's key.
+fn open(keys: Option<&TenantKeys>, key: &[u8], stored: &[u8]) -> Result<Vec<u8>, Status> {
+    keyring::open_value(keys, key, stored).map_err(status::engine_error)
+}
+
 /// Reads every cell of `[start, end)` under one point-in-time view, in a blocking task,
 /// calling `visit` with the decoded key and verified value; `visit` returns false to stop.
 fn scan_cells(
     engine: &Engine,
+    tenant_keys: Option<&TenantKeys>,
     start: &[u8],
     end: &[u8],
     mut visit: impl FnMut(keys::DecodedKey, &[u8]) -> Result<bool, Status>,
@@ -109,7 +148,7 @@ fn scan_cells(
     snap.for_each(Cf::Data, start, Some(end), |k, v| {
         let step = keys::decode_data_key(k)
             .map_err(status::engine_error)
-            .and_then(|dk| value::decode_value(k, v).map_err(status::engine_error).and_then(|payload| visit(dk, payload)));
+            .and_then(|dk| open(tenant_keys, k, v).and_then(|payload| visit(dk, &payload)));
         match step {
             Ok(go_on) => Ok(go_on),
             Err(s) => {
@@ -140,6 +179,7 @@ impl Data for DataService {
             table: r.table.clone(),
             ops: vec![WriteOp::Put { row: r.key.clone(), family: r.family.clone(), qualifier: vec![], value: r.value.clone() }],
             condition: None,
+            nonce_seed: crypto::random_nonce_seed(),
         };
         match self.propose_write(cmd, fwd).await? {
             Leader::Here(w) => Ok(Response::new(pb::PutResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
@@ -156,14 +196,16 @@ impl Data for DataService {
         if let Leader::There(addr) = self.ctx.read_barrier_for(r.consistency, fwd).await? {
             return forward!(self.ctx, data_client, addr, get, r);
         }
-        let meta = self.table(&r.tenant, &r.table)?;
+        let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
         let fam = family_of(&meta, &r.family)?;
-        let key = keys::data_key(meta.tenant_id, meta.id, &r.key, fam, b"");
+        let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.key)?, fam, b"");
         let engine = self.engine();
-        let v = tokio::task::spawn_blocking(move || engine.get_value(&key))
-            .await
-            .map_err(status::internal)?
-            .map_err(status::engine_error)?;
+        let v = tokio::task::spawn_blocking(move || match engine.get(Cf::Data, &key).map_err(status::engine_error)? {
+            None => Ok(None),
+            Some(stored) => open(tenant_keys.as_deref(), &key, &stored).map(Some),
+        })
+        .await
+        .map_err(status::internal)??;
         Ok(Response::new(pb::GetResponse { found: v.is_some(), value: v.unwrap_or_default() }))
     }
 
@@ -178,6 +220,7 @@ impl Data for DataService {
             table: r.table.clone(),
             ops: vec![WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] }],
             condition: None,
+            nonce_seed: crypto::random_nonce_seed(),
         };
         match self.propose_write(cmd, fwd).await? {
             Leader::Here(w) => Ok(Response::new(pb::DeleteResponse {
@@ -201,7 +244,7 @@ impl Data for DataService {
         if let Leader::There(addr) = self.ctx.read_barrier_for(r.consistency, fwd).await? {
             return forward!(self.ctx, data_client, addr, batch_get, r);
         }
-        let meta = self.table(&r.tenant, &r.table)?;
+        let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
         let fam = family_of(&meta, &r.family)?;
         let engine = self.engine();
         let reply_max = self.limits().grpc_message_bytes_max;
@@ -210,10 +253,10 @@ impl Data for DataService {
             let mut items = Vec::with_capacity(r.keys.len());
             let mut bytes = 0u64;
             for k in r.keys {
-                let key = keys::data_key(meta.tenant_id, meta.id, &k, fam, b"");
+                let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &k)?, fam, b"");
                 let v = match snap.get(Cf::Data, &key).map_err(status::engine_error)? {
                     None => None,
-                    Some(stored) => Some(value::decode_value(&key, &stored).map_err(status::engine_error)?.to_vec()),
+                    Some(stored) => Some(open(tenant_keys.as_deref(), &key, &stored)?),
                 };
                 bytes += (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
                 if bytes > reply_max {
@@ -245,7 +288,8 @@ impl Data for DataService {
             let resp = forward!(self.ctx, data_client, addr, scan, r)?;
             return Ok(Response::new(Box::pin(resp.into_inner()) as ScanStream));
         }
-        let meta = self.table(&r.tenant, &r.table)?;
+        let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
+        refuse_scan_of_hashed(&meta)?;
         let fam = family_of(&meta, &r.family)?;
         let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_key, end_bound(&r.end_key), &r.prefix);
         let engine = self.engine();
@@ -254,7 +298,7 @@ impl Data for DataService {
             let mut chunk = Vec::new();
             let mut chunk_bytes = 0usize;
             let mut sent = 0usize;
-            let res = scan_cells(&engine, &start, &end, |dk, payload| {
+            let res = scan_cells(&engine, tenant_keys.as_deref(), &start, &end, |dk, payload| {
                 if dk.family != fam || !dk.qualifier.is_empty() {
                     return Ok(true);
                 }
@@ -309,7 +353,7 @@ impl Data for DataService {
             }
         }
         validate::batch(l, "ops", ops.len(), bytes)?;
-        let cmd = Command::Write { tenant: r.tenant.clone(), table: r.table.clone(), ops, condition: None };
+        let cmd = Command::Write { tenant: r.tenant.clone(), table: r.table.clone(), ops, condition: None, nonce_seed: crypto::random_nonce_seed() };
         match self.propose_write(cmd, fwd).await? {
             Leader::Here(w) => Ok(Response::new(pb::WriteResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
             Leader::There(addr) => forward!(self.ctx, data_client, addr, write, r),
@@ -345,6 +389,7 @@ impl Data for DataService {
                 qualifier: vec![],
                 expected: r.expected_value.clone(),
             }),
+            nonce_seed: crypto::random_nonce_seed(),
         };
         match self.propose_write(cmd, fwd).await? {
             Leader::Here(w) => {
@@ -393,7 +438,7 @@ impl Data for DataService {
             }
         }
         validate::batch(l, "mutations", ops.len(), bytes)?;
-        let cmd = Command::Write { tenant: r.tenant.clone(), table: r.table.clone(), ops, condition: None };
+        let cmd = Command::Write { tenant: r.tenant.clone(), table: r.table.clone(), ops, condition: None, nonce_seed: crypto::random_nonce_seed() };
         match self.propose_write(cmd, fwd).await? {
             Leader::Here(w) => Ok(Response::new(pb::MutateRowResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
             Leader::There(addr) => forward!(self.ctx, data_client, addr, mutate_row, r),
@@ -414,9 +459,9 @@ impl Data for DataService {
         if let Leader::There(addr) = self.ctx.read_barrier_for(r.consistency, fwd).await? {
             return forward!(self.ctx, data_client, addr, read_row, r);
         }
-        let meta = self.table(&r.tenant, &r.table)?;
+        let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
         let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
-        let prefix = keys::row_prefix(meta.tenant_id, meta.id, &r.row_key);
+        let prefix = keys::row_prefix(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.row_key)?);
         let end = keys::prefix_end(&prefix).expect("a row prefix has an end");
         let engine = self.engine();
         let reply_max = self.limits().grpc_message_bytes_max as usize;
@@ -424,7 +469,7 @@ impl Data for DataService {
         let cells = tokio::task::spawn_blocking(move || -> Result<Vec<pb::Cell>, Status> {
             let mut cells = Vec::new();
             let mut bytes = 0usize;
-            scan_cells(&engine, &prefix, &end, |dk, payload| {
+            scan_cells(&engine, tenant_keys.as_deref(), &prefix, &end, |dk, payload| {
                 if (!fams.is_empty() && !fams.contains(&dk.family)) || (!r.qualifiers.is_empty() && !r.qualifiers.contains(&dk.qualifier)) {
                     return Ok(true);
                 }
@@ -463,7 +508,8 @@ impl Data for DataService {
             let resp = forward!(self.ctx, data_client, addr, scan_rows, r)?;
             return Ok(Response::new(Box::pin(resp.into_inner()) as ScanRowsStream));
         }
-        let meta = self.table(&r.tenant, &r.table)?;
+        let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
+        refuse_scan_of_hashed(&meta)?;
         let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
         let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_row, end_bound(&r.end_row), &r.prefix);
         let engine = self.engine();
@@ -474,7 +520,7 @@ impl Data for DataService {
             let mut chunk_bytes = 0usize;
             let mut row_bytes = 0usize;
             let mut done_rows = 0usize;
-            let res = scan_cells(&engine, &start, &end, |dk, payload| {
+            let res = scan_cells(&engine, tenant_keys.as_deref(), &start, &end, |dk, payload| {
                 if !fams.is_empty() && !fams.contains(&dk.family) {
                     return Ok(true);
                 }

@@ -6,6 +6,7 @@ mod channels;
 pub mod config;
 pub mod ctx;
 mod data;
+pub mod master_key;
 mod server;
 mod status;
 mod transport;

@@ -24,6 +24,14 @@ pub async fn run_server(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    // The master key and the data directory's marker are checked before anything is opened
+    // or bound: a node with a wrong or missing key refuses to start and touches nothing.
+    let master = crate::master_key::load(&config.encryption)?;
+    crate::master_key::check_data_dir(&config.data_dir, master.as_ref().map(|(k, p)| (k, p.as_str())))?;
+    if let Some((k, provider)) = &master {
+        tracing::info!(master_key_id = %k.id_hex(), %provider, "encryption at rest is on");
+    }
+    let master = master.map(|(k, _)| Arc::new(k));
     let members = config.initial_members()?;
     let advertise = config.advertise_addr().to_string();
     let msg_max = config.limits.grpc_message_bytes_max as usize;
@@ -32,7 +40,7 @@ pub async fn run_server(
         .map_err(|e| ServerError::Other(format!("listen_addr: cannot bind {}: {e}", config.listen_addr)))?;
     let channels = Arc::new(Channels::new(config.peer_source_ip()?));
     let transport = Arc::new(GrpcTransport { from: config.node_id, channels: channels.clone(), message_bytes_max: msg_max });
-    let node = RaftNode::open(config.node_id, advertise.clone(), &config.data_dir, &config.raft_settings(), transport)
+    let node = RaftNode::open(config.node_id, advertise.clone(), &config.data_dir, &config.raft_settings(), transport, master)
         .await
         .map_err(|e| ServerError::Other(format!("cannot open node storage in {}: {e}", config.data_dir.display())))?;
     tracing::info!(node_id = config.node_id, listen = %config.listen_addr, advertise = %advertise, data_dir = %config.data_dir.display(), "node opened");

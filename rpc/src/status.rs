@@ -9,6 +9,7 @@ pub fn app_error(e: AppError) -> Status {
         AppErrorKind::AlreadyExists => Status::already_exists(e.message),
         AppErrorKind::InvalidArgument => Status::invalid_argument(e.message),
         AppErrorKind::Corruption => Status::data_loss(e.message),
+        AppErrorKind::FailedPrecondition => Status::failed_precondition(e.message),
         _ => Status::internal(e.message),
     }
 }

@@ -1,17 +1,60 @@
-//! `kho tenant`, `kho table`, `kho cluster`: the Admin service from the command line.
+//! `kho tenant`, `kho table`, `kho cluster`, `kho node`: the Admin service from the command
+//! line.
 
 use std::io::Write as _;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use kho_proto::v1::{
-    AddNodeRequest, ClusterStatusRequest, ColumnFamily, CreateTableRequest, CreateTenantRequest,
-    DropTableRequest, ListTablesRequest, ListTenantsRequest, RemoveNodeRequest,
+    AddNodeRequest, ClusterStatusRequest, ColumnFamily, CompactNodeRequest, CreateTableRequest, CreateTenantRequest,
+    DropTableRequest, ListTablesRequest, ListTenantsRequest, RemoveNodeRequest, TenantEncryption,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::client::{self, Timeouts};
 use crate::display;
 use crate::parse::{check_host_port, EndpointList};
+
+/// Default bound of one node's `kho node compact`, seconds.
+pub const COMPACT_TIMEOUT_SECS_DEFAULT: u64 = 600;
+/// Largest `--timeout-secs` of `kho node compact`, seconds (one day).
+pub const COMPACT_TIMEOUT_SECS_MAX: u64 = 24 * 3600;
+
+/// Whether a new tenant's values are encrypted at rest (`kho tenant create --encryption`,
+/// `kho bench --tenant-encryption`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantEncryptionArg {
+    /// Encrypted when the cluster has a master key (the nodes' [encryption] config),
+    /// plaintext otherwise.
+    #[default]
+    Default,
+    /// Encrypted; refused (FAILED_PRECONDITION) when the cluster has no master key.
+    Encrypted,
+    /// Not encrypted (for example public reference data).
+    Plaintext,
+}
+
+impl TenantEncryptionArg {
+    /// The value of `CreateTenantRequest.encryption`.
+    pub fn to_proto(self) -> TenantEncryption {
+        match self {
+            TenantEncryptionArg::Default => TenantEncryption::Default,
+            TenantEncryptionArg::Encrypted => TenantEncryption::Encrypted,
+            TenantEncryptionArg::Plaintext => TenantEncryption::Plaintext,
+        }
+    }
+
+    /// The flag value: `default`, `encrypted`, `plaintext`.
+    pub fn label(self) -> &'static str {
+        match self {
+            TenantEncryptionArg::Default => "default",
+            TenantEncryptionArg::Encrypted => "encrypted",
+            TenantEncryptionArg::Plaintext => "plaintext",
+        }
+    }
+}
 
 /// Where the cluster is. Shared by every client command.
 #[derive(Debug, Clone, Args)]
@@ -42,6 +85,9 @@ pub enum TenantOp {
     Create {
         /// Tenant name.
         name: String,
+        /// Whether the tenant's values are encrypted at rest.
+        #[arg(long, value_enum, default_value_t = TenantEncryptionArg::Default)]
+        encryption: TenantEncryptionArg,
     },
     /// Lists the tenants, one per line.
     List,
@@ -66,6 +112,10 @@ pub enum TableOp {
         /// Column families, comma-separated; the first is the key-value view's default.
         #[arg(long, value_delimiter = ',', required = true)]
         families: Vec<String>,
+        /// Store a keyed hash of each row key instead of the row key (needs an encrypted
+        /// tenant). Point reads and writes work as usual; scans of the table are refused.
+        #[arg(long)]
+        hashed_row_keys: bool,
     },
     /// Lists tables (of one tenant, or of all).
     List {
@@ -108,6 +158,31 @@ pub enum ClusterOp {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct NodeCmd {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(subcommand)]
+    pub op: NodeOp,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeOp {
+    /// Flushes and compacts the storage of every node given by --endpoints, one node after
+    /// the other. Each request is served by the node it reaches (never forwarded), so list
+    /// every node to compact; the default is one node, 127.0.0.1:7001.
+    Compact {
+        /// Longest wait for one node's compaction, seconds.
+        #[arg(
+            long,
+            default_value_t = COMPACT_TIMEOUT_SECS_DEFAULT,
+            value_name = "SECONDS",
+            value_parser = clap::value_parser!(u64).range(1..=COMPACT_TIMEOUT_SECS_MAX)
+        )]
+        timeout_secs: u64,
+    },
+}
+
 fn parse_address(s: &str) -> Result<String, String> {
     check_host_port(s)?;
     Ok(s.to_string())
@@ -117,8 +192,9 @@ pub async fn tenant(cmd: TenantCmd) -> anyhow::Result<ExitCode> {
     let mut admin = client::connect(&cmd.conn.endpoints, Timeouts::default()).await?.admin();
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match cmd.op {
-        TenantOp::Create { name } => {
-            let r = admin.create_tenant(CreateTenantRequest { name: name.clone() }).await?.into_inner();
+        TenantOp::Create { name, encryption } => {
+            let req = CreateTenantRequest { name: name.clone(), encryption: encryption.to_proto() as i32 };
+            let r = admin.create_tenant(req).await?.into_inner();
             writeln!(out, "created tenant {name} (revision {})", r.revision)?;
         }
         TenantOp::List => {
@@ -136,7 +212,7 @@ pub async fn table(cmd: TableCmd) -> anyhow::Result<ExitCode> {
     let mut admin = client::connect(&cmd.conn.endpoints, Timeouts::default()).await?.admin();
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match cmd.op {
-        TableOp::Create { tenant, name, families } => {
+        TableOp::Create { tenant, name, families, hashed_row_keys } => {
             let families = families
                 .into_iter()
                 .map(|f| f.trim().to_string())
@@ -146,16 +222,19 @@ pub async fn table(cmd: TableCmd) -> anyhow::Result<ExitCode> {
             if families.is_empty() {
                 anyhow::bail!("--families: give at least one column family name");
             }
-            let req = CreateTableRequest { tenant: tenant.clone(), name: name.clone(), families };
+            let req = CreateTableRequest { tenant: tenant.clone(), name: name.clone(), families, hashed_row_keys };
             let r = admin.create_table(req).await?.into_inner();
-            writeln!(out, "created table {tenant}/{name} (revision {})", r.revision)?;
+            let how = if hashed_row_keys { " with hashed row keys" } else { "" };
+            writeln!(out, "created table {tenant}/{name}{how} (revision {})", r.revision)?;
         }
         TableOp::List { tenant } => {
             let r = admin.list_tables(ListTablesRequest { tenant: tenant.unwrap_or_default() }).await?.into_inner();
-            let mut rows = vec![vec!["TENANT".to_string(), "TABLE".to_string(), "FAMILIES".to_string()]];
+            let header = ["TENANT", "TABLE", "FAMILIES", "HASHED ROW KEYS"];
+            let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
             for t in r.tables {
                 let fams: Vec<String> = t.families.into_iter().map(|f| f.name).collect();
-                rows.push(vec![t.tenant, t.name, fams.join(",")]);
+                let hashed = if t.hashed_row_keys { "yes" } else { "no" };
+                rows.push(vec![t.tenant, t.name, fams.join(","), hashed.to_string()]);
             }
             write!(out, "{}", display::columns(&rows))?;
         }
@@ -189,6 +268,40 @@ pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kho node compact`: CompactNode on each endpoint in turn, each on its own connection (the
+/// request is never forwarded, so one connection per node is the only way to reach them
+/// all). One node at a time: a compaction is heavy on the disk, and the other nodes keep
+/// the cluster serving meanwhile. A node that fails does not stop the others; the exit
+/// code is 1 if any failed.
+pub async fn node(cmd: NodeCmd) -> anyhow::Result<ExitCode> {
+    let NodeOp::Compact { timeout_secs } = cmd.op;
+    let timeouts = Timeouts { connect: client::CONNECT_TIMEOUT, request: Duration::from_secs(timeout_secs) };
+    let mut failed = 0usize;
+    for ep in &cmd.conn.endpoints.0 {
+        let started = Instant::now();
+        let result = async {
+            let conn = client::connect(&EndpointList(vec![ep.clone()]), timeouts).await?;
+            let r = conn.admin().compact_node(CompactNodeRequest {}).await?.into_inner();
+            anyhow::Ok(r.node_id)
+        }
+        .await;
+        match result {
+            Ok(node_id) => {
+                let secs = started.elapsed().as_secs_f64();
+                writeln!(std::io::stdout(), "node {node_id} ({ep}): compacted in {secs:.1} s")?;
+            }
+            Err(e) => {
+                failed += 1;
+                match e.downcast_ref::<tonic::Status>() {
+                    Some(s) => say_err!("error: {ep}: {}: {}", display::code_name(s.code()), s.message()),
+                    None => say_err!("error: {ep}: {e:#}"),
+                }
+            }
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn list(ids: &[u64]) -> String {

@@ -1,5 +1,10 @@
 //! `kho demo`: a local cluster of real `kho server` processes, loaded with generated
 //! citizen records, ready for the CLI.
+//!
+//! The data is encrypted at rest: the demo writes a master key to `DIR/keys/master.key` on
+//! its first run (and reuses it later), configures every node with it, and stores the
+//! citizens in the encrypted tenant `dan_cu`, in a table with hashed row keys (the CCCD
+//! number never reaches the disk). `--no-encryption` runs everything in plaintext.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,7 +15,8 @@ use clap::Args;
 use futures::StreamExt as _;
 use kho_proto::v1::{
     admin_client::AdminClient, data_client::DataClient, mutation, ClusterStatusRequest, ClusterStatusResponse,
-    ColumnFamily, CreateTableRequest, CreateTenantRequest, MutateRowRequest, Mutation, SetCell,
+    ColumnFamily, CreateTableRequest, CreateTenantRequest, ListTablesRequest, MutateRowRequest, Mutation, SetCell,
+    TenantEncryption,
 };
 use tonic::transport::Channel;
 
@@ -18,6 +24,7 @@ use crate::client::{self, Timeouts};
 use crate::datagen::{Citizen, CitizenGen, DEMO_SEED, ROWS_MAX};
 use crate::display;
 use crate::local_cluster::{self, DemoShape, DirLock, LocalCluster, NodeLayout};
+use crate::master_key::{self, MasterKeyFile};
 use crate::parse::EndpointList;
 
 pub const TENANT: &str = "dan_cu";
@@ -52,6 +59,11 @@ pub struct DemoArgs {
     /// Stop the cluster and exit once the data is loaded, instead of waiting for Ctrl-C.
     #[arg(long)]
     pub no_wait: bool,
+    /// Store everything in plaintext: no master key, a plaintext tenant, plain row keys.
+    /// Not possible on a directory whose data was written encrypted (the nodes refuse to
+    /// start without its key).
+    #[arg(long)]
+    pub no_encryption: bool,
 }
 
 /// Exit code when the demo is interrupted before it is ready.
@@ -73,13 +85,15 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let Prepared { dir, layouts, _lock, exe, reused } = prepared;
+    let Prepared { dir, layouts, _lock, exe, reused, master_key } = prepared;
     say!("kho demo: data directory {}", dir.display());
     if reused {
         say!("kho demo: reusing the data of a previous demo (no new bootstrap)");
     }
+    say!("kho demo: {}", encryption_line(master_key.as_ref()));
+    let key_path = master_key.as_ref().map(|k| k.path.as_path());
     let mut cluster = tokio::select! {
-        r = LocalCluster::start(&exe, &layouts) => match r {
+        r = LocalCluster::start(&exe, &layouts, key_path) => match r {
             Ok(c) => c,
             Err(e) => {
                 say_err!("error: {e:#}");
@@ -97,13 +111,13 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     let endpoints = EndpointList(layouts.iter().map(|l| l.addr.clone()).collect());
 
     let setup = tokio::select! {
-        r = setup(&mut cluster, &endpoints, args.rows) => Some(r),
+        r = setup(&mut cluster, &endpoints, args.rows, master_key.is_some()) => Some(r),
         sig = &mut signals => {
             say_err!("kho demo: {sig} before the demo was ready; stopping the nodes");
             None
         }
     };
-    let first = match setup {
+    let ready = match setup {
         None => {
             cluster.stop(STOP_GRACE).await;
             return ExitCode::from(EXIT_INTERRUPTED);
@@ -114,10 +128,10 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             cluster.stop(STOP_GRACE).await;
             return ExitCode::from(1);
         }
-        Some(Ok(first)) => first,
+        Some(Ok(ready)) => ready,
     };
     let exe_text = shell_quote(&exe.to_string_lossy());
-    let usage = usage_text(&exe_text, &endpoints, &dir, first.as_deref());
+    let usage = usage_text(&exe_text, &endpoints, &dir, ready.first.as_deref(), ready.hashed_row_keys);
     say!("{}", usage.strip_suffix('\n').unwrap_or(&usage));
     say!("kho demo: ready");
 
@@ -151,6 +165,20 @@ struct Prepared {
     _lock: DirLock,
     exe: PathBuf,
     reused: bool,
+    /// None with --no-encryption.
+    master_key: Option<MasterKeyFile>,
+}
+
+/// The line that says how the demo's data is stored.
+pub fn encryption_line(key: Option<&MasterKeyFile>) -> String {
+    match key {
+        Some(k) => format!(
+            "data encrypted at rest; master key {} ({}; keep it: the data cannot be read without it)",
+            shell_quote(&k.path.to_string_lossy()),
+            if k.created { "created now" } else { "reused" }
+        ),
+        None => "--no-encryption: data stored in plaintext".to_string(),
+    }
 }
 
 /// Checks the arguments and the directory; takes the directory's lock.
@@ -199,7 +227,9 @@ fn prepare(args: &DemoArgs) -> anyhow::Result<Prepared> {
         Err(e) => return Err(anyhow::Error::new(e).context(format!("read {}", shape_file.display()))),
     }
     local_cluster::check_free(&layouts)?;
-    Ok(Prepared { dir, layouts, _lock: lock, exe, reused })
+    // Outside every node's data_dir (DIR/node-<id>).
+    let master_key = if args.no_encryption { None } else { Some(master_key::ensure(&dir.join("keys"))?) };
+    Ok(Prepared { dir, layouts, _lock: lock, exe, reused, master_key })
 }
 
 fn dir_has_entries(p: &Path) -> bool {
@@ -222,8 +252,17 @@ fn print_tails(layouts: &[NodeLayout]) {
     }
 }
 
-/// Waits for a leader, creates the schema, loads the rows. Returns the first citizen id.
-async fn setup(cluster: &mut LocalCluster, endpoints: &EndpointList, rows: u64) -> anyhow::Result<Option<String>> {
+/// What the demo set up.
+struct Ready {
+    /// The first citizen id loaded, if any.
+    first: Option<String>,
+    /// Whether the citizen table has hashed row keys (as the cluster reports it: a table
+    /// of an earlier demo keeps how it was created).
+    hashed_row_keys: bool,
+}
+
+/// Waits for a leader, creates the schema, loads the rows.
+async fn setup(cluster: &mut LocalCluster, endpoints: &EndpointList, rows: u64, encrypted: bool) -> anyhow::Result<Ready> {
     let status = wait_for_leader(cluster, endpoints).await?;
     say!("kho demo: node {} is the leader (term {})", status.leader_id, status.term);
     // Writes go to the leader directly when its address is known; any node would forward.
@@ -232,9 +271,10 @@ async fn setup(cluster: &mut LocalCluster, endpoints: &EndpointList, rows: u64) 
     order.extend(leader_addr);
     order.extend(endpoints.0.iter().cloned());
     let conn = client::connect(&EndpointList(order), Timeouts::default()).await?;
-    create_schema(&mut conn.admin()).await?;
+    let hashed_row_keys = create_schema(&mut conn.admin(), encrypted).await?;
     load(&conn.data(), rows).await?;
-    Ok(CitizenGen::new(DEMO_SEED).take(usize::try_from(rows)?).next().map(|c| c.id))
+    let first = CitizenGen::new(DEMO_SEED).take(usize::try_from(rows)?).next().map(|c| c.id);
+    Ok(Ready { first, hashed_row_keys })
 }
 
 async fn wait_for_leader(cluster: &mut LocalCluster, endpoints: &EndpointList) -> anyhow::Result<ClusterStatusResponse> {
@@ -287,10 +327,14 @@ where
     }
 }
 
-async fn create_schema(admin: &mut AdminClient<Channel>) -> anyhow::Result<()> {
+/// Creates the tenant (default encryption: encrypted when the nodes have a master key) and
+/// the table (with hashed row keys when `encrypted`). Returns whether the table has hashed
+/// row keys.
+async fn create_schema(admin: &mut AdminClient<Channel>, encrypted: bool) -> anyhow::Result<bool> {
     let r = with_retry(|| {
         let mut a = admin.clone();
-        async move { a.create_tenant(CreateTenantRequest { name: TENANT.into() }).await }
+        let req = CreateTenantRequest { name: TENANT.into(), encryption: TenantEncryption::Default as i32 };
+        async move { a.create_tenant(req).await }
     })
     .await;
     match r {
@@ -304,16 +348,30 @@ async fn create_schema(admin: &mut AdminClient<Channel>) -> anyhow::Result<()> {
             tenant: TENANT.into(),
             name: TABLE.into(),
             families: FAMILIES.iter().map(|f| ColumnFamily { name: (*f).into() }).collect(),
+            hashed_row_keys: encrypted,
         };
         async move { a.create_table(req).await }
     })
     .await;
+    let how = if encrypted { ", hashed row keys" } else { "" };
     match r {
-        Ok(_) => say!("kho demo: created table {TENANT}/{TABLE} (families {})", FAMILIES.join(", ")),
+        Ok(_) => say!("kho demo: created table {TENANT}/{TABLE} (families {}{how})", FAMILIES.join(", ")),
         Err(s) if s.code() == tonic::Code::AlreadyExists => say!("kho demo: table {TENANT}/{TABLE} exists"),
         Err(s) => return Err(anyhow!("create table {TENANT}/{TABLE}: {}", display::status_line(&s))),
     }
-    Ok(())
+    let r = with_retry(|| {
+        let mut a = admin.clone();
+        async move { a.list_tables(ListTablesRequest { tenant: TENANT.into() }).await }
+    })
+    .await
+    .map_err(|s| anyhow!("list the tables of {TENANT}: {}", display::status_line(&s)))?;
+    let table = r
+        .get_ref()
+        .tables
+        .iter()
+        .find(|t| t.name == TABLE)
+        .ok_or_else(|| anyhow!("table {TENANT}/{TABLE} is not listed after its creation"))?;
+    Ok(table.hashed_row_keys)
 }
 
 /// The MutateRow request that stores one citizen.
@@ -385,8 +443,9 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
-/// What the demo prints when it is ready: where things are and commands to try.
-pub fn usage_text(exe: &str, endpoints: &EndpointList, dir: &Path, first: Option<&str>) -> String {
+/// What the demo prints when it is ready: where things are and commands to try. A table
+/// with hashed row keys cannot be scanned, so scans are suggested only without them.
+pub fn usage_text(exe: &str, endpoints: &EndpointList, dir: &Path, first: Option<&str>, hashed_row_keys: bool) -> String {
     let eps = endpoints.0.join(",");
     let t = format!("--tenant {TENANT} --table {TABLE}");
     let mut s = String::new();
@@ -408,12 +467,15 @@ pub fn usage_text(exe: &str, endpoints: &EndpointList, dir: &Path, first: Option
     if let Some(id) = first {
         cmd(with("row read", &format!("{t} --row {id}")));
     }
-    cmd(with("row scan", &format!("{t} --limit 5")));
-    cmd(with("row scan", &format!("{t} --prefix 079 --family identity --limit 5")));
+    if !hashed_row_keys {
+        cmd(with("row scan", &format!("{t} --limit 5")));
+        cmd(with("row scan", &format!("{t} --prefix 079 --family identity --limit 5")));
+    }
     cmd(with("kv put", &format!("{t} --family identity ghi-chu {}", shell_quote("xin chào"))));
     cmd(with("kv get", &format!("{t} --family identity ghi-chu")));
     cmd(with("tenant list", ""));
     cmd(with("table list", &format!("--tenant {TENANT}")));
+    cmd(with("keys status", &format!("--tenant {TENANT}")));
     cmd(with("cluster status", ""));
     s.push('\n');
     s
@@ -435,13 +497,35 @@ mod tests {
     #[test]
     fn usage_has_the_promised_commands() {
         let eps = EndpointList(vec!["127.0.0.1:7101".into(), "127.0.0.1:7102".into()]);
-        let s = usage_text("/opt/kho", &eps, Path::new("/tmp/d"), Some("001085012345"));
+        let s = usage_text("/opt/kho", &eps, Path::new("/tmp/d"), Some("001085012345"), true);
         let eps = "--endpoints 127.0.0.1:7101,127.0.0.1:7102";
         assert!(s.contains(&format!("/opt/kho row read {eps} --tenant dan_cu --table citizen --row 001085012345\n")), "{s}");
-        assert!(s.contains(&format!("/opt/kho row scan {eps} --tenant dan_cu --table citizen --limit 5\n")), "{s}");
+        // The table has hashed row keys: scans are refused, so none is suggested.
+        assert!(!s.contains("row scan") && !s.contains("kv scan"), "{s}");
+        assert!(s.contains(&format!("/opt/kho keys status {eps} --tenant dan_cu\n")), "{s}");
         assert!(s.contains(&format!("/opt/kho cluster status {eps}\n")), "{s}");
         assert!(s.contains(&format!("/opt/kho kv get {eps}")) && s.contains(&format!("/opt/kho table list {eps}")), "{s}");
         assert!(s.contains("first citizen id 001085012345"));
+    }
+
+    #[test]
+    fn usage_without_hashed_row_keys_suggests_scans() {
+        let eps = EndpointList(vec!["127.0.0.1:7101".into()]);
+        let s = usage_text("/opt/kho", &eps, Path::new("/tmp/d"), None, false);
+        let eps = "--endpoints 127.0.0.1:7101";
+        assert!(s.contains(&format!("/opt/kho row scan {eps} --tenant dan_cu --table citizen --limit 5\n")), "{s}");
+        assert!(s.contains(&format!("/opt/kho keys status {eps} --tenant dan_cu\n")), "{s}");
+        assert!(s.contains("no rows loaded") && !s.contains("row read"), "{s}");
+    }
+
+    #[test]
+    fn encryption_line_names_the_key_file() {
+        let k = MasterKeyFile { path: PathBuf::from("/tmp/my demo/keys/master.key"), created: true };
+        let line = encryption_line(Some(&k));
+        assert!(line.starts_with("data encrypted at rest; master key '/tmp/my demo/keys/master.key' (created now"), "{line}");
+        let k = MasterKeyFile { created: false, ..k };
+        assert!(encryption_line(Some(&k)).contains("(reused;"));
+        assert!(encryption_line(None).contains("plaintext"));
     }
 
     #[test]

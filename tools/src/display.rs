@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use kho_proto::v1::{ClusterStatusResponse, Row};
+use kho_proto::v1::{ClusterStatusResponse, Row, TenantKeyStatusResponse};
 
 /// Bytes as UTF-8 text when they are valid UTF-8, otherwise `0x` and lowercase hex.
 pub fn bytes(b: &[u8]) -> String {
@@ -128,10 +128,56 @@ pub fn cluster_status(s: &ClusterStatusResponse) -> String {
     out
 }
 
+/// The `kho keys status` text: per tenant, a line with whether it is encrypted and its
+/// current key version, a table of its key versions (state, values sealed, the revision
+/// that created it), its plaintext values and its re-encryption progress.
+pub fn tenant_keys(s: &TenantKeyStatusResponse) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "counted at applied index {}", s.applied_index);
+    if s.tenants.is_empty() {
+        out.push_str("no tenants\n");
+    }
+    for t in &s.tenants {
+        out.push('\n');
+        if t.encrypted {
+            let _ = writeln!(out, "tenant {}: encrypted, current key version {}", t.tenant, t.current_version);
+        } else {
+            let _ = writeln!(out, "tenant {}: not encrypted", t.tenant);
+        }
+        if !t.versions.is_empty() {
+            let mut table = vec![["VERSION", "STATE", "VALUES", "CREATED AT REVISION"]
+                .iter()
+                .map(|h| h.to_string())
+                .collect::<Vec<_>>()];
+            let mut versions: Vec<_> = t.versions.iter().collect();
+            versions.sort_by_key(|v| v.version);
+            for v in versions {
+                table.push(vec![v.version.to_string(), v.state.clone(), v.values.to_string(), v.created_revision.to_string()]);
+            }
+            for line in columns(&table).lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        let _ = writeln!(out, "  plaintext values: {}", t.plaintext_values);
+        match &t.reencryption {
+            None => out.push_str("  re-encryption: never started\n"),
+            Some(j) => {
+                let state = if j.done { "done" } else { "running" };
+                let _ = writeln!(
+                    out,
+                    "  re-encryption to version {}: visited {}, rewritten {}, {state}",
+                    j.target_version, j.visited, j.rewritten
+                );
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kho_proto::v1::{Cell, NodeStatus};
+    use kho_proto::v1::{Cell, KeyVersionStatus, NodeStatus, ReencryptionStatus, TenantKeys};
 
     #[test]
     fn bytes_print_as_text_or_hex() {
@@ -186,5 +232,50 @@ mod tests {
         assert!(lines[3].ends_with("119"), "{text}");
         assert!(lines[4].contains("unreachable") && lines[4].ends_with('-'), "{text}");
         assert_eq!(lines[5], "node 3: connection refused");
+    }
+
+    #[test]
+    fn key_status_shows_versions_plaintext_and_progress() {
+        let v = |version: u32, state: &str, values: u64, created_revision: u64| KeyVersionStatus {
+            version,
+            state: state.into(),
+            values,
+            created_revision,
+        };
+        let s = TenantKeyStatusResponse {
+            applied_index: 812,
+            tenants: vec![
+                TenantKeys {
+                    tenant: "dan_cu".into(),
+                    encrypted: true,
+                    current_version: 2,
+                    versions: vec![v(2, "current", 880, 700), v(1, "retired", 120, 12)],
+                    plaintext_values: 3,
+                    reencryption: Some(ReencryptionStatus { target_version: 2, done: false, visited: 400, rewritten: 90 }),
+                },
+                TenantKeys {
+                    tenant: "tham_khao".into(),
+                    encrypted: false,
+                    current_version: 0,
+                    versions: vec![],
+                    plaintext_values: 50,
+                    reencryption: None,
+                },
+            ],
+        };
+        let text = tenant_keys(&s);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "counted at applied index 812", "{text}");
+        assert_eq!(lines[2], "tenant dan_cu: encrypted, current key version 2", "{text}");
+        assert_eq!(lines[3], "  VERSION  STATE    VALUES  CREATED AT REVISION", "{text}");
+        assert_eq!(lines[4], "  1        retired  120     12", "{text}");
+        assert_eq!(lines[5], "  2        current  880     700", "{text}");
+        assert_eq!(lines[6], "  plaintext values: 3", "{text}");
+        assert_eq!(lines[7], "  re-encryption to version 2: visited 400, rewritten 90, running", "{text}");
+        assert_eq!(lines[9], "tenant tham_khao: not encrypted", "{text}");
+        assert_eq!(lines[10], "  plaintext values: 50", "{text}");
+        assert_eq!(lines[11], "  re-encryption: never started", "{text}");
+        let empty = tenant_keys(&TenantKeyStatusResponse { applied_index: 1, tenants: vec![] });
+        assert_eq!(empty, "counted at applied index 1\nno tenants\n");
     }
 }

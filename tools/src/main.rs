@@ -28,7 +28,9 @@ mod data_cmd;
 mod datagen;
 mod demo;
 mod display;
+mod keys_cmd;
 mod local_cluster;
+mod master_key;
 mod node_config;
 mod parse;
 mod server;
@@ -60,6 +62,10 @@ enum Command {
     Row(data_cmd::RowCmd),
     /// Membership and Raft status.
     Cluster(admin_cmd::ClusterCmd),
+    /// Per-tenant encryption keys: status, rotation, re-encryption, destruction.
+    Keys(keys_cmd::KeysCmd),
+    /// Operations on single nodes (each request served by the node it reaches).
+    Node(admin_cmd::NodeCmd),
     /// Starts a local cluster of real `kho server` processes and loads demo data.
     Demo(demo::DemoArgs),
     /// YCSB-style benchmark (workloads A-F) of a Kho cluster or of etcd.
@@ -134,6 +140,8 @@ async fn run(command: Command) -> ExitCode {
         Command::Tenant(cmd) => admin_cmd::tenant(cmd).await,
         Command::Table(cmd) => admin_cmd::table(cmd).await,
         Command::Cluster(cmd) => admin_cmd::cluster(cmd).await,
+        Command::Keys(cmd) => keys_cmd::keys(cmd).await,
+        Command::Node(cmd) => admin_cmd::node(cmd).await,
         Command::Kv(cmd) => data_cmd::kv(cmd).await,
         Command::Row(cmd) => data_cmd::row(cmd).await,
         Command::Bench(args) => bench::command(args).await,
@@ -205,6 +213,81 @@ mod tests {
         assert_eq!(a.overrides.initial_members.unwrap().0, Vec::<String>::new());
         assert!(parse(&["server", "--node-id", "x"]).is_err());
         assert!(parse(&["server", "--initial-members", "1=a"]).is_err());
+        assert_eq!(a.overrides.master_key_file, None);
+    }
+
+    #[test]
+    fn server_master_key_flags() {
+        let Command::Server(a) = parse(&["server", "--master-key-file", "/etc/kho/master.key"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(a.overrides.master_key_file, Some(PathBuf::from("/etc/kho/master.key")));
+        let Command::Server(a) = parse(&["server", "--master-key-command", "vault kv get -field=key kho/master"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!(a.overrides.master_key_command.as_deref(), Some("vault kv get -field=key kho/master"));
+        // One key source only.
+        assert!(parse(&["server", "--master-key-file", "/k", "--master-key-command", "cat /k"]).is_err());
+        let Command::Config { op: ConfigOp::Check { overrides, .. } } =
+            parse(&["config", "check", "n.toml", "--master-key-file", "/k"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!(overrides.master_key_file, Some(PathBuf::from("/k")));
+    }
+
+    #[test]
+    fn keys_and_node_flags() {
+        let Command::Keys(cmd) = parse(&["keys", "status"]).unwrap().command else { panic!() };
+        assert!(matches!(cmd.op, keys_cmd::KeysOp::Status { tenant: None }));
+        let Command::Keys(cmd) = parse(&["keys", "rotate", "--tenant", "dan_cu", "--endpoints", "a:1"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(cmd.conn.endpoints.0, ["a:1"]);
+        assert!(matches!(cmd.op, keys_cmd::KeysOp::Rotate { ref tenant } if tenant == "dan_cu"));
+        assert!(parse(&["keys", "rotate"]).is_err());
+        let Command::Keys(cmd) = parse(&["keys", "reencrypt", "--tenant", "t"]).unwrap().command else { panic!() };
+        let keys_cmd::KeysOp::Reencrypt { no_wait, timeout_secs, .. } = cmd.op else { panic!() };
+        assert_eq!((no_wait, timeout_secs), (false, 3600));
+        let Command::Keys(cmd) = parse(&["keys", "reencrypt", "--tenant", "t", "--no-wait", "--timeout-secs", "5"]).unwrap().command
+        else {
+            panic!()
+        };
+        let keys_cmd::KeysOp::Reencrypt { no_wait, timeout_secs, .. } = cmd.op else { panic!() };
+        assert_eq!((no_wait, timeout_secs), (true, 5));
+        assert!(parse(&["keys", "reencrypt", "--tenant", "t", "--timeout-secs", "0"]).is_err());
+        let Command::Keys(cmd) = parse(&["keys", "destroy", "--tenant", "t", "--version", "3"]).unwrap().command else {
+            panic!()
+        };
+        assert!(matches!(cmd.op, keys_cmd::KeysOp::Destroy { version: 3, .. }));
+        assert!(parse(&["keys", "destroy", "--tenant", "t", "--version", "-1"]).is_err());
+        let Command::Node(cmd) = parse(&["node", "compact", "--endpoints", "a:1,b:2"]).unwrap().command else { panic!() };
+        assert_eq!(cmd.conn.endpoints.0, ["a:1", "b:2"]);
+        let admin_cmd::NodeOp::Compact { timeout_secs } = cmd.op;
+        assert_eq!(timeout_secs, admin_cmd::COMPACT_TIMEOUT_SECS_DEFAULT);
+    }
+
+    #[test]
+    fn tenant_encryption_and_hashed_row_keys() {
+        let Command::Tenant(cmd) = parse(&["tenant", "create", "dan_cu"]).unwrap().command else { panic!() };
+        let admin_cmd::TenantOp::Create { encryption, .. } = cmd.op else { panic!() };
+        assert_eq!(encryption, admin_cmd::TenantEncryptionArg::Default);
+        let Command::Tenant(cmd) = parse(&["tenant", "create", "ref", "--encryption", "plaintext"]).unwrap().command else {
+            panic!()
+        };
+        let admin_cmd::TenantOp::Create { encryption, name } = cmd.op else { panic!() };
+        assert_eq!((encryption, name.as_str()), (admin_cmd::TenantEncryptionArg::Plaintext, "ref"));
+        assert_eq!(encryption.to_proto(), kho_proto::v1::TenantEncryption::Plaintext);
+        assert!(parse(&["tenant", "create", "x", "--encryption", "yes"]).is_err());
+        let cli = parse(&["table", "create", "--tenant", "t", "x", "--families", "a", "--hashed-row-keys"]).unwrap();
+        let Command::Table(cmd) = cli.command else { panic!() };
+        let admin_cmd::TableOp::Create { hashed_row_keys, .. } = cmd.op else { panic!() };
+        assert!(hashed_row_keys);
+        let cli = parse(&["table", "create", "--tenant", "t", "x", "--families", "a"]).unwrap();
+        let Command::Table(cmd) = cli.command else { panic!() };
+        let admin_cmd::TableOp::Create { hashed_row_keys, .. } = cmd.op else { panic!() };
+        assert!(!hashed_row_keys);
     }
 
     #[test]
@@ -264,7 +347,9 @@ mod tests {
     #[test]
     fn demo_defaults() {
         let Command::Demo(a) = parse(&["demo"]).unwrap().command else { panic!() };
-        assert_eq!((a.nodes, a.rows, a.base_port, a.no_wait), (3, 1000, 7101, false));
+        assert_eq!((a.nodes, a.rows, a.base_port, a.no_wait, a.no_encryption), (3, 1000, 7101, false, false));
         assert_eq!(a.dir, PathBuf::from("./kho-demo-data"));
+        let Command::Demo(a) = parse(&["demo", "--no-encryption"]).unwrap().command else { panic!() };
+        assert!(a.no_encryption);
     }
 }

@@ -5,12 +5,14 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use kho_rpc::config::{ConfigError, Limits, RaftConfig};
+use kho_rpc::config::{ConfigError, EncryptionConfig, Limits, RaftConfig};
 use kho_rpc::Config;
 
 use crate::parse::{parse_members, MemberList};
 
-/// Flags that override fields of the config file. Each flag overrides exactly one field.
+/// Flags that override fields of the config file. Each flag overrides exactly one field,
+/// except the two master key flags: each chooses the key source, so it also clears the
+/// other source of the file (at most one may be set).
 #[derive(Debug, Clone, Default, Args)]
 pub struct Overrides {
     /// Overrides `node_id`.
@@ -32,6 +34,14 @@ pub struct Overrides {
     /// string clears the list (a node that joins an existing cluster).
     #[arg(long, value_name = "ID=HOST:PORT,...", value_parser = parse_members)]
     pub initial_members: Option<MemberList>,
+    /// Overrides `encryption.master_key_file` (64 hex characters; no group or other
+    /// access) and clears `encryption.master_key_command`.
+    #[arg(long, value_name = "PATH", conflicts_with = "master_key_command")]
+    pub master_key_file: Option<PathBuf>,
+    /// Overrides `encryption.master_key_command` (run with `sh -c`; prints the key as 64
+    /// hex characters) and clears `encryption.master_key_file`.
+    #[arg(long, value_name = "CMD")]
+    pub master_key_command: Option<String>,
 }
 
 impl Overrides {
@@ -54,6 +64,14 @@ impl Overrides {
         }
         if let Some(v) = &self.initial_members {
             c.initial_members = v.0.clone();
+        }
+        if let Some(v) = &self.master_key_file {
+            c.encryption.master_key_file = Some(v.clone());
+            c.encryption.master_key_command = None;
+        }
+        if let Some(v) = &self.master_key_command {
+            c.encryption.master_key_command = Some(v.clone());
+            c.encryption.master_key_file = None;
         }
         c
     }
@@ -81,7 +99,8 @@ pub fn toml_str(s: &str) -> String {
 /// The structs are destructured without `..` on purpose: a field added to the config
 /// does not compile here until it is printed (and documented in docs/CONFIG.md).
 pub fn render(c: &Config) -> String {
-    let Config { node_id, listen_addr, advertise_addr, peer_source_ip, data_dir, initial_members, raft, limits } = c;
+    let Config { node_id, listen_addr, advertise_addr, peer_source_ip, data_dir, initial_members, raft, limits, encryption } =
+        c;
     let RaftConfig {
         heartbeat_interval_ms,
         election_timeout_min_ms,
@@ -104,6 +123,7 @@ pub fn render(c: &Config) -> String {
         grpc_message_bytes_max,
         concurrent_requests_max,
     } = limits;
+    let EncryptionConfig { master_key_file, master_key_command } = encryption;
     let mut o = String::new();
     let _ = writeln!(o, "node_id = {node_id}");
     let _ = writeln!(o, "listen_addr = {}", toml_str(listen_addr));
@@ -146,6 +166,26 @@ pub fn render(c: &Config) -> String {
     let _ = writeln!(o, "scan_limit_max = {scan_limit_max}");
     let _ = writeln!(o, "grpc_message_bytes_max = {grpc_message_bytes_max}");
     let _ = writeln!(o, "concurrent_requests_max = {concurrent_requests_max}");
+    let _ = writeln!(o, "\n[encryption]");
+    if master_key_file.is_none() && master_key_command.is_none() {
+        let _ = writeln!(o, "# no master key: data, Raft log entries and snapshots are stored in plaintext");
+    }
+    match master_key_file {
+        Some(p) => {
+            let _ = writeln!(o, "master_key_file = {}", toml_str(&p.to_string_lossy()));
+        }
+        None => {
+            let _ = writeln!(o, "# master_key_file is not set");
+        }
+    }
+    match master_key_command {
+        Some(cmd) => {
+            let _ = writeln!(o, "master_key_command = {}", toml_str(cmd));
+        }
+        None => {
+            let _ = writeln!(o, "# master_key_command is not set");
+        }
+    }
     o
 }
 
@@ -172,6 +212,8 @@ heartbeat_interval_ms = 50
             peer_source_ip: Some("10.0.0.2".into()),
             data_dir: None,
             initial_members: None,
+            master_key_file: None,
+            master_key_command: None,
         };
         let c = o.apply(base);
         assert_eq!(c.node_id, 2);
@@ -181,7 +223,26 @@ heartbeat_interval_ms = 50
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/kho"));
         assert_eq!(c.initial_members.len(), 2);
         assert_eq!(c.raft.heartbeat_interval_ms, 50);
+        assert_eq!(c.encryption.master_key_file, None);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_master_key_flag_replaces_the_key_source_of_the_file() {
+        let file = format!("{FILE}[encryption]\nmaster_key_command = \"cat /run/kho/key\"\n");
+        let base = Config::from_toml(&file).unwrap();
+        assert_eq!(base.encryption.master_key_command.as_deref(), Some("cat /run/kho/key"));
+        let o = Overrides { master_key_file: Some("/etc/kho/master.key".into()), ..Overrides::default() };
+        let c = o.apply(base.clone());
+        assert_eq!(c.encryption.master_key_file, Some(PathBuf::from("/etc/kho/master.key")));
+        assert_eq!(c.encryption.master_key_command, None);
+        let o = Overrides { master_key_command: Some("vault kv get -field=key kho/master".into()), ..Overrides::default() };
+        let c = o.apply(Config::from_toml(&format!("{FILE}[encryption]\nmaster_key_file = \"/k\"\n")).unwrap());
+        assert_eq!(c.encryption.master_key_command.as_deref(), Some("vault kv get -field=key kho/master"));
+        assert_eq!(c.encryption.master_key_file, None);
+        // Without the flags, the file's source stays.
+        let c = Overrides::default().apply(base);
+        assert_eq!(c.encryption.master_key_command.as_deref(), Some("cat /run/kho/key"));
     }
 
     #[test]
@@ -225,11 +286,22 @@ heartbeat_interval_ms = 50
 
     #[test]
     fn render_round_trips() {
-        for text in [FILE, "node_id = 4\nadvertise_addr = \"kho-4.example:7001\"\ndata_dir = 'C:\\kho \"x\"'"] {
+        let with_file = format!("{FILE}[encryption]\nmaster_key_file = \"/etc/kho/master key\"\n");
+        let with_command = format!("{FILE}[encryption]\nmaster_key_command = \"sh -c 'cat \\\"/k\\\"'\"\n");
+        for text in [
+            FILE,
+            "node_id = 4\nadvertise_addr = \"kho-4.example:7001\"\ndata_dir = 'C:\\kho \"x\"'",
+            with_file.as_str(),
+            with_command.as_str(),
+        ] {
             let c = Config::from_toml(text).unwrap();
             let out = render(&c);
             let back = Config::from_toml(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
             assert_eq!(format!("{back:?}"), format!("{c:?}"), "{out}");
+            assert!(out.contains("\n[encryption]\n"), "{out}");
         }
+        let c = Config::from_toml(&with_file).unwrap();
+        assert!(render(&c).contains("master_key_file = \"/etc/kho/master key\"\n"), "{}", render(&c));
+        assert!(render(&Config::from_toml(FILE).unwrap()).contains("# no master key"));
     }
 }

@@ -45,12 +45,19 @@ pub async fn run(args: ServerArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Where the master key comes from; never the key, nor the command (it may hold a token).
+    let master_key = match (&config.encryption.master_key_file, &config.encryption.master_key_command) {
+        (Some(p), _) => format!("file {}", p.display()),
+        (None, Some(_)) => "encryption.master_key_command".to_string(),
+        (None, None) => "none: no encryption at rest".to_string(),
+    };
     tracing::info!(
         node_id = config.node_id,
         listen = %config.listen_addr,
         advertise = %config.advertise_addr(),
         data_dir = %config.data_dir.display(),
         initial_members = ?config.initial_members,
+        master_key = %master_key,
         version = env!("CARGO_PKG_VERSION"),
         "starting kho server"
     );

@@ -16,11 +16,24 @@ use tonic::{Request, Response, Status};
 
 type Cells = BTreeMap<(Vec<u8>, String, Vec<u8>), Vec<u8>>;
 
+/// The keys of one tenant, as the fake keeps them.
+#[derive(Default)]
+struct FakeKeys {
+    encrypted: bool,
+    /// version -> (state, values)
+    versions: BTreeMap<u32, (String, u64)>,
+    plaintext_values: u64,
+    job: Option<ReencryptionStatus>,
+}
+
 #[derive(Default)]
 struct Model {
     tenants: BTreeSet<String>,
+    keys: BTreeMap<String, FakeKeys>,
     /// (tenant, table) -> families
     tables: BTreeMap<(String, String), Vec<String>>,
+    /// Tables created with hashed row keys.
+    hashed: BTreeSet<(String, String)>,
     /// (tenant, table) -> (row, family, qualifier) -> value
     cells: BTreeMap<(String, String), Cells>,
     voters: BTreeSet<u64>,
@@ -217,11 +230,19 @@ impl Data for Fake {
 #[tonic::async_trait]
 impl Admin for Fake {
     async fn create_tenant(&self, r: Request<CreateTenantRequest>) -> Result<Response<CreateTenantResponse>, Status> {
-        let name = r.into_inner().name;
+        let r = r.into_inner();
+        let name = r.name;
         self.with(|m| {
             if !m.tenants.insert(name.clone()) {
                 return Err(Status::already_exists(format!("tenant {name}")));
             }
+            // The fake cluster has a master key: default tenants are encrypted.
+            let encrypted = r.encryption != TenantEncryption::Plaintext as i32;
+            let mut keys = FakeKeys { encrypted, ..FakeKeys::default() };
+            if encrypted {
+                keys.versions.insert(1, ("current".into(), 0));
+            }
+            m.keys.insert(name.clone(), keys);
             Ok(Response::new(CreateTenantResponse { revision: m.bump().map(|h| h.revision).unwrap_or(0) }))
         })
     }
@@ -240,6 +261,12 @@ impl Admin for Fake {
             if m.tables.contains_key(&key) {
                 return Err(Status::already_exists(format!("table {}/{}", r.tenant, r.name)));
             }
+            if r.hashed_row_keys {
+                if !m.keys.get(&r.tenant).is_some_and(|k| k.encrypted) {
+                    return Err(Status::failed_precondition(format!("tenant {} is not encrypted", r.tenant)));
+                }
+                m.hashed.insert(key.clone());
+            }
             m.tables.insert(key, r.families.into_iter().map(|f| f.name).collect());
             Ok(Response::new(CreateTableResponse { revision: m.bump().map(|h| h.revision).unwrap_or(0) }))
         })
@@ -256,6 +283,7 @@ impl Admin for Fake {
                     tenant: t.clone(),
                     name: n.clone(),
                     families: f.iter().map(|name| ColumnFamily { name: name.clone() }).collect(),
+                    hashed_row_keys: m.hashed.contains(&(t.clone(), n.clone())),
                 })
                 .collect();
             Ok(Response::new(ListTablesResponse { tables }))
@@ -318,9 +346,143 @@ impl Admin for Fake {
             Ok(Response::new(RemoveNodeResponse { voters: m.voters.iter().copied().collect() }))
         })
     }
+
+    async fn rotate_tenant_key(
+        &self,
+        r: Request<RotateTenantKeyRequest>,
+    ) -> Result<Response<RotateTenantKeyResponse>, Status> {
+        let tenant = r.into_inner().tenant;
+        self.with(|m| {
+            let keys = m.keys.get_mut(&tenant).ok_or_else(|| Status::not_found(format!("tenant {tenant}")))?;
+            for (state, _) in keys.versions.values_mut() {
+                *state = "retired".into();
+            }
+            let version = keys.versions.keys().next_back().copied().unwrap_or(0) + 1;
+            keys.versions.insert(version, ("current".into(), 0));
+            keys.encrypted = true;
+            Ok(Response::new(RotateTenantKeyResponse { revision: m.bump().map(|h| h.revision).unwrap_or(0), version }))
+        })
+    }
+
+    async fn start_reencryption(
+        &self,
+        r: Request<StartReencryptionRequest>,
+    ) -> Result<Response<StartReencryptionResponse>, Status> {
+        let tenant = r.into_inner().tenant;
+        self.with(|m| {
+            let keys = m.keys.get_mut(&tenant).ok_or_else(|| Status::not_found(format!("tenant {tenant}")))?;
+            let Some(target) = keys.versions.iter().find(|(_, (s, _))| s == "current").map(|(v, _)| *v) else {
+                return Err(Status::failed_precondition(format!("tenant {tenant} is not encrypted")));
+            };
+            let resumed = keys.job.as_ref().is_some_and(|j| j.target_version == target && !j.done);
+            if !resumed {
+                keys.job = Some(ReencryptionStatus { target_version: target, done: false, visited: 0, rewritten: 0 });
+            }
+            Ok(Response::new(StartReencryptionResponse {
+                revision: m.bump().map(|h| h.revision).unwrap_or(0),
+                target_version: target,
+                resumed,
+            }))
+        })
+    }
+
+    /// Each call moves an unfinished re-encryption one step: half of the old values, then
+    /// the rest (and done).
+    async fn tenant_key_status(
+        &self,
+        r: Request<TenantKeyStatusRequest>,
+    ) -> Result<Response<TenantKeyStatusResponse>, Status> {
+        let tenant = r.into_inner().tenant;
+        self.with(|m| {
+            if !tenant.is_empty() && !m.keys.contains_key(&tenant) {
+                return Err(Status::not_found(format!("tenant {tenant}")));
+            }
+            let mut tenants = Vec::new();
+            for (name, keys) in m.keys.iter_mut().filter(|(n, _)| tenant.is_empty() || **n == tenant) {
+                let report = TenantKeys {
+                    tenant: name.clone(),
+                    encrypted: keys.encrypted,
+                    current_version: keys.versions.iter().find(|(_, (s, _))| s == "current").map_or(0, |(v, _)| *v),
+                    versions: keys
+                        .versions
+                        .iter()
+                        .map(|(v, (state, values))| KeyVersionStatus {
+                            version: *v,
+                            state: state.clone(),
+                            values: *values,
+                            created_revision: u64::from(*v) * 10,
+                        })
+                        .collect(),
+                    plaintext_values: keys.plaintext_values,
+                    reencryption: keys.job.clone(),
+                };
+                tenants.push(report);
+                // The next call sees one more step.
+                if let Some(job) = keys.job.as_mut().filter(|j| !j.done) {
+                    let target = job.target_version;
+                    let old: u64 = keys.versions.iter().filter(|(v, _)| **v != target).map(|(_, (_, n))| n).sum::<u64>()
+                        + keys.plaintext_values;
+                    let step = if job.visited == 0 { old.div_ceil(2) } else { old };
+                    let mut left = step;
+                    let take = |n: &mut u64, left: &mut u64| {
+                        let t = (*n).min(*left);
+                        *n -= t;
+                        *left -= t;
+                    };
+                    take(&mut keys.plaintext_values, &mut left);
+                    for (v, (_, n)) in keys.versions.iter_mut() {
+                        if *v != target {
+                            take(n, &mut left);
+                        }
+                    }
+                    if let Some((_, n)) = keys.versions.get_mut(&target) {
+                        *n += step;
+                    }
+                    job.visited += step.max(1);
+                    job.rewritten += step;
+                    job.done = step == old;
+                }
+            }
+            Ok(Response::new(TenantKeyStatusResponse { applied_index: m.revision, tenants }))
+        })
+    }
+
+    async fn destroy_tenant_key(
+        &self,
+        r: Request<DestroyTenantKeyRequest>,
+    ) -> Result<Response<DestroyTenantKeyResponse>, Status> {
+        let r = r.into_inner();
+        self.with(|m| {
+            let keys = m.keys.get_mut(&r.tenant).ok_or_else(|| Status::not_found(format!("tenant {}", r.tenant)))?;
+            let (state, values) = keys
+                .versions
+                .get_mut(&r.version)
+                .ok_or_else(|| Status::not_found(format!("key version {} of tenant {}", r.version, r.tenant)))?;
+            if state == "current" {
+                return Err(Status::failed_precondition(format!("key version {} is current", r.version)));
+            }
+            if *values > 0 {
+                return Err(Status::failed_precondition(format!(
+                    "key version {} of tenant {} still seals {values} values",
+                    r.version, r.tenant
+                )));
+            }
+            *state = "destroyed".into();
+            Ok(Response::new(DestroyTenantKeyResponse { revision: m.bump().map(|h| h.revision).unwrap_or(0) }))
+        })
+    }
+
+    async fn compact_node(&self, _: Request<CompactNodeRequest>) -> Result<Response<CompactNodeResponse>, Status> {
+        Ok(Response::new(CompactNodeResponse { node_id: 2 }))
+    }
 }
 
 async fn start_fake() -> SocketAddr {
+    start_fake_model().await.0
+}
+
+/// The fake's address, and the fake, for tests that set up its model directly.
+async fn start_fake_model() -> (SocketAddr, Fake) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let fake = Fake::default();
@@ -328,10 +490,10 @@ async fn start_fake() -> SocketAddr {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(DataServer::new(fake.clone()))
-            .add_service(AdminServer::new(fake))
+            .add_service(AdminServer::new(fake.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    addr
+    (addr, fake)
 }
 
 struct Out {
@@ -377,7 +539,12 @@ async fn client_commands_against_a_fake_cluster() {
     ok(&kho(eps, &["table", "create", "--tenant", "dan_cu", "tmp", "--families", "a"]).await);
     let o = kho(eps, &["table", "list", "--tenant", "dan_cu"]).await;
     ok(&o);
-    assert_eq!(o.stdout, "TENANT  TABLE    FAMILIES\ndan_cu  citizen  identity,residence\ndan_cu  tmp      a\n");
+    assert_eq!(
+        o.stdout,
+        "TENANT  TABLE    FAMILIES            HASHED ROW KEYS\n\
+         dan_cu  citizen  identity,residence  no\n\
+         dan_cu  tmp      a                   no\n"
+    );
     ok(&kho(eps, &["table", "drop", "--tenant", "dan_cu", "tmp"]).await);
     let o = kho(eps, &["table", "drop", "--tenant", "dan_cu", "tmp"]).await;
     assert_eq!((o.code, o.stderr.trim()), (1, "error: NOT_FOUND: table dan_cu/tmp"));
@@ -451,6 +618,93 @@ async fn client_commands_against_a_fake_cluster() {
     assert_eq!(o.stdout, "removed node 1; voters: 2,3,4\n");
     let o = kho(eps, &["cluster", "remove-node", "--node-id", "1"]).await;
     assert_eq!((o.code, o.stderr.trim()), (1, "error: FAILED_PRECONDITION: node 1 is not a member"));
+}
+
+#[tokio::test]
+async fn encryption_commands_against_a_fake_cluster() {
+    let (addr, fake) = start_fake_model().await;
+    let eps = addr.to_string();
+    let eps = eps.as_str();
+    let ok = |o: &Out| assert_eq!(o.code, 0, "stdout: {}\nstderr: {}", o.stdout, o.stderr);
+
+    // Tenants with each encryption mode; hashed row keys need an encrypted tenant.
+    ok(&kho(eps, &["tenant", "create", "dan_cu"]).await);
+    ok(&kho(eps, &["tenant", "create", "tham_khao", "--encryption", "plaintext"]).await);
+    let o = kho(eps, &["tenant", "create", "x", "--encryption", "aes"]).await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    let o = kho(eps, &["table", "create", "--tenant", "dan_cu", "citizen", "--families", "identity", "--hashed-row-keys"]).await;
+    ok(&o);
+    assert!(o.stdout.starts_with("created table dan_cu/citizen with hashed row keys (revision "), "{}", o.stdout);
+    let o = kho(eps, &["table", "create", "--tenant", "tham_khao", "tinh", "--families", "f", "--hashed-row-keys"]).await;
+    assert_eq!((o.code, o.stderr.trim()), (1, "error: FAILED_PRECONDITION: tenant tham_khao is not encrypted"));
+    ok(&kho(eps, &["table", "create", "--tenant", "tham_khao", "tinh", "--families", "f"]).await);
+    let o = kho(eps, &["table", "list"]).await;
+    ok(&o);
+    assert_eq!(
+        o.stdout,
+        "TENANT     TABLE    FAMILIES  HASHED ROW KEYS\n\
+         dan_cu     citizen  identity  yes\n\
+         tham_khao  tinh     f         no\n"
+    );
+
+    // Status of every tenant and of one.
+    let o = kho(eps, &["keys", "status"]).await;
+    ok(&o);
+    assert!(o.stdout.contains("tenant dan_cu: encrypted, current key version 1\n"), "{}", o.stdout);
+    assert!(o.stdout.contains("tenant tham_khao: not encrypted\n"), "{}", o.stdout);
+    let o = kho(eps, &["keys", "status", "--tenant", "tham_khao"]).await;
+    ok(&o);
+    assert!(!o.stdout.contains("dan_cu"), "{}", o.stdout);
+    assert!(o.stdout.contains("  re-encryption: never started\n"), "{}", o.stdout);
+    let o = kho(eps, &["keys", "status", "--tenant", "nobody"]).await;
+    assert_eq!((o.code, o.stderr.trim()), (1, "error: NOT_FOUND: tenant nobody"));
+
+    // Rotation, then a re-encryption followed to its end.
+    let o = kho(eps, &["keys", "rotate", "--tenant", "dan_cu"]).await;
+    ok(&o);
+    assert!(o.stdout.starts_with("tenant dan_cu: key version 2 is current (revision "), "{}", o.stdout);
+    {
+        // Values written before: 6 under version 1, 1 in plaintext (before encryption).
+        let mut m = fake.0.lock().unwrap();
+        let keys = m.keys.get_mut("dan_cu").unwrap();
+        keys.versions.get_mut(&1).unwrap().1 = 6;
+        keys.plaintext_values = 1;
+    }
+    let o = kho(eps, &["keys", "reencrypt", "--tenant", "dan_cu", "--no-wait"]).await;
+    ok(&o);
+    assert!(o.stdout.starts_with("tenant dan_cu: re-encryption to key version 2 started (revision "), "{}", o.stdout);
+    assert!(o.stdout.contains("kho keys status --tenant dan_cu"), "{}", o.stdout);
+    let o = kho(eps, &["keys", "reencrypt", "--tenant", "dan_cu", "--timeout-secs", "30"]).await;
+    ok(&o);
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert!(lines[0].starts_with("tenant dan_cu: re-encryption to key version 2 resumed from where it stopped"), "{}", o.stdout);
+    // The fake moves half of the 7 values per status call.
+    assert!(lines[1].starts_with("tenant dan_cu: visited 0, rewritten 0; values not yet under key version 2: 7 ("), "{}", o.stdout);
+    assert!(lines[2].starts_with("tenant dan_cu: visited 4, rewritten 4; values not yet under key version 2: 3 ("), "{}", o.stdout);
+    let last = lines.last().unwrap();
+    assert!(last.starts_with("tenant dan_cu: re-encryption to key version 2 done in "), "{}", o.stdout);
+    assert!(last.ends_with("visited 7, rewritten 7; values not under key version 2: 0"), "{}", o.stdout);
+    assert_eq!(lines.len(), 4, "{}", o.stdout);
+    let o = kho(eps, &["keys", "reencrypt", "--tenant", "dan_cu", "--timeout-secs", "0"]).await;
+    assert_eq!(o.code, 2, "{}", o.stderr);
+
+    // Destruction: refused for the current version, done for the retired one.
+    let o = kho(eps, &["keys", "destroy", "--tenant", "dan_cu", "--version", "2"]).await;
+    assert_eq!((o.code, o.stderr.trim()), (1, "error: FAILED_PRECONDITION: key version 2 is current"));
+    let o = kho(eps, &["keys", "destroy", "--tenant", "dan_cu", "--version", "1"]).await;
+    ok(&o);
+    assert!(o.stdout.starts_with("tenant dan_cu: key version 1 destroyed (revision "), "{}", o.stdout);
+    let o = kho(eps, &["keys", "status", "--tenant", "dan_cu"]).await;
+    assert!(o.stdout.lines().any(|l| l.starts_with("  1") && l.contains("destroyed")), "{}", o.stdout);
+
+    // Compaction: every endpoint on its own; one that does not answer fails alone.
+    let o = kho(eps, &["node", "compact"]).await;
+    ok(&o);
+    assert!(o.stdout.starts_with(&format!("node 2 ({addr}): compacted in ")), "{}", o.stdout);
+    let o = kho(eps, &["node", "compact", "--endpoints", &format!("127.0.0.1:1,{addr}")]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.starts_with("error: 127.0.0.1:1: "), "{}", o.stderr);
+    assert!(o.stdout.starts_with(&format!("node 2 ({addr}): compacted in ")), "{}", o.stdout);
 }
 
 #[tokio::test]

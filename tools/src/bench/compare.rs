@@ -8,6 +8,12 @@
 //! writes. It stops every process it started (by its own pid), then writes the medians over
 //! the rounds as a markdown table, an SVG chart and the raw reports as JSON.
 //!
+//! The Kho nodes run with a master key (generated in `DIR/keys`, outside the nodes' data
+//! directories), so the Kho-vs-etcd runs use an encrypted tenant (`bench`, created with the
+//! default encryption). Each round also measures what encryption costs: the write shape
+//! and workload C on a plaintext tenant and on an encrypted tenant of the same cluster, in
+//! alternating order; the "Encryption cost" section has the medians and ratios.
+//!
 //! `scripts/bench-compare` installs `etcd-server` when missing, builds the release binary
 //! and runs this command; docs/BENCHMARKS.md has the figures.
 
@@ -21,10 +27,12 @@ use clap::Args;
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
-use super::config::{BenchArgs, Phase, TargetKind};
-use super::report::{BenchReport, PhaseName, PhaseReport};
+use super::config::{tenant_name, BenchArgs, Phase, TargetKind};
+use super::report::{BenchReport, LatencyUs, OpReport, PhaseName, PhaseReport};
 use super::workload::{OpKind, WorkloadName};
+use crate::admin_cmd::TenantEncryptionArg;
 use crate::local_cluster::{self, LocalCluster};
+use crate::master_key;
 
 /// Members of each cluster.
 const NODES: u64 = 3;
@@ -34,6 +42,18 @@ const READY_WAIT_S: u64 = 60;
 const STOP_GRACE_S: u64 = 20;
 /// Most rounds.
 const ROUNDS_MAX: u32 = 20;
+/// The targets of the main table: Kho (its default, encrypted tenant), etcd, RocksDB.
+const MAIN_TARGETS: [&str; 3] = ["kho", "etcd", "rocksdb"];
+/// Sample label of the encryption-cost runs on the encrypted tenant.
+const KHO_ENCRYPTED: &str = "kho-encrypted";
+/// Sample label of the encryption-cost runs on the plaintext tenant.
+const KHO_PLAINTEXT: &str = "kho-plaintext";
+/// The tenant modes of the encryption-cost runs, with their sample labels (plaintext first
+/// in even rounds).
+const ENCRYPTION_MODES: [(TenantEncryptionArg, &str); 2] =
+    [(TenantEncryptionArg::Plaintext, KHO_PLAINTEXT), (TenantEncryptionArg::Encrypted, KHO_ENCRYPTED)];
+/// The workload whose reads the encryption cost compares (read only).
+const ENCRYPTION_READ_WORKLOAD: WorkloadName = WorkloadName::C;
 
 #[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
@@ -83,6 +103,8 @@ pub struct CompareArgs {
 #[derive(Debug, Clone, Serialize)]
 struct Sample {
     round: u32,
+    /// `kho`, `etcd`, `rocksdb`, or for the encryption cost `kho-encrypted` and
+    /// `kho-plaintext`.
     target: &'static str,
     /// `write` (the load phase) or a YCSB workload letter.
     workload: String,
@@ -110,7 +132,9 @@ pub async fn command(args: CompareArgs) -> anyhow::Result<std::process::ExitCode
     let layouts = local_cluster::layout(&dir.join("kho"), NODES, args.kho_base_port)?;
     std::fs::create_dir_all(dir.join("kho"))?;
     local_cluster::check_free(&layouts)?;
-    let mut kho = LocalCluster::start(&exe, &layouts).await?;
+    // Outside the nodes' data directories (DIR/kho/node-<id>).
+    let key = master_key::ensure(&dir.join("keys"))?;
+    let mut kho = LocalCluster::start(&exe, &layouts, Some(key.path.as_path())).await?;
     let kho_endpoints: Vec<String> = layouts.iter().map(|l| l.addr.clone()).collect();
     let mut etcd = match &etcd_bin {
         Some(bin) => match Etcd::start(bin, &dir.join("etcd"), args.etcd_base_port) {
@@ -190,7 +214,13 @@ fn base_args(args: &CompareArgs, target: TargetKind, endpoints: &[String]) -> Be
 }
 
 async fn one(args: BenchArgs) -> anyhow::Result<BenchReport> {
-    let what = format!("{:?} {:?} {:?}", args.target, args.workload, args.phase);
+    let what = format!(
+        "{:?} {:?} {:?} (tenant encryption {})",
+        args.target,
+        args.workload,
+        args.phase,
+        args.tenant_encryption.label()
+    );
     super::run(&args).await.with_context(|| format!("bench run {what}"))
 }
 
@@ -245,6 +275,31 @@ async fn rounds(
                 eprintln!("round {round}: {} workload {}: {:.0} ops/s", label(*target), workload_label(w), phase.throughput_ops_per_sec);
                 samples.push(Sample { round, target: label(*target), workload: workload_label(w), phase });
             }
+        }
+
+        // Encryption cost: the same shapes on a plaintext and an encrypted tenant of the
+        // same Kho cluster, the order alternating from one round to the next.
+        let mut modes = ENCRYPTION_MODES.to_vec();
+        if round % 2 == 1 {
+            modes.reverse();
+        }
+        for &(mode, target) in &modes {
+            let run = BenchArgs { phase: Phase::Load, tenant_encryption: mode, ..base_args(args, TargetKind::Kho, kho) };
+            let phase = phase_of(&one(run).await?, PhaseName::Load)?;
+            eprintln!("round {round}: {target} write: {:.0} ops/s", phase.throughput_ops_per_sec);
+            samples.push(Sample { round, target, workload: "write".into(), phase });
+        }
+        for &(mode, target) in &modes {
+            let run = BenchArgs {
+                phase: Phase::Run,
+                workload: ENCRYPTION_READ_WORKLOAD,
+                tenant_encryption: mode,
+                ..base_args(args, TargetKind::Kho, kho)
+            };
+            let phase = phase_of(&one(run).await?, PhaseName::Run)?;
+            let w = workload_label(ENCRYPTION_READ_WORKLOAD);
+            eprintln!("round {round}: {target} workload {w}: {:.0} ops/s", phase.throughput_ops_per_sec);
+            samples.push(Sample { round, target, workload: w, phase });
         }
     }
     Ok(samples)
@@ -378,9 +433,10 @@ struct Row {
     errors: f64,
 }
 
+/// The rows of the main table: the targets of [`MAIN_TARGETS`] only.
 fn rows(samples: &[Sample]) -> Vec<Row> {
     let mut keys: Vec<(String, &'static str, OpKind)> = Vec::new();
-    for s in samples {
+    for s in samples.iter().filter(|s| MAIN_TARGETS.contains(&s.target)) {
         for o in &s.phase.operations {
             let k = (s.workload.clone(), s.target, o.op);
             if !keys.contains(&k) {
@@ -408,14 +464,122 @@ fn rows(samples: &[Sample]) -> Vec<Row> {
         .collect()
 }
 
+/// One figure of the encryption cost, medians over the rounds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct Versus {
+    encrypted: f64,
+    plaintext: f64,
+    /// encrypted / plaintext; none when the plaintext figure is 0.
+    ratio: Option<f64>,
+}
+
+fn versus(encrypted: f64, plaintext: f64) -> Versus {
+    Versus { encrypted, plaintext, ratio: (plaintext > 0.0).then(|| encrypted / plaintext) }
+}
+
+/// What encryption at rest costs: the write shape and workload C on an encrypted tenant
+/// versus a plaintext tenant of the same cluster.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct EncryptionCost {
+    encrypted_tenant: String,
+    plaintext_tenant: String,
+    writes_per_sec: Versus,
+    reads_per_sec: Versus,
+    read_p50_ms: Versus,
+    read_p99_ms: Versus,
+}
+
+/// The encryption cost of the samples; none when a run of either tenant is missing.
+fn encryption_cost(samples: &[Sample]) -> Option<EncryptionCost> {
+    let ops = |target: &str, workload: &str, op: OpKind| -> Vec<&OpReport> {
+        samples
+            .iter()
+            .filter(|s| s.target == target && s.workload == workload)
+            .filter_map(|s| s.phase.operations.iter().find(|o| o.op == op))
+            .collect()
+    };
+    let read_workload = workload_label(ENCRYPTION_READ_WORKLOAD);
+    let writes = (ops(KHO_ENCRYPTED, "write", OpKind::Insert), ops(KHO_PLAINTEXT, "write", OpKind::Insert));
+    let reads = (ops(KHO_ENCRYPTED, &read_workload, OpKind::Read), ops(KHO_PLAINTEXT, &read_workload, OpKind::Read));
+    if writes.0.is_empty() || writes.1.is_empty() || reads.0.is_empty() || reads.1.is_empty() {
+        return None;
+    }
+    let per_sec = |v: &[&OpReport]| median(v.iter().map(|o| o.throughput_ops_per_sec).collect());
+    let ms = |v: &[&OpReport], pick: fn(&LatencyUs) -> u64| {
+        median(v.iter().filter_map(|o| o.latency_us.as_ref()).map(|l| pick(l) as f64 / 1000.0).collect())
+    };
+    let base = BenchArgs::default().tenant;
+    Some(EncryptionCost {
+        encrypted_tenant: tenant_name(&base, TenantEncryptionArg::Encrypted),
+        plaintext_tenant: tenant_name(&base, TenantEncryptionArg::Plaintext),
+        writes_per_sec: versus(per_sec(&writes.0), per_sec(&writes.1)),
+        reads_per_sec: versus(per_sec(&reads.0), per_sec(&reads.1)),
+        read_p50_ms: versus(ms(&reads.0, |l| l.p50), ms(&reads.1, |l| l.p50)),
+        read_p99_ms: versus(ms(&reads.0, |l| l.p99), ms(&reads.1, |l| l.p99)),
+    })
+}
+
+/// The "Encryption cost" section of compare.md.
+fn encryption_markdown(c: &EncryptionCost) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "\n## Encryption cost\n");
+    let _ = writeln!(
+        md,
+        "Kho only, one cluster (its nodes have a master key). In each round the write shape and workload {} run on \
+         tenant `{}` (created `--tenant-encryption plaintext`) and on tenant `{}` (`encrypted`: every value sealed \
+         with AES-256-GCM), in alternating order. Medians over the rounds; the ratio is encrypted / plaintext \
+         (below 1 for a rate, above 1 for a latency, is what encryption costs).\n",
+        workload_label(ENCRYPTION_READ_WORKLOAD),
+        c.plaintext_tenant,
+        c.encrypted_tenant
+    );
+    let _ = writeln!(md, "| figure | encrypted | plaintext | encrypted / plaintext |");
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    let ratio = |v: &Versus| v.ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".to_string());
+    let reads = workload_label(ENCRYPTION_READ_WORKLOAD);
+    for (name, v, decimals) in [
+        ("writes/s".to_string(), &c.writes_per_sec, 0usize),
+        (format!("reads/s (workload {reads})"), &c.reads_per_sec, 0),
+        (format!("read p50 ms (workload {reads})"), &c.read_p50_ms, 2),
+        (format!("read p99 ms (workload {reads})"), &c.read_p99_ms, 2),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {name} | {:.*} | {:.*} | {} |",
+            decimals,
+            v.encrypted,
+            decimals,
+            v.plaintext,
+            ratio(v)
+        );
+    }
+    md
+}
+
+/// compare.json: every run's report, and the encryption cost.
+#[derive(Serialize)]
+struct CompareJson<'a> {
+    samples: &'a [Sample],
+    encryption_cost: Option<EncryptionCost>,
+}
+
 fn write_outputs(args: &CompareArgs, samples: &[Sample]) -> anyhow::Result<()> {
     let rows = rows(samples);
+    let cost = encryption_cost(samples);
     let mut md = String::new();
     let _ = writeln!(
         md,
         "Generated by `kho bench-compare` ({} rounds; {} clients, keys {} B, values {} B, {} records, {} s per workload). \
-         Medians over the rounds. `write` is the load phase: one insert per operation.\n",
-        args.rounds, args.concurrency, args.key_bytes, args.value_bytes, args.record_count, args.duration_secs
+         Medians over the rounds. `write` is the load phase: one insert per operation. The Kho rows run on tenant \
+         `{}`, created with the default encryption: the Kho nodes have a master key, so its values are encrypted at \
+         rest (see \"Encryption cost\" below).\n",
+        args.rounds,
+        args.concurrency,
+        args.key_bytes,
+        args.value_bytes,
+        args.record_count,
+        args.duration_secs,
+        BenchArgs::default().tenant
     );
     let _ = writeln!(md, "| workload | op | target | ops/s | p50 ms | p99 ms | errors/run |");
     let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|");
@@ -434,7 +598,7 @@ fn write_outputs(args: &CompareArgs, samples: &[Sample]) -> anyhow::Result<()> {
     }
     let _ = writeln!(md, "\nRatios (Kho / etcd, throughput of the whole workload):\n");
     let mut workloads: Vec<String> = Vec::new();
-    for s in samples {
+    for s in samples.iter().filter(|s| MAIN_TARGETS.contains(&s.target)) {
         if !workloads.contains(&s.workload) {
             workloads.push(s.workload.clone());
         }
@@ -453,8 +617,13 @@ fn write_outputs(args: &CompareArgs, samples: &[Sample]) -> anyhow::Result<()> {
         }
         let _ = writeln!(md, "{line}");
     }
+    match &cost {
+        Some(c) => md.push_str(&encryption_markdown(c)),
+        None => md.push_str("\n## Encryption cost\n\nNot measured: a run of the encrypted or the plaintext tenant is missing.\n"),
+    }
     std::fs::write(args.out.join("compare.md"), md)?;
-    std::fs::write(args.out.join("compare.json"), serde_json::to_string_pretty(samples)?)?;
+    let json = CompareJson { samples, encryption_cost: cost };
+    std::fs::write(args.out.join("compare.json"), serde_json::to_string_pretty(&json)?)?;
     let bars: Vec<(String, Vec<(&str, f64)>)> = workloads
         .iter()
         .map(|w| (w.clone(), ["kho", "etcd", "rocksdb"].iter().map(|t| (*t, total(w, t))).filter(|(_, v)| *v > 0.0).collect()))
@@ -536,6 +705,66 @@ mod tests {
         assert_eq!(svg.matches("<title>").count(), 5, "{svg}");
         assert!(svg.contains("kho write: 100 ops/s"), "{svg}");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+
+    fn sample(round: u32, target: &'static str, workload: &str, op: OpKind, ops_per_sec: f64, p50_us: u64) -> Sample {
+        let latency = LatencyUs {
+            min: 1,
+            mean: p50_us as f64,
+            p50: p50_us,
+            p95: 2 * p50_us,
+            p99: 3 * p50_us,
+            p999: 4 * p50_us,
+            max: 5 * p50_us,
+        };
+        let o = OpReport {
+            op,
+            count: 100,
+            not_found: 0,
+            errors: 0,
+            errors_by_status: Default::default(),
+            throughput_ops_per_sec: ops_per_sec,
+            latency_us: Some(latency),
+        };
+        let phase = PhaseReport {
+            phase: if workload == "write" { PhaseName::Load } else { PhaseName::Run },
+            warmup_secs: 0.0,
+            elapsed_secs: 1.0,
+            ops: 100,
+            errors: 0,
+            throughput_ops_per_sec: ops_per_sec,
+            operations: vec![o],
+        };
+        Sample { round, target, workload: workload.to_string(), phase }
+    }
+
+    #[test]
+    fn encryption_cost_is_medians_of_encrypted_versus_plaintext() {
+        let mut samples = vec![sample(0, "kho", "write", OpKind::Insert, 1000.0, 5000)];
+        let rounds = [(0, 900.0, 1000.0, 4000.0, 5000.0), (1, 700.0, 1000.0, 4500.0, 5000.0), (2, 800.0, 1000.0, 3000.0, 5000.0)];
+        for (round, enc_w, plain_w, enc_r, plain_r) in rounds {
+            samples.push(sample(round, KHO_ENCRYPTED, "write", OpKind::Insert, enc_w, 2000));
+            samples.push(sample(round, KHO_PLAINTEXT, "write", OpKind::Insert, plain_w, 1000));
+            samples.push(sample(round, KHO_ENCRYPTED, "c", OpKind::Read, enc_r, 1500));
+            samples.push(sample(round, KHO_PLAINTEXT, "c", OpKind::Read, plain_r, 1000));
+        }
+        let c = encryption_cost(&samples).unwrap();
+        assert_eq!(c.writes_per_sec, versus(800.0, 1000.0));
+        assert_eq!(c.writes_per_sec.ratio, Some(0.8));
+        assert_eq!(c.reads_per_sec, versus(4000.0, 5000.0));
+        assert_eq!(c.read_p50_ms, versus(1.5, 1.0));
+        assert_eq!(c.read_p99_ms, versus(4.5, 3.0));
+        assert_eq!((c.encrypted_tenant.as_str(), c.plaintext_tenant.as_str()), ("bench_enc", "bench_plain"));
+        let md = encryption_markdown(&c);
+        assert!(md.contains("## Encryption cost"), "{md}");
+        assert!(md.contains("| writes/s | 800 | 1000 | 0.80 |"), "{md}");
+        assert!(md.contains("| reads/s (workload c) | 4000 | 5000 | 0.80 |"), "{md}");
+        assert!(md.contains("| read p99 ms (workload c) | 4.50 | 3.00 | 1.50 |"), "{md}");
+        // The encryption runs stay out of the main table.
+        assert!(rows(&samples).iter().all(|r| r.target == "kho"));
+        // Without both tenants' runs there is no figure.
+        assert_eq!(encryption_cost(&samples[..2]), None);
+        assert_eq!(versus(1.0, 0.0).ratio, None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::KeyFormat;
 use super::workload::{self, WorkloadName, WorkloadSpec};
+use crate::admin_cmd::TenantEncryptionArg;
 
 /// Default endpoint of a Kho node (as in the other `kho` client commands).
 pub const KHO_DEFAULT_ENDPOINT: &str = "127.0.0.1:7001";
@@ -176,9 +177,14 @@ pub struct BenchArgs {
     /// --target rocksdb.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Kho tenant; created when missing.
+    /// Kho tenant; created when missing. With --tenant-encryption encrypted or plaintext,
+    /// `_enc` or `_plain` is appended, so that runs of different modes never share a tenant.
     #[arg(long, default_value = "bench")]
     pub tenant: String,
+    /// Kho tenant encryption, when the tenant is created: default (encrypted when the
+    /// cluster has a master key), encrypted, or plaintext. An existing tenant must match.
+    #[arg(long, value_enum, default_value_t = TenantEncryptionArg::Default)]
+    pub tenant_encryption: TenantEncryptionArg,
     /// Kho table; created when missing, with the one family --family.
     #[arg(long, default_value = "usertable")]
     pub table: String,
@@ -217,6 +223,7 @@ impl Default for BenchArgs {
             json: None,
             data_dir: None,
             tenant: "bench".to_string(),
+            tenant_encryption: TenantEncryptionArg::Default,
             table: "usertable".to_string(),
             family: "f".to_string(),
             warmup_secs: 0,
@@ -248,7 +255,11 @@ pub struct Config {
     pub phase: Phase,
     pub json: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
+    /// The Kho tenant used: `--tenant` with the suffix of `--tenant-encryption`.
     pub tenant: String,
+    /// Absent in reports written before encryption existed: default.
+    #[serde(default)]
+    pub tenant_encryption: TenantEncryptionArg,
     pub table: String,
     pub family: String,
     pub warmup_secs: u64,
@@ -301,8 +312,9 @@ impl BenchArgs {
         }
         check_range("--warmup-secs", self.warmup_secs, 0, WARMUP_SECS_MAX, "seconds")?;
         check_range("--progress-secs", self.progress_secs, 0, PROGRESS_SECS_MAX, "seconds")?;
+        let tenant = tenant_name(&self.tenant, self.tenant_encryption);
         if self.target == TargetKind::Kho {
-            check_name("--tenant", &self.tenant)?;
+            check_name("--tenant", &tenant)?;
             check_name("--table", &self.table)?;
             check_name("--family", &self.family)?;
         }
@@ -330,7 +342,8 @@ impl BenchArgs {
             phase: self.phase,
             json: self.json.clone(),
             data_dir: self.data_dir.clone(),
-            tenant: self.tenant.clone(),
+            tenant,
+            tenant_encryption: self.tenant_encryption,
             table: self.table.clone(),
             family: self.family.clone(),
             warmup_secs: self.warmup_secs,
@@ -372,6 +385,17 @@ impl BenchArgs {
             );
         }
         Ok(out)
+    }
+}
+
+/// The Kho tenant of a run: `--tenant`, with `_enc` or `_plain` appended for an explicit
+/// encryption mode, so that an encrypted and a plaintext run never share a tenant (the mode
+/// is fixed when the tenant is created).
+pub fn tenant_name(tenant: &str, encryption: TenantEncryptionArg) -> String {
+    match encryption {
+        TenantEncryptionArg::Default => tenant.to_string(),
+        TenantEncryptionArg::Encrypted => format!("{tenant}_enc"),
+        TenantEncryptionArg::Plaintext => format!("{tenant}_plain"),
     }
 }
 
@@ -486,6 +510,7 @@ mod tests {
         assert_eq!(c.workload.request_distribution, Distribution::Uniform);
         assert_eq!((c.concurrency, c.rate, c.seed, c.warmup_secs), (500, 1000, 7, 2));
         assert_eq!(c.phase, Phase::Run);
+        assert_eq!((c.tenant.as_str(), c.tenant_encryption), ("bench", TenantEncryptionArg::Default));
         assert!(parse(&["--workload", "g"]).is_err());
         assert!(parse(&["--target", "redis"]).is_err());
         // The embedded target needs its directory and no endpoint.
@@ -494,6 +519,25 @@ mod tests {
         let r = parse(&["--target", "rocksdb", "--data-dir", "/tmp/x"]).unwrap().validate().unwrap();
         assert!(r.endpoints.is_empty());
         assert_eq!(r.data_dir.as_deref(), Some(std::path::Path::new("/tmp/x")));
+    }
+
+    #[test]
+    fn tenant_encryption_picks_its_own_tenant() {
+        let c = parse(&["--tenant-encryption", "encrypted"]).unwrap().validate().unwrap();
+        assert_eq!((c.tenant.as_str(), c.tenant_encryption), ("bench_enc", TenantEncryptionArg::Encrypted));
+        let c = parse(&["--tenant", "t", "--tenant-encryption", "plaintext"]).unwrap().validate().unwrap();
+        assert_eq!((c.tenant.as_str(), c.tenant_encryption), ("t_plain", TenantEncryptionArg::Plaintext));
+        let c = parse(&["--tenant-encryption", "default"]).unwrap().validate().unwrap();
+        assert_eq!(c.tenant, "bench");
+        assert!(parse(&["--tenant-encryption", "aes"]).is_err());
+        // The suffix counts toward the name's length.
+        let long = "a".repeat(NAME_BYTES_MAX - 2);
+        assert!(parse(&["--tenant", &long]).unwrap().validate().is_ok());
+        let e = error_of(&["--tenant", &long, "--tenant-encryption", "plaintext"]);
+        assert!(e.contains("--tenant: ") && e.contains("_plain"), "{e}");
+        // The JSON of the config names the mode.
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["tenant_encryption"], "default");
     }
 
     #[test]

@@ -115,6 +115,9 @@ impl BenchReport {
             c.concurrency,
             c.seed,
         );
+        if c.target == crate::bench::config::TargetKind::Kho {
+            let _ = writeln!(out, "tenant {} (encryption {})", c.tenant, c.tenant_encryption.label());
+        }
         for p in &self.phases {
             out.push('\n');
             out.push_str(&p.render());
@@ -282,6 +285,7 @@ mod tests {
         let text = sample_report().render();
         assert!(text.contains("target kho at 127.0.0.1:7001; workload a (read 50% update 50%, zipfian)"), "{text}");
         assert!(text.contains("[run] 2.000 s after 1.000 s warmup: 1000 ops, 500.0 ops/s, 4 errors"), "{text}");
+        assert!(text.contains("\ntenant bench (encryption default)\n"), "{text}");
         assert!(text.contains("error READ UNAVAILABLE: 3"), "{text}");
         let read_line = text.lines().find(|l| l.trim_start().starts_with("READ ")).unwrap();
         for n in ["1000", "500.5", "123.4", "100", "200", "300", "400", "500", "3", "2"] {

@@ -19,6 +19,7 @@ use super::report::{BenchReport, PhaseName, PhaseReport};
 use super::target::etcd::pb as etcdpb;
 use super::target::{OpError, OpResult, Target};
 use super::workload::{OpKind, WorkloadName};
+use crate::admin_cmd::TenantEncryptionArg;
 
 /// Longest a fake server may take to stop.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -217,6 +218,9 @@ type Cells = BTreeMap<Vec<u8>, Vec<u8>>;
 #[derive(Default)]
 struct KhoState {
     tenants: BTreeSet<String>,
+    /// The tenants created encrypted (the fake cluster has a master key: default and
+    /// encrypted tenants are).
+    encrypted_tenants: BTreeSet<String>,
     /// (tenant, table) -> families.
     tables: BTreeMap<(String, String), Vec<String>>,
     /// (tenant, table, family) -> key -> value.
@@ -333,8 +337,13 @@ impl kv1::admin_server::Admin for FakeKho {
         &self,
         r: Request<kv1::CreateTenantRequest>,
     ) -> Result<Response<kv1::CreateTenantResponse>, Status> {
-        if !lock(&self.state).tenants.insert(r.into_inner().name) {
+        let r = r.into_inner();
+        let mut s = lock(&self.state);
+        if !s.tenants.insert(r.name.clone()) {
             return Err(Status::already_exists("tenant exists"));
+        }
+        if r.encryption != kv1::TenantEncryption::Plaintext as i32 {
+            s.encrypted_tenants.insert(r.name);
         }
         Ok(Response::new(kv1::CreateTenantResponse { revision: 1 }))
     }
@@ -370,6 +379,7 @@ impl kv1::admin_server::Admin for FakeKho {
                 tenant: t.clone(),
                 name: name.clone(),
                 families: families.iter().map(|f| kv1::ColumnFamily { name: f.clone() }).collect(),
+                hashed_row_keys: false,
             })
             .collect();
         Ok(Response::new(kv1::ListTablesResponse { tables }))
@@ -406,6 +416,51 @@ impl kv1::admin_server::Admin for FakeKho {
         &self,
         _: Request<kv1::RemoveNodeRequest>,
     ) -> Result<Response<kv1::RemoveNodeResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn rotate_tenant_key(
+        &self,
+        _: Request<kv1::RotateTenantKeyRequest>,
+    ) -> Result<Response<kv1::RotateTenantKeyResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn start_reencryption(
+        &self,
+        _: Request<kv1::StartReencryptionRequest>,
+    ) -> Result<Response<kv1::StartReencryptionResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn tenant_key_status(
+        &self,
+        r: Request<kv1::TenantKeyStatusRequest>,
+    ) -> Result<Response<kv1::TenantKeyStatusResponse>, Status> {
+        let tenant = r.into_inner().tenant;
+        let s = lock(&self.state);
+        let tenants = s
+            .tenants
+            .iter()
+            .filter(|t| tenant.is_empty() || **t == tenant)
+            .map(|t| kv1::TenantKeys {
+                tenant: t.clone(),
+                encrypted: s.encrypted_tenants.contains(t),
+                current_version: u32::from(s.encrypted_tenants.contains(t)),
+                versions: vec![],
+                plaintext_values: 0,
+                reencryption: None,
+            })
+            .collect();
+        Ok(Response::new(kv1::TenantKeyStatusResponse { applied_index: 1, tenants }))
+    }
+    async fn destroy_tenant_key(
+        &self,
+        _: Request<kv1::DestroyTenantKeyRequest>,
+    ) -> Result<Response<kv1::DestroyTenantKeyResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+    async fn compact_node(
+        &self,
+        _: Request<kv1::CompactNodeRequest>,
+    ) -> Result<Response<kv1::CompactNodeResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
 }
@@ -533,6 +588,27 @@ async fn kho_target_end_to_end() {
         assert_eq!(after, before.max(300 + inserts), "{w:?}");
     }
     assert_eq!(lock(&fake.state).stale_reads, 0);
+
+    // An explicit encryption mode gets its own tenant, created with that mode.
+    for (mode, tenant) in [(TenantEncryptionArg::Encrypted, "bench_enc"), (TenantEncryptionArg::Plaintext, "bench_plain")] {
+        let args = BenchArgs { endpoints: endpoints.clone(), tenant_encryption: mode, ..small_args(WorkloadName::C) };
+        let r = super::run(&args).await.unwrap();
+        assert_clean(&r, &args);
+        assert_eq!(r.config.tenant, tenant);
+        assert_eq!(fake.keys(tenant, "usertable", "f").len(), 300);
+        assert_eq!(lock(&fake.state).encrypted_tenants.contains(tenant), mode == TenantEncryptionArg::Encrypted);
+    }
+    assert!(lock(&fake.state).encrypted_tenants.contains("bench"));
+    // A tenant that exists with another mode is refused, naming the flag.
+    lock(&fake.state).tenants.insert("mixed_enc".into());
+    let args = BenchArgs {
+        endpoints: endpoints.clone(),
+        tenant: "mixed".into(),
+        tenant_encryption: TenantEncryptionArg::Encrypted,
+        ..small_args(WorkloadName::A)
+    };
+    let e = format!("{:#}", super::run(&args).await.unwrap_err());
+    assert!(e.contains("--tenant-encryption encrypted: tenant `mixed_enc` exists and is not encrypted"), "{e}");
 
     // A table without the family is refused, naming the flag.
     lock(&fake.state).tables.insert(("bench".into(), "other".into()), vec!["x".into()]);

@@ -1,5 +1,6 @@
 //! The Kho target: the kho.v1 Data service's Put, Get (linearizable, the default) and Scan
-//! on one table and family; and the Admin calls that create the tenant and table.
+//! on one table and family; and the Admin calls that create the tenant (with the chosen
+//! encryption) and the table.
 
 use std::time::Duration;
 
@@ -8,11 +9,12 @@ use async_trait::async_trait;
 use futures::StreamExt as _;
 use kho_proto::v1::{
     admin_client::AdminClient, data_client::DataClient, ColumnFamily, CreateTableRequest, CreateTenantRequest,
-    GetRequest, ListTablesRequest, PutRequest, ReadConsistency, ScanRequest,
+    GetRequest, ListTablesRequest, PutRequest, ReadConsistency, ScanRequest, TenantKeyStatusRequest,
 };
 use tonic::transport::Channel;
 
 use super::{request, with_deadline, OpError, OpResult, Target, OP_DEADLINE, RESPONSE_BYTES_MAX};
+use crate::admin_cmd::TenantEncryptionArg;
 use crate::bench::config::Config;
 
 /// Attempts of each setup call while the cluster answers `UNAVAILABLE` (no leader yet).
@@ -103,23 +105,52 @@ impl Target for KhoTarget {
     }
 }
 
-/// Creates the tenant and the table (with the one family) when missing, and checks that the
-/// table has the family. `ALREADY_EXISTS` is fine; `UNAVAILABLE` (an election) is retried.
-pub async fn prepare(channel: &Channel, tenant: &str, table: &str, family: &str) -> anyhow::Result<()> {
+/// Creates the tenant (with the given encryption) and the table (with the one family) when
+/// missing, and checks that the table has the family and, for an explicit encryption mode,
+/// that the tenant has it (an existing tenant keeps the mode it was created with).
+/// `ALREADY_EXISTS` is fine; `UNAVAILABLE` (an election) is retried.
+pub async fn prepare(
+    channel: &Channel,
+    tenant: &str,
+    encryption: TenantEncryptionArg,
+    table: &str,
+    family: &str,
+) -> anyhow::Result<()> {
     let admin = AdminClient::new(channel.clone());
     retry_unavailable("CreateTenant", || {
         let mut admin = admin.clone();
-        let req = CreateTenantRequest { name: tenant.to_string() };
+        let req = CreateTenantRequest { name: tenant.to_string(), encryption: encryption.to_proto() as i32 };
         async move { admin.create_tenant(request(req)).await.map(|_| ()) }
     })
     .await
-    .with_context(|| format!("--tenant: cannot create tenant `{tenant}`"))?;
+    .with_context(|| format!("--tenant: cannot create tenant `{tenant}` (--tenant-encryption {})", encryption.label()))?;
+    if encryption != TenantEncryptionArg::Default {
+        // Counts the tenant's values on the leader: once per run, before the phases.
+        let status = retry_unavailable("TenantKeyStatus", || {
+            let mut admin = admin.clone();
+            let req = TenantKeyStatusRequest { tenant: tenant.to_string() };
+            async move { admin.tenant_key_status(request(req)).await.map(|r| r.into_inner().tenants) }
+        })
+        .await
+        .with_context(|| format!("--tenant-encryption: cannot read the key status of tenant `{tenant}`"))?;
+        let encrypted = status
+            .iter()
+            .find(|t| t.tenant == tenant)
+            .map(|t| t.encrypted)
+            .with_context(|| format!("--tenant-encryption: tenant `{tenant}` is missing from the key status"))?;
+        if encrypted != (encryption == TenantEncryptionArg::Encrypted) {
+            let is = if encrypted { "encrypted" } else { "not encrypted" };
+            bail!("--tenant-encryption {}: tenant `{tenant}` exists and is {is}", encryption.label());
+        }
+    }
     retry_unavailable("CreateTable", || {
         let mut admin = admin.clone();
         let req = CreateTableRequest {
             tenant: tenant.to_string(),
             name: table.to_string(),
             families: vec![ColumnFamily { name: family.to_string() }],
+            // The benchmark scans (workload E): plain row keys.
+            hashed_row_keys: false,
         };
         async move { admin.create_table(request(req)).await.map(|_| ()) }
     })

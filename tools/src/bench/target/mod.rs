@@ -97,7 +97,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Vec<Arc<dyn Target>>> {
     let channels = connect_channels(&config.endpoints, config.concurrency).await?;
     match config.target {
         TargetKind::Kho => {
-            kho::prepare(&channels[0], &config.tenant, &config.table, &config.family).await?;
+            kho::prepare(&channels[0], &config.tenant, config.tenant_encryption, &config.table, &config.family).await?;
             Ok(channels
                 .into_iter()
                 .map(|ch| Arc::new(kho::KhoTarget::new(ch, config)) as Arc<dyn Target>)
