@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use kho_cluster_tests::disk::{files_under, search_files, NEEDLE_BYTES_MIN};
 use kho_cluster_tests::kho_binary;
 
 /// Longest wait for `kho demo: ready`, seconds.
@@ -123,4 +124,129 @@ fn demo_starts_loads_and_serves_rows_then_stops_on_ctrl_c() {
     );
     let stopped = output.iter().filter(|l| l.contains(") stopped: exit status: 0")).count();
     assert_eq!(stopped, 3, "every node stops cleanly; output:\n{}", output.join("\n"));
+}
+
+/// The acceptance for encryption at rest, on the real demo: after `kho demo` loads its
+/// citizens, the nodes are restarted and compacted, no citizen name and no citizen id (the
+/// row key of the hashed-key table `citizen`) appears in any file of any node's data
+/// directory (SST, WAL, Raft log, MANIFEST, snapshots), while reads return the plaintext.
+#[test]
+fn demo_data_dirs_hold_no_citizen_name_or_id_after_restart_and_compaction() {
+    const ROWS: &str = "300";
+    let kho = kho_binary();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base_port = free_base_port();
+    let port = base_port.to_string();
+    // What the demo loads.
+    let out = Command::new(&kho).args(["demo", "--print-rows", "--rows", ROWS]).output().expect("run kho demo --print-rows");
+    assert!(out.status.success(), "kho demo --print-rows: {}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(rows.len(), 300, "one JSON line per row");
+    let field = |r: &serde_json::Value, f: &str| r[f].as_str().expect("string field").to_string();
+    let mut needles = Vec::new();
+    let mut labels = Vec::new();
+    for r in &rows {
+        for (what, text) in [("name", field(r, "ho_ten")), ("citizen id", field(r, "id"))] {
+            if text.len() >= NEEDLE_BYTES_MIN {
+                labels.push(format!("{what} {text:?}"));
+                needles.push(text.into_bytes());
+            }
+        }
+    }
+    assert!(needles.len() >= 550, "most names and every id are searchable ({} needles)", needles.len());
+
+    // Load, stop.
+    let load = Command::new(&kho)
+        .args(["demo", "--rows", ROWS, "--no-wait", "--base-port", &port, "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run kho demo --no-wait");
+    let load_text = format!("{}{}", String::from_utf8_lossy(&load.stdout), String::from_utf8_lossy(&load.stderr));
+    assert!(load.status.success(), "kho demo --no-wait failed:\n{load_text}");
+    assert!(load_text.contains("encrypted"), "the demo says its data is encrypted:\n{load_text}");
+
+    // Restart on the same data, compact every node, read a row back, stop.
+    let mut demo = Command::new(&kho)
+        .args(["demo", "--rows", ROWS, "--base-port", &port, "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("restart kho demo");
+    let (tx, rx) = mpsc::channel::<String>();
+    for stream in [Box::new(demo.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>, Box::new(demo.stderr.take().expect("stderr"))] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(READY_TIMEOUT_S);
+    let mut output = Vec::new();
+    let mut endpoints = None;
+    let ready = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                if let Some(e) = line.strip_prefix("kho demo: endpoints ") {
+                    endpoints = Some(e.trim().to_string());
+                }
+                let done = line.trim() == "kho demo: ready";
+                output.push(line);
+                if done {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let stop = |demo: &mut std::process::Child| {
+        unsafe { libc::kill(demo.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(STOP_TIMEOUT_S);
+        loop {
+            if let Some(status) = demo.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = demo.kill();
+                let _ = demo.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    if !ready {
+        stop(&mut demo);
+        panic!("the restarted demo was not ready within {READY_TIMEOUT_S} s:\n{}", output.join("\n"));
+    }
+    let endpoints = endpoints.expect("the demo prints its endpoints");
+    let compact = Command::new(&kho).args(["node", "compact", "--endpoints", &endpoints]).output().expect("run kho node compact");
+    let compact_ok = compact.status.success();
+    let first = &rows[0];
+    let read = Command::new(&kho)
+        .args(["row", "read", "--endpoints", &endpoints, "--tenant", "dan_cu", "--table", "citizen", "--row", &field(first, "id")])
+        .output()
+        .expect("run kho row read");
+    let status = stop(&mut demo);
+    assert!(compact_ok, "kho node compact failed: {}{}", String::from_utf8_lossy(&compact.stdout), String::from_utf8_lossy(&compact.stderr));
+    let read_text = String::from_utf8_lossy(&read.stdout);
+    assert!(read.status.success() && read_text.contains(&field(first, "ho_ten")), "reads return the plaintext name: {read_text}");
+    assert!(status.is_some_and(|s| s.success()), "the restarted demo stops cleanly: {status:?}");
+
+    // Search every file of every node's data directory.
+    let mut files = Vec::new();
+    for id in 1..=3 {
+        files.extend(files_under(&dir.path().join(format!("node-{id}"))).expect("list a data directory"));
+    }
+    let report = search_files(&files, &needles).expect("search the data directories");
+    println!("searched {}", report.summary());
+    assert!(!report.files_named(|n| n.ends_with(".sst")).is_empty(), "compaction left SST files to search: {}", report.summary());
+    assert!(!report.files_named(|n| n.starts_with("MANIFEST")).is_empty(), "MANIFEST files are searched");
+    assert!(
+        report.hits.is_empty(),
+        "plaintext found in the data directories ({} hits):\n{}",
+        report.hits.len(),
+        report.describe_hits(&labels)
+    );
 }

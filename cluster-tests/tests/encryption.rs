@@ -1331,3 +1331,111 @@ fn has_row_finds_table_rows_whatever_the_widths() {
     assert!(!has_row(text, &["1", "current"]));
     assert!(!has_row("", &["2"]));
 }
+
+// ---------------------------------------------------------------------------------------
+// A byte flipped on disk
+// ---------------------------------------------------------------------------------------
+
+const FLIP_TENANT: &str = "kho_bac";
+const FLIP_TABLE: &str = "so_du";
+/// Values written before the value whose SST bytes are flipped, so that its block holds no
+/// catalog entry (the node must still start).
+const FLIP_FILLER_VALUES: usize = 40;
+const FLIP_VALUE_BYTES: usize = 1024;
+
+/// The raw stored (key, value) of row `row` of the first family, read from a stopped node's
+/// RocksDB with the engine itself.
+fn stored_cell(engine: &kho_engine::Engine, row: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let cells = engine.scan(kho_engine::Cf::Data, &1u32.to_be_bytes(), None, usize::MAX).expect("scan the data column family");
+    cells
+        .into_iter()
+        .find(|(k, _)| kho_engine::keys::decode_data_key(k).is_ok_and(|d| d.row == row))
+        .unwrap_or_else(|| panic!("no stored cell for row {:?}", String::from_utf8_lossy(row)))
+}
+
+/// Flipping one byte of a stored value, in the value as RocksDB returns it or in the SST
+/// file itself, makes its read fail with DATA_LOSS; the other values still read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_flipped_on_disk_fails_the_read_and_never_returns_other_data() {
+    const NAME: &str = "a_byte_flipped_on_disk_fails_the_read_and_never_returns_other_data";
+    let seed = test_seed(NAME);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let keys = key_dir();
+    let key_file = write_key(keys.path(), "master.key", &MasterKey::random(&mut rng), 0o600);
+    let cluster = Cluster::start(1, encrypted_options(&key_file)).await;
+    cluster
+        .bounded(NAME, Duration::from_secs(120), async {
+            let mut admin = cluster.admin_client(1);
+            ok(&cluster, "CreateTenant", create_tenant_with_encryption(&mut admin, FLIP_TENANT, TenantEncryption::Default).await);
+            ok(&cluster, "CreateTable", create_table_with(&mut admin, FLIP_TENANT, FLIP_TABLE, &["f"], false).await);
+            let target = KvTarget::new(FLIP_TENANT, FLIP_TABLE, "f");
+            let value = |i: usize| -> Vec<u8> { (0..FLIP_VALUE_BYTES).map(|j| (i * 31 + j * 7 + (seed as usize)) as u8).collect() };
+            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..FLIP_FILLER_VALUES).map(|i| (format!("a-{i:03}").into_bytes(), value(i))).collect();
+            pairs.push((b"m-changed-through-rocksdb".to_vec(), value(1000)));
+            pairs.push((b"z-changed-in-the-sst".to_vec(), value(2000)));
+            put_all(&cluster, &target, &pairs).await;
+            ok(&cluster, "CompactNode", admin.compact_node(CompactNodeRequest {}).await);
+            cluster.stop(1).await;
+
+            let db = cluster.data_dir(1).join("db");
+            let sst_flip = {
+                let engine = kho_engine::Engine::open(&db, &kho_engine::EngineOptions::default()).expect("open the stopped node's RocksDB");
+                // 1: change a byte of a value as stored (what a disk edit below RocksDB's own
+                // checksums, or a bad copy, would give).
+                let (key, mut stored) = stored_cell(&engine, b"m-changed-through-rocksdb");
+                assert_eq!(stored[0], 2, "values of an encrypted tenant are stored in format 2");
+                let at = stored.len() / 2;
+                stored[at] ^= 0x01;
+                let mut batch = engine.batch();
+                batch.put(kho_engine::Cf::Data, &key, &stored);
+                engine.write(batch, true).expect("write the changed value");
+                // 2: find the other value's ciphertext in an SST file, to flip it there.
+                let (_, stored) = stored_cell(&engine, b"z-changed-in-the-sst");
+                engine.prepare_for_exit().expect("close the engine");
+                stored[kho_engine::value::SEALED_HEADER_LEN..kho_engine::value::SEALED_HEADER_LEN + 32].to_vec()
+            };
+            let mut flipped = None;
+            for file in files_under(&db).expect("list the db").into_iter().filter(|p| p.extension().is_some_and(|e| e == "sst")) {
+                let mut bytes = std::fs::read(&file).expect("read an SST file");
+                if let Some(at) = bytes.windows(sst_flip.len()).position(|w| w == sst_flip.as_slice()) {
+                    bytes[at + 5] ^= 0x01;
+                    std::fs::write(&file, &bytes).expect("write the SST file back");
+                    flipped = Some(file.clone());
+                    break;
+                }
+            }
+            let flipped = flipped.unwrap_or_else(|| cluster.fail("the value's ciphertext is in no SST file (was it compacted?)"));
+            println!("flipped one byte of {} and one byte of a stored value", flipped.display());
+
+            cluster.restart(1).await;
+            let mut data = cluster.data_client(1);
+            let get = |key: &[u8]| GetRequest {
+                tenant: FLIP_TENANT.into(),
+                table: FLIP_TABLE.into(),
+                key: key.to_vec(),
+                family: "f".into(),
+                ..Default::default()
+            };
+            for (key, mentions) in [
+                (&b"m-changed-through-rocksdb"[..], &["corrupt", "authentication failed"][..]),
+                (&b"z-changed-in-the-sst"[..], &["corrupt"][..]),
+            ] {
+                let mut last = None;
+                for _ in 0..20 {
+                    match data.get(get(key)).await {
+                        Err(s) if s.code() == Code::Unavailable => tokio::time::sleep(Duration::from_millis(200)).await,
+                        other => {
+                            last = Some(other);
+                            break;
+                        }
+                    }
+                }
+                let what = format!("Get {}", String::from_utf8_lossy(key));
+                expect_status(&cluster, &what, last.unwrap_or_else(|| cluster.fail(format!("{what}: still UNAVAILABLE"))), Code::DataLoss, mentions);
+            }
+            // Values in other blocks are untouched.
+            let got = ok(&cluster, "Get a-000", data.get(get(b"a-000")).await).into_inner();
+            assert!(got.found && got.value == value(0), "a value in another block still reads back exactly");
+        })
+        .await;
+}

@@ -60,9 +60,13 @@ pub(crate) fn key_hex(key: &[u8]) -> String {
     out
 }
 
-/// Builds the `map_err` closure of a failed RocksDB call.
+/// Builds the `map_err` closure of a failed RocksDB call. RocksDB's own corruption
+/// reports (a block checksum mismatch in an SST file, say) are [`Error::Corruption`].
 pub(crate) fn rocks(op: &'static str) -> impl FnOnce(rocksdb::Error) -> Error {
-    move |source| Error::Rocks { op, source }
+    move |source| match source.kind() {
+        rocksdb::ErrorKind::Corruption => Error::Corruption { what: format!("rocksdb {op}: {source}") },
+        _ => Error::Rocks { op, source },
+    }
 }
 
 #[cfg(test)]

@@ -64,12 +64,39 @@ pub struct DemoArgs {
     /// start without its key).
     #[arg(long)]
     pub no_encryption: bool,
+    /// Print the rows the demo loads (`--rows` of them) as JSON lines and exit, without
+    /// starting anything: to know what the data is, or to search the disk for it.
+    #[arg(long)]
+    pub print_rows: bool,
+}
+
+/// One generated citizen as a JSON line (the cells the demo stores, and the row key).
+pub fn citizen_json(c: &Citizen) -> String {
+    serde_json::json!({
+        "id": c.id,
+        "ho_ten": c.ho_ten,
+        "ngay_sinh": c.ngay_sinh,
+        "gioi_tinh": c.gioi_tinh,
+        "tinh": c.tinh,
+        "dia_chi": c.dia_chi,
+    })
+    .to_string()
 }
 
 /// Exit code when the demo is interrupted before it is ready.
 const EXIT_INTERRUPTED: u8 = 130;
 
 pub async fn run(args: DemoArgs) -> ExitCode {
+    if args.print_rows {
+        if args.rows > ROWS_MAX {
+            say_err!("error: --rows {} exceeds {ROWS_MAX}", args.rows);
+            return ExitCode::from(2);
+        }
+        for c in CitizenGen::new(DEMO_SEED).take(args.rows as usize) {
+            println!("{}", citizen_json(&c));
+        }
+        return ExitCode::SUCCESS;
+    }
     let signals = match crate::server::shutdown_signal() {
         Ok(s) => s,
         Err(e) => {
