@@ -106,6 +106,10 @@ pub struct ClusterOptions {
     /// `[encryption]` section. The file must stay outside every node's data directory and
     /// outlive the cluster (see [`crate::MasterKey::write_file`]).
     pub master_key_file: Option<PathBuf>,
+    /// Encrypt at rest with a fresh random master key, written to `keys/master.key` in the
+    /// cluster's directory (outside every node's data directory), unless `master_key_file`
+    /// names one.
+    pub encrypted: bool,
 }
 
 impl Default for ClusterOptions {
@@ -127,6 +131,7 @@ impl Default for ClusterOptions {
             network_faults: false,
             proposal_timeout_ms: None,
             master_key_file: None,
+            encrypted: false,
         }
     }
 }
@@ -177,7 +182,7 @@ impl Cluster {
     /// Starts `n` nodes (ids 1..=n) as a new cluster and waits until it has a leader that
     /// every node knows. Panics, with the nodes' log tails, if that takes longer than
     /// `opts.ready_wait_ms`.
-    pub async fn start(n: u64, opts: ClusterOptions) -> Cluster {
+    pub async fn start(n: u64, mut opts: ClusterOptions) -> Cluster {
         assert!(n >= 1, "a cluster needs at least one node");
         let slot = match tokio::time::timeout(Duration::from_millis(opts.slot_wait_ms), CLUSTER_SLOT.acquire()).await {
             Ok(permit) => permit.expect("the cluster slot semaphore is never closed"),
@@ -187,6 +192,14 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("kho-cluster-").tempdir().expect("create a temporary directory");
         let root = dir.path().to_path_buf();
         println!("cluster of {n}: directory {}, binary {}", root.display(), kho.display());
+        if opts.encrypted && opts.master_key_file.is_none() {
+            let keys = root.join("keys");
+            std::fs::create_dir_all(&keys).expect("create the key directory");
+            let path = keys.join("master.key");
+            crate::MasterKey::random(&mut rand::rng()).write_file(&path, 0o600).expect("write the master key file");
+            println!("cluster of {n}: encrypted at rest, master key file {}", path.display());
+            opts.master_key_file = Some(path);
+        }
 
         let total = n + opts.spare_nodes;
         assert!(total <= SOURCE_IP_NODES_MAX, "at most {SOURCE_IP_NODES_MAX} nodes in a test cluster");

@@ -90,10 +90,11 @@ pub struct ScenarioReport {
     pub summary: String,
 }
 
-/// Cluster options of every fault-injection run: proxies between nodes, and client
-/// deadlines short enough that a run under faults keeps moving.
+/// Cluster options of every fault-injection run: proxies between nodes, encryption at rest
+/// (sealed log entries, snapshots and values go through every fault), and client deadlines
+/// short enough that a run under faults keeps moving.
 pub fn nemesis_cluster_options(spare_nodes: u64) -> ClusterOptions {
-    ClusterOptions { network_faults: true, proposal_timeout_ms: Some(2_000), spare_nodes, ..ClusterOptions::default() }
+    ClusterOptions { network_faults: true, proposal_timeout_ms: Some(2_000), spare_nodes, encrypted: true, ..ClusterOptions::default() }
 }
 
 /// Runs the scenario and checks it against `cfg.expect`; panics (naming the files written)

@@ -35,7 +35,8 @@ async fn repeated_sigkill_cycles_lose_no_acknowledged_write() {
     const NAME: &str = "repeated_sigkill_cycles_lose_no_acknowledged_write";
     let seed = test_seed(NAME);
     let mut rng = StdRng::seed_from_u64(seed);
-    let cluster = Cluster::start(3, ClusterOptions::default()).await;
+    // Encrypted at rest: sealed log entries and values must survive SIGKILL like plain ones.
+    let cluster = Cluster::start(3, ClusterOptions { encrypted: true, ..ClusterOptions::default() }).await;
     cluster
         .bounded(NAME, Duration::from_secs(TEST_TIMEOUT_S), async {
             let target = setup_kv(&cluster, 1).await;
