@@ -27,11 +27,25 @@ pub enum Command {
     Write { tenant: String, table: String, ops: Vec<WriteOp>, condition: Option<Condition>, nonce_seed: NonceSeed },
     /// Adds value key `version` (must be the tenant's latest + 1), current from now on; with
     /// `hash_key`, also the row-key hashing key (a tenant that had none).
-    RotateKey { tenant: String, version: u32, master_key_id: [u8; 8], data_key: Vec<u8>, hash_key: Option<Vec<u8>> },
+    RotateKey {
+        tenant: String,
+        version: u32,
+        master_key_id: [u8; 8],
+        #[serde(with = "serde_bytes")]
+        data_key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        hash_key: Option<Vec<u8>>,
+    },
     /// Starts (or resumes) rewriting the tenant's values under its current key version.
     StartReencrypt { tenant: String },
     /// One bounded step of a re-encryption, from `cursor`; refused unless it matches the job.
-    ReencryptStep { tenant: String, target: u32, cursor: Vec<u8>, nonce_seed: NonceSeed },
+    ReencryptStep {
+        tenant: String,
+        target: u32,
+        #[serde(with = "serde_bytes")]
+        cursor: Vec<u8>,
+        nonce_seed: NonceSeed,
+    },
     /// Erases a retired key version that nothing uses (checked by the proposer).
     DestroyKey { tenant: String, version: u32 },
 }
@@ -40,26 +54,55 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewTenantKeys {
     pub master_key_id: [u8; 8],
+    #[serde(with = "serde_bytes")]
     pub hash_key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub data_key: Vec<u8>,
 }
 
 /// One cell mutation. An empty family names the table's first family.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Byte fields are serialized as byte strings (`serde_bytes`): postcard writes them exactly
+/// as it writes a `Vec<u8>` sequence (a varint length, then the bytes), so the log format
+/// is the same, only encoding and decoding are faster.
 pub enum WriteOp {
-    Put { row: Vec<u8>, family: String, qualifier: Vec<u8>, value: Vec<u8> },
-    Delete { row: Vec<u8>, family: String, qualifier: Vec<u8> },
-    DeleteFamily { row: Vec<u8>, family: String },
-    DeleteRow { row: Vec<u8> },
+    Put {
+        #[serde(with = "serde_bytes")]
+        row: Vec<u8>,
+        family: String,
+        #[serde(with = "serde_bytes")]
+        qualifier: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        row: Vec<u8>,
+        family: String,
+        #[serde(with = "serde_bytes")]
+        qualifier: Vec<u8>,
+    },
+    DeleteFamily {
+        #[serde(with = "serde_bytes")]
+        row: Vec<u8>,
+        family: String,
+    },
+    DeleteRow {
+        #[serde(with = "serde_bytes")]
+        row: Vec<u8>,
+    },
 }
 
 /// Compare-and-swap condition: the cell's current value must equal `expected`
 /// (`None`: the cell must not exist).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Condition {
+    #[serde(with = "serde_bytes")]
     pub row: Vec<u8>,
     pub family: String,
+    #[serde(with = "serde_bytes")]
     pub qualifier: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub expected: Option<Vec<u8>>,
 }
 
@@ -178,6 +221,21 @@ impl std::fmt::Display for Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `serde_bytes` must not change the log format: the same bytes as a plain `Vec<u8>`.
+    #[test]
+    fn byte_fields_encode_as_plain_sequences() {
+        #[derive(Serialize)]
+        enum PlainOp {
+            #[allow(dead_code)]
+            Put { row: Vec<u8>, family: String, qualifier: Vec<u8>, value: Vec<u8> },
+        }
+        let row = vec![0u8, 1, 2, 255];
+        let value: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let ours = WriteOp::Put { row: row.clone(), family: "f".into(), qualifier: b"q".to_vec(), value: value.clone() };
+        let plain = PlainOp::Put { row, family: "f".into(), qualifier: b"q".to_vec(), value };
+        assert_eq!(postcard::to_allocvec(&ours).unwrap(), postcard::to_allocvec(&plain).unwrap());
+    }
 
     #[test]
     fn command_round_trip() {

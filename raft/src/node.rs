@@ -55,6 +55,47 @@ pub struct Group {
     pub state: Arc<SmState>,
     log: LogStore,
     snapshot_dir: PathBuf,
+    /// The snapshot policy's task ([`snapshot_policy`]), stopped at shutdown.
+    snapshot_policy: tokio::task::JoinHandle<()>,
+}
+
+/// How often a group's snapshot policy looks at its log, milliseconds.
+const SNAPSHOT_POLICY_POLL_MS: u64 = 200;
+/// How long the policy waits for a triggered snapshot before it may trigger again, ms.
+const SNAPSHOT_BUILD_WAIT_MS: u64 = 60_000;
+
+/// Builds a snapshot once `logs_since_last` entries were applied since the last one *and*
+/// at least half as many as that snapshot's records: a snapshot rewrites the whole group,
+/// so with a large dataset a fixed count would rebuild it every few seconds under load. This
+/// keeps the cost of snapshots per write bounded (amortized over half the dataset).
+fn snapshot_policy(raft: Raft, state: Arc<SmState>, logs_since_last: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut triggered: Option<(Option<u64>, std::time::Instant)> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(SNAPSHOT_POLICY_POLL_MS)).await;
+            let m = raft.metrics().borrow_watched().clone();
+            if m.state == ServerState::Shutdown {
+                return;
+            }
+            let snap = m.snapshot.map(|l| l.index);
+            if let Some((at, when)) = triggered {
+                if snap == at && when.elapsed() < Duration::from_millis(SNAPSHOT_BUILD_WAIT_MS) {
+                    continue; // still building
+                }
+                triggered = None;
+            }
+            let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+            let since = applied.saturating_sub(snap.unwrap_or(0));
+            let records = state.last_snapshot_records.load(std::sync::atomic::Ordering::Relaxed);
+            if since >= logs_since_last.max(records / 2) {
+                if let Err(e) = raft.trigger().snapshot().await {
+                    tracing::warn!(error = %e, "could not trigger a snapshot");
+                    return;
+                }
+                triggered = Some((snap, std::time::Instant::now()));
+            }
+        }
+    })
 }
 
 /// A member as the local node sees it.
@@ -204,6 +245,7 @@ impl RaftNode {
         }
         let groups: Vec<_> = self.groups.read().expect("groups lock").values().cloned().collect();
         for g in groups {
+            g.snapshot_policy.abort();
             if let Err(e) = g.raft.shutdown().await {
                 tracing::warn!(group = g.id, error = %e, "raft shutdown");
             }
@@ -243,7 +285,8 @@ impl Group {
             election_timeout_max: s.election_timeout_max_ms,
             install_snapshot_timeout: s.snapshot_timeout_ms,
             max_payload_entries: s.append_entries_max,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_logs_since_last),
+            // Kho's own policy (`snapshot_policy`) triggers snapshots.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: s.logs_to_keep_after_snapshot,
             snapshot_max_chunk_size: s.snapshot_chunk_bytes,
             enable_pre_vote: Some(true),
@@ -261,7 +304,8 @@ impl Group {
             snapshot_chunk_bytes: s.snapshot_chunk_bytes as usize,
         };
         let raft = Raft::new(node_id, config, net, log.clone(), sm).await.map_err(|e| RaftNodeError::Raft(e.to_string()))?;
-        Ok(Group { id, raft, state, log, snapshot_dir: snapshot_dir.to_path_buf() })
+        let policy = snapshot_policy(raft.clone(), state.clone(), s.snapshot_logs_since_last);
+        Ok(Group { id, raft, state, log, snapshot_dir: snapshot_dir.to_path_buf(), snapshot_policy: policy })
     }
 
     /// Proposes a command and waits until it is applied here (the leader).

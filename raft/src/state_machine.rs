@@ -54,6 +54,9 @@ pub struct SmState {
     pub master: Option<Arc<MasterKey>>,
     /// The log key derived from the master key: seals snapshot chunks.
     pub log_cipher: Option<LogCipher>,
+    /// Records in the last snapshot built or installed here (0 before the first): the
+    /// snapshot policy waits for at least half as many new entries before the next one.
+    pub last_snapshot_records: std::sync::atomic::AtomicU64,
 }
 
 impl SmState {
@@ -153,6 +156,7 @@ impl StateMachine {
             range: (Vec::new(), None),
             master,
             log_cipher,
+            last_snapshot_records: std::sync::atomic::AtomicU64::new(0),
         });
         let sm = StateMachine { state, snapshot_dir, snapshot_chunk_bytes };
         if sm.state.meta(meta_key::INSTALLING_SNAPSHOT).map_err(io_err)?.is_some() {
@@ -586,7 +590,51 @@ impl StateMachine {
         std::fs::rename(path, &final_path)?;
         snapshot::sync_dir(&self.snapshot_dir)?;
         remove_other_snapshots(&self.snapshot_dir, &final_path);
+        self.state.last_snapshot_records.store(records, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(group, records, last_log_id = ?meta.last_log_id, "installed snapshot");
+        Ok(())
+    }
+}
+
+/// Most entries applied in one RocksDB batch, count.
+const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
+/// A shared apply batch is written once it holds this many bytes.
+const APPLY_BATCH_BYTES_MAX: usize = 4 << 20;
+
+/// Whether applying `cmd` reads nothing from the engine: an unconditional write other than
+/// a single delete (which reads whether the cell existed).
+fn is_blind_write(cmd: &Command) -> bool {
+    match cmd {
+        Command::Write { condition: None, ops, .. } => !(ops.len() == 1 && matches!(ops[0], WriteOp::Delete { .. })),
+        _ => false,
+    }
+}
+
+/// Applied entries not yet written: their data, the last log id, the answers to send.
+struct PendingApply {
+    batch: kho_engine::WriteBatch,
+    last: Option<LogId>,
+    replies: Vec<(openraft::storage::ApplyResponder<TypeConfig>, Response)>,
+}
+
+impl PendingApply {
+    fn new(engine: &Engine) -> Self {
+        PendingApply { batch: engine.batch(), last: None, replies: Vec::new() }
+    }
+
+    fn is_full(&self) -> bool {
+        self.replies.len() >= APPLY_BATCH_ENTRIES_MAX || self.batch.size_bytes() >= APPLY_BATCH_BYTES_MAX
+    }
+
+    /// Writes the data and the applied log id in one batch, then answers the clients.
+    fn flush(&mut self, state: &SmState) -> io::Result<()> {
+        let Some(last) = self.last.take() else { return Ok(()) };
+        let mut batch = std::mem::replace(&mut self.batch, state.engine.batch());
+        batch.put(Cf::RaftMeta, &meta_key::key(state.group, meta_key::APPLIED), &codec::encode_opt_log_id(Some(&last)));
+        state.engine.write(batch, false).map_err(io_err)?;
+        for (r, resp) in self.replies.drain(..) {
+            r.send(resp);
+        }
         Ok(())
     }
 }
@@ -719,6 +767,7 @@ fn build_snapshot_blocking(state: &SmState, dir: &Path, chunk_bytes: usize) -> i
     std::fs::rename(&tmp, &final_path)?;
     snapshot::sync_dir(dir)?;
     remove_other_snapshots(dir, &final_path);
+    state.last_snapshot_records.store(records, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(group, records, last_log_id = ?meta.last_log_id, "built snapshot");
     let file = std::fs::File::open(&final_path)?;
     Ok(Snapshot { meta, snapshot: SnapshotFile { path: final_path, file } })
@@ -737,36 +786,61 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let group = self.state.group;
+        // Consecutive blind writes (they read nothing, so they need not see each other) and
+        // blank or membership entries share one RocksDB batch; their clients are answered
+        // once it is written. Any other command first writes what is pending, then is
+        // applied alone, as it may read what the entries before it wrote.
+        let mut pending = PendingApply::new(&self.state.engine);
         while let Some((entry, responder)) = entries.try_next().await? {
-            let mut batch = self.state.engine.batch();
             let index = entry.log_id.index;
+            let blind = match &entry.payload {
+                EntryPayload::Blank | EntryPayload::Membership(_) => true,
+                EntryPayload::Normal(cmd) => is_blind_write(cmd),
+            };
+            if !blind {
+                pending.flush(&self.state)?;
+            }
             let mut change = None;
             let outcome = match entry.payload {
                 EntryPayload::Blank => Outcome::Done,
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(entry.log_id), m);
-                    batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP), &codec::encode_stored_membership(&stored));
+                    pending.batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP), &codec::encode_stored_membership(&stored));
                     Outcome::Done
                 }
+                EntryPayload::Normal(cmd) if blind => {
+                    let before = pending.batch.len();
+                    let (outcome, c) = self.execute(cmd, index, &mut pending.batch)?;
+                    // A blind write is refused before it writes anything (unknown table or
+                    // family), so the shared batch holds nothing of it.
+                    debug_assert!(!matches!(outcome, Outcome::Rejected(_)) || pending.batch.len() == before);
+                    debug_assert!(c.is_none(), "a blind write changes no catalog");
+                    outcome
+                }
                 EntryPayload::Normal(cmd) => {
+                    let mut batch = self.state.engine.batch();
                     let (outcome, c) = self.execute(cmd, index, &mut batch)?;
                     if matches!(outcome, Outcome::Rejected(_)) {
                         // Nothing of a rejected command is written, only the applied index.
                         batch = self.state.engine.batch();
                     }
+                    pending.batch = batch;
                     change = c;
                     outcome
                 }
             };
-            batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::APPLIED), &codec::encode_opt_log_id(Some(&entry.log_id)));
-            self.state.engine.write(batch, false).map_err(io_err)?;
+            pending.last = Some(entry.log_id);
+            if let Some(r) = responder {
+                pending.replies.push((r, Response { revision: index, outcome }));
+            }
+            if !blind || pending.is_full() {
+                pending.flush(&self.state)?;
+            }
             if let Some(c) = change {
                 self.apply_catalog_change(c);
             }
-            if let Some(r) = responder {
-                r.send(Response { revision: index, outcome });
-            }
         }
+        pending.flush(&self.state)?;
         Ok(())
     }
 

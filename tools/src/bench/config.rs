@@ -185,6 +185,11 @@ pub struct BenchArgs {
     /// cluster has a master key), encrypted, or plaintext. An existing tenant must match.
     #[arg(long, value_enum, default_value_t = TenantEncryptionArg::Default)]
     pub tenant_encryption: TenantEncryptionArg,
+    /// Kho target: `leader` sends every request to the Raft leader (asked once with
+    /// ClusterStatus), as a leader-aware client does; `any` spreads workers over all
+    /// endpoints, and followers forward to the leader.
+    #[arg(long, value_enum, default_value_t = Route::Leader)]
+    pub route: Route,
     /// Kho table; created when missing, with the one family --family.
     #[arg(long, default_value = "usertable")]
     pub table: String,
@@ -224,6 +229,7 @@ impl Default for BenchArgs {
             data_dir: None,
             tenant: "bench".to_string(),
             tenant_encryption: TenantEncryptionArg::Default,
+            route: Route::Leader,
             table: "usertable".to_string(),
             family: "f".to_string(),
             warmup_secs: 0,
@@ -260,6 +266,9 @@ pub struct Config {
     /// Absent in reports written before encryption existed: default.
     #[serde(default)]
     pub tenant_encryption: TenantEncryptionArg,
+    /// Absent in reports written before routing existed: `any`.
+    #[serde(default = "route_any")]
+    pub route: Route,
     pub table: String,
     pub family: String,
     pub warmup_secs: u64,
@@ -344,6 +353,7 @@ impl BenchArgs {
             data_dir: self.data_dir.clone(),
             tenant,
             tenant_encryption: self.tenant_encryption,
+            route: self.route,
             table: self.table.clone(),
             family: self.family.clone(),
             warmup_secs: self.warmup_secs,
@@ -577,4 +587,18 @@ mod tests {
             .validate()
             .is_ok());
     }
+}
+
+/// Where the Kho target sends its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// Every request to the leader.
+    Leader,
+    /// Workers spread over every endpoint, round-robin.
+    Any,
+}
+
+fn route_any() -> Route {
+    Route::Any
 }

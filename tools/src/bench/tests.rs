@@ -394,11 +394,14 @@ impl kv1::admin_server::Admin for FakeKho {
     async fn drop_table(&self, _: Request<kv1::DropTableRequest>) -> Result<Response<kv1::DropTableResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    /// The fake is a one-node cluster: it leads, at the address the client reached.
     async fn cluster_status(
         &self,
-        _: Request<kv1::ClusterStatusRequest>,
+        req: Request<kv1::ClusterStatusRequest>,
     ) -> Result<Response<kv1::ClusterStatusResponse>, Status> {
-        Err(Status::unimplemented("fake"))
+        let address = req.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let node = kv1::NodeStatus { node_id: 1, address, role: "leader".into(), leader_id: 1, ..Default::default() };
+        Ok(Response::new(kv1::ClusterStatusResponse { leader_id: 1, term: 1, nodes: vec![node] }))
     }
     async fn node_status(&self, _: Request<kv1::NodeStatusRequest>) -> Result<Response<kv1::NodeStatus>, Status> {
         Err(Status::unimplemented("fake"))

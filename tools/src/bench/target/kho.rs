@@ -109,6 +109,37 @@ impl Target for KhoTarget {
 /// missing, and checks that the table has the family and, for an explicit encryption mode,
 /// that the tenant has it (an existing tenant keeps the mode it was created with).
 /// `ALREADY_EXISTS` is fine; `UNAVAILABLE` (an election) is retried.
+/// The address of the Raft leader, asked of the first endpoint that answers ClusterStatus
+/// with a leader (the cluster may still be electing one: then it retries).
+pub async fn leader_endpoint(endpoints: &[String]) -> anyhow::Result<String> {
+    for attempt in 0..SETUP_ATTEMPTS {
+        let mut unreachable = Vec::new();
+        for e in endpoints {
+            let channel = match super::connect_one(e).await {
+                Ok(c) => c,
+                Err(err) => {
+                    unreachable.push(err);
+                    continue;
+                }
+            };
+            let mut admin = AdminClient::new(channel);
+            let Ok(status) = admin.cluster_status(request(kho_proto::v1::ClusterStatusRequest {})).await else { continue };
+            let status = status.into_inner();
+            if let Some(leader) = status.nodes.iter().find(|n| n.node_id == status.leader_id && status.leader_id != 0) {
+                return Ok(leader.address.clone());
+            }
+        }
+        // No endpoint can be reached at all: fail fast, naming the first.
+        if attempt == 0 && unreachable.len() == endpoints.len() {
+            if let Some(err) = unreachable.into_iter().next() {
+                return Err(err);
+            }
+        }
+        tokio::time::sleep(SETUP_RETRY_DELAY).await;
+    }
+    bail!("--route leader: no endpoint of {} reported a leader", endpoints.join(","))
+}
+
 pub async fn prepare(
     channel: &Channel,
     tenant: &str,

@@ -94,7 +94,11 @@ pub async fn connect(config: &Config) -> anyhow::Result<Vec<Arc<dyn Target>>> {
         let db: Arc<dyn Target> = Arc::new(rocksdb::RocksTarget::open(dir)?);
         return Ok(vec![db]);
     }
-    let channels = connect_channels(&config.endpoints, config.concurrency).await?;
+    let endpoints = match (config.target, config.route) {
+        (TargetKind::Kho, crate::bench::config::Route::Leader) => vec![kho::leader_endpoint(&config.endpoints).await?],
+        _ => config.endpoints.clone(),
+    };
+    let channels = connect_channels(&endpoints, config.concurrency).await?;
     match config.target {
         TargetKind::Kho => {
             kho::prepare(&channels[0], &config.tenant, config.tenant_encryption, &config.table, &config.family).await?;
