@@ -2,8 +2,9 @@
 //! catalog, builds and installs snapshots.
 //!
 //! Invariants:
-//! - applying an entry writes its data changes and the new applied log id in one atomic
-//!   RocksDB batch, so after a crash the data is exactly that of some applied prefix;
+//! - applying an entry (or a run of consecutive blind writes, which read nothing) writes its
+//!   data changes and the new applied log id in one atomic RocksDB batch, so after a crash
+//!   the data is exactly that of some applied prefix; clients are answered after the write;
 //! - applied writes need no sync: the log entries they come from are durable, and an
 //!   applied state lost in a crash is re-applied from the log (the WAL recovers a
 //!   consistent prefix, and a purge is always written after the applies it relies on);
