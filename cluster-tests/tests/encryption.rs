@@ -419,7 +419,7 @@ async fn wait_for_snapshot_file(cluster: &Cluster) -> Vec<PathBuf> {
 /// One TenantKeyStatus call for `tenant` through node `via`, bounded, not retried.
 async fn tenant_keys_once(cluster: &Cluster, via: u64, tenant: &str) -> Result<TenantKeys, Status> {
     let mut admin = cluster.admin_client(via);
-    let req = TenantKeyStatusRequest { tenant: tenant.into() };
+    let req = TenantKeyStatusRequest { tenant: tenant.into(), ..Default::default() };
     let resp = match tokio::time::timeout(Duration::from_millis(STATUS_CALL_TIMEOUT_MS), admin.tenant_key_status(req)).await {
         Ok(result) => result?.into_inner(),
         Err(_) => return Err(Status::deadline_exceeded(format!("no answer within {STATUS_CALL_TIMEOUT_MS} ms"))),
@@ -437,7 +437,7 @@ async fn tenant_keys(cluster: &Cluster, via: u64, tenant: &str) -> TenantKeys {
     let resp = ok(
         cluster,
         &format!("TenantKeyStatus {tenant} via node {via}"),
-        rpc!(admin, tenant_key_status, TenantKeyStatusRequest { tenant: tenant.into() }),
+        rpc!(admin, tenant_key_status, TenantKeyStatusRequest { tenant: tenant.into(), ..Default::default() }),
     );
     let listed: Vec<String> = resp.tenants.iter().map(|t| t.tenant.clone()).collect();
     resp.tenants

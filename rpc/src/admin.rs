@@ -296,7 +296,7 @@ impl Admin for AdminService {
             let mut c = self.ctx.admin_client(&addr)?;
             return c.tenant_key_status(crate::ctx::forwarded_request(r, Duration::from_millis(KEY_STATUS_TIMEOUT_MS + 5_000))).await;
         }
-        Ok(Response::new(self.key_status_here(&r.tenant).await?))
+        Ok(Response::new(self.key_status_here(&r.tenant, !r.without_counts).await?))
     }
 
     async fn destroy_tenant_key(
@@ -313,7 +313,7 @@ impl Admin for AdminService {
         // Nothing may still be sealed under the version: count at the leader's applied state.
         // Values are only ever sealed under the current version (or a running re-encryption's
         // target, which the state machine checks), so the count cannot grow afterwards.
-        let st = self.key_status_here(&r.tenant).await?;
+        let st = self.key_status_here(&r.tenant, true).await?;
         let tenant = st.tenants.first().ok_or_else(|| Status::not_found(format!("tenant `{}` does not exist", r.tenant)))?;
         let Some(v) = tenant.versions.iter().find(|v| v.version == r.version) else {
             return Err(Status::not_found(format!("tenant `{}` has no key version {}", r.tenant, r.version)));
@@ -370,7 +370,7 @@ const KEY_STATUS_TIMEOUT_MS: u64 = 120_000;
 impl AdminService {
     /// Counts values per key version for the tenants asked for, on this node (the leader,
     /// after a read barrier).
-    async fn key_status_here(&self, tenant: &str) -> Result<pb::TenantKeyStatusResponse, Status> {
+    async fn key_status_here(&self, tenant: &str, count: bool) -> Result<pb::TenantKeyStatusResponse, Status> {
         let state = self.ctx.group().state.clone();
         let wanted: Vec<(String, u32)> = {
             let cat = state.catalog();
@@ -380,9 +380,13 @@ impl AdminService {
             cat.tenants.iter().filter(|(n, _)| tenant.is_empty() || n.as_str() == tenant).map(|(n, i)| (n.clone(), *i)).collect()
         };
         let count = tokio::task::spawn_blocking(move || -> Result<pb::TenantKeyStatusResponse, Status> {
-            let mut out = pb::TenantKeyStatusResponse::default();
+            let mut out = pb::TenantKeyStatusResponse { counted: count, ..Default::default() };
             for (name, id) in wanted {
-                let (applied, per_version, plain) = state.key_usage(id).map_err(status::internal)?;
+                let (applied, per_version, plain) = if count {
+                    state.key_usage(id).map_err(status::internal)?
+                } else {
+                    (state.applied_state().map_err(status::internal)?.0.map(|l| l.index).unwrap_or(0), Default::default(), 0)
+                };
                 out.applied_index = out.applied_index.max(applied);
                 let cat = state.catalog();
                 let keys = cat.tenant_keys(id);

@@ -244,6 +244,7 @@ mod tests {
         };
         let s = TenantKeyStatusResponse {
             applied_index: 812,
+            counted: true,
             tenants: vec![
                 TenantKeys {
                     tenant: "dan_cu".into(),
@@ -275,7 +276,7 @@ mod tests {
         assert_eq!(lines[9], "tenant tham_khao: not encrypted", "{text}");
         assert_eq!(lines[10], "  plaintext values: 50", "{text}");
         assert_eq!(lines[11], "  re-encryption: never started", "{text}");
-        let empty = tenant_keys(&TenantKeyStatusResponse { applied_index: 1, tenants: vec![] });
+        let empty = tenant_keys(&TenantKeyStatusResponse { applied_index: 1, tenants: vec![], counted: true });
         assert_eq!(empty, "counted at applied index 1\nno tenants\n");
     }
 }

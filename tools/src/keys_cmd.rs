@@ -88,7 +88,7 @@ pub async fn keys(cmd: KeysCmd) -> anyhow::Result<ExitCode> {
     match cmd.op {
         KeysOp::Status { tenant } => {
             let mut admin = client::connect(&endpoints, timeouts()).await?.admin();
-            let req = TenantKeyStatusRequest { tenant: tenant.unwrap_or_default() };
+            let req = TenantKeyStatusRequest { tenant: tenant.unwrap_or_default(), without_counts: false };
             let r = admin.tenant_key_status(req).await?.into_inner();
             write!(std::io::stdout(), "{}", display::tenant_keys(&r))?;
         }
@@ -157,7 +157,12 @@ fn retryable(e: &anyhow::Error) -> bool {
 }
 
 /// One TenantKeyStatus of `tenant`, connecting first when there is no connection.
-async fn poll_once(conn: &mut Option<Conn>, endpoints: &EndpointList, tenant: &str) -> anyhow::Result<TenantKeyStatusResponse> {
+async fn poll_once(
+    conn: &mut Option<Conn>,
+    endpoints: &EndpointList,
+    tenant: &str,
+    counts: bool,
+) -> anyhow::Result<TenantKeyStatusResponse> {
     let c = match conn.clone() {
         Some(c) => c,
         None => {
@@ -166,7 +171,8 @@ async fn poll_once(conn: &mut Option<Conn>, endpoints: &EndpointList, tenant: &s
             c
         }
     };
-    let r = c.admin().tenant_key_status(TenantKeyStatusRequest { tenant: tenant.to_string() }).await?;
+    let req = TenantKeyStatusRequest { tenant: tenant.to_string(), without_counts: !counts };
+    let r = c.admin().tenant_key_status(req).await?;
     Ok(r.into_inner())
 }
 
@@ -189,10 +195,11 @@ async fn reencrypt(endpoints: &EndpointList, tenant: &str, no_wait: bool, timeou
         return Ok(ExitCode::SUCCESS);
     }
     let mut conn = Some(first);
-    let mut last_seen: Option<(u64, u64, u64)> = None;
+    let mut last_seen: Option<(u64, u64)> = None;
     loop {
         let next_poll = tokio::time::Instant::now() + POLL_INTERVAL;
-        let polled = tokio::time::timeout_at(deadline, poll_once(&mut conn, endpoints, tenant)).await;
+        // Progress only while it runs (counting reads the whole tenant on the leader).
+        let polled = tokio::time::timeout_at(deadline, poll_once(&mut conn, endpoints, tenant, false)).await;
         let secs = started.elapsed().as_secs();
         match polled {
             Err(_) => break,
@@ -214,15 +221,28 @@ async fn reencrypt(endpoints: &EndpointList, tenant: &str, no_wait: bool, timeou
                     Progress::NotVisible => {
                         writeln!(std::io::stdout(), "tenant {tenant}: waiting for the re-encryption to show ({secs} s)")?;
                     }
-                    Progress::Running { visited, rewritten, remaining } => {
-                        last_seen = Some((visited, rewritten, remaining));
+                    Progress::Running { visited, rewritten, remaining } if status.counted => {
+                        last_seen = Some((visited, rewritten));
                         writeln!(
                             std::io::stdout(),
                             "tenant {tenant}: visited {visited}, rewritten {rewritten}; \
                              values not yet under key version {target}: {remaining} ({secs} s)"
                         )?;
                     }
-                    Progress::Done { visited, rewritten, remaining } => {
+                    Progress::Running { visited, rewritten, .. } => {
+                        last_seen = Some((visited, rewritten));
+                        writeln!(std::io::stdout(), "tenant {tenant}: visited {visited}, rewritten {rewritten} ({secs} s)")?;
+                    }
+                    Progress::Done { .. } => {
+                        // Once, at the end: count what is left under other versions.
+                        let status = poll_once(&mut conn, endpoints, tenant, true).await?;
+                        let Some(t) = status.tenants.iter().find(|t| t.tenant == tenant) else {
+                            bail!("tenant {tenant} is missing from the key status");
+                        };
+                        let (visited, rewritten, remaining) = match progress(t, target) {
+                            Progress::Done { visited, rewritten, remaining } => (visited, rewritten, remaining),
+                            other => bail!("tenant {tenant}: the re-encryption was done, now {other:?}"),
+                        };
                         writeln!(
                             std::io::stdout(),
                             "tenant {tenant}: re-encryption to key version {target} done in {secs} s: visited {visited}, \
@@ -245,9 +265,7 @@ async fn reencrypt(endpoints: &EndpointList, tenant: &str, no_wait: bool, timeou
         tokio::time::sleep_until(next_poll.min(deadline)).await;
     }
     let seen = match last_seen {
-        Some((visited, rewritten, remaining)) => {
-            format!(" (last seen: visited {visited}, rewritten {rewritten}, values not yet under it {remaining})")
-        }
+        Some((visited, rewritten)) => format!(" (last seen: visited {visited}, rewritten {rewritten})"),
         None => String::new(),
     };
     Err(anyhow!(

@@ -452,7 +452,7 @@ impl kv1::admin_server::Admin for FakeKho {
                 reencryption: None,
             })
             .collect();
-        Ok(Response::new(kv1::TenantKeyStatusResponse { applied_index: 1, tenants }))
+        Ok(Response::new(kv1::TenantKeyStatusResponse { applied_index: 1, tenants, counted: true }))
     }
     async fn destroy_tenant_key(
         &self,

@@ -156,10 +156,10 @@ pub async fn prepare(
     .await
     .with_context(|| format!("--tenant: cannot create tenant `{tenant}` (--tenant-encryption {})", encryption.label()))?;
     if encryption != TenantEncryptionArg::Default {
-        // Counts the tenant's values on the leader: once per run, before the phases.
+        // Only whether the tenant is encrypted: no counting.
         let status = retry_unavailable("TenantKeyStatus", || {
             let mut admin = admin.clone();
-            let req = TenantKeyStatusRequest { tenant: tenant.to_string() };
+            let req = TenantKeyStatusRequest { tenant: tenant.to_string(), without_counts: true };
             async move { admin.tenant_key_status(request(req)).await.map(|r| r.into_inner().tenants) }
         })
         .await
