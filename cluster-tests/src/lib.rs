@@ -45,7 +45,7 @@ pub use cluster::{describe_checksums, Cluster, ClusterOptions, Limits, KEEP_DIR_
 pub use keys::MasterKey;
 pub use kv::KvTarget;
 pub use process::ServerRun;
-pub use retry::{is_retryable, retry_call, RetryPolicy};
+pub use retry::{expect_status, is_retryable, ok, retry_call, RetryPolicy};
 pub use seed::{test_seed, SEED_ENV};
 pub use setup::{
     create_table, create_table_with, create_tenant, create_tenant_with_encryption, setup_kv, FAMILY, TABLE, TENANT,

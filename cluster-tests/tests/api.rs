@@ -7,7 +7,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use kho_cluster_tests::kv::scan_retry;
 use kho_cluster_tests::{
-    create_table, create_tenant, retry_call, setup_kv, Cluster, ClusterOptions, RetryPolicy, FAMILY, TABLE, TENANT,
+    create_table, create_tenant, expect_status, ok, retry_call, rpc, setup_kv, Cluster, ClusterOptions, RetryPolicy, FAMILY,
+    TABLE, TENANT,
 };
 use kho_proto::v1::data_client::DataClient;
 use kho_proto::v1::mutation::Mutation as M;
@@ -16,43 +17,6 @@ use kho_proto::v1::*;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// One RPC with `RetryPolicy::STEADY` retries on retryable errors (elections, reconnects).
-macro_rules! rpc {
-    ($client:expr, $method:ident, $req:expr) => {{
-        let client = $client.clone();
-        let req = $req;
-        retry_call(&RetryPolicy::STEADY, move |_| {
-            let mut client = client.clone();
-            let req = req.clone();
-            async move { client.$method(req).await }
-        })
-        .await
-    }};
-}
-
-/// Fails unless `result` is an error with `code` whose message mentions every one of
-/// `mentions` (case-insensitive).
-fn expect_status<T: std::fmt::Debug>(cluster: &Cluster, what: &str, result: Result<T, Status>, code: Code, mentions: &[&str]) {
-    match result {
-        Ok(v) => cluster.fail(format!("{what}: expected {code:?}, got OK: {v:?}")),
-        Err(status) => {
-            let message = status.message().to_lowercase();
-            let missing: Vec<&&str> = mentions.iter().filter(|m| !message.contains(&m.to_lowercase())).collect();
-            if status.code() != code || !missing.is_empty() {
-                cluster.fail(format!(
-                    "{what}: expected {code:?} mentioning {mentions:?}, got {:?} `{}`",
-                    status.code(),
-                    status.message()
-                ));
-            }
-        }
-    }
-}
-
-/// The value of a successful call, or the test fails.
-fn ok<T>(cluster: &Cluster, what: &str, result: Result<T, Status>) -> T {
-    result.unwrap_or_else(|e| cluster.fail(format!("{what}: {e}")))
-}
 
 fn put_req(tenant: &str, table: &str, family: &str, key: &[u8], value: &[u8]) -> PutRequest {
     PutRequest {

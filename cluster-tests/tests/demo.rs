@@ -30,75 +30,95 @@ fn free_base_port() -> u16 {
     panic!("no three consecutive free loopback ports found in 50 tries");
 }
 
+/// A running `kho demo`, its output read on threads so that every wait is bounded.
+struct RunningDemo {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    output: Vec<String>,
+    citizen: Option<String>,
+    endpoints: Option<String>,
+}
+
+impl RunningDemo {
+    fn start(kho: &std::path::Path, args: &[&str], dir: &std::path::Path) -> RunningDemo {
+        let mut child = Command::new(kho)
+            .args(args)
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kho demo");
+        let (tx, lines) = mpsc::channel::<String>();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        for stream in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        RunningDemo { child, lines, output: Vec::new(), citizen: None, endpoints: None }
+    }
+
+    /// Waits at most READY_TIMEOUT_S for `kho demo: ready`, noting the endpoints and the
+    /// first citizen id on the way. Stops the demo and panics with its output if not ready.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(READY_TIMEOUT_S);
+        loop {
+            let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+                self.stop();
+                panic!("kho demo did not print `kho demo: ready` within {READY_TIMEOUT_S} s; output:\n{}", self.output.join("\n"));
+            };
+            if let Some(id) = line.strip_prefix("kho demo: first citizen id ") {
+                self.citizen = Some(id.trim().to_string());
+            }
+            if let Some(e) = line.strip_prefix("kho demo: endpoints ") {
+                self.endpoints = Some(e.trim().to_string());
+            }
+            let done = line.trim() == "kho demo: ready";
+            self.output.push(line);
+            if done {
+                return;
+            }
+        }
+    }
+
+    /// SIGINT, as Ctrl-C sends, to the demo's own pid; waits at most STOP_TIMEOUT_S, then
+    /// kills it. Returns its exit status if it stopped by itself; keeps its last output.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on the demo's own positive pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(STOP_TIMEOUT_S);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
+            self.output.push(line);
+        }
+        status
+    }
+}
+
 #[test]
 fn demo_starts_loads_and_serves_rows_then_stops_on_ctrl_c() {
     let kho = kho_binary();
     let dir = tempfile::tempdir().expect("temp dir");
     let base_port = free_base_port();
-    let mut demo = Command::new(&kho)
-        .args(["demo", "--rows", "300", "--base-port", &base_port.to_string(), "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kho demo");
-    // Read the demo's output on a thread, so the wait for `ready` is bounded.
-    let (tx, rx) = mpsc::channel::<String>();
-    let stdout = demo.stdout.take().expect("stdout");
-    let stderr = demo.stderr.take().expect("stderr");
-    for stream in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(READY_TIMEOUT_S);
-    let mut output = Vec::new();
-    let mut citizen = None;
-    let mut endpoints = None;
-    let ready = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                if let Some(id) = line.strip_prefix("kho demo: first citizen id ") {
-                    citizen = Some(id.trim().to_string());
-                }
-                if let Some(e) = line.strip_prefix("kho demo: endpoints ") {
-                    endpoints = Some(e.trim().to_string());
-                }
-                let done = line.trim() == "kho demo: ready";
-                output.push(line);
-                if done {
-                    break true;
-                }
-            }
-            Err(_) => break false,
-        }
-    };
-    let stop = |demo: &mut std::process::Child| {
-        // SIGINT, as Ctrl-C sends, to the demo's own pid.
-        unsafe { libc::kill(demo.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(STOP_TIMEOUT_S);
-        loop {
-            if let Some(status) = demo.try_wait().expect("wait") {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = demo.kill();
-                let _ = demo.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    if !ready {
-        stop(&mut demo);
-        panic!("kho demo did not print `kho demo: ready` within {READY_TIMEOUT_S} s; output:\n{}", output.join("\n"));
-    }
-    let citizen = citizen.expect("the demo prints the first citizen id");
-    let endpoints = endpoints.expect("the demo prints its endpoints");
+    let mut demo = RunningDemo::start(&kho, &["demo", "--rows", "300", "--base-port", &base_port.to_string()], dir.path());
+    demo.wait_ready();
+    let citizen = demo.citizen.clone().expect("the demo prints the first citizen id");
+    let endpoints = demo.endpoints.clone().expect("the demo prints its endpoints");
     assert_eq!(endpoints.split(',').count(), 3, "three endpoints: {endpoints}");
     // Read the citizen through each node in turn: followers forward to the leader.
     for endpoint in endpoints.split(',') {
@@ -113,10 +133,8 @@ fn demo_starts_loads_and_serves_rows_then_stops_on_ctrl_c() {
             assert!(text.contains(cell), "row read via {endpoint} lacks `{cell}`: {text}");
         }
     }
-    let status = stop(&mut demo);
-    while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
-        output.push(line);
-    }
+    let status = demo.stop();
+    let output = &demo.output;
     assert!(
         status.is_some_and(|s| s.success()),
         "kho demo did not exit cleanly within {STOP_TIMEOUT_S} s of SIGINT ({status:?}); output:\n{}",
@@ -167,60 +185,9 @@ fn demo_data_dirs_hold_no_citizen_name_or_id_after_restart_and_compaction() {
     assert!(load_text.contains("encrypted"), "the demo says its data is encrypted:\n{load_text}");
 
     // Restart on the same data, compact every node, read a row back, stop.
-    let mut demo = Command::new(&kho)
-        .args(["demo", "--rows", ROWS, "--base-port", &port, "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("restart kho demo");
-    let (tx, rx) = mpsc::channel::<String>();
-    for stream in [Box::new(demo.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>, Box::new(demo.stderr.take().expect("stderr"))] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(READY_TIMEOUT_S);
-    let mut output = Vec::new();
-    let mut endpoints = None;
-    let ready = loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                if let Some(e) = line.strip_prefix("kho demo: endpoints ") {
-                    endpoints = Some(e.trim().to_string());
-                }
-                let done = line.trim() == "kho demo: ready";
-                output.push(line);
-                if done {
-                    break true;
-                }
-            }
-            Err(_) => break false,
-        }
-    };
-    let stop = |demo: &mut std::process::Child| {
-        unsafe { libc::kill(demo.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(STOP_TIMEOUT_S);
-        loop {
-            if let Some(status) = demo.try_wait().expect("wait") {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = demo.kill();
-                let _ = demo.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    if !ready {
-        stop(&mut demo);
-        panic!("the restarted demo was not ready within {READY_TIMEOUT_S} s:\n{}", output.join("\n"));
-    }
-    let endpoints = endpoints.expect("the demo prints its endpoints");
+    let mut demo = RunningDemo::start(&kho, &["demo", "--rows", ROWS, "--base-port", &port], dir.path());
+    demo.wait_ready();
+    let endpoints = demo.endpoints.clone().expect("the demo prints its endpoints");
     let compact = Command::new(&kho).args(["node", "compact", "--endpoints", &endpoints]).output().expect("run kho node compact");
     let compact_ok = compact.status.success();
     let first = &rows[0];
@@ -228,7 +195,7 @@ fn demo_data_dirs_hold_no_citizen_name_or_id_after_restart_and_compaction() {
         .args(["row", "read", "--endpoints", &endpoints, "--tenant", "dan_cu", "--table", "citizen", "--row", &field(first, "id")])
         .output()
         .expect("run kho row read");
-    let status = stop(&mut demo);
+    let status = demo.stop();
     assert!(compact_ok, "kho node compact failed: {}{}", String::from_utf8_lossy(&compact.stdout), String::from_utf8_lossy(&compact.stderr));
     let read_text = String::from_utf8_lossy(&read.stdout);
     assert!(read.status.success() && read_text.contains(&field(first, "ho_ten")), "reads return the plaintext name: {read_text}");

@@ -13,8 +13,8 @@ use futures::StreamExt;
 use kho_cluster_tests::disk::{files_under, search_files, SearchReport, TreeState};
 use kho_cluster_tests::kv::{batch_get_all, scan_retry};
 use kho_cluster_tests::{
-    assert_checksums_equal, create_table_with, create_tenant_with_encryption, is_retryable, kho_binary, retry_call,
-    test_seed, Cluster, ClusterOptions, KvTarget, MasterKey, RetryPolicy, ServerRun,
+    assert_checksums_equal, create_table_with, create_tenant_with_encryption, expect_status, is_retryable, kho_binary, ok,
+    retry_call, rpc, test_seed, Cluster, ClusterOptions, KvTarget, MasterKey, RetryPolicy, ServerRun,
 };
 use kho_proto::v1::data_client::DataClient;
 use kho_proto::v1::mutation::Mutation as M;
@@ -48,43 +48,6 @@ const CLI_TIMEOUT_S: u64 = 60;
 const COMPACT_POLICY: RetryPolicy =
     RetryPolicy { attempts_max: 5, backoff_initial_ms: 200, backoff_max_ms: 1_000, call_timeout_ms: 60_000 };
 
-/// One RPC with `RetryPolicy::STEADY` retries on retryable errors (elections, reconnects).
-macro_rules! rpc {
-    ($client:expr, $method:ident, $req:expr) => {{
-        let client = $client.clone();
-        let req = $req;
-        retry_call(&RetryPolicy::STEADY, move |_| {
-            let mut client = client.clone();
-            let req = req.clone();
-            async move { client.$method(req).await }
-        })
-        .await
-    }};
-}
-
-/// Fails unless `result` is an error with `code` whose message mentions every one of
-/// `mentions` (case-insensitive).
-fn expect_status<T: std::fmt::Debug>(cluster: &Cluster, what: &str, result: Result<T, Status>, code: Code, mentions: &[&str]) {
-    match result {
-        Ok(v) => cluster.fail(format!("{what}: expected {code:?}, got OK: {v:?}")),
-        Err(status) => {
-            let message = status.message().to_lowercase();
-            let missing: Vec<&&str> = mentions.iter().filter(|m| !message.contains(&m.to_lowercase())).collect();
-            if status.code() != code || !missing.is_empty() {
-                cluster.fail(format!(
-                    "{what}: expected {code:?} mentioning {mentions:?}, got {:?} `{}`",
-                    status.code(),
-                    status.message()
-                ));
-            }
-        }
-    }
-}
-
-/// The value of a successful call, or the test fails.
-fn ok<T>(cluster: &Cluster, what: &str, result: Result<T, Status>) -> T {
-    result.unwrap_or_else(|e| cluster.fail(format!("{what}: {e}")))
-}
 
 // ---------------------------------------------------------------------------------------
 // Master keys
