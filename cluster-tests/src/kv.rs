@@ -2,7 +2,7 @@
 
 use futures::StreamExt;
 use kho_proto::v1::data_client::DataClient;
-use kho_proto::v1::{BatchGetItem, BatchGetRequest, GetRequest, KeyValue, ScanRequest};
+use kho_proto::v1::{BatchGetItem, BatchGetRequest, GetRequest, KeyValue, Row, ScanRequest, ScanRowsRequest};
 use tonic::transport::Channel;
 use tonic::Status;
 
@@ -96,6 +96,23 @@ pub async fn scan_retry(client: &DataClient<Channel>, req: ScanRequest, policy: 
     retry_call(policy, |_| {
         let req = req.clone();
         async move { scan(client, req).await.map(tonic::Response::new) }
+    })
+    .await
+}
+
+/// One ScanRows, all chunks collected (retried whole on retryable errors).
+pub async fn scan_rows(client: &DataClient<Channel>, req: ScanRowsRequest) -> Result<Vec<Row>, Status> {
+    retry_call(&RetryPolicy::STEADY, |_| {
+        let mut client = client.clone();
+        let req = req.clone();
+        async move {
+            let mut stream = client.scan_rows(req).await?.into_inner();
+            let mut rows = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                rows.extend(chunk?.rows);
+            }
+            Ok(tonic::Response::new(rows))
+        }
     })
     .await
 }

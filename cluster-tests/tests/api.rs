@@ -4,18 +4,15 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use kho_cluster_tests::kv::scan_retry;
+use kho_cluster_tests::kv::{scan_retry, scan_rows};
 use kho_cluster_tests::{
-    create_table, create_tenant, expect_status, ok, retry_call, rpc, setup_kv, Cluster, ClusterOptions, RetryPolicy, FAMILY,
+    create_table, create_tenant, expect_status, ok, rpc, setup_kv, Cluster, ClusterOptions, RetryPolicy, FAMILY,
     TABLE, TENANT,
 };
-use kho_proto::v1::data_client::DataClient;
 use kho_proto::v1::mutation::Mutation as M;
 use kho_proto::v1::write_op::Op;
 use kho_proto::v1::*;
-use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Code;
 
 
 fn put_req(tenant: &str, table: &str, family: &str, key: &[u8], value: &[u8]) -> PutRequest {
@@ -219,23 +216,6 @@ fn cells(row: &Row) -> Vec<(String, String, String)> {
 
 fn triple(f: &str, q: &str, v: &str) -> (String, String, String) {
     (f.into(), q.into(), v.into())
-}
-
-/// One ScanRows, all chunks collected (retried whole on retryable errors).
-async fn scan_rows(client: &DataClient<Channel>, req: ScanRowsRequest) -> Result<Vec<Row>, Status> {
-    retry_call(&RetryPolicy::STEADY, |_| {
-        let mut client = client.clone();
-        let req = req.clone();
-        async move {
-            let mut stream = client.scan_rows(req).await?.into_inner();
-            let mut rows = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                rows.extend(chunk?.rows);
-            }
-            Ok(tonic::Response::new(rows))
-        }
-    })
-    .await
 }
 
 fn row_keys(rows: &[Row]) -> Vec<String> {

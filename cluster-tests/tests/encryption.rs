@@ -11,18 +11,16 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kho_cluster_tests::disk::{files_under, search_files, SearchReport, TreeState};
-use kho_cluster_tests::kv::{batch_get_all, scan_retry};
+use kho_cluster_tests::kv::{batch_get_all, scan_retry, scan_rows};
 use kho_cluster_tests::{
     assert_checksums_equal, create_table_with, create_tenant_with_encryption, expect_status, is_retryable, kho_binary, ok,
     retry_call, rpc, test_seed, Cluster, ClusterOptions, KvTarget, MasterKey, RetryPolicy, ServerRun,
 };
-use kho_proto::v1::data_client::DataClient;
 use kho_proto::v1::mutation::Mutation as M;
 use kho_proto::v1::write_op::Op;
 use kho_proto::v1::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Requests in flight at once while loading or reading back many rows.
@@ -599,9 +597,7 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
     const NAME: &str = "encrypted_data_dirs_hold_no_plaintext";
     let seed = test_seed(NAME);
     let mut rng = StdRng::seed_from_u64(seed);
-    let keys = key_dir();
-    let key_file = write_key(keys.path(), "master.key", &MasterKey::random(&mut rng), 0o600);
-    let opts = ClusterOptions { snapshot_logs_since_last: Some(SNAPSHOT_EVERY_ENTRIES), ..encrypted_options(&key_file) };
+    let opts = ClusterOptions { snapshot_logs_since_last: Some(SNAPSHOT_EVERY_ENTRIES), encrypted: true, ..ClusterOptions::default() };
     let cluster = Cluster::start(3, opts).await;
     cluster
         .bounded(NAME, Duration::from_secs(300), async {
@@ -742,9 +738,7 @@ async fn rotate_reencrypt_then_no_value_under_the_old_version() {
     const NAME: &str = "rotate_reencrypt_then_no_value_under_the_old_version";
     let seed = test_seed(NAME);
     let mut rng = StdRng::seed_from_u64(seed);
-    let keys = key_dir();
-    let key_file = write_key(keys.path(), "master.key", &MasterKey::random(&mut rng), 0o600);
-    let cluster = Cluster::start(3, encrypted_options(&key_file)).await;
+    let cluster = Cluster::start(3, ClusterOptions { encrypted: true, ..ClusterOptions::default() }).await;
     cluster
         .bounded(NAME, Duration::from_secs(300), async {
             let leader = cluster.leader().await;
@@ -875,9 +869,7 @@ async fn reencryption_resumes_after_the_leader_restarts() {
     const NAME: &str = "reencryption_resumes_after_the_leader_restarts";
     let seed = test_seed(NAME);
     let mut rng = StdRng::seed_from_u64(seed);
-    let keys = key_dir();
-    let key_file = write_key(keys.path(), "master.key", &MasterKey::random(&mut rng), 0o600);
-    let cluster = Cluster::start(3, encrypted_options(&key_file)).await;
+    let cluster = Cluster::start(3, ClusterOptions { encrypted: true, ..ClusterOptions::default() }).await;
     cluster
         .bounded(NAME, Duration::from_secs(420), async {
             let leader = cluster.leader().await;
@@ -1076,23 +1068,6 @@ async fn node_refuses_a_wrong_or_missing_master_key_and_touches_nothing() {
 // ---------------------------------------------------------------------------------------
 // 5. Hashed row keys.
 
-/// One ScanRows, all chunks collected (retried whole on retryable errors).
-async fn scan_rows(client: &DataClient<Channel>, req: ScanRowsRequest) -> Result<Vec<Row>, Status> {
-    retry_call(&RetryPolicy::STEADY, |_| {
-        let mut client = client.clone();
-        let req = req.clone();
-        async move {
-            let mut stream = client.scan_rows(req).await?.into_inner();
-            let mut rows = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                rows.extend(chunk?.rows);
-            }
-            Ok(tonic::Response::new(rows))
-        }
-    })
-    .await
-}
-
 /// The encrypted tenant of the hashed-table test; its table `citizen` has hashed row keys.
 const HO_TICH: &str = "ho_tich";
 
@@ -1131,9 +1106,7 @@ async fn hashed_table_refuses_scans_and_serves_point_reads() {
     const PLAIN: &str = GHI_CHU;
     let seed = test_seed(NAME);
     let mut rng = StdRng::seed_from_u64(seed);
-    let keys = key_dir();
-    let key_file = write_key(keys.path(), "master.key", &MasterKey::random(&mut rng), 0o600);
-    let cluster = Cluster::start(3, encrypted_options(&key_file)).await;
+    let cluster = Cluster::start(3, ClusterOptions { encrypted: true, ..ClusterOptions::default() }).await;
     cluster
         .bounded(NAME, Duration::from_secs(240), async {
             let leader = cluster.leader().await;
@@ -1322,10 +1295,7 @@ fn stored_cell(engine: &kho_engine::Engine, row: &[u8]) -> (Vec<u8>, Vec<u8>) {
 async fn a_byte_flipped_on_disk_fails_the_read_and_never_returns_other_data() {
     const NAME: &str = "a_byte_flipped_on_disk_fails_the_read_and_never_returns_other_data";
     let seed = test_seed(NAME);
-    let mut rng = StdRng::seed_from_u64(seed);
-    let keys = key_dir();
-    let key_file = write_key(keys.path(), "master.key", &MasterKey::random(&mut rng), 0o600);
-    let cluster = Cluster::start(1, encrypted_options(&key_file)).await;
+    let cluster = Cluster::start(1, ClusterOptions { encrypted: true, ..ClusterOptions::default() }).await;
     cluster
         .bounded(NAME, Duration::from_secs(120), async {
             let mut admin = cluster.admin_client(1);
