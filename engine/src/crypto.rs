@@ -49,10 +49,17 @@ pub fn random_key() -> Secret {
     key
 }
 
+/// Random bytes for nonces: the thread's CSPRNG (rand's `ThreadRng`, ChaCha12 seeded from
+/// the operating system and reseeded every 64 KiB). Not `OsRng`: a system call per write
+/// and per log entry was a measurable share of a node's CPU. Keys still come from `OsRng`.
+fn fill_nonce(out: &mut [u8]) {
+    rand::RngCore::fill_bytes(&mut rand::rng(), out);
+}
+
 /// A random 96-bit nonce seed for one write command (see [`nonce_at`]).
 pub fn random_nonce_seed() -> [u8; GCM_NONCE_BYTES] {
     let mut seed = [0u8; GCM_NONCE_BYTES];
-    OsRng.fill_bytes(&mut seed);
+    fill_nonce(&mut seed);
     seed
 }
 
@@ -244,7 +251,7 @@ impl LogCipher {
     /// Appends `nonce (24) ++ ciphertext ++ tag (16)` of `plain` to `out`.
     pub fn seal_into(&self, out: &mut Vec<u8>, aad: &[u8], plain: &[u8]) {
         let mut nonce = [0u8; XNONCE_BYTES];
-        OsRng.fill_bytes(&mut nonce);
+        fill_nonce(&mut nonce);
         let sealed = self
             .cipher
             .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })

@@ -6,7 +6,14 @@
 //! callback waiting at that moment (group commit across all groups) and only then tells
 //! openraft the entries are durable. openraft acknowledges an append to the leader, and the
 //! leader counts it towards commit, only after that callback.
+//!
+//! The newest entries are also kept in memory, decoded ([`EntryCache`]): replication to the
+//! followers and the state machine read each entry right after it is appended, and serving
+//! those reads from RocksDB cost a scan, a decryption and a decode each time (15% of the
+//! leader's CPU under the write benchmark, docs/BENCHMARKS.md). The cache is never the only
+//! copy: every cached entry was written to RocksDB first.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -106,6 +113,94 @@ impl WalSyncer {
     }
 }
 
+/// Most entries the in-memory entry cache of a group holds, count.
+pub const ENTRY_CACHE_ENTRIES_MAX: usize = 16_384;
+/// Most stored bytes of entries the in-memory entry cache of a group holds, bytes.
+pub const ENTRY_CACHE_BYTES_MAX: usize = 64 << 20;
+
+/// The newest log entries of a group, decoded: a contiguous run of indexes that always ends
+/// at the last entry appended through this store. Reads of a range inside it are answered
+/// from memory; any other range is read from RocksDB. Bounded by entries and by bytes (the
+/// stored size of each entry); the oldest entries leave first.
+struct EntryCache {
+    /// `entries[i]` has index `first + i`; each with its stored size in bytes.
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl EntryCache {
+    fn new(max_entries: usize, max_bytes: usize) -> Self {
+        EntryCache { entries: VecDeque::new(), bytes: 0, max_entries, max_bytes }
+    }
+
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    /// Adds an entry just written to RocksDB. An entry that does not follow the last cached
+    /// one (the first append after a restart, a snapshot install or a purge of everything)
+    /// starts a new run.
+    fn push(&mut self, entry: Entry, size: usize) {
+        let follows = match self.entries.back() {
+            None => true,
+            Some((last, _)) => last.log_id.index.checked_add(1) == Some(entry.log_id.index),
+        };
+        if !follows {
+            self.clear();
+        }
+        self.entries.push_back((entry, size));
+        self.bytes += size;
+        while self.entries.len() > self.max_entries || self.bytes > self.max_bytes {
+            self.pop_front();
+        }
+    }
+
+    /// Drops every entry with an index of `from` or more.
+    fn truncate_from(&mut self, from: u64) {
+        while self.entries.back().is_some_and(|(e, _)| e.log_id.index >= from) {
+            let (_, size) = self.entries.pop_back().expect("checked non-empty");
+            self.bytes -= size;
+        }
+    }
+
+    /// Drops every entry with an index of `upto` or less.
+    fn purge_upto(&mut self, upto: u64) {
+        while self.entries.front().is_some_and(|(e, _)| e.log_id.index <= upto) {
+            self.pop_front();
+        }
+    }
+
+    /// The entries `[start, end)` if all of them are cached; `end = None` means to the end of
+    /// the log (the cache always ends at the log's last entry).
+    fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+        let first = self.first()?;
+        let cached_end = first + self.entries.len() as u64;
+        let end = end.unwrap_or(cached_end);
+        if start < first || end > cached_end {
+            return None;
+        }
+        if start >= end {
+            return Some(Vec::new());
+        }
+        let from = (start - first) as usize;
+        let to = (end - first) as usize;
+        Some(self.entries.range(from..to).map(|(e, _)| e.clone()).collect())
+    }
+}
+
 /// Format of a log entry sealed under the log key:
 /// `2 | nonce (24) | XChaCha20-Poly1305(v1 frame) | tag (16)`, associated data = the entry's
 /// `raft_log` key (group ++ index), so an entry cannot be moved to another index.
@@ -119,11 +214,38 @@ pub struct LogStore {
     syncer: Arc<WalSyncer>,
     /// Seals entries when the node has a master key.
     cipher: Option<LogCipher>,
+    /// The newest entries, decoded; shared by the store and its readers.
+    cache: Arc<std::sync::Mutex<EntryCache>>,
 }
 
 impl LogStore {
     pub fn new(group: GroupId, engine: Engine, syncer: Arc<WalSyncer>, cipher: Option<LogCipher>) -> Self {
-        LogStore { group, engine, syncer, cipher }
+        Self::with_cache_limits(group, engine, syncer, cipher, ENTRY_CACHE_ENTRIES_MAX, ENTRY_CACHE_BYTES_MAX)
+    }
+
+    /// A store whose entry cache holds at most `max_entries` entries and `max_bytes` stored
+    /// bytes (0 entries: no cache). For tests of the cache's edges.
+    pub fn with_cache_limits(
+        group: GroupId,
+        engine: Engine,
+        syncer: Arc<WalSyncer>,
+        cipher: Option<LogCipher>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Self {
+        let cache = Arc::new(std::sync::Mutex::new(EntryCache::new(max_entries, max_bytes)));
+        LogStore { group, engine, syncer, cipher, cache }
+    }
+
+    /// The indexes `[first, end)` of the cached entries, if any (for tests and status).
+    pub fn cached_range(&self) -> Option<(u64, u64)> {
+        let cache = self.cache();
+        cache.first().map(|f| (f, f + cache.entries.len() as u64))
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, EntryCache> {
+        // The cache holds no invariant a panic elsewhere could break halfway: keep using it.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The stored bytes of an entry: its v1 frame, sealed when there is a log key.
@@ -183,6 +305,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => log_key(self.group, *x),
             Bound::Unbounded => group_log_end(self.group),
         };
+        let end_index = match range.end_bound() {
+            Bound::Included(x) => Some(x.saturating_add(1)),
+            Bound::Excluded(x) => Some(*x),
+            Bound::Unbounded => None,
+        };
+        if let Some(entries) = self.cache().get(start, end_index) {
+            return Ok(entries);
+        }
         let start_key = log_key(self.group, start);
         if start_key >= end {
             return Ok(Vec::new());
@@ -270,17 +400,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = self.engine.batch();
+        let mut appended = Vec::new();
         for entry in entries {
-            batch.put(Cf::RaftLog, &log_key(self.group, entry.log_id.index), &self.encode(&entry));
+            let stored = self.encode(&entry);
+            batch.put(Cf::RaftLog, &log_key(self.group, entry.log_id.index), &stored);
+            appended.push((entry, stored.len()));
         }
         // Readable now (memtable); durable once the syncer has synced the WAL.
         self.engine.write(batch, false).map_err(io_err)?;
+        {
+            let mut cache = self.cache();
+            for (entry, size) in appended {
+                cache.push(entry, size);
+            }
+        }
         self.syncer.tx.send(callback).await.map_err(|_| io_err("WAL syncer stopped"))?;
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|id| id.index + 1).unwrap_or(0);
+        self.cache().truncate_from(from);
         let mut batch = self.engine.batch();
         batch.delete_range(Cf::RaftLog, &log_key(self.group, from), &group_log_end(self.group));
         // No sync needed: any later append is synced after this write (one WAL, in order), and
@@ -290,6 +430,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.cache().purge_upto(log_id.index);
         let mut batch = self.engine.batch();
         batch.put(
             Cf::RaftMeta,

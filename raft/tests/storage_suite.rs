@@ -13,6 +13,8 @@ use tempfile::TempDir;
 /// Builds stores with or without a master key (sealed log entries and snapshots).
 struct RocksBuilder {
     master_key: Option<u8>,
+    /// Entry cache limit, entries (`None`: the default).
+    cache_entries: Option<usize>,
 }
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder {
@@ -22,7 +24,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
         let engine = Engine::open(&dir.path().join("db"), &EngineOptions::default()).map_err(|e| err(&e))?;
         let master = self.master_key.map(|b| std::sync::Arc::new(MasterKey::new(zeroize::Zeroizing::new([b; 32]))));
         let cipher = master.as_ref().map(|m| m.log_cipher());
-        let log = LogStore::new(1, engine.clone(), WalSyncer::start(engine.clone()), cipher);
+        let syncer = WalSyncer::start(engine.clone());
+        let log = match self.cache_entries {
+            None => LogStore::new(1, engine.clone(), syncer, cipher),
+            Some(n) => LogStore::with_cache_limits(1, engine.clone(), syncer, cipher, n, usize::MAX),
+        };
         let sm = StateMachine::open(1, engine, dir.path().join("snapshots"), 64 << 10, master).map_err(|e| err(&e))?;
         Ok((dir, log, sm))
     }
@@ -31,13 +37,91 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
 #[test]
 fn openraft_storage_suite_passes_on_rocksdb_store() {
     TypeConfig::run(async {
-        Suite::test_all(RocksBuilder { master_key: None }).await.expect("openraft storage suite");
+        Suite::test_all(RocksBuilder { master_key: None, cache_entries: None }).await.expect("openraft storage suite");
     });
 }
 
 #[test]
 fn openraft_storage_suite_passes_with_a_master_key() {
     TypeConfig::run(async {
-        Suite::test_all(RocksBuilder { master_key: Some(7) }).await.expect("openraft storage suite, encrypted");
+        Suite::test_all(RocksBuilder { master_key: Some(7), cache_entries: None }).await.expect("openraft storage suite, encrypted");
+    });
+}
+
+#[test]
+fn openraft_storage_suite_passes_with_a_tiny_entry_cache() {
+    // Three cached entries: most reads straddle the cache's edge and go to RocksDB.
+    TypeConfig::run(async {
+        Suite::test_all(RocksBuilder { master_key: Some(7), cache_entries: Some(3) })
+            .await
+            .expect("openraft storage suite, 3-entry cache");
+    });
+}
+
+/// Random appends, truncations and purges on a store with a small entry cache; after each,
+/// random ranges read through it must equal the same ranges read from RocksDB alone (a
+/// second store on the same engine with no cache).
+#[test]
+fn reads_through_the_entry_cache_equal_reads_from_rocksdb() {
+    use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+    use openraft::testing::{blank_ent, log_id};
+    use rand::{Rng, SeedableRng};
+
+    let seed: u64 = std::env::var("KHO_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("entry cache test seed {seed} (KHO_TEST_SEED={seed} replays it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    TypeConfig::run(async move {
+        let dir = TempDir::new().expect("temp dir");
+        let engine = Engine::open(&dir.path().join("db"), &EngineOptions::default()).expect("engine");
+        let master = MasterKey::new(zeroize::Zeroizing::new([9; 32]));
+        let syncer = WalSyncer::start(engine.clone());
+        let mut cached = LogStore::with_cache_limits(1, engine.clone(), syncer.clone(), Some(master.log_cipher()), 40, usize::MAX);
+        let mut plain = LogStore::with_cache_limits(1, engine.clone(), syncer, Some(master.log_cipher()), 0, 0);
+        let (mut first, mut next, mut term) = (1u64, 1u64, 1u64);
+        let mut cache_checks = 0;
+        for step in 0..600 {
+            match rng.random_range(0..10) {
+                0..=5 => {
+                    let n = rng.random_range(1..30);
+                    let entries: Vec<_> = (next..next + n).map(|i| blank_ent::<TypeConfig>(term, 1, i)).collect();
+                    // Reads see appended entries before the WAL sync: no need to wait for it.
+                    cached.append(entries, IOFlushed::<TypeConfig>::noop()).await.expect("append");
+                    next += n;
+                }
+                6 | 7 if next > first => {
+                    let keep = rng.random_range(first - 1..next);
+                    let last = (keep >= first).then(|| log_id::<TypeConfig>(term, 1, keep));
+                    cached.truncate_after(last).await.expect("truncate");
+                    next = keep + 1;
+                    term += 1;
+                }
+                8 if next > first + 1 => {
+                    let upto = rng.random_range(first..next - 1);
+                    cached.purge(log_id::<TypeConfig>(term, 1, upto)).await.expect("purge");
+                    first = upto + 1;
+                }
+                _ => {}
+            }
+            for _ in 0..5 {
+                let a = rng.random_range(first.saturating_sub(3)..next + 3);
+                let b = rng.random_range(a..next + 5);
+                let from_cache = cached.try_get_log_entries(a..b).await.expect("cached read");
+                let from_disk = plain.try_get_log_entries(a..b).await.expect("rocksdb read");
+                assert_eq!(from_cache, from_disk, "seed {seed} step {step}: entries {a}..{b}");
+                let tail_cache = cached.try_get_log_entries(a..).await.expect("cached read");
+                let tail_disk = plain.try_get_log_entries(a..).await.expect("rocksdb read");
+                assert_eq!(tail_cache, tail_disk, "seed {seed} step {step}: entries {a}..");
+            }
+            // The cache must end at the log's end and hold what RocksDB holds.
+            if let Some((a, b)) = cached.cached_range() {
+                assert_eq!(b, next, "seed {seed} step {step}: the cache ends at {b}, the log at {next}");
+                let from_cache = cached.try_get_log_entries(a..b).await.expect("cached read");
+                let from_disk = plain.try_get_log_entries(a..b).await.expect("rocksdb read");
+                assert_eq!(from_cache, from_disk, "seed {seed} step {step}: cached entries {a}..{b}");
+                cache_checks += 1;
+            }
+        }
+        assert!(plain.cached_range().is_none(), "a store with a 0-entry cache caches nothing");
+        assert!(cache_checks > 300, "seed {seed}: the cache was empty after {} of 600 steps", 600 - cache_checks);
     });
 }

@@ -68,7 +68,8 @@ pub struct RaftConfig {
     pub election_timeout_min_ms: u64,
     /// Upper bound of the randomized election timeout, milliseconds. Default 1600.
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many log entries since the last one. Default 20000.
+    /// Build a snapshot after this many log entries since the last one (and half the last
+    /// snapshot's records, `kho_raft::node`). Default 100000, as etcd's `--snapshot-count`.
     pub snapshot_logs_since_last: u64,
     /// Log entries kept behind the last snapshot, for slow followers. Default 5000.
     pub logs_to_keep_after_snapshot: u64,
@@ -131,7 +132,7 @@ impl Default for RaftConfig {
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 800,
             election_timeout_max_ms: 1600,
-            snapshot_logs_since_last: 20_000,
+            snapshot_logs_since_last: 100_000,
             logs_to_keep_after_snapshot: 5_000,
             snapshot_chunk_bytes: 1 << 20,
             append_entries_max: 1_000,

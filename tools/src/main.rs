@@ -21,6 +21,12 @@ macro_rules! say_err {
     }};
 }
 
+/// mimalloc instead of glibc malloc: allocation was 10-12% of a node's CPU under the write
+/// benchmark, much of it glibc's free-list upkeep (docs/BENCHMARKS.md). RocksDB's own C++
+/// allocations are not affected.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod admin_cmd;
 mod bench;
 mod client;
