@@ -27,6 +27,11 @@ const PHASE_WAIT_MS: u64 = 120_000;
 const DOWN_MS_MAX: u64 = 400;
 /// Longest wait for replicas to reach the same applied index, seconds.
 const CONVERGE_WAIT_S: u64 = 120;
+/// `raft.snapshot_logs_since_last` of the cluster: a snapshot and a log purge every few
+/// cycles on every node.
+const SNAPSHOT_EVERY_ENTRIES: u64 = 300;
+/// `raft.logs_to_keep_after_snapshot` of the cluster.
+const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 50;
 /// Longest time for the whole test, seconds.
 const TEST_TIMEOUT_S: u64 = 1_200;
 
@@ -36,7 +41,16 @@ async fn repeated_sigkill_cycles_lose_no_acknowledged_write() {
     let seed = test_seed(NAME);
     let mut rng = StdRng::seed_from_u64(seed);
     // Encrypted at rest: sealed log entries and values must survive SIGKILL like plain ones.
-    let cluster = Cluster::start(3, ClusterOptions { encrypted: true, ..ClusterOptions::default() }).await;
+    // Snapshots (and log purges) every few hundred entries: applies are written without the
+    // WAL, so a kill rolls each node's state back to its last flush, and the log it
+    // re-applies from must still hold everything after that flush.
+    let opts = ClusterOptions {
+        encrypted: true,
+        snapshot_logs_since_last: Some(SNAPSHOT_EVERY_ENTRIES),
+        logs_to_keep_after_snapshot: Some(LOGS_KEPT_AFTER_SNAPSHOT),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(3, opts).await;
     cluster
         .bounded(NAME, Duration::from_secs(TEST_TIMEOUT_S), async {
             let target = setup_kv(&cluster, 1).await;
@@ -86,8 +100,16 @@ async fn repeated_sigkill_cycles_lose_no_acknowledged_write() {
                 );
             }
             verify_everywhere(&cluster, seed, &target, &all).await;
+            let snapshots: usize = ids
+                .iter()
+                .map(|&id| std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default().matches("built snapshot").count())
+                .sum();
+            assert!(
+                snapshots >= CYCLES as usize,
+                "seed {seed}: only {snapshots} snapshots were built in {CYCLES} cycles; the kills did not test rollback past a purge"
+            );
             publish(&format!(
-                "=== {NAME} (seed {seed}) ===\n{CYCLES} cycles, {kills} SIGKILLs, {} writes ({} acknowledged, {} unknown); \
+                "=== {NAME} (seed {seed}) ===\n{CYCLES} cycles, {kills} SIGKILLs, {snapshots} snapshots built, {} writes ({} acknowledged, {} unknown); \
                  after every cycle all acknowledged writes present and replicas identical\n",
                 all.len(),
                 count_acknowledged(&all),

@@ -181,6 +181,11 @@ impl Engine {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+        // Every flush (full memtable, manual, shutdown) writes all column families as one
+        // cut: the state machine writes without the WAL (`write_unlogged`), so its data and
+        // its applied index must always reach SST files together (docs/FORMATS.md, "Crash
+        // safety").
+        db_opts.set_atomic_flush(true);
         // RocksDB's unused "default" column family; snappy is not linked in.
         db_opts.set_compression_type(DBCompressionType::Lz4);
         let descriptors =
@@ -287,6 +292,36 @@ impl Engine {
             .map_err(rocks("write"))
     }
 
+    /// Writes `batch` atomically to the memtables only, without the WAL: it is durable once
+    /// a flush has written it to SST files (every flush is atomic across the column
+    /// families), and a crash before that loses it whole. For state that can be rebuilt
+    /// from durable state: the state machine, whose applied index is in the same batch and
+    /// whose entries stay in the (logged) Raft log until a flush covers them.
+    ///
+    /// # Panics
+    ///
+    /// If `batch` was made by another engine.
+    pub fn write_unlogged(&self, batch: WriteBatch) -> Result<()> {
+        assert!(
+            Arc::ptr_eq(&batch.db, &self.db),
+            "write batch of another engine"
+        );
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(true);
+        self.db
+            .write_opt(batch.inner, &write_options)
+            .map_err(rocks("write"))
+    }
+
+    /// Flushes every column family's memtable to SST files, as one atomic cut, and waits
+    /// for it: every write so far, logged or not, is then durable.
+    pub fn flush_all(&self) -> Result<()> {
+        let handles: Vec<&ColumnFamily> = Cf::ALL.iter().map(|cf| handle(&self.db, *cf)).collect();
+        let mut flush_options = rocksdb::FlushOptions::default();
+        flush_options.set_wait(true);
+        self.db.flush_cfs_opt(&handles, &flush_options).map_err(rocks("flush"))
+    }
+
     /// Makes every write so far durable (RocksDB `FlushWAL(sync = true)`). Used for group
     /// commit: several writes with `sync = false`, then one `sync_wal`.
     pub fn sync_wal(&self) -> Result<()> {
@@ -298,12 +333,16 @@ impl Engine {
         WeakEngine { db: Arc::downgrade(&self.db), path: self.path.clone() }
     }
 
-    /// Readies the process to exit: makes every write durable (synced WAL) and stops
+    /// Readies the process to exit: makes every write durable (synced WAL, flushed
+    /// memtables) and stops
     /// RocksDB's background flushes and compactions, waiting for running ones. The engine
     /// must not be written afterwards. A process that exits while RocksDB threads still run
     /// can abort in C++ static destructors; after this it can leave with `_exit`.
     pub fn prepare_for_exit(&self) -> Result<()> {
         self.sync_wal()?;
+        // Unlogged writes (`write_unlogged`) are durable only once flushed: without this, a
+        // restart after a graceful stop would re-apply everything since the last flush.
+        self.flush_all()?;
         self.db.cancel_all_background_work(true);
         Ok(())
     }
@@ -346,9 +385,7 @@ impl Engine {
     /// Flushes every memtable to SST files and compacts every column family fully, so
     /// that overwritten and deleted values leave the files (`kho node compact`).
     pub fn flush_and_compact_all(&self) -> Result<()> {
-        for cf in Cf::ALL {
-            self.db.flush_cf(handle(&self.db, cf)).map_err(rocks("flush"))?;
-        }
+        self.flush_all()?;
         for cf in Cf::ALL {
             self.compact(cf)?;
         }

@@ -632,7 +632,11 @@ impl PendingApply {
         let Some(last) = self.last.take() else { return Ok(()) };
         let mut batch = std::mem::replace(&mut self.batch, state.engine.batch());
         batch.put(Cf::RaftMeta, &meta_key::key(state.group, meta_key::APPLIED), &codec::encode_opt_log_id(Some(&last)));
-        state.engine.write(batch, false).map_err(io_err)?;
+        // Without the WAL: the entries are durable in the Raft log. A crash before the next
+        // flush (atomic across column families) rolls data and applied index back together,
+        // to a state the log can be re-applied on: the log keeps every entry after the last
+        // snapshot (a synced file), and the snapshot flushes before it is returned.
+        state.engine.write_unlogged(batch).map_err(io_err)?;
         for (r, resp) in self.replies.drain(..) {
             r.send(resp);
         }
@@ -765,6 +769,12 @@ fn build_snapshot_blocking(state: &SmState, dir: &Path, chunk_bytes: usize) -> i
         return Err(e);
     }
     let records = w.finish()?;
+    // Applies are written without the WAL, and the log is purged up to this snapshot once
+    // it is returned. A node killed after that restarts from its last flush; when that is
+    // older than the snapshot, openraft reinstalls the snapshot file first (correct, but it
+    // rewrites the whole group). Flushing here makes the applied state durable up to the
+    // snapshot, so a restart only re-applies the log after it.
+    state.engine.flush_all().map_err(io_err)?;
     std::fs::rename(&tmp, &final_path)?;
     snapshot::sync_dir(dir)?;
     remove_other_snapshots(dir, &final_path);

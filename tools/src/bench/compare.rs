@@ -42,6 +42,14 @@ const READY_WAIT_S: u64 = 60;
 const STOP_GRACE_S: u64 = 20;
 /// Most rounds.
 const ROUNDS_MAX: u32 = 20;
+/// Before each measured run, the clusters must have used less than this much CPU (cores,
+/// all their processes together) over one sample interval: a run must not pay for the
+/// flushes, compactions and snapshots the run before it left behind.
+const SETTLE_BUSY_CORES_MAX: f64 = 0.10;
+/// One CPU sample interval of the settle wait, milliseconds.
+const SETTLE_SAMPLE_MS: u64 = 1_000;
+/// Longest settle wait before a run, seconds; the run then starts anyway (and says so).
+const SETTLE_WAIT_MAX_S: u64 = 120;
 /// The targets of the main table: Kho (its default, encrypted tenant), etcd, RocksDB.
 const MAIN_TARGETS: [&str; 3] = ["kho", "etcd", "rocksdb"];
 /// Sample label of the encryption-cost runs on the encrypted tenant.
@@ -97,6 +105,10 @@ pub struct CompareArgs {
     /// Skip etcd (when it cannot be installed); Kho and RocksDB still run.
     #[arg(long)]
     pub no_etcd: bool,
+    /// Keep the data directories under --dir after a successful run (a failed run always
+    /// keeps them, for inspection). They hold several GB after the default rounds.
+    #[arg(long)]
+    pub keep_data: bool,
 }
 
 /// One measured run.
@@ -146,7 +158,11 @@ pub async fn command(args: CompareArgs) -> anyhow::Result<std::process::ExitCode
         },
         None => None,
     };
-    let result = rounds(&args, &workloads, &kho_endpoints, etcd.as_ref(), &dir).await;
+    let mut pids: Vec<u32> = kho.nodes.iter().map(|n| n.pid).collect();
+    if let Some(e) = &etcd {
+        pids.extend(e.children.iter().map(|(pid, _)| *pid));
+    }
+    let result = rounds(&args, &workloads, &kho_endpoints, etcd.as_ref(), &dir, &pids).await;
     kho.stop(Duration::from_secs(STOP_GRACE_S)).await;
     if let Some(e) = etcd.as_mut() {
         e.stop(Duration::from_secs(STOP_GRACE_S)).await;
@@ -159,6 +175,13 @@ pub async fn command(args: CompareArgs) -> anyhow::Result<std::process::ExitCode
         args.out.join("compare.svg").display(),
         args.out.join("compare.json").display()
     );
+    if !args.keep_data {
+        // Every process that used it was stopped above.
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => println!("kho bench-compare: removed {} (--keep-data keeps it)", dir.display()),
+            Err(e) => println!("kho bench-compare: could not remove {}: {e}", dir.display()),
+        }
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -213,6 +236,47 @@ fn base_args(args: &CompareArgs, target: TargetKind, endpoints: &[String]) -> Be
     }
 }
 
+/// CPU time used so far by the processes `pids`, seconds (utime + stime of /proc/PID/stat;
+/// a process that is gone counts 0).
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / ticks
+}
+
+/// Waits until the processes `pids` are quiet (below `SETTLE_BUSY_CORES_MAX` over one
+/// sample), at most `SETTLE_WAIT_MAX_S`.
+async fn settle(pids: &[u32]) {
+    let start = Instant::now();
+    let mut before = cpu_seconds(pids);
+    loop {
+        tokio::time::sleep(Duration::from_millis(SETTLE_SAMPLE_MS)).await;
+        let now = cpu_seconds(pids);
+        let cores = (now - before) / (SETTLE_SAMPLE_MS as f64 / 1000.0);
+        before = now;
+        if cores < SETTLE_BUSY_CORES_MAX {
+            if start.elapsed() > Duration::from_millis(2 * SETTLE_SAMPLE_MS) {
+                eprintln!("settled after {:.0} s (background work of the previous run)", start.elapsed().as_secs_f64());
+            }
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(SETTLE_WAIT_MAX_S) {
+            eprintln!("still busy ({cores:.2} cores) after {SETTLE_WAIT_MAX_S} s; starting the next run anyway");
+            return;
+        }
+    }
+}
+
 async fn one(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let what = format!(
         "{:?} {:?} {:?} (tenant encryption {})",
@@ -234,6 +298,7 @@ async fn rounds(
     kho: &[String],
     etcd: Option<&Etcd>,
     dir: &Path,
+    pids: &[u32],
 ) -> anyhow::Result<Vec<Sample>> {
     wait_ready(TargetKind::Kho, kho).await?;
     if let Some(e) = etcd {
@@ -250,6 +315,7 @@ async fn rounds(
         }
         // The write shape: the load phase (one insert per operation).
         for (target, endpoints) in &targets {
+            settle(pids).await;
             let report = one(BenchArgs { phase: Phase::Load, ..base_args(args, *target, endpoints) }).await?;
             let phase = phase_of(&report, PhaseName::Load)?;
             eprintln!("round {round}: {} write: {:.0} ops/s", label(*target), phase.throughput_ops_per_sec);
@@ -257,6 +323,7 @@ async fn rounds(
         }
         // The physical reference: synced writes to an embedded RocksDB, same shape.
         let rocks_dir = dir.join(format!("rocksdb-{round}"));
+        settle(pids).await;
         let report = one(BenchArgs {
             phase: Phase::Load,
             data_dir: Some(rocks_dir.clone()),
@@ -270,6 +337,7 @@ async fn rounds(
 
         for &w in workloads {
             for (target, endpoints) in &targets {
+                settle(pids).await;
                 let report = one(BenchArgs { phase: Phase::Run, workload: w, ..base_args(args, *target, endpoints) }).await?;
                 let phase = phase_of(&report, PhaseName::Run)?;
                 eprintln!("round {round}: {} workload {}: {:.0} ops/s", label(*target), workload_label(w), phase.throughput_ops_per_sec);
@@ -285,6 +353,7 @@ async fn rounds(
         }
         for &(mode, target) in &modes {
             let run = BenchArgs { phase: Phase::Load, tenant_encryption: mode, ..base_args(args, TargetKind::Kho, kho) };
+            settle(pids).await;
             let phase = phase_of(&one(run).await?, PhaseName::Load)?;
             eprintln!("round {round}: {target} write: {:.0} ops/s", phase.throughput_ops_per_sec);
             samples.push(Sample { round, target, workload: "write".into(), phase });
@@ -296,6 +365,7 @@ async fn rounds(
                 tenant_encryption: mode,
                 ..base_args(args, TargetKind::Kho, kho)
             };
+            settle(pids).await;
             let phase = phase_of(&one(run).await?, PhaseName::Run)?;
             let w = workload_label(ENCRYPTION_READ_WORKLOAD);
             eprintln!("round {round}: {target} workload {w}: {:.0} ops/s", phase.throughput_ops_per_sec);
@@ -688,6 +758,19 @@ fn svg_chart(groups: &[(String, Vec<(&str, f64)>)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_seconds_counts_this_process_and_not_a_missing_one() {
+        let before = cpu_seconds(&[std::process::id()]);
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let after = cpu_seconds(&[std::process::id()]);
+        assert!(after - before >= 0.1, "300 ms of spinning counted as {:.3} s of CPU", after - before);
+        assert_eq!(cpu_seconds(&[u32::MAX]), 0.0, "a pid that does not exist uses no CPU");
+    }
 
     #[test]
     fn median_of_odd_and_even() {
