@@ -583,15 +583,42 @@ const NOTES: usize = 10;
 /// (table `citizen` with hashed row keys, table `ghi_chu` without) and a plaintext tenant
 /// `cong_khai`. Every file under every node's data directory (SST, WAL `*.log`, MANIFEST,
 /// LOG, OPTIONS, snapshot files, the ENCRYPTION marker) is searched byte by byte:
-/// - right after loading, while the WAL holds every write: no name, no CCCD row key and no
-///   note of `dan_cu` anywhere, and every name and row key of `cong_khai` somewhere (the
-///   control: the search finds plaintext, so its silence about `dan_cu` means something);
+/// - right after loading, while the WAL holds every log entry: no name, no CCCD row key and
+///   no note of `dan_cu` anywhere;
+/// - after CompactNode on every node (the applied data, written without the WAL, is now in
+///   SST files): still nothing of `dan_cu`, including its 100 random binary tokens, and
+///   at least 95 of the 100 random tokens `cong_khai` stored in plaintext, verbatim (the
+///   control: the search finds plaintext in these files even through compression, so its
+///   silence about `dan_cu`'s tokens means something);
 /// - after a graceful restart of every node and CompactNode on each: still nothing of
 ///   `dan_cu`.
 ///
 /// Snapshots: ~800 log entries with a snapshot every 200 means every node builds snapshot
 /// files (`snapshots/<group>/snap-*.kho`); the test waits for one and asserts that at least
 /// one snapshot file was among the files searched, each time.
+/// CompactNode (flush and full compaction) on every node of the cluster.
+async fn compact_every_node(cluster: &Cluster) {
+    for id in cluster.ids() {
+        let admin = cluster.admin_client(id);
+        let resp = retry_call(&COMPACT_POLICY, |_| {
+            let mut admin = admin.clone();
+            async move { admin.compact_node(CompactNodeRequest {}).await }
+        })
+        .await;
+        let resp = ok(cluster, &format!("CompactNode on node {id}"), resp);
+        assert_eq!(resp.node_id, id, "CompactNode sent to node {id} was answered by node {}", resp.node_id);
+    }
+}
+
+/// Share of the plaintext tenant's random tokens the byte search must find verbatim in the
+/// flushed and compacted files (the control), percent. A token is lost to compression only
+/// if one of its 4-byte windows repeats earlier bytes of its block (odds about 1 in 2,000).
+const CONTROL_FOUND_PERCENT_MIN: usize = 95;
+/// Random binary values stored by each tenant of the no-plaintext test, count.
+const TOKENS: usize = 100;
+/// Size of one random token, bytes.
+const TOKEN_BYTES: usize = 32;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_data_dirs_hold_no_plaintext() {
     const NAME: &str = "encrypted_data_dirs_hold_no_plaintext";
@@ -608,6 +635,7 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
             ok(&cluster, "CreateTable dan_cu/ghi_chu", create_table_with(&mut admin, DAN_CU, GHI_CHU, &["f"], false).await);
             ok(&cluster, "CreateTenant cong_khai", create_tenant_with_encryption(&mut admin, CONG_KHAI, TenantEncryption::Plaintext).await);
             ok(&cluster, "CreateTable cong_khai/citizen", create_table_with(&mut admin, CONG_KHAI, CITIZEN, CITIZEN_FAMILIES, false).await);
+            ok(&cluster, "CreateTable cong_khai/ghi_chu", create_table_with(&mut admin, CONG_KHAI, GHI_CHU, &["f"], false).await);
 
             let mut taken = BTreeSet::new();
             let secret = citizens(&mut rng, SECRET_CITIZENS, 1000, &mut taken);
@@ -618,9 +646,19 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
                     (format!("note/{i:02}").into_bytes(), value.into_bytes())
                 })
                 .collect();
+            // Random binary tokens, one per value, in both tenants: compression cannot hide
+            // them (no repeats to back-reference), so a token stored in plaintext is found
+            // verbatim in SST files; names and row keys may not be.
+            let mut tokens = |prefix: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
+                (0..TOKENS).map(|i| (format!("{prefix}/{i:03}").into_bytes(), (0..TOKEN_BYTES).map(|_| rng.random::<u8>()).collect())).collect()
+            };
+            let secret_tokens = tokens("token");
+            let public_tokens = tokens("token");
             load_citizens(&cluster, DAN_CU, CITIZEN, &secret).await;
             put_all(&cluster, &KvTarget::new(DAN_CU, GHI_CHU, "f"), &notes).await;
+            put_all(&cluster, &KvTarget::new(DAN_CU, GHI_CHU, "f"), &secret_tokens).await;
             load_citizens(&cluster, CONG_KHAI, CITIZEN, &public).await;
+            put_all(&cluster, &KvTarget::new(CONG_KHAI, GHI_CHU, "f"), &public_tokens).await;
 
             let dan_cu = tenant_keys(&cluster, leader, DAN_CU).await;
             if !dan_cu.encrypted || dan_cu.plaintext_values != 0 {
@@ -637,10 +675,14 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
                 needles.add(format!("name `{}` (dan_cu/citizen row {})", c.ho_ten, c.id), c.ho_ten.as_bytes());
                 needles.add(format!("row key {} of dan_cu/citizen (hashed row keys)", c.id), c.id.as_bytes());
             }
-            for (key, value) in &notes {
+            for (key, value) in notes.iter().chain(&secret_tokens) {
                 needles.add(format!("value of dan_cu/ghi_chu {}", String::from_utf8_lossy(key)), value);
             }
             let secret_count = needles.len();
+            for (key, value) in &public_tokens {
+                needles.add(format!("value of cong_khai/ghi_chu {}", String::from_utf8_lossy(key)), value);
+            }
+            let public_tokens_end = needles.len();
             for c in &public {
                 needles.add(format!("name `{}` (cong_khai/citizen row {})", c.ho_ten, c.id), c.ho_ten.as_bytes());
                 needles.add(format!("row key {} of cong_khai/citizen", c.id), c.id.as_bytes());
@@ -649,21 +691,33 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
             let snapshots = wait_for_snapshot_file(&cluster).await;
             println!("snapshot files: {snapshots:?}");
 
-            // --- Right after loading: the nodes run; their WALs hold every write.
+            // --- Right after loading: the nodes run; their WALs hold every log entry (sealed)
+            // and their memtables the applied data (written without the WAL).
             let report = search_data_dirs(&cluster, &needles);
             println!("search right after loading: {}: {}", report.summary(), describe_files(&cluster, &report));
             let snapshot_files = report.files_named(is_snapshot_file);
             assert!(!snapshot_files.is_empty(), "no snapshot file among the files searched right after loading");
             assert_no_secret_found(&cluster, "right after loading", &report, &needles, secret_count);
+
+            // --- CompactNode on every running node: the memtables go to SST files.
+            compact_every_node(&cluster).await;
+            let report = search_data_dirs(&cluster, &needles);
+            println!("search after flushing and compacting: {}: {}", report.summary(), describe_files(&cluster, &report));
+            assert_no_secret_found(&cluster, "after flushing and compacting", &report, &needles, secret_count);
+            // The control: the random tokens of cong_khai, stored in plaintext, are found
+            // verbatim in the flushed files (names and row keys of cong_khai need not be:
+            // SST blocks are compressed; they are counted for information).
             let found = report.found(needles.len());
-            let missing: Vec<&String> =
-                (secret_count..needles.len()).filter(|&i| !found[i]).map(|i| &needles.labels[i]).collect();
-            if !missing.is_empty() {
+            let tokens_found = (secret_count..public_tokens_end).filter(|&i| found[i]).count();
+            let public_total = needles.len() - secret_count;
+            let public_found = (secret_count..needles.len()).filter(|&i| found[i]).count();
+            if tokens_found * 100 < TOKENS * CONTROL_FOUND_PERCENT_MIN {
+                let missing: Vec<&String> =
+                    (secret_count..public_tokens_end).filter(|&i| !found[i]).map(|i| &needles.labels[i]).collect();
                 cluster.fail(format!(
-                    "the control failed: {} of {} plaintext strings of tenant cong_khai were not found on disk \
-                     right after loading, so the byte search cannot be trusted; first: {:#?}",
-                    missing.len(),
-                    needles.len() - secret_count,
+                    "the control failed: only {tokens_found} of {TOKENS} random tokens stored in plaintext by tenant \
+                     cong_khai were found on disk after flushing (at least {CONTROL_FOUND_PERCENT_MIN}% must be), so the \
+                     byte search cannot be trusted; first missing: {:#?}",
                     &missing[..missing.len().min(10)]
                 ));
             }
@@ -672,8 +726,8 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
                 control_files.insert(hit.path.strip_prefix(cluster.dir()).unwrap_or(hit.path.as_path()).display().to_string());
             }
             println!(
-                "control: all {} plaintext strings of cong_khai found, in {control_files:?}; none of the {secret_count} of dan_cu",
-                needles.len() - secret_count
+                "control: {tokens_found} of {TOKENS} plaintext tokens of cong_khai found ({public_found} of its \
+                 {public_total} strings in all), in {control_files:?}; none of the {secret_count} of dan_cu"
             );
 
             // --- Graceful restart of every node, then compaction of each.
@@ -682,16 +736,7 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
             }
             let leader = cluster.restart_all().await;
             println!("all nodes restarted; leader {leader}");
-            for id in cluster.ids() {
-                let admin = cluster.admin_client(id);
-                let resp = retry_call(&COMPACT_POLICY, |_| {
-                    let mut admin = admin.clone();
-                    async move { admin.compact_node(CompactNodeRequest {}).await }
-                })
-                .await;
-                let resp = ok(&cluster, &format!("CompactNode on node {id}"), resp);
-                assert_eq!(resp.node_id, id, "CompactNode sent to node {id} was answered by node {}", resp.node_id);
-            }
+            compact_every_node(&cluster).await;
 
             let report = search_data_dirs(&cluster, &needles);
             println!("search after restart and compaction: {}: {}", report.summary(), describe_files(&cluster, &report));
@@ -707,7 +752,7 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
             verify_citizens(&cluster, DAN_CU, CITIZEN, &secret).await;
             verify_names_by_get(&cluster, leader, DAN_CU, CITIZEN, &secret, 10).await;
             verify_citizens(&cluster, CONG_KHAI, CITIZEN, &public[..10]).await;
-            let notes_model: BTreeMap<Vec<u8>, Vec<u8>> = notes.iter().cloned().collect();
+            let notes_model: BTreeMap<Vec<u8>, Vec<u8>> = notes.iter().chain(&secret_tokens).cloned().collect();
             verify_model(&cluster, leader, &KvTarget::new(DAN_CU, GHI_CHU, "f"), &notes_model, "dan_cu/ghi_chu after restart").await;
         })
         .await;
