@@ -296,7 +296,7 @@ impl Engine {
     /// a flush has written it to SST files (every flush is atomic across the column
     /// families), and a crash before that loses it whole. For state that can be rebuilt
     /// from durable state: the state machine, whose applied index is in the same batch and
-    /// whose entries stay in the (logged) Raft log until a flush covers them.
+    /// whose lost entries are applied again from the (logged) Raft log.
     ///
     /// # Panics
     ///
