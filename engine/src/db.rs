@@ -281,15 +281,9 @@ impl Engine {
     ///
     /// If `batch` was made by another engine.
     pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
-        assert!(
-            Arc::ptr_eq(&batch.db, &self.db),
-            "write batch of another engine"
-        );
         let mut write_options = WriteOptions::default();
         write_options.set_sync(sync);
-        self.db
-            .write_opt(batch.inner, &write_options)
-            .map_err(rocks("write"))
+        self.write_with(batch, &write_options)
     }
 
     /// Writes `batch` atomically to the memtables only, without the WAL: it is durable once
@@ -302,14 +296,18 @@ impl Engine {
     ///
     /// If `batch` was made by another engine.
     pub fn write_unlogged(&self, batch: WriteBatch) -> Result<()> {
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(true);
+        self.write_with(batch, &write_options)
+    }
+
+    fn write_with(&self, batch: WriteBatch, write_options: &WriteOptions) -> Result<()> {
         assert!(
             Arc::ptr_eq(&batch.db, &self.db),
             "write batch of another engine"
         );
-        let mut write_options = WriteOptions::default();
-        write_options.disable_wal(true);
         self.db
-            .write_opt(batch.inner, &write_options)
+            .write_opt(batch.inner, write_options)
             .map_err(rocks("write"))
     }
 
