@@ -139,3 +139,89 @@ async fn follower_catches_up_by_snapshot() {
         })
         .await;
 }
+
+/// Many concurrent linearizable reads, through every node, while a writer raises one
+/// counter: each read returns at least the value acknowledged before it was sent. Readers
+/// share leadership confirmations (raft `read_batch`, whose own tests check that a read only
+/// uses a round that started after it arrived); this checks the whole read path end to end,
+/// with forwarding from followers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_reads_see_every_write_acknowledged_before_them() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use kho_cluster_tests::kv::get;
+    use kho_cluster_tests::retry_call;
+    use kho_proto::v1::PutRequest;
+
+    const NAME: &str = "linearizable_reads_see_every_write_acknowledged_before_them";
+    const WRITES: u64 = 400;
+    const READERS_PER_NODE: usize = 8;
+    const KEY: &[u8] = b"counter";
+    let cluster = Cluster::start(3, ClusterOptions::default()).await;
+    cluster
+        .bounded(NAME, Duration::from_secs(300), async {
+            let target = setup_kv(&cluster, 1).await;
+            let leader = cluster.leader().await;
+            let acked = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut readers = Vec::new();
+            for id in cluster.ids() {
+                for _ in 0..READERS_PER_NODE {
+                    let (client, target, acked, stop) = (cluster.data_client(id), target.clone(), acked.clone(), stop.clone());
+                    readers.push(tokio::spawn(async move {
+                        let (mut reads, mut stale) = (0u64, Vec::new());
+                        while !stop.load(Ordering::SeqCst) {
+                            let floor = acked.load(Ordering::SeqCst);
+                            let got = get(&client, &target, KEY, &RetryPolicy::STEADY)
+                                .await
+                                .map_err(|s| format!("read via node {id}: {s:?}"))?
+                                .map_or(0, |v| u64::from_be_bytes(v.try_into().expect("8-byte counter")));
+                            reads += 1;
+                            if got < floor && stale.len() < 10 {
+                                stale.push(format!("via node {id}: read {got} after {floor} was acknowledged"));
+                            }
+                        }
+                        Ok::<_, String>((reads, stale))
+                    }));
+                }
+            }
+            let writer = cluster.data_client(leader);
+            for i in 1..=WRITES {
+                let req = PutRequest {
+                    tenant: target.tenant.clone(),
+                    table: target.table.clone(),
+                    key: KEY.to_vec(),
+                    value: i.to_be_bytes().to_vec(),
+                    family: target.family.clone(),
+                };
+                // Retrying is safe: the same value again.
+                let put = retry_call(&RetryPolicy::STEADY, |_| {
+                    let (mut c, req) = (writer.clone(), req.clone());
+                    async move { c.put(req).await }
+                });
+                if let Err(s) = put.await {
+                    cluster.fail(format!("write {i}: {s:?}"));
+                }
+                acked.store(i, Ordering::SeqCst);
+            }
+            stop.store(true, Ordering::SeqCst);
+            let (mut reads, mut stale) = (0u64, Vec::new());
+            for r in readers {
+                match r.await.expect("reader task") {
+                    Ok((n, s)) => {
+                        reads += n;
+                        stale.extend(s);
+                    }
+                    Err(e) => cluster.fail(e),
+                }
+            }
+            println!("{WRITES} writes, {reads} linearizable reads from {READERS_PER_NODE} readers on each node");
+            if !stale.is_empty() {
+                cluster.fail(format!("stale linearizable reads: {stale:#?}"));
+            }
+            // The readers overlapped the writes: at least one read per write on average.
+            assert!(reads >= WRITES, "only {reads} reads during {WRITES} writes: the check did not run");
+        })
+        .await;
+}

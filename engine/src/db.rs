@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
     DBRawIteratorWithThreadMode, DBRecoveryMode, DBWithThreadMode, Options, ReadOptions,
-    SingleThreaded, SnapshotWithThreadMode, WriteOptions,
+    ReadTier, SingleThreaded, SnapshotWithThreadMode, WriteOptions,
 };
 
 use crate::error::{key_hex, rocks, Error, Result};
@@ -208,6 +208,19 @@ impl Engine {
         self.db
             .get_cf(handle(&self.db, cf), key)
             .map_err(rocks("get"))
+    }
+
+    /// Like [`Engine::get`], but answers only from memory (memtables and the block cache):
+    /// `Ok(None)` when the answer needs a disk read. Never blocks on I/O, so async code may
+    /// call it directly and fall back to a blocking thread only for `Ok(None)`.
+    pub fn get_in_memory(&self, cf: Cf, key: &[u8]) -> Result<Option<Option<Vec<u8>>>> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_read_tier(ReadTier::BlockCache);
+        match self.db.get_cf_opt(handle(&self.db, cf), key, &read_options) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(None),
+            Err(e) => Err(rocks("get in memory")(e)),
+        }
     }
 
     /// Raw (key, value) pairs of `cf` in `[start, end)` in key order (end None = to the end

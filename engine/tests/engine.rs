@@ -125,6 +125,34 @@ fn reopen_keeps_synced_writes() {
     );
 }
 
+/// `get_in_memory` answers from memtables and the block cache, and says so when only a
+/// disk read can answer (the server then reads on a blocking thread).
+#[test]
+fn get_in_memory_answers_from_memory_or_asks_for_a_disk_read() {
+    let dir = TempDir::new().expect("tempdir");
+    {
+        let engine = open(&dir);
+        let mut batch = engine.batch();
+        batch.put(Cf::Data, b"k", b"in the memtable");
+        engine.write(batch, true).expect("write");
+        assert_eq!(
+            engine.get_in_memory(Cf::Data, b"k").expect("get"),
+            Some(Some(b"in the memtable".to_vec()))
+        );
+        assert_eq!(engine.get_in_memory(Cf::Data, b"absent").expect("get"), Some(None));
+        engine.flush_all().expect("flush");
+    }
+    // Reopened: the value is only in an SST file, its block not cached yet.
+    let engine = open(&dir);
+    assert_eq!(engine.get_in_memory(Cf::Data, b"k").expect("get"), None, "a disk read is needed");
+    assert_eq!(engine.get(Cf::Data, b"k").expect("get").as_deref(), Some(&b"in the memtable"[..]));
+    // The disk read filled the block cache.
+    assert_eq!(
+        engine.get_in_memory(Cf::Data, b"k").expect("get"),
+        Some(Some(b"in the memtable".to_vec()))
+    );
+}
+
 #[test]
 fn scan_respects_start_end_and_limit() {
     let dir = TempDir::new().expect("tempdir");

@@ -17,7 +17,7 @@ pub enum RaftNodeError {
 }
 
 /// Why a proposal or a linearizable read did not complete here.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProposeError {
     /// This node is not the leader; the request should go to the leader (if known).

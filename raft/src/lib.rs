@@ -13,6 +13,7 @@ mod error;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod read_batch;
 pub mod snapshot;
 pub mod state_machine;
 

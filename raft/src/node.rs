@@ -10,14 +10,15 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use kho_engine::crypto::MasterKey;
 use kho_engine::{Engine, EngineOptions};
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::errors::{ClientWriteError, RaftError};
 use openraft::type_config::async_runtime::WatchReceiver;
-use openraft::{BasicNode, ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 
 use crate::command::{AppError, Command, Response};
 use crate::error::{ProposeError, RaftNodeError};
 use crate::log_store::{LogStore, WalSyncer};
 use crate::network::{self, MessageKind, NetworkFactory, Transport};
+use crate::read_batch::ReadBatcher;
 use crate::snapshot::{self, SnapshotFile};
 use crate::state_machine::{SmState, StateMachine};
 use crate::{GroupId, NodeId, Raft, TypeConfig, DATA_GROUP};
@@ -54,6 +55,8 @@ pub struct Group {
     pub raft: Raft,
     pub state: Arc<SmState>,
     log: LogStore,
+    /// Linearizable read barriers, shared by concurrent readers.
+    reads: Arc<ReadBatcher>,
     snapshot_dir: PathBuf,
     /// The snapshot policy's task ([`snapshot_policy`]), stopped at shutdown.
     snapshot_policy: tokio::task::JoinHandle<()>,
@@ -305,7 +308,8 @@ impl Group {
         };
         let raft = Raft::new(node_id, config, net, log.clone(), sm).await.map_err(|e| RaftNodeError::Raft(e.to_string()))?;
         let policy = snapshot_policy(raft.clone(), state.clone(), s.snapshot_logs_since_last);
-        Ok(Group { id, raft, state, log, snapshot_dir: snapshot_dir.to_path_buf(), snapshot_policy: policy })
+        let reads = ReadBatcher::new(raft.clone());
+        Ok(Group { id, raft, state, log, reads, snapshot_dir: snapshot_dir.to_path_buf(), snapshot_policy: policy })
     }
 
     /// Proposes a command and waits until it is applied here (the leader).
@@ -317,17 +321,11 @@ impl Group {
     }
 
     /// Returns once this node's state machine reflects every write acknowledged before the
-    /// call (ReadIndex: the leader confirms its leadership with a quorum). Only the leader
-    /// can; others get `ForwardToLeader`.
+    /// call (ReadIndex: the leader confirms its leadership with a quorum; concurrent calls
+    /// share one confirmation, [`crate::read_batch`]). Only the leader can; others get
+    /// `ForwardToLeader`.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
-        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(ProposeError::ForwardToLeader {
-                leader_id: f.leader_id,
-                leader_addr: f.leader_node.map(|n| n.addr),
-            }),
-            Err(e) => Err(ProposeError::Unavailable(e.to_string())),
-        }
+        self.reads.barrier().await
     }
 
     /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
