@@ -16,6 +16,7 @@ pub mod keys;
 pub mod value;
 
 mod db;
+pub mod segment_log;
 mod error;
 
 pub use db::{Cf, Engine, EngineOptions, Snapshot, WeakEngine, WriteBatch};

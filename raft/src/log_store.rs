@@ -1,25 +1,31 @@
-//! The Raft log store of one group, on the `raft_log` and `raft_meta` column families.
+//! The Raft log store of one group: entries in segment files of their own
+//! ([`kho_engine::segment_log`], `<data_dir>/raft-log/<group>/`), vote and purge point in the
+//! `raft_meta` column family.
 //!
 //! Durability: a vote is written with a synced write before `save_vote` returns. Appended
-//! entries are written (unsynced, so they are readable at once) and their flush callback is
-//! handed to the node's [`WalSyncer`], which syncs the shared RocksDB WAL once for every
-//! callback waiting at that moment (group commit across all groups) and only then tells
-//! openraft the entries are durable. openraft acknowledges an append to the leader, and the
-//! leader counts it towards commit, only after that callback.
+//! entries are written to the group's segment file (readable at once) and their flush
+//! callback is handed to the node's [`LogSyncer`], which syncs each log once for every
+//! callback waiting at that moment (group commit) and only then tells openraft the entries
+//! are durable. openraft acknowledges an append to the leader, and the leader counts it
+//! towards commit, only after that callback. The purge point is synced before any segment
+//! is deleted.
+//!
+//! Each entry is written once: before, in RocksDB, it went to the WAL, then an SST file by
+//! flush, then through compaction before a purge deleted it (docs/BENCHMARKS.md).
 //!
 //! The newest entries are also kept in memory, decoded ([`EntryCache`]): replication to the
-//! followers and the state machine read each entry right after it is appended, and serving
-//! those reads from RocksDB cost a scan, a decryption and a decode each time (15% of the
-//! leader's CPU under the write benchmark, docs/BENCHMARKS.md). The cache is never the only
-//! copy: every cached entry was written to RocksDB first.
+//! followers and the state machine read each entry right after it is appended. The cache is
+//! never the only copy: every cached entry was written to its segment first.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::Arc;
 
 use kho_engine::crypto::LogCipher;
+use kho_engine::segment_log::SegmentLog;
 use kho_engine::{Cf, Engine};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
@@ -46,7 +52,9 @@ pub mod meta_key {
     }
 }
 
-/// Key of a log entry in the `raft_log` column family: group id (u64 BE) ++ index (u64 BE).
+/// Key of a log entry: group id (u64 BE) ++ index (u64 BE). The associated data of a sealed
+/// entry, and its key in the `raft_log` column family of data directories from before the
+/// segment log (moved out once, [`LogStore::open`]).
 pub fn log_key(group: GroupId, index: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&group.to_be_bytes());
@@ -67,49 +75,55 @@ fn data_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
-/// Most flush callbacks waiting for the WAL syncer, count.
+/// Most flush callbacks waiting for the log syncer, count.
 pub const SYNC_QUEUE_MAX: usize = 65_536;
-/// Most callbacks completed by one WAL sync, count.
+/// Most callbacks completed by one round of syncs, count.
 pub const SYNC_BATCH_MAX: usize = 8_192;
 
-/// One thread per node that turns many pending appends into one WAL sync.
-pub struct WalSyncer {
-    tx: tokio::sync::mpsc::Sender<IOFlushed<TypeConfig>>,
+type SyncRequest = (Arc<SegmentLog>, IOFlushed<TypeConfig>);
+
+/// One thread per node that turns many pending appends into one sync per log.
+pub struct LogSyncer {
+    tx: tokio::sync::mpsc::Sender<SyncRequest>,
 }
 
-impl WalSyncer {
-    /// Starts the sync thread. It holds the engine weakly: the engine closes where its last
-    /// user drops it, and the thread then ends.
-    pub fn start(engine: Engine) -> Arc<WalSyncer> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<IOFlushed<TypeConfig>>(SYNC_QUEUE_MAX);
-        let weak = engine.downgrade();
-        drop(engine);
+impl LogSyncer {
+    /// Starts the sync thread. It ends when every sender (log store) is gone.
+    pub fn start() -> Arc<LogSyncer> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<SyncRequest>(SYNC_QUEUE_MAX);
         std::thread::Builder::new()
-            .name("kho-wal-sync".into())
+            .name("kho-log-sync".into())
             .spawn(move || {
-                let mut pending = Vec::with_capacity(64);
+                let mut pending: Vec<SyncRequest> = Vec::with_capacity(64);
                 while let Some(first) = rx.blocking_recv() {
                     pending.push(first);
                     while pending.len() < SYNC_BATCH_MAX {
                         match rx.try_recv() {
-                            Ok(cb) => pending.push(cb),
+                            Ok(r) => pending.push(r),
                             Err(_) => break,
                         }
                     }
-                    let res = match weak.upgrade() {
-                        Some(engine) => engine.sync_wal().map_err(io_err),
-                        None => Err(io_err("the engine is closed")),
-                    };
-                    if let Err(e) = &res {
-                        tracing::error!(error = %e, "WAL sync failed; appends are not acknowledged");
+                    // One sync per distinct log covers every callback of that log taken so far.
+                    let mut results: Vec<(*const SegmentLog, Result<(), String>)> = Vec::new();
+                    for (log, _) in &pending {
+                        let ptr = Arc::as_ptr(log);
+                        if !results.iter().any(|(p, _)| *p == ptr) {
+                            let r = log.sync().map_err(|e| e.to_string());
+                            if let Err(e) = &r {
+                                tracing::error!(error = %e, log = %log.dir().display(), "Raft log sync failed; appends are not acknowledged");
+                            }
+                            results.push((ptr, r));
+                        }
                     }
-                    for cb in pending.drain(..) {
-                        cb.io_completed(res.as_ref().map(|_| ()).map_err(io_err));
+                    for (log, cb) in pending.drain(..) {
+                        let ptr = Arc::as_ptr(&log);
+                        let r = &results.iter().find(|(p, _)| *p == ptr).expect("synced above").1;
+                        cb.io_completed(r.clone().map_err(io_err));
                     }
                 }
             })
-            .expect("spawning the WAL sync thread");
-        Arc::new(WalSyncer { tx })
+            .expect("spawning the log sync thread");
+        Arc::new(LogSyncer { tx })
     }
 }
 
@@ -150,7 +164,7 @@ impl EntryCache {
         }
     }
 
-    /// Adds an entry just written to RocksDB. An entry that does not follow the last cached
+    /// Adds an entry just written to its segment. An entry that does not follow the last cached
     /// one (the first append after a restart, a snapshot install or a purge of everything)
     /// starts a new run.
     fn push(&mut self, entry: Entry, size: usize) {
@@ -210,31 +224,94 @@ pub const LOG_ENTRY_FORMAT_SEALED: u8 = 2;
 #[derive(Clone)]
 pub struct LogStore {
     group: GroupId,
+    /// Vote, committed hint and purge point (`raft_meta`).
     engine: Engine,
-    syncer: Arc<WalSyncer>,
+    /// The entries.
+    log: Arc<SegmentLog>,
+    syncer: Arc<LogSyncer>,
     /// Seals entries when the node has a master key.
     cipher: Option<LogCipher>,
     /// The newest entries, decoded; shared by the store and its readers.
     cache: Arc<std::sync::Mutex<EntryCache>>,
 }
 
+/// Entries moved per batch from the `raft_log` column family of an older data directory.
+const MIGRATE_BATCH_ENTRIES: usize = 1024;
+
 impl LogStore {
-    pub fn new(group: GroupId, engine: Engine, syncer: Arc<WalSyncer>, cipher: Option<LogCipher>) -> Self {
-        Self::with_cache_limits(group, engine, syncer, cipher, ENTRY_CACHE_ENTRIES_MAX, ENTRY_CACHE_BYTES_MAX)
+    /// Opens the log of `group` in `log_dir` (created if missing).
+    pub fn open(group: GroupId, engine: Engine, log_dir: &Path, syncer: Arc<LogSyncer>, cipher: Option<LogCipher>) -> io::Result<Self> {
+        Self::open_with_cache_limits(group, engine, log_dir, syncer, cipher, ENTRY_CACHE_ENTRIES_MAX, ENTRY_CACHE_BYTES_MAX)
     }
 
     /// A store whose entry cache holds at most `max_entries` entries and `max_bytes` stored
     /// bytes (0 entries: no cache). For tests of the cache's edges.
-    pub fn with_cache_limits(
+    pub fn open_with_cache_limits(
         group: GroupId,
         engine: Engine,
-        syncer: Arc<WalSyncer>,
+        log_dir: &Path,
+        syncer: Arc<LogSyncer>,
+        cipher: Option<LogCipher>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> io::Result<Self> {
+        let purged = read_last_purged(&engine, group)?.map(|l| l.index);
+        let (log, recovered) = SegmentLog::open(log_dir, purged).map_err(io_err)?;
+        if recovered.cut_bytes > 0 {
+            tracing::warn!(group, cut_bytes = recovered.cut_bytes, "cut a torn tail off the Raft log (writes never acknowledged)");
+        }
+        let store = Self::over(group, engine, Arc::new(log), syncer, cipher, max_entries, max_bytes);
+        store.migrate_from_column_family()?;
+        Ok(store)
+    }
+
+    /// A second store over the same open log (tests compare a cached and an uncached one).
+    pub fn over(
+        group: GroupId,
+        engine: Engine,
+        log: Arc<SegmentLog>,
+        syncer: Arc<LogSyncer>,
         cipher: Option<LogCipher>,
         max_entries: usize,
         max_bytes: usize,
     ) -> Self {
         let cache = Arc::new(std::sync::Mutex::new(EntryCache::new(max_entries, max_bytes)));
-        LogStore { group, engine, syncer, cipher, cache }
+        LogStore { group, engine, log, syncer, cipher, cache }
+    }
+
+    /// The segment log (the state machine syncs it before it records an applied index).
+    pub fn segment_log(&self) -> Arc<SegmentLog> {
+        self.log.clone()
+    }
+
+    /// Moves the entries an older build kept in the `raft_log` column family into the
+    /// segment log, once: appended and synced, then deleted from RocksDB.
+    fn migrate_from_column_family(&self) -> io::Result<()> {
+        let end = group_log_end(self.group);
+        let mut from = match self.log.last_index() {
+            Some(_) => return Ok(()),
+            None => log_key(self.group, self.log.next_index()),
+        };
+        let mut moved = 0u64;
+        loop {
+            let rows = self.engine.scan(Cf::RaftLog, &from, Some(&end), MIGRATE_BATCH_ENTRIES).map_err(io_err)?;
+            let Some((last_key, _)) = rows.last() else { break };
+            from = log_key(self.group, key_index(last_key)? + 1);
+            let mut records = Vec::with_capacity(rows.len());
+            for (k, v) in &rows {
+                records.push((key_index(k)?, v.as_slice()));
+            }
+            self.log.append(&records).map_err(io_err)?;
+            moved += records.len() as u64;
+        }
+        if moved > 0 {
+            self.log.sync().map_err(io_err)?;
+            let mut batch = self.engine.batch();
+            batch.delete_range(Cf::RaftLog, &log_key(self.group, 0), &end);
+            self.engine.write(batch, true).map_err(io_err)?;
+            tracing::info!(group = self.group, entries = moved, "moved the Raft log from RocksDB into segment files");
+        }
+        Ok(())
     }
 
     /// The indexes `[first, end)` of the cached entries, if any (for tests and status).
@@ -261,19 +338,23 @@ impl LogStore {
         }
     }
 
-    /// Decodes stored entry bytes under `key`; sealed ones need the log key. Entries written
-    /// before the node had a master key (format 1) stay readable.
-    fn decode(&self, key: &[u8], stored: &[u8]) -> io::Result<Entry> {
-        match stored.split_first() {
+    /// Decodes the stored bytes of entry `index`; sealed ones need the log key. Entries
+    /// written before the node had a master key (format 1) stay readable.
+    fn decode(&self, index: u64, stored: &[u8]) -> io::Result<Entry> {
+        let entry = match stored.split_first() {
             Some((&LOG_ENTRY_FORMAT_SEALED, sealed)) => {
                 let Some(c) = &self.cipher else {
                     return Err(data_err("the log entry is encrypted, and this node has no master key ([encryption] config)"));
                 };
-                let frame = c.open(key, sealed).map_err(|e| data_err(format!("log entry: {e}")))?;
-                codec::decode_entry(&frame).map_err(data_err)
+                let frame = c.open(&log_key(self.group, index), sealed).map_err(|e| data_err(format!("log entry: {e}")))?;
+                codec::decode_entry(&frame).map_err(data_err)?
             }
-            _ => codec::decode_entry(stored).map_err(data_err),
+            _ => codec::decode_entry(stored).map_err(data_err)?,
+        };
+        if entry.log_id.index != index {
+            return Err(data_err(format!("log entry at index {index} says index {}", entry.log_id.index)));
         }
+        Ok(entry)
     }
 
     fn get_meta(&self, tag: u8) -> io::Result<Option<Vec<u8>>> {
@@ -282,11 +363,30 @@ impl LogStore {
 
     /// The first log index still stored, if any (for status reporting).
     pub fn first_index(&self) -> io::Result<Option<u64>> {
-        let first = self
-            .engine
-            .first_in_range(Cf::RaftLog, &log_key(self.group, 0), &group_log_end(self.group))
-            .map_err(io_err)?;
-        Ok(first.map(|(k, _)| u64::from_be_bytes(k[8..16].try_into().expect("16-byte log key"))))
+        Ok(self.log.first_index())
+    }
+
+    /// Entries `[start, end)` from the segments, clamped to what the log holds.
+    fn read_stored(&self, start: u64, end: Option<u64>) -> io::Result<Vec<Entry>> {
+        let (Some(first), Some(last)) = (self.log.first_index(), self.log.last_index()) else { return Ok(Vec::new()) };
+        let start = start.max(first);
+        let end = end.unwrap_or(u64::MAX).min(last + 1);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let stored = self.log.read(start, end).map_err(io_err)?;
+        stored.iter().zip(start..).map(|(b, i)| self.decode(i, b)).collect()
+    }
+}
+
+fn key_index(k: &[u8]) -> io::Result<u64> {
+    Ok(u64::from_be_bytes(k.get(8..16).and_then(|b| b.try_into().ok()).ok_or_else(|| data_err("short log key"))?))
+}
+
+fn read_last_purged(engine: &Engine, group: GroupId) -> io::Result<Option<LogId>> {
+    match engine.get(Cf::RaftMeta, &meta_key::key(group, meta_key::LAST_PURGED)).map_err(io_err)? {
+        None => Ok(None),
+        Some(b) => codec::decode_opt_log_id(&b).map_err(data_err),
     }
 }
 
@@ -301,38 +401,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(x) => log_key(self.group, x.saturating_add(1)),
-            Bound::Excluded(x) => log_key(self.group, *x),
-            Bound::Unbounded => group_log_end(self.group),
-        };
-        let end_index = match range.end_bound() {
             Bound::Included(x) => Some(x.saturating_add(1)),
             Bound::Excluded(x) => Some(*x),
             Bound::Unbounded => None,
         };
-        if let Some(entries) = self.cache().get(start, end_index) {
+        if let Some(entries) = self.cache().get(start, end) {
             return Ok(entries);
         }
-        let start_key = log_key(self.group, start);
-        if start_key >= end {
-            return Ok(Vec::new());
-        }
-        let rows = self.engine.scan(Cf::RaftLog, &start_key, Some(&end), usize::MAX).map_err(io_err)?;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut expected = start;
-        for (k, v) in rows {
-            let index = u64::from_be_bytes(k[8..16].try_into().map_err(|_| data_err("short log key"))?);
-            let entry = self.decode(&k, &v)?;
-            if entry.log_id.index != index {
-                return Err(data_err(format!("log entry at key index {index} says index {}", entry.log_id.index)));
-            }
-            if !out.is_empty() && index != expected {
-                return Err(data_err(format!("log has a gap: expected index {expected}, found {index}")));
-            }
-            expected = index + 1;
-            out.push(entry);
-        }
-        Ok(out)
+        self.read_stored(start, end)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -347,18 +423,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last = self
-            .engine
-            .last_in_range(Cf::RaftLog, &log_key(self.group, 0), &group_log_end(self.group))
-            .map_err(io_err)?;
-        let last_log_id = match last {
+        let last_log_id = match self.log.last_index() {
             None => None,
-            Some((k, v)) => Some(self.decode(&k, &v)?.log_id),
+            Some(i) => {
+                let cached = self.cache().get(i, Some(i + 1));
+                let entries = match cached {
+                    Some(e) => e,
+                    None => self.read_stored(i, Some(i + 1))?,
+                };
+                entries.into_iter().next().map(|e| e.log_id)
+            }
         };
-        let last_purged_log_id = match self.get_meta(meta_key::LAST_PURGED)? {
-            None => None,
-            Some(b) => codec::decode_opt_log_id(&b).map_err(data_err)?,
-        };
+        let last_purged_log_id = read_last_purged(&self.engine, self.group)?;
         let last_log_id = last_log_id.or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
@@ -399,34 +475,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = self.engine.batch();
+        let mut stored = Vec::new();
         let mut appended = Vec::new();
         for entry in entries {
-            let stored = self.encode(&entry);
-            batch.put(Cf::RaftLog, &log_key(self.group, entry.log_id.index), &stored);
-            appended.push((entry, stored.len()));
+            stored.push(self.encode(&entry));
+            appended.push(entry);
         }
-        // Readable now (memtable); durable once the syncer has synced the WAL.
-        self.engine.write(batch, false).map_err(io_err)?;
+        {
+            let records: Vec<(u64, &[u8])> = appended.iter().zip(&stored).map(|(e, b)| (e.log_id.index, b.as_slice())).collect();
+            // Readable now (page cache); durable once the syncer has synced the segment.
+            self.log.append(&records).map_err(io_err)?;
+        }
         {
             let mut cache = self.cache();
-            for (entry, size) in appended {
-                cache.push(entry, size);
+            for (entry, bytes) in appended.into_iter().zip(&stored) {
+                cache.push(entry, bytes.len());
             }
         }
-        self.syncer.tx.send(callback).await.map_err(|_| io_err("WAL syncer stopped"))?;
+        self.syncer.tx.send((self.log.clone(), callback)).await.map_err(|_| io_err("log syncer stopped"))?;
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|id| id.index + 1).unwrap_or(0);
         self.cache().truncate_from(from);
-        let mut batch = self.engine.batch();
-        batch.delete_range(Cf::RaftLog, &log_key(self.group, from), &group_log_end(self.group));
-        // No sync needed: any later append is synced after this write (one WAL, in order), and
-        // a truncation lost in a crash with no later append only restores entries that were
-        // never acknowledged as replaced.
-        self.engine.write(batch, false).map_err(io_err)
+        // Synced before it returns (rare: only after a leader change with conflicting entries).
+        self.log.truncate_from(from).map_err(io_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -437,8 +511,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             &meta_key::key(self.group, meta_key::LAST_PURGED),
             &codec::encode_opt_log_id(Some(&log_id)),
         );
-        batch.delete_range(Cf::RaftLog, &log_key(self.group, 0), &log_key(self.group, log_id.index + 1));
-        // Purged entries are covered by a snapshot; losing the purge in a crash is harmless.
-        self.engine.write(batch, false).map_err(io_err)
+        // The purge point is durable before any segment goes: a restart never finds a log that
+        // starts after its recorded purge point.
+        self.engine.write(batch, true).map_err(io_err)?;
+        self.log.purge_upto(log_id.index).map_err(io_err)
     }
 }

@@ -16,7 +16,7 @@ use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 
 use crate::command::{AppError, Command, Response};
 use crate::error::{ProposeError, RaftNodeError};
-use crate::log_store::{LogStore, WalSyncer};
+use crate::log_store::{LogStore, LogSyncer};
 use crate::network::{self, MessageKind, NetworkFactory, Transport};
 use crate::read_batch::ReadBatcher;
 use crate::snapshot::{self, SnapshotFile};
@@ -135,7 +135,7 @@ impl RaftNode {
     ) -> Result<Arc<RaftNode>, RaftNodeError> {
         std::fs::create_dir_all(data_dir)?;
         let engine = Engine::open(&data_dir.join("db"), &EngineOptions::default())?;
-        let syncer = WalSyncer::start(engine.clone());
+        let syncer = LogSyncer::start();
         let node = Arc::new(RaftNode {
             id,
             addr,
@@ -144,7 +144,8 @@ impl RaftNode {
             key_jobs: std::sync::Mutex::new(None),
         });
         let snapshot_dir = data_dir.join("snapshots").join(DATA_GROUP.to_string());
-        let group = Group::open(id, DATA_GROUP, engine, syncer, &snapshot_dir, settings, transport, master).await?;
+        let log_dir = data_dir.join("raft-log").join(DATA_GROUP.to_string());
+        let group = Group::open(id, DATA_GROUP, engine, syncer, &log_dir, &snapshot_dir, settings, transport, master).await?;
         node.groups.write().expect("groups lock").insert(DATA_GROUP, Arc::new(group));
         let driver = crate::key_jobs::spawn(Arc::downgrade(&node));
         *node.key_jobs.lock().expect("key jobs lock") = Some(driver);
@@ -267,7 +268,8 @@ impl Group {
         node_id: NodeId,
         id: GroupId,
         engine: Engine,
-        syncer: Arc<WalSyncer>,
+        syncer: Arc<LogSyncer>,
+        log_dir: &Path,
         snapshot_dir: &Path,
         s: &RaftSettings,
         transport: Arc<dyn Transport>,
@@ -296,8 +298,8 @@ impl Group {
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| RaftNodeError::Raft(e.to_string()))?);
-        let log = LogStore::new(id, engine.clone(), syncer, master.as_ref().map(|m| m.log_cipher()));
-        let sm = StateMachine::open(id, engine, snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize, master)?;
+        let log = LogStore::open(id, engine.clone(), log_dir, syncer, master.as_ref().map(|m| m.log_cipher()))?;
+        let sm = StateMachine::open(id, engine, log.segment_log(), snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize, master)?;
         let state = sm.state();
         let net = NetworkFactory {
             group: id,

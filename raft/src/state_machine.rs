@@ -28,6 +28,7 @@ use crate::codec;
 use crate::command::{AppError, CasOutcome, Command, Condition, NewTenantKeys, NonceSeed, Outcome, Response, WriteOp};
 use crate::keyring::{self, Job, KeyRecord, KeyState, TenantKeys};
 use crate::log_store::meta_key;
+use kho_engine::segment_log::SegmentLog;
 use crate::snapshot::{self, SnapshotFile, SnapshotReader, SnapshotWriter};
 use crate::{GroupId, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
@@ -134,6 +135,8 @@ impl SmState {
 
 pub struct StateMachine {
     state: Arc<SmState>,
+    /// The group's Raft log: synced up to an entry before its applied index is recorded.
+    log: Arc<SegmentLog>,
     snapshot_dir: PathBuf,
     snapshot_chunk_bytes: usize,
 }
@@ -144,6 +147,7 @@ impl StateMachine {
     pub fn open(
         group: GroupId,
         engine: Engine,
+        log: Arc<SegmentLog>,
         snapshot_dir: PathBuf,
         snapshot_chunk_bytes: usize,
         master: Option<Arc<MasterKey>>,
@@ -159,7 +163,7 @@ impl StateMachine {
             log_cipher,
             last_snapshot_records: std::sync::atomic::AtomicU64::new(0),
         });
-        let sm = StateMachine { state, snapshot_dir, snapshot_chunk_bytes };
+        let sm = StateMachine { state, log, snapshot_dir, snapshot_chunk_bytes };
         if sm.state.meta(meta_key::INSTALLING_SNAPSHOT).map_err(io_err)?.is_some() {
             let path = sm.installing_path();
             tracing::warn!(group, path = %path.display(), "finishing a snapshot install interrupted by a crash");
@@ -628,8 +632,12 @@ impl PendingApply {
     }
 
     /// Writes the data and the applied log id in one batch, then answers the clients.
-    fn flush(&mut self, state: &SmState) -> io::Result<()> {
+    fn flush(&mut self, state: &SmState, log: &SegmentLog) -> io::Result<()> {
         let Some(last) = self.last.take() else { return Ok(()) };
+        // A follower may apply entries the leader committed before its own copy is synced.
+        // Any RocksDB flush may persist the applied index written here, so the log must hold
+        // those entries durably first; usually the log syncer has done so already.
+        log.sync_upto(last.index).map_err(io_err)?;
         let mut batch = std::mem::replace(&mut self.batch, state.engine.batch());
         batch.put(Cf::RaftMeta, &meta_key::key(state.group, meta_key::APPLIED), &codec::encode_opt_log_id(Some(&last)));
         // Without the WAL: the entries are durable in the Raft log. A crash before the next
@@ -809,7 +817,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(cmd) => is_blind_write(cmd),
             };
             if !blind {
-                pending.flush(&self.state)?;
+                pending.flush(&self.state, &self.log)?;
             }
             let mut change = None;
             let outcome = match entry.payload {
@@ -845,13 +853,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 pending.replies.push((r, Response { revision: index, outcome }));
             }
             if !blind || pending.is_full() {
-                pending.flush(&self.state)?;
+                pending.flush(&self.state, &self.log)?;
             }
             if let Some(c) = change {
                 self.apply_catalog_change(c);
             }
         }
-        pending.flush(&self.state)?;
+        pending.flush(&self.state, &self.log)?;
         Ok(())
     }
 
@@ -873,8 +881,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let state = self.state.clone();
         let dir = self.snapshot_dir.clone();
         let chunk_bytes = self.snapshot_chunk_bytes;
+        let log = self.log.clone();
         tokio::task::spawn_blocking(move || {
-            let sm = StateMachine { state, snapshot_dir: dir, snapshot_chunk_bytes: chunk_bytes };
+            let sm = StateMachine { state, log, snapshot_dir: dir, snapshot_chunk_bytes: chunk_bytes };
             sm.install_from(&installing, &this_meta)?;
             sm.reload_catalog()
         })

@@ -1,8 +1,9 @@
-//! openraft's storage conformance suite against Kho's RocksDB log store and state machine.
+//! openraft's storage conformance suite against Kho's log store (segment files, metadata in
+//! RocksDB) and state machine (RocksDB).
 
 use kho_engine::crypto::MasterKey;
 use kho_engine::{Engine, EngineOptions};
-use kho_raft::log_store::{LogStore, WalSyncer};
+use kho_raft::log_store::{LogStore, LogSyncer};
 use kho_raft::state_machine::StateMachine;
 use kho_raft::TypeConfig;
 use openraft::testing::log::{StoreBuilder, Suite};
@@ -24,12 +25,15 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
         let engine = Engine::open(&dir.path().join("db"), &EngineOptions::default()).map_err(|e| err(&e))?;
         let master = self.master_key.map(|b| std::sync::Arc::new(MasterKey::new(zeroize::Zeroizing::new([b; 32]))));
         let cipher = master.as_ref().map(|m| m.log_cipher());
-        let syncer = WalSyncer::start(engine.clone());
+        let syncer = LogSyncer::start();
+        let log_dir = dir.path().join("raft-log");
         let log = match self.cache_entries {
-            None => LogStore::new(1, engine.clone(), syncer, cipher),
-            Some(n) => LogStore::with_cache_limits(1, engine.clone(), syncer, cipher, n, usize::MAX),
-        };
-        let sm = StateMachine::open(1, engine, dir.path().join("snapshots"), 64 << 10, master).map_err(|e| err(&e))?;
+            None => LogStore::open(1, engine.clone(), &log_dir, syncer, cipher),
+            Some(n) => LogStore::open_with_cache_limits(1, engine.clone(), &log_dir, syncer, cipher, n, usize::MAX),
+        }
+        .map_err(|e| err(&e))?;
+        let sm = StateMachine::open(1, engine, log.segment_log(), dir.path().join("snapshots"), 64 << 10, master)
+            .map_err(|e| err(&e))?;
         Ok((dir, log, sm))
     }
 }
@@ -59,10 +63,10 @@ fn openraft_storage_suite_passes_with_a_tiny_entry_cache() {
 }
 
 /// Random appends, truncations and purges on a store with a small entry cache; after each,
-/// random ranges read through it must equal the same ranges read from RocksDB alone (a
-/// second store on the same engine with no cache).
+/// random ranges read through it must equal the same ranges read from the segment files
+/// alone (a second store over the same log with no cache).
 #[test]
-fn reads_through_the_entry_cache_equal_reads_from_rocksdb() {
+fn reads_through_the_entry_cache_equal_reads_from_the_segments() {
     use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
     use openraft::testing::{blank_ent, log_id};
     use rand::{Rng, SeedableRng};
@@ -74,9 +78,12 @@ fn reads_through_the_entry_cache_equal_reads_from_rocksdb() {
         let dir = TempDir::new().expect("temp dir");
         let engine = Engine::open(&dir.path().join("db"), &EngineOptions::default()).expect("engine");
         let master = MasterKey::new(zeroize::Zeroizing::new([9; 32]));
-        let syncer = WalSyncer::start(engine.clone());
-        let mut cached = LogStore::with_cache_limits(1, engine.clone(), syncer.clone(), Some(master.log_cipher()), 40, usize::MAX);
-        let mut plain = LogStore::with_cache_limits(1, engine.clone(), syncer, Some(master.log_cipher()), 0, 0);
+        let syncer = LogSyncer::start();
+        let log_dir = dir.path().join("raft-log");
+        let mut cached =
+            LogStore::open_with_cache_limits(1, engine.clone(), &log_dir, syncer.clone(), Some(master.log_cipher()), 40, usize::MAX)
+                .expect("open log");
+        let mut plain = LogStore::over(1, engine.clone(), cached.segment_log(), syncer, Some(master.log_cipher()), 0, 0);
         let (mut first, mut next, mut term) = (1u64, 1u64, 1u64);
         let mut cache_checks = 0;
         for step in 0..600 {
@@ -84,7 +91,7 @@ fn reads_through_the_entry_cache_equal_reads_from_rocksdb() {
                 0..=5 => {
                     let n = rng.random_range(1..30);
                     let entries: Vec<_> = (next..next + n).map(|i| blank_ent::<TypeConfig>(term, 1, i)).collect();
-                    // Reads see appended entries before the WAL sync: no need to wait for it.
+                    // Reads see appended entries before the sync: no need to wait for it.
                     cached.append(entries, IOFlushed::<TypeConfig>::noop()).await.expect("append");
                     next += n;
                 }
@@ -106,22 +113,57 @@ fn reads_through_the_entry_cache_equal_reads_from_rocksdb() {
                 let a = rng.random_range(first.saturating_sub(3)..next + 3);
                 let b = rng.random_range(a..next + 5);
                 let from_cache = cached.try_get_log_entries(a..b).await.expect("cached read");
-                let from_disk = plain.try_get_log_entries(a..b).await.expect("rocksdb read");
+                let from_disk = plain.try_get_log_entries(a..b).await.expect("segment read");
                 assert_eq!(from_cache, from_disk, "seed {seed} step {step}: entries {a}..{b}");
                 let tail_cache = cached.try_get_log_entries(a..).await.expect("cached read");
-                let tail_disk = plain.try_get_log_entries(a..).await.expect("rocksdb read");
+                let tail_disk = plain.try_get_log_entries(a..).await.expect("segment read");
                 assert_eq!(tail_cache, tail_disk, "seed {seed} step {step}: entries {a}..");
             }
-            // The cache must end at the log's end and hold what RocksDB holds.
+            // The cache must end at the log's end and hold what the segments hold.
             if let Some((a, b)) = cached.cached_range() {
                 assert_eq!(b, next, "seed {seed} step {step}: the cache ends at {b}, the log at {next}");
                 let from_cache = cached.try_get_log_entries(a..b).await.expect("cached read");
-                let from_disk = plain.try_get_log_entries(a..b).await.expect("rocksdb read");
+                let from_disk = plain.try_get_log_entries(a..b).await.expect("segment read");
                 assert_eq!(from_cache, from_disk, "seed {seed} step {step}: cached entries {a}..{b}");
                 cache_checks += 1;
             }
         }
         assert!(plain.cached_range().is_none(), "a store with a 0-entry cache caches nothing");
         assert!(cache_checks > 300, "seed {seed}: the cache was empty after {} of 600 steps", 600 - cache_checks);
+    });
+}
+
+/// A data directory from before the segment log kept entries in the `raft_log` column
+/// family: opening the store moves them into segment files once, and they read back the same.
+#[test]
+fn entries_of_the_raft_log_column_family_move_into_segments() {
+    use kho_engine::Cf;
+    use kho_raft::codec::encode_entry;
+    use kho_raft::log_store::log_key;
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
+    use openraft::testing::blank_ent;
+
+    TypeConfig::run(async {
+        let dir = TempDir::new().expect("temp dir");
+        let engine = Engine::open(&dir.path().join("db"), &EngineOptions::default()).expect("engine");
+        let entries: Vec<_> = (1..=50u64).map(|i| blank_ent::<TypeConfig>(2, 1, i)).collect();
+        let mut batch = engine.batch();
+        for e in &entries {
+            batch.put(Cf::RaftLog, &log_key(1, e.log_id.index), &encode_entry(e));
+        }
+        engine.write(batch, true).expect("write old-layout log");
+        let log_dir = dir.path().join("raft-log");
+        {
+            let mut store = LogStore::open(1, engine.clone(), &log_dir, LogSyncer::start(), None).expect("open");
+            assert_eq!(store.try_get_log_entries(1..51).await.expect("read"), entries);
+            let state = store.get_log_state().await.expect("log state");
+            assert_eq!(state.last_log_id.map(|l| l.index), Some(50));
+        }
+        let left = engine.scan(Cf::RaftLog, &log_key(1, 0), Some(&log_key(2, 0)), usize::MAX).expect("scan");
+        assert!(left.is_empty(), "{} entries left in the column family", left.len());
+        // Reopened: read from the segments alone (a store with no cache).
+        let engine2 = engine.clone();
+        let mut store = LogStore::open_with_cache_limits(1, engine2, &log_dir, LogSyncer::start(), None, 0, 0).expect("reopen");
+        assert_eq!(store.try_get_log_entries(1..51).await.expect("read"), entries);
     });
 }

@@ -1,0 +1,547 @@
+//! An append-only log of numbered records in segment files (the Raft log of a group).
+//!
+//! Each record is written once, appended to a file, and removed by deleting whole files:
+//! no memtable, no SST, no compaction (docs/FORMATS.md, "Raft log segments").
+//!
+//! Layout: a directory of segment files named `<first index, 20 digits>.seg`. A segment
+//! starts with the 8-byte magic [`SEGMENT_MAGIC`], then holds records of consecutive
+//! indexes, each:
+//!
+//! ```text
+//! len u32 LE | crc32 u32 LE (IEEE, over index ++ payload) | index u64 LE | payload (len bytes)
+//! ```
+//!
+//! Durability: [`SegmentLog::append`] writes a batch with one `write` call (into the page
+//! cache); [`SegmentLog::sync`] makes every record written before it started durable
+//! (`fdatasync` of the segment in use, and of the directory when a segment was created). A
+//! new segment is only started after the previous one is synced, so after a crash only the
+//! newest segment can end with a torn record: [`SegmentLog::open`] cuts it there. A bad
+//! record anywhere else is corruption, and `open` fails rather than drop records.
+//!
+//! Truncation ([`SegmentLog::truncate_from`]) is synced before it returns; purging
+//! ([`SegmentLog::purge_upto`]) deletes only whole segments, and the caller must have made
+//! the purge point durable first (records at or below it are ignored when reopening).
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+
+/// First bytes of every segment file.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"KHOSEG01";
+/// A new segment is started once the one in use holds this many bytes.
+pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
+/// Largest payload of one record, bytes. Longer lengths read back are corruption.
+pub const RECORD_BYTES_MAX: usize = 1 << 30;
+/// Length of a record header: len u32 ++ crc32 u32 ++ index u64.
+pub const RECORD_HEADER_BYTES: usize = 16;
+
+fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { op, source }
+}
+
+fn corrupt(what: String) -> Error {
+    Error::Corruption { what }
+}
+
+fn record_crc(index: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&index.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.seg")
+}
+
+/// One segment file and where each of its records starts.
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    /// Byte offset of the record with index `first + i`.
+    offsets: Vec<u64>,
+    /// Bytes in the file (end of the last record).
+    len: u64,
+}
+
+impl Segment {
+    /// One past the last index it holds.
+    fn end(&self) -> u64 {
+        self.first + self.offsets.len() as u64
+    }
+}
+
+struct Inner {
+    /// Oldest first; the last one is written to.
+    segments: VecDeque<Segment>,
+    /// The index the next appended record must have.
+    next: u64,
+    /// The lowest index held; equal to `next` when the log holds nothing.
+    first: u64,
+    /// Records at or below this index were purged: never returned, not needed.
+    purged: Option<u64>,
+    /// The segment in use was written since the last sync.
+    active_dirty: bool,
+    /// A segment file was created or removed since the last directory sync.
+    dir_dirty: bool,
+}
+
+/// An append-only, indexed record log in one directory. Shared by reference: appends,
+/// reads and syncs may come from different threads.
+pub struct SegmentLog {
+    dir: PathBuf,
+    /// A new segment is started once the one in use holds this many bytes.
+    segment_bytes_max: u64,
+    inner: Mutex<Inner>,
+    /// Serializes syncs, so that a sync that finds nothing left to do returns only after
+    /// the sync that took the work has finished.
+    sync_lock: Mutex<()>,
+    /// Every record below this index is durable.
+    durable_end: AtomicU64,
+}
+
+/// What [`SegmentLog::open`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Records kept, above the purge point.
+    pub records: u64,
+    /// Bytes of a torn or corrupt tail cut from the newest segment.
+    pub cut_bytes: u64,
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync log directory"))
+}
+
+/// Reads the records of one segment file. Returns the segment and, if the file ends with
+/// a torn or corrupt record, the offset where the valid part ends and why.
+fn scan_segment(path: &Path, first: u64) -> Result<(Segment, Option<(u64, String)>)> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io("open log segment"))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(io("read log segment"))?;
+    let name = path.display();
+    if bytes.len() < SEGMENT_MAGIC.len() || &bytes[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
+        // A segment whose magic never reached the disk holds nothing.
+        let bad = Some((0, format!("{name}: no segment header")));
+        let seg = Segment { first, path: path.to_path_buf(), file: Arc::new(file), offsets: Vec::new(), len: 0 };
+        return Ok((seg, bad));
+    }
+    let mut offsets = Vec::new();
+    let mut at = SEGMENT_MAGIC.len();
+    let mut bad = None;
+    while at < bytes.len() {
+        let index = first + offsets.len() as u64;
+        let rest = &bytes[at..];
+        if rest.len() < RECORD_HEADER_BYTES {
+            bad = Some((at as u64, format!("{name}: torn record header at offset {at}")));
+            break;
+        }
+        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        let stored_index = u64::from_le_bytes(rest[8..16].try_into().expect("8 bytes"));
+        if len > RECORD_BYTES_MAX || rest.len() - RECORD_HEADER_BYTES < len {
+            bad = Some((at as u64, format!("{name}: torn record at offset {at} (length {len})")));
+            break;
+        }
+        let payload = &rest[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len];
+        if record_crc(stored_index, payload) != crc {
+            bad = Some((at as u64, format!("{name}: checksum mismatch in the record at offset {at}")));
+            break;
+        }
+        if stored_index != index {
+            bad = Some((at as u64, format!("{name}: record at offset {at} has index {stored_index}, expected {index}")));
+            break;
+        }
+        offsets.push(at as u64);
+        at += RECORD_HEADER_BYTES + len;
+    }
+    let len = bad.as_ref().map_or(at as u64, |(o, _)| *o);
+    let seg = Segment { first, path: path.to_path_buf(), file: Arc::new(file), offsets, len };
+    Ok((seg, bad))
+}
+
+impl SegmentLog {
+    /// Opens (or creates) the log in `dir`. Records at or below `purged` are dropped; whole
+    /// segments of them are deleted. A torn tail of the newest segment is cut.
+    pub fn open(dir: &Path, purged: Option<u64>) -> Result<(SegmentLog, Recovered)> {
+        Self::open_with_segment_bytes(dir, purged, SEGMENT_BYTES_MAX)
+    }
+
+    /// [`SegmentLog::open`] with segments of `segment_bytes_max` bytes (tests use small ones).
+    pub fn open_with_segment_bytes(dir: &Path, purged: Option<u64>, segment_bytes_max: u64) -> Result<(SegmentLog, Recovered)> {
+        std::fs::create_dir_all(dir).map_err(io("create log directory"))?;
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(dir).map_err(io("list log directory"))? {
+            let e = e.map_err(io("list log directory"))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".seg") else { continue };
+            let first: u64 = stem
+                .parse()
+                .map_err(|_| corrupt(format!("{}: not a log segment name", e.path().display())))?;
+            names.push((first, e.path()));
+        }
+        names.sort();
+        let mut segments: VecDeque<Segment> = VecDeque::new();
+        let mut cut_bytes = 0;
+        let count = names.len();
+        for (i, (first, path)) in names.into_iter().enumerate() {
+            let newest = i + 1 == count;
+            let (seg, bad) = scan_segment(&path, first)?;
+            if let Some((offset, why)) = bad {
+                if !newest {
+                    return Err(corrupt(format!(
+                        "{why}; only the newest segment may end with a torn record"
+                    )));
+                }
+                tracing::warn!(segment = %path.display(), %why, offset, "cutting the torn tail of the Raft log");
+                cut_bytes = seg.file.metadata().map_err(io("stat log segment"))?.len() - offset;
+                if offset == 0 {
+                    drop(seg);
+                    std::fs::remove_file(&path).map_err(io("remove empty log segment"))?;
+                    continue;
+                }
+                seg.file.set_len(offset).map_err(io("cut torn log tail"))?;
+                seg.file.sync_all().map_err(io("sync log segment"))?;
+            }
+            if let Some(prev) = segments.back() {
+                if prev.end() != seg.first {
+                    return Err(corrupt(format!(
+                        "{}: starts at index {}, but the segment before it ends at {}",
+                        path.display(),
+                        seg.first,
+                        prev.end()
+                    )));
+                }
+            }
+            segments.push_back(seg);
+        }
+        // Drop segments that hold only purged records (or none).
+        if let Some(p) = purged {
+            while segments.front().is_some_and(|s| s.end() <= p + 1) {
+                let s = segments.pop_front().expect("checked");
+                std::fs::remove_file(&s.path).map_err(io("remove purged log segment"))?;
+            }
+        }
+        let low = purged.map_or(0, |p| p + 1);
+        if let (Some(front), Some(_)) = (segments.front(), purged) {
+            if front.first > low {
+                return Err(corrupt(format!(
+                    "{}: the log starts at index {}, but only indexes below {low} were purged",
+                    front.path.display(),
+                    front.first
+                )));
+            }
+        }
+        let next = segments.back().map_or(low, |s| s.end().max(low));
+        let first = segments.front().map_or(next, |s| s.first.max(low).min(next));
+        let records = next - first;
+        // What a killed process left in the page cache reads back as valid: make it durable
+        // before anything counts on it.
+        if let Some(s) = segments.back() {
+            s.file.sync_data().map_err(io("sync log segment"))?;
+        }
+        sync_dir(dir)?;
+        let log = SegmentLog {
+            dir: dir.to_path_buf(),
+            segment_bytes_max,
+            inner: Mutex::new(Inner { segments, next, first, purged, active_dirty: false, dir_dirty: false }),
+            sync_lock: Mutex::new(()),
+            durable_end: AtomicU64::new(next),
+        };
+        Ok((log, Recovered { records, cut_bytes }))
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // Every mutation leaves `Inner` consistent before it can fail or panic.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The index the next appended record must have.
+    pub fn next_index(&self) -> u64 {
+        self.inner().next
+    }
+
+    /// The first index held (above the purge point), if any.
+    pub fn first_index(&self) -> Option<u64> {
+        let inner = self.inner();
+        (inner.first < inner.next).then_some(inner.first)
+    }
+
+    /// The last index held (above the purge point), if any.
+    pub fn last_index(&self) -> Option<u64> {
+        let inner = self.inner();
+        (inner.first < inner.next).then(|| inner.next - 1)
+    }
+
+    /// Starts a new segment whose first record will be `first`: the old one is synced
+    /// first, so that only the newest segment can ever hold a torn record.
+    fn start_segment(&self, inner: &mut Inner, first: u64) -> Result<()> {
+        if let Some(active) = inner.segments.back() {
+            if inner.active_dirty {
+                active.file.sync_data().map_err(io("sync log segment"))?;
+                inner.active_dirty = false;
+            }
+        }
+        let path = self.dir.join(segment_name(first));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io("create log segment"))?;
+        file.write_all(SEGMENT_MAGIC).map_err(io("write log segment"))?;
+        inner.segments.push_back(Segment {
+            first,
+            path,
+            file: Arc::new(file),
+            offsets: Vec::new(),
+            len: SEGMENT_MAGIC.len() as u64,
+        });
+        inner.active_dirty = true;
+        inner.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Appends records of consecutive indexes starting at [`SegmentLog::next_index`] (or
+    /// anywhere above it when everything held is purged) with one write. Readable at once;
+    /// durable after the next [`SegmentLog::sync`].
+    pub fn append(&self, records: &[(u64, &[u8])]) -> Result<()> {
+        let Some(&(first, _)) = records.first() else { return Ok(()) };
+        let mut inner = self.inner();
+        let fresh = inner.segments.is_empty() && inner.purged.is_none() && inner.next == 0;
+        if fresh {
+            // A new log starts wherever its first record is.
+            inner.next = first;
+            inner.first = first;
+        }
+        if first != inner.next {
+            return Err(corrupt(format!("append at index {first}, but the log continues at {}", inner.next)));
+        }
+        let mut buf = Vec::with_capacity(records.iter().map(|(_, p)| RECORD_HEADER_BYTES + p.len()).sum());
+        for (i, (index, payload)) in records.iter().enumerate() {
+            if *index != first + i as u64 {
+                return Err(corrupt(format!("append batch is not contiguous at index {index}")));
+            }
+            if payload.len() > RECORD_BYTES_MAX {
+                return Err(corrupt(format!(
+                    "record {index} has {} bytes, more than RECORD_BYTES_MAX ({RECORD_BYTES_MAX})",
+                    payload.len()
+                )));
+            }
+            buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&record_crc(*index, payload).to_le_bytes());
+            buf.extend_from_slice(&index.to_le_bytes());
+            buf.extend_from_slice(payload);
+        }
+        let need_new = inner.segments.back().is_none_or(|s| s.len >= self.segment_bytes_max);
+        if need_new {
+            self.start_segment(&mut inner, first)?;
+        }
+        let active = inner.segments.back_mut().expect("a segment is in use");
+        let start = active.len;
+        if let Err(e) = active.file.write_all_at(&buf, start) {
+            // Nothing past `len` counts; a later append overwrites it.
+            return Err(Error::Io { op: "write log segment", source: e });
+        }
+        let mut at = start;
+        for (_, payload) in records {
+            active.offsets.push(at);
+            at += (RECORD_HEADER_BYTES + payload.len()) as u64;
+        }
+        active.len = at;
+        inner.next = first + records.len() as u64;
+        inner.active_dirty = true;
+        Ok(())
+    }
+
+    /// Makes every record appended before this call durable.
+    pub fn sync(&self) -> Result<()> {
+        let _one_at_a_time = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (file, dir_dirty, end) = {
+            let mut inner = self.inner();
+            let file = if inner.active_dirty { inner.segments.back().map(|s| s.file.clone()) } else { None };
+            let dir_dirty = std::mem::take(&mut inner.dir_dirty);
+            inner.active_dirty = false;
+            (file, dir_dirty, inner.next)
+        };
+        let res = (|| {
+            if let Some(f) = &file {
+                f.sync_data().map_err(io("sync log segment"))?;
+            }
+            if dir_dirty {
+                sync_dir(&self.dir)?;
+            }
+            Ok(())
+        })();
+        match res {
+            Ok(()) => {
+                self.durable_end.fetch_max(end, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                let mut inner = self.inner();
+                inner.active_dirty |= file.is_some();
+                inner.dir_dirty |= dir_dirty;
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes sure every record up to `index` (inclusive) is durable, syncing if needed.
+    pub fn sync_upto(&self, index: u64) -> Result<()> {
+        if self.durable_end.load(Ordering::SeqCst) > index {
+            return Ok(());
+        }
+        self.sync()
+    }
+
+    /// Reads the payloads of `[start, end)`, which must be held (above the purge point and
+    /// below [`SegmentLog::next_index`]). Every record's checksum and index are verified.
+    pub fn read(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        // Where each record is, then the reads without the lock.
+        let mut spans: Vec<(Arc<File>, u64, u64, usize)> = Vec::with_capacity((end - start) as usize);
+        {
+            let inner = self.inner();
+            if start < inner.first || end > inner.next {
+                return Err(corrupt(format!(
+                    "read of log indexes {start}..{end}, but the log holds {}..{}",
+                    inner.first, inner.next
+                )));
+            }
+            let mut i = inner.segments.partition_point(|s| s.end() <= start);
+            let mut index = start;
+            while index < end {
+                let Some(seg) = inner.segments.get(i) else {
+                    return Err(corrupt(format!("log index {index} is in no segment")));
+                };
+                if index < seg.first {
+                    return Err(corrupt(format!("log index {index} is in no segment")));
+                }
+                while index < end && index < seg.end() {
+                    let k = (index - seg.first) as usize;
+                    let off = seg.offsets[k];
+                    let next = seg.offsets.get(k + 1).copied().unwrap_or(seg.len);
+                    spans.push((seg.file.clone(), index, off, (next - off) as usize));
+                    index += 1;
+                }
+                i += 1;
+            }
+        }
+        let mut out = Vec::with_capacity(spans.len());
+        for (file, index, off, len) in spans {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, off).map_err(io("read log segment"))?;
+            out.push(check_record(&buf, index)?);
+        }
+        Ok(out)
+    }
+
+    /// Removes every record at or after `index`, durably. Below the purge point it removes
+    /// everything held, and the log continues after the purge point.
+    pub fn truncate_from(&self, index: u64) -> Result<()> {
+        let mut inner = self.inner();
+        // Purged records are gone already; the log continues after the purge point.
+        let index = index.max(inner.purged.map_or(0, |p| p + 1));
+        if index >= inner.next {
+            return Ok(());
+        }
+        // Newest first, then cut the segment holding `index`: a crash in between leaves a
+        // prefix of the old log, never a gap.
+        while inner.segments.back().is_some_and(|s| s.first >= index) {
+            let s = inner.segments.pop_back().expect("checked");
+            std::fs::remove_file(&s.path).map_err(io("remove log segment"))?;
+            inner.dir_dirty = true;
+        }
+        if inner.dir_dirty {
+            sync_dir(&self.dir)?;
+            inner.dir_dirty = false;
+        }
+        if let Some(seg) = inner.segments.back_mut() {
+            if seg.end() > index {
+                let k = (index - seg.first) as usize;
+                let cut = seg.offsets[k];
+                seg.offsets.truncate(k);
+                seg.len = cut;
+                seg.file.set_len(cut).map_err(io("truncate log segment"))?;
+                seg.file.sync_data().map_err(io("sync log segment"))?;
+            }
+        }
+        inner.next = index;
+        inner.first = inner.first.min(index);
+        self.durable_end.fetch_min(index, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Forgets records up to `index` (inclusive) and deletes the segments that hold only
+    /// such records. The caller has made `index` durable as its purge point first.
+    pub fn purge_upto(&self, index: u64) -> Result<()> {
+        let mut inner = self.inner();
+        if inner.purged.is_some_and(|p| p >= index) {
+            return Ok(());
+        }
+        inner.purged = Some(index);
+        inner.first = inner.first.max(index + 1);
+        if inner.next <= index {
+            // The purge point is beyond everything held (a snapshot far ahead).
+            self.drop_all_segments(&mut inner)?;
+            inner.next = index + 1;
+            self.durable_end.fetch_max(index + 1, Ordering::SeqCst);
+            return Ok(());
+        }
+        // Keep the segment in use even if all its records are purged.
+        while inner.segments.len() > 1 && inner.segments.front().is_some_and(|s| s.end() <= index + 1) {
+            let s = inner.segments.pop_front().expect("checked");
+            std::fs::remove_file(&s.path).map_err(io("remove purged log segment"))?;
+            inner.dir_dirty = true;
+        }
+        Ok(())
+    }
+
+    fn drop_all_segments(&self, inner: &mut Inner) -> Result<()> {
+        while let Some(s) = inner.segments.pop_front() {
+            std::fs::remove_file(&s.path).map_err(io("remove purged log segment"))?;
+            inner.dir_dirty = true;
+        }
+        inner.active_dirty = false;
+        sync_dir(&self.dir)?;
+        inner.dir_dirty = false;
+        Ok(())
+    }
+}
+
+/// Verifies a record read back and returns its payload.
+fn check_record(buf: &[u8], index: u64) -> Result<Vec<u8>> {
+    if buf.len() < RECORD_HEADER_BYTES {
+        return Err(corrupt(format!("log record {index}: short read")));
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+    let stored_index = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+    let payload = &buf[RECORD_HEADER_BYTES..];
+    if len != payload.len() || stored_index != index || record_crc(stored_index, payload) != crc {
+        return Err(corrupt(format!("log record {index}: checksum or header mismatch")));
+    }
+    Ok(payload.to_vec())
+}
