@@ -375,7 +375,32 @@ impl SegmentLog {
 
     /// Makes every record appended before this call durable.
     pub fn sync(&self) -> Result<()> {
-        let _one_at_a_time = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let one_at_a_time = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.sync_locked(&one_at_a_time)
+    }
+
+    /// Every record below this index is durable (synced since it was written).
+    pub fn durable_end(&self) -> u64 {
+        self.durable_end.load(Ordering::SeqCst)
+    }
+
+    /// Makes sure every record up to `index` (inclusive) is durable, syncing only if no sync
+    /// (this caller's or another's) has covered it yet.
+    pub fn sync_upto(&self, index: u64) -> Result<()> {
+        if self.durable_end.load(Ordering::SeqCst) > index {
+            return Ok(());
+        }
+        let one_at_a_time = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // The sync that held the lock may have covered it.
+        if self.durable_end.load(Ordering::SeqCst) > index {
+            return Ok(());
+        }
+        self.sync_locked(&one_at_a_time)
+    }
+
+    /// The sync itself; the caller holds `sync_lock`, so no truncation runs meanwhile and
+    /// `durable_end` never claims records written after the truncation.
+    fn sync_locked(&self, _one_at_a_time: &MutexGuard<'_, ()>) -> Result<()> {
         let (file, dir_dirty, end) = {
             let mut inner = self.inner();
             let file = if inner.active_dirty { inner.segments.back().map(|s| s.file.clone()) } else { None };
@@ -404,14 +429,6 @@ impl SegmentLog {
                 Err(e)
             }
         }
-    }
-
-    /// Makes sure every record up to `index` (inclusive) is durable, syncing if needed.
-    pub fn sync_upto(&self, index: u64) -> Result<()> {
-        if self.durable_end.load(Ordering::SeqCst) > index {
-            return Ok(());
-        }
-        self.sync()
     }
 
     /// Reads the payloads of `[start, end)`, which must be held (above the purge point and
@@ -461,6 +478,9 @@ impl SegmentLog {
     /// Removes every record at or after `index`, durably. Below the purge point it removes
     /// everything held, and the log continues after the purge point.
     pub fn truncate_from(&self, index: u64) -> Result<()> {
+        // No sync may be in flight: it would mark the records written after this truncation
+        // (at the same indexes) durable on its completion.
+        let _no_sync = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut inner = self.inner();
         // Purged records are gone already; the log continues after the purge point.
         let index = index.max(inner.purged.map_or(0, |p| p + 1));

@@ -148,6 +148,30 @@ fn truncation_and_purge_survive_a_reopen() {
     assert_eq!(log.read(101, 103).expect("read"), vec![payload(101, 2), payload(102, 2)]);
 }
 
+/// What counts as durable: only what a sync covered; a truncation takes back the indexes it
+/// removed, so records written again at those indexes wait for their own sync.
+#[test]
+fn durability_follows_syncs_and_truncations() {
+    let dir = TempDir::new().expect("tempdir");
+    let log = open(dir.path(), None);
+    append(&log, 1, 11, 0);
+    assert!(log.durable_end() <= 1, "nothing written is durable before a sync");
+    log.sync_upto(4).expect("sync");
+    assert_eq!(log.durable_end(), 11, "a sync covers everything written before it");
+    log.truncate_from(5).expect("truncate");
+    assert_eq!(log.durable_end(), 5);
+    append(&log, 5, 8, 1);
+    log.sync_upto(4).expect("no sync needed");
+    assert_eq!(log.durable_end(), 5, "index 4 was durable already: no sync");
+    log.sync_upto(6).expect("sync");
+    assert_eq!(log.durable_end(), 8);
+    drop(log);
+    // Reopened, everything held is durable (the newest segment is synced on open).
+    let log = open(dir.path(), None);
+    assert_eq!(log.durable_end(), 8);
+    assert_eq!(log.read(5, 8).expect("read"), (5..8).map(|i| payload(i, 1)).collect::<Vec<_>>());
+}
+
 #[test]
 fn appends_must_continue_the_log() {
     let dir = TempDir::new().expect("tempdir");
