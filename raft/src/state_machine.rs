@@ -19,6 +19,7 @@ use std::sync::{Arc, RwLock};
 use futures::{Stream, TryStreamExt};
 use kho_engine::crypto::{self, LogCipher, MasterKey};
 use kho_engine::keys::{self, FamilyId, TenantId};
+use kho_engine::segment_log::SegmentLog;
 use kho_engine::{value, Cf, Engine};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
@@ -28,7 +29,6 @@ use crate::codec;
 use crate::command::{AppError, CasOutcome, Command, Condition, NewTenantKeys, NonceSeed, Outcome, Response, WriteOp};
 use crate::keyring::{self, Job, KeyRecord, KeyState, TenantKeys};
 use crate::log_store::meta_key;
-use kho_engine::segment_log::SegmentLog;
 use crate::snapshot::{self, SnapshotFile, SnapshotReader, SnapshotWriter};
 use crate::{GroupId, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
