@@ -321,9 +321,10 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Appends records of consecutive indexes starting at [`SegmentLog::next_index`] (or
-    /// anywhere above it when everything held is purged) with one write. Readable at once;
-    /// durable after the next [`SegmentLog::sync`].
+    /// Appends records of consecutive indexes starting at [`SegmentLog::next_index`] (a new,
+    /// never purged log starts at its first record's index) with one write. Readable at
+    /// once; durable after the next [`SegmentLog::sync`]. Anything else is refused and
+    /// writes nothing.
     pub fn append(&self, records: &[(u64, &[u8])]) -> Result<()> {
         let Some(&(first, _)) = records.first() else { return Ok(()) };
         let mut inner = self.inner();
