@@ -308,8 +308,16 @@ impl Needles {
     }
 }
 
-fn is_snapshot_file(name: &str) -> bool {
-    name.starts_with("snap-") && name.ends_with(".kho")
+/// A file of a snapshot: a stream file `snap-*.kho` (installed from a leader), or any file
+/// of a checkpoint directory `snap-*.ckpt/` (built here: SST files as hard links, and meta).
+fn is_snapshot_file(path: &Path) -> bool {
+    let named = |p: &Path, ext: &str| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("snap-") && n.to_string_lossy().ends_with(ext));
+    named(path, ".kho") || path.parent().is_some_and(|d| named(d, ".ckpt"))
+}
+
+/// The searched files that belong to snapshots.
+fn snapshot_files_searched(report: &SearchReport) -> Vec<&Path> {
+    report.searched.iter().map(|(p, _)| p.as_path()).filter(|p| is_snapshot_file(p)).collect()
 }
 
 /// Every file under every node's data directory (running or not), searched for every needle.
@@ -358,14 +366,14 @@ async fn wait_for_snapshot_file(cluster: &Cluster) -> Vec<PathBuf> {
         let mut snapshots = Vec::new();
         for id in cluster.ids() {
             let files = files_under(cluster.data_dir(id)).unwrap_or_default();
-            snapshots.extend(files.into_iter().filter(|p| p.file_name().is_some_and(|n| is_snapshot_file(&n.to_string_lossy()))));
+            snapshots.extend(files.into_iter().filter(|p| is_snapshot_file(p)));
         }
         if !snapshots.is_empty() {
             return snapshots;
         }
         if Instant::now() > deadline {
             cluster.fail(format!(
-                "no node wrote a snapshot file (snap-*.kho) within {SNAPSHOT_WAIT_S} s with \
+                "no node wrote a snapshot (snap-*.kho, snap-*.ckpt/) within {SNAPSHOT_WAIT_S} s with \
                  raft.snapshot_logs_since_last = {SNAPSHOT_EVERY_ENTRIES}"
             ));
         }
@@ -593,8 +601,9 @@ const NOTES: usize = 10;
 /// - after a graceful restart of every node and CompactNode on each: still nothing of
 ///   `dan_cu`.
 ///
-/// Snapshots: ~800 log entries with a snapshot every 200 means every node builds snapshot
-/// files (`snapshots/<group>/snap-*.kho`); the test waits for one and asserts that at least
+/// Snapshots: ~800 log entries with a snapshot every 200 means every node builds snapshots
+/// (checkpoints, `snapshots/<group>/snap-*.ckpt/`; a follower that catches up by snapshot
+/// also holds a stream file `snap-*.kho`); the test waits for one and asserts that at least
 /// one snapshot file was among the files searched, each time.
 /// CompactNode (flush and full compaction) on every node of the cluster.
 async fn compact_every_node(cluster: &Cluster) {
@@ -695,7 +704,7 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
             // and their memtables the applied data (written without the WAL).
             let report = search_data_dirs(&cluster, &needles);
             println!("search right after loading: {}: {}", report.summary(), describe_files(&cluster, &report));
-            let snapshot_files = report.files_named(is_snapshot_file);
+            let snapshot_files = snapshot_files_searched(&report);
             assert!(!snapshot_files.is_empty(), "no snapshot file among the files searched right after loading");
             assert_no_secret_found(&cluster, "right after loading", &report, &needles, secret_count);
 
@@ -740,7 +749,7 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
 
             let report = search_data_dirs(&cluster, &needles);
             println!("search after restart and compaction: {}: {}", report.summary(), describe_files(&cluster, &report));
-            let snapshot_files = report.files_named(is_snapshot_file);
+            let snapshot_files = snapshot_files_searched(&report);
             assert!(!snapshot_files.is_empty(), "no snapshot file among the files searched after the restart");
             assert_no_secret_found(&cluster, "after restart and compaction", &report, &needles, secret_count);
             let public_found = report.found(needles.len())[secret_count..].iter().filter(|f| **f).count();

@@ -198,6 +198,34 @@ impl Engine {
         })
     }
 
+    /// Opens the DB at `path` read-only, with all four column families: for reading a
+    /// checkpoint ([`Engine::checkpoint`]). Its block cache holds `block_cache_bytes`; writes
+    /// fail.
+    pub fn open_read_only(path: &Path, block_cache_bytes: usize) -> Result<Engine> {
+        let opts = EngineOptions { block_cache_bytes, ..EngineOptions::default() };
+        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+        let mut db_opts = Options::default();
+        db_opts.set_compression_type(DBCompressionType::Lz4);
+        let descriptors =
+            Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, &opts, &cache)));
+        let db = Db::open_cf_descriptors_read_only(&db_opts, path, descriptors, false)
+            .map_err(rocks("open read-only"))?;
+        Ok(Engine {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes a RocksDB checkpoint of every column family into `dir` (which must not
+    /// exist): the memtables are flushed first, as one atomic cut, so the checkpoint holds
+    /// every write so far, logged or not, and so does the live DB on disk. SST files are
+    /// hard links (no data is copied); they stay on disk until the checkpoint is removed.
+    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
+        rocksdb::checkpoint::Checkpoint::new(self.db.as_ref())
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(rocks("checkpoint"))
+    }
+
     /// The directory of the DB.
     pub fn path(&self) -> &Path {
         &self.path

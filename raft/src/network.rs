@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
-use crate::snapshot::SnapshotFile;
+use crate::snapshot::SnapshotData;
 use crate::{GroupId, NodeId, SnapshotMeta, TypeConfig, Vote};
 
 /// What a request/response Raft message is.
@@ -159,7 +159,7 @@ impl PeerClient {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -180,14 +180,29 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotData>,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let f = self.factory.clone();
+        let mut cancel = Box::pin(cancel);
         let header = encode_snapshot_header(&vote, &snapshot.meta);
         let chunk_bytes = f.snapshot_chunk_bytes;
-        let file = tokio::fs::File::from_std(snapshot.snapshot.file);
+        let file = match snapshot.snapshot {
+            SnapshotData::Stream(s) => s.file,
+            SnapshotData::Checkpoint(ckpt) => {
+                let meta = snapshot.meta.clone();
+                let write = tokio::task::spawn_blocking(move || stream_from_checkpoint(&ckpt, &meta));
+                tokio::select! {
+                    closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                    written = write => written
+                        .map_err(io::Error::other)
+                        .and_then(|r| r)
+                        .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("cannot write the snapshot stream: {e}"))))?,
+                }
+            }
+        };
+        let file = tokio::fs::File::from_std(file);
         // The file is sent as it is on disk: it is already chunked, compressed and checksummed.
         let chunks = futures::stream::unfold(Some(file), move |state| async move {
             let mut file = state?;
@@ -209,7 +224,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         .boxed();
         let send = f.transport.send_snapshot(self.target, self.addr.clone(), f.group, header, chunks, f.snapshot_timeout);
         tokio::select! {
-            closed = cancel => Err(StreamingError::Closed(closed)),
+            closed = &mut cancel => Err(StreamingError::Closed(closed)),
             reply = send => {
                 let reply = reply.map_err(|e| match to_rpc_error(e) {
                     RPCError::Unreachable(u) => StreamingError::Unreachable(u),
@@ -220,4 +235,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             }
         }
     }
+}
+
+/// Writes the snapshot stream of a checkpoint into a file beside it, opens it and unlinks
+/// it: the open handle is all that is sent, and nothing is left behind when it is dropped.
+fn stream_from_checkpoint(ckpt: &crate::snapshot::CheckpointSnapshot, meta: &SnapshotMeta) -> io::Result<std::fs::File> {
+    static SENDING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SENDING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = ckpt.dir.parent().ok_or_else(|| io::Error::other("a checkpoint directory has no parent"))?;
+    let path = dir.join(format!("sending-{}-{n}.tmp", std::process::id()));
+    let written = ckpt.write_stream(meta, &path).and_then(|_| std::fs::File::open(&path));
+    let _ = std::fs::remove_file(&path);
+    written
 }

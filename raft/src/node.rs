@@ -19,7 +19,7 @@ use crate::error::{ProposeError, RaftNodeError};
 use crate::log_store::{LogStore, LogSyncer};
 use crate::network::{self, MessageKind, NetworkFactory, Transport};
 use crate::read_batch::ReadBatcher;
-use crate::snapshot::{self, SnapshotFile};
+use crate::snapshot::{self, SnapshotData, SnapshotFile};
 use crate::state_machine::{SmState, StateMachine};
 use crate::{GroupId, NodeId, Raft, TypeConfig, DATA_GROUP};
 
@@ -67,11 +67,10 @@ const SNAPSHOT_POLICY_POLL_MS: u64 = 200;
 /// How long the policy waits for a triggered snapshot before it may trigger again, ms.
 const SNAPSHOT_BUILD_WAIT_MS: u64 = 60_000;
 
-/// Builds a snapshot once `logs_since_last` entries were applied since the last one *and*
-/// at least half as many as that snapshot's records: a snapshot rewrites the whole group,
-/// so with a large dataset a fixed count would rebuild it every few seconds under load. This
-/// keeps the cost of snapshots per write bounded (amortized over half the dataset).
-fn snapshot_policy(raft: Raft, state: Arc<SmState>, logs_since_last: u64) -> tokio::task::JoinHandle<()> {
+/// Builds a snapshot once `logs_since_last` entries were applied since the last one. A
+/// snapshot is a RocksDB checkpoint (a flush and hard links), so its cost does not grow
+/// with the data set; only sending one to a follower reads the whole group.
+fn snapshot_policy(raft: Raft, logs_since_last: u64) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut triggered: Option<(Option<u64>, std::time::Instant)> = None;
         loop {
@@ -89,8 +88,7 @@ fn snapshot_policy(raft: Raft, state: Arc<SmState>, logs_since_last: u64) -> tok
             }
             let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
             let since = applied.saturating_sub(snap.unwrap_or(0));
-            let records = state.last_snapshot_records.load(std::sync::atomic::Ordering::Relaxed);
-            if since >= logs_since_last.max(records / 2) {
+            if since >= logs_since_last {
                 if let Err(e) = raft.trigger().snapshot().await {
                     tracing::warn!(error = %e, "could not trigger a snapshot");
                     return;
@@ -236,7 +234,7 @@ impl RaftNode {
         .await
         .map_err(|e| RaftNodeError::Raft(e.to_string()))??;
         let file = std::fs::File::open(&path)?;
-        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotFile> { meta, snapshot: SnapshotFile { path, file } };
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: SnapshotData::Stream(SnapshotFile { path, file }) };
         let resp = g.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string());
         Ok(network::encode_reply(resp))
     }
@@ -280,7 +278,8 @@ impl Group {
         for e in std::fs::read_dir(snapshot_dir)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.ends_with(".tmp") {
-                let _ = std::fs::remove_file(e.path());
+                let p = e.path();
+                let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
             }
         }
         let config = openraft::Config {
@@ -309,7 +308,7 @@ impl Group {
             snapshot_chunk_bytes: s.snapshot_chunk_bytes as usize,
         };
         let raft = Raft::new(node_id, config, net, log.clone(), sm).await.map_err(|e| RaftNodeError::Raft(e.to_string()))?;
-        let policy = snapshot_policy(raft.clone(), state.clone(), s.snapshot_logs_since_last);
+        let policy = snapshot_policy(raft.clone(), s.snapshot_logs_since_last);
         let reads = ReadBatcher::new(raft.clone());
         Ok(Group { id, raft, state, log, reads, snapshot_dir: snapshot_dir.to_path_buf(), snapshot_policy: policy })
     }

@@ -60,11 +60,98 @@ const ZSTD_LEVEL: i32 = 1;
 /// The (key, value) records of one chunk.
 pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// A snapshot file on disk, opened. openraft's `SnapshotData`.
+/// A snapshot stream file on disk, opened.
 #[derive(Debug)]
 pub struct SnapshotFile {
     pub path: PathBuf,
     pub file: File,
+}
+
+/// A snapshot as a node holds it: openraft's `SnapshotData`.
+#[derive(Debug)]
+pub enum SnapshotData {
+    /// A snapshot stream file: received from a leader (or written from a checkpoint).
+    Stream(SnapshotFile),
+    /// A RocksDB checkpoint of this node's engine, built here. The stream a follower needs is
+    /// written from it only when one is sent ([`CheckpointSnapshot::write_stream`]).
+    Checkpoint(CheckpointSnapshot),
+}
+
+/// A snapshot built as a RocksDB checkpoint (`snap-<index>-<term>-<node>.ckpt/`): the engine's
+/// SST files as hard links, plus [`CHECKPOINT_META_FILE`] holding the snapshot's meta.
+pub struct CheckpointSnapshot {
+    pub dir: PathBuf,
+    /// The group's key range in the data column family: [start, end), end None = unbounded.
+    pub range: (Vec<u8>, Option<Vec<u8>>),
+    /// Seals the stream's chunks (format 2) when the node has a master key.
+    pub cipher: Option<LogCipher>,
+    pub chunk_bytes: usize,
+}
+
+impl std::fmt::Debug for CheckpointSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointSnapshot").field("dir", &self.dir).field("sealed", &self.cipher.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// The file inside a checkpoint directory that holds its snapshot meta:
+/// `magic "KHOCKPT\0" (8) | meta_len u32 BE | meta | crc32 u32 BE of meta`.
+pub const CHECKPOINT_META_FILE: &str = "KHO-SNAPSHOT-META";
+const CHECKPOINT_MAGIC: &[u8; 8] = b"KHOCKPT\0";
+/// Block cache of the read-only RocksDB opened to stream a checkpoint, bytes.
+const CHECKPOINT_READ_CACHE_BYTES: usize = 8 << 20;
+
+/// Writes (and fsyncs) the meta file of a checkpoint directory.
+pub fn write_checkpoint_meta(dir: &Path, meta: &SnapshotMeta) -> io::Result<()> {
+    let meta_bytes = encode_meta(meta);
+    let mut out = Vec::with_capacity(meta_bytes.len() + 16);
+    out.extend_from_slice(CHECKPOINT_MAGIC);
+    out.extend_from_slice(&(meta_bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(&meta_bytes);
+    out.extend_from_slice(&crc32fast::hash(&meta_bytes).to_be_bytes());
+    let mut f = File::create(dir.join(CHECKPOINT_META_FILE))?;
+    f.write_all(&out)?;
+    f.sync_all()
+}
+
+/// Reads the meta file of a checkpoint directory.
+pub fn read_checkpoint_meta(dir: &Path) -> io::Result<SnapshotMeta> {
+    let bytes = std::fs::read(dir.join(CHECKPOINT_META_FILE))?;
+    let rest = bytes.strip_prefix(&CHECKPOINT_MAGIC[..]).ok_or_else(|| bad("checkpoint meta: bad magic"))?;
+    let (len, rest) = rest.split_at_checked(4).ok_or_else(|| bad("checkpoint meta: truncated"))?;
+    let len = u32::from_be_bytes(len.try_into().expect("4 bytes"));
+    if len > META_BYTES_MAX || rest.len() != len as usize + 4 {
+        return Err(bad(format!("checkpoint meta: length {len} does not match the file")));
+    }
+    let (meta_bytes, crc) = rest.split_at(len as usize);
+    if crc32fast::hash(meta_bytes).to_be_bytes() != crc {
+        return Err(bad("checkpoint meta: checksum mismatch"));
+    }
+    decode_meta(meta_bytes)
+}
+
+impl CheckpointSnapshot {
+    /// Writes the snapshot stream of this checkpoint to `path` (fsynced), with `meta` in its
+    /// header; returns the record count. Reads the checkpoint through a read-only RocksDB.
+    pub fn write_stream(&self, meta: &SnapshotMeta, path: &Path) -> io::Result<u64> {
+        let engine = kho_engine::Engine::open_read_only(&self.dir, CHECKPOINT_READ_CACHE_BYTES).map_err(io::Error::other)?;
+        let mut w = SnapshotWriter::create(path, meta, self.chunk_bytes, self.cipher.clone())?;
+        let mut write_err = None;
+        engine
+            .snapshot()
+            .for_each(kho_engine::Cf::Data, &self.range.0, self.range.1.as_deref(), |k, v| match w.add(k, v) {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    write_err = Some(e);
+                    Ok(false)
+                }
+            })
+            .map_err(io::Error::other)?;
+        if let Some(e) = write_err {
+            return Err(e);
+        }
+        w.finish()
+    }
 }
 
 fn bad(reason: impl std::fmt::Display) -> io::Error {
@@ -86,11 +173,20 @@ pub fn decode_meta(bytes: &[u8]) -> io::Result<SnapshotMeta> {
     Ok(SnapshotMeta { last_log_id, last_membership })
 }
 
-/// A stable file name for the snapshot up to `last`.
+/// A stable file name for the snapshot stream up to `last`.
 pub fn file_name(last: Option<&LogId>) -> String {
+    format!("{}.kho", base_name(last))
+}
+
+/// A stable directory name for the checkpoint snapshot up to `last`.
+pub fn checkpoint_name(last: Option<&LogId>) -> String {
+    format!("{}.ckpt", base_name(last))
+}
+
+fn base_name(last: Option<&LogId>) -> String {
     match last {
-        Some(id) => format!("snap-{:020}-{}-{}.kho", id.index, id.leader_id.term, id.leader_id.node_id),
-        None => "snap-empty.kho".to_string(),
+        Some(id) => format!("snap-{:020}-{}-{}", id.index, id.leader_id.term, id.leader_id.node_id),
+        None => "snap-empty".to_string(),
     }
 }
 

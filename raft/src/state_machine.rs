@@ -8,7 +8,8 @@
 //! - applied writes need no sync: the log entries they come from are durable, and an
 //!   applied state lost in a crash is re-applied from the log (the WAL recovers a
 //!   consistent prefix, and a purge is always written after the applies it relies on);
-//! - a snapshot is built from one RocksDB point-in-time view (data and applied id agree);
+//! - a snapshot is a RocksDB checkpoint (one atomic flush, then hard links), so its data
+//!   and its applied id agree, and the live DB is durable up to it before the log is purged;
 //! - installing a received snapshot is redone from its file after a crash (a marker is
 //!   kept in `raft_meta` until the install's final synced batch).
 
@@ -29,10 +30,10 @@ use crate::codec;
 use crate::command::{AppError, CasOutcome, Command, Condition, NewTenantKeys, NonceSeed, Outcome, Response, WriteOp};
 use crate::keyring::{self, Job, KeyRecord, KeyState, TenantKeys};
 use crate::log_store::meta_key;
-use crate::snapshot::{self, SnapshotFile, SnapshotReader, SnapshotWriter};
+use crate::snapshot::{self, CheckpointSnapshot, SnapshotData, SnapshotFile, SnapshotReader};
 use crate::{GroupId, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
-type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 /// Most bytes of snapshot records written to RocksDB in one batch during an install.
 const INSTALL_BATCH_BYTES_MAX: usize = 4 << 20;
@@ -56,9 +57,6 @@ pub struct SmState {
     pub master: Option<Arc<MasterKey>>,
     /// The log key derived from the master key: seals snapshot chunks.
     pub log_cipher: Option<LogCipher>,
-    /// Records in the last snapshot built or installed here (0 before the first): the
-    /// snapshot policy waits for at least half as many new entries before the next one.
-    pub last_snapshot_records: std::sync::atomic::AtomicU64,
 }
 
 impl SmState {
@@ -161,7 +159,6 @@ impl StateMachine {
             range: (Vec::new(), None),
             master,
             log_cipher,
-            last_snapshot_records: std::sync::atomic::AtomicU64::new(0),
         });
         let sm = StateMachine { state, log, snapshot_dir, snapshot_chunk_bytes };
         if sm.state.meta(meta_key::INSTALLING_SNAPSHOT).map_err(io_err)?.is_some() {
@@ -595,7 +592,6 @@ impl StateMachine {
         std::fs::rename(path, &final_path)?;
         snapshot::sync_dir(&self.snapshot_dir)?;
         remove_other_snapshots(&self.snapshot_dir, &final_path);
-        self.state.last_snapshot_records.store(records, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(group, records, last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
@@ -704,34 +700,46 @@ fn next_id(engine: &Engine, batch: &mut kho_engine::WriteBatch, name: &[u8]) -> 
     Ok(id)
 }
 
+/// Whether a snapshot directory entry is a snapshot: a stream file `snap-*.kho` or a
+/// checkpoint directory `snap-*.ckpt`.
+fn is_snapshot_name(name: &str) -> bool {
+    name.starts_with("snap-") && (name.ends_with(".kho") || name.ends_with(".ckpt"))
+}
+
+/// Removes every snapshot of `dir` but `keep` (files and checkpoint directories).
 fn remove_other_snapshots(dir: &Path, keep: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
         let p = e.path();
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if p != keep && name.starts_with("snap-") && name.ends_with(".kho") {
-            if let Err(err) = std::fs::remove_file(&p) {
-                tracing::warn!(path = %p.display(), error = %err, "could not remove an old snapshot");
-            }
+        if p == keep || !is_snapshot_name(&e.file_name().to_string_lossy()) {
+            continue;
+        }
+        let removed = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        if let Err(err) = removed {
+            tracing::warn!(path = %p.display(), error = %err, "could not remove an old snapshot");
         }
     }
 }
 
-/// The current snapshot file of a directory (the newest `snap-*.kho`), if any.
+/// The current snapshot of a directory (the newest `snap-*.kho` or `snap-*.ckpt`), if any.
 fn current_snapshot_path(dir: &Path) -> io::Result<Option<PathBuf>> {
-    let mut best: Option<PathBuf> = None;
+    let mut best: Option<(u64, PathBuf)> = None;
     for e in std::fs::read_dir(dir)? {
         let p = e?.path();
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if name.starts_with("snap-") && name.ends_with(".kho") && best.as_ref().is_none_or(|b| p > *b) {
-            best = Some(p);
+        if !is_snapshot_name(&name) {
+            continue;
+        }
+        // `snap-<index, 20 digits>-...` or `snap-empty...`.
+        let index = name.get(5..25).and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+        if best.as_ref().is_none_or(|(i, b)| (index, &p) > (*i, b)) {
+            best = Some((index, p));
         }
     }
-    Ok(best)
+    Ok(best.map(|(_, p)| p))
 }
 
-/// Builds snapshot files from a point-in-time view of the engine.
+/// Builds snapshots as RocksDB checkpoints of the engine.
 pub struct SnapshotBuilder {
     state: Arc<SmState>,
     dir: PathBuf,
@@ -739,7 +747,7 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let state = self.state.clone();
@@ -749,51 +757,61 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+fn checkpoint_snapshot(state: &SmState, dir: PathBuf, chunk_bytes: usize) -> CheckpointSnapshot {
+    CheckpointSnapshot { dir, range: state.range.clone(), cipher: state.log_cipher.clone(), chunk_bytes }
+}
+
+/// Builds a snapshot as a RocksDB checkpoint: one atomic flush of the memtables, then hard
+/// links to the SST files. Nothing of the data set is read or rewritten; the stream a
+/// follower needs is written from the checkpoint when one is sent. The flush also makes
+/// the live DB durable up to the snapshot, which the log purge that follows relies on
+/// (applies are written without the WAL).
 fn build_snapshot_blocking(state: &SmState, dir: &Path, chunk_bytes: usize) -> io::Result<Snapshot> {
-    let snap = state.engine.snapshot();
     let group = state.group;
-    let applied = match snap.get(Cf::RaftMeta, &meta_key::key(group, meta_key::APPLIED)).map_err(io_err)? {
-        None => None,
-        Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?,
-    };
-    let membership = match snap.get(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP)).map_err(io_err)? {
-        None => StoredMembership::default(),
-        Some(b) => codec::decode_stored_membership(&b).map_err(io_err)?,
-    };
-    let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
-    let final_path = dir.join(snapshot::file_name(meta.last_log_id.as_ref()));
-    let tmp = dir.join(format!("building-{}.tmp", std::process::id()));
-    let mut w = SnapshotWriter::create(&tmp, &meta, chunk_bytes, state.log_cipher.clone())?;
-    let mut write_err = None;
-    snap.for_each(Cf::Data, &state.range.0, state.range.1.as_deref(), |k, v| match w.add(k, v) {
-        Ok(()) => Ok(true),
-        Err(e) => {
-            write_err = Some(e);
-            Ok(false)
-        }
-    })
-    .map_err(io_err)?;
-    if let Some(e) = write_err {
-        return Err(e);
+    let tmp = dir.join(format!("building-{}.ckpt.tmp", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
     }
-    let records = w.finish()?;
-    // Applies are written without the WAL, and the log is purged up to this snapshot once
-    // it is returned. A node killed after that restarts from its last flush; when that is
-    // older than the snapshot, openraft reinstalls the snapshot file first (correct, but it
-    // rewrites the whole group). Flushing here makes the applied state durable up to the
-    // snapshot, so a restart only re-applies the log after it.
-    state.engine.flush_all().map_err(io_err)?;
-    std::fs::rename(&tmp, &final_path)?;
-    snapshot::sync_dir(dir)?;
+    let built = (|| -> io::Result<SnapshotMeta> {
+        state.engine.checkpoint(&tmp).map_err(io_err)?;
+        // The meta is read from the checkpoint itself, so it is exactly that of its data.
+        let copy = kho_engine::Engine::open_read_only(&tmp, 1 << 20).map_err(io_err)?;
+        let applied = match copy.get(Cf::RaftMeta, &meta_key::key(group, meta_key::APPLIED)).map_err(io_err)? {
+            None => None,
+            Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?,
+        };
+        let membership = match copy.get(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP)).map_err(io_err)? {
+            None => StoredMembership::default(),
+            Some(b) => codec::decode_stored_membership(&b).map_err(io_err)?,
+        };
+        drop(copy);
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
+        snapshot::write_checkpoint_meta(&tmp, &meta)?;
+        snapshot::sync_dir(&tmp)?;
+        Ok(meta)
+    })();
+    let meta = match built {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let final_path = dir.join(snapshot::checkpoint_name(meta.last_log_id.as_ref()));
+    if final_path.exists() {
+        // Built before at the same applied id (nothing was applied since): the same data.
+        std::fs::remove_dir_all(&tmp)?;
+    } else {
+        std::fs::rename(&tmp, &final_path)?;
+        snapshot::sync_dir(dir)?;
+    }
     remove_other_snapshots(dir, &final_path);
-    state.last_snapshot_records.store(records, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(group, records, last_log_id = ?meta.last_log_id, "built snapshot");
-    let file = std::fs::File::open(&final_path)?;
-    Ok(Snapshot { meta, snapshot: SnapshotFile { path: final_path, file } })
+    tracing::info!(group, last_log_id = ?meta.last_log_id, "built snapshot");
+    Ok(Snapshot { meta, snapshot: SnapshotData::Checkpoint(checkpoint_snapshot(state, final_path, chunk_bytes)) })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -867,12 +885,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder { state: self.state.clone(), dir: self.snapshot_dir.clone(), chunk_bytes: self.snapshot_chunk_bytes }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> Result<(), io::Error> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         let installing = self.installing_path();
-        drop(snapshot.file);
-        if snapshot.path != installing {
-            std::fs::rename(&snapshot.path, &installing)?;
-            snapshot::sync_dir(&self.snapshot_dir)?;
+        match snapshot {
+            SnapshotData::Stream(file) => {
+                drop(file.file);
+                if file.path != installing {
+                    std::fs::rename(&file.path, &installing)?;
+                    snapshot::sync_dir(&self.snapshot_dir)?;
+                }
+            }
+            SnapshotData::Checkpoint(ckpt) => {
+                // A checkpoint (this node's own, or another state machine's in tests): its
+                // stream is written first, so that the install can be redone after a crash.
+                let tmp = self.snapshot_dir.join(format!("installing-{}.tmp", std::process::id()));
+                let (dir, meta, to) = (self.snapshot_dir.clone(), meta.clone(), installing.clone());
+                tokio::task::spawn_blocking(move || -> io::Result<()> {
+                    ckpt.write_stream(&meta, &tmp)?;
+                    std::fs::rename(&tmp, &to)?;
+                    snapshot::sync_dir(&dir)
+                })
+                .await
+                .map_err(io_err)??;
+            }
         }
         let mut marker = self.state.engine.batch();
         marker.put(Cf::RaftMeta, &meta_key::key(self.state.group, meta_key::INSTALLING_SNAPSHOT), b"1");
@@ -895,8 +930,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(path) = current_snapshot_path(&self.snapshot_dir)? else {
             return Ok(None);
         };
+        if path.is_dir() {
+            let meta = snapshot::read_checkpoint_meta(&path)?;
+            let ckpt = checkpoint_snapshot(&self.state, path, self.snapshot_chunk_bytes);
+            return Ok(Some(Snapshot { meta, snapshot: SnapshotData::Checkpoint(ckpt) }));
+        }
         let meta = SnapshotReader::open(&path, self.state.log_cipher.as_ref())?.meta()?;
         let file = std::fs::File::open(&path)?;
-        Ok(Some(Snapshot { meta, snapshot: SnapshotFile { path, file } }))
+        Ok(Some(Snapshot { meta, snapshot: SnapshotData::Stream(SnapshotFile { path, file }) }))
     }
 }

@@ -167,3 +167,77 @@ fn entries_of_the_raft_log_column_family_move_into_segments() {
         assert_eq!(store.try_get_log_entries(1..51).await.expect("read"), entries);
     });
 }
+
+/// A snapshot is a RocksDB checkpoint: it holds the data and applied id of the moment it
+/// was built, not later writes; it survives a reopen of its state machine; its stream is
+/// sealed under the log key; and another state machine that installs it ends up with
+/// exactly that data and applied id.
+#[test]
+fn checkpoint_snapshots_hold_the_state_at_build_time() {
+    use kho_engine::Cf;
+    use kho_raft::log_store::meta_key;
+    use kho_raft::snapshot::{SnapshotData, SnapshotReader};
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    use openraft::testing::blank_ent;
+
+    const RECORDS: u32 = 300;
+    let key = |i: u32| format!("row-{i:05}").into_bytes();
+    let value = |i: u32| format!("Nguyen Van An {i:05}").into_bytes();
+    let set_applied = |batch: &mut kho_engine::WriteBatch, index: u64| {
+        let id = blank_ent::<TypeConfig>(3, 1, index).log_id;
+        batch.put(Cf::RaftMeta, &meta_key::key(1, meta_key::APPLIED), &kho_raft::codec::encode_opt_log_id(Some(&id)));
+    };
+    TypeConfig::run(async {
+        let builder = RocksBuilder { master_key: Some(7), cache_entries: None };
+        let (dir, log_store, mut sm) = builder.build().await.expect("store");
+        let engine = sm.state().engine.clone();
+        let mut batch = engine.batch();
+        for i in 0..RECORDS {
+            batch.put_value(&key(i), &value(i));
+        }
+        set_applied(&mut batch, 40);
+        // As the state machine writes: without the WAL.
+        engine.write_unlogged(batch).expect("write");
+
+        let built = sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(40));
+        let SnapshotData::Checkpoint(ckpt) = &built.snapshot else { panic!("built {:?}, not a checkpoint", built.snapshot) };
+        assert!(ckpt.dir.file_name().unwrap().to_string_lossy().ends_with(".ckpt"), "{}", ckpt.dir.display());
+
+        // Later writes are not in the snapshot.
+        let mut batch = engine.batch();
+        batch.put_value(&key(0), b"changed after the snapshot");
+        batch.put_value(&key(RECORDS), b"added after the snapshot");
+        set_applied(&mut batch, 41);
+        engine.write_unlogged(batch).expect("write");
+
+        // The stream written from it is sealed: no value is readable in it.
+        let stream = dir.path().join("stream");
+        assert_eq!(ckpt.write_stream(&built.meta, &stream).expect("write stream"), RECORDS as u64);
+        let bytes = std::fs::read(&stream).expect("read stream");
+        assert!(!bytes.windows(13).any(|w| w == b"Nguyen Van An"), "plaintext in the sealed snapshot stream");
+        let reader = SnapshotReader::open(&stream, None);
+        assert!(reader.is_err(), "a sealed stream must not open without the log key");
+
+        // After a reopen the state machine finds the same snapshot.
+        drop(sm);
+        let log = log_store.segment_log();
+        let mut sm = StateMachine::open(1, engine.clone(), log, dir.path().join("snapshots"), 64 << 10, Some(std::sync::Arc::new(MasterKey::new(zeroize::Zeroizing::new([7; 32])))))
+            .expect("reopen");
+        let current = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
+        assert_eq!(current.meta, built.meta);
+
+        // Another state machine installs it: exactly the data and applied id at build time.
+        let (_dir2, _log2, mut other) = builder.build().await.expect("store");
+        other.install_snapshot(&current.meta, current.snapshot).await.expect("install");
+        let installed = other.state().engine.scan(Cf::Data, b"", None, usize::MAX).expect("scan");
+        let expected: Vec<_> = (0..RECORDS).map(|i| (key(i), value(i))).collect();
+        let payloads: Vec<_> = installed
+            .iter()
+            .map(|(k, v)| (k.clone(), other.state().engine.get_value(k).expect("value").unwrap_or_else(|| panic!("{v:?}"))))
+            .collect();
+        assert_eq!(payloads, expected);
+        let (applied, _) = other.applied_state().await.expect("applied");
+        assert_eq!(applied, built.meta.last_log_id);
+    });
+}
