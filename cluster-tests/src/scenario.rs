@@ -90,11 +90,39 @@ pub struct ScenarioReport {
     pub summary: String,
 }
 
+/// `raft.snapshot_logs_since_last` of fault-injection runs, log entries: low, so that
+/// snapshots are built, sent and installed under faults many times per run.
+pub const NEMESIS_SNAPSHOT_EVERY_ENTRIES: u64 = 5_000;
+/// `raft.logs_to_keep_after_snapshot` of fault-injection runs, log entries: a node that was
+/// down or cut off for more than this catches up by snapshot.
+pub const NEMESIS_LOGS_KEPT_AFTER_SNAPSHOT: u64 = 500;
+
 /// Cluster options of every fault-injection run: proxies between nodes, encryption at rest
-/// (sealed log entries, snapshots and values go through every fault), and client deadlines
-/// short enough that a run under faults keeps moving.
+/// (sealed log entries, snapshots and values go through every fault), frequent snapshots,
+/// and client deadlines short enough that a run under faults keeps moving.
 pub fn nemesis_cluster_options(spare_nodes: u64) -> ClusterOptions {
-    ClusterOptions { network_faults: true, proposal_timeout_ms: Some(2_000), spare_nodes, encrypted: true, ..ClusterOptions::default() }
+    ClusterOptions {
+        network_faults: true,
+        proposal_timeout_ms: Some(2_000),
+        spare_nodes,
+        encrypted: true,
+        snapshot_logs_since_last: Some(NEMESIS_SNAPSHOT_EVERY_ENTRIES),
+        logs_to_keep_after_snapshot: Some(NEMESIS_LOGS_KEPT_AFTER_SNAPSHOT),
+        ..ClusterOptions::default()
+    }
+}
+
+/// Snapshots built and installed over the run, counted in every node's log (a node's log
+/// file is appended to across restarts).
+fn count_snapshots(cluster: &Cluster) -> (usize, usize) {
+    let mut built = 0;
+    let mut installed = 0;
+    for id in cluster.ids() {
+        let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
+        built += log.matches("built snapshot").count();
+        installed += log.matches("installed snapshot").count();
+    }
+    (built, installed)
 }
 
 /// Runs the scenario and checks it against `cfg.expect`; panics (naming the files written)
@@ -177,6 +205,8 @@ async fn run_on(cluster: &Cluster, cfg: &ScenarioConfig) -> ScenarioReport {
         summary.push('\n');
     }
     summary.push_str(&format!("replicas: {}\n", crate::describe_checksums(&sums)));
+    let (built, installed) = count_snapshots(cluster);
+    summary.push_str(&format!("snapshots: {built} built, {installed} installed (counted in the node logs)\n"));
 
     let linearizable = report.is_linearizable();
     let set_ok = set_verdict.as_ref().is_none_or(SetVerdict::is_valid);
