@@ -19,6 +19,19 @@ type Db = DBWithThreadMode<SingleThreaded>;
 
 /// Bloom filter bits per key of the Data column family (about 1% false positives).
 const DATA_BLOOM_BITS_PER_KEY: f64 = 10.0;
+/// Compression of the Data column family by level (RocksDB's 7 levels); the bottommost level
+/// that holds data uses zstd instead.
+const DATA_COMPRESSION_PER_LEVEL: [DBCompressionType; 7] = [
+    DBCompressionType::None,
+    DBCompressionType::None,
+    DBCompressionType::Lz4,
+    DBCompressionType::Lz4,
+    DBCompressionType::Lz4,
+    DBCompressionType::Lz4,
+    DBCompressionType::Lz4,
+];
+/// Most SST files a read-only engine keeps open when it opens them lazily, count.
+const READ_ONLY_OPEN_FILES_MAX: i32 = 64;
 
 /// The RocksDB column families of a node. Names are part of the on-disk format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -159,6 +172,10 @@ fn cf_options(cf: Cf, opts: &EngineOptions, cache: &Cache) -> Options {
     if cf == Cf::Data {
         // Point reads of absent cells are common; the bottommost level holds most data.
         table.set_bloom_filter(DATA_BLOOM_BITS_PER_KEY, false);
+        // As TiKV: levels 0 and 1 (about a tenth of the data, rewritten soonest) are not
+        // compressed, so flushes and the first compactions spend no CPU on it; sealed
+        // values do not compress anyway.
+        cf_opts.set_compression_per_level(&DATA_COMPRESSION_PER_LEVEL);
         cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
     }
     cf_opts.set_block_based_table_factory(&table);
@@ -199,15 +216,24 @@ impl Engine {
     }
 
     /// Opens the DB at `path` read-only, with all four column families: for reading a
-    /// checkpoint ([`Engine::checkpoint`]). Its block cache holds `block_cache_bytes`; writes
-    /// fail.
-    pub fn open_read_only(path: &Path, block_cache_bytes: usize) -> Result<Engine> {
+    /// checkpoint ([`Engine::checkpoint`]). Writes fail. Index and filter blocks go through
+    /// the block cache of `block_cache_bytes`, so memory stays bounded however many SST
+    /// files there are. `open_all_files`: open every SST file now (a read then survives the
+    /// directory being removed meanwhile) rather than at most 64 of them, as reads need them.
+    pub fn open_read_only(path: &Path, block_cache_bytes: usize, open_all_files: bool) -> Result<Engine> {
         let opts = EngineOptions { block_cache_bytes, ..EngineOptions::default() };
         let cache = Cache::new_lru_cache(opts.block_cache_bytes);
         let mut db_opts = Options::default();
         db_opts.set_compression_type(DBCompressionType::Lz4);
-        let descriptors =
-            Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, &opts, &cache)));
+        db_opts.set_max_open_files(if open_all_files { -1 } else { READ_ONLY_OPEN_FILES_MAX });
+        let descriptors = Cf::ALL.map(|cf| {
+            let mut cf_opts = cf_options(cf, &opts, &cache);
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_cache_index_and_filter_blocks(true);
+            cf_opts.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(cf.name(), cf_opts)
+        });
         let db = Db::open_cf_descriptors_read_only(&db_opts, path, descriptors, false)
             .map_err(rocks("open read-only"))?;
         Ok(Engine {

@@ -176,7 +176,7 @@ fn checkpoint_holds_every_write_before_it_and_none_after() {
         engine.write(batch, true).expect("write");
     }
     let read = |e: &Engine, cf: Cf, k: &[u8]| e.get(cf, k).expect("get");
-    let copy = Engine::open_read_only(&ckpt, 1 << 20).expect("open the checkpoint");
+    let copy = Engine::open_read_only(&ckpt, 1 << 20, false).expect("open the checkpoint");
     assert_eq!(read(&copy, Cf::Data, b"logged").as_deref(), Some(&b"1"[..]));
     assert_eq!(read(&copy, Cf::Data, b"unlogged").as_deref(), Some(&b"2"[..]));
     assert_eq!(read(&copy, Cf::RaftMeta, b"applied").as_deref(), Some(&b"7"[..]));

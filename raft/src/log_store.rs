@@ -499,8 +499,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|id| id.index + 1).unwrap_or(0);
         self.cache().truncate_from(from);
-        // Synced before it returns (rare: only after a leader change with conflicting entries).
-        self.log.truncate_from(from).map_err(io_err)
+        // Synced before it returns (rare: only after a leader change with conflicting
+        // entries); the fsyncs run on a blocking thread, not on the async worker.
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.truncate_from(from)).await.map_err(io_err)?.map_err(io_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -512,8 +514,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             &codec::encode_opt_log_id(Some(&log_id)),
         );
         // The purge point is durable before any segment goes: a restart never finds a log that
-        // starts after its recorded purge point.
-        self.engine.write(batch, true).map_err(io_err)?;
-        self.log.purge_upto(log_id.index).map_err(io_err)
+        // starts after its recorded purge point. The synced write and the file removals run on
+        // a blocking thread, not on the async worker.
+        let (engine, log) = (self.engine.clone(), self.log.clone());
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            engine.write(batch, true).map_err(io_err)?;
+            log.purge_upto(log_id.index).map_err(io_err)
+        })
+        .await
+        .map_err(io_err)?
     }
 }

@@ -132,9 +132,11 @@ pub fn read_checkpoint_meta(dir: &Path) -> io::Result<SnapshotMeta> {
 
 impl CheckpointSnapshot {
     /// Writes the snapshot stream of this checkpoint to `path` (fsynced), with `meta` in its
-    /// header; returns the record count. Reads the checkpoint through a read-only RocksDB.
+    /// header; returns the record count. Reads the checkpoint through a read-only RocksDB
+    /// that opens all its SST files first, so the stream completes even if a newer
+    /// snapshot removes the directory meanwhile.
     pub fn write_stream(&self, meta: &SnapshotMeta, path: &Path) -> io::Result<u64> {
-        let engine = kho_engine::Engine::open_read_only(&self.dir, CHECKPOINT_READ_CACHE_BYTES).map_err(io::Error::other)?;
+        let engine = kho_engine::Engine::open_read_only(&self.dir, CHECKPOINT_READ_CACHE_BYTES, true).map_err(io::Error::other)?;
         let mut w = SnapshotWriter::create(path, meta, self.chunk_bytes, self.cipher.clone())?;
         let mut write_err = None;
         engine

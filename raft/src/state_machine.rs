@@ -775,7 +775,7 @@ fn build_snapshot_blocking(state: &SmState, dir: &Path, chunk_bytes: usize) -> i
     let built = (|| -> io::Result<SnapshotMeta> {
         state.engine.checkpoint(&tmp).map_err(io_err)?;
         // The meta is read from the checkpoint itself, so it is exactly that of its data.
-        let copy = kho_engine::Engine::open_read_only(&tmp, 1 << 20).map_err(io_err)?;
+        let copy = kho_engine::Engine::open_read_only(&tmp, 1 << 20, false).map_err(io_err)?;
         let applied = match copy.get(Cf::RaftMeta, &meta_key::key(group, meta_key::APPLIED)).map_err(io_err)? {
             None => None,
             Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?,
