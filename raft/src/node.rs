@@ -58,6 +58,7 @@ pub struct Group {
     /// Linearizable read barriers, shared by concurrent readers.
     reads: Arc<ReadBatcher>,
     snapshot_dir: PathBuf,
+    snapshot_chunk_bytes: usize,
     /// The snapshot policy's task ([`snapshot_policy`]), stopped at shutdown.
     snapshot_policy: tokio::task::JoinHandle<()>,
 }
@@ -152,6 +153,11 @@ impl RaftNode {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The ids of the groups this node holds.
+    pub fn group_ids(&self) -> Vec<GroupId> {
+        self.groups.read().expect("groups lock").keys().copied().collect()
     }
 
     pub fn group(&self, id: GroupId) -> Option<Arc<Group>> {
@@ -310,7 +316,27 @@ impl Group {
         let raft = Raft::new(node_id, config, net, log.clone(), sm).await.map_err(|e| RaftNodeError::Raft(e.to_string()))?;
         let policy = snapshot_policy(raft.clone(), s.snapshot_logs_since_last);
         let reads = ReadBatcher::new(raft.clone());
-        Ok(Group { id, raft, state, log, reads, snapshot_dir: snapshot_dir.to_path_buf(), snapshot_policy: policy })
+        Ok(Group {
+            id,
+            raft,
+            state,
+            log,
+            reads,
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            snapshot_chunk_bytes: s.snapshot_chunk_bytes as usize,
+            snapshot_policy: policy,
+        })
+    }
+
+    /// Rebuilds this node's snapshot of the group when it is a checkpoint (see
+    /// [`crate::state_machine::rebuild_checkpoint`]); returns its applied index, or None
+    /// when there was nothing to rebuild.
+    pub async fn rebuild_snapshot(&self) -> Result<Option<u64>, RaftNodeError> {
+        let (state, dir, chunk_bytes) = (self.state.clone(), self.snapshot_dir.clone(), self.snapshot_chunk_bytes);
+        let meta = tokio::task::spawn_blocking(move || crate::state_machine::rebuild_checkpoint(&state, &dir, chunk_bytes))
+            .await
+            .map_err(|e| RaftNodeError::Raft(e.to_string()))??;
+        Ok(meta.map(|m| m.last_log_id.map(|l| l.index).unwrap_or(0)))
     }
 
     /// Proposes a command and waits until it is applied here (the leader).

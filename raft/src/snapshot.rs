@@ -180,9 +180,12 @@ pub fn file_name(last: Option<&LogId>) -> String {
     format!("{}.kho", base_name(last))
 }
 
-/// A stable directory name for the checkpoint snapshot up to `last`.
-pub fn checkpoint_name(last: Option<&LogId>) -> String {
-    format!("{}.ckpt", base_name(last))
+/// The directory name of the checkpoint snapshot up to `last`, with its build number (20
+/// digits): a checkpoint rebuilt at the same log id (after a compaction) gets the next
+/// number, so names sort by index, then by build, and the old one can stay in place until
+/// the new one is.
+pub fn checkpoint_name(last: Option<&LogId>, build: u64) -> String {
+    format!("{}-{build:020}.ckpt", base_name(last))
 }
 
 fn base_name(last: Option<&LogId>) -> String {

@@ -57,6 +57,9 @@ pub struct SmState {
     pub master: Option<Arc<MasterKey>>,
     /// The log key derived from the master key: seals snapshot chunks.
     pub log_cipher: Option<LogCipher>,
+    /// Held while a snapshot is built or installed: one at a time puts its snapshot in
+    /// place and removes the others, so the newest is never removed.
+    snapshot_lock: std::sync::Mutex<()>,
 }
 
 impl SmState {
@@ -159,6 +162,7 @@ impl StateMachine {
             range: (Vec::new(), None),
             master,
             log_cipher,
+            snapshot_lock: std::sync::Mutex::new(()),
         });
         let sm = StateMachine { state, log, snapshot_dir, snapshot_chunk_bytes };
         if sm.state.meta(meta_key::INSTALLING_SNAPSHOT).map_err(io_err)?.is_some() {
@@ -561,6 +565,7 @@ impl StateMachine {
 
     /// Replaces the group's data with the snapshot at `path` (already durable on disk).
     fn install_from(&self, path: &Path, meta: &SnapshotMeta) -> io::Result<()> {
+        let _one_at_a_time = self.state.snapshot_lock.lock().unwrap_or_else(|e| e.into_inner());
         let engine = &self.state.engine;
         let group = self.state.group;
         let mut reader = SnapshotReader::open(path, self.state.log_cipher.as_ref())?;
@@ -721,6 +726,19 @@ fn remove_other_snapshots(dir: &Path, keep: &Path) {
     }
 }
 
+/// The log index in a snapshot's name (`snap-<index, 20 digits>-…`; 0 for `snap-empty…`).
+fn snapshot_index(p: &Path) -> u64 {
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    name.get(5..25).and_then(|d| d.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// The build number of a checkpoint's name (`…-<build, 20 digits>.ckpt`); None for a stream file.
+fn checkpoint_build(p: &Path) -> Option<u64> {
+    let name = p.file_name()?.to_string_lossy().into_owned();
+    let stem = name.strip_suffix(".ckpt")?;
+    stem.rsplit('-').next()?.parse().ok()
+}
+
 /// The current snapshot of a directory (the newest `snap-*.kho` or `snap-*.ckpt`), if any.
 fn current_snapshot_path(dir: &Path) -> io::Result<Option<PathBuf>> {
     let mut best: Option<(u64, PathBuf)> = None;
@@ -730,8 +748,7 @@ fn current_snapshot_path(dir: &Path) -> io::Result<Option<PathBuf>> {
         if !is_snapshot_name(&name) {
             continue;
         }
-        // `snap-<index, 20 digits>-...` or `snap-empty...`.
-        let index = name.get(5..25).and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+        let index = snapshot_index(&p);
         if best.as_ref().is_none_or(|(i, b)| (index, &p) > (*i, b)) {
             best = Some((index, p));
         }
@@ -767,6 +784,25 @@ fn checkpoint_snapshot(state: &SmState, dir: PathBuf, chunk_bytes: usize) -> Che
 /// the live DB durable up to the snapshot, which the log purge that follows relies on
 /// (applies are written without the WAL).
 fn build_snapshot_blocking(state: &SmState, dir: &Path, chunk_bytes: usize) -> io::Result<Snapshot> {
+    let _one_at_a_time = state.snapshot_lock.lock().unwrap_or_else(|e| e.into_inner());
+    build_checkpoint_locked(state, dir, chunk_bytes)
+}
+
+/// Rebuilds the group's snapshot when it is a checkpoint of this node, at the current
+/// applied id, and removes the old one: after a compaction, so that the snapshot no longer
+/// keeps the SST files that held overwritten values (`CompactNode`). Returns the new
+/// snapshot's meta, or None when the current snapshot is not a checkpoint (none yet, or a
+/// sealed stream received from a leader) and nothing was done.
+pub fn rebuild_checkpoint(state: &SmState, dir: &Path, chunk_bytes: usize) -> io::Result<Option<SnapshotMeta>> {
+    let _one_at_a_time = state.snapshot_lock.lock().unwrap_or_else(|e| e.into_inner());
+    match current_snapshot_path(dir)? {
+        Some(p) if p.is_dir() => Ok(Some(build_checkpoint_locked(state, dir, chunk_bytes)?.meta)),
+        _ => Ok(None),
+    }
+}
+
+/// [`build_snapshot_blocking`] with `snapshot_lock` held.
+fn build_checkpoint_locked(state: &SmState, dir: &Path, chunk_bytes: usize) -> io::Result<Snapshot> {
     let group = state.group;
     let tmp = dir.join(format!("building-{}.ckpt.tmp", std::process::id()));
     if tmp.exists() {
@@ -797,14 +833,20 @@ fn build_snapshot_blocking(state: &SmState, dir: &Path, chunk_bytes: usize) -> i
             return Err(e);
         }
     };
-    let final_path = dir.join(snapshot::checkpoint_name(meta.last_log_id.as_ref()));
-    if final_path.exists() {
-        // Built before at the same applied id (nothing was applied since): the same data.
-        std::fs::remove_dir_all(&tmp)?;
-    } else {
-        std::fs::rename(&tmp, &final_path)?;
-        snapshot::sync_dir(dir)?;
+    // A rebuild at the same applied id gets the next build number, so the new checkpoint
+    // sorts after the one it replaces, which is removed only once the new one is in place.
+    let mut build = match current_snapshot_path(dir)? {
+        Some(p) => checkpoint_build(&p).filter(|_| snapshot_index(&p) == meta.last_log_id.map(|l| l.index).unwrap_or(0)).map_or(1, |b| b + 1),
+        None => 1,
+    };
+    let mut final_path = dir.join(snapshot::checkpoint_name(meta.last_log_id.as_ref(), build));
+    while final_path.exists() {
+        // Only a leftover no other build removed (its removal failed): take the next name.
+        build += 1;
+        final_path = dir.join(snapshot::checkpoint_name(meta.last_log_id.as_ref(), build));
     }
+    std::fs::rename(&tmp, &final_path)?;
+    snapshot::sync_dir(dir)?;
     remove_other_snapshots(dir, &final_path);
     tracing::info!(group, last_log_id = ?meta.last_log_id, "built snapshot");
     Ok(Snapshot { meta, snapshot: SnapshotData::Checkpoint(checkpoint_snapshot(state, final_path, chunk_bytes)) })

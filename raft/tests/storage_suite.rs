@@ -241,3 +241,89 @@ fn checkpoint_snapshots_hold_the_state_at_build_time() {
         assert_eq!(applied, built.meta.last_log_id);
     });
 }
+
+/// Every file under `dir`, recursively, searched for `needle`.
+fn files_under_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("list a directory").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).expect("read a file").windows(needle.len()).any(|w| w == needle) {
+                eprintln!("found in {}", p.display());
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// A checkpoint keeps the SST files it links: after an overwrite and a full compaction the
+/// old value is still in the snapshot directory (the control), until `rebuild_checkpoint`
+/// (what `CompactNode` does after compacting) replaces the checkpoint with one of the
+/// compacted files. A rebuild at an unchanged applied id also replaces it, and exactly one
+/// snapshot is left each time.
+#[test]
+fn a_rebuilt_checkpoint_no_longer_holds_overwritten_values() {
+    use kho_engine::Cf;
+    use kho_raft::log_store::meta_key;
+    use kho_raft::state_machine::rebuild_checkpoint;
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    use openraft::testing::blank_ent;
+
+    const CHUNK: usize = 64 << 10;
+    let set_applied = |batch: &mut kho_engine::WriteBatch, index: u64| {
+        let id = blank_ent::<TypeConfig>(3, 1, index).log_id;
+        batch.put(Cf::RaftMeta, &meta_key::key(1, meta_key::APPLIED), &kho_raft::codec::encode_opt_log_id(Some(&id)));
+    };
+    let snapshots_in = |dir: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list snapshots")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("snap-"))
+            .collect();
+        names.sort();
+        names
+    };
+    // 32 distinct bytes: no compressor shortens them, so a byte search finds them in any file.
+    let token: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(97).wrapping_add(13)).collect();
+    TypeConfig::run(async {
+        let (dir, _log, mut sm) = RocksBuilder { master_key: None, cache_entries: None }.build().await.expect("store");
+        let state = sm.state();
+        let engine = state.engine.clone();
+        let snapshots = dir.path().join("snapshots");
+        assert!(rebuild_checkpoint(&state, &snapshots, CHUNK).expect("rebuild").is_none(), "no snapshot yet: nothing to rebuild");
+
+        let mut batch = engine.batch();
+        batch.put_value(b"row-secret", &token);
+        set_applied(&mut batch, 40);
+        engine.write_unlogged(batch).expect("write");
+        sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+
+        let mut batch = engine.batch();
+        batch.put_value(b"row-secret", b"overwritten");
+        set_applied(&mut batch, 41);
+        engine.write_unlogged(batch).expect("write");
+        engine.flush_and_compact_all().expect("compact");
+        assert!(!files_under_contain(&dir.path().join("db"), &token), "the compaction left the old value in the live DB");
+        assert!(files_under_contain(&snapshots, &token), "control: the checkpoint built before still links the old value's file");
+
+        let meta = rebuild_checkpoint(&state, &snapshots, CHUNK).expect("rebuild").expect("a checkpoint to rebuild");
+        assert_eq!(meta.last_log_id.map(|l| l.index), Some(41));
+        assert!(!files_under_contain(&snapshots, &token), "the rebuilt checkpoint still holds the overwritten value");
+        let names = snapshots_in(&snapshots);
+        assert_eq!(names.len(), 1, "{names:?}");
+        let current = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
+        assert_eq!(current.meta, meta);
+
+        // Rebuilt at the same applied id: a new build replaces it.
+        let again = rebuild_checkpoint(&state, &snapshots, CHUNK).expect("rebuild").expect("a checkpoint to rebuild");
+        assert_eq!(again, meta);
+        let after = snapshots_in(&snapshots);
+        assert_eq!(after.len(), 1, "{after:?}");
+        assert_ne!(after, names, "the same-id rebuild did not replace the checkpoint");
+        assert_eq!(sm.get_current_snapshot().await.expect("current").expect("a snapshot").meta, meta);
+    });
+}

@@ -342,6 +342,13 @@ impl Admin for AdminService {
             .await
             .map_err(status::internal)?
             .map_err(status::engine_error)?;
+        // The snapshot (a checkpoint) still links the SST files from before the compaction,
+        // with the values it removed: rebuild it on the compacted files.
+        for id in self.ctx.node.group_ids() {
+            if let Some(g) = self.ctx.node.group(id) {
+                g.rebuild_snapshot().await.map_err(|e| Status::internal(format!("rebuilding the snapshot of group {id} after the compaction: {e}")))?;
+            }
+        }
         Ok(Response::new(pb::CompactNodeResponse { node_id: self.ctx.node.id }))
     }
 
