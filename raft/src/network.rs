@@ -244,7 +244,7 @@ fn stream_from_checkpoint(ckpt: &crate::snapshot::CheckpointSnapshot, meta: &Sna
     let n = SENDING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = ckpt.dir.parent().ok_or_else(|| io::Error::other("a checkpoint directory has no parent"))?;
     let path = dir.join(format!("sending-{}-{n}.tmp", std::process::id()));
-    let written = ckpt.write_stream(meta, &path).and_then(|_| std::fs::File::open(&path));
+    let written = ckpt.write_stream(meta, &path, false).and_then(|_| std::fs::File::open(&path));
     let _ = std::fs::remove_file(&path);
     written
 }

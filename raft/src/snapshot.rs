@@ -77,7 +77,7 @@ pub enum SnapshotData {
     Checkpoint(CheckpointSnapshot),
 }
 
-/// A snapshot built as a RocksDB checkpoint (`snap-<index>-<term>-<node>.ckpt/`): the engine's
+/// A snapshot built as a RocksDB checkpoint (`snap-<index>-<term>-<node>-<build>.ckpt/`): the engine's
 /// SST files as hard links, plus [`CHECKPOINT_META_FILE`] holding the snapshot's meta.
 pub struct CheckpointSnapshot {
     pub dir: PathBuf,
@@ -131,11 +131,12 @@ pub fn read_checkpoint_meta(dir: &Path) -> io::Result<SnapshotMeta> {
 }
 
 impl CheckpointSnapshot {
-    /// Writes the snapshot stream of this checkpoint to `path` (fsynced), with `meta` in its
-    /// header; returns the record count. Reads the checkpoint through a read-only RocksDB
+    /// Writes the snapshot stream of this checkpoint to `path` with `meta` in its header,
+    /// fsynced when `durable` (an install redone after a crash needs it; a stream that is
+    /// only sent does not); returns the record count. Reads the checkpoint through a read-only RocksDB
     /// that opens all its SST files first, so the stream completes even if a newer
     /// snapshot removes the directory meanwhile.
-    pub fn write_stream(&self, meta: &SnapshotMeta, path: &Path) -> io::Result<u64> {
+    pub fn write_stream(&self, meta: &SnapshotMeta, path: &Path, durable: bool) -> io::Result<u64> {
         let engine = kho_engine::Engine::open_read_only(&self.dir, CHECKPOINT_READ_CACHE_BYTES, true).map_err(io::Error::other)?;
         let mut w = SnapshotWriter::create(path, meta, self.chunk_bytes, self.cipher.clone())?;
         let mut write_err = None;
@@ -152,7 +153,7 @@ impl CheckpointSnapshot {
         if let Some(e) = write_err {
             return Err(e);
         }
-        w.finish()
+        w.finish_with(durable)
     }
 }
 
@@ -268,7 +269,12 @@ impl SnapshotWriter {
     }
 
     /// Writes the end marker and fsyncs the file. Returns the record count.
-    pub fn finish(mut self) -> io::Result<u64> {
+    pub fn finish(self) -> io::Result<u64> {
+        self.finish_with(true)
+    }
+
+    /// Writes the end marker, and fsyncs the file when `sync`. Returns the record count.
+    pub fn finish_with(mut self, sync: bool) -> io::Result<u64> {
         self.flush_chunk()?;
         self.trailer_crc.update(&self.records.to_be_bytes());
         self.out.write_all(&0u32.to_be_bytes())?;
@@ -285,7 +291,9 @@ impl SnapshotWriter {
             }
         }
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        if sync {
+            file.sync_all()?;
+        }
         Ok(self.records)
     }
 }
@@ -448,6 +456,23 @@ mod tests {
     #[test]
     fn sealed_round_trip_in_many_chunks_and_detects_any_flipped_byte() {
         round_trip_in_many_chunks_and_detects_any_flipped_byte(Some(log_cipher(1)));
+    }
+
+    #[test]
+    fn checkpoint_meta_round_trips_and_any_flipped_byte_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_checkpoint_meta(dir.path(), &meta()).unwrap();
+        assert_eq!(read_checkpoint_meta(dir.path()).unwrap(), meta());
+        let path = dir.path().join(CHECKPOINT_META_FILE);
+        let bytes = std::fs::read(&path).unwrap();
+        for i in 0..bytes.len() {
+            let mut bad_bytes = bytes.clone();
+            bad_bytes[i] ^= 0x01;
+            std::fs::write(&path, &bad_bytes).unwrap();
+            assert!(read_checkpoint_meta(dir.path()).is_err(), "flipped byte {i} of {} was not detected", bytes.len());
+        }
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(read_checkpoint_meta(dir.path()).is_err(), "a truncated meta file was accepted");
     }
 
     #[test]

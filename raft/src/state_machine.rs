@@ -100,15 +100,7 @@ impl SmState {
 
     /// The applied log id and membership, as stored.
     pub fn applied_state(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        let applied = match self.meta(meta_key::APPLIED).map_err(io_err)? {
-            None => None,
-            Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?,
-        };
-        let membership = match self.meta(meta_key::MEMBERSHIP).map_err(io_err)? {
-            None => StoredMembership::default(),
-            Some(b) => codec::decode_stored_membership(&b).map_err(io_err)?,
-        };
-        Ok((applied, membership))
+        read_applied_state(&self.engine, self.group)
     }
 
     /// CRC-32 over every replicated key and value of the group, in key order, at one point
@@ -705,6 +697,19 @@ fn next_id(engine: &Engine, batch: &mut kho_engine::WriteBatch, name: &[u8]) -> 
     Ok(id)
 }
 
+/// The applied log id and membership of `group` stored in `engine`.
+fn read_applied_state(engine: &Engine, group: GroupId) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let applied = match engine.get(Cf::RaftMeta, &meta_key::key(group, meta_key::APPLIED)).map_err(io_err)? {
+        None => None,
+        Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?,
+    };
+    let membership = match engine.get(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP)).map_err(io_err)? {
+        None => StoredMembership::default(),
+        Some(b) => codec::decode_stored_membership(&b).map_err(io_err)?,
+    };
+    Ok((applied, membership))
+}
+
 /// Whether a snapshot directory entry is a snapshot: a stream file `snap-*.kho` or a
 /// checkpoint directory `snap-*.ckpt`.
 fn is_snapshot_name(name: &str) -> bool {
@@ -812,14 +817,7 @@ fn build_checkpoint_locked(state: &SmState, dir: &Path, chunk_bytes: usize) -> i
         state.engine.checkpoint(&tmp).map_err(io_err)?;
         // The meta is read from the checkpoint itself, so it is exactly that of its data.
         let copy = kho_engine::Engine::open_read_only(&tmp, 1 << 20, false).map_err(io_err)?;
-        let applied = match copy.get(Cf::RaftMeta, &meta_key::key(group, meta_key::APPLIED)).map_err(io_err)? {
-            None => None,
-            Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?,
-        };
-        let membership = match copy.get(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP)).map_err(io_err)? {
-            None => StoredMembership::default(),
-            Some(b) => codec::decode_stored_membership(&b).map_err(io_err)?,
-        };
+        let (applied, membership) = read_applied_state(&copy, group)?;
         drop(copy);
         let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
         snapshot::write_checkpoint_meta(&tmp, &meta)?;
@@ -943,7 +941,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let tmp = self.snapshot_dir.join(format!("installing-{}.tmp", std::process::id()));
                 let (dir, meta, to) = (self.snapshot_dir.clone(), meta.clone(), installing.clone());
                 tokio::task::spawn_blocking(move || -> io::Result<()> {
-                    ckpt.write_stream(&meta, &tmp)?;
+                    ckpt.write_stream(&meta, &tmp, true)?;
                     std::fs::rename(&tmp, &to)?;
                     snapshot::sync_dir(&dir)
                 })

@@ -213,7 +213,7 @@ fn checkpoint_snapshots_hold_the_state_at_build_time() {
 
         // The stream written from it is sealed: no value is readable in it.
         let stream = dir.path().join("stream");
-        assert_eq!(ckpt.write_stream(&built.meta, &stream).expect("write stream"), RECORDS as u64);
+        assert_eq!(ckpt.write_stream(&built.meta, &stream, true).expect("write stream"), RECORDS as u64);
         let bytes = std::fs::read(&stream).expect("read stream");
         assert!(!bytes.windows(13).any(|w| w == b"Nguyen Van An"), "plaintext in the sealed snapshot stream");
         let reader = SnapshotReader::open(&stream, None);
