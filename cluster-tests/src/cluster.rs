@@ -102,6 +102,8 @@ pub struct ClusterOptions {
     pub network_faults: bool,
     /// `raft.proposal_timeout_ms`; `None` keeps the server default.
     pub proposal_timeout_ms: Option<u64>,
+    /// `raft.follower_reads`; `None` keeps the server default (on).
+    pub follower_reads: Option<bool>,
     /// `encryption.master_key_file` of every node (encryption at rest); `None` writes no
     /// `[encryption]` section. The file must stay outside every node's data directory and
     /// outlive the cluster (see [`crate::MasterKey::write_file`]).
@@ -130,6 +132,7 @@ impl Default for ClusterOptions {
             spare_nodes: 0,
             network_faults: false,
             proposal_timeout_ms: None,
+            follower_reads: None,
             master_key_file: None,
             encrypted: false,
         }
@@ -755,6 +758,9 @@ fn node_config(
     }
     if let Some(v) = opts.logs_to_keep_after_snapshot {
         raft.push_str(&format!("logs_to_keep_after_snapshot = {v}\n"));
+    }
+    if let Some(v) = opts.follower_reads {
+        raft.push_str(&format!("follower_reads = {v}\n"));
     }
     if let Some(v) = opts.proposal_timeout_ms {
         raft.push_str(&format!("proposal_timeout_ms = {v}\n"));

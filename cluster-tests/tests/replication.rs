@@ -143,10 +143,21 @@ async fn follower_catches_up_by_snapshot() {
 /// Many concurrent linearizable reads, through every node, while a writer raises one
 /// counter: each read returns at least the value acknowledged before it was sent. Readers
 /// share leadership confirmations (raft `read_batch`, whose own tests check that a read only
-/// uses a round that started after it arrived); this checks the whole read path end to end,
-/// with forwarding from followers.
+/// uses a round that started after it arrived); this checks the whole read path end to end.
+/// The followers serve their reads themselves (follower reads: the leader's read index,
+/// then the local apply wait), which their NodeStatus counters show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linearizable_reads_see_every_write_acknowledged_before_them() {
+    linearizable_reads_check("linearizable_reads_see_every_write_acknowledged_before_them", true).await;
+}
+
+/// The same with `raft.follower_reads = false`: followers forward every read to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_follower_reads_off_followers_forward_linearizable_reads() {
+    linearizable_reads_check("with_follower_reads_off_followers_forward_linearizable_reads", false).await;
+}
+
+async fn linearizable_reads_check(name: &str, follower_reads: bool) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
@@ -154,13 +165,15 @@ async fn linearizable_reads_see_every_write_acknowledged_before_them() {
     use kho_cluster_tests::retry_call;
     use kho_proto::v1::PutRequest;
 
-    const NAME: &str = "linearizable_reads_see_every_write_acknowledged_before_them";
+    // (A follower that served reads without waiting to apply the leader's read index was
+    // caught here in one run of two; the lagging-follower test below catches it every time.)
     const WRITES: u64 = 400;
     const READERS_PER_NODE: usize = 8;
     const KEY: &[u8] = b"counter";
-    let cluster = Cluster::start(3, ClusterOptions::default()).await;
+    let opts = ClusterOptions { follower_reads: Some(follower_reads), ..ClusterOptions::default() };
+    let cluster = Cluster::start(3, opts).await;
     cluster
-        .bounded(NAME, Duration::from_secs(300), async {
+        .bounded(name, Duration::from_secs(300), async {
             let target = setup_kv(&cluster, 1).await;
             let leader = cluster.leader().await;
             let acked = Arc::new(AtomicU64::new(0));
@@ -222,6 +235,94 @@ async fn linearizable_reads_see_every_write_acknowledged_before_them() {
             }
             // The readers overlapped the writes: at least one read per write on average.
             assert!(reads >= WRITES, "only {reads} reads during {WRITES} writes: the check did not run");
+            // Who served the reads: each follower itself, or (follower reads off) the leader.
+            for id in cluster.ids() {
+                let s = cluster.node_status(id).await.unwrap_or_else(|e| cluster.fail(format!("NodeStatus of node {id}: {e:?}")));
+                println!(
+                    "node {id} ({}): {} follower reads, {} handed to the leader",
+                    s.role, s.follower_reads, s.follower_reads_forwarded
+                );
+                if (id == leader && s.role == "leader") || !follower_reads {
+                    assert_eq!(s.follower_reads, 0, "node {id} served follower reads (leader {leader}, follower reads {follower_reads})");
+                } else {
+                    assert!(s.follower_reads > 0, "follower {id} served none of its linearizable reads itself");
+                }
+            }
+        })
+        .await;
+}
+
+/// A follower behind the leader answers a linearizable read only once it has applied the
+/// leader's read index, and one too far behind hands the read to the leader. The leader's
+/// link to the follower is delayed, so the follower learns of each write well after it was
+/// acknowledged: a follower that answered at once would return the previous value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_waits_for_the_read_index_or_hands_the_read_to_the_leader() {
+    use kho_cluster_tests::kv::get;
+    use kho_cluster_tests::netproxy::LinkMode;
+    use kho_cluster_tests::retry_call;
+    use kho_proto::v1::PutRequest;
+
+    const NAME: &str = "a_lagging_follower_waits_for_the_read_index_or_hands_the_read_to_the_leader";
+    const KEY: &[u8] = b"k";
+    // Phase 1: well under the follower's apply wait (1 s, FOLLOWER_READ_APPLY_WAIT_MS);
+    // phase 2: well over it. Elections and Raft messages are given time to outlast both.
+    const SHORT_DELAY_MS: u64 = 50;
+    const LONG_DELAY_MS: u64 = 1_500;
+    const READS_PER_PHASE: u64 = 4;
+    let opts = ClusterOptions {
+        network_faults: true,
+        // openraft bounds a replication message by the heartbeat interval: above the short
+        // delay's round trip (100 ms), so the follower keeps up through phase 1.
+        heartbeat_interval_ms: 500,
+        election_timeout_min_ms: 8_000,
+        election_timeout_max_ms: 10_000,
+        raft_rpc_timeout_ms: 6_000,
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(3, opts).await;
+    cluster
+        .bounded(NAME, Duration::from_secs(300), async {
+            let target = setup_kv(&cluster, 1).await;
+            let leader = cluster.leader().await;
+            let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+            let (writer, reader) = (cluster.data_client(leader), cluster.data_client(follower));
+            let before = cluster.node_status(follower).await.unwrap_or_else(|e| cluster.fail(format!("NodeStatus: {e:?}")));
+            for delay_ms in [SHORT_DELAY_MS, LONG_DELAY_MS] {
+                cluster.network().set(leader, follower, LinkMode::Delay(Duration::from_millis(delay_ms)));
+                for i in 1..=READS_PER_PHASE {
+                    let value = format!("delay {delay_ms} ms, write {i}").into_bytes();
+                    let req = PutRequest {
+                        tenant: target.tenant.clone(),
+                        table: target.table.clone(),
+                        key: KEY.to_vec(),
+                        value: value.clone(),
+                        family: target.family.clone(),
+                    };
+                    let put = retry_call(&RetryPolicy::STEADY, |_| {
+                        let (mut c, req) = (writer.clone(), req.clone());
+                        async move { c.put(req).await }
+                    });
+                    if let Err(s) = put.await {
+                        cluster.fail(format!("write {i} with delay {delay_ms} ms: {s:?}"));
+                    }
+                    let got = get(&reader, &target, KEY, &RetryPolicy::STEADY)
+                        .await
+                        .unwrap_or_else(|s| cluster.fail(format!("read via follower {follower}: {s:?}")));
+                    assert_eq!(
+                        got.as_deref().map(String::from_utf8_lossy),
+                        Some(String::from_utf8_lossy(&value)),
+                        "a linearizable read via follower {follower} (leader link delayed {delay_ms} ms) missed the write acknowledged before it"
+                    );
+                }
+            }
+            cluster.network().heal();
+            let after = cluster.node_status(follower).await.unwrap_or_else(|e| cluster.fail(format!("NodeStatus: {e:?}")));
+            let served = after.follower_reads - before.follower_reads;
+            let handed = after.follower_reads_forwarded - before.follower_reads_forwarded;
+            println!("follower {follower}: {served} reads served itself, {handed} handed to the leader");
+            assert_eq!(served, READS_PER_PHASE, "reads the follower served itself (its link from the leader delayed {SHORT_DELAY_MS} ms)");
+            assert_eq!(handed, READS_PER_PHASE, "reads the follower handed to the leader ({LONG_DELAY_MS} ms behind)");
         })
         .await;
 }

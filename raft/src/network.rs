@@ -30,6 +30,8 @@ use crate::{GroupId, NodeId, SnapshotMeta, TypeConfig, Vote};
 pub enum MessageKind {
     AppendEntries,
     Vote,
+    /// A follower asks the leader for a read index (follower reads, [`crate::read_batch`]).
+    ReadIndex,
 }
 
 /// Why a message did not get an answer.
@@ -91,7 +93,7 @@ pub(crate) fn encode_reply<T: Serialize>(r: Result<T, String>) -> Bytes {
     }
 }
 
-fn decode_reply<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, String> {
+pub(crate) fn decode_reply<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, String> {
     match b.split_first() {
         Some((0, rest)) => decode(what, rest),
         Some((1, rest)) => Err(String::from_utf8_lossy(rest).into_owned()),

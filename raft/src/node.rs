@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -35,6 +36,9 @@ pub struct RaftSettings {
     pub append_entries_max: u64,
     pub rpc_timeout_ms: u64,
     pub snapshot_timeout_ms: u64,
+    /// Serve linearizable reads on followers (a read index from the leader, then the local
+    /// apply wait) instead of forwarding them to the leader.
+    pub follower_reads: bool,
 }
 
 /// Largest snapshot stream a node accepts from a peer, bytes.
@@ -55,8 +59,13 @@ pub struct Group {
     pub raft: Raft,
     pub state: Arc<SmState>,
     log: LogStore,
-    /// Linearizable read barriers, shared by concurrent readers.
+    /// Linearizable read barriers while this node leads, shared by concurrent readers.
     reads: Arc<ReadBatcher>,
+    /// Follower read rounds (`raft.follower_reads`), shared the same way; None when off.
+    follower_reads: Option<Arc<ReadBatcher>>,
+    /// Counters of [`GroupStatus::follower_reads`] and [`GroupStatus::follower_reads_forwarded`].
+    follower_reads_served: AtomicU64,
+    follower_reads_forwarded: AtomicU64,
     snapshot_dir: PathBuf,
     snapshot_chunk_bytes: usize,
     /// The snapshot policy's task ([`snapshot_policy`]), stopped at shutdown.
@@ -120,6 +129,11 @@ pub struct GroupStatus {
     pub commit_index: u64,
     pub applied_index: u64,
     pub members: Vec<MemberStatus>,
+    /// Linearizable reads this node served as a follower since it started (follower reads).
+    pub follower_reads: u64,
+    /// Linearizable reads this node, as a follower, handed to the leader instead since it
+    /// started: it was too far behind, or the leader it asked had changed.
+    pub follower_reads_forwarded: u64,
 }
 
 impl RaftNode {
@@ -202,6 +216,12 @@ impl RaftNode {
             MessageKind::Vote => {
                 let req = network::decode("vote", payload).map_err(RaftNodeError::BadMessage)?;
                 network::encode_reply(g.raft.vote(req).await.map_err(|e| e.to_string()))
+            }
+            MessageKind::ReadIndex => {
+                if !payload.is_empty() {
+                    return Err(RaftNodeError::BadMessage(format!("read-index: {} payload bytes, expected none", payload.len())));
+                }
+                network::encode_reply(crate::read_batch::answer_read_index(&g.raft).await)
             }
         })
     }
@@ -306,6 +326,7 @@ impl Group {
         let log = LogStore::open(id, engine.clone(), log_dir, syncer, master.as_ref().map(|m| m.log_cipher()))?;
         let sm = StateMachine::open(id, engine, log.segment_log(), snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize, master)?;
         let state = sm.state();
+        let transport_for_reads = transport.clone();
         let net = NetworkFactory {
             group: id,
             transport,
@@ -313,15 +334,22 @@ impl Group {
             snapshot_timeout: Duration::from_millis(s.snapshot_timeout_ms),
             snapshot_chunk_bytes: s.snapshot_chunk_bytes as usize,
         };
+        let follower_transport = transport_for_reads;
         let raft = Raft::new(node_id, config, net, log.clone(), sm).await.map_err(|e| RaftNodeError::Raft(e.to_string()))?;
         let policy = snapshot_policy(raft.clone(), s.snapshot_logs_since_last);
         let reads = ReadBatcher::new(raft.clone());
+        let follower_reads = s
+            .follower_reads
+            .then(|| ReadBatcher::follower(raft.clone(), follower_transport, id, Duration::from_millis(s.rpc_timeout_ms)));
         Ok(Group {
             id,
             raft,
             state,
             log,
             reads,
+            follower_reads,
+            follower_reads_served: AtomicU64::new(0),
+            follower_reads_forwarded: AtomicU64::new(0),
             snapshot_dir: snapshot_dir.to_path_buf(),
             snapshot_chunk_bytes: s.snapshot_chunk_bytes as usize,
             snapshot_policy: policy,
@@ -349,10 +377,28 @@ impl Group {
 
     /// Returns once this node's state machine reflects every write acknowledged before the
     /// call (ReadIndex: the leader confirms its leadership with a quorum; concurrent calls
-    /// share one confirmation, [`crate::read_batch`]). Only the leader can; others get
-    /// `ForwardToLeader`.
+    /// share one confirmation, [`crate::read_batch`]).
+    ///
+    /// On a follower with `raft.follower_reads`, the read is served here: the leader
+    /// confirms its leadership and answers its commit index (one request shared by the
+    /// concurrent readers of a round), and this node waits until it has applied that far.
+    /// `ForwardToLeader` then means the read should go to the leader after all (follower
+    /// reads are off, or this node is more than [`crate::read_batch::FOLLOWER_READ_APPLY_WAIT_MS`]
+    /// behind).
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
-        self.reads.barrier().await
+        match &self.follower_reads {
+            Some(follower) if !self.is_leader() => {
+                let r = follower.barrier().await;
+                let counter = match &r {
+                    Ok(()) => &self.follower_reads_served,
+                    Err(ProposeError::ForwardToLeader { .. }) => &self.follower_reads_forwarded,
+                    Err(_) => return r,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                r
+            }
+            _ => self.reads.barrier().await,
+        }
     }
 
     /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
@@ -406,6 +452,8 @@ impl Group {
             commit_index: m.local_committed.map(|l| l.index).unwrap_or(0),
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             members,
+            follower_reads: self.follower_reads_served.load(Ordering::Relaxed),
+            follower_reads_forwarded: self.follower_reads_forwarded.load(Ordering::Relaxed),
         }
     }
 

@@ -16,11 +16,17 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use openraft::errors::{LinearizableReadError, RaftError};
+use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ReadPolicy;
 use tokio::sync::oneshot;
 
+use bytes::Bytes;
+use openraft::raft::linearizable_read::{Linearizer, ReadLogId};
+use serde::{Deserialize, Serialize};
+
 use crate::error::ProposeError;
-use crate::Raft;
+use crate::network::{MessageKind, Transport};
+use crate::{GroupId, LogId, NodeId, Raft};
 
 /// Most readers waiting for the next round of one group, count. Beyond it a read is
 /// refused as unavailable (the node is overloaded), never queued without bound.
@@ -69,6 +75,92 @@ impl ReadBatcher<RoundResult> {
                 )))
             },
         )
+    }
+}
+
+/// Longest a follower waits to apply up to the leader's read index, milliseconds. A
+/// follower further behind than that hands the read to the leader instead (the caller
+/// forwards it), so a lagging replica slows no read by more than this.
+pub const FOLLOWER_READ_APPLY_WAIT_MS: u64 = 1_000;
+
+impl ReadBatcher<RoundResult> {
+    /// Rounds of follower reads on `raft`: one read-index request to the leader, then the
+    /// wait until this node has applied up to the index the leader answered.
+    pub(crate) fn follower(raft: Raft, transport: Arc<dyn Transport>, group: GroupId, rpc_timeout: Duration) -> Arc<Self> {
+        let round: RoundFn<RoundResult> = Box::new(move || {
+            let (raft, transport) = (raft.clone(), transport.clone());
+            async move { follower_read_index(&raft, transport.as_ref(), group, rpc_timeout).await }.boxed()
+        });
+        Self::with_round(
+            round,
+            || Err(ProposeError::Unavailable("the follower read round was abandoned (shutting down)".into())),
+            || {
+                Err(ProposeError::Unavailable(format!(
+                    "{READ_WAITERS_MAX} linearizable reads are already waiting for the next follower read round \
+                     (READ_WAITERS_MAX); retry"
+                )))
+            },
+        )
+    }
+}
+
+/// The leader's answer to a read-index request from a follower (docs/FORMATS.md, "Raft
+/// messages").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ReadIndexReply {
+    /// Leadership was confirmed by a quorum after the request arrived; a read that waits
+    /// until this log id is applied is linearizable.
+    Ready(LogId),
+    /// The node asked is not the leader.
+    NotLeader { leader_id: Option<NodeId>, leader_addr: Option<String> },
+}
+
+/// The leader's side of a follower read: confirms leadership (ReadIndex) without waiting
+/// for its own apply, and answers the log id the follower must apply up to.
+pub(crate) async fn answer_read_index(raft: &Raft) -> Result<ReadIndexReply, String> {
+    let timeout = Duration::from_millis(READ_ROUND_TIMEOUT_MS);
+    match tokio::time::timeout(timeout, raft.get_read_linearizer(ReadPolicy::ReadIndex)).await {
+        Err(_) => Err(format!("leadership not confirmed within {READ_ROUND_TIMEOUT_MS} ms (READ_ROUND_TIMEOUT_MS)")),
+        Ok(Ok(linearizer)) => Ok(ReadIndexReply::Ready(*linearizer.read_log_id().log_id())),
+        Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+            Ok(ReadIndexReply::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) })
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+    }
+}
+
+/// One follower read round: the leader's read index, then the local apply wait.
+async fn follower_read_index(raft: &Raft, transport: &dyn Transport, group: GroupId, rpc_timeout: Duration) -> RoundResult {
+    let (me, leader, addr) = {
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        let leader = m.current_leader;
+        let addr = leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        (m.id, leader, addr)
+    };
+    let (leader, addr) = match (leader, addr) {
+        // This node became the leader since the caller looked: a local round.
+        (Some(l), _) if l == me => return read_index(raft).await,
+        (Some(l), Some(a)) => (l, a),
+        (l, a) => return Err(ProposeError::ForwardToLeader { leader_id: l, leader_addr: a }),
+    };
+    let reply = transport
+        .call(leader, addr.clone(), group, MessageKind::ReadIndex, Bytes::new(), rpc_timeout)
+        .await
+        .map_err(|e| ProposeError::Unavailable(format!("follower read: no read index from the leader: {e}")))?;
+    let log_id = match crate::network::decode_reply::<ReadIndexReply>("read-index", &reply) {
+        Ok(ReadIndexReply::Ready(log_id)) => log_id,
+        Ok(ReadIndexReply::NotLeader { leader_id, leader_addr }) => {
+            return Err(ProposeError::ForwardToLeader { leader_id, leader_addr })
+        }
+        Err(e) => return Err(ProposeError::Unavailable(format!("follower read: node {leader} gave no read index: {e}"))),
+    };
+    let wait = Duration::from_millis(FOLLOWER_READ_APPLY_WAIT_MS);
+    match Linearizer::new(me, ReadLogId::from_log_id(log_id), None).try_await_ready(raft, Some(wait)).await {
+        Ok(Ok(_)) => Ok(()),
+        // Too far behind: the leader serves these reads.
+        Ok(Err(_)) => Err(ProposeError::ForwardToLeader { leader_id: Some(leader), leader_addr: Some(addr) }),
+        Err(e) => Err(ProposeError::Unavailable(e.to_string())),
     }
 }
 

@@ -34,6 +34,8 @@ fn node_status(s: &GroupStatus, address: &str) -> pb::NodeStatus {
         commit_index: s.commit_index,
         applied_index: s.applied_index,
         error: String::new(),
+        follower_reads: s.follower_reads,
+        follower_reads_forwarded: s.follower_reads_forwarded,
     }
 }
 

@@ -68,8 +68,8 @@ pub struct RaftConfig {
     pub election_timeout_min_ms: u64,
     /// Upper bound of the randomized election timeout, milliseconds. Default 1600.
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many log entries since the last one (and half the last
-    /// snapshot's records, `kho_raft::node`). Default 100000, as etcd's `--snapshot-count`.
+    /// Build a snapshot after this many log entries since the last one. Default 100000, as
+    /// etcd's `--snapshot-count`.
     pub snapshot_logs_since_last: u64,
     /// Log entries kept behind the last snapshot, for slow followers. Default 5000.
     pub logs_to_keep_after_snapshot: u64,
@@ -85,6 +85,9 @@ pub struct RaftConfig {
     /// How long a client write or linearizable read waits for a quorum before it is
     /// answered UNAVAILABLE, milliseconds. Default 5000.
     pub proposal_timeout_ms: u64,
+    /// Serve linearizable reads on followers (a read index from the leader, then the local
+    /// apply wait) instead of forwarding them to the leader. Default true.
+    pub follower_reads: bool,
 }
 
 /// Limits on client requests, checked before anything reaches Raft.
@@ -139,6 +142,7 @@ impl Default for RaftConfig {
             rpc_timeout_ms: 2_000,
             snapshot_timeout_ms: 600_000,
             proposal_timeout_ms: 5_000,
+            follower_reads: true,
         }
     }
 }
@@ -172,6 +176,7 @@ impl Config {
             append_entries_max: r.append_entries_max,
             rpc_timeout_ms: r.rpc_timeout_ms,
             snapshot_timeout_ms: r.snapshot_timeout_ms,
+            follower_reads: r.follower_reads,
         }
     }
 

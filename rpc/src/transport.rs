@@ -31,6 +31,7 @@ fn kind_to_proto(k: MessageKind) -> RaftMessageKind {
     match k {
         MessageKind::AppendEntries => RaftMessageKind::AppendEntries,
         MessageKind::Vote => RaftMessageKind::Vote,
+        MessageKind::ReadIndex => RaftMessageKind::ReadIndex,
     }
 }
 
@@ -142,6 +143,7 @@ impl RaftTransport for RaftService {
         let kind = match RaftMessageKind::try_from(m.kind) {
             Ok(RaftMessageKind::AppendEntries) => MessageKind::AppendEntries,
             Ok(RaftMessageKind::Vote) => MessageKind::Vote,
+            Ok(RaftMessageKind::ReadIndex) => MessageKind::ReadIndex,
             _ => return Err(Status::invalid_argument(format!("kind: unsupported raft message kind {}", m.kind))),
         };
         let payload = self.node.handle_call(m.group_id, kind, &m.payload).await.map_err(|e| match e {

@@ -217,6 +217,7 @@ mod tests {
             commit_index: 120,
             applied_index: 119,
             error: if role == "unreachable" { "connection refused".into() } else { String::new() },
+            ..Default::default()
         };
         let s = ClusterStatusResponse {
             leader_id: 1,

@@ -313,6 +313,7 @@ impl Admin for Fake {
             commit_index: 57,
             applied_index: 56,
             error: error.into(),
+            ..Default::default()
         };
         Ok(Response::new(ClusterStatusResponse {
             leader_id: 2,
