@@ -236,17 +236,31 @@ async fn linearizable_reads_check(name: &str, follower_reads: bool) {
             // The readers overlapped the writes: at least one read per write on average.
             assert!(reads >= WRITES, "only {reads} reads during {WRITES} writes: the check did not run");
             // Who served the reads: each follower itself, or (follower reads off) the leader.
+            let mut statuses = Vec::new();
             for id in cluster.ids() {
                 let s = cluster.node_status(id).await.unwrap_or_else(|e| cluster.fail(format!("NodeStatus of node {id}: {e:?}")));
                 println!(
                     "node {id} ({}): {} follower reads, {} handed to the leader",
                     s.role, s.follower_reads, s.follower_reads_forwarded
                 );
-                if (id == leader && s.role == "leader") || !follower_reads {
-                    assert_eq!(s.follower_reads, 0, "node {id} served follower reads (leader {leader}, follower reads {follower_reads})");
-                } else {
-                    assert!(s.follower_reads > 0, "follower {id} served none of its linearizable reads itself");
+                statuses.push(s);
+            }
+            let total: u64 = statuses.iter().map(|s| s.follower_reads).sum();
+            let same_leader = statuses.iter().all(|s| (s.node_id == leader) == (s.role == "leader"));
+            if !follower_reads {
+                assert_eq!(total, 0, "follower reads were served with raft.follower_reads = false");
+            } else if same_leader {
+                for s in &statuses {
+                    if s.node_id == leader {
+                        assert_eq!(s.follower_reads, 0, "the leader {leader} counted follower reads");
+                    } else {
+                        assert!(s.follower_reads > 0, "follower {} served none of its linearizable reads itself", s.node_id);
+                    }
                 }
+            } else {
+                // Leadership moved during the run: who was a follower when is unknown.
+                println!("the leader changed during the run; checking only that followers served reads");
+                assert!(total > 0, "no follower served a linearizable read itself");
             }
         })
         .await;
@@ -268,7 +282,7 @@ async fn a_lagging_follower_waits_for_the_read_index_or_hands_the_read_to_the_le
     // Phase 1: well under the follower's apply wait (1 s, FOLLOWER_READ_APPLY_WAIT_MS);
     // phase 2: well over it. Elections and Raft messages are given time to outlast both.
     const SHORT_DELAY_MS: u64 = 50;
-    const LONG_DELAY_MS: u64 = 1_500;
+    const LONG_DELAY_MS: u64 = 3_000;
     const READS_PER_PHASE: u64 = 4;
     let opts = ClusterOptions {
         network_faults: true,
@@ -287,7 +301,7 @@ async fn a_lagging_follower_waits_for_the_read_index_or_hands_the_read_to_the_le
             let leader = cluster.leader().await;
             let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
             let (writer, reader) = (cluster.data_client(leader), cluster.data_client(follower));
-            let before = cluster.node_status(follower).await.unwrap_or_else(|e| cluster.fail(format!("NodeStatus: {e:?}")));
+            let mut counts = vec![cluster.node_status(follower).await.unwrap_or_else(|e| cluster.fail(format!("NodeStatus: {e:?}")))];
             for delay_ms in [SHORT_DELAY_MS, LONG_DELAY_MS] {
                 cluster.network().set(leader, follower, LinkMode::Delay(Duration::from_millis(delay_ms)));
                 for i in 1..=READS_PER_PHASE {
@@ -315,14 +329,18 @@ async fn a_lagging_follower_waits_for_the_read_index_or_hands_the_read_to_the_le
                         "a linearizable read via follower {follower} (leader link delayed {delay_ms} ms) missed the write acknowledged before it"
                     );
                 }
+                counts.push(cluster.node_status(follower).await.unwrap_or_else(|e| cluster.fail(format!("NodeStatus: {e:?}"))));
             }
             cluster.network().heal();
-            let after = cluster.node_status(follower).await.unwrap_or_else(|e| cluster.fail(format!("NodeStatus: {e:?}")));
-            let served = after.follower_reads - before.follower_reads;
-            let handed = after.follower_reads_forwarded - before.follower_reads_forwarded;
-            println!("follower {follower}: {served} reads served itself, {handed} handed to the leader");
-            assert_eq!(served, READS_PER_PHASE, "reads the follower served itself (its link from the leader delayed {SHORT_DELAY_MS} ms)");
-            assert_eq!(handed, READS_PER_PHASE, "reads the follower handed to the leader ({LONG_DELAY_MS} ms behind)");
+            let phase = |p: usize| {
+                let (a, b) = (&counts[p], &counts[p + 1]);
+                (b.follower_reads - a.follower_reads, b.follower_reads_forwarded - a.follower_reads_forwarded)
+            };
+            let ((served1, handed1), (served2, handed2)) = (phase(0), phase(1));
+            println!("follower {follower}: {SHORT_DELAY_MS} ms behind, {served1} reads served itself and {handed1} handed to the leader; {LONG_DELAY_MS} ms behind, {served2} and {handed2}");
+            // (A retried read would count twice: hence at least, not exactly.)
+            assert!(served1 >= READS_PER_PHASE && handed1 == 0, "{SHORT_DELAY_MS} ms behind, the follower should serve every read itself");
+            assert!(served2 == 0 && handed2 >= READS_PER_PHASE, "{LONG_DELAY_MS} ms behind, the follower should hand every read to the leader");
         })
         .await;
 }

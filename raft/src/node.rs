@@ -56,6 +56,8 @@ pub struct RaftNode {
 /// One Raft group hosted on this node.
 pub struct Group {
     pub id: GroupId,
+    /// This node's id.
+    node_id: NodeId,
     pub raft: Raft,
     pub state: Arc<SmState>,
     log: LogStore,
@@ -343,6 +345,7 @@ impl Group {
             .then(|| ReadBatcher::follower(raft.clone(), follower_transport, id, Duration::from_millis(s.rpc_timeout_ms)));
         Ok(Group {
             id,
+            node_id,
             raft,
             state,
             log,
@@ -391,7 +394,10 @@ impl Group {
                 let r = follower.barrier().await;
                 let counter = match &r {
                     Ok(()) => &self.follower_reads_served,
-                    Err(ProposeError::ForwardToLeader { .. }) => &self.follower_reads_forwarded,
+                    // Only what the caller can forward.
+                    Err(ProposeError::ForwardToLeader { leader_id: Some(l), leader_addr: Some(_) }) if *l != self.node_id => {
+                        &self.follower_reads_forwarded
+                    }
                     Err(_) => return r,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);

@@ -11,7 +11,7 @@
 //! A read waits for at most the rest of the round in flight plus its own round.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -79,17 +79,28 @@ impl ReadBatcher<RoundResult> {
 }
 
 /// Longest a follower waits to apply up to the leader's read index, milliseconds. A
-/// follower further behind than that hands the read to the leader instead (the caller
-/// forwards it), so a lagging replica slows no read by more than this.
+/// follower further behind than that hands the round's reads to the leader instead (the
+/// caller forwards them).
 pub const FOLLOWER_READ_APPLY_WAIT_MS: u64 = 1_000;
+/// After a round found this follower too far behind, how long its reads go straight to the
+/// leader without asking for a read index, milliseconds: a lagging replica does not make
+/// every read wait [`FOLLOWER_READ_APPLY_WAIT_MS`] first.
+pub const FOLLOWER_READ_LAG_BACKOFF_MS: u64 = 1_000;
+/// Most read-index requests of followers a node answers at once, count; more are refused
+/// (the follower then forwards its reads). A follower sends one per round of its reads.
+pub const READ_INDEX_ANSWERS_MAX: usize = 256;
 
 impl ReadBatcher<RoundResult> {
     /// Rounds of follower reads on `raft`: one read-index request to the leader, then the
     /// wait until this node has applied up to the index the leader answered.
     pub(crate) fn follower(raft: Raft, transport: Arc<dyn Transport>, group: GroupId, rpc_timeout: Duration) -> Arc<Self> {
+        let lagging_until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
         let round: RoundFn<RoundResult> = Box::new(move || {
-            let (raft, transport) = (raft.clone(), transport.clone());
-            async move { follower_read_index(&raft, transport.as_ref(), group, rpc_timeout).await }.boxed()
+            let (raft, transport, lagging_until) = (raft.clone(), transport.clone(), lagging_until.clone());
+            async move {
+                follower_read_index(&raft, transport.as_ref(), group, rpc_timeout, &lagging_until).await
+            }
+            .boxed()
         });
         Self::with_round(
             round,
@@ -116,8 +127,13 @@ pub(crate) enum ReadIndexReply {
 }
 
 /// The leader's side of a follower read: confirms leadership (ReadIndex) without waiting
-/// for its own apply, and answers the log id the follower must apply up to.
+/// for its own apply, and answers the log id the follower must apply up to: the larger of
+/// its commit index and its first entry of its term (openraft's `read_log_id`).
 pub(crate) async fn answer_read_index(raft: &Raft) -> Result<ReadIndexReply, String> {
+    static ANSWERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(READ_INDEX_ANSWERS_MAX);
+    let Ok(_permit) = ANSWERING.try_acquire() else {
+        return Err(format!("{READ_INDEX_ANSWERS_MAX} read-index requests are being answered (READ_INDEX_ANSWERS_MAX)"));
+    };
     let timeout = Duration::from_millis(READ_ROUND_TIMEOUT_MS);
     match tokio::time::timeout(timeout, raft.get_read_linearizer(ReadPolicy::ReadIndex)).await {
         Err(_) => Err(format!("leadership not confirmed within {READ_ROUND_TIMEOUT_MS} ms (READ_ROUND_TIMEOUT_MS)")),
@@ -129,8 +145,17 @@ pub(crate) async fn answer_read_index(raft: &Raft) -> Result<ReadIndexReply, Str
     }
 }
 
-/// One follower read round: the leader's read index, then the local apply wait.
-async fn follower_read_index(raft: &Raft, transport: &dyn Transport, group: GroupId, rpc_timeout: Duration) -> RoundResult {
+/// One follower read round: the leader's read index, then the local apply wait. Whenever
+/// the leader cannot give an index (unreachable, busy, or no longer leader), the round's
+/// reads are handed to the leader the caller knows: forwarding either works or ends in a
+/// clear UNAVAILABLE.
+async fn follower_read_index(
+    raft: &Raft,
+    transport: &dyn Transport,
+    group: GroupId,
+    rpc_timeout: Duration,
+    lagging_until: &Mutex<Option<Instant>>,
+) -> RoundResult {
     let (me, leader, addr) = {
         let m = raft.metrics();
         let m = m.borrow_watched();
@@ -144,22 +169,43 @@ async fn follower_read_index(raft: &Raft, transport: &dyn Transport, group: Grou
         (Some(l), Some(a)) => (l, a),
         (l, a) => return Err(ProposeError::ForwardToLeader { leader_id: l, leader_addr: a }),
     };
-    let reply = transport
-        .call(leader, addr.clone(), group, MessageKind::ReadIndex, Bytes::new(), rpc_timeout)
-        .await
-        .map_err(|e| ProposeError::Unavailable(format!("follower read: no read index from the leader: {e}")))?;
+    let to_leader = || ProposeError::ForwardToLeader { leader_id: Some(leader), leader_addr: Some(addr.clone()) };
+    {
+        let mut lagging = lagging_until.lock().unwrap_or_else(|p| p.into_inner());
+        match *lagging {
+            Some(until) if Instant::now() < until => return Err(to_leader()),
+            Some(_) => *lagging = None,
+            None => {}
+        }
+    }
+    let reply = match transport.call(leader, addr.clone(), group, MessageKind::ReadIndex, Bytes::new(), rpc_timeout).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::debug!(error = %e, leader, "follower read: no read index from the leader; forwarding");
+            return Err(to_leader());
+        }
+    };
     let log_id = match crate::network::decode_reply::<ReadIndexReply>("read-index", &reply) {
         Ok(ReadIndexReply::Ready(log_id)) => log_id,
+        // The node asked lost an election to this one: a local round.
+        Ok(ReadIndexReply::NotLeader { leader_id: Some(l), .. }) if l == me => return read_index(raft).await,
         Ok(ReadIndexReply::NotLeader { leader_id, leader_addr }) => {
             return Err(ProposeError::ForwardToLeader { leader_id, leader_addr })
         }
-        Err(e) => return Err(ProposeError::Unavailable(format!("follower read: node {leader} gave no read index: {e}"))),
+        Err(e) => {
+            tracing::debug!(error = %e, leader, "follower read: the leader gave no read index; forwarding");
+            return Err(to_leader());
+        }
     };
     let wait = Duration::from_millis(FOLLOWER_READ_APPLY_WAIT_MS);
     match Linearizer::new(me, ReadLogId::from_log_id(log_id), None).try_await_ready(raft, Some(wait)).await {
         Ok(Ok(_)) => Ok(()),
-        // Too far behind: the leader serves these reads.
-        Ok(Err(_)) => Err(ProposeError::ForwardToLeader { leader_id: Some(leader), leader_addr: Some(addr) }),
+        // Too far behind: the leader serves these reads, and the next ones for a while.
+        Ok(Err(_)) => {
+            let until = Instant::now() + Duration::from_millis(FOLLOWER_READ_LAG_BACKOFF_MS);
+            *lagging_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+            Err(to_leader())
+        }
         Err(e) => Err(ProposeError::Unavailable(e.to_string())),
     }
 }

@@ -16,7 +16,8 @@ use crate::config::Limits;
 use crate::status;
 
 /// Metadata key set on a request forwarded by a node to the leader. A forwarded request
-/// that reaches a non-leader is answered UNAVAILABLE instead of being forwarded again.
+/// that reaches a non-leader is answered UNAVAILABLE instead of being forwarded again (a
+/// linearizable read is first tried there as a follower read).
 pub const FORWARDED: &str = "kho-forwarded";
 
 pub struct Ctx {
@@ -28,7 +29,7 @@ pub struct Ctx {
 
 /// Where a request is served.
 pub enum Leader<T> {
-    /// Served here (this node is the leader).
+    /// Served here (this node is the leader, or a follower that may serve the read).
     Here(T),
     /// Forward to the leader at this address.
     There(String),
