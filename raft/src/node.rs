@@ -328,7 +328,7 @@ impl Group {
         let log = LogStore::open(id, engine.clone(), log_dir, syncer, master.as_ref().map(|m| m.log_cipher()))?;
         let sm = StateMachine::open(id, engine, log.segment_log(), snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize, master)?;
         let state = sm.state();
-        let transport_for_reads = transport.clone();
+        let follower_transport = transport.clone();
         let net = NetworkFactory {
             group: id,
             transport,
@@ -336,7 +336,6 @@ impl Group {
             snapshot_timeout: Duration::from_millis(s.snapshot_timeout_ms),
             snapshot_chunk_bytes: s.snapshot_chunk_bytes as usize,
         };
-        let follower_transport = transport_for_reads;
         let raft = Raft::new(node_id, config, net, log.clone(), sm).await.map_err(|e| RaftNodeError::Raft(e.to_string()))?;
         let policy = snapshot_policy(raft.clone(), s.snapshot_logs_since_last);
         let reads = ReadBatcher::new(raft.clone());
@@ -383,11 +382,11 @@ impl Group {
     /// share one confirmation, [`crate::read_batch`]).
     ///
     /// On a follower with `raft.follower_reads`, the read is served here: the leader
-    /// confirms its leadership and answers its commit index (one request shared by the
+    /// confirms its leadership and answers its read index (one request shared by the
     /// concurrent readers of a round), and this node waits until it has applied that far.
-    /// `ForwardToLeader` then means the read should go to the leader after all (follower
-    /// reads are off, or this node is more than [`crate::read_batch::FOLLOWER_READ_APPLY_WAIT_MS`]
-    /// behind).
+    /// `ForwardToLeader` then means the read should go to the leader after all: follower
+    /// reads are off, the leader gave no read index, or this node is more than
+    /// [`crate::read_batch::FOLLOWER_READ_APPLY_WAIT_MS`] behind.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
         match &self.follower_reads {
             Some(follower) if !self.is_leader() => {
