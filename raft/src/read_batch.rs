@@ -400,4 +400,24 @@ mod tests {
         let answer = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), batcher.barrier()).await });
         assert_eq!(answer, Ok(2), "a read after the cancelled driver is served by a new round");
     }
+
+    /// The read-index reply's wire form (docs/FORMATS.md, "Raft messages"): nodes of one
+    /// cluster must agree on it byte for byte.
+    #[test]
+    fn read_index_reply_wire_form_is_the_documented_one() {
+        let log_id = LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 3, node_id: 2 }, 300);
+        let ready = crate::network::encode_reply(Ok(ReadIndexReply::Ready(log_id)));
+        // status 0, variant 0, term 3, node 2, index 300 (postcard varints).
+        assert_eq!(&ready[..], &[0, 0, 3, 2, 0xac, 0x02]);
+        let not_leader = ReadIndexReply::NotLeader { leader_id: Some(7), leader_addr: Some("h:1".into()) };
+        let bytes = crate::network::encode_reply(Ok(not_leader.clone()));
+        // status 0, variant 1, Some(7), Some("h:1").
+        assert_eq!(&bytes[..], &[0, 1, 1, 7, 1, 3, b'h', b':', b'1']);
+        assert_eq!(crate::network::decode_reply::<ReadIndexReply>("read-index", &bytes), Ok(not_leader));
+        assert_eq!(
+            crate::network::decode_reply::<ReadIndexReply>("read-index", &crate::network::encode_reply::<ReadIndexReply>(Err("busy".into()))),
+            Err("busy".to_string())
+        );
+        assert!(crate::network::decode_reply::<ReadIndexReply>("read-index", &[0, 9]).is_err(), "an unknown variant is refused");
+    }
 }
