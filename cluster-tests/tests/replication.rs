@@ -161,9 +161,7 @@ async fn linearizable_reads_check(name: &str, follower_reads: bool) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
-    use kho_cluster_tests::kv::get;
-    use kho_cluster_tests::retry_call;
-    use kho_proto::v1::PutRequest;
+    use kho_cluster_tests::kv::{get, put};
 
     // (A follower that served reads without waiting to apply the leader's read index was
     // caught here in one run of two; the lagging-follower test below catches it every time.)
@@ -201,19 +199,8 @@ async fn linearizable_reads_check(name: &str, follower_reads: bool) {
             }
             let writer = cluster.data_client(leader);
             for i in 1..=WRITES {
-                let req = PutRequest {
-                    tenant: target.tenant.clone(),
-                    table: target.table.clone(),
-                    key: KEY.to_vec(),
-                    value: i.to_be_bytes().to_vec(),
-                    family: target.family.clone(),
-                };
                 // Retrying is safe: the same value again.
-                let put = retry_call(&RetryPolicy::STEADY, |_| {
-                    let (mut c, req) = (writer.clone(), req.clone());
-                    async move { c.put(req).await }
-                });
-                if let Err(s) = put.await {
+                if let Err(s) = put(&writer, &target, KEY, &i.to_be_bytes(), &RetryPolicy::STEADY).await {
                     cluster.fail(format!("write {i}: {s:?}"));
                 }
                 acked.store(i, Ordering::SeqCst);
@@ -272,10 +259,8 @@ async fn linearizable_reads_check(name: &str, follower_reads: bool) {
 /// acknowledged: a follower that answered at once would return the previous value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_follower_waits_for_the_read_index_or_hands_the_read_to_the_leader() {
-    use kho_cluster_tests::kv::get;
+    use kho_cluster_tests::kv::{get, put};
     use kho_cluster_tests::netproxy::LinkMode;
-    use kho_cluster_tests::retry_call;
-    use kho_proto::v1::PutRequest;
 
     const NAME: &str = "a_lagging_follower_waits_for_the_read_index_or_hands_the_read_to_the_leader";
     const KEY: &[u8] = b"k";
@@ -306,18 +291,7 @@ async fn a_lagging_follower_waits_for_the_read_index_or_hands_the_read_to_the_le
                 cluster.network().set(leader, follower, LinkMode::Delay(Duration::from_millis(delay_ms)));
                 for i in 1..=READS_PER_PHASE {
                     let value = format!("delay {delay_ms} ms, write {i}").into_bytes();
-                    let req = PutRequest {
-                        tenant: target.tenant.clone(),
-                        table: target.table.clone(),
-                        key: KEY.to_vec(),
-                        value: value.clone(),
-                        family: target.family.clone(),
-                    };
-                    let put = retry_call(&RetryPolicy::STEADY, |_| {
-                        let (mut c, req) = (writer.clone(), req.clone());
-                        async move { c.put(req).await }
-                    });
-                    if let Err(s) = put.await {
+                    if let Err(s) = put(&writer, &target, KEY, &value, &RetryPolicy::STEADY).await {
                         cluster.fail(format!("write {i} with delay {delay_ms} ms: {s:?}"));
                     }
                     let got = get(&reader, &target, KEY, &RetryPolicy::STEADY)
