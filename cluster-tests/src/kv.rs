@@ -1,9 +1,8 @@
-//! Reading the key-value view with retries: the reads that checks are built from (and a
-//! retried put, for tests that write one key at a time).
+//! Reading the key-value view with retries: the reads that checks are built from.
 
 use futures::StreamExt;
 use kho_proto::v1::data_client::DataClient;
-use kho_proto::v1::{BatchGetItem, BatchGetRequest, GetRequest, KeyValue, PutRequest, Row, ScanRequest, ScanRowsRequest};
+use kho_proto::v1::{BatchGetItem, BatchGetRequest, GetRequest, KeyValue, Row, ScanRequest, ScanRowsRequest};
 use tonic::transport::Channel;
 use tonic::Status;
 
@@ -47,25 +46,6 @@ pub async fn get(
     })
     .await?;
     Ok(resp.found.then_some(resp.value))
-}
-
-/// Put with retries; returns the revision. Retrying is safe only when writing the same
-/// value again is (a test's own key and value).
-pub async fn put(client: &DataClient<Channel>, target: &KvTarget, key: &[u8], value: &[u8], policy: &RetryPolicy) -> Result<u64, Status> {
-    let req = PutRequest {
-        tenant: target.tenant.clone(),
-        table: target.table.clone(),
-        key: key.to_vec(),
-        value: value.to_vec(),
-        family: target.family.clone(),
-    };
-    let resp = retry_call(policy, |_| {
-        let mut client = client.clone();
-        let req = req.clone();
-        async move { client.put(req).await }
-    })
-    .await?;
-    Ok(resp.header.map_or(0, |h| h.revision))
 }
 
 /// Reads `keys` with BatchGets of `READ_BATCH_KEYS`, each retried; one item per key, in

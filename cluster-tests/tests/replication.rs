@@ -161,7 +161,8 @@ async fn linearizable_reads_check(name: &str, follower_reads: bool) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
-    use kho_cluster_tests::kv::{get, put};
+    use kho_cluster_tests::kv::get;
+    use kho_cluster_tests::writes::put_with_retry;
 
     // (A follower that served reads without waiting to apply the leader's read index was
     // caught here in one run of two; the lagging-follower test below catches it every time.)
@@ -197,11 +198,11 @@ async fn linearizable_reads_check(name: &str, follower_reads: bool) {
                     }));
                 }
             }
-            let writer = cluster.data_client(leader);
+            let writer = [(leader, cluster.data_client(leader))];
             for i in 1..=WRITES {
                 // Retrying is safe: the same value again.
-                if let Err(s) = put(&writer, &target, KEY, &i.to_be_bytes(), &RetryPolicy::STEADY).await {
-                    cluster.fail(format!("write {i}: {s:?}"));
+                if let WriteOutcome::Unknown { last_error } = put_with_retry(&writer, 0, &target, KEY, &i.to_be_bytes(), &RetryPolicy::STEADY).await {
+                    cluster.fail(format!("write {i}: {last_error:?}"));
                 }
                 acked.store(i, Ordering::SeqCst);
             }
@@ -259,8 +260,9 @@ async fn linearizable_reads_check(name: &str, follower_reads: bool) {
 /// acknowledged: a follower that answered at once would return the previous value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_follower_waits_for_the_read_index_or_hands_the_read_to_the_leader() {
-    use kho_cluster_tests::kv::{get, put};
+    use kho_cluster_tests::kv::get;
     use kho_cluster_tests::netproxy::LinkMode;
+    use kho_cluster_tests::writes::put_with_retry;
 
     const NAME: &str = "a_lagging_follower_waits_for_the_read_index_or_hands_the_read_to_the_leader";
     const KEY: &[u8] = b"k";
@@ -285,14 +287,14 @@ async fn a_lagging_follower_waits_for_the_read_index_or_hands_the_read_to_the_le
             let target = setup_kv(&cluster, 1).await;
             let leader = cluster.leader().await;
             let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
-            let (writer, reader) = (cluster.data_client(leader), cluster.data_client(follower));
+            let (writer, reader) = ([(leader, cluster.data_client(leader))], cluster.data_client(follower));
             let mut counts = vec![cluster.node_status(follower).await.unwrap_or_else(|e| cluster.fail(format!("NodeStatus: {e:?}")))];
             for delay_ms in [SHORT_DELAY_MS, LONG_DELAY_MS] {
                 cluster.network().set(leader, follower, LinkMode::Delay(Duration::from_millis(delay_ms)));
                 for i in 1..=READS_PER_PHASE {
                     let value = format!("delay {delay_ms} ms, write {i}").into_bytes();
-                    if let Err(s) = put(&writer, &target, KEY, &value, &RetryPolicy::STEADY).await {
-                        cluster.fail(format!("write {i} with delay {delay_ms} ms: {s:?}"));
+                    if let WriteOutcome::Unknown { last_error } = put_with_retry(&writer, 0, &target, KEY, &value, &RetryPolicy::STEADY).await {
+                        cluster.fail(format!("write {i} with delay {delay_ms} ms: {last_error:?}"));
                     }
                     let got = get(&reader, &target, KEY, &RetryPolicy::STEADY)
                         .await
