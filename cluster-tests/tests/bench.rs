@@ -1,5 +1,5 @@
 //! `kho bench` works and reports against a real local cluster (a smoke run: it checks the
-//! tool, not the speed). Speed is measured by `kho bench compare` and written down in
+//! tool, not the speed). Speed is measured by `kho bench-compare` (`scripts/bench-compare`) and written down in
 //! docs/BENCHMARKS.md, never asserted.
 
 use std::time::Duration;

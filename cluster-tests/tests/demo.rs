@@ -120,7 +120,8 @@ fn demo_starts_loads_and_serves_rows_then_stops_on_ctrl_c() {
     let citizen = demo.citizen.clone().expect("the demo prints the first citizen id");
     let endpoints = demo.endpoints.clone().expect("the demo prints its endpoints");
     assert_eq!(endpoints.split(',').count(), 3, "three endpoints: {endpoints}");
-    // Read the citizen through each node in turn: followers forward to the leader.
+    // Read the citizen through each node in turn: followers serve the linearizable read
+    // themselves after the leader's read index (follower reads).
     for endpoint in endpoints.split(',') {
         let out = Command::new(&kho)
             .args(["row", "read", "--endpoints", endpoint, "--tenant", "dan_cu", "--table", "citizen", "--row", &citizen])

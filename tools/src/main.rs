@@ -74,7 +74,7 @@ enum Command {
     Node(admin_cmd::NodeCmd),
     /// Starts a local cluster of real `kho server` processes and loads demo data.
     Demo(demo::DemoArgs),
-    /// YCSB-style benchmark (workloads A-F) of a Kho cluster or of etcd.
+    /// YCSB-style benchmark (workloads A-F) of a Kho cluster, of etcd, or of an embedded RocksDB.
     Bench(bench::BenchArgs),
     /// Kho, etcd and an embedded RocksDB side by side: starts the clusters, runs the same
     /// workloads in alternating rounds, writes a table and chart (docs/BENCHMARKS.md).

@@ -55,6 +55,8 @@ pub const VALUE_BYTES_MAX: usize = 1 << 20;
 pub const CONCURRENCY_DEFAULT: usize = 64;
 /// Most concurrent workers.
 pub const CONCURRENCY_MAX: usize = 4096;
+/// Default workers sharing one HTTP/2 connection to an endpoint.
+pub const WORKERS_PER_CONNECTION_DEFAULT: usize = 32;
 /// Highest target rate, operations per second (all workers together).
 pub const RATE_MAX: u64 = 10_000_000;
 
@@ -156,6 +158,10 @@ pub struct BenchArgs {
     /// Concurrent workers, each with one operation in flight.
     #[arg(long, default_value_t = CONCURRENCY_DEFAULT, value_name = "WORKERS")]
     pub concurrency: usize,
+    /// Workers of one endpoint sharing one HTTP/2 connection (etcd's benchmark tool:
+    /// --clients / --conns); 500 workers on one endpoint use 16 connections by default.
+    #[arg(long, default_value_t = WORKERS_PER_CONNECTION_DEFAULT, value_name = "WORKERS")]
+    pub workers_per_connection: usize,
     /// Target throughput of all workers together, operations per second; 0 = as fast as
     /// possible. Each worker follows a fixed schedule (open loop: a late operation does
     /// not shift the ones after it).
@@ -187,7 +193,8 @@ pub struct BenchArgs {
     pub tenant_encryption: TenantEncryptionArg,
     /// Kho target: `leader` sends every request to the Raft leader (asked once with
     /// ClusterStatus), as a leader-aware client does; `any` spreads workers over all
-    /// endpoints, and followers forward to the leader.
+    /// endpoints: followers forward writes to the leader and serve linearizable reads
+    /// themselves (follower reads, `raft.follower_reads`).
     #[arg(long, value_enum, default_value_t = Route::Leader)]
     pub route: Route,
     /// Kho table; created when missing, with the one family --family.
@@ -221,6 +228,7 @@ impl Default for BenchArgs {
             key_bytes: KEY_BYTES_DEFAULT,
             value_bytes: VALUE_BYTES_DEFAULT,
             concurrency: CONCURRENCY_DEFAULT,
+            workers_per_connection: WORKERS_PER_CONNECTION_DEFAULT,
             rate: 0,
             distribution: None,
             max_scan_length: MAX_SCAN_LENGTH_DEFAULT,
@@ -255,6 +263,10 @@ pub struct Config {
     pub key_bytes: usize,
     pub value_bytes: usize,
     pub concurrency: usize,
+    /// Workers of one endpoint per HTTP/2 connection. Absent in reports written before
+    /// the flag existed: 32, the value then.
+    #[serde(default = "workers_per_connection_default")]
+    pub workers_per_connection: usize,
     /// Operations per second, all workers; 0 = unlimited.
     pub rate: u64,
     pub max_scan_length: usize,
@@ -304,6 +316,7 @@ impl BenchArgs {
         }
         check_range("--value-bytes", self.value_bytes, VALUE_BYTES_MIN, VALUE_BYTES_MAX, "bytes")?;
         check_range("--concurrency", self.concurrency, 1, CONCURRENCY_MAX, "workers")?;
+        check_range("--workers-per-connection", self.workers_per_connection, 1, CONCURRENCY_MAX, "workers")?;
         check_range("--rate", self.rate, 0, RATE_MAX, "operations per second")?;
         check_range("--max-scan-length", self.max_scan_length, 1, MAX_SCAN_LENGTH_MAX, "keys")?;
         let mut spec = workload::spec(self.workload);
@@ -346,6 +359,7 @@ impl BenchArgs {
             key_bytes: self.key_bytes,
             value_bytes: self.value_bytes,
             concurrency: self.concurrency,
+            workers_per_connection: self.workers_per_connection,
             rate: self.rate,
             max_scan_length: self.max_scan_length,
             phase: self.phase,
@@ -500,6 +514,7 @@ mod tests {
         assert_eq!(c.key_bytes, 24);
         assert_eq!(c.value_bytes, 1024);
         assert_eq!(c.concurrency, 64);
+        assert_eq!(c.workers_per_connection, 32);
         assert_eq!(c.workload.request_distribution, Distribution::Zipfian);
         let etcd = parse(&["--target", "etcd"]).unwrap().validate().unwrap();
         assert_eq!(etcd.endpoints, [ETCD_DEFAULT_ENDPOINT]);
@@ -511,7 +526,7 @@ mod tests {
             "--target", "etcd", "--endpoints", "a:1, http://b:2", "--workload", "e", "--record-count", "10",
             "--operation-count", "0", "--duration-secs", "5", "--key-bytes", "32", "--value-bytes", "100",
             "--concurrency", "500", "--rate", "1000", "--distribution", "uniform", "--phase", "run",
-            "--warmup-secs", "2", "--seed", "7", "--max-scan-length", "10",
+            "--warmup-secs", "2", "--seed", "7", "--max-scan-length", "10", "--workers-per-connection", "500",
         ])
         .unwrap();
         let c = a.validate().unwrap();
@@ -519,6 +534,7 @@ mod tests {
         assert_eq!(c.workload.name, WorkloadName::E);
         assert_eq!(c.workload.request_distribution, Distribution::Uniform);
         assert_eq!((c.concurrency, c.rate, c.seed, c.warmup_secs), (500, 1000, 7, 2));
+        assert_eq!(c.workers_per_connection, 500);
         assert_eq!(c.phase, Phase::Run);
         assert_eq!((c.tenant.as_str(), c.tenant_encryption), ("bench", TenantEncryptionArg::Default));
         assert!(parse(&["--workload", "g"]).is_err());
@@ -546,8 +562,13 @@ mod tests {
         let e = error_of(&["--tenant", &long, "--tenant-encryption", "plaintext"]);
         assert!(e.contains("--tenant: ") && e.contains("_plain"), "{e}");
         // The JSON of the config names the mode.
-        let v = serde_json::to_value(&c).unwrap();
+        let mut v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["tenant_encryption"], "default");
+        // A report written before --workers-per-connection existed reads as 32, the value then.
+        assert_eq!(v["workers_per_connection"], 32);
+        v.as_object_mut().unwrap().remove("workers_per_connection");
+        let old: Config = serde_json::from_value(v).unwrap();
+        assert_eq!(old.workers_per_connection, 32);
     }
 
     #[test]
@@ -555,6 +576,10 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&["--concurrency", "0"], "--concurrency: 0 workers is out of range; allowed 1..=4096 workers"),
             (&["--concurrency", "5000"], "--concurrency"),
+            (
+                &["--workers-per-connection", "0"],
+                "--workers-per-connection: 0 workers is out of range; allowed 1..=4096 workers",
+            ),
             (&["--record-count", "0"], "--record-count: 0 records"),
             (&["--operation-count", "0", "--duration-secs", "0"], "--operation-count and --duration-secs"),
             (&["--duration-secs", "99999999"], "--duration-secs"),
@@ -601,4 +626,8 @@ pub enum Route {
 
 fn route_any() -> Route {
     Route::Any
+}
+
+fn workers_per_connection_default() -> usize {
+    WORKERS_PER_CONNECTION_DEFAULT
 }

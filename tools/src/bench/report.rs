@@ -103,7 +103,7 @@ impl BenchReport {
         let _ = writeln!(
             out,
             "{TOOL_NAME}: target {} at {}; workload {} ({}, {}); {} records, keys {} B, values {} B; \
-             {} workers, rate {rate}; seed {}",
+             {} workers ({} per connection), rate {rate}; seed {}",
             serde_label(&c.target),
             place,
             serde_label(&c.workload.name),
@@ -113,6 +113,7 @@ impl BenchReport {
             c.key_bytes,
             c.value_bytes,
             c.concurrency,
+            c.workers_per_connection,
             c.seed,
         );
         if c.target == crate::bench::config::TargetKind::Kho {

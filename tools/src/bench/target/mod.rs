@@ -2,8 +2,8 @@
 //!
 //! [`connect`] builds one handle per worker for the configured target. The gRPC targets
 //! (Kho, etcd) spread workers over the endpoints round-robin and open one HTTP/2 connection
-//! per [`WORKERS_PER_CHANNEL`] workers of an endpoint, so 500 workers on 3 endpoints use 18
-//! connections. Every operation has a deadline of [`OP_DEADLINE`], sent to the server as
+//! per `--workers-per-connection` workers of an endpoint (32 by default, so 500 workers on
+//! 3 endpoints use 18 connections). Every operation has a deadline of [`OP_DEADLINE`], sent to the server as
 //! `grpc-timeout` and enforced by the client, which reports it as `DEADLINE_EXCEEDED`.
 //!
 //! A new target (RocksDB, embedded) implements [`Target`] and gets an arm in [`connect`].
@@ -27,8 +27,6 @@ use crate::display::code_name;
 pub const OP_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest time to open one connection (TCP and HTTP/2 handshake).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Workers sharing one HTTP/2 connection to an endpoint.
-pub const WORKERS_PER_CHANNEL: usize = 32;
 /// Largest response message the gRPC clients accept, bytes (as the `kho` CLI).
 pub const RESPONSE_BYTES_MAX: usize = 64 << 20;
 
@@ -98,7 +96,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Vec<Arc<dyn Target>>> {
         (TargetKind::Kho, crate::bench::config::Route::Leader) => vec![kho::leader_endpoint(&config.endpoints).await?],
         _ => config.endpoints.clone(),
     };
-    let channels = connect_channels(&endpoints, config.concurrency).await?;
+    let channels = connect_channels(&endpoints, config.concurrency, config.workers_per_connection).await?;
     match config.target {
         TargetKind::Kho => {
             kho::prepare(&channels[0], &config.tenant, config.tenant_encryption, &config.table, &config.family).await?;
@@ -116,15 +114,20 @@ pub async fn connect(config: &Config) -> anyhow::Result<Vec<Arc<dyn Target>>> {
 
 /// The connection of each worker: `(endpoint index, connection index at that endpoint)`.
 /// Worker `i` talks to endpoint `i % endpoints`; the workers of one endpoint share a
-/// connection by groups of [`WORKERS_PER_CHANNEL`].
-pub fn channel_plan(endpoints: usize, workers: usize) -> Vec<(usize, usize)> {
+/// connection by groups of `per_connection` (`--workers-per-connection`).
+pub fn channel_plan(endpoints: usize, workers: usize, per_connection: usize) -> Vec<(usize, usize)> {
     let endpoints = endpoints.max(1);
-    (0..workers).map(|i| (i % endpoints, (i / endpoints) / WORKERS_PER_CHANNEL)).collect()
+    let per_connection = per_connection.max(1);
+    (0..workers).map(|i| (i % endpoints, (i / endpoints) / per_connection)).collect()
 }
 
 /// Opens the connections of [`channel_plan`] (all at once) and returns each worker's.
-pub async fn connect_channels(endpoints: &[String], workers: usize) -> anyhow::Result<Vec<Channel>> {
-    let plan = channel_plan(endpoints.len(), workers);
+pub async fn connect_channels(
+    endpoints: &[String],
+    workers: usize,
+    per_connection: usize,
+) -> anyhow::Result<Vec<Channel>> {
+    let plan = channel_plan(endpoints.len(), workers, per_connection);
     let mut wanted: Vec<(usize, usize)> = plan.clone();
     wanted.sort_unstable();
     wanted.dedup();
@@ -193,7 +196,7 @@ mod tests {
 
     #[test]
     fn plan_spreads_workers_round_robin_and_groups_connections() {
-        let plan = channel_plan(3, 500);
+        let plan = channel_plan(3, 500, 32);
         assert_eq!(plan[0], (0, 0));
         assert_eq!(plan[1], (1, 0));
         assert_eq!(plan[2], (2, 0));
@@ -208,10 +211,17 @@ mod tests {
             assert!((166..=167).contains(&workers));
             for c in 0..6 {
                 let on = plan.iter().filter(|p| **p == (e, c)).count();
-                assert!(on <= WORKERS_PER_CHANNEL && on > 0, "endpoint {e} connection {c}: {on}");
+                assert!(on <= 32 && on > 0, "endpoint {e} connection {c}: {on}");
             }
         }
-        assert_eq!(channel_plan(1, 1), vec![(0, 0)]);
+        assert_eq!(channel_plan(1, 1, 32), vec![(0, 0)]);
+        // One connection per endpoint: etcd's benchmark tool with --conns 1.
+        let one = channel_plan(1, 500, 500);
+        assert!(one.iter().all(|p| *p == (0, 0)));
+        let mut four = channel_plan(1, 500, 128);
+        four.sort_unstable();
+        four.dedup();
+        assert_eq!(four, vec![(0, 0), (0, 1), (0, 2), (0, 3)]);
     }
 
     #[test]
