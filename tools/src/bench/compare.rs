@@ -15,6 +15,13 @@
 //! twice each in the order A B B A (B A A B every other round); the "Encryption cost"
 //! section has the medians and ratios.
 //!
+//! Each run also records the CPU time it cost per successful operation ([`CpuPerOp`]):
+//! the server processes' (Kho nodes or etcd members) from the start of the run until they
+//! are quiet again, so that work a run leaves behind (flushes, compactions, etcd's backend
+//! commits) counts toward it; and the benchmark client's (this process) during the run.
+//! On a machine whose speed drifts between rounds, CPU per operation moves less than
+//! throughput does.
+//!
 //! `scripts/bench-compare` installs `etcd-server` when missing, builds the release binary
 //! and runs this command; docs/BENCHMARKS.md has the figures.
 
@@ -126,6 +133,19 @@ struct Sample {
     /// `write` (the load phase) or a YCSB workload letter.
     workload: String,
     phase: PhaseReport,
+    /// CPU time of the run per successful operation; none when no operation succeeded.
+    cpu: Option<CpuPerOp>,
+}
+
+/// CPU time one run cost, per successful operation, microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+struct CpuPerOp {
+    /// The target's server processes (the 3 Kho nodes, or the 3 etcd members), from the
+    /// start of the run until they were quiet again; none for the embedded RocksDB, whose
+    /// work is in the client's figure.
+    servers_us: Option<f64>,
+    /// This process: the benchmark client (and, for RocksDB, the embedded engine).
+    client_us: f64,
 }
 
 pub async fn command(args: CompareArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -163,10 +183,9 @@ pub async fn command(args: CompareArgs) -> anyhow::Result<std::process::ExitCode
         },
         None => None,
     };
-    let mut pids: Vec<u32> = kho.nodes.iter().map(|n| n.pid).collect();
-    if let Some(e) = &etcd {
-        pids.extend(e.children.iter().map(|(pid, _)| *pid));
-    }
+    let kho_pids: Vec<u32> = kho.nodes.iter().map(|n| n.pid).collect();
+    let etcd_pids: Vec<u32> = etcd.iter().flat_map(|e| e.children.iter().map(|(pid, _)| *pid)).collect();
+    let pids = Pids { all: kho_pids.iter().chain(&etcd_pids).copied().collect(), kho: kho_pids, etcd: etcd_pids };
     let result = rounds(&args, &workloads, &kho_endpoints, etcd.as_ref(), &dir, &pids).await;
     kho.stop(Duration::from_secs(STOP_GRACE_S)).await;
     if let Some(e) = etcd.as_mut() {
@@ -298,18 +317,57 @@ fn phase_of(report: &BenchReport, name: PhaseName) -> anyhow::Result<PhaseReport
     report.phases.iter().find(|p| p.phase == name).cloned().context("a phase missing from a report")
 }
 
+/// The processes of each system: the Kho nodes, the etcd members, and all of them (whose
+/// quiet every run waits for).
+struct Pids {
+    kho: Vec<u32>,
+    etcd: Vec<u32>,
+    all: Vec<u32>,
+}
+
+impl Pids {
+    fn servers(&self, target: TargetKind) -> Option<&[u32]> {
+        match target {
+            TargetKind::Kho => Some(&self.kho),
+            TargetKind::Etcd => Some(&self.etcd),
+            TargetKind::Rocksdb => None,
+        }
+    }
+}
+
+/// Runs one benchmark and returns its phase `name` with the CPU it cost ([`CpuPerOp`]),
+/// the servers' counted until the clusters are quiet again after the run: so the next run
+/// starts on quiet clusters and does not pay for this one's background work.
+async fn measured(args: BenchArgs, name: PhaseName, pids: &Pids) -> anyhow::Result<(PhaseReport, Option<CpuPerOp>)> {
+    let servers = pids.servers(args.target);
+    let me = [std::process::id()];
+    let (servers_before, client_before) = (servers.map(cpu_seconds), cpu_seconds(&me));
+    let report = one(args).await?;
+    let client = cpu_seconds(&me) - client_before;
+    settle(&pids.all).await;
+    let servers_cost = servers.map(cpu_seconds).zip(servers_before).map(|(after, before)| after - before);
+    let phase = phase_of(&report, name)?;
+    let cpu = (phase.ops > 0).then(|| {
+        let per_op = |seconds: f64| seconds * 1e6 / phase.ops as f64;
+        CpuPerOp { servers_us: servers_cost.map(per_op), client_us: per_op(client) }
+    });
+    Ok((phase, cpu))
+}
+
 async fn rounds(
     args: &CompareArgs,
     workloads: &[WorkloadName],
     kho: &[String],
     etcd: Option<&Etcd>,
     dir: &Path,
-    pids: &[u32],
+    pids: &Pids,
 ) -> anyhow::Result<Vec<Sample>> {
     wait_ready(TargetKind::Kho, kho).await?;
     if let Some(e) = etcd {
         wait_ready(TargetKind::Etcd, &e.endpoints).await?;
     }
+    // Quiet before the first run; every run then waits for quiet after itself.
+    settle(&pids.all).await;
     let mut samples = Vec::new();
     for round in 0..args.rounds {
         let mut targets: Vec<(TargetKind, Vec<String>)> = vec![(TargetKind::Kho, kho.to_vec())];
@@ -321,33 +379,32 @@ async fn rounds(
         }
         // The write shape: the load phase (one insert per operation).
         for (target, endpoints) in &targets {
-            settle(pids).await;
-            let report = one(BenchArgs { phase: Phase::Load, ..base_args(args, *target, endpoints) }).await?;
-            let phase = phase_of(&report, PhaseName::Load)?;
-            eprintln!("round {round}: {} write: {:.0} ops/s", label(*target), phase.throughput_ops_per_sec);
-            samples.push(Sample { round, target: label(*target), workload: "write".into(), phase });
+            let run = BenchArgs { phase: Phase::Load, ..base_args(args, *target, endpoints) };
+            let (phase, cpu) = measured(run, PhaseName::Load, pids).await?;
+            eprintln!("round {round}: {} write: {:.0} ops/s{}", label(*target), phase.throughput_ops_per_sec, cpu_text(cpu));
+            samples.push(Sample { round, target: label(*target), workload: "write".into(), phase, cpu });
         }
         // The physical reference: synced writes to an embedded RocksDB, same shape.
         let rocks_dir = dir.join(format!("rocksdb-{round}"));
-        settle(pids).await;
-        let report = one(BenchArgs {
-            phase: Phase::Load,
-            data_dir: Some(rocks_dir.clone()),
-            ..base_args(args, TargetKind::Rocksdb, &[])
-        })
-        .await?;
-        let phase = phase_of(&report, PhaseName::Load)?;
-        eprintln!("round {round}: rocksdb write: {:.0} ops/s", phase.throughput_ops_per_sec);
-        samples.push(Sample { round, target: "rocksdb", workload: "write".into(), phase });
+        let run =
+            BenchArgs { phase: Phase::Load, data_dir: Some(rocks_dir.clone()), ..base_args(args, TargetKind::Rocksdb, &[]) };
+        let (phase, cpu) = measured(run, PhaseName::Load, pids).await?;
+        eprintln!("round {round}: rocksdb write: {:.0} ops/s{}", phase.throughput_ops_per_sec, cpu_text(cpu));
+        samples.push(Sample { round, target: "rocksdb", workload: "write".into(), phase, cpu });
         let _ = std::fs::remove_dir_all(&rocks_dir);
 
         for &w in workloads {
             for (target, endpoints) in &targets {
-                settle(pids).await;
-                let report = one(BenchArgs { phase: Phase::Run, workload: w, ..base_args(args, *target, endpoints) }).await?;
-                let phase = phase_of(&report, PhaseName::Run)?;
-                eprintln!("round {round}: {} workload {}: {:.0} ops/s", label(*target), workload_label(w), phase.throughput_ops_per_sec);
-                samples.push(Sample { round, target: label(*target), workload: workload_label(w), phase });
+                let run = BenchArgs { phase: Phase::Run, workload: w, ..base_args(args, *target, endpoints) };
+                let (phase, cpu) = measured(run, PhaseName::Run, pids).await?;
+                eprintln!(
+                    "round {round}: {} workload {}: {:.0} ops/s{}",
+                    label(*target),
+                    workload_label(w),
+                    phase.throughput_ops_per_sec,
+                    cpu_text(cpu)
+                );
+                samples.push(Sample { round, target: label(*target), workload: workload_label(w), phase, cpu });
             }
         }
 
@@ -358,10 +415,9 @@ async fn rounds(
         let modes = [first, second, second, first];
         for &(mode, target) in &modes {
             let run = BenchArgs { phase: Phase::Load, tenant_encryption: mode, ..base_args(args, TargetKind::Kho, kho) };
-            settle(pids).await;
-            let phase = phase_of(&one(run).await?, PhaseName::Load)?;
-            eprintln!("round {round}: {target} write: {:.0} ops/s", phase.throughput_ops_per_sec);
-            samples.push(Sample { round, target, workload: "write".into(), phase });
+            let (phase, cpu) = measured(run, PhaseName::Load, pids).await?;
+            eprintln!("round {round}: {target} write: {:.0} ops/s{}", phase.throughput_ops_per_sec, cpu_text(cpu));
+            samples.push(Sample { round, target, workload: "write".into(), phase, cpu });
         }
         for &(mode, target) in &modes {
             let run = BenchArgs {
@@ -370,14 +426,24 @@ async fn rounds(
                 tenant_encryption: mode,
                 ..base_args(args, TargetKind::Kho, kho)
             };
-            settle(pids).await;
-            let phase = phase_of(&one(run).await?, PhaseName::Run)?;
+            let (phase, cpu) = measured(run, PhaseName::Run, pids).await?;
             let w = workload_label(ENCRYPTION_READ_WORKLOAD);
-            eprintln!("round {round}: {target} workload {w}: {:.0} ops/s", phase.throughput_ops_per_sec);
-            samples.push(Sample { round, target, workload: w, phase });
+            eprintln!("round {round}: {target} workload {w}: {:.0} ops/s{}", phase.throughput_ops_per_sec, cpu_text(cpu));
+            samples.push(Sample { round, target, workload: w, phase, cpu });
         }
     }
     Ok(samples)
+}
+
+/// `; CPU per op: servers N µs, client N µs` for the progress lines.
+fn cpu_text(cpu: Option<CpuPerOp>) -> String {
+    match cpu {
+        Some(CpuPerOp { servers_us: Some(s), client_us }) => {
+            format!("; CPU per op: servers {s:.0} µs, client {client_us:.0} µs")
+        }
+        Some(CpuPerOp { servers_us: None, client_us }) => format!("; CPU per op: {client_us:.0} µs"),
+        None => String::new(),
+    }
 }
 
 fn label(t: TargetKind) -> &'static str {
@@ -639,6 +705,41 @@ struct CompareJson<'a> {
     encryption_cost: Option<EncryptionCost>,
 }
 
+/// The "CPU per operation" section: medians over the rounds of each run's [`CpuPerOp`],
+/// per workload of the main targets.
+fn cpu_markdown(samples: &[Sample], workloads: &[String]) -> String {
+    let med = |w: &str, t: &str, f: fn(&CpuPerOp) -> Option<f64>| {
+        let v: Vec<f64> =
+            samples.iter().filter(|s| s.workload == w && s.target == t).filter_map(|s| s.cpu.as_ref().and_then(f)).collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    let servers = |c: &CpuPerOp| c.servers_us;
+    let client = |c: &CpuPerOp| Some(c.client_us);
+    let cell = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into());
+    let mut md = String::from(
+        "\n## CPU per operation\n\nCPU time per successful operation, microseconds (medians over the rounds): the \
+         servers' (the 3 Kho nodes, or the 3 etcd members) from the start of a run until they are quiet again, so \
+         work a run leaves behind counts toward it; the benchmark client's during the run (for RocksDB, client and \
+         embedded engine together). The machine's speed moves throughput more than it moves these.\n\n\
+         | workload | Kho nodes | etcd members | Kho/etcd | Kho client | etcd client | RocksDB |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for w in workloads {
+        let (k, e) = (med(w, "kho", servers), med(w, "etcd", servers));
+        let ratio = k.zip(e).filter(|(_, e)| *e > 0.0).map(|(k, e)| format!("{:.2}", k / e)).unwrap_or_else(|| "–".into());
+        let _ = writeln!(
+            md,
+            "| {w} | {} | {} | {ratio} | {} | {} | {} |",
+            cell(k),
+            cell(e),
+            cell(med(w, "kho", client)),
+            cell(med(w, "etcd", client)),
+            cell(med(w, "rocksdb", client)),
+        );
+    }
+    md
+}
+
 fn write_outputs(args: &CompareArgs, samples: &[Sample]) -> anyhow::Result<()> {
     let rows = rows(samples);
     let cost = encryption_cost(samples);
@@ -694,6 +795,7 @@ fn write_outputs(args: &CompareArgs, samples: &[Sample]) -> anyhow::Result<()> {
         }
         let _ = writeln!(md, "{line}");
     }
+    md.push_str(&cpu_markdown(samples, &workloads));
     match &cost {
         Some(c) => md.push_str(&encryption_markdown(c)),
         None => md.push_str("\n## Encryption cost\n\nNot measured: a run of the encrypted or the plaintext tenant is missing.\n"),
@@ -837,7 +939,26 @@ mod tests {
             throughput_ops_per_sec: ops_per_sec,
             operations: vec![o],
         };
-        Sample { round, target, workload: workload.to_string(), phase }
+        let cpu = Some(CpuPerOp { servers_us: (target != "rocksdb").then_some(ops_per_sec / 100.0), client_us: 20.0 });
+        Sample { round, target, workload: workload.to_string(), phase, cpu }
+    }
+
+    #[test]
+    fn cpu_per_operation_is_medians_per_system() {
+        // Server CPU per op is ops_per_sec / 100 in `sample`: medians 10 (Kho) and 8 (etcd).
+        let mut samples = vec![
+            sample(0, "kho", "write", OpKind::Insert, 900.0, 5000),
+            sample(1, "kho", "write", OpKind::Insert, 1000.0, 5000),
+            sample(2, "kho", "write", OpKind::Insert, 5000.0, 5000),
+            sample(0, "etcd", "write", OpKind::Insert, 800.0, 5000),
+            sample(0, "rocksdb", "write", OpKind::Insert, 3000.0, 5000),
+            sample(0, "kho", "c", OpKind::Read, 3000.0, 5000),
+        ];
+        // A run where nothing succeeded has no CPU figure and does not count.
+        samples.push(Sample { cpu: None, ..sample(3, "etcd", "c", OpKind::Read, 0.0, 5000) });
+        let md = cpu_markdown(&samples, &["write".to_string(), "c".to_string()]);
+        assert!(md.contains("| write | 10 | 8 | 1.25 | 20 | 20 | 20 |"), "{md}");
+        assert!(md.contains("| c | 30 | – | – | 20 | – | – |"), "{md}");
     }
 
     #[test]
