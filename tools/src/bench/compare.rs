@@ -19,8 +19,8 @@
 //! the server processes' (Kho nodes or etcd members) from the start of the run until they
 //! are quiet again, so that work a run leaves behind (flushes, compactions, etcd's backend
 //! commits) counts toward it; and the benchmark client's (this process) during the run.
-//! On a machine whose speed drifts between rounds, CPU per operation moves less than
-//! throughput does.
+//! Unlike throughput, CPU per operation does not depend on how the processes share the
+//! machine's cores.
 //!
 //! `scripts/bench-compare` installs `etcd-server` when missing, builds the release binary
 //! and runs this command; docs/BENCHMARKS.md has the figures.
@@ -50,13 +50,14 @@ const READY_WAIT_S: u64 = 60;
 const STOP_GRACE_S: u64 = 20;
 /// Most rounds.
 const ROUNDS_MAX: u32 = 20;
-/// Before each measured run, the clusters must have used less than this much CPU (cores,
-/// all their processes together) over one sample interval: a run must not pay for the
-/// flushes, compactions and snapshots the run before it left behind.
+/// After each measured run (and before the first), the clusters must have used less than
+/// this much CPU (cores, all their processes together) over one sample interval: a run
+/// must not pay for the flushes, compactions and snapshots the run before it left behind,
+/// and the run that left them is charged their CPU.
 const SETTLE_BUSY_CORES_MAX: f64 = 0.10;
 /// One CPU sample interval of the settle wait, milliseconds.
 const SETTLE_SAMPLE_MS: u64 = 1_000;
-/// Longest settle wait before a run, seconds; the run then starts anyway (and says so).
+/// Longest settle wait, seconds; the next run then starts anyway (and says so).
 const SETTLE_WAIT_MAX_S: u64 = 120;
 /// The targets of the main table: Kho (its default, encrypted tenant), etcd, RocksDB.
 const MAIN_TARGETS: [&str; 3] = ["kho", "etcd", "rocksdb"];
@@ -720,7 +721,9 @@ fn cpu_markdown(samples: &[Sample], workloads: &[String]) -> String {
         "\n## CPU per operation\n\nCPU time per successful operation, microseconds (medians over the rounds): the \
          servers' (the 3 Kho nodes, or the 3 etcd members) from the start of a run until they are quiet again, so \
          work a run leaves behind counts toward it; the benchmark client's during the run (for RocksDB, client and \
-         embedded engine together). The machine's speed moves throughput more than it moves these.\n\n\
+         embedded engine together). Unlike throughput, these do not depend on how the processes share the \
+         machine's cores; they do include the background work a run sets off (a flush, a compaction), which falls \
+         into some runs and not others.\n\n\
          | workload | Kho nodes | etcd members | Kho/etcd | Kho client | etcd client | RocksDB |\n\
          |---|---:|---:|---:|---:|---:|---:|\n",
     );
