@@ -1,6 +1,6 @@
 //! `kho bench` works and reports against a real local cluster (a smoke run: it checks the
-//! tool, not the speed). Speed is measured by `kho bench-compare` (`scripts/bench-compare`) and written down in
-//! docs/BENCHMARKS.md, never asserted.
+//! tool, not the speed). Speed is measured by `kho bench-compare` (`scripts/bench-compare`)
+//! and written down in docs/BENCHMARKS.md, never asserted.
 
 use std::time::Duration;
 

@@ -3,8 +3,9 @@
 //! [`connect`] builds one handle per worker for the configured target. The gRPC targets
 //! (Kho, etcd) spread workers over the endpoints round-robin and open one HTTP/2 connection
 //! per `--workers-per-connection` workers of an endpoint (32 by default, so 500 workers on
-//! 3 endpoints use 18 connections). Every operation has a deadline of [`OP_DEADLINE`], sent to the server as
-//! `grpc-timeout` and enforced by the client, which reports it as `DEADLINE_EXCEEDED`.
+//! 3 endpoints use 18 connections). Every operation has a deadline of [`OP_DEADLINE`], sent
+//! to the server as `grpc-timeout` and enforced by the client, which reports it as
+//! `DEADLINE_EXCEEDED`.
 //!
 //! A new target (RocksDB, embedded) implements [`Target`] and gets an arm in [`connect`].
 
