@@ -12,11 +12,7 @@ pub const KHO_BIN_ENV: &str = "KHO_BIN";
 pub fn kho_binary() -> PathBuf {
     if let Some(path) = std::env::var_os(KHO_BIN_ENV) {
         let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "{KHO_BIN_ENV}={} is not a file; unset it or point it at a built `kho` binary",
-            path.display()
-        );
+        assert!(path.is_file(), "{KHO_BIN_ENV}={} is not a file; unset it or point it at a built `kho` binary", path.display());
         return path;
     }
     let exe = std::env::current_exe().expect("the path of the test executable");

@@ -232,8 +232,7 @@ impl Violation {
     #[must_use]
     pub fn describe(&self) -> String {
         let state = self.state_after_prefix();
-        let mut s =
-            format!("key {}: not linearizable ({} ops checked, {} search steps).\n", self.key, self.ops, self.steps);
+        let mut s = format!("key {}: not linearizable ({} ops checked, {} search steps).\n", self.key, self.ops, self.steps);
         let shown = self.prefix_tail.len();
         let _ = writeln!(
             s,
@@ -272,11 +271,7 @@ impl Violation {
         match deadline {
             _ if others.is_empty() => {}
             Some(d) if doomed_listed => {
-                let _ = writeln!(
-                    s,
-                    "Other ops pending after the prefix (the next to complete: #{} at {} ns):",
-                    d.id, d.complete_ns
-                );
+                let _ = writeln!(s, "Other ops pending after the prefix (the next to complete: #{} at {} ns):", d.id, d.complete_ns);
             }
             Some(d) => {
                 let _ = writeln!(
@@ -319,11 +314,7 @@ impl Violation {
             Some(next) => format!(
                 "{} here ({}), but no linearization continues from there",
                 if step.is_unknown() { "could take effect" } else { "accepted" },
-                if next == state {
-                    "register unchanged".to_string()
-                } else {
-                    format!("register would become {}", format_state(next))
-                }
+                if next == state { "register unchanged".to_string() } else { format!("register would become {}", format_state(next)) }
             ),
         }
     }
@@ -419,10 +410,7 @@ pub fn validate(history: &[Operation]) -> Result<(), String> {
             return Err(format!("operation id {} appears more than once", op.id));
         }
         if op.outcome != Outcome::Info && op.complete_ns < op.invoke_ns {
-            return Err(format!(
-                "operation {} completes at {} ns, before its invocation at {} ns",
-                op.id, op.complete_ns, op.invoke_ns
-            ));
+            return Err(format!("operation {} completes at {} ns, before its invocation at {} ns", op.id, op.complete_ns, op.invoke_ns));
         }
         Step::of(op)?;
     }
@@ -458,14 +446,7 @@ pub fn check(history: &[Operation], limits: &CheckLimits) -> Result<Report, Stri
         steps += s;
         keys.insert(key, verdict);
     }
-    Ok(Report {
-        keys,
-        ops_checked,
-        ops_dropped,
-        steps,
-        steps_max_per_key: limits.steps_max_per_key,
-        elapsed: started.elapsed(),
-    })
+    Ok(Report { keys, ops_checked, ops_dropped, steps, steps_max_per_key: limits.steps_max_per_key, elapsed: started.elapsed() })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -501,9 +482,7 @@ impl Step {
             (RegisterOp::Cas { expected, new }, Outcome::CasOk(true)) => Some(Step::CasSwapped { expected, new }),
             (RegisterOp::Cas { expected, .. }, Outcome::CasOk(false)) => Some(Step::CasRefused { expected }),
             (RegisterOp::Cas { expected, new }, Outcome::Info) => Some(Step::MaybeCas { expected, new }),
-            (kind, outcome) => {
-                return Err(format!("operation {}: outcome {outcome:?} does not fit operation {kind:?}", op.id))
-            }
+            (kind, outcome) => return Err(format!("operation {}: outcome {outcome:?} does not fit operation {kind:?}", op.id)),
         };
         Ok(step)
     }
@@ -568,10 +547,9 @@ impl Step {
                 format_state(expected),
                 format_state(state)
             ),
-            Step::CasRefused { expected } => format!(
-                "the CAS reported no swap, but the register holds its expected value {}",
-                format_state(expected)
-            ),
+            Step::CasRefused { expected } => {
+                format!("the CAS reported no swap, but the register holds its expected value {}", format_state(expected))
+            }
             Step::Write { .. } | Step::MaybeWrite { .. } | Step::MaybeCas { .. } => {
                 "(never refused: this step is accepted at every state)".to_string()
             }
@@ -772,10 +750,8 @@ impl Supply {
         };
         let completed_writes: Vec<Option<usize>> =
             ops.completed.iter().map(|(_, step)| step.written().map(|v| index_of(Some(v)))).collect();
-        let completed_needs: Vec<Option<usize>> =
-            ops.completed.iter().map(|(_, step)| step.needs().map(&mut index_of)).collect();
-        let unknown_writes: Vec<Option<usize>> =
-            ops.unknown.iter().map(|(_, step)| step.written().map(|v| index_of(Some(v)))).collect();
+        let completed_needs: Vec<Option<usize>> = ops.completed.iter().map(|(_, step)| step.needs().map(&mut index_of)).collect();
+        let unknown_writes: Vec<Option<usize>> = ops.unknown.iter().map(|(_, step)| step.written().map(|v| index_of(Some(v)))).collect();
         let mut writers = vec![0; states.len()];
         let mut needers = vec![0; states.len()];
         for &i in completed_writes.iter().chain(&unknown_writes).flatten() {
@@ -982,8 +958,7 @@ impl<'a> Search<'a> {
         let m = ops.unknown.len();
         let (unknown_next, unknown_prev) = circular_links(m + 1);
         let mut last_with_step: HashMap<Step, usize> = HashMap::new();
-        let unknown_twin =
-            ops.unknown.iter().enumerate().map(|(k, (_, step))| last_with_step.insert(*step, k)).collect();
+        let unknown_twin = ops.unknown.iter().enumerate().map(|(k, (_, step))| last_with_step.insert(*step, k)).collect();
 
         let mut unknown_cas_by_expected: HashMap<State, Vec<usize>> = HashMap::new();
         for (k, (_, step)) in ops.unknown.iter().enumerate() {
@@ -994,8 +969,7 @@ impl<'a> Search<'a> {
         let supply = Supply::new(ops);
 
         let mut seed = ZOBRIST_SEED;
-        let zobrist =
-            (0..n).map(|_| (u128::from(splitmix64(&mut seed)) << 64) | u128::from(splitmix64(&mut seed))).collect();
+        let zobrist = (0..n).map(|_| (u128::from(splitmix64(&mut seed)) << 64) | u128::from(splitmix64(&mut seed))).collect();
 
         Search {
             ops,
@@ -1327,9 +1301,7 @@ impl<'a> Search<'a> {
             .collect();
         let needing_lost = (0..self.ops.completed.len()).filter(|i| {
             let needs = self.ops.completed[*i].1.needs();
-            !linearized.contains(i)
-                && !self.best_window.contains(i)
-                && needs.is_some_and(|n| self.best_lost.contains(&n))
+            !linearized.contains(i) && !self.best_window.contains(i) && needs.is_some_and(|n| self.best_lost.contains(&n))
         });
         let stuck_ops = self
             .best_window
@@ -1339,15 +1311,7 @@ impl<'a> Search<'a> {
             .map(|i| self.ops.completed[i].0.clone())
             .chain(self.best_unknown.iter().map(|&k| self.ops.unknown[k].0.clone()))
             .collect();
-        Violation {
-            key: self.ops.key,
-            ops,
-            steps: self.steps,
-            longest_prefix,
-            prefix_tail,
-            stuck_ops,
-            lost_states: self.best_lost.clone(),
-        }
+        Violation { key: self.ops.key, ops, steps: self.steps, longest_prefix, prefix_tail, stuck_ops, lost_states: self.best_lost.clone() }
     }
 }
 
@@ -1618,9 +1582,8 @@ mod tests {
                 if used[i] {
                     continue;
                 }
-                let must_wait = (0..ops.len()).any(|j| {
-                    !used[j] && j != i && ops[j].outcome != Outcome::Info && ops[j].complete_ns < ops[i].invoke_ns
-                });
+                let must_wait =
+                    (0..ops.len()).any(|j| !used[j] && j != i && ops[j].outcome != Outcome::Info && ops[j].complete_ns < ops[i].invoke_ns);
                 if must_wait {
                     continue;
                 }
@@ -1634,10 +1597,8 @@ mod tests {
             }
             false
         }
-        let kept: Vec<&Operation> = history
-            .iter()
-            .filter(|o| o.outcome != Outcome::Fail && !(o.op == RegisterOp::Read && o.outcome == Outcome::Info))
-            .collect();
+        let kept: Vec<&Operation> =
+            history.iter().filter(|o| o.outcome != Outcome::Fail && !(o.op == RegisterOp::Read && o.outcome == Outcome::Info)).collect();
         go(&kept, &mut vec![false; kept.len()], None)
     }
 
@@ -1732,12 +1693,7 @@ mod tests {
         assert_linearizable(&h);
         // Two concurrent CAS from the same value: only one may swap.
         let mut h = H::new();
-        h.write(0, 1, 0, 10).cas(1, Some(1), 2, true, 20, 40).cas(2, Some(1), 3, false, 25, 35).read(
-            0,
-            Some(2),
-            50,
-            60,
-        );
+        h.write(0, 1, 0, 10).cas(1, Some(1), 2, true, 20, 40).cas(2, Some(1), 3, false, 25, 35).read(0, Some(2), 50, 60);
         assert_linearizable(&h);
         let mut h = H::new();
         h.write(0, 1, 0, 10).cas(1, Some(1), 2, true, 20, 40).cas(2, Some(1), 3, true, 25, 35);
@@ -1773,20 +1729,10 @@ mod tests {
     #[test]
     fn unknown_cas_applies_only_from_its_expected_value() {
         let mut h = H::new();
-        h.write(0, 1, 0, 10).push(1, RegisterOp::Cas { expected: Some(1), new: 5 }, Outcome::Info, 20, 0).read(
-            2,
-            Some(5),
-            100,
-            110,
-        );
+        h.write(0, 1, 0, 10).push(1, RegisterOp::Cas { expected: Some(1), new: 5 }, Outcome::Info, 20, 0).read(2, Some(5), 100, 110);
         assert_linearizable(&h);
         let mut h = H::new();
-        h.write(0, 1, 0, 10).push(1, RegisterOp::Cas { expected: Some(4), new: 5 }, Outcome::Info, 20, 0).read(
-            2,
-            Some(5),
-            100,
-            110,
-        );
+        h.write(0, 1, 0, 10).push(1, RegisterOp::Cas { expected: Some(4), new: 5 }, Outcome::Info, 20, 0).read(2, Some(5), 100, 110);
         assert_violation(&h);
         // Chains of unknown CAS: absent -> 1 -> 2.
         let mut h = H::new();
@@ -1828,12 +1774,7 @@ mod tests {
     #[test]
     fn stale_read_after_a_completed_write() {
         let mut h = H::new();
-        h.write(0, 1, 0, 10).read(1, Some(1), 5, 15).write(0, 2, 20, 30).read(1, Some(1), 40, 50).read(
-            2,
-            Some(2),
-            60,
-            70,
-        );
+        h.write(0, 1, 0, 10).read(1, Some(1), 5, 15).write(0, 2, 20, 30).read(1, Some(1), 40, 50).read(2, Some(2), 60, 70);
         let v = assert_violation(&h);
         // The prefix reaches w2 (state 2); the read at 40..50 cannot see 1 there.
         assert_eq!(v.state_after_prefix(), Some(2));
@@ -1855,9 +1796,7 @@ mod tests {
             // A read after a completed write of a new value, made to see an older value
             // written (certainly, with unique values) before that write.
             let sets = |o: &Operation| match (o.op, o.outcome) {
-                (RegisterOp::Write(v), Outcome::WriteOk) | (RegisterOp::Cas { new: v, .. }, Outcome::CasOk(true)) => {
-                    Some(v)
-                }
+                (RegisterOp::Write(v), Outcome::WriteOk) | (RegisterOp::Cas { new: v, .. }, Outcome::CasOk(true)) => Some(v),
                 _ => None,
             };
             let mut candidates = Vec::new();
@@ -1866,9 +1805,7 @@ mod tests {
                     continue;
                 }
                 let newer = ops.iter().filter(|b| b.key == r.key && sets(b).is_some() && b.complete_ns < r.invoke_ns);
-                let older = newer.flat_map(|b| {
-                    ops.iter().filter(move |a| a.key == b.key && a.complete_ns < b.invoke_ns).filter_map(sets)
-                });
+                let older = newer.flat_map(|b| ops.iter().filter(move |a| a.key == b.key && a.complete_ns < b.invoke_ns).filter_map(sets));
                 if let Some(old) = older.last() {
                     candidates.push((ri, old));
                 }
@@ -1951,10 +1888,7 @@ mod tests {
                 let (op, ok) = match rng.below(3) {
                     0 => (RegisterOp::Read, Outcome::ReadOk(value(&mut rng))),
                     1 => (RegisterOp::Write(1 + rng.below(2)), Outcome::WriteOk),
-                    _ => (
-                        RegisterOp::Cas { expected: value(&mut rng), new: 1 + rng.below(2) },
-                        Outcome::CasOk(rng.percent(50)),
-                    ),
+                    _ => (RegisterOp::Cas { expected: value(&mut rng), new: 1 + rng.below(2) }, Outcome::CasOk(rng.percent(50))),
                 };
                 let outcome = if rng.percent(info_percent) {
                     Outcome::Info
@@ -2196,8 +2130,7 @@ mod tests {
                 let mut ops = simulate(seed, cfg);
                 let r = check(&ops, &CheckLimits::default()).unwrap();
                 println!("{name} seed {seed}: {}", r.summary());
-                let reads: Vec<usize> =
-                    (0..ops.len()).filter(|&i| matches!(ops[i].outcome, Outcome::ReadOk(_))).collect();
+                let reads: Vec<usize> = (0..ops.len()).filter(|&i| matches!(ops[i].outcome, Outcome::ReadOk(_))).collect();
                 let victim = reads[reads.len() / 2];
                 let mut future = ops.clone();
                 ops[victim].outcome = Outcome::ReadOk(Some(NEVER_WRITTEN));

@@ -55,13 +55,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            key_bytes_max: 4096,
-            qualifier_bytes_max: 4096,
-            value_bytes_max: 1 << 20,
-            batch_ops_max: 1000,
-            scan_limit_max: 10_000,
-        }
+        Limits { key_bytes_max: 4096, qualifier_bytes_max: 4096, value_bytes_max: 1 << 20, batch_ops_max: 1000, scan_limit_max: 10_000 }
     }
 }
 
@@ -210,8 +204,7 @@ impl Cluster {
         let proxied = if opts.network_faults { total as usize } else { 0 };
         let mut addrs = free_loopback_addrs(total as usize + proxied);
         let proxy_addrs = addrs.split_off(total as usize);
-        let sources: BTreeMap<u64, IpAddr> =
-            (1..=total).map(|id| (id, IpAddr::V4(Ipv4Addr::new(127, 0, 1, id as u8)))).collect();
+        let sources: BTreeMap<u64, IpAddr> = (1..=total).map(|id| (id, IpAddr::V4(Ipv4Addr::new(127, 0, 1, id as u8)))).collect();
         let net = opts.network_faults.then(|| Network::new(sources.clone()));
         let mut advertised = Vec::with_capacity(addrs.len());
         for ((id, addr), proxy) in (1..=total).zip(&addrs).zip(proxy_addrs.iter().map(Some).chain(std::iter::repeat(None))) {
@@ -700,9 +693,7 @@ impl Drop for Cluster {
 }
 
 /// One status call bounded by `STATUS_CALL_TIMEOUT_MS`.
-async fn bounded_call<T>(
-    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, tonic::Status> {
+async fn bounded_call<T>(call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, tonic::Status> {
     match tokio::time::timeout(Duration::from_millis(STATUS_CALL_TIMEOUT_MS), call).await {
         Ok(result) => result.map(tonic::Response::into_inner),
         Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {STATUS_CALL_TIMEOUT_MS} ms"))),
@@ -820,10 +811,7 @@ fn describe_nodes(nodes: &[NodeStatus]) -> String {
     let parts: Vec<String> = nodes
         .iter()
         .map(|n| {
-            let mut s = format!(
-                "{}:{} term {} leader {} applied {}",
-                n.node_id, n.role, n.term, n.leader_id, n.applied_index
-            );
+            let mut s = format!("{}:{} term {} leader {} applied {}", n.node_id, n.role, n.term, n.leader_id, n.applied_index);
             if !n.error.is_empty() {
                 s.push_str(&format!(" ({})", n.error));
             }

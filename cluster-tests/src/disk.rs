@@ -118,11 +118,7 @@ impl SearchReport {
 
     /// The searched files whose name satisfies `pred`.
     pub fn files_named(&self, pred: impl Fn(&str) -> bool) -> Vec<&Path> {
-        self.searched
-            .iter()
-            .filter(|(p, _)| p.file_name().is_some_and(|n| pred(&n.to_string_lossy())))
-            .map(|(p, _)| p.as_path())
-            .collect()
+        self.searched.iter().filter(|(p, _)| p.file_name().is_some_and(|n| pred(&n.to_string_lossy()))).map(|(p, _)| p.as_path()).collect()
     }
 
     /// "N files, B bytes (V vanished)".
@@ -217,9 +213,7 @@ impl TreeState {
         for (path, before) in &earlier.entries {
             match self.entries.get(path) {
                 None => out.push(format!("removed: {} ({before:?})", path.display())),
-                Some(after) if after != before => {
-                    out.push(format!("changed: {}: before {before:?}, after {after:?}", path.display()))
-                }
+                Some(after) if after != before => out.push(format!("changed: {}: before {before:?}, after {after:?}", path.display())),
                 Some(_) => {}
             }
         }

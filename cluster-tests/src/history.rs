@@ -114,11 +114,7 @@ impl HistoryStats {
 
     pub fn total(&self) -> OutcomeCounts {
         let all = [self.read, self.write, self.cas];
-        OutcomeCounts {
-            ok: all.iter().map(|c| c.ok).sum(),
-            fail: all.iter().map(|c| c.fail).sum(),
-            info: all.iter().map(|c| c.info).sum(),
-        }
+        OutcomeCounts { ok: all.iter().map(|c| c.ok).sum(), fail: all.iter().map(|c| c.fail).sum(), info: all.iter().map(|c| c.info).sum() }
     }
 
     /// "12345 ops: 11000 ok, 300 fail, 1045 info (read 5000/100/0, write …, cas … of which 800 refused)"

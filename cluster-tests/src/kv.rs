@@ -26,12 +26,7 @@ impl KvTarget {
 }
 
 /// Get with retries; `Ok(None)` when the key is not found.
-pub async fn get(
-    client: &DataClient<Channel>,
-    target: &KvTarget,
-    key: &[u8],
-    policy: &RetryPolicy,
-) -> Result<Option<Vec<u8>>, Status> {
+pub async fn get(client: &DataClient<Channel>, target: &KvTarget, key: &[u8], policy: &RetryPolicy) -> Result<Option<Vec<u8>>, Status> {
     let req = GetRequest {
         tenant: target.tenant.clone(),
         table: target.table.clone(),

@@ -47,9 +47,7 @@ pub use kv::KvTarget;
 pub use process::ServerRun;
 pub use retry::{expect_status, is_retryable, ok, retry_call, RetryPolicy};
 pub use seed::{test_seed, SEED_ENV};
-pub use setup::{
-    create_table, create_table_with, create_tenant, create_tenant_with_encryption, setup_kv, FAMILY, TABLE, TENANT,
-};
+pub use setup::{create_table, create_table_with, create_tenant, create_tenant_with_encryption, setup_kv, FAMILY, TABLE, TENANT};
 pub use writes::{verify_writes, WriteOutcome, WriteRecord, WriterConfig, Writers};
 
 use kho_proto::v1::NodeChecksumResponse;
@@ -72,9 +70,8 @@ pub fn publish(text: &str) {
 pub fn assert_checksums_equal(cluster: &Cluster, answers: &[NodeChecksumResponse]) {
     assert!(!answers.is_empty(), "no checksums to compare");
     let first = &answers[0];
-    let same = answers.iter().all(|a| {
-        a.applied_index == first.applied_index && a.checksum == first.checksum && a.key_count == first.key_count
-    });
+    let same =
+        answers.iter().all(|a| a.applied_index == first.applied_index && a.checksum == first.checksum && a.key_count == first.key_count);
     if !same {
         cluster.fail(format!("replicas differ: {}", describe_checksums(answers)));
     }
@@ -119,10 +116,7 @@ pub async fn check_no_acknowledged_write_lost(
     assert_checksums_equal(cluster, &sums);
     let acknowledged_max = writes::max_revision(records);
     if sums[0].applied_index < acknowledged_max {
-        cluster.fail(format!(
-            "seed {seed}: applied index {} is below the acknowledged revision {acknowledged_max}",
-            sums[0].applied_index
-        ));
+        cluster.fail(format!("seed {seed}: applied index {} is below the acknowledged revision {acknowledged_max}", sums[0].applied_index));
     }
     verify_via(cluster, seed, target, records, via).await;
     sums

@@ -238,10 +238,7 @@ fn closed_error() -> io::Error {
 
 impl Shared {
     fn link(&self, from: NodeId, to: NodeId) -> Arc<Link> {
-        lock(&self.links)
-            .entry((from, to))
-            .or_insert_with(Link::new)
-            .clone()
+        lock(&self.links).entry((from, to)).or_insert_with(Link::new).clone()
     }
 
     fn is_closed(&self) -> bool {
@@ -281,9 +278,7 @@ impl Shared {
 
 impl fmt::Debug for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Network")
-            .field("links", &self.describe())
-            .finish()
+        f.debug_struct("Network").field("links", &self.describe()).finish()
     }
 }
 
@@ -305,17 +300,12 @@ impl Network {
             links: Mutex::new(BTreeMap::new()),
             default_link: Link::new(),
             reset: watch::Sender::new(0),
-            tasks: Mutex::new(Tasks {
-                set: JoinSet::new(),
-                closed: false,
-            }),
+            tasks: Mutex::new(Tasks { set: JoinSet::new(), closed: false }),
             live_tasks: Arc::new(AtomicUsize::new(0)),
             open_connections: Arc::new(AtomicUsize::new(0)),
             rejected: AtomicU64::new(0),
         });
-        Network {
-            owner: Arc::new(Owner { shared }),
-        }
+        Network { owner: Arc::new(Owner { shared }) }
     }
 
     fn shared(&self) -> &Arc<Shared> {
@@ -329,14 +319,8 @@ impl Network {
     ///
     /// # Errors
     /// If `listen` cannot be bound, or the network was shut down.
-    pub async fn add_destination(
-        &self,
-        dst: NodeId,
-        listen: SocketAddr,
-        target: SocketAddr,
-    ) -> io::Result<SocketAddr> {
-        self.add_destination_limited(dst, listen, target, MAX_CONNECTIONS_PER_PROXY)
-            .await
+    pub async fn add_destination(&self, dst: NodeId, listen: SocketAddr, target: SocketAddr) -> io::Result<SocketAddr> {
+        self.add_destination_limited(dst, listen, target, MAX_CONNECTIONS_PER_PROXY).await
     }
 
     async fn add_destination_limited(
@@ -373,9 +357,7 @@ impl Network {
     /// The mode of the directed link `from -> to` (`Pass` unless set).
     #[must_use]
     pub fn mode(&self, from: NodeId, to: NodeId) -> LinkMode {
-        lock(&self.shared().links)
-            .get(&(from, to))
-            .map_or(LinkMode::Pass, |l| *l.mode.borrow())
+        lock(&self.shared().links).get(&(from, to)).map_or(LinkMode::Pass, |l| *l.mode.borrow())
     }
 
     /// Cuts both directions between every node of `a` and every node of `b`:
@@ -444,10 +426,7 @@ impl Network {
     #[must_use]
     pub fn stats(&self) -> ProxyStats {
         let shared = self.shared();
-        let links: BTreeMap<(NodeId, NodeId), LinkStats> = lock(&shared.links)
-            .iter()
-            .map(|(&k, l)| (k, l.stats()))
-            .collect();
+        let links: BTreeMap<(NodeId, NodeId), LinkStats> = lock(&shared.links).iter().map(|(&k, l)| (k, l.stats())).collect();
         let default_link = shared.default_link.stats();
         let all = links.values().chain(std::iter::once(&default_link));
         let (mut connections, mut bytes, mut held) = (0, 0, 0);
@@ -469,13 +448,7 @@ impl Network {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    dst: NodeId,
-    target: SocketAddr,
-    limit: Arc<Semaphore>,
-) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, dst: NodeId, target: SocketAddr, limit: Arc<Semaphore>) {
     loop {
         let Ok((client, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
@@ -533,12 +506,7 @@ async fn reset_signal(reset: &mut watch::Receiver<u64>) {
     }
 }
 
-async fn forward(
-    client: &mut TcpStream,
-    upstream: &mut Option<TcpStream>,
-    target: SocketAddr,
-    link: &Link,
-) -> io::Result<()> {
+async fn forward(client: &mut TcpStream, upstream: &mut Option<TcpStream>, target: SocketAddr, link: &Link) -> io::Result<()> {
     // Like a dropped SYN: the destination sees nothing while the link is cut.
     let mut mode = link.mode.subscribe();
     if mode.wait_for(|m| *m != LinkMode::Drop).await.is_err() {
@@ -546,19 +514,15 @@ async fn forward(
     }
     drop(mode);
     let connect = TcpStream::connect(target);
-    let server =
-        match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
-            Ok(connected) => connected?,
-            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-        };
+    let server = match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect).await {
+        Ok(connected) => connected?,
+        Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+    };
     let _ = server.set_nodelay(true);
     let server = upstream.insert(server);
     let (client_read, client_write) = client.split();
     let (server_read, server_write) = server.split();
-    tokio::try_join!(
-        pipe(client_read, server_write, link),
-        pipe(server_read, client_write, link),
-    )?;
+    tokio::try_join!(pipe(client_read, server_write, link), pipe(server_read, client_write, link),)?;
     Ok(())
 }
 
@@ -577,10 +541,7 @@ async fn pipe(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, link: &Link) -> io:
         let mut buf = vec![0u8; CHUNK_SIZE];
         loop {
             let n = from.read(&mut buf).await?;
-            let chunk = Chunk {
-                read_at: Instant::now(),
-                data: buf[..n].to_vec(),
-            };
+            let chunk = Chunk { read_at: Instant::now(), data: buf[..n].to_vec() };
             if tx.send(chunk).await.is_err() || n == 0 {
                 return Ok::<(), io::Error>(());
             }
@@ -595,8 +556,7 @@ async fn pipe(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, link: &Link) -> io:
                 return Ok(());
             }
             // Counted before writing, so a peer that has read them sees them counted.
-            link.bytes
-                .fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
+            link.bytes.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
             to.write_all(&chunk.data).await?;
         }
         Ok(())
@@ -660,9 +620,7 @@ mod tests {
     const SILENCE: Duration = Duration::from_millis(300);
 
     async fn within<F: Future>(fut: F) -> F::Output {
-        tokio::time::timeout(TEST_TIMEOUT, fut)
-            .await
-            .expect("test timed out")
+        tokio::time::timeout(TEST_TIMEOUT, fut).await.expect("test timed out")
     }
 
     fn ip(node: NodeId) -> IpAddr {
@@ -750,9 +708,7 @@ mod tests {
         within(async {
             let listener = TcpListener::bind(any_port()).await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let (client, accepted) = tokio::join!(connect_from(ip(1), addr), async {
-                listener.accept().await.unwrap()
-            });
+            let (client, accepted) = tokio::join!(connect_from(ip(1), addr), async { listener.accept().await.unwrap() });
             assert_eq!(client.local_addr().unwrap().ip(), ip(1));
             assert_eq!(accepted.1.ip(), ip(1));
         })
@@ -768,10 +724,7 @@ mod tests {
             let mut nodes = Vec::new();
             for n in [1, 3] {
                 let mut s = connect_from(ip(n), proxy).await;
-                assert_eq!(
-                    round_trip(&mut s, b"hello from a node").await,
-                    b"hello from a node"
-                );
+                assert_eq!(round_trip(&mut s, b"hello from a node").await, b"hello from a node");
                 nodes.push(s);
             }
             let mut client = TcpStream::connect(proxy).await.unwrap(); // 127.0.0.1: unknown
@@ -814,10 +767,7 @@ mod tests {
             assert_eq!(round_trip(&mut from3, b"other").await, b"other");
             // Unknown sources use the default link, which always passes.
             net.isolate(2, &[1, 2, 3]);
-            assert_eq!(
-                round_trip(&mut client, b"test client").await,
-                b"test client"
-            );
+            assert_eq!(round_trip(&mut client, b"test client").await, b"test client");
             assert!(net.stats().links[&(1, 2)].chunks_held >= 1);
 
             net.heal();
@@ -887,11 +837,7 @@ mod tests {
             let mut from1 = connect_from(ip(1), proxy).await;
             from1.write_all(b"first").await.unwrap();
             assert_silent(&mut from1).await;
-            assert_eq!(
-                upstream_accepted.load(Ordering::SeqCst),
-                0,
-                "destination saw the connection"
-            );
+            assert_eq!(upstream_accepted.load(Ordering::SeqCst), 0, "destination saw the connection");
             assert_eq!(net.stats().connections_accepted, 1);
 
             net.heal();
@@ -983,10 +929,7 @@ mod tests {
             let mut reply = Vec::new();
             from1.read_to_end(&mut reply).await.unwrap();
             assert_eq!(reply, b"got: abc");
-            wait_until("the connection is closed", || {
-                net.stats().connections_open == 0
-            })
-            .await;
+            wait_until("the connection is closed", || net.stats().connections_open == 0).await;
         })
         .await;
     }
@@ -1003,12 +946,7 @@ mod tests {
         let mut back = Vec::new();
         r.read_to_end(&mut back).await.unwrap();
         writer.await.unwrap();
-        assert!(
-            back == data,
-            "echoed {} bytes, {} sent, or corrupted",
-            back.len(),
-            data.len()
-        );
+        assert!(back == data, "echoed {} bytes, {} sent, or corrupted", back.len(), data.len());
         assert!(net.stats().links[&(1, 2)].bytes_forwarded >= 2 * len as u64);
     }
 
@@ -1036,18 +974,12 @@ mod tests {
             // One connection held before reaching the destination, too.
             net.set(3, 2, LinkMode::Drop);
             let mut held = connect_from(ip(3), proxy).await;
-            wait_until("both connections are accepted", || {
-                net.stats().connections_open == 2
-            })
-            .await;
+            wait_until("both connections are accepted", || net.stats().connections_open == 2).await;
 
             net.reset_connections();
             assert_closed(&mut open).await;
             assert_closed(&mut held).await;
-            wait_until("no connection is open", || {
-                net.stats().connections_open == 0
-            })
-            .await;
+            wait_until("no connection is open", || net.stats().connections_open == 0).await;
 
             let mut fresh = connect_from(ip(1), proxy).await;
             assert_eq!(round_trip(&mut fresh, b"after").await, b"after");
@@ -1060,10 +992,7 @@ mod tests {
         within(async {
             let (echo, _) = echo_server().await;
             let net = three_nodes();
-            let proxy = net
-                .add_destination_limited(2, any_port(), echo, 2)
-                .await
-                .unwrap();
+            let proxy = net.add_destination_limited(2, any_port(), echo, 2).await.unwrap();
             let mut a = connect_from(ip(1), proxy).await;
             let mut b = connect_from(ip(3), proxy).await;
             round_trip(&mut a, b"a").await;
@@ -1087,10 +1016,7 @@ mod tests {
             Ok(mut s) => {
                 let _ = s.write_all(b"x").await;
                 let mut buf = [0u8; 1];
-                matches!(
-                    tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
-                    Ok(Ok(0)) | Ok(Err(_))
-                )
+                matches!(tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
             }
         }
     }
@@ -1106,10 +1032,7 @@ mod tests {
             round_trip(&mut from2, b"x").await;
             net.set(1, 2, LinkMode::Drop);
             let _held = connect_from(ip(1), p2).await;
-            wait_until("both connections are accepted", || {
-                net.stats().connections_open == 2
-            })
-            .await;
+            wait_until("both connections are accepted", || net.stats().connections_open == 2).await;
             assert_eq!(net.stats().live_tasks, 4);
 
             net.shutdown();

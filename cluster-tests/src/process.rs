@@ -27,12 +27,7 @@ impl NodeProcess {
         writeln!(log_file, "=== cluster-tests: starting node {node_id}: {} server --config {} ===", kho.display(), config.display())?;
         let stderr = log_file.try_clone()?;
         let mut cmd = Command::new(kho);
-        cmd.arg("server")
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log_file))
-            .stderr(Stdio::from(stderr));
+        cmd.arg("server").arg("--config").arg(config).stdin(Stdio::null()).stdout(Stdio::from(log_file)).stderr(Stdio::from(stderr));
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }

@@ -21,8 +21,7 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// For calls that must succeed while the cluster is healthy (elections may still happen).
-    pub const STEADY: RetryPolicy =
-        RetryPolicy { attempts_max: 30, backoff_initial_ms: 50, backoff_max_ms: 500, call_timeout_ms: 5_000 };
+    pub const STEADY: RetryPolicy = RetryPolicy { attempts_max: 30, backoff_initial_ms: 50, backoff_max_ms: 500, call_timeout_ms: 5_000 };
 
     /// For calls that must ride out a node restart or a whole-cluster restart (tens of seconds).
     pub const THROUGH_OUTAGE: RetryPolicy =
@@ -36,9 +35,7 @@ impl RetryPolicy {
 
     /// The longest a whole retried call can take, milliseconds (for choosing test bounds).
     pub fn worst_case_ms(&self) -> u64 {
-        (0..self.attempts_max)
-            .map(|a| self.call_timeout_ms + self.backoff(a).as_millis() as u64)
-            .sum()
+        (0..self.attempts_max).map(|a| self.call_timeout_ms + self.backoff(a).as_millis() as u64).sum()
     }
 }
 
@@ -46,10 +43,7 @@ impl RetryPolicy {
 /// down or restarting, a broken connection, or a timeout. A write that failed this way has an
 /// unknown outcome: it may or may not have been applied.
 pub fn is_retryable(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted
-    )
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted)
 }
 
 /// Calls `call(attempt)` until it succeeds, fails with a status that is not retryable, or
@@ -66,10 +60,9 @@ where
     for attempt in 0..policy.attempts_max {
         let result = match tokio::time::timeout(call_timeout, call(attempt)).await {
             Ok(result) => result,
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "cluster-tests: attempt {attempt} took longer than {} ms",
-                policy.call_timeout_ms
-            ))),
+            Err(_) => {
+                Err(Status::deadline_exceeded(format!("cluster-tests: attempt {attempt} took longer than {} ms", policy.call_timeout_ms)))
+            }
         };
         match result {
             Ok(response) => return Ok(response.into_inner()),
@@ -119,7 +112,11 @@ mod tests {
         assert_eq!(calls, 1);
 
         let r = retry_call(&p, |attempt| async move {
-            if attempt < 2 { Err(Status::unavailable("election")) } else { Ok(tonic::Response::new(attempt)) }
+            if attempt < 2 {
+                Err(Status::unavailable("election"))
+            } else {
+                Ok(tonic::Response::new(attempt))
+            }
         })
         .await;
         assert_eq!(r.unwrap(), 2);
@@ -157,11 +154,7 @@ pub fn expect_status<T: std::fmt::Debug>(
             let message = status.message().to_lowercase();
             let missing: Vec<&&str> = mentions.iter().filter(|m| !message.contains(&m.to_lowercase())).collect();
             if status.code() != code || !missing.is_empty() {
-                cluster.fail(format!(
-                    "{what}: expected {code:?} mentioning {mentions:?}, got {:?} `{}`",
-                    status.code(),
-                    status.message()
-                ));
+                cluster.fail(format!("{what}: expected {code:?} mentioning {mentions:?}, got {:?} `{}`", status.code(), status.message()));
             }
         }
     }

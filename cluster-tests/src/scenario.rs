@@ -241,12 +241,7 @@ async fn run_on(cluster: &Cluster, cfg: &ScenarioConfig) -> ScenarioReport {
     if !verdict_ok || cfg.keep_artifacts {
         let dir = write_artifacts(cfg, &ops, nemesis.events(), &summary, &detail);
         if !verdict_ok {
-            cluster.fail(format!(
-                "{}: {}\n{detail}history, fault schedule and summary written to {}",
-                cfg.name,
-                summary,
-                dir.display()
-            ));
+            cluster.fail(format!("{}: {}\n{detail}history, fault schedule and summary written to {}", cfg.name, summary, dir.display()));
         }
         println!("history, fault schedule and summary kept in {}", dir.display());
     }

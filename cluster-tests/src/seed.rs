@@ -10,8 +10,7 @@ pub const SEED_ENV: &str = "KHO_TEST_SEED";
 /// timing of concurrent clients and of the servers is not replayable.
 pub fn test_seed(name: &str) -> u64 {
     let seed = match std::env::var(SEED_ENV) {
-        Ok(text) => parse_seed(&text)
-            .unwrap_or_else(|| panic!("{SEED_ENV}=`{text}` is not a u64 (decimal or 0x-prefixed hex)")),
+        Ok(text) => parse_seed(&text).unwrap_or_else(|| panic!("{SEED_ENV}=`{text}` is not a u64 (decimal or 0x-prefixed hex)")),
         Err(_) => rand::random(),
     };
     println!("{name}: seed {seed} (replay with {SEED_ENV}={seed})");

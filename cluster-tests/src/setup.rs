@@ -48,12 +48,7 @@ pub async fn create_tenant_with_encryption(
 }
 
 /// Creates a table with the given families (in declaration order), like `create_tenant`.
-pub async fn create_table(
-    admin: &mut AdminClient<Channel>,
-    tenant: &str,
-    name: &str,
-    families: &[&str],
-) -> Result<u64, Status> {
+pub async fn create_table(admin: &mut AdminClient<Channel>, tenant: &str, name: &str, families: &[&str]) -> Result<u64, Status> {
     create_table_with(admin, tenant, name, families, false).await
 }
 

@@ -236,8 +236,7 @@ impl RegisterClient {
         let deadline = Duration::from_millis(self.cfg.op_timeout_ms);
         let outcome = match op {
             RegisterOp::Read => {
-                let consistency =
-                    if self.cfg.stale_reads { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
+                let consistency = if self.cfg.stale_reads { ReadConsistency::Stale } else { ReadConsistency::Linearizable };
                 let req = GetRequest {
                     tenant: t.tenant.clone(),
                     table: t.table.clone(),
@@ -255,13 +254,8 @@ impl RegisterClient {
                 }
             }
             RegisterOp::Write(v) => {
-                let req = PutRequest {
-                    tenant: t.tenant.clone(),
-                    table: t.table.clone(),
-                    key: row,
-                    value: encode(v),
-                    family: t.family.clone(),
-                };
+                let req =
+                    PutRequest { tenant: t.tenant.clone(), table: t.table.clone(), key: row, value: encode(v), family: t.family.clone() };
                 match tokio::time::timeout(deadline, client.put(req)).await {
                     Ok(Ok(_)) => Outcome::WriteOk,
                     Ok(Err(s)) if write_certainly_failed(&s) => Outcome::Fail,
@@ -306,7 +300,14 @@ pub struct SetWorkload {
 impl SetWorkload {
     /// `first_client` numbers the clients after the register clients (they share
     /// `Targets`, so the two workloads spread over the nodes differently).
-    pub fn spawn(targets: &Targets, target: &KvTarget, clients: u64, first_client: u64, op_timeout_ms: u64, writes_max: u64) -> SetWorkload {
+    pub fn spawn(
+        targets: &Targets,
+        target: &KvTarget,
+        clients: u64,
+        first_client: u64,
+        op_timeout_ms: u64,
+        writes_max: u64,
+    ) -> SetWorkload {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (first_client..first_client + clients)
             .map(|client| {
@@ -402,11 +403,7 @@ impl SetVerdict {
 
 /// Reads every `set/` key through `client` (linearizable scans, retried, paged) and checks
 /// it against what the clients were told.
-pub async fn check_set(
-    client: &DataClient<Channel>,
-    target: &KvTarget,
-    written: &[(Vec<u8>, SetOutcome)],
-) -> Result<SetVerdict, Status> {
+pub async fn check_set(client: &DataClient<Channel>, target: &KvTarget, written: &[(Vec<u8>, SetOutcome)]) -> Result<SetVerdict, Status> {
     let mut present: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut start = SET_PREFIX.as_bytes().to_vec();
     loop {
@@ -463,9 +460,7 @@ pub async fn check_set(
         match outcomes.get(key.as_slice()) {
             None => v.unexpected.push(format!("{name}: never written")),
             Some(SetOutcome::Fail) => v.unexpected.push(format!("{name}: written with a certain failure")),
-            Some(_) if *value != set_value(key) => {
-                v.unexpected.push(format!("{name}: value {:?}", String::from_utf8_lossy(value)))
-            }
+            Some(_) if *value != set_value(key) => v.unexpected.push(format!("{name}: value {:?}", String::from_utf8_lossy(value))),
             Some(_) => {}
         }
     }

@@ -243,10 +243,7 @@ pub fn revision_violations(records: &[WriteRecord]) -> Vec<String> {
         if revision == 0 {
             violations.push(format!("write of `{key}` acknowledged without a revision"));
         } else if let Some(other) = seen.insert(revision, &r.key) {
-            violations.push(format!(
-                "`{key}` and `{}` were both acknowledged with revision {revision}",
-                String::from_utf8_lossy(other)
-            ));
+            violations.push(format!("`{key}` and `{}` were both acknowledged with revision {revision}", String::from_utf8_lossy(other)));
         }
         if let Some((previous, previous_key)) = last.get(&r.writer) {
             if revision <= *previous {
@@ -353,7 +350,8 @@ mod tests {
     fn revisions_must_be_set_distinct_and_growing_per_writer() {
         let t0 = Instant::now();
         let t = |ms| t0 + std::time::Duration::from_millis(ms);
-        let good = [record(0, "a", t(0), Some(5)), record(1, "b", t(1), Some(3)), record(0, "c", t(2), None), record(0, "d", t(3), Some(9))];
+        let good =
+            [record(0, "a", t(0), Some(5)), record(1, "b", t(1), Some(3)), record(0, "c", t(2), None), record(0, "d", t(3), Some(9))];
         assert!(revision_violations(&good).is_empty(), "{:?}", revision_violations(&good));
         let shrinking = [record(0, "a", t(0), Some(5)), record(0, "b", t(1), Some(4))];
         assert_eq!(revision_violations(&shrinking).len(), 1);

@@ -6,23 +6,15 @@ use std::time::Duration;
 
 use kho_cluster_tests::kv::{scan_retry, scan_rows};
 use kho_cluster_tests::{
-    create_table, create_tenant, expect_status, ok, rpc, setup_kv, Cluster, ClusterOptions, RetryPolicy, FAMILY,
-    TABLE, TENANT,
+    create_table, create_tenant, expect_status, ok, rpc, setup_kv, Cluster, ClusterOptions, RetryPolicy, FAMILY, TABLE, TENANT,
 };
 use kho_proto::v1::mutation::Mutation as M;
 use kho_proto::v1::write_op::Op;
 use kho_proto::v1::*;
 use tonic::Code;
 
-
 fn put_req(tenant: &str, table: &str, family: &str, key: &[u8], value: &[u8]) -> PutRequest {
-    PutRequest {
-        tenant: tenant.into(),
-        table: table.into(),
-        key: key.to_vec(),
-        value: value.to_vec(),
-        family: family.into(),
-    }
+    PutRequest { tenant: tenant.into(), table: table.into(), key: key.to_vec(), value: value.to_vec(), family: family.into() }
 }
 
 fn get_req(tenant: &str, table: &str, family: &str, key: &[u8]) -> GetRequest {
@@ -52,7 +44,13 @@ async fn bad_input_gets_documented_status() {
                 let put = |key: &[u8], value: &[u8]| put_req(TENANT, TABLE, FAMILY, key, value);
 
                 expect_status(&cluster, &format!("{via}: Put, empty key"), rpc!(c, put, put(b"", b"v")), Code::InvalidArgument, &["key"]);
-                expect_status(&cluster, &format!("{via}: Get, empty key"), rpc!(c, get, get_req(TENANT, TABLE, FAMILY, b"")), Code::InvalidArgument, &["key"]);
+                expect_status(
+                    &cluster,
+                    &format!("{via}: Get, empty key"),
+                    rpc!(c, get, get_req(TENANT, TABLE, FAMILY, b"")),
+                    Code::InvalidArgument,
+                    &["key"],
+                );
                 let long_key = vec![b'k'; key_max + 1];
                 expect_status(
                     &cluster,
@@ -77,32 +75,93 @@ async fn bad_input_gets_documented_status() {
                     &["value", &value_max_s],
                 );
 
-                expect_status(&cluster, &format!("{via}: Put, unknown tenant"), rpc!(c, put, put_req("no_such_tenant", TABLE, FAMILY, b"k", b"v")), Code::NotFound, &[]);
-                expect_status(&cluster, &format!("{via}: Put, unknown table"), rpc!(c, put, put_req(TENANT, "no_such_table", FAMILY, b"k", b"v")), Code::NotFound, &[]);
-                expect_status(&cluster, &format!("{via}: Put, unknown family"), rpc!(c, put, put_req(TENANT, TABLE, "no_such_family", b"k", b"v")), Code::NotFound, &[]);
-                expect_status(&cluster, &format!("{via}: Get, unknown tenant"), rpc!(c, get, get_req("no_such_tenant", TABLE, FAMILY, b"k")), Code::NotFound, &[]);
-                expect_status(&cluster, &format!("{via}: Get, unknown table"), rpc!(c, get, get_req(TENANT, "no_such_table", FAMILY, b"k")), Code::NotFound, &[]);
-                expect_status(&cluster, &format!("{via}: Get, unknown family"), rpc!(c, get, get_req(TENANT, TABLE, "no_such_family", b"k")), Code::NotFound, &[]);
+                expect_status(
+                    &cluster,
+                    &format!("{via}: Put, unknown tenant"),
+                    rpc!(c, put, put_req("no_such_tenant", TABLE, FAMILY, b"k", b"v")),
+                    Code::NotFound,
+                    &[],
+                );
+                expect_status(
+                    &cluster,
+                    &format!("{via}: Put, unknown table"),
+                    rpc!(c, put, put_req(TENANT, "no_such_table", FAMILY, b"k", b"v")),
+                    Code::NotFound,
+                    &[],
+                );
+                expect_status(
+                    &cluster,
+                    &format!("{via}: Put, unknown family"),
+                    rpc!(c, put, put_req(TENANT, TABLE, "no_such_family", b"k", b"v")),
+                    Code::NotFound,
+                    &[],
+                );
+                expect_status(
+                    &cluster,
+                    &format!("{via}: Get, unknown tenant"),
+                    rpc!(c, get, get_req("no_such_tenant", TABLE, FAMILY, b"k")),
+                    Code::NotFound,
+                    &[],
+                );
+                expect_status(
+                    &cluster,
+                    &format!("{via}: Get, unknown table"),
+                    rpc!(c, get, get_req(TENANT, "no_such_table", FAMILY, b"k")),
+                    Code::NotFound,
+                    &[],
+                );
+                expect_status(
+                    &cluster,
+                    &format!("{via}: Get, unknown family"),
+                    rpc!(c, get, get_req(TENANT, TABLE, "no_such_family", b"k")),
+                    Code::NotFound,
+                    &[],
+                );
 
                 let ops: Vec<WriteOp> = (0..=ops_max)
-                    .map(|i| WriteOp { op: Some(Op::Put(PutOp { key: format!("batch/{i:05}").into_bytes(), value: b"v".to_vec(), family: String::new() })) })
+                    .map(|i| WriteOp {
+                        op: Some(Op::Put(PutOp { key: format!("batch/{i:05}").into_bytes(), value: b"v".to_vec(), family: String::new() })),
+                    })
                     .collect();
                 let write = WriteRequest { tenant: TENANT.into(), table: TABLE.into(), ops };
-                expect_status(&cluster, &format!("{via}: Write of {} ops", ops_max + 1), rpc!(c, write, write), Code::InvalidArgument, &[&ops_max_s]);
+                expect_status(
+                    &cluster,
+                    &format!("{via}: Write of {} ops", ops_max + 1),
+                    rpc!(c, write, write),
+                    Code::InvalidArgument,
+                    &[&ops_max_s],
+                );
                 let keys: Vec<Vec<u8>> = (0..=ops_max).map(|i| format!("batch/{i:05}").into_bytes()).collect();
-                let batch_get = BatchGetRequest { tenant: TENANT.into(), table: TABLE.into(), keys, family: FAMILY.into(), ..Default::default() };
-                expect_status(&cluster, &format!("{via}: BatchGet of {} keys", ops_max + 1), rpc!(c, batch_get, batch_get), Code::InvalidArgument, &[&ops_max_s]);
+                let batch_get =
+                    BatchGetRequest { tenant: TENANT.into(), table: TABLE.into(), keys, family: FAMILY.into(), ..Default::default() };
+                expect_status(
+                    &cluster,
+                    &format!("{via}: BatchGet of {} keys", ops_max + 1),
+                    rpc!(c, batch_get, batch_get),
+                    Code::InvalidArgument,
+                    &[&ops_max_s],
+                );
                 // The rejected Write wrote nothing.
                 let first = ok(&cluster, "Get batch/00000", rpc!(c, get, get_req(TENANT, TABLE, FAMILY, b"batch/00000")));
                 assert!(!first.found, "{via}: a rejected Write left batch/00000 behind");
 
                 // One bad op among good ones rejects the whole Write, naming the value limit.
                 let mut ops: Vec<WriteOp> = (0..3)
-                    .map(|i| WriteOp { op: Some(Op::Put(PutOp { key: format!("mixed/{i}").into_bytes(), value: b"v".to_vec(), family: String::new() })) })
+                    .map(|i| WriteOp {
+                        op: Some(Op::Put(PutOp { key: format!("mixed/{i}").into_bytes(), value: b"v".to_vec(), family: String::new() })),
+                    })
                     .collect();
-                ops.push(WriteOp { op: Some(Op::Put(PutOp { key: b"mixed/3".to_vec(), value: big_value.clone(), family: String::new() })) });
+                ops.push(WriteOp {
+                    op: Some(Op::Put(PutOp { key: b"mixed/3".to_vec(), value: big_value.clone(), family: String::new() })),
+                });
                 let write = WriteRequest { tenant: TENANT.into(), table: TABLE.into(), ops };
-                expect_status(&cluster, &format!("{via}: Write with an oversized value in op 3"), rpc!(c, write, write), Code::InvalidArgument, &["value", &value_max_s]);
+                expect_status(
+                    &cluster,
+                    &format!("{via}: Write with an oversized value in op 3"),
+                    rpc!(c, write, write),
+                    Code::InvalidArgument,
+                    &["value", &value_max_s],
+                );
                 let first = ok(&cluster, "Get mixed/0", rpc!(c, get, get_req(TENANT, TABLE, FAMILY, b"mixed/0")));
                 assert!(!first.found, "{via}: a rejected Write left mixed/0 behind");
                 let empty = WriteRequest { tenant: TENANT.into(), table: TABLE.into(), ops: Vec::new() };
@@ -112,7 +171,8 @@ async fn bad_input_gets_documented_status() {
                 let mutation = Mutation {
                     mutation: Some(M::SetCell(SetCell { family: FAMILY.into(), qualifier: long_qualifier, value: b"v".to_vec() })),
                 };
-                let mutate = MutateRowRequest { tenant: TENANT.into(), table: TABLE.into(), row_key: b"row".to_vec(), mutations: vec![mutation] };
+                let mutate =
+                    MutateRowRequest { tenant: TENANT.into(), table: TABLE.into(), row_key: b"row".to_vec(), mutations: vec![mutation] };
                 expect_status(
                     &cluster,
                     &format!("{via}: MutateRow, qualifier of {} bytes", qualifier_max + 1),
@@ -138,7 +198,13 @@ async fn bad_input_gets_documented_status() {
 
                 // Names are a-z, 0-9 and _, starting with a letter: anything else is a bad
                 // argument (naming the field), not an unknown name.
-                expect_status(&cluster, &format!("{via}: Put, tenant `Bad-Name`"), rpc!(c, put, put_req("Bad-Name", TABLE, FAMILY, b"k", b"v")), Code::InvalidArgument, &["tenant"]);
+                expect_status(
+                    &cluster,
+                    &format!("{via}: Put, tenant `Bad-Name`"),
+                    rpc!(c, put, put_req("Bad-Name", TABLE, FAMILY, b"k", b"v")),
+                    Code::InvalidArgument,
+                    &["tenant"],
+                );
                 let admin = cluster.admin_client(id);
                 expect_status(
                     &cluster,
@@ -154,7 +220,11 @@ async fn bad_input_gets_documented_status() {
             let edge_key = vec![b'e'; key_max];
             let edge_value = vec![b'x'; value_max];
             ok(&cluster, "Put of a key of key_bytes_max bytes", rpc!(c, put, put_req(TENANT, TABLE, FAMILY, &edge_key, b"v")));
-            ok(&cluster, "Put of a value of value_bytes_max bytes", rpc!(c, put, put_req(TENANT, TABLE, FAMILY, b"edge-value", &edge_value)));
+            ok(
+                &cluster,
+                "Put of a value of value_bytes_max bytes",
+                rpc!(c, put, put_req(TENANT, TABLE, FAMILY, b"edge-value", &edge_value)),
+            );
             let got = ok(&cluster, "Get of the longest key", rpc!(c, get, get_req(TENANT, TABLE, FAMILY, &edge_key)));
             assert!(got.found && got.value == b"v", "longest key read back: found {}", got.found);
             let got = ok(&cluster, "Get of the largest value", rpc!(c, get, get_req(TENANT, TABLE, FAMILY, b"edge-value")));
@@ -180,9 +250,7 @@ const PEOPLE: &str = "people";
 const KV: &str = "kv";
 
 fn set(family: &str, qualifier: &str, value: &str) -> Mutation {
-    Mutation {
-        mutation: Some(M::SetCell(SetCell { family: family.into(), qualifier: qualifier.into(), value: value.into() })),
-    }
+    Mutation { mutation: Some(M::SetCell(SetCell { family: family.into(), qualifier: qualifier.into(), value: value.into() })) }
 }
 
 fn mutate(row: &str, mutations: Vec<Mutation>) -> MutateRowRequest {
@@ -204,13 +272,7 @@ fn read_row(row: &str, families: &[&str], qualifiers: &[&str]) -> ReadRowRequest
 fn cells(row: &Row) -> Vec<(String, String, String)> {
     row.cells
         .iter()
-        .map(|c| {
-            (
-                c.family.clone(),
-                String::from_utf8_lossy(&c.qualifier).into_owned(),
-                String::from_utf8_lossy(&c.value).into_owned(),
-            )
-        })
+        .map(|c| (c.family.clone(), String::from_utf8_lossy(&c.qualifier).into_owned(), String::from_utf8_lossy(&c.value).into_owned()))
         .collect()
 }
 
@@ -276,10 +338,26 @@ async fn rows_and_admin_end_to_end() {
             ok(&cluster, "CreateTenant rt", create_tenant(&mut admin, RT).await);
             ok(&cluster, "CreateTable people", create_table(&mut admin, RT, PEOPLE, &["info", "stats"]).await);
             ok(&cluster, "CreateTable kv", create_table(&mut admin, RT, KV, &["f"]).await);
-            expect_status(&cluster, "CreateTenant rt again", rpc!(admin, create_tenant, CreateTenantRequest { name: RT.into(), ..Default::default() }), Code::AlreadyExists, &[]);
-            let again = CreateTableRequest { tenant: RT.into(), name: PEOPLE.into(), families: vec![ColumnFamily { name: "info".into() }], ..Default::default() };
+            expect_status(
+                &cluster,
+                "CreateTenant rt again",
+                rpc!(admin, create_tenant, CreateTenantRequest { name: RT.into(), ..Default::default() }),
+                Code::AlreadyExists,
+                &[],
+            );
+            let again = CreateTableRequest {
+                tenant: RT.into(),
+                name: PEOPLE.into(),
+                families: vec![ColumnFamily { name: "info".into() }],
+                ..Default::default()
+            };
             expect_status(&cluster, "CreateTable people again", rpc!(admin, create_table, again), Code::AlreadyExists, &[]);
-            let orphan = CreateTableRequest { tenant: "no_such_tenant".into(), name: "x".into(), families: vec![ColumnFamily { name: "f".into() }], ..Default::default() };
+            let orphan = CreateTableRequest {
+                tenant: "no_such_tenant".into(),
+                name: "x".into(),
+                families: vec![ColumnFamily { name: "f".into() }],
+                ..Default::default()
+            };
             expect_status(&cluster, "CreateTable in an unknown tenant", rpc!(admin, create_table, orphan), Code::NotFound, &[]);
 
             let tenants = ok(&cluster, "ListTenants", rpc!(admin, list_tenants, ListTenantsRequest {}));
@@ -303,11 +381,15 @@ async fn rows_and_admin_end_to_end() {
             assert!(all.tables.iter().any(|t| t.tenant == RT && t.name == PEOPLE), "ListTables of every tenant lacks rt/people");
 
             // --- MutateRow across families; ReadRow with and without filters.
-            let resp = ok(&cluster, "MutateRow alice", rpc!(node(), mutate_row, mutate("alice", vec![
-                set("info", "name", "Alice"),
-                set("stats", "visits", "3"),
-                set("info", "city", "Hanoi"),
-            ])));
+            let resp = ok(
+                &cluster,
+                "MutateRow alice",
+                rpc!(
+                    node(),
+                    mutate_row,
+                    mutate("alice", vec![set("info", "name", "Alice"), set("stats", "visits", "3"), set("info", "city", "Hanoi"),])
+                ),
+            );
             revisions.next("MutateRow alice", resp.header);
             let got = ok(&cluster, "ReadRow alice", rpc!(node(), read_row, read_row("alice", &[], &[])));
             assert!(got.found, "ReadRow alice: not found");
@@ -323,7 +405,11 @@ async fn rows_and_admin_end_to_end() {
             assert!(!got.found, "ReadRow of a row never written: found");
 
             let delete_city = Mutation { mutation: Some(M::DeleteCell(DeleteCell { family: "info".into(), qualifier: b"city".to_vec() })) };
-            let resp = ok(&cluster, "MutateRow alice 2", rpc!(node(), mutate_row, mutate("alice", vec![delete_city, set("stats", "visits", "4")])));
+            let resp = ok(
+                &cluster,
+                "MutateRow alice 2",
+                rpc!(node(), mutate_row, mutate("alice", vec![delete_city, set("stats", "visits", "4")])),
+            );
             revisions.next("MutateRow alice 2", resp.header);
             let got = ok(&cluster, "ReadRow alice 2", rpc!(node(), read_row, read_row("alice", &[], &[])));
             assert_eq!(cells(&got.row.unwrap_or_default()), vec![triple("info", "name", "Alice"), triple("stats", "visits", "4")]);
@@ -332,7 +418,11 @@ async fn rows_and_admin_end_to_end() {
             let bad = mutate("alice", vec![set("info", "email", "a@example.org"), set("no_such_family", "x", "y")]);
             expect_status(&cluster, "MutateRow with an unknown family", rpc!(node(), mutate_row, bad), Code::NotFound, &[]);
             let got = ok(&cluster, "ReadRow alice 3", rpc!(node(), read_row, read_row("alice", &["info"], &[])));
-            assert_eq!(cells(&got.row.unwrap_or_default()), vec![triple("info", "name", "Alice")], "a failed MutateRow applied part of its mutations");
+            assert_eq!(
+                cells(&got.row.unwrap_or_default()),
+                vec![triple("info", "name", "Alice")],
+                "a failed MutateRow applied part of its mutations"
+            );
 
             let delete_stats = Mutation { mutation: Some(M::DeleteFamily(DeleteFamily { family: "stats".into() })) };
             ok(&cluster, "MutateRow delete family", rpc!(node(), mutate_row, mutate("alice", vec![delete_stats])));
@@ -346,7 +436,11 @@ async fn rows_and_admin_end_to_end() {
             // --- ScanRows: 10 rows under user/, one after; prefix, limit, bounds, families.
             for i in 1..=10 {
                 let row = format!("user/{i:03}");
-                ok(&cluster, "MutateRow user", rpc!(node(), mutate_row, mutate(&row, vec![set("info", "n", &i.to_string()), set("stats", "s", "1")])));
+                ok(
+                    &cluster,
+                    "MutateRow user",
+                    rpc!(node(), mutate_row, mutate(&row, vec![set("info", "n", &i.to_string()), set("stats", "s", "1")])),
+                );
             }
             ok(&cluster, "MutateRow zzz", rpc!(node(), mutate_row, mutate("zzz/1", vec![set("info", "n", "z")])));
             let rows_req = |start: &str, end: &str, prefix: &str, families: &[&str], limit: u32| ScanRowsRequest {
@@ -365,7 +459,8 @@ async fn rows_and_admin_end_to_end() {
             assert_eq!(cells(&rows[0]), vec![triple("info", "n", "1"), triple("stats", "s", "1")]);
             let rows = ok(&cluster, "ScanRows user/ limit 3", scan_rows(&node(), rows_req("", "", "user/", &[], 3)).await);
             assert_eq!(row_keys(&rows), names(1..=3, user), "ScanRows prefix user/ limit 3");
-            let rows = ok(&cluster, "ScanRows [user/005, user/008)", scan_rows(&node(), rows_req("user/005", "user/008", "", &[], 0)).await);
+            let rows =
+                ok(&cluster, "ScanRows [user/005, user/008)", scan_rows(&node(), rows_req("user/005", "user/008", "", &[], 0)).await);
             assert_eq!(row_keys(&rows), names(5..=7, user), "ScanRows start/end");
             let rows = ok(&cluster, "ScanRows all", scan_rows(&node(), rows_req("", "", "", &[], 0)).await);
             let mut expected = names(1..=10, user);
@@ -376,7 +471,9 @@ async fn rows_and_admin_end_to_end() {
             assert!(rows.iter().all(|r| cells(r) == vec![triple("stats", "s", "1")]), "ScanRows families filter: {rows:?}");
 
             // --- Key-value view: Write batch, Scan, Delete, CompareAndSwap.
-            let kv_put = |key: &str, value: &str| WriteOp { op: Some(Op::Put(PutOp { key: key.into(), value: value.into(), family: String::new() })) };
+            let kv_put = |key: &str, value: &str| WriteOp {
+                op: Some(Op::Put(PutOp { key: key.into(), value: value.into(), family: String::new() })),
+            };
             let kv_key = |i: u32| format!("k{i:02}");
             let ops: Vec<WriteOp> = (0..20).map(|i| kv_put(&kv_key(i), &format!("v{i}"))).collect();
             let resp = ok(&cluster, "Write 20 puts", rpc!(node(), write, WriteRequest { tenant: RT.into(), table: KV.into(), ops }));
@@ -391,16 +488,33 @@ async fn rows_and_admin_end_to_end() {
             assert_eq!(kv_keys(&kvs), names(10..20, kv_key), "Scan prefix");
             let kvs = ok(&cluster, "Scan limit 3", scan_retry(&node(), kv_scan("", "", "", 3), &RetryPolicy::STEADY).await);
             assert_eq!(kv_keys(&kvs), names(0..3, kv_key), "Scan limit");
-            let kvs = ok(&cluster, "Scan prefix k1 from k15 limit 2", scan_retry(&node(), kv_scan("k15", "", "k1", 2), &RetryPolicy::STEADY).await);
+            let kvs = ok(
+                &cluster,
+                "Scan prefix k1 from k15 limit 2",
+                scan_retry(&node(), kv_scan("k15", "", "k1", 2), &RetryPolicy::STEADY).await,
+            );
             assert_eq!(kv_keys(&kvs), names(15..17, kv_key), "Scan prefix with start and limit");
 
             // A Write is all or none: a batch with one invalid op applies nothing.
             let kv_delete = |key: &str| WriteOp { op: Some(Op::Delete(DeleteOp { key: key.into(), family: String::new() })) };
             let batch = vec![kv_put("new-a", "a"), kv_delete("k00"), kv_put("", "empty key")];
-            expect_status(&cluster, "Write with an empty key", rpc!(node(), write, WriteRequest { tenant: RT.into(), table: KV.into(), ops: batch }), Code::InvalidArgument, &["key"]);
-            let unknown_family = WriteOp { op: Some(Op::Put(PutOp { key: b"new-b".to_vec(), value: b"b".to_vec(), family: "no_such_family".into() })) };
+            expect_status(
+                &cluster,
+                "Write with an empty key",
+                rpc!(node(), write, WriteRequest { tenant: RT.into(), table: KV.into(), ops: batch }),
+                Code::InvalidArgument,
+                &["key"],
+            );
+            let unknown_family =
+                WriteOp { op: Some(Op::Put(PutOp { key: b"new-b".to_vec(), value: b"b".to_vec(), family: "no_such_family".into() })) };
             let batch = vec![kv_put("new-a", "a"), kv_delete("k00"), unknown_family];
-            expect_status(&cluster, "Write with an unknown family", rpc!(node(), write, WriteRequest { tenant: RT.into(), table: KV.into(), ops: batch }), Code::NotFound, &[]);
+            expect_status(
+                &cluster,
+                "Write with an unknown family",
+                rpc!(node(), write, WriteRequest { tenant: RT.into(), table: KV.into(), ops: batch }),
+                Code::NotFound,
+                &[],
+            );
             let kvs = ok(&cluster, "Scan after failed Writes", scan_retry(&node(), kv_scan("", "", "", 0), &RetryPolicy::STEADY).await);
             assert_eq!(kv_keys(&kvs), names(0..20, kv_key), "a rejected Write changed the table");
             let batch = vec![kv_put("new-a", "a"), kv_delete("k00"), kv_put("k01", "v1-updated")];
@@ -408,7 +522,9 @@ async fn rows_and_admin_end_to_end() {
             revisions.next("Write mixed", resp.header);
             let kvs = ok(&cluster, "Scan after Write", scan_retry(&node(), kv_scan("", "", "", 3), &RetryPolicy::STEADY).await);
             assert_eq!(
-                kvs.iter().map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), String::from_utf8_lossy(&kv.value).into_owned())).collect::<Vec<_>>(),
+                kvs.iter()
+                    .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), String::from_utf8_lossy(&kv.value).into_owned()))
+                    .collect::<Vec<_>>(),
                 vec![("k01".into(), "v1-updated".into()), ("k02".into(), "v2".into()), ("k03".into(), "v3".into())],
             );
             let got = ok(&cluster, "Get new-a", rpc!(node(), get, get_req(RT, KV, "", b"new-a")));
@@ -451,8 +567,20 @@ async fn rows_and_admin_end_to_end() {
             ok(&cluster, "DropTable people", rpc!(admin, drop_table, drop_people.clone()));
             for id in cluster.ids() {
                 let c = cluster.data_client(id);
-                expect_status(&cluster, &format!("ReadRow of a dropped table via node {id}"), rpc!(c, read_row, read_row("user/001", &[], &[])), Code::NotFound, &[]);
-                expect_status(&cluster, &format!("ScanRows of a dropped table via node {id}"), scan_rows(&c, rows_req("", "", "", &[], 0)).await, Code::NotFound, &[]);
+                expect_status(
+                    &cluster,
+                    &format!("ReadRow of a dropped table via node {id}"),
+                    rpc!(c, read_row, read_row("user/001", &[], &[])),
+                    Code::NotFound,
+                    &[],
+                );
+                expect_status(
+                    &cluster,
+                    &format!("ScanRows of a dropped table via node {id}"),
+                    scan_rows(&c, rows_req("", "", "", &[], 0)).await,
+                    Code::NotFound,
+                    &[],
+                );
             }
             expect_status(&cluster, "DropTable people again", rpc!(admin, drop_table, drop_people), Code::NotFound, &[]);
             let tables = ok(&cluster, "ListTables after drop", rpc!(admin, list_tables, ListTablesRequest { tenant: RT.into() }));

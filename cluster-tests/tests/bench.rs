@@ -68,11 +68,7 @@ async fn kho_bench_runs_workloads_against_a_cluster_and_reports() {
             let p50 = read["latency_us"]["p50"].as_u64().expect("p50");
             let p99 = read["latency_us"]["p99"].as_u64().expect("p99");
             assert!(p50 > 0 && p50 <= p99, "percentiles in order: {read}");
-            assert_eq!(
-                read["count"].as_u64().unwrap() + op(run, "UPDATE")["count"].as_u64().unwrap(),
-                OPERATIONS,
-                "{run}"
-            );
+            assert_eq!(read["count"].as_u64().unwrap() + op(run, "UPDATE")["count"].as_u64().unwrap(), OPERATIONS, "{run}");
 
             // Workload E: scans over the loaded keys (the table exists now: reused).
             let (_, report) = bench(&cluster, &["--workload", "e"]).await;

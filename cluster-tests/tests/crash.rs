@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use kho_cluster_tests::writes::count_acknowledged;
 use kho_cluster_tests::{
-    check_no_acknowledged_write_lost, setup_kv, test_seed, Cluster, ClusterOptions, KvTarget, RetryPolicy, WriterConfig,
-    Writers,
+    check_no_acknowledged_write_lost, setup_kv, test_seed, Cluster, ClusterOptions, KvTarget, RetryPolicy, WriterConfig, Writers,
 };
 
 /// Writer tasks in each crash test.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use kho_cluster_tests::writes::count_acknowledged;
 use kho_cluster_tests::{
-    check_no_acknowledged_write_lost, publish, setup_kv, test_seed, verify_everywhere, Cluster, ClusterOptions,
-    RetryPolicy, WriteRecord, WriterConfig, Writers,
+    check_no_acknowledged_write_lost, publish, setup_kv, test_seed, verify_everywhere, Cluster, ClusterOptions, RetryPolicy, WriteRecord,
+    WriterConfig, Writers,
 };
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};

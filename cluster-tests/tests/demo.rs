@@ -197,7 +197,12 @@ fn demo_data_dirs_hold_no_citizen_name_or_id_after_restart_and_compaction() {
         .output()
         .expect("run kho row read");
     let status = demo.stop();
-    assert!(compact_ok, "kho node compact failed: {}{}", String::from_utf8_lossy(&compact.stdout), String::from_utf8_lossy(&compact.stderr));
+    assert!(
+        compact_ok,
+        "kho node compact failed: {}{}",
+        String::from_utf8_lossy(&compact.stdout),
+        String::from_utf8_lossy(&compact.stderr)
+    );
     let read_text = String::from_utf8_lossy(&read.stdout);
     assert!(read.status.success() && read_text.contains(&field(first, "ho_ten")), "reads return the plaintext name: {read_text}");
     assert!(status.is_some_and(|s| s.success()), "the restarted demo stops cleanly: {status:?}");

@@ -13,8 +13,8 @@ use futures::StreamExt;
 use kho_cluster_tests::disk::{files_under, search_files, SearchReport, TreeState};
 use kho_cluster_tests::kv::{batch_get_all, scan_retry, scan_rows};
 use kho_cluster_tests::{
-    assert_checksums_equal, create_table_with, create_tenant_with_encryption, expect_status, is_retryable, kho_binary, ok,
-    retry_call, rpc, test_seed, Cluster, ClusterOptions, KvTarget, MasterKey, RetryPolicy, ServerRun,
+    assert_checksums_equal, create_table_with, create_tenant_with_encryption, expect_status, is_retryable, kho_binary, ok, retry_call, rpc,
+    test_seed, Cluster, ClusterOptions, KvTarget, MasterKey, RetryPolicy, ServerRun,
 };
 use kho_proto::v1::mutation::Mutation as M;
 use kho_proto::v1::write_op::Op;
@@ -46,7 +46,6 @@ const CLI_TIMEOUT_S: u64 = 60;
 const COMPACT_POLICY: RetryPolicy =
     RetryPolicy { attempts_max: 5, backoff_initial_ms: 200, backoff_max_ms: 1_000, call_timeout_ms: 60_000 };
 
-
 // ---------------------------------------------------------------------------------------
 // Master keys
 
@@ -70,13 +69,30 @@ fn encrypted_options(key_file: &Path) -> ClusterOptions {
 // ---------------------------------------------------------------------------------------
 // Citizens: rows shaped like `kho demo`'s (tools/src/datagen.rs), with unique names.
 
-const FAMILY_NAMES: &[&str] = &[
-    "Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi", "Đỗ", "Hồ", "Ngô", "Dương", "Lý",
-];
+const FAMILY_NAMES: &[&str] =
+    &["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi", "Đỗ", "Hồ", "Ngô", "Dương", "Lý"];
 const MIDDLE_NAMES: &[&str] = &["Văn", "Thị", "Hữu", "Đức", "Minh", "Thanh", "Ngọc"];
 const GIVEN_NAMES: &[&str] = &[
-    "An", "Bình", "Cường", "Dũng", "Khánh", "Nam", "Phúc", "Quang", "Tuấn", "Việt", "Hà", "Hạnh", "Hương", "Lan", "Linh",
-    "Mai", "Thảo", "Trang", "Yến", "Minh Khai",
+    "An",
+    "Bình",
+    "Cường",
+    "Dũng",
+    "Khánh",
+    "Nam",
+    "Phúc",
+    "Quang",
+    "Tuấn",
+    "Việt",
+    "Hà",
+    "Hạnh",
+    "Hương",
+    "Lan",
+    "Linh",
+    "Mai",
+    "Thảo",
+    "Trang",
+    "Yến",
+    "Minh Khai",
 ];
 const PROVINCES: &[(&str, &str)] = &[
     ("001", "Hà Nội"),
@@ -132,8 +148,7 @@ fn citizens(rng: &mut StdRng, count: u32, first_serial: u32, taken: &mut BTreeSe
                 break id;
             }
         };
-        let ho_ten =
-            format!("{} {} {} {serial:04}", pick(rng, FAMILY_NAMES), pick(rng, MIDDLE_NAMES), pick(rng, GIVEN_NAMES));
+        let ho_ten = format!("{} {} {} {serial:04}", pick(rng, FAMILY_NAMES), pick(rng, MIDDLE_NAMES), pick(rng, GIVEN_NAMES));
         assert!(ho_ten.len() >= NEEDLE_BYTES_MIN, "name `{ho_ten}` is shorter than {NEEDLE_BYTES_MIN} bytes");
         let dia_chi = format!("Số {}, đường {}, tổ dân phố {}", rng.random_range(1..300), pick(rng, STREETS), rng.random_range(1..40));
         let ngay_sinh = format!("{year:04}-{:02}-{:02}", rng.random_range(1..=12), rng.random_range(1..=28));
@@ -147,22 +162,14 @@ fn pick(rng: &mut StdRng, items: &[&'static str]) -> &'static str {
 }
 
 fn set_cell(family: &str, qualifier: &str, value: &str) -> Mutation {
-    Mutation {
-        mutation: Some(M::SetCell(SetCell { family: family.into(), qualifier: qualifier.into(), value: value.into() })),
-    }
+    Mutation { mutation: Some(M::SetCell(SetCell { family: family.into(), qualifier: qualifier.into(), value: value.into() })) }
 }
 
 /// Cells as (family, qualifier, value) strings, for comparisons.
 fn cells(row: &Row) -> Vec<(String, String, String)> {
     row.cells
         .iter()
-        .map(|c| {
-            (
-                c.family.clone(),
-                String::from_utf8_lossy(&c.qualifier).into_owned(),
-                String::from_utf8_lossy(&c.value).into_owned(),
-            )
-        })
+        .map(|c| (c.family.clone(), String::from_utf8_lossy(&c.qualifier).into_owned(), String::from_utf8_lossy(&c.value).into_owned()))
         .collect()
 }
 
@@ -176,8 +183,7 @@ async fn load_citizens(cluster: &Cluster, tenant: &str, table: &str, citizens: &
             let via = ids[i % ids.len()];
             let client = cluster.data_client(via);
             let mutations = c.cells().iter().map(|(f, q, v)| set_cell(f, q, v)).collect();
-            let mutate =
-                MutateRowRequest { tenant: tenant.into(), table: table.into(), row_key: c.id.as_bytes().to_vec(), mutations };
+            let mutate = MutateRowRequest { tenant: tenant.into(), table: table.into(), row_key: c.id.as_bytes().to_vec(), mutations };
             let put = PutRequest {
                 tenant: tenant.into(),
                 table: table.into(),
@@ -263,7 +269,11 @@ async fn verify_names_by_get(cluster: &Cluster, via: u64, tenant: &str, table: &
         .map(|(item, c)| format!("{}: found {}, value {:?}", c.id, item.found, String::from_utf8_lossy(&item.value)))
         .collect();
     if !wrong.is_empty() {
-        cluster.fail(format!("BatchGet {tenant}/{table} via node {via}: {} names wrong: {:#?}", wrong.len(), &wrong[..wrong.len().min(10)]));
+        cluster.fail(format!(
+            "BatchGet {tenant}/{table} via node {via}: {} names wrong: {:#?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(10)]
+        ));
     }
     let client = cluster.data_client(via);
     for c in citizens.iter().step_by(every) {
@@ -311,7 +321,8 @@ impl Needles {
 /// A file of a snapshot: a stream file `snap-*.kho` (installed from a leader), or any file
 /// of a checkpoint directory `snap-*.ckpt/` (built here: SST files as hard links, and meta).
 fn is_snapshot_file(path: &Path) -> bool {
-    let named = |p: &Path, ext: &str| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("snap-") && n.to_string_lossy().ends_with(ext));
+    let named =
+        |p: &Path, ext: &str| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("snap-") && n.to_string_lossy().ends_with(ext));
     named(path, ".kho") || path.parent().is_some_and(|d| named(d, ".ckpt"))
 }
 
@@ -430,9 +441,7 @@ fn expect_version(cluster: &Cluster, what: &str, keys: &TenantKeys, v: u32, stat
 /// Fails unless `keys` is encrypted, at `current`, with no plaintext value.
 fn expect_current(cluster: &Cluster, what: &str, keys: &TenantKeys, current: u32) {
     if !keys.encrypted || keys.current_version != current || keys.plaintext_values != 0 {
-        cluster.fail(format!(
-            "{what}: expected an encrypted tenant at version {current} without plaintext values, got {keys:?}"
-        ));
+        cluster.fail(format!("{what}: expected an encrypted tenant at version {current} without plaintext values, got {keys:?}"));
     }
 }
 
@@ -659,7 +668,9 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
             // them (no repeats to back-reference), so a token stored in plaintext is found
             // verbatim in SST files; names and row keys may not be.
             let mut tokens = |prefix: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
-                (0..TOKENS).map(|i| (format!("{prefix}/{i:03}").into_bytes(), (0..TOKEN_BYTES).map(|_| rng.random::<u8>()).collect())).collect()
+                (0..TOKENS)
+                    .map(|i| (format!("{prefix}/{i:03}").into_bytes(), (0..TOKEN_BYTES).map(|_| rng.random::<u8>()).collect()))
+                    .collect()
             };
             let secret_tokens = tokens("token");
             let public_tokens = tokens("token");
@@ -721,8 +732,7 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
             let public_total = needles.len() - secret_count;
             let public_found = (secret_count..needles.len()).filter(|&i| found[i]).count();
             if tokens_found * 100 < TOKENS * CONTROL_FOUND_PERCENT_MIN {
-                let missing: Vec<&String> =
-                    (secret_count..public_tokens_end).filter(|&i| !found[i]).map(|i| &needles.labels[i]).collect();
+                let missing: Vec<&String> = (secret_count..public_tokens_end).filter(|&i| !found[i]).map(|i| &needles.labels[i]).collect();
                 cluster.fail(format!(
                     "the control failed: only {tokens_found} of {TOKENS} random tokens stored in plaintext by tenant \
                      cong_khai were found on disk after flushing (at least {CONTROL_FOUND_PERCENT_MIN}% must be), so the \
@@ -755,7 +765,10 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
             let public_found = report.found(needles.len())[secret_count..].iter().filter(|f| **f).count();
             // For information only: compacted SST blocks are compressed, so cong_khai's
             // strings need not all be found verbatim any more.
-            println!("after compaction, {public_found} of {} plaintext strings of cong_khai are still found verbatim", needles.len() - secret_count);
+            println!(
+                "after compaction, {public_found} of {} plaintext strings of cong_khai are still found verbatim",
+                needles.len() - secret_count
+            );
 
             // --- The API still answers with the plaintext.
             verify_citizens(&cluster, DAN_CU, CITIZEN, &secret).await;
@@ -836,7 +849,8 @@ async fn rotate_reencrypt_then_no_value_under_the_old_version() {
             expect_version(&cluster, "after writes under version 2", &status, 1, "retired", (VALUES_V1 - OVERWRITES_V2) as u64);
             expect_version(&cluster, "after writes under version 2", &status, 2, "current", (NEW_VALUES_V2 + OVERWRITES_V2) as u64);
 
-            let started = ok(&cluster, "StartReencryption", rpc!(admin, start_reencryption, StartReencryptionRequest { tenant: SO_CAI.into() }));
+            let started =
+                ok(&cluster, "StartReencryption", rpc!(admin, start_reencryption, StartReencryptionRequest { tenant: SO_CAI.into() }));
             assert_eq!(started.target_version, 2, "StartReencryption targets version {}, not the current 2", started.target_version);
             assert!(!started.resumed, "the first StartReencryption of the tenant says it resumed a job: {started:?}");
             let done = wait_reencryption_done(&cluster, SO_CAI, 2).await;
@@ -887,10 +901,7 @@ async fn rotate_reencrypt_then_no_value_under_the_old_version() {
             let heading = format!("tenant {SO_CAI}: encrypted, current key version 2");
             assert!(text.contains(&heading), "kho keys status lacks `{heading}`: {describe}");
             let total_s = total.to_string();
-            assert!(
-                has_row(&text, &["2", "current", total_s.as_str()]),
-                "kho keys status lacks the row `2  current  {total}`: {describe}"
-            );
+            assert!(has_row(&text, &["2", "current", total_s.as_str()]), "kho keys status lacks the row `2  current  {total}`: {describe}");
             println!("kho keys status:\n{text}");
         })
         .await;
@@ -950,9 +961,11 @@ async fn reencryption_resumes_after_the_leader_restarts() {
             for attempt in 1..=INTERRUPT_ATTEMPTS_MAX {
                 let leader = cluster.leader().await;
                 let admin = cluster.admin_client(leader);
-                let rotated = ok(&cluster, "RotateTenantKey", rpc!(admin, rotate_tenant_key, RotateTenantKeyRequest { tenant: LUU_TRU.into() }));
+                let rotated =
+                    ok(&cluster, "RotateTenantKey", rpc!(admin, rotate_tenant_key, RotateTenantKeyRequest { tenant: LUU_TRU.into() }));
                 let v = rotated.version;
-                let started = ok(&cluster, "StartReencryption", rpc!(admin, start_reencryption, StartReencryptionRequest { tenant: LUU_TRU.into() }));
+                let started =
+                    ok(&cluster, "StartReencryption", rpc!(admin, start_reencryption, StartReencryptionRequest { tenant: LUU_TRU.into() }));
                 assert_eq!(started.target_version, v, "StartReencryption after rotating to {v}: {started:?}");
                 let begun = Instant::now();
                 let deadline = begun + Duration::from_secs(REENCRYPTION_WAIT_S);
@@ -995,9 +1008,8 @@ async fn reencryption_resumes_after_the_leader_restarts() {
                          (last: {last}); rotating again",
                         begun.elapsed()
                     ),
-                    None => cluster.fail(format!(
-                        "re-encryption to version {v} visited no value within {REENCRYPTION_WAIT_S} s; last status: {last}"
-                    )),
+                    None => cluster
+                        .fail(format!("re-encryption to version {v} visited no value within {REENCRYPTION_WAIT_S} s; last status: {last}")),
                 }
             }
             let Some((v, killed, at_kill)) = interrupted else {
@@ -1090,11 +1102,21 @@ async fn node_refuses_a_wrong_or_missing_master_key_and_touches_nothing() {
             let wait = Duration::from_secs(REFUSAL_WAIT_S);
             let config = cluster.node_config_with_master_key(1, Some(file_b.as_path()));
             let run = cluster.run_server_once(1, "wrong-key", &config, wait).await;
-            expect_refusal(&cluster, "started with key B on data written under key A", &run, &["wrong master key", id_a.as_str(), id_b.as_str()]);
+            expect_refusal(
+                &cluster,
+                "started with key B on data written under key A",
+                &run,
+                &["wrong master key", id_a.as_str(), id_b.as_str()],
+            );
 
             let config = cluster.node_config_with_master_key(1, None);
             let run = cluster.run_server_once(1, "no-key", &config, wait).await;
-            expect_refusal(&cluster, "started without a master key on an encrypted data directory", &run, &["data directory", "is encrypted", id_a.as_str()]);
+            expect_refusal(
+                &cluster,
+                "started without a master key on an encrypted data directory",
+                &run,
+                &["data directory", "is encrypted", id_a.as_str()],
+            );
 
             let config = cluster.node_config_with_master_key(1, Some(file_a_open.as_path()));
             let run = cluster.run_server_once(1, "readable-key-file", &config, wait).await;
@@ -1179,7 +1201,11 @@ async fn hashed_table_refuses_scans_and_serves_point_reads() {
             let tables = ok(&cluster, "ListTables ho_tich", rpc!(admin, list_tables, ListTablesRequest { tenant: TENANT.into() }));
             let mut listed: Vec<(String, bool)> = tables.tables.iter().map(|t| (t.name.clone(), t.hashed_row_keys)).collect();
             listed.sort();
-            assert_eq!(listed, vec![(CITIZEN.to_string(), true), (PLAIN.to_string(), false)], "ListTables ho_tich: (name, hashed_row_keys)");
+            assert_eq!(
+                listed,
+                vec![(CITIZEN.to_string(), true), (PLAIN.to_string(), false)],
+                "ListTables ho_tich: (name, hashed_row_keys)"
+            );
             let tables = ok(&cluster, "ListTables cong_khai", rpc!(admin, list_tables, ListTablesRequest { tenant: CONG_KHAI.into() }));
             assert!(tables.tables.is_empty(), "the refused hashed table exists in cong_khai: {:?}", tables.tables);
 
@@ -1191,7 +1217,13 @@ async fn hashed_table_refuses_scans_and_serves_point_reads() {
                 let client = cluster.data_client(id);
                 let via = format!("via node {id}");
                 let scan = ScanRequest { tenant: TENANT.into(), table: CITIZEN.into(), family: "identity".into(), ..Default::default() };
-                expect_status(&cluster, &format!("{via}: Scan of a hashed table"), scan_retry(&client, scan, &RetryPolicy::STEADY).await, Code::FailedPrecondition, &["hashed row keys"]);
+                expect_status(
+                    &cluster,
+                    &format!("{via}: Scan of a hashed table"),
+                    scan_retry(&client, scan, &RetryPolicy::STEADY).await,
+                    Code::FailedPrecondition,
+                    &["hashed row keys"],
+                );
                 let scan = ScanRequest {
                     tenant: TENANT.into(),
                     table: CITIZEN.into(),
@@ -1199,9 +1231,21 @@ async fn hashed_table_refuses_scans_and_serves_point_reads() {
                     prefix: b"079".to_vec(),
                     ..Default::default()
                 };
-                expect_status(&cluster, &format!("{via}: Scan of a hashed table by prefix"), scan_retry(&client, scan, &RetryPolicy::STEADY).await, Code::FailedPrecondition, &["hashed row keys"]);
+                expect_status(
+                    &cluster,
+                    &format!("{via}: Scan of a hashed table by prefix"),
+                    scan_retry(&client, scan, &RetryPolicy::STEADY).await,
+                    Code::FailedPrecondition,
+                    &["hashed row keys"],
+                );
                 let rows = ScanRowsRequest { tenant: TENANT.into(), table: CITIZEN.into(), ..Default::default() };
-                expect_status(&cluster, &format!("{via}: ScanRows of a hashed table"), scan_rows(&client, rows).await, Code::FailedPrecondition, &["hashed row keys"]);
+                expect_status(
+                    &cluster,
+                    &format!("{via}: ScanRows of a hashed table"),
+                    scan_rows(&client, rows).await,
+                    Code::FailedPrecondition,
+                    &["hashed row keys"],
+                );
             }
 
             let client = cluster.data_client(cluster.ids().into_iter().find(|&id| id != leader).expect("a follower"));
@@ -1226,9 +1270,11 @@ async fn hashed_table_refuses_scans_and_serves_point_reads() {
                 "BatchGet answers the requested keys in order"
             );
             let renamed = format!("{} (đổi tên)", a.ho_ten);
-            let r = ok(&cluster, "CAS a", rpc!(client, compare_and_swap, hashed_cas(&a.id, Some(a.ho_ten.as_str()), Some(renamed.as_str()))));
+            let r =
+                ok(&cluster, "CAS a", rpc!(client, compare_and_swap, hashed_cas(&a.id, Some(a.ho_ten.as_str()), Some(renamed.as_str()))));
             assert!(r.succeeded && r.current_found && r.current_value == a.ho_ten.as_bytes(), "CAS a: {r:?}");
-            let r = ok(&cluster, "CAS a with a wrong expectation", rpc!(client, compare_and_swap, hashed_cas(&a.id, Some("sai"), Some("x"))));
+            let r =
+                ok(&cluster, "CAS a with a wrong expectation", rpc!(client, compare_and_swap, hashed_cas(&a.id, Some("sai"), Some("x"))));
             assert!(!r.succeeded && r.current_value == renamed.as_bytes(), "failed CAS reports the current value: {r:?}");
             let r = ok(&cluster, "CAS creating c", rpc!(client, compare_and_swap, hashed_cas(&c.id, None, Some(c.ho_ten.as_str()))));
             assert!(r.succeeded && !r.current_found, "CAS on a missing key: {r:?}");
@@ -1250,7 +1296,15 @@ async fn hashed_table_refuses_scans_and_serves_point_reads() {
                 }),
             };
             let write = |ops: Vec<WriteOp>| WriteRequest { tenant: TENANT.into(), table: CITIZEN.into(), ops };
-            ok(&cluster, "Write d, e", rpc!(client, write, write(vec![write_op(d.id.as_str(), Some(d.ho_ten.as_str())), write_op(e.id.as_str(), Some(e.ho_ten.as_str()))])));
+            ok(
+                &cluster,
+                "Write d, e",
+                rpc!(
+                    client,
+                    write,
+                    write(vec![write_op(d.id.as_str(), Some(d.ho_ten.as_str())), write_op(e.id.as_str(), Some(e.ho_ten.as_str()))])
+                ),
+            );
             for p in [d, e] {
                 let got = ok(&cluster, "Get after Write", rpc!(client, get, hashed_get(&p.id)));
                 assert!(got.found && got.value == p.ho_ten.as_bytes(), "Get {} after Write: {got:?}", p.id);
@@ -1285,14 +1339,14 @@ async fn hashed_table_refuses_scans_and_serves_point_reads() {
             assert_eq!(cells(&row), cells_b, "ReadRow b: cells in (family, qualifier) order");
             let got = ok(&cluster, "ReadRow b [residence]", rpc!(client, read_row, read(&["residence"])));
             assert_eq!(cells(&got.row.unwrap_or_default()), cells_b[2..].to_vec(), "ReadRow b, family residence only");
-            let delete_birth = Mutation {
-                mutation: Some(M::DeleteCell(DeleteCell { family: "identity".into(), qualifier: b"ngay_sinh".to_vec() })),
-            };
+            let delete_birth =
+                Mutation { mutation: Some(M::DeleteCell(DeleteCell { family: "identity".into(), qualifier: b"ngay_sinh".to_vec() })) };
             ok(&cluster, "MutateRow b: delete ngay_sinh", rpc!(client, mutate_row, mutate(vec![delete_birth])));
             let got = ok(&cluster, "ReadRow b after DeleteCell", rpc!(client, read_row, read(&[])));
             let expected: Vec<(String, String, String)> = cells_b.iter().filter(|(_, q, _)| q != "ngay_sinh").cloned().collect();
             assert_eq!(cells(&got.row.unwrap_or_default()), expected, "ReadRow b after deleting identity:ngay_sinh");
-            let absent = ReadRowRequest { tenant: TENANT.into(), table: CITIZEN.into(), row_key: a.id.as_bytes().to_vec(), ..Default::default() };
+            let absent =
+                ReadRowRequest { tenant: TENANT.into(), table: CITIZEN.into(), row_key: a.id.as_bytes().to_vec(), ..Default::default() };
             let got = ok(&cluster, "ReadRow of a deleted key", rpc!(client, read_row, absent));
             assert!(!got.found, "ReadRow of a row whose only cell was deleted: {:?}", got.row);
 
@@ -1357,7 +1411,8 @@ async fn a_byte_flipped_on_disk_fails_the_read_and_never_returns_other_data() {
             ok(&cluster, "CreateTable", create_table_with(&mut admin, FLIP_TENANT, FLIP_TABLE, &["f"], false).await);
             let target = KvTarget::new(FLIP_TENANT, FLIP_TABLE, "f");
             let value = |i: usize| -> Vec<u8> { (0..FLIP_VALUE_BYTES).map(|j| (i * 31 + j * 7 + (seed as usize)) as u8).collect() };
-            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..FLIP_FILLER_VALUES).map(|i| (format!("a-{i:03}").into_bytes(), value(i))).collect();
+            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> =
+                (0..FLIP_FILLER_VALUES).map(|i| (format!("a-{i:03}").into_bytes(), value(i))).collect();
             pairs.push((b"m-changed-through-rocksdb".to_vec(), value(1000)));
             pairs.push((b"z-changed-in-the-sst".to_vec(), value(2000)));
             put_all(&cluster, &target, &pairs).await;
@@ -1418,7 +1473,13 @@ async fn a_byte_flipped_on_disk_fails_the_read_and_never_returns_other_data() {
                     }
                 }
                 let what = format!("Get {}", String::from_utf8_lossy(key));
-                expect_status(&cluster, &what, last.unwrap_or_else(|| cluster.fail(format!("{what}: still UNAVAILABLE"))), Code::DataLoss, mentions);
+                expect_status(
+                    &cluster,
+                    &what,
+                    last.unwrap_or_else(|| cluster.fail(format!("{what}: still UNAVAILABLE"))),
+                    Code::DataLoss,
+                    mentions,
+                );
             }
             // Values in other blocks are untouched.
             let got = ok(&cluster, "Get a-000", data.get(get(b"a-000")).await).into_inner();

@@ -53,7 +53,8 @@ async fn node_joins_as_voter_with_the_same_data_and_leaves() {
             let sums = cluster.wait_applied_equal(Duration::from_secs(60)).await;
             assert_eq!(sums.len(), 4, "four nodes answer NodeChecksum");
             assert_checksums_equal(&cluster, &sums);
-            let status = cluster.admin_client(4).cluster_status(ClusterStatusRequest {}).await.expect("ClusterStatus via node 4").into_inner();
+            let status =
+                cluster.admin_client(4).cluster_status(ClusterStatusRequest {}).await.expect("ClusterStatus via node 4").into_inner();
             assert_eq!(status.nodes.len(), 4, "node 4 sees four members: {status:?}");
             assert!(status.nodes.iter().all(|n| n.role != "unreachable"), "{status:?}");
 

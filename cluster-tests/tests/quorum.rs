@@ -37,7 +37,8 @@ async fn without_quorum_requests_get_unavailable_then_recover() {
                 Ok(Err(s)) => assert_eq!(s.code(), Code::Unavailable, "write without quorum: {s:?}"),
             }
             println!("write without quorum answered UNAVAILABLE after {:?}", started.elapsed());
-            let get = GetRequest { tenant: TENANT.into(), table: TABLE.into(), key: b"k".to_vec(), family: FAMILY.into(), ..Default::default() };
+            let get =
+                GetRequest { tenant: TENANT.into(), table: TABLE.into(), key: b"k".to_vec(), family: FAMILY.into(), ..Default::default() };
             match tokio::time::timeout(Duration::from_secs(NO_QUORUM_ANSWER_S), client.get(get)).await {
                 Err(_) => cluster.fail(format!("a read without quorum got no answer within {NO_QUORUM_ANSWER_S} s")),
                 Ok(Ok(r)) => cluster.fail(format!("a linearizable read without quorum was served: {r:?}")),

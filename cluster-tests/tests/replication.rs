@@ -5,8 +5,8 @@ use std::time::Duration;
 use kho_cluster_tests::kv::scan_retry;
 use kho_cluster_tests::writes::{count_acknowledged, max_revision, revision_violations};
 use kho_cluster_tests::{
-    assert_checksums_equal, setup_kv, test_seed, verify_everywhere, Cluster, ClusterOptions, RetryPolicy, WriteOutcome,
-    WriteRecord, WriterConfig, Writers,
+    assert_checksums_equal, setup_kv, test_seed, verify_everywhere, Cluster, ClusterOptions, RetryPolicy, WriteOutcome, WriteRecord,
+    WriterConfig, Writers,
 };
 use kho_proto::v1::ScanRequest;
 
@@ -77,11 +77,7 @@ async fn follower_catches_up_by_snapshot() {
     const KEYS: u64 = 3_000;
     const CLIENTS: u32 = 4;
     let seed = test_seed(NAME);
-    let opts = ClusterOptions {
-        snapshot_logs_since_last: Some(500),
-        logs_to_keep_after_snapshot: Some(100),
-        ..ClusterOptions::default()
-    };
+    let opts = ClusterOptions { snapshot_logs_since_last: Some(500), logs_to_keep_after_snapshot: Some(100), ..ClusterOptions::default() };
     let cluster = Cluster::start(3, opts).await;
     cluster
         .bounded(NAME, Duration::from_secs(600), async {
@@ -201,7 +197,9 @@ async fn linearizable_reads_check(name: &str, follower_reads: bool) {
             let writer = [(leader, cluster.data_client(leader))];
             for i in 1..=WRITES {
                 // Retrying is safe: the same value again.
-                if let WriteOutcome::Unknown { last_error } = put_with_retry(&writer, 0, &target, KEY, &i.to_be_bytes(), &RetryPolicy::STEADY).await {
+                if let WriteOutcome::Unknown { last_error } =
+                    put_with_retry(&writer, 0, &target, KEY, &i.to_be_bytes(), &RetryPolicy::STEADY).await
+                {
                     cluster.fail(format!("write {i}: {last_error:?}"));
                 }
                 acked.store(i, Ordering::SeqCst);

@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    DBRawIteratorWithThreadMode, DBRecoveryMode, DBWithThreadMode, Options, ReadOptions,
-    ReadTier, SingleThreaded, SnapshotWithThreadMode, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRawIteratorWithThreadMode, DBRecoveryMode,
+    DBWithThreadMode, Options, ReadOptions, ReadTier, SingleThreaded, SnapshotWithThreadMode, WriteOptions,
 };
 
 use crate::error::{key_hex, rocks, Error, Result};
@@ -73,10 +72,7 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions {
-            block_cache_bytes: 256 << 20,
-            write_buffer_bytes: 64 << 20,
-        }
+        EngineOptions { block_cache_bytes: 256 << 20, write_buffer_bytes: 64 << 20 }
     }
 }
 
@@ -107,29 +103,21 @@ impl WeakEngine {
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Engine")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("Engine").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
 /// The handle of a column family. Every column family is opened with the instance, so a
 /// missing one is a bug.
 fn handle(db: &Db, cf: Cf) -> &ColumnFamily {
-    db.cf_handle(cf.name())
-        .unwrap_or_else(|| panic!("column family {} not open", cf.name()))
+    db.cf_handle(cf.name()).unwrap_or_else(|| panic!("column family {} not open", cf.name()))
 }
 
 /// Whether `[start, end)` is empty. An inverted range is a caller bug (debug builds panic);
 /// release builds treat it as empty.
 fn is_empty_range(start: &[u8], end: Option<&[u8]>) -> bool {
     end.is_some_and(|end| {
-        debug_assert!(
-            start <= end,
-            "inverted range {}..{}",
-            key_hex(start),
-            key_hex(end)
-        );
+        debug_assert!(start <= end, "inverted range {}..{}", key_hex(start), key_hex(end));
         start >= end
     })
 }
@@ -190,10 +178,7 @@ impl Engine {
     /// Data is compressed with lz4 (the data column family: not on levels 0 and 1, zstd on
     /// the bottommost level).
     pub fn open(path: &Path, opts: &EngineOptions) -> Result<Engine> {
-        std::fs::create_dir_all(path).map_err(|source| Error::Io {
-            op: "create engine directory",
-            source,
-        })?;
+        std::fs::create_dir_all(path).map_err(|source| Error::Io { op: "create engine directory", source })?;
         let cache = Cache::new_lru_cache(opts.block_cache_bytes);
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
@@ -206,14 +191,10 @@ impl Engine {
         db_opts.set_atomic_flush(true);
         // RocksDB's unused "default" column family; snappy is not linked in.
         db_opts.set_compression_type(DBCompressionType::Lz4);
-        let descriptors =
-            Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, opts, &cache)));
+        let descriptors = Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, opts, &cache)));
         let db = Db::open_cf_descriptors(&db_opts, path, descriptors).map_err(rocks("open"))?;
         tracing::info!(path = %path.display(), ?opts, "engine opened");
-        Ok(Engine {
-            db: Arc::new(db),
-            path: path.to_path_buf(),
-        })
+        Ok(Engine { db: Arc::new(db), path: path.to_path_buf() })
     }
 
     /// Opens the DB at `path` read-only, with all four column families: for reading a
@@ -235,12 +216,8 @@ impl Engine {
             cf_opts.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(cf.name(), cf_opts)
         });
-        let db = Db::open_cf_descriptors_read_only(&db_opts, path, descriptors, false)
-            .map_err(rocks("open read-only"))?;
-        Ok(Engine {
-            db: Arc::new(db),
-            path: path.to_path_buf(),
-        })
+        let db = Db::open_cf_descriptors_read_only(&db_opts, path, descriptors, false).map_err(rocks("open read-only"))?;
+        Ok(Engine { db: Arc::new(db), path: path.to_path_buf() })
     }
 
     /// Writes a RocksDB checkpoint of every column family into `dir` (which must not
@@ -248,9 +225,7 @@ impl Engine {
     /// every write so far, logged or not, and so does the live DB on disk. SST files are
     /// hard links (no data is copied); they stay on disk until the checkpoint is removed.
     pub fn checkpoint(&self, dir: &Path) -> Result<()> {
-        rocksdb::checkpoint::Checkpoint::new(self.db.as_ref())
-            .and_then(|c| c.create_checkpoint(dir))
-            .map_err(rocks("checkpoint"))
+        rocksdb::checkpoint::Checkpoint::new(self.db.as_ref()).and_then(|c| c.create_checkpoint(dir)).map_err(rocks("checkpoint"))
     }
 
     /// The directory of the DB.
@@ -260,9 +235,7 @@ impl Engine {
 
     /// Raw read (no value header): used for Raft log and metadata.
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db
-            .get_cf(handle(&self.db, cf), key)
-            .map_err(rocks("get"))
+        self.db.get_cf(handle(&self.db, cf), key).map_err(rocks("get"))
     }
 
     /// Like [`Engine::get`], but answers only from memory (memtables and the block cache):
@@ -280,20 +253,12 @@ impl Engine {
 
     /// Raw (key, value) pairs of `cf` in `[start, end)` in key order (end None = to the end
     /// of the column family), at most `limit` of them.
-    pub fn scan(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
         if limit == 0 || is_empty_range(start, end) {
             return Ok(out);
         }
-        let iter = self
-            .db
-            .raw_iterator_cf_opt(handle(&self.db, cf), range_read_options(start, end));
+        let iter = self.db.raw_iterator_cf_opt(handle(&self.db, cf), range_read_options(start, end));
         drive(iter, "scan", start, |key, value| {
             out.push((key.to_vec(), value.to_vec()));
             Ok(out.len() < limit)
@@ -303,18 +268,11 @@ impl Engine {
     }
 
     /// The last raw (key, value) of `cf` in `[start, end)`, or None.
-    pub fn last_in_range(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        end: &[u8],
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    pub fn last_in_range(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         if is_empty_range(start, Some(end)) {
             return Ok(None);
         }
-        let mut iter = self
-            .db
-            .raw_iterator_cf_opt(handle(&self.db, cf), range_read_options(start, Some(end)));
+        let mut iter = self.db.raw_iterator_cf_opt(handle(&self.db, cf), range_read_options(start, Some(end)));
         iter.seek_to_last();
         if let Some((key, value)) = iter.item() {
             debug_assert!(start <= key && key < end);
@@ -325,21 +283,13 @@ impl Engine {
     }
 
     /// The first raw (key, value) of `cf` in `[start, end)`, or None.
-    pub fn first_in_range(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        end: &[u8],
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    pub fn first_in_range(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         Ok(self.scan(cf, start, Some(end), 1)?.pop())
     }
 
     /// An empty batch for this engine.
     pub fn batch(&self) -> WriteBatch {
-        WriteBatch {
-            inner: rocksdb::WriteBatch::default(),
-            db: Arc::clone(&self.db),
-        }
+        WriteBatch { inner: rocksdb::WriteBatch::default(), db: Arc::clone(&self.db) }
     }
 
     /// Writes `batch` atomically: after a crash, all of it or none of it is visible.
@@ -370,13 +320,8 @@ impl Engine {
     }
 
     fn write_with(&self, batch: WriteBatch, write_options: &WriteOptions) -> Result<()> {
-        assert!(
-            Arc::ptr_eq(&batch.db, &self.db),
-            "write batch of another engine"
-        );
-        self.db
-            .write_opt(batch.inner, write_options)
-            .map_err(rocks("write"))
+        assert!(Arc::ptr_eq(&batch.db, &self.db), "write batch of another engine");
+        self.db.write_opt(batch.inner, write_options).map_err(rocks("write"))
     }
 
     /// Flushes every column family's memtable to SST files, as one atomic cut, and waits
@@ -426,12 +371,7 @@ impl Engine {
     /// Verified (key, payload) pairs of the Data column family in `[start, end)`, in key
     /// order, at most `limit` of them. Any value failing verification fails the whole scan
     /// with [`Error::Corruption`].
-    pub fn scan_values(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn scan_values(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut pairs = self.scan(Cf::Data, start, Some(end), limit)?;
         for (key, stored) in &mut pairs {
             let payload_len = decode_value(key, stored)?.len();
@@ -442,10 +382,7 @@ impl Engine {
 
     /// A consistent point-in-time view of all column families.
     pub fn snapshot(&self) -> Snapshot<'_> {
-        Snapshot {
-            db: &self.db,
-            inner: self.db.snapshot(),
-        }
+        Snapshot { db: &self.db, inner: self.db.snapshot() }
     }
 
     /// Flushes every memtable to SST files and compacts every column family fully, so
@@ -465,8 +402,7 @@ impl Engine {
     pub fn compact(&self, cf: Cf) -> Result<()> {
         let mut opts = rocksdb::CompactOptions::default();
         opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        self.db
-            .compact_range_cf_opt(handle(&self.db, cf), None::<&[u8]>, None::<&[u8]>, &opts);
+        self.db.compact_range_cf_opt(handle(&self.db, cf), None::<&[u8]>, None::<&[u8]>, &opts);
         Ok(())
     }
 }
@@ -479,10 +415,7 @@ pub struct WriteBatch {
 
 impl fmt::Debug for WriteBatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WriteBatch")
-            .field("len", &self.len())
-            .field("size_bytes", &self.size_bytes())
-            .finish()
+        f.debug_struct("WriteBatch").field("len", &self.len()).field("size_bytes", &self.size_bytes()).finish()
     }
 }
 
@@ -503,12 +436,7 @@ impl WriteBatch {
     ///
     /// If `start > end`.
     pub fn delete_range(&mut self, cf: Cf, start: &[u8], end: &[u8]) {
-        assert!(
-            start <= end,
-            "delete_range: inverted range {}..{}",
-            key_hex(start),
-            key_hex(end)
-        );
+        assert!(start <= end, "delete_range: inverted range {}..{}", key_hex(start), key_hex(end));
         if start < end {
             self.inner.delete_range_cf(handle(&self.db, cf), start, end);
         }
@@ -543,36 +471,24 @@ pub struct Snapshot<'a> {
 
 impl fmt::Debug for Snapshot<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Snapshot")
-            .field("sequence_number", &self.inner.sequence_number())
-            .finish()
+        f.debug_struct("Snapshot").field("sequence_number", &self.inner.sequence_number()).finish()
     }
 }
 
 impl Snapshot<'_> {
     /// Raw read of `key` of `cf` as of the snapshot.
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.inner
-            .get_cf(handle(self.db, cf), key)
-            .map_err(rocks("snapshot get"))
+        self.inner.get_cf(handle(self.db, cf), key).map_err(rocks("snapshot get"))
     }
 
     /// Calls `f` for each raw (key, value) of `cf` in `[start, end)` in key order (end None =
     /// to the end of the column family), stopping early if `f` returns `Ok(false)`. An error
     /// from `f` stops the iteration and is returned.
-    pub fn for_each(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        end: Option<&[u8]>,
-        f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
+    pub fn for_each(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
         if is_empty_range(start, end) {
             return Ok(());
         }
-        let iter = self
-            .inner
-            .raw_iterator_cf_opt(handle(self.db, cf), range_read_options(start, end));
+        let iter = self.inner.raw_iterator_cf_opt(handle(self.db, cf), range_read_options(start, end));
         drive(iter, "snapshot for_each", start, f)
     }
 }

@@ -50,22 +50,13 @@ const TERMINATOR: u8 = 0x01;
 /// Returns [`Error::InvalidKey`] naming the part and the reason.
 pub fn check_key_parts(table: TableId, row: &[u8], qualifier: &[u8]) -> Result<()> {
     if table > TABLE_ID_MAX {
-        return Err(Error::InvalidKey {
-            reason: format!("table id {table} is reserved (largest is {TABLE_ID_MAX})"),
-        });
+        return Err(Error::InvalidKey { reason: format!("table id {table} is reserved (largest is {TABLE_ID_MAX})") });
     }
     if row.len() > ROW_BYTES_MAX {
-        return Err(Error::InvalidKey {
-            reason: format!("row is {} bytes, limit is {ROW_BYTES_MAX}", row.len()),
-        });
+        return Err(Error::InvalidKey { reason: format!("row is {} bytes, limit is {ROW_BYTES_MAX}", row.len()) });
     }
     if qualifier.len() > QUALIFIER_BYTES_MAX {
-        return Err(Error::InvalidKey {
-            reason: format!(
-                "qualifier is {} bytes, limit is {QUALIFIER_BYTES_MAX}",
-                qualifier.len()
-            ),
-        });
+        return Err(Error::InvalidKey { reason: format!("qualifier is {} bytes, limit is {QUALIFIER_BYTES_MAX}", qualifier.len()) });
     }
     Ok(())
 }
@@ -93,9 +84,7 @@ pub fn encode_row(out: &mut Vec<u8>, row: &[u8]) {
 /// Returns [`Error::Corruption`] on a 0x00 followed by anything but 0xFF or 0x01, or if the
 /// terminator is missing.
 pub fn decode_row(input: &[u8]) -> Result<(Vec<u8>, usize)> {
-    split_row(input).map_err(|reason| Error::Corruption {
-        what: format!("row encoding {}: {reason}", key_hex(input)),
-    })
+    split_row(input).map_err(|reason| Error::Corruption { what: format!("row encoding {}: {reason}", key_hex(input)) })
 }
 
 /// [`decode_row`], with the reason of a failure as the error.
@@ -115,11 +104,7 @@ fn split_row(input: &[u8]) -> std::result::Result<(Vec<u8>, usize), String> {
                 at += 2;
             }
             Some(&TERMINATOR) => return Ok((row, at + 2)),
-            Some(&other) => {
-                return Err(format!(
-                    "byte 0x00 followed by 0x{other:02x} at row offset {at}"
-                ))
-            }
+            Some(&other) => return Err(format!("byte 0x00 followed by 0x{other:02x} at row offset {at}")),
             None => break,
         }
     }
@@ -149,17 +134,10 @@ pub fn family_prefix(tenant: TenantId, table: TableId, row: &[u8], family: Famil
 }
 
 /// The data key of one cell: `tenant u32 BE ++ table u32 BE ++ enc(row) ++ family u16 BE ++ qualifier`.
-pub fn data_key(
-    tenant: TenantId,
-    table: TableId,
-    row: &[u8],
-    family: FamilyId,
-    qualifier: &[u8],
-) -> Vec<u8> {
+pub fn data_key(tenant: TenantId, table: TableId, row: &[u8], family: FamilyId, qualifier: &[u8]) -> Vec<u8> {
     // Exact unless the row holds 0x00 bytes (one more byte each).
     let encoded_row_len = row.len() + 2;
-    let mut out =
-        Vec::with_capacity(TABLE_PREFIX_LEN + encoded_row_len + FAMILY_LEN + qualifier.len());
+    let mut out = Vec::with_capacity(TABLE_PREFIX_LEN + encoded_row_len + FAMILY_LEN + qualifier.len());
     out.extend_from_slice(&tenant.to_be_bytes());
     out.extend_from_slice(&table.to_be_bytes());
     encode_row(&mut out, row);
@@ -188,17 +166,11 @@ pub struct DecodedKey {
 /// Returns [`Error::Corruption`] if the key is too short or its row is badly escaped.
 /// Decoding is strict, so `data_key` of the result gives back exactly `key`.
 pub fn decode_data_key(key: &[u8]) -> Result<DecodedKey> {
-    let too_short = || Error::Corruption {
-        what: format!("data key too short ({} bytes): {}", key.len(), key_hex(key)),
-    };
+    let too_short = || Error::Corruption { what: format!("data key too short ({} bytes): {}", key.len(), key_hex(key)) };
     let (tenant_bytes, rest) = key.split_first_chunk::<4>().ok_or_else(too_short)?;
     let (table_bytes, rest) = rest.split_first_chunk::<4>().ok_or_else(too_short)?;
-    let (row, row_len) = split_row(rest).map_err(|reason| Error::Corruption {
-        what: format!("data key {}: {reason}", key_hex(key)),
-    })?;
-    let (family_bytes, qualifier) = rest[row_len..]
-        .split_first_chunk::<FAMILY_LEN>()
-        .ok_or_else(too_short)?;
+    let (row, row_len) = split_row(rest).map_err(|reason| Error::Corruption { what: format!("data key {}: {reason}", key_hex(key)) })?;
+    let (family_bytes, qualifier) = rest[row_len..].split_first_chunk::<FAMILY_LEN>().ok_or_else(too_short)?;
     Ok(DecodedKey {
         tenant: TenantId::from_be_bytes(*tenant_bytes),
         table: TableId::from_be_bytes(*table_bytes),
@@ -226,17 +198,8 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 /// # Panics
 ///
 /// If `table > TABLE_ID_MAX` (a reserved id: its range may have no finite end).
-pub fn row_range(
-    tenant: TenantId,
-    table: TableId,
-    start_row: &[u8],
-    end_row: Option<&[u8]>,
-    row_prefix: &[u8],
-) -> (Vec<u8>, Vec<u8>) {
-    assert!(
-        table <= TABLE_ID_MAX,
-        "row_range: reserved table id {table}"
-    );
+pub fn row_range(tenant: TenantId, table: TableId, start_row: &[u8], end_row: Option<&[u8]>, row_prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    assert!(table <= TABLE_ID_MAX, "row_range: reserved table id {table}");
     let table_start = table_prefix(tenant, table);
     // The table prefix has a byte other than 0xFF (table <= TABLE_ID_MAX), so every
     // prefix_end below is Some.
@@ -272,10 +235,7 @@ mod tests {
 
     /// Bytes that stress the escaping: 0x00, 0x01, 0xFE, 0xFF and an ordinary letter.
     fn tricky_bytes(len: usize) -> impl Strategy<Value = Vec<u8>> {
-        prop::collection::vec(
-            prop::sample::select(vec![0x00u8, 0x01, 0xFE, 0xFF, b'a']),
-            0..len,
-        )
+        prop::collection::vec(prop::sample::select(vec![0x00u8, 0x01, 0xFE, 0xFF, b'a']), 0..len)
     }
 
     type Tuple = (TenantId, TableId, Vec<u8>, FamilyId, Vec<u8>);
@@ -298,36 +258,24 @@ mod tests {
     fn worked_example_matches_the_format_document() {
         let key = data_key(1, 2, b"a\0b", 3, b"q");
         // tenant 00000001 | table 00000002 | row 61 00ff 62 0001 | family 0003 | qualifier 71
-        assert_eq!(
-            crate::error::key_hex(&key),
-            "00000001000000026100ff620001000371"
-        );
+        assert_eq!(crate::error::key_hex(&key), "00000001000000026100ff620001000371");
     }
 
     #[test]
     fn decode_row_rejects_bad_escapes() {
         for bad in [&b""[..], b"a", b"a\x00", b"a\x00\x02", b"\x00\xfe\x00\x01"] {
-            assert!(
-                matches!(decode_row(bad), Err(Error::Corruption { .. })),
-                "{bad:?} decoded"
-            );
+            assert!(matches!(decode_row(bad), Err(Error::Corruption { .. })), "{bad:?} decoded");
         }
         assert_eq!(decode_row(b"\x00\xff\x00\x01rest").ok(), Some((vec![0], 4)));
         let err = decode_data_key(b"\0\0\0\x01\0\0\0\x02a\x00\x02").expect_err("bad escape");
-        assert_eq!(
-            err.to_string(),
-            "corruption: data key 0000000100000002610002: byte 0x00 followed by 0x02 at row offset 1"
-        );
+        assert_eq!(err.to_string(), "corruption: data key 0000000100000002610002: byte 0x00 followed by 0x02 at row offset 1");
     }
 
     #[test]
     fn decode_data_key_rejects_short_keys() {
         let key = data_key(1, 2, b"row", 3, b"");
         for len in 0..key.len() {
-            assert!(
-                matches!(decode_data_key(&key[..len]), Err(Error::Corruption { .. })),
-                "prefix of {len} bytes decoded"
-            );
+            assert!(matches!(decode_data_key(&key[..len]), Err(Error::Corruption { .. })), "prefix of {len} bytes decoded");
         }
         assert!(decode_data_key(&key).is_ok());
     }
@@ -342,18 +290,9 @@ mod tests {
 
     #[test]
     fn check_key_parts_limits() {
-        assert!(
-            check_key_parts(TABLE_ID_MAX, &[0; ROW_BYTES_MAX], &[0; QUALIFIER_BYTES_MAX]).is_ok()
-        );
-        for (table, row, qualifier) in [
-            (u32::MAX, 0, 0),
-            (1, ROW_BYTES_MAX + 1, 0),
-            (1, 0, QUALIFIER_BYTES_MAX + 1),
-        ] {
-            assert!(matches!(
-                check_key_parts(table, &vec![0; row], &vec![0; qualifier]),
-                Err(Error::InvalidKey { .. })
-            ));
+        assert!(check_key_parts(TABLE_ID_MAX, &[0; ROW_BYTES_MAX], &[0; QUALIFIER_BYTES_MAX]).is_ok());
+        for (table, row, qualifier) in [(u32::MAX, 0, 0), (1, ROW_BYTES_MAX + 1, 0), (1, 0, QUALIFIER_BYTES_MAX + 1)] {
+            assert!(matches!(check_key_parts(table, &vec![0; row], &vec![0; qualifier]), Err(Error::InvalidKey { .. })));
         }
     }
 

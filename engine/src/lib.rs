@@ -16,8 +16,8 @@ pub mod keys;
 pub mod value;
 
 mod db;
-pub mod segment_log;
 mod error;
+pub mod segment_log;
 
 pub use db::{Cf, Engine, EngineOptions, Snapshot, WeakEngine, WriteBatch};
 pub use error::{Error, Result};

@@ -117,22 +117,15 @@ pub struct Recovered {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync log directory"))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("sync log directory"))
 }
 
 /// Reads the records of one segment file. Returns the segment and, if the file ends with
 /// a torn or corrupt record, the offset where the valid part ends and why.
 fn scan_segment(path: &Path, first: u64) -> Result<(Segment, Option<(u64, String)>)> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(io("open log segment"))?;
+    let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(io("open log segment"))?;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(io("read log segment"))?;
+    file.read_to_end(&mut bytes).map_err(io("read log segment"))?;
     let name = path.display();
     if bytes.len() < SEGMENT_MAGIC.len() || &bytes[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
         // A segment whose magic never reached the disk holds nothing.
@@ -189,9 +182,7 @@ impl SegmentLog {
             let e = e.map_err(io("list log directory"))?;
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(stem) = name.strip_suffix(".seg") else { continue };
-            let first: u64 = stem
-                .parse()
-                .map_err(|_| corrupt(format!("{}: not a log segment name", e.path().display())))?;
+            let first: u64 = stem.parse().map_err(|_| corrupt(format!("{}: not a log segment name", e.path().display())))?;
             names.push((first, e.path()));
         }
         names.sort();
@@ -203,9 +194,7 @@ impl SegmentLog {
             let (seg, bad) = scan_segment(&path, first)?;
             if let Some((offset, why)) = bad {
                 if !newest {
-                    return Err(corrupt(format!(
-                        "{why}; only the newest segment may end with a torn record"
-                    )));
+                    return Err(corrupt(format!("{why}; only the newest segment may end with a torn record")));
                 }
                 tracing::warn!(segment = %path.display(), %why, offset, "cutting the torn tail of the Raft log");
                 cut_bytes = seg.file.metadata().map_err(io("stat log segment"))?.len() - offset;
@@ -302,20 +291,9 @@ impl SegmentLog {
             }
         }
         let path = self.dir.join(segment_name(first));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io("create log segment"))?;
+        let mut file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(io("create log segment"))?;
         file.write_all(SEGMENT_MAGIC).map_err(io("write log segment"))?;
-        inner.segments.push_back(Segment {
-            first,
-            path,
-            file: Arc::new(file),
-            offsets: Vec::new(),
-            len: SEGMENT_MAGIC.len() as u64,
-        });
+        inner.segments.push_back(Segment { first, path, file: Arc::new(file), offsets: Vec::new(), len: SEGMENT_MAGIC.len() as u64 });
         inner.active_dirty = true;
         inner.dir_dirty = true;
         Ok(())
@@ -443,10 +421,7 @@ impl SegmentLog {
         {
             let inner = self.inner();
             if start < inner.first || end > inner.next {
-                return Err(corrupt(format!(
-                    "read of log indexes {start}..{end}, but the log holds {}..{}",
-                    inner.first, inner.next
-                )));
+                return Err(corrupt(format!("read of log indexes {start}..{end}, but the log holds {}..{}", inner.first, inner.next)));
             }
             let mut i = inner.segments.partition_point(|s| s.end() <= start);
             let mut index = start;

@@ -92,9 +92,7 @@ pub fn open_value(key: &[u8], stored: &[u8], data_key: &DataKey) -> Result<Vec<u
     let mut aad = Vec::with_capacity(key.len() + SEALED_HEADER_LEN);
     aad.extend_from_slice(key);
     aad.extend_from_slice(header);
-    data_key
-        .open(&nonce, &aad, sealed)
-        .map_err(|e| corruption(key, format!("encrypted under key version {key_version}: {e}")))
+    data_key.open(&nonce, &aad, sealed).map_err(|e| corruption(key, format!("encrypted under key version {key_version}: {e}")))
 }
 
 /// The value format written by this version of the engine.
@@ -134,14 +132,9 @@ pub fn encode_value(key: &[u8], payload: &[u8]) -> Vec<u8> {
 /// Any mismatch is an [`Error::Corruption`] naming the key (hex, first 64 bytes) and what
 /// failed; corrupt bytes are never returned.
 pub fn decode_value<'a>(key: &[u8], stored: &'a [u8]) -> Result<&'a [u8]> {
-    let corrupt = |what: String| Error::Corruption {
-        what: format!("value of key {}: {what}", key_hex(key)),
-    };
+    let corrupt = |what: String| Error::Corruption { what: format!("value of key {}: {what}", key_hex(key)) };
     let Some((header, payload)) = stored.split_first_chunk::<VALUE_HEADER_LEN>() else {
-        return Err(corrupt(format!(
-            "{} bytes, shorter than the {VALUE_HEADER_LEN}-byte header",
-            stored.len()
-        )));
+        return Err(corrupt(format!("{} bytes, shorter than the {VALUE_HEADER_LEN}-byte header", stored.len())));
     };
     let [version, flags, crc @ ..] = *header;
     if version == VALUE_FORMAT_V2 {
@@ -156,9 +149,7 @@ pub fn decode_value<'a>(key: &[u8], stored: &'a [u8]) -> Result<&'a [u8]> {
     let stored_crc = u32::from_le_bytes(crc);
     let computed_crc = checksum(key, version, flags, payload);
     if stored_crc != computed_crc {
-        return Err(corrupt(format!(
-            "checksum mismatch: stored 0x{stored_crc:08x}, computed 0x{computed_crc:08x}"
-        )));
+        return Err(corrupt(format!("checksum mismatch: stored 0x{stored_crc:08x}, computed 0x{computed_crc:08x}")));
     }
     Ok(payload)
 }
@@ -189,10 +180,7 @@ mod tests {
             for xor in 1..=u8::MAX {
                 let mut changed = stored.clone();
                 changed[at] ^= xor;
-                assert!(
-                    is_corruption(decode_value(&key, &changed)),
-                    "byte {at} ^ {xor:#04x}"
-                );
+                assert!(is_corruption(decode_value(&key, &changed)), "byte {at} ^ {xor:#04x}");
             }
         }
     }
@@ -202,15 +190,9 @@ mod tests {
         let mut stored = encode_value(b"k", b"payload");
         stored[1] = 0b01;
         let err = decode_value(b"k", &stored).expect_err("flag set");
-        assert_eq!(
-            err.to_string(),
-            "corruption: value of key 6b: unsupported flags 0x01"
-        );
+        assert_eq!(err.to_string(), "corruption: value of key 6b: unsupported flags 0x01");
         let err = decode_value(b"k", &stored[..5]).expect_err("short");
-        assert!(
-            err.to_string().contains("shorter than the 6-byte header"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("shorter than the 6-byte header"), "{err}");
     }
 
     fn tenant_key(byte: u8) -> DataKey {
@@ -221,10 +203,7 @@ mod tests {
     fn sealed_worked_example_matches_the_format_document() {
         let key = data_key(1, 2, b"a\0b", 3, b"q");
         let stored = seal_value(&key, b"v", &DataKey::new(&[7; 32]), 1, [9; 12]);
-        assert_eq!(
-            crate::error::key_hex(&stored),
-            "020200000001090909090909090909090909516d47adaf1ebe5b2910cc89118f57db55"
-        );
+        assert_eq!(crate::error::key_hex(&stored), "020200000001090909090909090909090909516d47adaf1ebe5b2910cc89118f57db55");
     }
 
     #[test]

@@ -11,10 +11,7 @@ use tempfile::TempDir;
 
 /// Small caches: tests open many engines.
 fn test_options() -> EngineOptions {
-    EngineOptions {
-        block_cache_bytes: 8 << 20,
-        write_buffer_bytes: 1 << 20,
-    }
+    EngineOptions { block_cache_bytes: 8 << 20, write_buffer_bytes: 1 << 20 }
 }
 
 fn open(dir: &TempDir) -> Engine {
@@ -24,10 +21,7 @@ fn open(dir: &TempDir) -> Engine {
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 fn pairs(items: &[(&[u8], &[u8])]) -> Pairs {
-    items
-        .iter()
-        .map(|(k, v)| (k.to_vec(), v.to_vec()))
-        .collect()
+    items.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
 }
 
 #[test]
@@ -72,28 +66,13 @@ fn batch_is_atomic_and_visible_after_write() {
     assert_eq!(engine.get(Cf::RaftLog, b"log-1").expect("get"), None);
     engine.write(batch, false).expect("write");
 
-    assert_eq!(
-        engine.get(Cf::RaftLog, b"log-1").expect("get").as_deref(),
-        Some(&b"entry"[..])
-    );
-    assert_eq!(
-        engine.get(Cf::RaftMeta, b"vote").expect("get").as_deref(),
-        Some(&b"term 3"[..])
-    );
-    assert_eq!(
-        engine.get(Cf::Local, b"node").expect("get").as_deref(),
-        Some(&b"7"[..])
-    );
-    assert_eq!(
-        engine.get_value(b"cell").expect("get").as_deref(),
-        Some(&b"payload"[..])
-    );
+    assert_eq!(engine.get(Cf::RaftLog, b"log-1").expect("get").as_deref(), Some(&b"entry"[..]));
+    assert_eq!(engine.get(Cf::RaftMeta, b"vote").expect("get").as_deref(), Some(&b"term 3"[..]));
+    assert_eq!(engine.get(Cf::Local, b"node").expect("get").as_deref(), Some(&b"7"[..]));
+    assert_eq!(engine.get_value(b"cell").expect("get").as_deref(), Some(&b"payload"[..]));
     // Column families are separate key spaces; the raw Data value carries the header.
     assert_eq!(engine.get(Cf::Local, b"log-1").expect("get"), None);
-    assert_eq!(
-        engine.get(Cf::Data, b"cell").expect("get"),
-        Some(encode_value(b"cell", b"payload"))
-    );
+    assert_eq!(engine.get(Cf::Data, b"cell").expect("get"), Some(encode_value(b"cell", b"payload")));
 }
 
 #[test]
@@ -111,18 +90,9 @@ fn reopen_keeps_synced_writes() {
         engine.sync_wal().expect("sync_wal");
     }
     let engine = open(&dir);
-    assert_eq!(
-        engine.get(Cf::RaftLog, b"a").expect("get").as_deref(),
-        Some(&b"synced by write"[..])
-    );
-    assert_eq!(
-        engine.get(Cf::RaftMeta, b"b").expect("get").as_deref(),
-        Some(&b"synced by sync_wal"[..])
-    );
-    assert_eq!(
-        engine.get_value(b"c").expect("get").as_deref(),
-        Some(&b"value"[..])
-    );
+    assert_eq!(engine.get(Cf::RaftLog, b"a").expect("get").as_deref(), Some(&b"synced by write"[..]));
+    assert_eq!(engine.get(Cf::RaftMeta, b"b").expect("get").as_deref(), Some(&b"synced by sync_wal"[..]));
+    assert_eq!(engine.get_value(b"c").expect("get").as_deref(), Some(&b"value"[..]));
 }
 
 /// `get_in_memory` answers from memtables and the block cache, and says so when only a
@@ -135,10 +105,7 @@ fn get_in_memory_answers_from_memory_or_asks_for_a_disk_read() {
         let mut batch = engine.batch();
         batch.put(Cf::Data, b"k", b"in the memtable");
         engine.write(batch, true).expect("write");
-        assert_eq!(
-            engine.get_in_memory(Cf::Data, b"k").expect("get"),
-            Some(Some(b"in the memtable".to_vec()))
-        );
+        assert_eq!(engine.get_in_memory(Cf::Data, b"k").expect("get"), Some(Some(b"in the memtable".to_vec())));
         assert_eq!(engine.get_in_memory(Cf::Data, b"absent").expect("get"), Some(None));
         engine.flush_all().expect("flush");
     }
@@ -147,10 +114,7 @@ fn get_in_memory_answers_from_memory_or_asks_for_a_disk_read() {
     assert_eq!(engine.get_in_memory(Cf::Data, b"k").expect("get"), None, "a disk read is needed");
     assert_eq!(engine.get(Cf::Data, b"k").expect("get").as_deref(), Some(&b"in the memtable"[..]));
     // The disk read filled the block cache.
-    assert_eq!(
-        engine.get_in_memory(Cf::Data, b"k").expect("get"),
-        Some(Some(b"in the memtable".to_vec()))
-    );
+    assert_eq!(engine.get_in_memory(Cf::Data, b"k").expect("get"), Some(Some(b"in the memtable".to_vec())));
 }
 
 /// A checkpoint holds every write made before it, unlogged ones too (the state machine
@@ -234,32 +198,13 @@ fn scan_respects_start_end_and_limit() {
     batch.put(Cf::Local, b"b", b"other cf");
     engine.write(batch, false).expect("write");
 
-    let all = engine
-        .scan(Cf::RaftLog, b"", None, usize::MAX)
-        .expect("scan");
+    let all = engine.scan(Cf::RaftLog, b"", None, usize::MAX).expect("scan");
     assert_eq!(all.len(), 5);
-    assert_eq!(
-        engine
-            .scan(Cf::RaftLog, b"b", Some(b"d"), 10)
-            .expect("scan"),
-        pairs(&[(b"b", b"b"), (b"b\x00", b"b\x00"), (b"c", b"c")])
-    );
-    assert_eq!(
-        engine.scan(Cf::RaftLog, b"b", Some(b"d"), 2).expect("scan"),
-        pairs(&[(b"b", b"b"), (b"b\x00", b"b\x00")])
-    );
-    assert_eq!(
-        engine.scan(Cf::RaftLog, b"c", None, 10).expect("scan"),
-        pairs(&[(b"c", b"c"), (b"d", b"d")])
-    );
-    assert!(engine
-        .scan(Cf::RaftLog, b"a", None, 0)
-        .expect("scan")
-        .is_empty());
-    assert!(engine
-        .scan(Cf::RaftLog, b"b", Some(b"b"), 10)
-        .expect("scan")
-        .is_empty());
+    assert_eq!(engine.scan(Cf::RaftLog, b"b", Some(b"d"), 10).expect("scan"), pairs(&[(b"b", b"b"), (b"b\x00", b"b\x00"), (b"c", b"c")]));
+    assert_eq!(engine.scan(Cf::RaftLog, b"b", Some(b"d"), 2).expect("scan"), pairs(&[(b"b", b"b"), (b"b\x00", b"b\x00")]));
+    assert_eq!(engine.scan(Cf::RaftLog, b"c", None, 10).expect("scan"), pairs(&[(b"c", b"c"), (b"d", b"d")]));
+    assert!(engine.scan(Cf::RaftLog, b"a", None, 0).expect("scan").is_empty());
+    assert!(engine.scan(Cf::RaftLog, b"b", Some(b"b"), 10).expect("scan").is_empty());
 }
 
 #[test]
@@ -281,28 +226,11 @@ fn delete_and_delete_range() {
     batch.delete(Cf::RaftLog, &[8]);
     engine.write(batch, false).expect("write");
 
-    let keys: Vec<u8> = engine
-        .scan(Cf::RaftLog, b"", None, usize::MAX)
-        .expect("scan")
-        .into_iter()
-        .map(|(k, _)| k[0])
-        .collect();
+    let keys: Vec<u8> = engine.scan(Cf::RaftLog, b"", None, usize::MAX).expect("scan").into_iter().map(|(k, _)| k[0]).collect();
     assert_eq!(keys, vec![0, 1, 5, 6, 7, 9]);
-    assert_eq!(
-        engine
-            .scan(Cf::RaftMeta, b"", None, usize::MAX)
-            .expect("scan")
-            .len(),
-        10
-    );
+    assert_eq!(engine.scan(Cf::RaftMeta, b"", None, usize::MAX).expect("scan").len(), 10);
     engine.compact(Cf::RaftLog).expect("compact");
-    assert_eq!(
-        engine
-            .scan(Cf::RaftLog, b"", None, usize::MAX)
-            .expect("scan")
-            .len(),
-        6
-    );
+    assert_eq!(engine.scan(Cf::RaftLog, b"", None, usize::MAX).expect("scan").len(), 6);
 }
 
 #[test]
@@ -318,18 +246,8 @@ fn first_and_last_in_range() {
     let dir = TempDir::new().expect("tempdir");
     let engine = open(&dir);
     let index = |i: u64| i.to_be_bytes().to_vec();
-    assert_eq!(
-        engine
-            .first_in_range(Cf::RaftLog, &index(0), &index(100))
-            .expect("first"),
-        None
-    );
-    assert_eq!(
-        engine
-            .last_in_range(Cf::RaftLog, &index(0), &index(100))
-            .expect("last"),
-        None
-    );
+    assert_eq!(engine.first_in_range(Cf::RaftLog, &index(0), &index(100)).expect("first"), None);
+    assert_eq!(engine.last_in_range(Cf::RaftLog, &index(0), &index(100)).expect("last"), None);
 
     let mut batch = engine.batch();
     for i in 10..20 {
@@ -339,20 +257,8 @@ fn first_and_last_in_range() {
     engine.write(batch, false).expect("write");
 
     let key_of = |item: Option<(Vec<u8>, Vec<u8>)>| item.map(|(k, _)| k);
-    let first = |s, e| {
-        key_of(
-            engine
-                .first_in_range(Cf::RaftLog, &index(s), &index(e))
-                .expect("first"),
-        )
-    };
-    let last = |s, e| {
-        key_of(
-            engine
-                .last_in_range(Cf::RaftLog, &index(s), &index(e))
-                .expect("last"),
-        )
-    };
+    let first = |s, e| key_of(engine.first_in_range(Cf::RaftLog, &index(s), &index(e)).expect("first"));
+    let last = |s, e| key_of(engine.last_in_range(Cf::RaftLog, &index(s), &index(e)).expect("last"));
     assert_eq!(first(0, 100), Some(index(10)));
     assert_eq!(last(0, 100), Some(index(19)));
     assert_eq!(first(12, 15), Some(index(12)));
@@ -362,10 +268,7 @@ fn first_and_last_in_range() {
     assert_eq!(last(0, 10), None, "start is inclusive, nothing below 10");
     assert_eq!(last(0, 11), Some(index(10)));
     assert_eq!(last(15, 15), None);
-    let (key, value) = engine
-        .last_in_range(Cf::RaftLog, &index(0), &index(100))
-        .expect("last")
-        .expect("some");
+    let (key, value) = engine.last_in_range(Cf::RaftLog, &index(0), &index(100)).expect("last").expect("some");
     assert_eq!((key, value), (index(19), b"entry 19".to_vec()));
 }
 
@@ -387,15 +290,9 @@ fn snapshot_does_not_see_later_writes() {
     batch.delete_range(Cf::RaftMeta, b"", b"\xff");
     engine.write(batch, false).expect("write");
 
-    assert_eq!(
-        snapshot.get(Cf::Data, b"a").expect("get").as_deref(),
-        Some(&b"1"[..])
-    );
+    assert_eq!(snapshot.get(Cf::Data, b"a").expect("get").as_deref(), Some(&b"1"[..]));
     assert_eq!(snapshot.get(Cf::Data, b"c").expect("get"), None);
-    assert_eq!(
-        snapshot.get(Cf::RaftMeta, b"m").expect("get").as_deref(),
-        Some(&b"1"[..])
-    );
+    assert_eq!(snapshot.get(Cf::RaftMeta, b"m").expect("get").as_deref(), Some(&b"1"[..]));
     let mut seen = Vec::new();
     snapshot
         .for_each(Cf::Data, b"", None, |k, v| {
@@ -406,10 +303,7 @@ fn snapshot_does_not_see_later_writes() {
     assert_eq!(seen, pairs(&[(b"a", b"1"), (b"b", b"1")]));
 
     // The live engine sees the new state.
-    assert_eq!(
-        engine.scan(Cf::Data, b"", None, 10).expect("scan"),
-        pairs(&[(b"a", b"2"), (b"c", b"2")])
-    );
+    assert_eq!(engine.scan(Cf::Data, b"", None, 10).expect("scan"), pairs(&[(b"a", b"2"), (b"c", b"2")]));
     assert_eq!(engine.get(Cf::RaftMeta, b"m").expect("get"), None);
 }
 
@@ -434,15 +328,7 @@ fn snapshot_for_each_stops_early_and_propagates_errors() {
     assert_eq!(seen, vec![2, 3, 4]);
 
     let err = snapshot
-        .for_each(Cf::Local, &[0], None, |k, _| {
-            if k[0] == 5 {
-                Err(Error::InvalidKey {
-                    reason: "stop".into(),
-                })
-            } else {
-                Ok(true)
-            }
-        })
+        .for_each(Cf::Local, &[0], None, |k, _| if k[0] == 5 { Err(Error::InvalidKey { reason: "stop".into() }) } else { Ok(true) })
         .expect_err("error from f");
     assert!(matches!(err, Error::InvalidKey { .. }));
 }
@@ -466,25 +352,17 @@ fn corrupt_data_values_are_errors_never_data() {
     batch.put(Cf::Data, &short, b"\x01\x00");
     engine.write(batch, false).expect("write");
 
-    assert_eq!(
-        engine.get_value(&good).expect("get").as_deref(),
-        Some(&b"ok"[..])
-    );
+    assert_eq!(engine.get_value(&good).expect("get").as_deref(), Some(&b"ok"[..]));
     for key in [&flipped, &moved, &short] {
         let err = engine.get_value(key).expect_err("corrupt");
         assert!(matches!(err, Error::Corruption { .. }), "{err}");
     }
-    let err = engine
-        .scan_values(&good[..8], &[0xff; 9], 10)
-        .expect_err("corrupt");
+    let err = engine.scan_values(&good[..8], &[0xff; 9], 10).expect_err("corrupt");
     assert!(matches!(err, Error::Corruption { .. }), "{err}");
     // The good value alone still scans.
     let mut end = good.clone();
     end.push(0);
-    assert_eq!(
-        engine.scan_values(&good, &end, 10).expect("scan"),
-        vec![(good.clone(), b"ok".to_vec())]
-    );
+    assert_eq!(engine.scan_values(&good, &end, 10).expect("scan"), vec![(good.clone(), b"ok".to_vec())]);
 }
 
 #[test]
@@ -508,12 +386,7 @@ fn row_range_scans_exactly_the_wanted_rows() {
         if start >= end {
             return Vec::new();
         }
-        let mut found: Vec<Vec<u8>> = engine
-            .scan_values(&start, &end, usize::MAX)
-            .expect("scan")
-            .into_iter()
-            .map(|(_, row)| row)
-            .collect();
+        let mut found: Vec<Vec<u8>> = engine.scan_values(&start, &end, usize::MAX).expect("scan").into_iter().map(|(_, row)| row).collect();
         assert!(found.len().is_multiple_of(2), "both families of each row");
         found.dedup();
         found
@@ -560,18 +433,9 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn model_scan(
-    model: &BTreeMap<Vec<u8>, Vec<u8>>,
-    start: &[u8],
-    end: Option<&[u8]>,
-    limit: usize,
-) -> Pairs {
+fn model_scan(model: &BTreeMap<Vec<u8>, Vec<u8>>, start: &[u8], end: Option<&[u8]>, limit: usize) -> Pairs {
     let upper = end.map_or(Bound::Unbounded, |end| Bound::Excluded(end.to_vec()));
-    model
-        .range((Bound::Included(start.to_vec()), upper))
-        .take(limit)
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    model.range((Bound::Included(start.to_vec()), upper)).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 proptest! {

@@ -20,11 +20,28 @@ pub type NonceSeed = [u8; 12];
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// With `keys`, the tenant is created encrypted.
-    CreateTenant { name: String, keys: Option<NewTenantKeys> },
-    CreateTable { tenant: String, name: String, families: Vec<String>, hashed_row_keys: bool },
-    DropTable { tenant: String, name: String },
+    CreateTenant {
+        name: String,
+        keys: Option<NewTenantKeys>,
+    },
+    CreateTable {
+        tenant: String,
+        name: String,
+        families: Vec<String>,
+        hashed_row_keys: bool,
+    },
+    DropTable {
+        tenant: String,
+        name: String,
+    },
     /// Cell mutations of one table, applied atomically; with a condition, only if it holds.
-    Write { tenant: String, table: String, ops: Vec<WriteOp>, condition: Option<Condition>, nonce_seed: NonceSeed },
+    Write {
+        tenant: String,
+        table: String,
+        ops: Vec<WriteOp>,
+        condition: Option<Condition>,
+        nonce_seed: NonceSeed,
+    },
     /// Adds value key `version` (must be the tenant's latest + 1), current from now on; with
     /// `hash_key`, also the row-key hashing key (a tenant that had none).
     RotateKey {
@@ -37,7 +54,9 @@ pub enum Command {
         hash_key: Option<Vec<u8>>,
     },
     /// Starts (or resumes) rewriting the tenant's values under its current key version.
-    StartReencrypt { tenant: String },
+    StartReencrypt {
+        tenant: String,
+    },
     /// One bounded step of a re-encryption, from `cursor`; refused unless it matches the job.
     ReencryptStep {
         tenant: String,
@@ -47,7 +66,10 @@ pub enum Command {
         nonce_seed: NonceSeed,
     },
     /// Erases a retired key version that nothing uses (checked by the proposer).
-    DestroyKey { tenant: String, version: u32 },
+    DestroyKey {
+        tenant: String,
+        version: u32,
+    },
 }
 
 /// The wrapped keys of a new encrypted tenant: hashing key (version 0) and value key version 1.
@@ -114,8 +136,9 @@ impl Command {
 
     pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
         match bytes.split_first() {
-            Some((&COMMAND_FORMAT_V2, rest)) => postcard::from_bytes(rest)
-                .map_err(|e| DecodeError { what: "command", reason: e.to_string() }),
+            Some((&COMMAND_FORMAT_V2, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| DecodeError { what: "command", reason: e.to_string() })
+            }
             Some((v, _)) => Err(DecodeError { what: "command", reason: format!("unknown format version {v}") }),
             None => Err(DecodeError { what: "command", reason: "empty".into() }),
         }
@@ -182,7 +205,10 @@ pub enum Outcome {
     Rejected(AppError),
     /// A re-encryption was started or stepped: its target version, and whether an
     /// unfinished one was resumed.
-    Job { target: u32, resumed: bool },
+    Job {
+        target: u32,
+        resumed: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

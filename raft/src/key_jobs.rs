@@ -71,10 +71,5 @@ fn next_step(node: &RaftNode) -> Option<Command> {
     let cat = group.state.catalog();
     let (tenant_id, job) = cat.jobs.iter().find(|(_, j)| !j.done)?;
     let tenant = cat.tenant_name(*tenant_id)?.to_string();
-    Some(Command::ReencryptStep {
-        tenant,
-        target: job.target,
-        cursor: job.cursor.clone(),
-        nonce_seed: crypto::random_nonce_seed(),
-    })
+    Some(Command::ReencryptStep { tenant, target: job.target, cursor: job.cursor.clone(), nonce_seed: crypto::random_nonce_seed() })
 }

@@ -134,11 +134,7 @@ pub struct TenantKeys {
 impl TenantKeys {
     /// The current value key, if the tenant is encrypted.
     pub fn current(&self) -> Option<(u32, &DataKey)> {
-        self.versions
-            .iter()
-            .rev()
-            .find(|(_, v)| v.state == KeyState::Current)
-            .and_then(|(n, v)| v.key.as_ref().map(|k| (*n, k)))
+        self.versions.iter().rev().find(|(_, v)| v.state == KeyState::Current).and_then(|(n, v)| v.key.as_ref().map(|k| (*n, k)))
     }
 
     pub fn latest_version(&self) -> u32 {

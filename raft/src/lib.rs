@@ -7,9 +7,9 @@
 pub mod catalog;
 pub mod codec;
 pub mod command;
+mod error;
 pub mod key_jobs;
 pub mod keyring;
-mod error;
 pub mod log_store;
 pub mod network;
 pub mod node;

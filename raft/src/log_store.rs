@@ -455,11 +455,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not synced: the committed index is a hint to re-apply faster after a restart; a lost
         // update only means re-learning it from the leader.
         let mut batch = self.engine.batch();
-        batch.put(
-            Cf::RaftMeta,
-            &meta_key::key(self.group, meta_key::COMMITTED),
-            &codec::encode_opt_log_id(committed.as_ref()),
-        );
+        batch.put(Cf::RaftMeta, &meta_key::key(self.group, meta_key::COMMITTED), &codec::encode_opt_log_id(committed.as_ref()));
         self.engine.write(batch, false).map_err(io_err)
     }
 
@@ -508,11 +504,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.cache().purge_upto(log_id.index);
         let mut batch = self.engine.batch();
-        batch.put(
-            Cf::RaftMeta,
-            &meta_key::key(self.group, meta_key::LAST_PURGED),
-            &codec::encode_opt_log_id(Some(&log_id)),
-        );
+        batch.put(Cf::RaftMeta, &meta_key::key(self.group, meta_key::LAST_PURGED), &codec::encode_opt_log_id(Some(&log_id)));
         // The purge point is durable before any segment goes: a restart never finds a log that
         // starts after its recorded purge point. The synced write and the file removals run on
         // a blocking thread, not on the async worker.

@@ -151,11 +151,7 @@ impl PeerClient {
         let f = &self.factory;
         // openraft's hard TTL bounds the call as well; take the smaller.
         let timeout = f.rpc_timeout.min(option.hard_ttl());
-        let reply = f
-            .transport
-            .call(self.target, self.addr.clone(), f.group, kind, encode(req), timeout)
-            .await
-            .map_err(to_rpc_error)?;
+        let reply = f.transport.call(self.target, self.addr.clone(), f.group, kind, encode(req), timeout).await.map_err(to_rpc_error)?;
         decode_reply(&format!("{kind:?}"), &reply).map_err(|m| RPCError::Network(NetworkError::from_string(m)))
     }
 }
@@ -171,11 +167,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         self.call(MessageKind::AppendEntries, &rpc, &option).await
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(MessageKind::Vote, &rpc, &option).await
     }
 

@@ -262,7 +262,8 @@ impl RaftNode {
         .await
         .map_err(|e| RaftNodeError::Raft(e.to_string()))??;
         let file = std::fs::File::open(&path)?;
-        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: SnapshotData::Stream(SnapshotFile { path, file }) };
+        let snapshot =
+            openraft::alias::SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: SnapshotData::Stream(SnapshotFile { path, file }) };
         let resp = g.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string());
         Ok(network::encode_reply(resp))
     }
@@ -339,9 +340,8 @@ impl Group {
         let raft = Raft::new(node_id, config, net, log.clone(), sm).await.map_err(|e| RaftNodeError::Raft(e.to_string()))?;
         let policy = snapshot_policy(raft.clone(), s.snapshot_logs_since_last);
         let reads = ReadBatcher::new(raft.clone());
-        let follower_reads = s
-            .follower_reads
-            .then(|| ReadBatcher::follower(raft.clone(), follower_transport, id, Duration::from_millis(s.rpc_timeout_ms)));
+        let follower_reads =
+            s.follower_reads.then(|| ReadBatcher::follower(raft.clone(), follower_transport, id, Duration::from_millis(s.rpc_timeout_ms)));
         Ok(Group {
             id,
             node_id,
@@ -409,21 +409,13 @@ impl Group {
     /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
     pub async fn add_node(&self, id: NodeId, addr: String) -> Result<Vec<NodeId>, ProposeError> {
         self.raft.add_learner(id, BasicNode { addr }, true).await.map_err(write_error)?;
-        let r = self
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(write_error)?;
+        let r = self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map_err(write_error)?;
         Ok(r.membership.map(|m| m.voter_ids().collect()).unwrap_or_default())
     }
 
     /// Removes a node from the voters and the learners.
     pub async fn remove_node(&self, id: NodeId) -> Result<Vec<NodeId>, ProposeError> {
-        let r = self
-            .raft
-            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-            .await
-            .map_err(write_error)?;
+        let r = self.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await.map_err(write_error)?;
         Ok(r.membership.map(|m| m.voter_ids().collect()).unwrap_or_default())
     }
 
@@ -443,10 +435,8 @@ impl Group {
         };
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, n)| MemberStatus { id: *id, addr: n.addr.clone(), voter: voters.contains(id) })
-            .collect();
+        let members =
+            membership.nodes().map(|(id, n)| MemberStatus { id: *id, addr: n.addr.clone(), voter: voters.contains(id) }).collect();
         GroupStatus {
             node_id: m.id,
             role,

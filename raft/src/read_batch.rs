@@ -97,10 +97,7 @@ impl ReadBatcher<RoundResult> {
         let lagging_until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
         let round: RoundFn<RoundResult> = Box::new(move || {
             let (raft, transport, lagging_until) = (raft.clone(), transport.clone(), lagging_until.clone());
-            async move {
-                follower_read_index(&raft, transport.as_ref(), group, rpc_timeout, &lagging_until).await
-            }
-            .boxed()
+            async move { follower_read_index(&raft, transport.as_ref(), group, rpc_timeout, &lagging_until).await }.boxed()
         });
         Self::with_round(
             round,
@@ -189,9 +186,7 @@ async fn follower_read_index(
         Ok(ReadIndexReply::Ready(log_id)) => log_id,
         // The node asked lost an election to this one: a local round.
         Ok(ReadIndexReply::NotLeader { leader_id: Some(l), .. }) if l == me => return read_index(raft).await,
-        Ok(ReadIndexReply::NotLeader { leader_id, leader_addr }) => {
-            return Err(ProposeError::ForwardToLeader { leader_id, leader_addr })
-        }
+        Ok(ReadIndexReply::NotLeader { leader_id, leader_addr }) => return Err(ProposeError::ForwardToLeader { leader_id, leader_addr }),
         Err(e) => {
             tracing::debug!(error = %e, leader, "follower read: the leader gave no read index; forwarding");
             return Err(to_leader());
@@ -227,12 +222,7 @@ async fn read_index(raft: &Raft) -> RoundResult {
 
 impl<T: Clone + Send + 'static> ReadBatcher<T> {
     fn with_round(round: RoundFn<T>, abandoned: fn() -> T, overloaded: fn() -> T) -> Arc<Self> {
-        Arc::new(ReadBatcher {
-            round,
-            abandoned,
-            overloaded,
-            pending: Mutex::new(Pending { driving: false, waiters: Vec::new() }),
-        })
+        Arc::new(ReadBatcher { round, abandoned, overloaded, pending: Mutex::new(Pending { driving: false, waiters: Vec::new() }) })
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending<T>> {
@@ -415,7 +405,10 @@ mod tests {
         assert_eq!(&bytes[..], &[0, 1, 1, 7, 1, 3, b'h', b':', b'1']);
         assert_eq!(crate::network::decode_reply::<ReadIndexReply>("read-index", &bytes), Ok(not_leader));
         assert_eq!(
-            crate::network::decode_reply::<ReadIndexReply>("read-index", &crate::network::encode_reply::<ReadIndexReply>(Err("busy".into()))),
+            crate::network::decode_reply::<ReadIndexReply>(
+                "read-index",
+                &crate::network::encode_reply::<ReadIndexReply>(Err("busy".into()))
+            ),
             Err("busy".to_string())
         );
         assert!(crate::network::decode_reply::<ReadIndexReply>("read-index", &[0, 9]).is_err(), "an unknown variant is refused");

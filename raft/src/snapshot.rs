@@ -326,9 +326,9 @@ impl<R: Read> SnapshotReader<R> {
         input.read_exact(&mut v)?;
         let cipher = match v[0] {
             SNAPSHOT_FORMAT_V1 => None,
-            SNAPSHOT_FORMAT_V2 => Some(cipher.cloned().ok_or_else(|| {
-                bad("the snapshot is encrypted, and this node has no master key ([encryption] config)")
-            })?),
+            SNAPSHOT_FORMAT_V2 => Some(
+                cipher.cloned().ok_or_else(|| bad("the snapshot is encrypted, and this node has no master key ([encryption] config)"))?,
+            ),
             other => return Err(bad(format!("unknown format version {other}"))),
         };
         let meta_len = read_u32(&mut input)?;
@@ -367,9 +367,7 @@ impl<R: Read> SnapshotReader<R> {
                 Some(c) => {
                     let mut sealed = [0u8; SEALED_END_BYTES];
                     self.input.read_exact(&mut sealed).map_err(|_| bad("truncated end marker"))?;
-                    let plain = c
-                        .open(&end_aad(self.chunks, &self.meta_bytes), &sealed)
-                        .map_err(|e| bad(format!("end marker: {e}")))?;
+                    let plain = c.open(&end_aad(self.chunks, &self.meta_bytes), &sealed).map_err(|e| bad(format!("end marker: {e}")))?;
                     u64::from_be_bytes(plain.as_slice().try_into().map_err(|_| bad("end marker is not 8 bytes"))?)
                 }
             };
@@ -391,9 +389,9 @@ impl<R: Read> SnapshotReader<R> {
         }
         let compressed = match &self.cipher {
             None => stored,
-            Some(c) => c
-                .open(&chunk_aad(self.chunks, &self.meta_bytes), &stored)
-                .map_err(|e| bad(format!("chunk {}: {e}", self.chunks)))?,
+            Some(c) => {
+                c.open(&chunk_aad(self.chunks, &self.meta_bytes), &stored).map_err(|e| bad(format!("chunk {}: {e}", self.chunks)))?
+            }
         };
         self.chunks += 1;
         let raw = zstd::bulk::decompress(&compressed, raw_len as usize)?;

@@ -287,7 +287,12 @@ impl StateMachine {
                 };
                 let refuse = |why: String| Ok((Outcome::Rejected(AppError::failed_precondition(why)), None));
                 match keys.versions.get(&version).map(|v| v.state) {
-                    None => return Ok((Outcome::Rejected(AppError::not_found(format!("tenant `{tenant}` has no key version {version}"))), None)),
+                    None => {
+                        return Ok((
+                            Outcome::Rejected(AppError::not_found(format!("tenant `{tenant}` has no key version {version}"))),
+                            None,
+                        ))
+                    }
                     Some(KeyState::Destroyed) => return refuse(format!("tenant `{tenant}` key version {version} is already destroyed")),
                     Some(KeyState::Current) => return refuse(format!("tenant `{tenant}` key version {version} is current; rotate first")),
                     Some(KeyState::Retired) => {}
@@ -311,10 +316,7 @@ impl StateMachine {
                     return Ok((Outcome::Rejected(e), None));
                 }
                 if cat.tables.contains_key(&(tenant.clone(), name.clone())) {
-                    return Ok((
-                        Outcome::Rejected(AppError::already_exists(format!("table `{tenant}/{name}` already exists"))),
-                        None,
-                    ));
+                    return Ok((Outcome::Rejected(AppError::already_exists(format!("table `{tenant}/{name}` already exists"))), None));
                 }
                 if hashed_row_keys && cat.keys.get(&tenant_id).is_none_or(|k| k.hasher.is_none()) {
                     return Ok((
@@ -834,7 +836,9 @@ fn build_checkpoint_locked(state: &SmState, dir: &Path, chunk_bytes: usize) -> i
     // A rebuild at the same applied id gets the next build number, so the new checkpoint
     // sorts after the one it replaces, which is removed only once the new one is in place.
     let mut build = match current_snapshot_path(dir)? {
-        Some(p) => checkpoint_build(&p).filter(|_| snapshot_index(&p) == meta.last_log_id.map(|l| l.index).unwrap_or(0)).map_or(1, |b| b + 1),
+        Some(p) => {
+            checkpoint_build(&p).filter(|_| snapshot_index(&p) == meta.last_log_id.map(|l| l.index).unwrap_or(0)).map_or(1, |b| b + 1)
+        }
         None => 1,
     };
     let mut final_path = dir.join(snapshot::checkpoint_name(meta.last_log_id.as_ref(), build));

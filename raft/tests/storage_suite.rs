@@ -32,8 +32,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
             Some(n) => LogStore::open_with_cache_limits(1, engine.clone(), &log_dir, syncer, cipher, n, usize::MAX),
         }
         .map_err(|e| err(&e))?;
-        let sm = StateMachine::open(1, engine, log.segment_log(), dir.path().join("snapshots"), 64 << 10, master)
-            .map_err(|e| err(&e))?;
+        let sm = StateMachine::open(1, engine, log.segment_log(), dir.path().join("snapshots"), 64 << 10, master).map_err(|e| err(&e))?;
         Ok((dir, log, sm))
     }
 }
@@ -56,9 +55,7 @@ fn openraft_storage_suite_passes_with_a_master_key() {
 fn openraft_storage_suite_passes_with_a_tiny_entry_cache() {
     // Three cached entries: most reads straddle the cache's edge and go to RocksDB.
     TypeConfig::run(async {
-        Suite::test_all(RocksBuilder { master_key: Some(7), cache_entries: Some(3) })
-            .await
-            .expect("openraft storage suite, 3-entry cache");
+        Suite::test_all(RocksBuilder { master_key: Some(7), cache_entries: Some(3) }).await.expect("openraft storage suite, 3-entry cache");
     });
 }
 
@@ -222,8 +219,15 @@ fn checkpoint_snapshots_hold_the_state_at_build_time() {
         // After a reopen the state machine finds the same snapshot.
         drop(sm);
         let log = log_store.segment_log();
-        let mut sm = StateMachine::open(1, engine.clone(), log, dir.path().join("snapshots"), 64 << 10, Some(std::sync::Arc::new(MasterKey::new(zeroize::Zeroizing::new([7; 32])))))
-            .expect("reopen");
+        let mut sm = StateMachine::open(
+            1,
+            engine.clone(),
+            log,
+            dir.path().join("snapshots"),
+            64 << 10,
+            Some(std::sync::Arc::new(MasterKey::new(zeroize::Zeroizing::new([7; 32])))),
+        )
+        .expect("reopen");
         let current = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
         assert_eq!(current.meta, built.meta);
 

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kho_engine::crypto;
 use kho_proto::v1::admin_server::Admin;
 use kho_proto::v1::{self as pb};
-use kho_engine::crypto;
 use kho_raft::command::{NewTenantKeys, Outcome};
 use kho_raft::keyring::{self, KeyState};
 use kho_raft::{Command, GroupStatus, ProposeError};
@@ -233,10 +233,7 @@ impl Admin for AdminService {
         }
     }
 
-    async fn rotate_tenant_key(
-        &self,
-        req: Request<pb::RotateTenantKeyRequest>,
-    ) -> Result<Response<pb::RotateTenantKeyResponse>, Status> {
+    async fn rotate_tenant_key(&self, req: Request<pb::RotateTenantKeyRequest>) -> Result<Response<pb::RotateTenantKeyResponse>, Status> {
         let fwd = is_forwarded(&req);
         let r = req.into_inner();
         validate::name("tenant", &r.tenant)?;
@@ -285,10 +282,7 @@ impl Admin for AdminService {
         }
     }
 
-    async fn tenant_key_status(
-        &self,
-        req: Request<pb::TenantKeyStatusRequest>,
-    ) -> Result<Response<pb::TenantKeyStatusResponse>, Status> {
+    async fn tenant_key_status(&self, req: Request<pb::TenantKeyStatusRequest>) -> Result<Response<pb::TenantKeyStatusResponse>, Status> {
         let fwd = is_forwarded(&req);
         let r = req.into_inner();
         if !r.tenant.is_empty() {
@@ -321,10 +315,7 @@ impl Admin for AdminService {
             return Err(Status::not_found(format!("tenant `{}` has no key version {}", r.tenant, r.version)));
         };
         if v.state == KeyState::Current.name() {
-            return Err(Status::failed_precondition(format!(
-                "tenant `{}` key version {} is current; rotate first",
-                r.tenant, r.version
-            )));
+            return Err(Status::failed_precondition(format!("tenant `{}` key version {} is current; rotate first", r.tenant, r.version)));
         }
         if v.values > 0 {
             return Err(Status::failed_precondition(format!(
@@ -348,7 +339,9 @@ impl Admin for AdminService {
         // with the values it removed: rebuild it on the compacted files.
         for id in self.ctx.node.group_ids() {
             if let Some(g) = self.ctx.node.group(id) {
-                g.rebuild_snapshot().await.map_err(|e| Status::internal(format!("rebuilding the snapshot of group {id} after the compaction: {e}")))?;
+                g.rebuild_snapshot()
+                    .await
+                    .map_err(|e| Status::internal(format!("rebuilding the snapshot of group {id} after the compaction: {e}")))?;
             }
         }
         Ok(Response::new(pb::CompactNodeResponse { node_id: self.ctx.node.id }))
@@ -440,9 +433,12 @@ impl AdminService {
     }
 
     fn master(&self) -> Result<std::sync::Arc<crypto::MasterKey>, Status> {
-        self.ctx.group().state.master.clone().ok_or_else(|| {
-            Status::failed_precondition("this node has no master key ([encryption] config): tenant keys cannot be made")
-        })
+        self.ctx
+            .group()
+            .state
+            .master
+            .clone()
+            .ok_or_else(|| Status::failed_precondition("this node has no master key ([encryption] config): tenant keys cannot be made"))
     }
 }
 

@@ -182,8 +182,8 @@ impl Config {
 
     /// Reads a TOML file; unknown fields are errors.
     pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::File { path: path.display().to_string(), reason: e.to_string() })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::File { path: path.display().to_string(), reason: e.to_string() })?;
         Self::from_toml(&text).map_err(|e| match e {
             ConfigError::File { reason, .. } => ConfigError::File { path: path.display().to_string(), reason },
             other => other,
@@ -203,10 +203,7 @@ impl Config {
     pub fn peer_source_ip(&self) -> Result<Option<std::net::IpAddr>, ConfigError> {
         match &self.peer_source_ip {
             None => Ok(None),
-            Some(s) => s
-                .parse()
-                .map(Some)
-                .map_err(|e| invalid("peer_source_ip", format!("`{s}` is not an IP address ({e})"))),
+            Some(s) => s.parse().map(Some).map_err(|e| invalid("peer_source_ip", format!("`{s}` is not an IP address ({e})"))),
         }
     }
 
@@ -214,13 +211,9 @@ impl Config {
     pub fn initial_members(&self) -> Result<BTreeMap<u64, String>, ConfigError> {
         let mut members = BTreeMap::new();
         for m in &self.initial_members {
-            let (id, addr) = m
-                .split_once('=')
-                .ok_or_else(|| invalid("initial_members", format!("`{m}` is not of the form id=host:port")))?;
-            let id: u64 = id
-                .trim()
-                .parse()
-                .map_err(|_| invalid("initial_members", format!("`{m}`: node id is not a number")))?;
+            let (id, addr) =
+                m.split_once('=').ok_or_else(|| invalid("initial_members", format!("`{m}` is not of the form id=host:port")))?;
+            let id: u64 = id.trim().parse().map_err(|_| invalid("initial_members", format!("`{m}`: node id is not a number")))?;
             if id == 0 {
                 return Err(invalid("initial_members", format!("`{m}`: node id must be > 0")));
             }
@@ -249,10 +242,7 @@ impl Config {
         }
         let members = self.initial_members()?;
         if !members.is_empty() && !members.contains_key(&self.node_id) {
-            return Err(invalid(
-                "initial_members",
-                format!("does not contain this node's id {} (node_id)", self.node_id),
-            ));
+            return Err(invalid("initial_members", format!("does not contain this node's id {} (node_id)", self.node_id)));
         }
         let r = &self.raft;
         positive("raft.heartbeat_interval_ms", r.heartbeat_interval_ms)?;
@@ -285,22 +275,19 @@ impl Config {
         in_range("limits.scan_limit_max", l.scan_limit_max, 1, 10_000_000)?;
         in_range("limits.grpc_message_bytes_max", l.grpc_message_bytes_max, 4096, 1 << 30)?;
         if l.grpc_message_bytes_max < l.value_bytes_max + l.key_bytes_max {
-            return Err(invalid(
-                "limits.grpc_message_bytes_max",
-                "must be at least limits.value_bytes_max + limits.key_bytes_max",
-            ));
+            return Err(invalid("limits.grpc_message_bytes_max", "must be at least limits.value_bytes_max + limits.key_bytes_max"));
         }
         // A snapshot chunk travels as one gRPC message.
         if l.grpc_message_bytes_max < r.snapshot_chunk_bytes + 4096 {
-            return Err(invalid(
-                "limits.grpc_message_bytes_max",
-                "must be at least raft.snapshot_chunk_bytes + 4096",
-            ));
+            return Err(invalid("limits.grpc_message_bytes_max", "must be at least raft.snapshot_chunk_bytes + 4096"));
         }
         in_range("limits.concurrent_requests_max", l.concurrent_requests_max, 1, 1_000_000)?;
         let e = &self.encryption;
         if e.master_key_file.is_some() && e.master_key_command.is_some() {
-            return Err(invalid("encryption.master_key_command", "set either encryption.master_key_file or encryption.master_key_command, not both"));
+            return Err(invalid(
+                "encryption.master_key_command",
+                "set either encryption.master_key_file or encryption.master_key_command, not both",
+            ));
         }
         if e.master_key_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             return Err(invalid("encryption.master_key_file", "must not be empty"));

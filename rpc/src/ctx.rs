@@ -53,9 +53,7 @@ impl Ctx {
 
     fn route<T>(&self, e: ProposeError, forwarded: bool) -> Result<Leader<T>, Status> {
         match e {
-            ProposeError::ForwardToLeader { leader_id: Some(id), leader_addr: Some(addr) }
-                if !forwarded && id != self.node.id =>
-            {
+            ProposeError::ForwardToLeader { leader_id: Some(id), leader_addr: Some(addr) } if !forwarded && id != self.node.id => {
                 Ok(Leader::There(addr))
             }
             ProposeError::ForwardToLeader { .. } if forwarded => {

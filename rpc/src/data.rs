@@ -8,12 +8,12 @@ use kho_engine::crypto;
 use kho_engine::keys::{self, FamilyId};
 use kho_engine::{Cf, Engine};
 use kho_proto::v1::data_server::Data;
-use kho_proto::v1::{self as pb, write_op, mutation};
+use kho_proto::v1::{self as pb, mutation, write_op};
 use kho_raft::catalog::TableMeta;
-use openraft::type_config::async_runtime::WatchReceiver;
 use kho_raft::command::Condition;
 use kho_raft::keyring::{self, TenantKeys};
 use kho_raft::{Command, WriteOp};
+use openraft::type_config::async_runtime::WatchReceiver;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -35,9 +35,8 @@ type ScanStream = Pin<Box<dyn Stream<Item = Result<pb::ScanResponse, Status>> + 
 type ScanRowsStream = Pin<Box<dyn Stream<Item = Result<pb::ScanRowsResponse, Status>> + Send>>;
 
 fn family_of(meta: &TableMeta, name: &str) -> Result<FamilyId, Status> {
-    meta.family_id(name).ok_or_else(|| {
-        Status::not_found(format!("column family `{name}` does not exist in table `{}/{}`", meta.tenant, meta.name))
-    })
+    meta.family_id(name)
+        .ok_or_else(|| Status::not_found(format!("column family `{name}` does not exist in table `{}/{}`", meta.tenant, meta.name)))
 }
 
 impl DataService {
@@ -162,7 +161,11 @@ fn scan_cells(
 }
 
 fn end_bound(end: &[u8]) -> Option<&[u8]> {
-    if end.is_empty() { None } else { Some(end) }
+    if end.is_empty() {
+        None
+    } else {
+        Some(end)
+    }
 }
 
 #[tonic::async_trait]
@@ -233,10 +236,9 @@ impl Data for DataService {
             nonce_seed: crypto::random_nonce_seed(),
         };
         match self.propose_write(cmd, fwd).await? {
-            Leader::Here(w) => Ok(Response::new(pb::DeleteResponse {
-                header: Some(pb::WriteHeader { revision: w.revision }),
-                existed: w.existed,
-            })),
+            Leader::Here(w) => {
+                Ok(Response::new(pb::DeleteResponse { header: Some(pb::WriteHeader { revision: w.revision }), existed: w.existed }))
+            }
             Leader::There(addr) => forward!(self.ctx, data_client, addr, delete, r),
         }
     }
@@ -363,17 +365,20 @@ impl Data for DataService {
             }
         }
         validate::batch(l, "ops", ops.len(), bytes)?;
-        let cmd = Command::Write { tenant: r.tenant.clone(), table: r.table.clone(), ops, condition: None, nonce_seed: crypto::random_nonce_seed() };
+        let cmd = Command::Write {
+            tenant: r.tenant.clone(),
+            table: r.table.clone(),
+            ops,
+            condition: None,
+            nonce_seed: crypto::random_nonce_seed(),
+        };
         match self.propose_write(cmd, fwd).await? {
             Leader::Here(w) => Ok(Response::new(pb::WriteResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
             Leader::There(addr) => forward!(self.ctx, data_client, addr, write, r),
         }
     }
 
-    async fn compare_and_swap(
-        &self,
-        req: Request<pb::CompareAndSwapRequest>,
-    ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+    async fn compare_and_swap(&self, req: Request<pb::CompareAndSwapRequest>) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
         let fwd = is_forwarded(&req);
         let r = req.into_inner();
         self.check_table_names(&r.tenant, &r.table)?;
@@ -431,7 +436,12 @@ impl Data for DataService {
                     validate::qualifier(l, &format!("mutations[{i}].set_cell.qualifier"), &c.qualifier)?;
                     validate::value(l, &format!("mutations[{i}].set_cell.value"), &c.value)?;
                     bytes += (c.qualifier.len() + c.value.len()) as u64;
-                    ops.push(WriteOp::Put { row: row.clone(), family: c.family.clone(), qualifier: c.qualifier.clone(), value: c.value.clone() });
+                    ops.push(WriteOp::Put {
+                        row: row.clone(),
+                        family: c.family.clone(),
+                        qualifier: c.qualifier.clone(),
+                        value: c.value.clone(),
+                    });
                 }
                 Some(mutation::Mutation::DeleteCell(c)) => {
                     validate::name(&format!("mutations[{i}].delete_cell.family"), &c.family)?;
@@ -448,7 +458,13 @@ impl Data for DataService {
             }
         }
         validate::batch(l, "mutations", ops.len(), bytes)?;
-        let cmd = Command::Write { tenant: r.tenant.clone(), table: r.table.clone(), ops, condition: None, nonce_seed: crypto::random_nonce_seed() };
+        let cmd = Command::Write {
+            tenant: r.tenant.clone(),
+            table: r.table.clone(),
+            ops,
+            condition: None,
+            nonce_seed: crypto::random_nonce_seed(),
+        };
         match self.propose_write(cmd, fwd).await? {
             Leader::Here(w) => Ok(Response::new(pb::MutateRowResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
             Leader::There(addr) => forward!(self.ctx, data_client, addr, mutate_row, r),
@@ -560,7 +576,11 @@ impl Data for DataService {
                     )));
                 }
                 let family = meta.family_name(dk.family).unwrap_or_default().to_string();
-                rows.last_mut().expect("a row was pushed").cells.push(pb::Cell { family, qualifier: dk.qualifier, value: payload.to_vec() });
+                rows.last_mut().expect("a row was pushed").cells.push(pb::Cell {
+                    family,
+                    qualifier: dk.qualifier,
+                    value: payload.to_vec(),
+                });
                 Ok(true)
             });
             match res {

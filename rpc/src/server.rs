@@ -19,10 +19,7 @@ use crate::transport::{GrpcTransport, RaftService};
 use crate::ServerError;
 
 /// Runs a node until `shutdown` completes, then stops gracefully.
-pub async fn run_server(
-    config: Config,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
+pub async fn run_server(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
     config.validate()?;
     // The master key and the data directory's marker are checked before anything is opened
     // or bound: a node with a wrong or missing key refuses to start and touches nothing.
@@ -62,9 +59,8 @@ pub async fn run_server(
 
     let data = DataServer::new(DataService { ctx: ctx.clone() }).max_decoding_message_size(msg_max).max_encoding_message_size(msg_max);
     let admin = AdminServer::new(AdminService { ctx: ctx.clone() }).max_decoding_message_size(msg_max).max_encoding_message_size(msg_max);
-    let raft = RaftTransportServer::new(RaftService { node: node.clone() })
-        .max_decoding_message_size(msg_max)
-        .max_encoding_message_size(msg_max);
+    let raft =
+        RaftTransportServer::new(RaftService { node: node.clone() }).max_decoding_message_size(msg_max).max_encoding_message_size(msg_max);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()

@@ -46,13 +46,8 @@ fn status_to_error(target: NodeId, addr: &str, s: Status) -> TransportError {
 
 impl GrpcTransport {
     fn client(&self, target: NodeId, addr: &str) -> Result<RaftTransportClient<tonic::transport::Channel>, TransportError> {
-        let ch = self
-            .channels
-            .get(addr)
-            .map_err(|reason| TransportError::Unreachable { target, addr: addr.to_string(), reason })?;
-        Ok(RaftTransportClient::new(ch)
-            .max_decoding_message_size(self.message_bytes_max)
-            .max_encoding_message_size(self.message_bytes_max))
+        let ch = self.channels.get(addr).map_err(|reason| TransportError::Unreachable { target, addr: addr.to_string(), reason })?;
+        Ok(RaftTransportClient::new(ch).max_decoding_message_size(self.message_bytes_max).max_encoding_message_size(self.message_bytes_max))
     }
 }
 
@@ -164,18 +159,12 @@ impl RaftTransport for RaftService {
             return Err(Status::invalid_argument("snapshot stream: the first chunk has no header"));
         }
         let group = first.group_id;
-        let data: Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>> =
-            Box::pin(stream.map(|c| c.map(|c| c.data)));
+        let data: Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>> = Box::pin(stream.map(|c| c.map(|c| c.data)));
         let payload = self.node.receive_snapshot(group, &first.header, data).await.map_err(|e| match e {
             kho_raft::RaftNodeError::UnknownGroup(_) => Status::not_found(e.to_string()),
             kho_raft::RaftNodeError::BadMessage(_) => Status::invalid_argument(e.to_string()),
             other => Status::internal(other.to_string()),
         })?;
-        Ok(Response::new(RaftMessage {
-            group_id: group,
-            kind: RaftMessageKind::Snapshot as i32,
-            payload,
-            from: self.node.id,
-        }))
+        Ok(Response::new(RaftMessage { group_id: group, kind: RaftMessageKind::Snapshot as i32, payload, from: self.node.id }))
     }
 }

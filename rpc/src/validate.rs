@@ -14,7 +14,11 @@ pub fn name(field: &str, v: &str) -> Result<(), Status> {
 
 /// A family name may be empty (the table's first family).
 pub fn family(field: &str, v: &str) -> Result<(), Status> {
-    if v.is_empty() { Ok(()) } else { name(field, v) }
+    if v.is_empty() {
+        Ok(())
+    } else {
+        name(field, v)
+    }
 }
 
 pub fn key(limits: &Limits, field: &str, k: &[u8]) -> Result<(), Status> {
@@ -33,7 +37,11 @@ pub fn key(limits: &Limits, field: &str, k: &[u8]) -> Result<(), Status> {
 
 /// A bound or prefix may be empty, but not over the key limit.
 pub fn optional_key(limits: &Limits, field: &str, k: &[u8]) -> Result<(), Status> {
-    if k.is_empty() { Ok(()) } else { key(limits, field, k) }
+    if k.is_empty() {
+        Ok(())
+    } else {
+        key(limits, field, k)
+    }
 }
 
 pub fn qualifier(limits: &Limits, field: &str, q: &[u8]) -> Result<(), Status> {

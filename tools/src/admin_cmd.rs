@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand, ValueEnum};
 use kho_proto::v1::{
-    AddNodeRequest, ClusterStatusRequest, ColumnFamily, CompactNodeRequest, CreateTableRequest, CreateTenantRequest,
-    DropTableRequest, ListTablesRequest, ListTenantsRequest, RemoveNodeRequest, TenantEncryption,
+    AddNodeRequest, ClusterStatusRequest, ColumnFamily, CompactNodeRequest, CreateTableRequest, CreateTenantRequest, DropTableRequest,
+    ListTablesRequest, ListTenantsRequest, RemoveNodeRequest, TenantEncryption,
 };
 use serde::{Deserialize, Serialize};
 

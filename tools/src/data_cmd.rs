@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use kho_proto::v1::{
-    mutation, DeleteCell, DeleteFamily, DeleteRequest, DeleteRow, GetRequest, Mutation, MutateRowRequest,
-    PutRequest, ReadConsistency, ReadRowRequest, ScanRequest, ScanRowsRequest, SetCell,
+    mutation, DeleteCell, DeleteFamily, DeleteRequest, DeleteRow, GetRequest, MutateRowRequest, Mutation, PutRequest, ReadConsistency,
+    ReadRowRequest, ScanRequest, ScanRowsRequest, SetCell,
 };
 
 use crate::admin_cmd::ConnArgs;
@@ -164,12 +164,7 @@ pub enum RowOp {
 }
 
 /// The mutations of `row mutate`, in the documented order. Pure, for tests.
-pub fn mutations(
-    delete_row: bool,
-    delete_families: &[String],
-    deletes: &[CellSpec],
-    sets: &[SetSpec],
-) -> Vec<Mutation> {
+pub fn mutations(delete_row: bool, delete_families: &[String], deletes: &[CellSpec], sets: &[SetSpec]) -> Vec<Mutation> {
     let m = |x| Mutation { mutation: Some(x) };
     let mut out = Vec::new();
     if delete_row {
@@ -179,10 +174,7 @@ pub fn mutations(
         out.push(m(mutation::Mutation::DeleteFamily(DeleteFamily { family: f.clone() })));
     }
     for d in deletes {
-        out.push(m(mutation::Mutation::DeleteCell(DeleteCell {
-            family: d.family.clone(),
-            qualifier: d.qualifier.clone().into_bytes(),
-        })));
+        out.push(m(mutation::Mutation::DeleteCell(DeleteCell { family: d.family.clone(), qualifier: d.qualifier.clone().into_bytes() })));
     }
     for s in sets {
         out.push(m(mutation::Mutation::SetCell(SetCell {
@@ -209,14 +201,12 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match cmd.op {
         KvOp::Put { t, key, value, family } => {
-            let req =
-                PutRequest { tenant: t.tenant, table: t.table, key: key.into_bytes(), value: value.into_bytes(), family };
+            let req = PutRequest { tenant: t.tenant, table: t.table, key: key.into_bytes(), value: value.into_bytes(), family };
             let r = data.put(req).await?.into_inner();
             writeln!(out, "OK (revision {})", r.header.map(|h| h.revision).unwrap_or_default())?;
         }
         KvOp::Get { t, key, family, stale } => {
-            let req =
-                GetRequest { tenant: t.tenant, table: t.table, key: key.into_bytes(), family, consistency: consistency(stale) };
+            let req = GetRequest { tenant: t.tenant, table: t.table, key: key.into_bytes(), family, consistency: consistency(stale) };
             let r = data.get(req).await?.into_inner();
             if !r.found {
                 eprintln!("not found");

@@ -69,19 +69,25 @@ pub const PROVINCES: &[(&str, &str)] = &[
     ("027", "Bắc Ninh"),
 ];
 
-const FAMILY_NAMES: &[&str] = &[
-    "Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi", "Đỗ", "Hồ", "Ngô",
-    "Dương", "Lý",
-];
+const FAMILY_NAMES: &[&str] =
+    &["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi", "Đỗ", "Hồ", "Ngô", "Dương", "Lý"];
 const MIDDLE_NAMES_MALE: &[&str] = &["Văn", "Hữu", "Đức", "Minh", "Thanh", "Ngọc"];
 const MIDDLE_NAMES_FEMALE: &[&str] = &["Thị", "Ngọc", "Minh", "Thanh"];
-const GIVEN_NAMES_MALE: &[&str] =
-    &["An", "Bình", "Cường", "Dũng", "Khánh", "Nam", "Phúc", "Quang", "Tuấn", "Việt"];
-const GIVEN_NAMES_FEMALE: &[&str] =
-    &["An", "Hà", "Hạnh", "Hương", "Khánh", "Lan", "Linh", "Mai", "Thảo", "Trang", "Yến"];
+const GIVEN_NAMES_MALE: &[&str] = &["An", "Bình", "Cường", "Dũng", "Khánh", "Nam", "Phúc", "Quang", "Tuấn", "Việt"];
+const GIVEN_NAMES_FEMALE: &[&str] = &["An", "Hà", "Hạnh", "Hương", "Khánh", "Lan", "Linh", "Mai", "Thảo", "Trang", "Yến"];
 const STREETS: &[&str] = &[
-    "Lê Lợi", "Trần Hưng Đạo", "Nguyễn Huệ", "Hai Bà Trưng", "Lý Thường Kiệt", "Quang Trung", "Điện Biên Phủ",
-    "Hùng Vương", "Nguyễn Trãi", "Phan Đình Phùng", "Lê Duẩn", "Võ Văn Kiệt",
+    "Lê Lợi",
+    "Trần Hưng Đạo",
+    "Nguyễn Huệ",
+    "Hai Bà Trưng",
+    "Lý Thường Kiệt",
+    "Quang Trung",
+    "Điện Biên Phủ",
+    "Hùng Vương",
+    "Nguyễn Trãi",
+    "Phan Đình Phùng",
+    "Lê Duẩn",
+    "Võ Văn Kiệt",
 ];
 
 /// Birth years of the generated citizens (adults today).
@@ -152,8 +158,7 @@ impl CitizenGen {
         let day = r.range(1, days_in_month(year, month));
         let serial = r.below(1_000_000);
         let id = format!("{code}{}{:02}{serial:06}", gender_century_digit(year, female), year % 100);
-        let (middles, givens) =
-            if female { (MIDDLE_NAMES_FEMALE, GIVEN_NAMES_FEMALE) } else { (MIDDLE_NAMES_MALE, GIVEN_NAMES_MALE) };
+        let (middles, givens) = if female { (MIDDLE_NAMES_FEMALE, GIVEN_NAMES_FEMALE) } else { (MIDDLE_NAMES_MALE, GIVEN_NAMES_MALE) };
         let ho_ten = format!("{} {} {}", r.pick(FAMILY_NAMES), r.pick(middles), r.pick(givens));
         let dia_chi = format!("Số {}, đường {}, tổ dân phố {}", r.range(1, 300), r.pick(STREETS), r.range(1, 40));
         Citizen {

@@ -14,9 +14,8 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::Args;
 use futures::StreamExt as _;
 use kho_proto::v1::{
-    admin_client::AdminClient, data_client::DataClient, mutation, ClusterStatusRequest, ClusterStatusResponse,
-    ColumnFamily, CreateTableRequest, CreateTenantRequest, ListTablesRequest, MutateRowRequest, Mutation, SetCell,
-    TenantEncryption,
+    admin_client::AdminClient, data_client::DataClient, mutation, ClusterStatusRequest, ClusterStatusResponse, ColumnFamily,
+    CreateTableRequest, CreateTenantRequest, ListTablesRequest, MutateRowRequest, Mutation, SetCell, TenantEncryption,
 };
 use tonic::transport::Channel;
 
@@ -231,8 +230,7 @@ fn prepare(args: &DemoArgs) -> anyhow::Result<Prepared> {
                 .unwrap_or(true);
             if old != shape && !old_has_data {
                 // The previous demo never stored anything: nothing to keep consistent with.
-                std::fs::write(&shape_file, shape.to_toml())
-                    .with_context(|| format!("write {}", shape_file.display()))?;
+                std::fs::write(&shape_file, shape.to_toml()).with_context(|| format!("write {}", shape_file.display()))?;
             } else if old != shape {
                 bail!(
                     "{} holds a demo of {} node(s) on ports from {}; its members are fixed in its data. \
@@ -461,8 +459,7 @@ async fn load(data: &DataClient<Channel>, rows: u64) -> anyhow::Result<()> {
 
 /// Quotes a word for a POSIX shell when it needs quoting.
 pub fn shell_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-./:,=@%+".contains(c));
+    let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-./:,=@%+".contains(c));
     if plain {
         s.to_string()
     } else {

@@ -100,10 +100,8 @@ pub fn cluster_status(s: &ClusterStatusResponse) -> String {
     }
     let mut nodes: Vec<_> = s.nodes.iter().collect();
     nodes.sort_by_key(|n| n.node_id);
-    let mut table = vec![["", "NODE", "ADDRESS", "ROLE", "TERM", "LAST LOG", "COMMIT", "APPLIED"]
-        .iter()
-        .map(|h| h.to_string())
-        .collect::<Vec<_>>()];
+    let mut table =
+        vec![["", "NODE", "ADDRESS", "ROLE", "TERM", "LAST LOG", "COMMIT", "APPLIED"].iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     for n in &nodes {
         let is_leader = (s.leader_id != 0 && n.node_id == s.leader_id) || n.role == "leader";
         let unreachable = n.role == "unreachable";
@@ -145,10 +143,7 @@ pub fn tenant_keys(s: &TenantKeyStatusResponse) -> String {
             let _ = writeln!(out, "tenant {}: not encrypted", t.tenant);
         }
         if !t.versions.is_empty() {
-            let mut table = vec![["VERSION", "STATE", "VALUES", "CREATED AT REVISION"]
-                .iter()
-                .map(|h| h.to_string())
-                .collect::<Vec<_>>()];
+            let mut table = vec![["VERSION", "STATE", "VALUES", "CREATED AT REVISION"].iter().map(|h| h.to_string()).collect::<Vec<_>>()];
             let mut versions: Vec<_> = t.versions.iter().collect();
             versions.sort_by_key(|v| v.version);
             for v in versions {
@@ -219,11 +214,8 @@ mod tests {
             error: if role == "unreachable" { "connection refused".into() } else { String::new() },
             ..Default::default()
         };
-        let s = ClusterStatusResponse {
-            leader_id: 1,
-            term: 3,
-            nodes: vec![node(2, "follower"), node(1, "leader"), node(3, "unreachable")],
-        };
+        let s =
+            ClusterStatusResponse { leader_id: 1, term: 3, nodes: vec![node(2, "follower"), node(1, "leader"), node(3, "unreachable")] };
         let text = cluster_status(&s);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "leader: 1  term: 3");

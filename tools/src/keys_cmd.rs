@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
 use kho_proto::v1::{
-    DestroyTenantKeyRequest, RotateTenantKeyRequest, StartReencryptionRequest, TenantKeyStatusRequest,
-    TenantKeyStatusResponse, TenantKeys,
+    DestroyTenantKeyRequest, RotateTenantKeyRequest, StartReencryptionRequest, TenantKeyStatusRequest, TenantKeyStatusResponse, TenantKeys,
 };
 
 use crate::admin_cmd::ConnArgs;
@@ -122,10 +121,20 @@ pub fn values_not_under(t: &TenantKeys, target: u32) -> u64 {
 pub enum Progress {
     /// The answer shows no job to `target` yet (a leader that has not applied the start).
     NotVisible,
-    Running { visited: u64, rewritten: u64, remaining: u64 },
-    Done { visited: u64, rewritten: u64, remaining: u64 },
+    Running {
+        visited: u64,
+        rewritten: u64,
+        remaining: u64,
+    },
+    Done {
+        visited: u64,
+        rewritten: u64,
+        remaining: u64,
+    },
     /// A re-encryption to a newer version replaced this one.
-    Replaced { target: u32 },
+    Replaced {
+        target: u32,
+    },
 }
 
 /// Pure, for tests: the progress of the re-encryption to `target` in a tenant's status.
@@ -148,10 +157,7 @@ pub fn progress(t: &TenantKeys, target: u32) -> Progress {
 /// went away (the job goes on at the new leader), or no connection at all.
 fn retryable(e: &anyhow::Error) -> bool {
     match e.downcast_ref::<tonic::Status>() {
-        Some(s) => matches!(
-            s.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-        ),
+        Some(s) => matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
         None => true,
     }
 }
@@ -185,11 +191,7 @@ async fn reencrypt(endpoints: &EndpointList, tenant: &str, no_wait: bool, timeou
     let r = first.admin().start_reencryption(StartReencryptionRequest { tenant: tenant.to_string() }).await?.into_inner();
     let target = r.target_version;
     let how = if r.resumed { "resumed from where it stopped" } else { "started" };
-    writeln!(
-        std::io::stdout(),
-        "tenant {tenant}: re-encryption to key version {target} {how} (revision {})",
-        r.revision
-    )?;
+    writeln!(std::io::stdout(), "tenant {tenant}: re-encryption to key version {target} {how} (revision {})", r.revision)?;
     if no_wait {
         writeln!(std::io::stdout(), "tenant {tenant}: it runs in the background; follow it with `kho keys status --tenant {tenant}`")?;
         return Ok(ExitCode::SUCCESS);

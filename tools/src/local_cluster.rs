@@ -96,7 +96,10 @@ pub struct DemoShape {
 
 impl DemoShape {
     pub fn to_toml(self) -> String {
-        format!("# Written by `kho demo`: the shape of the cluster whose data is here.\nnodes = {}\nbase_port = {}\n", self.nodes, self.base_port)
+        format!(
+            "# Written by `kho demo`: the shape of the cluster whose data is here.\nnodes = {}\nbase_port = {}\n",
+            self.nodes, self.base_port
+        )
     }
 
     pub fn from_toml(text: &str) -> anyhow::Result<DemoShape> {
@@ -173,12 +176,8 @@ pub struct DirLock {
 impl DirLock {
     pub fn acquire(dir: &Path) -> anyhow::Result<DirLock> {
         let path = dir.join("demo.lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("open {}", path.display()))?;
+        let file =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("open {}", path.display()))?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let err = std::io::Error::last_os_error();
@@ -216,19 +215,11 @@ pub fn check_free(nodes: &[NodeLayout]) -> anyhow::Result<()> {
     if !left.is_empty() {
         let which: Vec<String> = left.iter().map(|(id, pid)| format!("node {id} (pid {pid})")).collect();
         let pids: Vec<String> = left.iter().map(|(_, pid)| pid.to_string()).collect();
-        bail!(
-            "nodes of a previous demo are still running: {}; stop them with `kill {}`",
-            which.join(", "),
-            pids.join(" ")
-        );
+        bail!("nodes of a previous demo are still running: {}; stop them with `kill {}`", which.join(", "), pids.join(" "));
     }
     for n in nodes {
         if let Err(e) = std::net::TcpListener::bind(&n.addr) {
-            bail!(
-                "{} (needed by node {}) is not free: {e}; stop what listens there or choose another --base-port",
-                n.addr,
-                n.id
-            );
+            bail!("{} (needed by node {}) is not free: {e}; stop what listens there or choose another --base-port", n.addr, n.id);
         }
     }
     Ok(())
@@ -277,11 +268,7 @@ impl LocalCluster {
             l.id
         );
         std::fs::create_dir_all(&l.data_dir).with_context(|| format!("create {}", l.data_dir.display()))?;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&l.log)
-            .with_context(|| format!("open {}", l.log.display()))?;
+        let mut log = OpenOptions::new().create(true).append(true).open(&l.log).with_context(|| format!("open {}", l.log.display()))?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         writeln!(log, "=== kho demo: starting node {} at unix time {now} ===", l.id)?;
         let child = Command::new(exe)
@@ -350,12 +337,7 @@ impl LocalCluster {
         }
         for n in &mut self.nodes {
             let Some(mut child) = n.child.take() else { continue };
-            say_err!(
-                "kho demo: node {} (pid {}) did not stop within {} s; sending SIGKILL",
-                n.layout.id,
-                n.pid,
-                grace.as_secs()
-            );
+            say_err!("kho demo: node {} (pid {}) did not stop within {} s; sending SIGKILL", n.layout.id, n.pid, grace.as_secs());
             let _ = child.start_kill();
             match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
                 Ok(Ok(s)) => say!("kho demo: node {} (pid {}) killed: {s}", n.layout.id, n.pid),

@@ -224,12 +224,9 @@ mod tests {
 
     #[test]
     fn server_master_key_flags() {
-        let Command::Server(a) = parse(&["server", "--master-key-file", "/etc/kho/master.key"]).unwrap().command else {
-            panic!()
-        };
+        let Command::Server(a) = parse(&["server", "--master-key-file", "/etc/kho/master.key"]).unwrap().command else { panic!() };
         assert_eq!(a.overrides.master_key_file, Some(PathBuf::from("/etc/kho/master.key")));
-        let Command::Server(a) = parse(&["server", "--master-key-command", "vault kv get -field=key kho/master"]).unwrap().command
-        else {
+        let Command::Server(a) = parse(&["server", "--master-key-command", "vault kv get -field=key kho/master"]).unwrap().command else {
             panic!()
         };
         assert_eq!(a.overrides.master_key_command.as_deref(), Some("vault kv get -field=key kho/master"));
@@ -247,25 +244,20 @@ mod tests {
     fn keys_and_node_flags() {
         let Command::Keys(cmd) = parse(&["keys", "status"]).unwrap().command else { panic!() };
         assert!(matches!(cmd.op, keys_cmd::KeysOp::Status { tenant: None }));
-        let Command::Keys(cmd) = parse(&["keys", "rotate", "--tenant", "dan_cu", "--endpoints", "a:1"]).unwrap().command else {
-            panic!()
-        };
+        let Command::Keys(cmd) = parse(&["keys", "rotate", "--tenant", "dan_cu", "--endpoints", "a:1"]).unwrap().command else { panic!() };
         assert_eq!(cmd.conn.endpoints.0, ["a:1"]);
         assert!(matches!(cmd.op, keys_cmd::KeysOp::Rotate { ref tenant } if tenant == "dan_cu"));
         assert!(parse(&["keys", "rotate"]).is_err());
         let Command::Keys(cmd) = parse(&["keys", "reencrypt", "--tenant", "t"]).unwrap().command else { panic!() };
         let keys_cmd::KeysOp::Reencrypt { no_wait, timeout_secs, .. } = cmd.op else { panic!() };
         assert_eq!((no_wait, timeout_secs), (false, 3600));
-        let Command::Keys(cmd) = parse(&["keys", "reencrypt", "--tenant", "t", "--no-wait", "--timeout-secs", "5"]).unwrap().command
-        else {
+        let Command::Keys(cmd) = parse(&["keys", "reencrypt", "--tenant", "t", "--no-wait", "--timeout-secs", "5"]).unwrap().command else {
             panic!()
         };
         let keys_cmd::KeysOp::Reencrypt { no_wait, timeout_secs, .. } = cmd.op else { panic!() };
         assert_eq!((no_wait, timeout_secs), (true, 5));
         assert!(parse(&["keys", "reencrypt", "--tenant", "t", "--timeout-secs", "0"]).is_err());
-        let Command::Keys(cmd) = parse(&["keys", "destroy", "--tenant", "t", "--version", "3"]).unwrap().command else {
-            panic!()
-        };
+        let Command::Keys(cmd) = parse(&["keys", "destroy", "--tenant", "t", "--version", "3"]).unwrap().command else { panic!() };
         assert!(matches!(cmd.op, keys_cmd::KeysOp::Destroy { version: 3, .. }));
         assert!(parse(&["keys", "destroy", "--tenant", "t", "--version", "-1"]).is_err());
         let Command::Node(cmd) = parse(&["node", "compact", "--endpoints", "a:1,b:2"]).unwrap().command else { panic!() };
@@ -279,9 +271,7 @@ mod tests {
         let Command::Tenant(cmd) = parse(&["tenant", "create", "dan_cu"]).unwrap().command else { panic!() };
         let admin_cmd::TenantOp::Create { encryption, .. } = cmd.op else { panic!() };
         assert_eq!(encryption, admin_cmd::TenantEncryptionArg::Default);
-        let Command::Tenant(cmd) = parse(&["tenant", "create", "ref", "--encryption", "plaintext"]).unwrap().command else {
-            panic!()
-        };
+        let Command::Tenant(cmd) = parse(&["tenant", "create", "ref", "--encryption", "plaintext"]).unwrap().command else { panic!() };
         let admin_cmd::TenantOp::Create { encryption, name } = cmd.op else { panic!() };
         assert_eq!((encryption, name.as_str()), (admin_cmd::TenantEncryptionArg::Plaintext, "ref"));
         assert_eq!(encryption.to_proto(), kho_proto::v1::TenantEncryption::Plaintext);
@@ -312,8 +302,21 @@ mod tests {
     #[test]
     fn row_mutate_flags_repeat() {
         let cli = parse(&[
-            "row", "mutate", "--tenant", "dan_cu", "--table", "citizen", "--row", "001", "--set", "identity:ho_ten=Lý Thị Hà",
-            "--set", "residence:tinh=Cần Thơ", "--delete", "residence:dia_chi", "--delete-row",
+            "row",
+            "mutate",
+            "--tenant",
+            "dan_cu",
+            "--table",
+            "citizen",
+            "--row",
+            "001",
+            "--set",
+            "identity:ho_ten=Lý Thị Hà",
+            "--set",
+            "residence:tinh=Cần Thơ",
+            "--delete",
+            "residence:dia_chi",
+            "--delete-row",
         ])
         .unwrap();
         let Command::Row(cmd) = cli.command else { panic!() };
@@ -329,8 +332,20 @@ mod tests {
     #[test]
     fn scans_and_families() {
         let cli = parse(&[
-            "row", "scan", "--tenant", "t", "--table", "x", "--prefix", "079", "--limit", "5", "--family", "identity",
-            "--family", "residence",
+            "row",
+            "scan",
+            "--tenant",
+            "t",
+            "--table",
+            "x",
+            "--prefix",
+            "079",
+            "--limit",
+            "5",
+            "--family",
+            "identity",
+            "--family",
+            "residence",
         ])
         .unwrap();
         let Command::Row(cmd) = cli.command else { panic!() };

@@ -52,14 +52,9 @@ pub fn is_key_text(text: &str) -> bool {
 /// written with a fresh random key. `dir` is created with mode 0700 when missing, and an
 /// existing `dir` is restricted to 0700.
 pub fn ensure(dir: &Path) -> anyhow::Result<MasterKeyFile> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .with_context(|| format!("create {}", dir.display()))?;
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir).with_context(|| format!("create {}", dir.display()))?;
     // `mode` applies only to directories the builder creates (and the umask may clear bits).
-    std::fs::set_permissions(dir, Permissions::from_mode(DIR_MODE))
-        .with_context(|| format!("chmod {:o} {}", DIR_MODE, dir.display()))?;
+    std::fs::set_permissions(dir, Permissions::from_mode(DIR_MODE)).with_context(|| format!("chmod {:o} {}", DIR_MODE, dir.display()))?;
     let path = dir.join(FILE_NAME);
     match std::fs::metadata(&path) {
         Ok(meta) => {
@@ -98,11 +93,7 @@ fn check_existing(path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<()> {
     }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        bail!(
-            "{} has mode {mode:o}: group or others may read the master key; run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        );
+        bail!("{} has mode {mode:o}: group or others may read the master key; run `chmod 600 {}`", path.display(), path.display());
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     if !is_key_text(&text) {

@@ -99,8 +99,7 @@ pub fn toml_str(s: &str) -> String {
 /// The structs are destructured without `..` on purpose: a field added to the config
 /// does not compile here until it is printed (and documented in docs/CONFIG.md).
 pub fn render(c: &Config) -> String {
-    let Config { node_id, listen_addr, advertise_addr, peer_source_ip, data_dir, initial_members, raft, limits, encryption } =
-        c;
+    let Config { node_id, listen_addr, advertise_addr, peer_source_ip, data_dir, initial_members, raft, limits, encryption } = c;
     let RaftConfig {
         heartbeat_interval_ms,
         election_timeout_min_ms,

@@ -63,8 +63,7 @@ pub fn parse_members(s: &str) -> Result<MemberList, String> {
         if entry.is_empty() {
             continue;
         }
-        let (id, addr) =
-            entry.split_once('=').ok_or_else(|| format!("`{entry}` is not of the form id=host:port"))?;
+        let (id, addr) = entry.split_once('=').ok_or_else(|| format!("`{entry}` is not of the form id=host:port"))?;
         id.trim().parse::<u64>().map_err(|_| format!("`{entry}`: node id `{id}` is not a number"))?;
         check_host_port(addr.trim())?;
         out.push(format!("{}={}", id.trim(), addr.trim()));
@@ -91,17 +90,14 @@ pub struct CellSpec {
 /// first `=` after it; the value is the rest and may contain `:` and `=`. The qualifier may
 /// be empty (`f:=v` sets the key-value cell of family `f`).
 pub fn parse_set(s: &str) -> Result<SetSpec, String> {
-    let (cell, value) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}` is not family:qualifier=value (no `=`)"))?;
+    let (cell, value) = s.split_once('=').ok_or_else(|| format!("`{s}` is not family:qualifier=value (no `=`)"))?;
     let CellSpec { family, qualifier } = parse_cell(cell)?;
     Ok(SetSpec { family, qualifier, value: value.to_string() })
 }
 
 /// Parses `family:qualifier`. The family ends at the first `:`; the qualifier is the rest.
 pub fn parse_cell(s: &str) -> Result<CellSpec, String> {
-    let (family, qualifier) =
-        s.split_once(':').ok_or_else(|| format!("`{s}` is not family:qualifier (no `:`)"))?;
+    let (family, qualifier) = s.split_once(':').ok_or_else(|| format!("`{s}` is not family:qualifier (no `:`)"))?;
     if family.is_empty() {
         return Err(format!("`{s}`: the family name is empty"));
     }
@@ -134,10 +130,7 @@ mod tests {
 
     #[test]
     fn members_parse_and_empty_clears() {
-        assert_eq!(
-            parse_members("1=127.0.0.1:7001, 2 = 127.0.0.1:7002").unwrap().0,
-            vec!["1=127.0.0.1:7001", "2=127.0.0.1:7002"]
-        );
+        assert_eq!(parse_members("1=127.0.0.1:7001, 2 = 127.0.0.1:7002").unwrap().0, vec!["1=127.0.0.1:7001", "2=127.0.0.1:7002"]);
         assert_eq!(parse_members("").unwrap().0, Vec::<String>::new());
         assert!(parse_members("127.0.0.1:7001").is_err());
         assert!(parse_members("x=127.0.0.1:7001").is_err());
@@ -151,14 +144,8 @@ mod tests {
             SetSpec { family: "identity".into(), qualifier: "ho_ten".into(), value: "Nguyễn Văn An".into() }
         );
         // The value may hold `=` and `:`; the qualifier may hold `:`.
-        assert_eq!(
-            parse_set("f:a:b=x=y:z").unwrap(),
-            SetSpec { family: "f".into(), qualifier: "a:b".into(), value: "x=y:z".into() }
-        );
-        assert_eq!(
-            parse_set("f:=v").unwrap(),
-            SetSpec { family: "f".into(), qualifier: "".into(), value: "v".into() }
-        );
+        assert_eq!(parse_set("f:a:b=x=y:z").unwrap(), SetSpec { family: "f".into(), qualifier: "a:b".into(), value: "x=y:z".into() });
+        assert_eq!(parse_set("f:=v").unwrap(), SetSpec { family: "f".into(), qualifier: "".into(), value: "v".into() });
         assert_eq!(parse_set("f:q=").unwrap().value, "");
         assert!(parse_set("f:q").unwrap_err().contains("no `=`"));
         assert!(parse_set("fq=v").unwrap_err().contains("no `:`"));
@@ -167,10 +154,7 @@ mod tests {
 
     #[test]
     fn cell_spec() {
-        assert_eq!(
-            parse_cell("residence:dia_chi").unwrap(),
-            CellSpec { family: "residence".into(), qualifier: "dia_chi".into() }
-        );
+        assert_eq!(parse_cell("residence:dia_chi").unwrap(), CellSpec { family: "residence".into(), qualifier: "dia_chi".into() });
         assert_eq!(parse_cell("f:").unwrap().qualifier, "");
         assert!(parse_cell("residence").is_err());
         assert!(parse_cell(":q").is_err());

@@ -129,8 +129,7 @@ impl Data for Fake {
                 .collect::<Vec<_>>())
         })?;
         // Two pairs per message, so the client must read several chunks.
-        let chunks: Vec<Result<ScanResponse, Status>> =
-            kvs.chunks(2).map(|c| Ok(ScanResponse { kvs: c.to_vec() })).collect();
+        let chunks: Vec<Result<ScanResponse, Status>> = kvs.chunks(2).map(|c| Ok(ScanResponse { kvs: c.to_vec() })).collect();
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
@@ -138,10 +137,7 @@ impl Data for Fake {
         Err(Status::unimplemented("fake"))
     }
 
-    async fn compare_and_swap(
-        &self,
-        _: Request<CompareAndSwapRequest>,
-    ) -> Result<Response<CompareAndSwapResponse>, Status> {
+    async fn compare_and_swap(&self, _: Request<CompareAndSwapRequest>) -> Result<Response<CompareAndSwapResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
 
@@ -192,10 +188,7 @@ impl Data for Fake {
                 .filter(|((rk, f, _), _)| *rk == r.row_key && (r.families.is_empty() || r.families.contains(f)))
                 .map(|((_, f, q), v)| Cell { family: f.clone(), qualifier: q.clone(), value: v.clone() })
                 .collect();
-            Ok(Response::new(ReadRowResponse {
-                found: !cells.is_empty(),
-                row: Some(Row { key: r.row_key, cells }),
-            }))
+            Ok(Response::new(ReadRowResponse { found: !cells.is_empty(), row: Some(Row { key: r.row_key, cells }) }))
         })
     }
 
@@ -221,8 +214,7 @@ impl Data for Fake {
             }
             Ok(rows)
         })?;
-        let chunks: Vec<Result<ScanRowsResponse, Status>> =
-            rows.chunks(2).map(|c| Ok(ScanRowsResponse { rows: c.to_vec() })).collect();
+        let chunks: Vec<Result<ScanRowsResponse, Status>> = rows.chunks(2).map(|c| Ok(ScanRowsResponse { rows: c.to_vec() })).collect();
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 }
@@ -348,10 +340,7 @@ impl Admin for Fake {
         })
     }
 
-    async fn rotate_tenant_key(
-        &self,
-        r: Request<RotateTenantKeyRequest>,
-    ) -> Result<Response<RotateTenantKeyResponse>, Status> {
+    async fn rotate_tenant_key(&self, r: Request<RotateTenantKeyRequest>) -> Result<Response<RotateTenantKeyResponse>, Status> {
         let tenant = r.into_inner().tenant;
         self.with(|m| {
             let keys = m.keys.get_mut(&tenant).ok_or_else(|| Status::not_found(format!("tenant {tenant}")))?;
@@ -365,10 +354,7 @@ impl Admin for Fake {
         })
     }
 
-    async fn start_reencryption(
-        &self,
-        r: Request<StartReencryptionRequest>,
-    ) -> Result<Response<StartReencryptionResponse>, Status> {
+    async fn start_reencryption(&self, r: Request<StartReencryptionRequest>) -> Result<Response<StartReencryptionResponse>, Status> {
         let tenant = r.into_inner().tenant;
         self.with(|m| {
             let keys = m.keys.get_mut(&tenant).ok_or_else(|| Status::not_found(format!("tenant {tenant}")))?;
@@ -389,10 +375,7 @@ impl Admin for Fake {
 
     /// Each call moves an unfinished re-encryption one step: half of the old values, then
     /// the rest (and done).
-    async fn tenant_key_status(
-        &self,
-        r: Request<TenantKeyStatusRequest>,
-    ) -> Result<Response<TenantKeyStatusResponse>, Status> {
+    async fn tenant_key_status(&self, r: Request<TenantKeyStatusRequest>) -> Result<Response<TenantKeyStatusResponse>, Status> {
         let r = r.into_inner();
         let (tenant, counted) = (r.tenant, !r.without_counts);
         self.with(|m| {
@@ -422,8 +405,8 @@ impl Admin for Fake {
                 // The next call sees one more step.
                 if let Some(job) = keys.job.as_mut().filter(|j| !j.done) {
                     let target = job.target_version;
-                    let old: u64 = keys.versions.iter().filter(|(v, _)| **v != target).map(|(_, (_, n))| n).sum::<u64>()
-                        + keys.plaintext_values;
+                    let old: u64 =
+                        keys.versions.iter().filter(|(v, _)| **v != target).map(|(_, (_, n))| n).sum::<u64>() + keys.plaintext_values;
                     let step = if job.visited == 0 { old.div_ceil(2) } else { old };
                     let mut left = step;
                     let take = |n: &mut u64, left: &mut u64| {
@@ -449,10 +432,7 @@ impl Admin for Fake {
         })
     }
 
-    async fn destroy_tenant_key(
-        &self,
-        r: Request<DestroyTenantKeyRequest>,
-    ) -> Result<Response<DestroyTenantKeyResponse>, Status> {
+    async fn destroy_tenant_key(&self, r: Request<DestroyTenantKeyRequest>) -> Result<Response<DestroyTenantKeyResponse>, Status> {
         let r = r.into_inner();
         self.with(|m| {
             let keys = m.keys.get_mut(&r.tenant).ok_or_else(|| Status::not_found(format!("tenant {}", r.tenant)))?;
@@ -579,7 +559,17 @@ async fn client_commands_against_a_fake_cluster() {
     let m = |row: &str, extra: &[&str]| {
         [&["row", "mutate"][..], &t, &["--row", row], extra].concat().into_iter().map(String::from).collect::<Vec<_>>()
     };
-    let args = m("079190000001", &["--set", "identity:ho_ten=Trần Thị Yến", "--set", "residence:tinh=Thành phố Hồ Chí Minh", "--set", "residence:dia_chi=Số 5, đường Lê Lợi"]);
+    let args = m(
+        "079190000001",
+        &[
+            "--set",
+            "identity:ho_ten=Trần Thị Yến",
+            "--set",
+            "residence:tinh=Thành phố Hồ Chí Minh",
+            "--set",
+            "residence:dia_chi=Số 5, đường Lê Lợi",
+        ],
+    );
     ok(&kho(eps, &args.iter().map(String::as_str).collect::<Vec<_>>()).await);
     let args = m("001085000002", &["--set", "identity:ho_ten=Lê Văn Nam"]);
     ok(&kho(eps, &args.iter().map(String::as_str).collect::<Vec<_>>()).await);

@@ -153,11 +153,7 @@ pub async fn command(args: CompareArgs) -> anyhow::Result<std::process::ExitCode
     if args.rounds == 0 || args.rounds > ROUNDS_MAX {
         bail!("--rounds: {} is outside 1..={ROUNDS_MAX}", args.rounds);
     }
-    let workloads: Vec<WorkloadName> = args
-        .workloads
-        .iter()
-        .map(|w| parse_workload(w.trim()))
-        .collect::<anyhow::Result<_>>()?;
+    let workloads: Vec<WorkloadName> = args.workloads.iter().map(|w| parse_workload(w.trim())).collect::<anyhow::Result<_>>()?;
     let etcd_bin = if args.no_etcd { None } else { Some(find_etcd(&args.etcd_bin)?) };
     if args.dir.exists() {
         std::fs::remove_dir_all(&args.dir).with_context(|| format!("--dir: cannot empty {}", args.dir.display()))?;
@@ -304,13 +300,7 @@ async fn settle(pids: &[u32]) {
 }
 
 async fn one(args: BenchArgs) -> anyhow::Result<BenchReport> {
-    let what = format!(
-        "{:?} {:?} {:?} (tenant encryption {})",
-        args.target,
-        args.workload,
-        args.phase,
-        args.tenant_encryption.label()
-    );
+    let what = format!("{:?} {:?} {:?} (tenant encryption {})", args.target, args.workload, args.phase, args.tenant_encryption.label());
     super::run(&args).await.with_context(|| format!("bench run {what}"))
 }
 
@@ -387,8 +377,7 @@ async fn rounds(
         }
         // The physical reference: synced writes to an embedded RocksDB, same shape.
         let rocks_dir = dir.join(format!("rocksdb-{round}"));
-        let run =
-            BenchArgs { phase: Phase::Load, data_dir: Some(rocks_dir.clone()), ..base_args(args, TargetKind::Rocksdb, &[]) };
+        let run = BenchArgs { phase: Phase::Load, data_dir: Some(rocks_dir.clone()), ..base_args(args, TargetKind::Rocksdb, &[]) };
         let (phase, cpu) = measured(run, PhaseName::Load, pids).await?;
         eprintln!("round {round}: rocksdb write: {:.0} ops/s{}", phase.throughput_ops_per_sec, cpu_text(cpu));
         samples.push(Sample { round, target: "rocksdb", workload: "write".into(), phase, cpu });
@@ -561,7 +550,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// One row of the table: medians over the rounds.
@@ -686,15 +679,7 @@ fn encryption_markdown(c: &EncryptionCost) -> String {
         (format!("read p50 ms (workload {reads})"), &c.read_p50_ms, 2),
         (format!("read p99 ms (workload {reads})"), &c.read_p99_ms, 2),
     ] {
-        let _ = writeln!(
-            md,
-            "| {name} | {:.*} | {:.*} | {} |",
-            decimals,
-            v.encrypted,
-            decimals,
-            v.plaintext,
-            ratio(v)
-        );
+        let _ = writeln!(md, "| {name} | {:.*} | {:.*} | {} |", decimals, v.encrypted, decimals, v.plaintext, ratio(v));
     }
     md
 }
@@ -710,8 +695,7 @@ struct CompareJson<'a> {
 /// per workload of the main targets.
 fn cpu_markdown(samples: &[Sample], workloads: &[String]) -> String {
     let med = |w: &str, t: &str, f: fn(&CpuPerOp) -> Option<f64>| {
-        let v: Vec<f64> =
-            samples.iter().filter(|s| s.workload == w && s.target == t).filter_map(|s| s.cpu.as_ref().and_then(f)).collect();
+        let v: Vec<f64> = samples.iter().filter(|s| s.workload == w && s.target == t).filter_map(|s| s.cpu.as_ref().and_then(f)).collect();
         (!v.is_empty()).then(|| median(v))
     };
     let servers = |c: &CpuPerOp| c.servers_us;
@@ -854,7 +838,12 @@ fn svg_chart(groups: &[(String, Vec<(&str, f64)>)]) -> String {
                 bar_w - 4.0,
                 colors(t)
             );
-            let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{v:.0}</text>", x + (bar_w - 4.0) / 2.0, y - 3.0);
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{v:.0}</text>",
+                x + (bar_w - 4.0) / 2.0,
+                y - 3.0
+            );
         }
         let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{name}</text>", x0 + group_w / 2.0, H - BOTTOM + 18.0);
     }
@@ -915,15 +904,8 @@ mod tests {
     }
 
     fn sample(round: u32, target: &'static str, workload: &str, op: OpKind, ops_per_sec: f64, p50_us: u64) -> Sample {
-        let latency = LatencyUs {
-            min: 1,
-            mean: p50_us as f64,
-            p50: p50_us,
-            p95: 2 * p50_us,
-            p99: 3 * p50_us,
-            p999: 4 * p50_us,
-            max: 5 * p50_us,
-        };
+        let latency =
+            LatencyUs { min: 1, mean: p50_us as f64, p50: p50_us, p95: 2 * p50_us, p99: 3 * p50_us, p999: 4 * p50_us, max: 5 * p50_us };
         let o = OpReport {
             op,
             count: 100,

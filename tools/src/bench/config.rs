@@ -466,10 +466,7 @@ fn check_json_path(path: &std::path::Path) -> anyhow::Result<()> {
 
 /// A seed from the clock, for runs without `--seed`.
 fn clock_seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     super::generator::splitmix64(nanos ^ u64::from(std::process::id()))
 }
 
@@ -523,10 +520,38 @@ mod tests {
     #[test]
     fn flags_parse() {
         let a = parse(&[
-            "--target", "etcd", "--endpoints", "a:1, http://b:2", "--workload", "e", "--record-count", "10",
-            "--operation-count", "0", "--duration-secs", "5", "--key-bytes", "32", "--value-bytes", "100",
-            "--concurrency", "500", "--rate", "1000", "--distribution", "uniform", "--phase", "run",
-            "--warmup-secs", "2", "--seed", "7", "--max-scan-length", "10", "--workers-per-connection", "500",
+            "--target",
+            "etcd",
+            "--endpoints",
+            "a:1, http://b:2",
+            "--workload",
+            "e",
+            "--record-count",
+            "10",
+            "--operation-count",
+            "0",
+            "--duration-secs",
+            "5",
+            "--key-bytes",
+            "32",
+            "--value-bytes",
+            "100",
+            "--concurrency",
+            "500",
+            "--rate",
+            "1000",
+            "--distribution",
+            "uniform",
+            "--phase",
+            "run",
+            "--warmup-secs",
+            "2",
+            "--seed",
+            "7",
+            "--max-scan-length",
+            "10",
+            "--workers-per-connection",
+            "500",
         ])
         .unwrap();
         let c = a.validate().unwrap();
@@ -576,10 +601,7 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&["--concurrency", "0"], "--concurrency: 0 workers is out of range; allowed 1..=4096 workers"),
             (&["--concurrency", "5000"], "--concurrency"),
-            (
-                &["--workers-per-connection", "0"],
-                "--workers-per-connection: 0 workers is out of range; allowed 1..=4096 workers",
-            ),
+            (&["--workers-per-connection", "0"], "--workers-per-connection: 0 workers is out of range; allowed 1..=4096 workers"),
             (&["--record-count", "0"], "--record-count: 0 records"),
             (&["--operation-count", "0", "--duration-secs", "0"], "--operation-count and --duration-secs"),
             (&["--duration-secs", "99999999"], "--duration-secs"),
@@ -607,10 +629,7 @@ mod tests {
         // Bad names are fine for etcd, which has no tenants.
         assert!(parse(&["--target", "etcd", "--tenant", "Bad"]).unwrap().validate().is_ok());
         // With only a load phase, no run limit is needed.
-        assert!(parse(&["--phase", "load", "--operation-count", "0", "--duration-secs", "0"])
-            .unwrap()
-            .validate()
-            .is_ok());
+        assert!(parse(&["--phase", "load", "--operation-count", "0", "--duration-secs", "0"]).unwrap().validate().is_ok());
     }
 }
 

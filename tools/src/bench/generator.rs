@@ -81,11 +81,8 @@ fn euler_maclaurin(a: u64, b: u64, theta: f64) -> f64 {
     let f = |x: f64| x.powf(-theta);
     let f1 = |x: f64| -theta * x.powf(-theta - 1.0);
     let f3 = |x: f64| -theta * (theta + 1.0) * (theta + 2.0) * x.powf(-theta - 3.0);
-    let integral = if (theta - 1.0).abs() < f64::EPSILON {
-        (b / a).ln()
-    } else {
-        (b.powf(1.0 - theta) - a.powf(1.0 - theta)) / (1.0 - theta)
-    };
+    let integral =
+        if (theta - 1.0).abs() < f64::EPSILON { (b / a).ln() } else { (b.powf(1.0 - theta) - a.powf(1.0 - theta)) / (1.0 - theta) };
     integral + (f(a) + f(b)) / 2.0 + (f1(b) - f1(a)) / 12.0 - (f3(b) - f3(a)) / 720.0
 }
 

@@ -79,8 +79,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
 /// both work.
 pub async fn run_on(config: &Config, targets: &[Arc<dyn Target>]) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(!targets.is_empty(), "no target to run on");
-    let started_unix_secs =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let started_unix_secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut phases = Vec::new();
     if config.phase.includes_load() {
         phases.push(runner::run_phase(PhaseName::Load, config, targets).await?);

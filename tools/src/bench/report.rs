@@ -139,11 +139,7 @@ impl PhaseReport {
     /// `[run] 10.000 s: ...` and the table of operation types.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let warmup = if self.warmup_secs > 0.0 {
-            format!(" after {:.3} s warmup", self.warmup_secs)
-        } else {
-            String::new()
-        };
+        let warmup = if self.warmup_secs > 0.0 { format!(" after {:.3} s warmup", self.warmup_secs) } else { String::new() };
         let _ = writeln!(
             out,
             "[{}] {:.3} s{warmup}: {} ops, {:.1} ops/s, {} errors",
@@ -156,17 +152,7 @@ impl PhaseReport {
         let _ = writeln!(
             out,
             "  {:<18} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}",
-            "op",
-            "count",
-            "ops/s",
-            "mean µs",
-            "p50 µs",
-            "p95 µs",
-            "p99 µs",
-            "p99.9 µs",
-            "max µs",
-            "errors",
-            "not found"
+            "op", "count", "ops/s", "mean µs", "p50 µs", "p95 µs", "p99 µs", "p99.9 µs", "max µs", "errors", "not found"
         );
         for o in &self.operations {
             let (mean, p50, p95, p99, p999, max) = match &o.latency_us {

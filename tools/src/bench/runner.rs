@@ -49,21 +49,13 @@ struct Shared {
 }
 
 /// Runs one phase of the benchmark and returns its report.
-pub async fn run_phase(
-    phase: PhaseName,
-    config: &Config,
-    targets: &[Arc<dyn Target>],
-) -> anyhow::Result<PhaseReport> {
+pub async fn run_phase(phase: PhaseName, config: &Config, targets: &[Arc<dyn Target>]) -> anyhow::Result<PhaseReport> {
     anyhow::ensure!(!targets.is_empty(), "no target to run on");
     let is_run = phase == PhaseName::Run;
     let warmup = if is_run { Duration::from_secs(config.warmup_secs) } else { Duration::ZERO };
     // The zipfian generators' zeta sum is computed once here, then cloned per worker. The
     // load phase only inserts: it needs none.
-    let chooser = if is_run {
-        KeyChooser::new(config.workload.request_distribution, config.record_count)
-    } else {
-        KeyChooser::Uniform
-    };
+    let chooser = if is_run { KeyChooser::new(config.workload.request_distribution, config.record_count) } else { KeyChooser::Uniform };
     let start = Instant::now();
     let measure_start = start + warmup;
     let end = (is_run && config.duration_secs > 0).then(|| measure_start + Duration::from_secs(config.duration_secs));
@@ -85,18 +77,13 @@ pub async fn run_phase(
         end,
     });
 
-    let progress = (config.progress_secs > 0)
-        .then(|| tokio::spawn(progress_lines(shared.clone(), Duration::from_secs(config.progress_secs))));
+    let progress =
+        (config.progress_secs > 0).then(|| tokio::spawn(progress_lines(shared.clone(), Duration::from_secs(config.progress_secs))));
     let mut workers = Vec::with_capacity(config.concurrency);
     for index in 0..config.concurrency {
         let pacer = Pacer::new(config.rate, config.concurrency, index, start);
-        let worker = Worker {
-            shared: shared.clone(),
-            target: targets[index % targets.len()].clone(),
-            index,
-            chooser: chooser.clone(),
-            pacer,
-        };
+        let worker =
+            Worker { shared: shared.clone(), target: targets[index % targets.len()].clone(), index, chooser: chooser.clone(), pacer };
         workers.push(tokio::spawn(worker.run()));
     }
     let mut merged = Merged::new();
@@ -199,10 +186,7 @@ impl Worker {
             let op = match s.phase {
                 PhaseName::Load => OpKind::Insert,
                 PhaseName::Run => {
-                    if measured
-                        && s.operation_count > 0
-                        && s.claimed.fetch_add(1, Ordering::Relaxed) >= s.operation_count
-                    {
+                    if measured && s.operation_count > 0 && s.claimed.fetch_add(1, Ordering::Relaxed) >= s.operation_count {
                         break;
                     }
                     ops.choose(&mut rng)

@@ -139,12 +139,8 @@ async fn every_workload_runs_clean_on_memory() {
 
 #[tokio::test]
 async fn five_hundred_workers_and_distribution_override() {
-    let args = BenchArgs {
-        concurrency: 500,
-        operation_count: 5000,
-        distribution: Some(Distribution::Uniform),
-        ..small_args(WorkloadName::B)
-    };
+    let args =
+        BenchArgs { concurrency: 500, operation_count: 5000, distribution: Some(Distribution::Uniform), ..small_args(WorkloadName::B) };
     let r = run_memory(&args, Arc::new(MemoryTarget::default())).await;
     assert_clean(&r, &args);
     assert_eq!(r.config.workload.request_distribution, Distribution::Uniform);
@@ -169,13 +165,7 @@ async fn errors_are_counted_by_status_and_the_run_goes_on() {
 
 #[tokio::test]
 async fn duration_ends_the_run_phase() {
-    let args = BenchArgs {
-        phase: Phase::Run,
-        operation_count: 0,
-        duration_secs: 1,
-        warmup_secs: 1,
-        ..small_args(WorkloadName::C)
-    };
+    let args = BenchArgs { phase: Phase::Run, operation_count: 0, duration_secs: 1, warmup_secs: 1, ..small_args(WorkloadName::C) };
     let started = std::time::Instant::now();
     let r = run_memory(&args, Arc::new(MemoryTarget::default())).await;
     let run = phase(&r, PhaseName::Run);
@@ -235,13 +225,7 @@ struct FakeKho {
 
 impl FakeKho {
     /// The cell map of a request, after checking its tenant, table and family.
-    fn with_cells<T>(
-        &self,
-        tenant: &str,
-        table: &str,
-        family: &str,
-        f: impl FnOnce(&mut Cells) -> T,
-    ) -> Result<T, Status> {
+    fn with_cells<T>(&self, tenant: &str, table: &str, family: &str, f: impl FnOnce(&mut Cells) -> T) -> Result<T, Status> {
         let mut s = lock(&self.state);
         let families = s
             .tables
@@ -294,10 +278,7 @@ impl kv1::data_server::Data for FakeKho {
         }
         let limit = if r.limit == 0 { usize::MAX } else { r.limit as usize };
         let kvs: Vec<kv1::KeyValue> = self.with_cells(&r.tenant, &r.table, &r.family, |m| {
-            m.range(r.start_key.clone()..)
-                .take(limit)
-                .map(|(k, v)| kv1::KeyValue { key: k.clone(), value: v.clone() })
-                .collect()
+            m.range(r.start_key.clone()..).take(limit).map(|(k, v)| kv1::KeyValue { key: k.clone(), value: v.clone() }).collect()
         })?;
         let chunks: Vec<Result<kv1::ScanResponse, Status>> =
             kvs.chunks(FAKE_SCAN_CHUNK).map(|c| Ok(kv1::ScanResponse { kvs: c.to_vec() })).collect();
@@ -313,10 +294,7 @@ impl kv1::data_server::Data for FakeKho {
     async fn write(&self, _: Request<kv1::WriteRequest>) -> Result<Response<kv1::WriteResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
-    async fn compare_and_swap(
-        &self,
-        _: Request<kv1::CompareAndSwapRequest>,
-    ) -> Result<Response<kv1::CompareAndSwapResponse>, Status> {
+    async fn compare_and_swap(&self, _: Request<kv1::CompareAndSwapRequest>) -> Result<Response<kv1::CompareAndSwapResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
     async fn mutate_row(&self, _: Request<kv1::MutateRowRequest>) -> Result<Response<kv1::MutateRowResponse>, Status> {
@@ -333,10 +311,7 @@ impl kv1::data_server::Data for FakeKho {
 
 #[async_trait]
 impl kv1::admin_server::Admin for FakeKho {
-    async fn create_tenant(
-        &self,
-        r: Request<kv1::CreateTenantRequest>,
-    ) -> Result<Response<kv1::CreateTenantResponse>, Status> {
+    async fn create_tenant(&self, r: Request<kv1::CreateTenantRequest>) -> Result<Response<kv1::CreateTenantResponse>, Status> {
         let r = r.into_inner();
         let mut s = lock(&self.state);
         if !s.tenants.insert(r.name.clone()) {
@@ -348,10 +323,7 @@ impl kv1::admin_server::Admin for FakeKho {
         Ok(Response::new(kv1::CreateTenantResponse { revision: 1 }))
     }
 
-    async fn create_table(
-        &self,
-        r: Request<kv1::CreateTableRequest>,
-    ) -> Result<Response<kv1::CreateTableResponse>, Status> {
+    async fn create_table(&self, r: Request<kv1::CreateTableRequest>) -> Result<Response<kv1::CreateTableResponse>, Status> {
         let r = r.into_inner();
         let mut s = lock(&self.state);
         if !s.tenants.contains(&r.tenant) {
@@ -365,10 +337,7 @@ impl kv1::admin_server::Admin for FakeKho {
         Ok(Response::new(kv1::CreateTableResponse { revision: 2 }))
     }
 
-    async fn list_tables(
-        &self,
-        r: Request<kv1::ListTablesRequest>,
-    ) -> Result<Response<kv1::ListTablesResponse>, Status> {
+    async fn list_tables(&self, r: Request<kv1::ListTablesRequest>) -> Result<Response<kv1::ListTablesResponse>, Status> {
         let tenant = r.into_inner().tenant;
         let s = lock(&self.state);
         let tables = s
@@ -385,20 +354,14 @@ impl kv1::admin_server::Admin for FakeKho {
         Ok(Response::new(kv1::ListTablesResponse { tables }))
     }
 
-    async fn list_tenants(
-        &self,
-        _: Request<kv1::ListTenantsRequest>,
-    ) -> Result<Response<kv1::ListTenantsResponse>, Status> {
+    async fn list_tenants(&self, _: Request<kv1::ListTenantsRequest>) -> Result<Response<kv1::ListTenantsResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
     async fn drop_table(&self, _: Request<kv1::DropTableRequest>) -> Result<Response<kv1::DropTableResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
     /// The fake is a one-node cluster: it leads, at the address the client reached.
-    async fn cluster_status(
-        &self,
-        req: Request<kv1::ClusterStatusRequest>,
-    ) -> Result<Response<kv1::ClusterStatusResponse>, Status> {
+    async fn cluster_status(&self, req: Request<kv1::ClusterStatusRequest>) -> Result<Response<kv1::ClusterStatusResponse>, Status> {
         let address = req.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let node = kv1::NodeStatus { node_id: 1, address, role: "leader".into(), leader_id: 1, ..Default::default() };
         Ok(Response::new(kv1::ClusterStatusResponse { leader_id: 1, term: 1, nodes: vec![node] }))
@@ -406,25 +369,16 @@ impl kv1::admin_server::Admin for FakeKho {
     async fn node_status(&self, _: Request<kv1::NodeStatusRequest>) -> Result<Response<kv1::NodeStatus>, Status> {
         Err(Status::unimplemented("fake"))
     }
-    async fn node_checksum(
-        &self,
-        _: Request<kv1::NodeChecksumRequest>,
-    ) -> Result<Response<kv1::NodeChecksumResponse>, Status> {
+    async fn node_checksum(&self, _: Request<kv1::NodeChecksumRequest>) -> Result<Response<kv1::NodeChecksumResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
     async fn add_node(&self, _: Request<kv1::AddNodeRequest>) -> Result<Response<kv1::AddNodeResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
-    async fn remove_node(
-        &self,
-        _: Request<kv1::RemoveNodeRequest>,
-    ) -> Result<Response<kv1::RemoveNodeResponse>, Status> {
+    async fn remove_node(&self, _: Request<kv1::RemoveNodeRequest>) -> Result<Response<kv1::RemoveNodeResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
-    async fn rotate_tenant_key(
-        &self,
-        _: Request<kv1::RotateTenantKeyRequest>,
-    ) -> Result<Response<kv1::RotateTenantKeyResponse>, Status> {
+    async fn rotate_tenant_key(&self, _: Request<kv1::RotateTenantKeyRequest>) -> Result<Response<kv1::RotateTenantKeyResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
     async fn start_reencryption(
@@ -433,10 +387,7 @@ impl kv1::admin_server::Admin for FakeKho {
     ) -> Result<Response<kv1::StartReencryptionResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
-    async fn tenant_key_status(
-        &self,
-        r: Request<kv1::TenantKeyStatusRequest>,
-    ) -> Result<Response<kv1::TenantKeyStatusResponse>, Status> {
+    async fn tenant_key_status(&self, r: Request<kv1::TenantKeyStatusRequest>) -> Result<Response<kv1::TenantKeyStatusResponse>, Status> {
         let tenant = r.into_inner().tenant;
         let s = lock(&self.state);
         let tenants = s
@@ -460,10 +411,7 @@ impl kv1::admin_server::Admin for FakeKho {
     ) -> Result<Response<kv1::DestroyTenantKeyResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
-    async fn compact_node(
-        &self,
-        _: Request<kv1::CompactNodeRequest>,
-    ) -> Result<Response<kv1::CompactNodeResponse>, Status> {
+    async fn compact_node(&self, _: Request<kv1::CompactNodeRequest>) -> Result<Response<kv1::CompactNodeResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
 }
@@ -663,4 +611,3 @@ async fn unreachable_endpoint_fails_fast_naming_it() {
     let e = format!("{:#}", super::run(&args).await.unwrap_err());
     assert!(e.contains(&format!("cannot connect to {addr}")), "{e}");
 }
-

@@ -8,8 +8,8 @@ use anyhow::{bail, Context as _};
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use kho_proto::v1::{
-    admin_client::AdminClient, data_client::DataClient, ColumnFamily, CreateTableRequest, CreateTenantRequest,
-    GetRequest, ListTablesRequest, PutRequest, ReadConsistency, ScanRequest, TenantKeyStatusRequest,
+    admin_client::AdminClient, data_client::DataClient, ColumnFamily, CreateTableRequest, CreateTenantRequest, GetRequest,
+    ListTablesRequest, PutRequest, ReadConsistency, ScanRequest, TenantKeyStatusRequest,
 };
 use tonic::transport::Channel;
 
@@ -140,13 +140,7 @@ pub async fn leader_endpoint(endpoints: &[String]) -> anyhow::Result<String> {
     bail!("--route leader: no endpoint of {} reported a leader", endpoints.join(","))
 }
 
-pub async fn prepare(
-    channel: &Channel,
-    tenant: &str,
-    encryption: TenantEncryptionArg,
-    table: &str,
-    family: &str,
-) -> anyhow::Result<()> {
+pub async fn prepare(channel: &Channel, tenant: &str, encryption: TenantEncryptionArg, table: &str, family: &str) -> anyhow::Result<()> {
     let admin = AdminClient::new(channel.clone());
     retry_unavailable("CreateTenant", || {
         let mut admin = admin.clone();

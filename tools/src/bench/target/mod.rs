@@ -101,14 +101,9 @@ pub async fn connect(config: &Config) -> anyhow::Result<Vec<Arc<dyn Target>>> {
     match config.target {
         TargetKind::Kho => {
             kho::prepare(&channels[0], &config.tenant, config.tenant_encryption, &config.table, &config.family).await?;
-            Ok(channels
-                .into_iter()
-                .map(|ch| Arc::new(kho::KhoTarget::new(ch, config)) as Arc<dyn Target>)
-                .collect())
+            Ok(channels.into_iter().map(|ch| Arc::new(kho::KhoTarget::new(ch, config)) as Arc<dyn Target>).collect())
         }
-        TargetKind::Etcd => {
-            Ok(channels.into_iter().map(|ch| Arc::new(etcd::EtcdTarget::new(ch)) as Arc<dyn Target>).collect())
-        }
+        TargetKind::Etcd => Ok(channels.into_iter().map(|ch| Arc::new(etcd::EtcdTarget::new(ch)) as Arc<dyn Target>).collect()),
         TargetKind::Rocksdb => unreachable!("handled above"),
     }
 }
@@ -123,11 +118,7 @@ pub fn channel_plan(endpoints: usize, workers: usize, per_connection: usize) -> 
 }
 
 /// Opens the connections of [`channel_plan`] (all at once) and returns each worker's.
-pub async fn connect_channels(
-    endpoints: &[String],
-    workers: usize,
-    per_connection: usize,
-) -> anyhow::Result<Vec<Channel>> {
+pub async fn connect_channels(endpoints: &[String], workers: usize, per_connection: usize) -> anyhow::Result<Vec<Channel>> {
     let plan = channel_plan(endpoints.len(), workers, per_connection);
     let mut wanted: Vec<(usize, usize)> = plan.clone();
     wanted.sort_unstable();
