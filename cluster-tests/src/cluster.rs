@@ -170,6 +170,8 @@ pub struct Cluster {
     net: Option<Network>,
     /// Set once a failure message carried the log tails, so `Drop` does not repeat them.
     tails_reported: AtomicBool,
+    /// Extra environment of each node's next starts ([`Cluster::set_env`]).
+    env: Mutex<BTreeMap<u64, Vec<(String, String)>>>,
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
     _slot: SemaphorePermit<'static>,
@@ -246,6 +248,7 @@ impl Cluster {
             paused: Mutex::new(BTreeSet::new()),
             net,
             tails_reported: AtomicBool::new(false),
+            env: Mutex::new(BTreeMap::new()),
             dir: Some(dir),
             root,
             _slot: slot,
@@ -404,6 +407,34 @@ impl Cluster {
                 (node.id, DataClient::new(channel).max_decoding_message_size(CLIENT_DECODE_BYTES_MAX))
             })
             .collect()
+    }
+
+    /// Sets the extra environment variables node `id` gets from its next start on (empty:
+    /// none), for example a `FAILPOINTS` list (docs/TESTING.md).
+    pub fn set_env(&self, id: u64, vars: &[(&str, &str)]) {
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.env.lock().unwrap().insert(id, vars);
+    }
+
+    /// Waits up to `limit` for node `id` to exit by itself and returns its exit status
+    /// (None: still running at the deadline; it is left running).
+    pub async fn wait_exit(&self, id: u64, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            {
+                let mut running = self.running.lock().unwrap();
+                let process = running.get_mut(&id).unwrap_or_else(|| panic!("node {id} is not running"));
+                if let Some(status) = process.exited() {
+                    running.remove(&id);
+                    println!("node {id} exited by itself: {status}");
+                    return Some(status);
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL node `id` and reap it. Panics if it is not running.
@@ -661,7 +692,8 @@ impl Cluster {
         let node = self.node(id);
         let mut running = self.running.lock().unwrap();
         assert!(!running.contains_key(&id), "node {id} is already running");
-        let process = NodeProcess::spawn(&self.kho, &node.config_path, &node.log_path, id)
+        let env = self.env.lock().unwrap().get(&id).cloned().unwrap_or_default();
+        let process = NodeProcess::spawn(&self.kho, &node.config_path, &node.log_path, id, &env)
             .unwrap_or_else(|e| panic!("cannot start {} for node {id}: {e}", self.kho.display()));
         println!("node {id} started, pid {}, {}", process.pid(), node.addr);
         running.insert(id, process);

@@ -21,15 +21,22 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts `kho server --config <config>`, stdout and stderr appended to `log`.
-    pub fn spawn(kho: &Path, config: &Path, log: &Path, node_id: u64) -> std::io::Result<NodeProcess> {
+    /// Starts `kho server --config <config>`, stdout and stderr appended to `log`, with
+    /// the extra environment variables `env` (a `FAILPOINTS` list).
+    pub fn spawn(kho: &Path, config: &Path, log: &Path, node_id: u64, env: &[(String, String)]) -> std::io::Result<NodeProcess> {
         let mut log_file = OpenOptions::new().create(true).append(true).open(log)?;
         writeln!(log_file, "=== cluster-tests: starting node {node_id}: {} server --config {} ===", kho.display(), config.display())?;
+        for (k, v) in env {
+            writeln!(log_file, "=== cluster-tests: node {node_id} environment {k}={v} ===")?;
+        }
         let stderr = log_file.try_clone()?;
         let mut cmd = Command::new(kho);
         cmd.arg("server").arg("--config").arg(config).stdin(Stdio::null()).stdout(Stdio::from(log_file)).stderr(Stdio::from(stderr));
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         set_parent_death_signal(&mut cmd);
         let child = cmd.spawn()?;

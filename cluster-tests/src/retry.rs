@@ -76,6 +76,48 @@ where
     Err(last.expect("at least one attempt"))
 }
 
+/// One RPC with [`RetryPolicy::STEADY`] retries on retryable errors (elections, reconnects):
+/// `rpc!(client, method, request)`.
+#[macro_export]
+macro_rules! rpc {
+    ($client:expr, $method:ident, $req:expr) => {{
+        let client = $client.clone();
+        let req = $req;
+        $crate::retry_call(&$crate::RetryPolicy::STEADY, move |_| {
+            let mut client = client.clone();
+            let req = req.clone();
+            async move { client.$method(req).await }
+        })
+        .await
+    }};
+}
+
+/// Fails the test (with the cluster's log tails) unless `result` is an error with `code`
+/// whose message mentions every one of `mentions` (case-insensitive).
+pub fn expect_status<T: std::fmt::Debug>(
+    cluster: &crate::Cluster,
+    what: &str,
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    mentions: &[&str],
+) {
+    match result {
+        Ok(v) => cluster.fail(format!("{what}: expected {code:?}, got OK: {v:?}")),
+        Err(status) => {
+            let message = status.message().to_lowercase();
+            let missing: Vec<&&str> = mentions.iter().filter(|m| !message.contains(&m.to_lowercase())).collect();
+            if status.code() != code || !missing.is_empty() {
+                cluster.fail(format!("{what}: expected {code:?} mentioning {mentions:?}, got {:?} `{}`", status.code(), status.message()));
+            }
+        }
+    }
+}
+
+/// The value of a successful call, or the test fails (with the cluster's log tails).
+pub fn ok<T>(cluster: &crate::Cluster, what: &str, result: Result<T, tonic::Status>) -> T {
+    result.unwrap_or_else(|e| cluster.fail(format!("{what}: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,46 +163,4 @@ mod tests {
         .await;
         assert_eq!(r.unwrap(), 2);
     }
-}
-
-/// One RPC with [`RetryPolicy::STEADY`] retries on retryable errors (elections, reconnects):
-/// `rpc!(client, method, request)`.
-#[macro_export]
-macro_rules! rpc {
-    ($client:expr, $method:ident, $req:expr) => {{
-        let client = $client.clone();
-        let req = $req;
-        $crate::retry_call(&$crate::RetryPolicy::STEADY, move |_| {
-            let mut client = client.clone();
-            let req = req.clone();
-            async move { client.$method(req).await }
-        })
-        .await
-    }};
-}
-
-/// Fails the test (with the cluster's log tails) unless `result` is an error with `code`
-/// whose message mentions every one of `mentions` (case-insensitive).
-pub fn expect_status<T: std::fmt::Debug>(
-    cluster: &crate::Cluster,
-    what: &str,
-    result: Result<T, tonic::Status>,
-    code: tonic::Code,
-    mentions: &[&str],
-) {
-    match result {
-        Ok(v) => cluster.fail(format!("{what}: expected {code:?}, got OK: {v:?}")),
-        Err(status) => {
-            let message = status.message().to_lowercase();
-            let missing: Vec<&&str> = mentions.iter().filter(|m| !message.contains(&m.to_lowercase())).collect();
-            if status.code() != code || !missing.is_empty() {
-                cluster.fail(format!("{what}: expected {code:?} mentioning {mentions:?}, got {:?} `{}`", status.code(), status.message()));
-            }
-        }
-    }
-}
-
-/// The value of a successful call, or the test fails (with the cluster's log tails).
-pub fn ok<T>(cluster: &crate::Cluster, what: &str, result: Result<T, tonic::Status>) -> T {
-    result.unwrap_or_else(|e| cluster.fail(format!("{what}: {e}")))
 }

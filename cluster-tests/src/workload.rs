@@ -291,10 +291,13 @@ pub enum SetOutcome {
     Info,
 }
 
+/// What one set client reports: each element it added and the outcome.
+type SetResults = Vec<(Vec<u8>, SetOutcome)>;
+
 /// Running set clients: each writes `set/<client>/<seq>` = `<client>/<seq>` once.
 pub struct SetWorkload {
     stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<(Vec<u8>, SetOutcome)>>>,
+    tasks: Vec<tokio::task::JoinHandle<SetResults>>,
 }
 
 impl SetWorkload {

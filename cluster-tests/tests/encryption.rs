@@ -858,7 +858,7 @@ async fn rotate_reencrypt_then_no_value_under_the_old_version() {
             expect_current(&cluster, "after the re-encryption", &done, 2);
             expect_version(&cluster, "after the re-encryption", &done, 1, "retired", 0);
             expect_version(&cluster, "after the re-encryption", &done, 2, "current", total);
-            let job = done.reencryption.clone().unwrap_or_default();
+            let job = done.reencryption.unwrap_or_default();
             assert_eq!(
                 (job.visited, job.rewritten),
                 (total, (VALUES_V1 - OVERWRITES_V2) as u64),

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod codec;
 pub mod command;
 mod error;
+pub mod fatal;
 pub mod key_jobs;
 pub mod keyring;
 pub mod log_store;

@@ -104,21 +104,20 @@ impl LogSyncer {
                         }
                     }
                     // One sync per distinct log covers every callback of that log taken so far.
-                    let mut results: Vec<(*const SegmentLog, Result<(), String>)> = Vec::new();
+                    let mut results: Vec<*const SegmentLog> = Vec::new();
                     for (log, _) in &pending {
                         let ptr = Arc::as_ptr(log);
-                        if !results.iter().any(|(p, _)| *p == ptr) {
-                            let r = log.sync().map_err(|e| e.to_string());
-                            if let Err(e) = &r {
-                                tracing::error!(error = %e, log = %log.dir().display(), "Raft log sync failed; appends are not acknowledged");
+                        if !results.contains(&ptr) {
+                            if let Err(e) = log.sync() {
+                                // Never retried, never acknowledged: the node stops (crate::fatal).
+                                crate::fatal::storage_failure(&format!("sync of the Raft log in {}", log.dir().display()), &e);
                             }
-                            results.push((ptr, r));
+                            results.push(ptr);
                         }
                     }
                     for (log, cb) in pending.drain(..) {
-                        let ptr = Arc::as_ptr(&log);
-                        let r = &results.iter().find(|(p, _)| *p == ptr).expect("synced above").1;
-                        cb.io_completed(r.clone().map_err(io_err));
+                        debug_assert!(results.contains(&Arc::as_ptr(&log)), "every log with a waiting callback was synced");
+                        cb.io_completed(Ok(()));
                     }
                 }
             })
@@ -447,8 +446,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = self.engine.batch();
         batch.put(Cf::RaftMeta, &meta_key::key(self.group, meta_key::VOTE), &codec::encode_vote(vote));
         let engine = self.engine.clone();
-        // A vote must be on disk before it is acted upon: synced write.
-        tokio::task::spawn_blocking(move || engine.write(batch, true)).await.map_err(io_err)?.map_err(io_err)
+        let group = self.group;
+        // A vote must be on disk before it is acted upon: synced write. A failed one stops
+        // the node (crate::fatal): it cannot know what of its vote reached the disk.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = engine.write(batch, true) {
+                crate::fatal::storage_failure(&format!("synced write of group {group}'s vote"), &e);
+            }
+        })
+        .await
+        .map_err(io_err)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
@@ -480,7 +487,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let records: Vec<(u64, &[u8])> = appended.iter().zip(&stored).map(|(e, b)| (e.log_id.index, b.as_slice())).collect();
             // Readable now (page cache); durable once the syncer has synced the segment.
-            self.log.append(&records).map_err(io_err)?;
+            if let Err(e) = self.log.append(&records) {
+                crate::fatal::storage_failure(&format!("append to the Raft log in {}", self.log.dir().display()), &e);
+            }
         }
         {
             let mut cache = self.cache();
@@ -498,7 +507,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Synced before it returns (rare: only after a leader change with conflicting
         // entries); the fsyncs run on a blocking thread, not on the async worker.
         let log = self.log.clone();
-        tokio::task::spawn_blocking(move || log.truncate_from(from)).await.map_err(io_err)?.map_err(io_err)
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = log.truncate_from(from) {
+                crate::fatal::storage_failure(&format!("truncation of the Raft log in {} from index {from}", log.dir().display()), &e);
+            }
+        })
+        .await
+        .map_err(io_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -509,11 +524,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // starts after its recorded purge point. The synced write and the file removals run on
         // a blocking thread, not on the async worker.
         let (engine, log) = (self.engine.clone(), self.log.clone());
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
-            engine.write(batch, true).map_err(io_err)?;
-            log.purge_upto(log_id.index).map_err(io_err)
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = engine.write(batch, true) {
+                crate::fatal::storage_failure(&format!("synced write of the purge point of the Raft log in {}", log.dir().display()), &e);
+            }
+            if let Err(e) = log.purge_upto(log_id.index) {
+                crate::fatal::storage_failure(
+                    &format!("purge of the Raft log in {} up to index {}", log.dir().display(), log_id.index),
+                    &e,
+                );
+            }
         })
         .await
-        .map_err(io_err)?
+        .map_err(io_err)
     }
 }

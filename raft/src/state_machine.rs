@@ -60,9 +60,25 @@ pub struct SmState {
     /// Held while a snapshot is built or installed: one at a time puts its snapshot in
     /// place and removes the others, so the newest is never removed.
     snapshot_lock: std::sync::Mutex<()>,
+    /// Readers hold it shared while they take their point-in-time view (or make a point
+    /// read); a snapshot install holds it exclusively from its first batch to its last, so
+    /// no reader ever sees a half-installed group ([`SmState::read_gate`]).
+    install_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl SmState {
+    /// Waits until no snapshot install is running and keeps one from starting while the
+    /// guard lives. A reader takes its engine snapshot (or makes its point read) under it;
+    /// it may drop the guard once it has its snapshot.
+    pub async fn read_gate(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.install_gate.clone().read_owned().await
+    }
+
+    /// [`SmState::read_gate`] for a thread outside the async runtime (a read or scan pool).
+    pub fn blocking_read_gate(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.install_gate.blocking_read()
+    }
+
     pub fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
         self.catalog.read().expect("catalog lock poisoned")
     }
@@ -155,13 +171,17 @@ impl StateMachine {
             master,
             log_cipher,
             snapshot_lock: std::sync::Mutex::new(()),
+            install_gate: Arc::new(tokio::sync::RwLock::new(())),
         });
         let sm = StateMachine { state, log, snapshot_dir, snapshot_chunk_bytes };
         if sm.state.meta(meta_key::INSTALLING_SNAPSHOT).map_err(io_err)?.is_some() {
             let path = sm.installing_path();
             tracing::warn!(group, path = %path.display(), "finishing a snapshot install interrupted by a crash");
             let meta = SnapshotReader::open(&path, sm.state.log_cipher.as_ref())?.meta()?;
-            sm.install_from(&path, &meta)?;
+            // Nothing reads yet: the node serves no request before its groups are open.
+            let gate = sm.state.install_gate.clone();
+            let exclusive = gate.try_write().map_err(|_| io_err("a reader holds the install gate while the group opens"))?;
+            sm.install_from(&path, &meta, &exclusive)?;
         }
         sm.reload_catalog()?;
         Ok(sm)
@@ -169,6 +189,78 @@ impl StateMachine {
 
     pub fn state(&self) -> Arc<SmState> {
         self.state.clone()
+    }
+
+    /// Applies committed entries, in order (on a blocking thread: see `apply`).
+    fn apply_entries(&self, entries: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
+        let group = self.state.group;
+        // Consecutive blind writes (they read nothing, so they need not see each other) and
+        // blank or membership entries share one RocksDB batch; their clients are answered
+        // once it is written. Any other command first writes what is pending, then is
+        // applied alone, as it may read what the entries before it wrote.
+        let mut pending = PendingApply::new(&self.state.engine);
+        for (entry, responder) in entries {
+            let index = entry.log_id.index;
+            let blind = match &entry.payload {
+                EntryPayload::Blank | EntryPayload::Membership(_) => true,
+                EntryPayload::Normal(cmd) => is_blind_write(cmd),
+            };
+            if !blind {
+                pending.flush(&self.state, &self.log)?;
+            }
+            let mut change = None;
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Outcome::Done,
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), m);
+                    pending.batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP), &codec::encode_stored_membership(&stored));
+                    Outcome::Done
+                }
+                EntryPayload::Normal(cmd) if blind => {
+                    let before = pending.batch.len();
+                    let (outcome, c) = self.execute(cmd, index, &mut pending.batch)?;
+                    // A blind write is refused before it writes anything (unknown table or
+                    // family), so the shared batch holds nothing of it.
+                    debug_assert!(!matches!(outcome, Outcome::Rejected(_)) || pending.batch.len() == before);
+                    debug_assert!(c.is_none(), "a blind write changes no catalog");
+                    outcome
+                }
+                EntryPayload::Normal(cmd) => {
+                    let mut batch = self.state.engine.batch();
+                    let (outcome, c) = self.execute(cmd, index, &mut batch)?;
+                    if matches!(outcome, Outcome::Rejected(_)) {
+                        // Nothing of a rejected command is written, only the applied index.
+                        batch = self.state.engine.batch();
+                    }
+                    pending.batch = batch;
+                    change = c;
+                    outcome
+                }
+            };
+            pending.last = Some(entry.log_id);
+            if let Some(r) = responder {
+                pending.replies.push((r, Response { revision: index, outcome }));
+            }
+            if !blind || pending.is_full() {
+                pending.flush(&self.state, &self.log)?;
+            }
+            if let Some(c) = change {
+                self.apply_catalog_change(c);
+            }
+        }
+        pending.flush(&self.state, &self.log)?;
+        Ok(())
+    }
+
+    /// Another handle on the same state machine (its state, log and files), for work moved
+    /// to a blocking thread.
+    fn handle(&self) -> StateMachine {
+        StateMachine {
+            state: self.state.clone(),
+            log: self.log.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes,
+        }
     }
 
     fn installing_path(&self) -> PathBuf {
@@ -558,7 +650,7 @@ impl StateMachine {
     }
 
     /// Replaces the group's data with the snapshot at `path` (already durable on disk).
-    fn install_from(&self, path: &Path, meta: &SnapshotMeta) -> io::Result<()> {
+    fn install_from(&self, path: &Path, meta: &SnapshotMeta, _readers_excluded: &tokio::sync::RwLockWriteGuard<'_, ()>) -> io::Result<()> {
         let _one_at_a_time = self.state.snapshot_lock.lock().unwrap_or_else(|e| e.into_inner());
         let engine = &self.state.engine;
         let group = self.state.group;
@@ -632,14 +724,20 @@ impl PendingApply {
         // A follower may apply entries the leader committed before its own copy is synced.
         // Any RocksDB flush may persist the applied index written here, so the log must hold
         // those entries durably first; usually the log syncer has done so already.
-        log.sync_upto(last.index).map_err(io_err)?;
+        if let Err(e) = log.sync_upto(last.index) {
+            crate::fatal::storage_failure(&format!("sync of the Raft log in {} before an apply", log.dir().display()), &e);
+        }
         let mut batch = std::mem::replace(&mut self.batch, state.engine.batch());
         batch.put(Cf::RaftMeta, &meta_key::key(state.group, meta_key::APPLIED), &codec::encode_opt_log_id(Some(&last)));
         // Without the WAL: the entries are durable in the Raft log. A crash before the next
         // flush (atomic across column families) rolls data and applied index back together,
         // to a state the log can be re-applied on: the log keeps every entry after the last
         // snapshot (a synced file), and the snapshot flushes before it is returned.
-        state.engine.write_unlogged(batch).map_err(io_err)?;
+        if let Err(e) = state.engine.write_unlogged(batch) {
+            // Replicas must apply every entry identically: one that cannot write its batch
+            // stops rather than skip it or diverge.
+            crate::fatal::storage_failure(&format!("apply batch of group {} up to index {}", state.group, last.index), &e);
+        }
         for (r, resp) in self.replies.drain(..) {
             r.send(resp);
         }
@@ -866,63 +964,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let group = self.state.group;
-        // Consecutive blind writes (they read nothing, so they need not see each other) and
-        // blank or membership entries share one RocksDB batch; their clients are answered
-        // once it is written. Any other command first writes what is pending, then is
-        // applied alone, as it may read what the entries before it wrote.
-        let mut pending = PendingApply::new(&self.state.engine);
-        while let Some((entry, responder)) = entries.try_next().await? {
-            let index = entry.log_id.index;
-            let blind = match &entry.payload {
-                EntryPayload::Blank | EntryPayload::Membership(_) => true,
-                EntryPayload::Normal(cmd) => is_blind_write(cmd),
-            };
-            if !blind {
-                pending.flush(&self.state, &self.log)?;
-            }
-            let mut change = None;
-            let outcome = match entry.payload {
-                EntryPayload::Blank => Outcome::Done,
-                EntryPayload::Membership(m) => {
-                    let stored = StoredMembership::new(Some(entry.log_id), m);
-                    pending.batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP), &codec::encode_stored_membership(&stored));
-                    Outcome::Done
-                }
-                EntryPayload::Normal(cmd) if blind => {
-                    let before = pending.batch.len();
-                    let (outcome, c) = self.execute(cmd, index, &mut pending.batch)?;
-                    // A blind write is refused before it writes anything (unknown table or
-                    // family), so the shared batch holds nothing of it.
-                    debug_assert!(!matches!(outcome, Outcome::Rejected(_)) || pending.batch.len() == before);
-                    debug_assert!(c.is_none(), "a blind write changes no catalog");
-                    outcome
-                }
-                EntryPayload::Normal(cmd) => {
-                    let mut batch = self.state.engine.batch();
-                    let (outcome, c) = self.execute(cmd, index, &mut batch)?;
-                    if matches!(outcome, Outcome::Rejected(_)) {
-                        // Nothing of a rejected command is written, only the applied index.
-                        batch = self.state.engine.batch();
-                    }
-                    pending.batch = batch;
-                    change = c;
-                    outcome
-                }
-            };
-            pending.last = Some(entry.log_id);
-            if let Some(r) = responder {
-                pending.replies.push((r, Response { revision: index, outcome }));
-            }
-            if !blind || pending.is_full() {
-                pending.flush(&self.state, &self.log)?;
-            }
-            if let Some(c) = change {
-                self.apply_catalog_change(c);
-            }
+        // The entries are in memory (openraft hands over one bounded batch); their apply is
+        // disk work (RocksDB writes, a log sync) and runs on a blocking thread, never on an
+        // async worker that other groups and the network need.
+        let mut batch = Vec::new();
+        while let Some(e) = entries.try_next().await? {
+            batch.push(e);
         }
-        pending.flush(&self.state, &self.log)?;
-        Ok(())
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let sm = self.handle();
+        tokio::task::spawn_blocking(move || sm.apply_entries(batch)).await.map_err(io_err)?
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -935,8 +988,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             SnapshotData::Stream(file) => {
                 drop(file.file);
                 if file.path != installing {
-                    std::fs::rename(&file.path, &installing)?;
-                    snapshot::sync_dir(&self.snapshot_dir)?;
+                    let (dir, to) = (self.snapshot_dir.clone(), installing.clone());
+                    tokio::task::spawn_blocking(move || -> io::Result<()> {
+                        std::fs::rename(&file.path, &to)?;
+                        snapshot::sync_dir(&dir)
+                    })
+                    .await
+                    .map_err(io_err)??;
                 }
             }
             SnapshotData::Checkpoint(ckpt) => {
@@ -953,17 +1011,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(io_err)??;
             }
         }
-        let mut marker = self.state.engine.batch();
-        marker.put(Cf::RaftMeta, &meta_key::key(self.state.group, meta_key::INSTALLING_SNAPSHOT), b"1");
-        self.state.engine.write(marker, true).map_err(io_err)?;
         let this_meta = meta.clone();
-        let state = self.state.clone();
-        let dir = self.snapshot_dir.clone();
-        let chunk_bytes = self.snapshot_chunk_bytes;
-        let log = self.log.clone();
+        let sm = self.handle();
+        // The synced marker write and the install are disk work: on a blocking thread.
         tokio::task::spawn_blocking(move || {
-            let sm = StateMachine { state, log, snapshot_dir: dir, snapshot_chunk_bytes: chunk_bytes };
-            sm.install_from(&installing, &this_meta)?;
+            let mut marker = sm.state.engine.batch();
+            marker.put(Cf::RaftMeta, &meta_key::key(sm.state.group, meta_key::INSTALLING_SNAPSHOT), b"1");
+            sm.state.engine.write(marker, true).map_err(io_err)?;
+            // Readers wait from the first batch to the last (which records the applied index).
+            let gate = sm.state.install_gate.clone();
+            let exclusive = gate.blocking_write();
+            sm.install_from(&installing, &this_meta, &exclusive)?;
             sm.reload_catalog()
         })
         .await

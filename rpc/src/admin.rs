@@ -208,8 +208,7 @@ impl Admin for AdminService {
 
     async fn node_checksum(&self, _req: Request<pb::NodeChecksumRequest>) -> Result<Response<pb::NodeChecksumResponse>, Status> {
         let state = self.ctx.group().state.clone();
-        let (applied_index, checksum, key_count) =
-            tokio::task::spawn_blocking(move || state.checksum()).await.map_err(status::internal)?.map_err(status::internal)?;
+        let (applied_index, checksum, key_count) = self.ctx.scans.run(move || state.checksum()).await?.map_err(status::internal)?;
         Ok(Response::new(pb::NodeChecksumResponse { node_id: self.ctx.node.id, applied_index, checksum, key_count }))
     }
 
@@ -331,10 +330,7 @@ impl Admin for AdminService {
 
     async fn compact_node(&self, _req: Request<pb::CompactNodeRequest>) -> Result<Response<pb::CompactNodeResponse>, Status> {
         let engine = self.ctx.node.engine().clone();
-        tokio::task::spawn_blocking(move || engine.flush_and_compact_all())
-            .await
-            .map_err(status::internal)?
-            .map_err(status::engine_error)?;
+        self.ctx.scans.run(move || engine.flush_and_compact_all()).await?.map_err(status::engine_error)?;
         // The snapshot (a checkpoint) still links the SST files from before the compaction,
         // with the values it removed: rebuild it on the compacted files.
         for id in self.ctx.node.group_ids() {
@@ -381,7 +377,7 @@ impl AdminService {
             }
             cat.tenants.iter().filter(|(n, _)| tenant.is_empty() || n.as_str() == tenant).map(|(n, i)| (n.clone(), *i)).collect()
         };
-        let count = tokio::task::spawn_blocking(move || -> Result<pb::TenantKeyStatusResponse, Status> {
+        let count = self.ctx.scans.run(move || -> Result<pb::TenantKeyStatusResponse, Status> {
             let mut out = pb::TenantKeyStatusResponse { counted: count, ..Default::default() };
             for (name, id) in wanted {
                 let (applied, per_version, plain) = if count {
@@ -428,8 +424,7 @@ impl AdminService {
         });
         tokio::time::timeout(Duration::from_millis(KEY_STATUS_TIMEOUT_MS), count)
             .await
-            .map_err(|_| Status::deadline_exceeded(format!("counting values took longer than {KEY_STATUS_TIMEOUT_MS} ms")))?
-            .map_err(status::internal)?
+            .map_err(|_| Status::deadline_exceeded(format!("counting values took longer than {KEY_STATUS_TIMEOUT_MS} ms")))??
     }
 
     fn master(&self) -> Result<std::sync::Arc<crypto::MasterKey>, Status> {

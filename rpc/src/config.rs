@@ -111,6 +111,22 @@ pub struct Limits {
     /// Most requests served at once on one client connection (others on it wait), count.
     /// Default 1024.
     pub concurrent_requests_max: u64,
+    /// Most client requests (Data and Admin services) the node serves at once, over all
+    /// connections; a stream counts until it ends. One more is answered RESOURCE_EXHAUSTED
+    /// at once. Raft traffic between nodes and health checks are not counted. Default 4096.
+    pub node_requests_max: u64,
+    /// Threads that serve client reads needing the disk (point reads that miss the memory,
+    /// BatchGet, ReadRow), count. Raft's own disk work never waits for them. Default 16.
+    pub read_threads: u64,
+    /// Threads that serve scans (Scan, ScanRows), count: a scan holds one until it ends or
+    /// its client stalls. Further scans wait in the queue. Default 16.
+    pub scan_threads: u64,
+    /// Most reads and scans waiting for a thread, count (per pool); one more is answered
+    /// RESOURCE_EXHAUSTED. Default 4096.
+    pub read_queue_max: u64,
+    /// A scan whose client has not taken a chunk for this long ends with DEADLINE_EXCEEDED
+    /// and frees its thread and its point-in-time view, milliseconds. Default 30000.
+    pub scan_stall_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -158,6 +174,11 @@ impl Default for Limits {
             scan_limit_max: 10_000,
             grpc_message_bytes_max: 16 << 20,
             concurrent_requests_max: 1024,
+            node_requests_max: 4096,
+            read_threads: 16,
+            scan_threads: 16,
+            read_queue_max: 4096,
+            scan_stall_timeout_ms: 30_000,
         }
     }
 }
@@ -282,6 +303,12 @@ impl Config {
             return Err(invalid("limits.grpc_message_bytes_max", "must be at least raft.snapshot_chunk_bytes + 4096"));
         }
         in_range("limits.concurrent_requests_max", l.concurrent_requests_max, 1, 1_000_000)?;
+        in_range("limits.node_requests_max", l.node_requests_max, 1, 1_000_000)?;
+        // Tokio's blocking pool (512 threads) is Raft's own: client pools stay well below it.
+        in_range("limits.read_threads", l.read_threads, 1, 256)?;
+        in_range("limits.scan_threads", l.scan_threads, 1, 256)?;
+        in_range("limits.read_queue_max", l.read_queue_max, 1, 1_000_000)?;
+        in_range("limits.scan_stall_timeout_ms", l.scan_stall_timeout_ms, 100, 3_600_000)?;
         let e = &self.encryption;
         if e.master_key_file.is_some() && e.master_key_command.is_some() {
             return Err(invalid(

@@ -13,6 +13,7 @@ use tonic::{Request, Status};
 
 use crate::channels::Channels;
 use crate::config::Limits;
+use crate::pool::BlockingPool;
 use crate::status;
 
 /// Metadata key set on a request forwarded by a node to the leader. A forwarded request
@@ -25,6 +26,10 @@ pub struct Ctx {
     pub limits: Limits,
     pub channels: Arc<Channels>,
     pub proposal_timeout: Duration,
+    /// Client reads that need the disk (`limits.read_threads`).
+    pub reads: Arc<BlockingPool>,
+    /// Scans (`limits.scan_threads`).
+    pub scans: Arc<BlockingPool>,
 }
 
 /// Where a request is served.

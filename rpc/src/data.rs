@@ -12,6 +12,7 @@ use kho_proto::v1::{self as pb, mutation, write_op};
 use kho_raft::catalog::TableMeta;
 use kho_raft::command::Condition;
 use kho_raft::keyring::{self, TenantKeys};
+use kho_raft::state_machine::SmState;
 use kho_raft::{Command, WriteOp};
 use openraft::type_config::async_runtime::WatchReceiver;
 use tokio_stream::wrappers::ReceiverStream;
@@ -134,6 +135,7 @@ fn open(keys: Option<&TenantKeys>, key: &[u8], stored: &[u8]) -> Result<Vec<u8>,
 /// calling `visit` with the decoded key and verified value; `visit` returns false to stop.
 fn scan_cells(
     engine: &Engine,
+    state: &SmState,
     tenant_keys: Option<&TenantKeys>,
     start: &[u8],
     end: &[u8],
@@ -142,7 +144,10 @@ fn scan_cells(
     if start >= end {
         return Ok(());
     }
+    // The view is taken while no snapshot install runs; one may start once we have it.
+    let gate = state.blocking_read_gate();
     let snap = engine.snapshot();
+    drop(gate);
     let mut failure = None;
     snap.for_each(Cf::Data, start, Some(end), |k, v| {
         let step = keys::decode_data_key(k)
@@ -158,6 +163,77 @@ fn scan_cells(
     })
     .map_err(status::engine_error)?;
     failure.map_or(Ok(()), Err)
+}
+
+/// The producer side of a scan's stream: a scan thread sends chunks through it, waiting at
+/// most `limits.scan_stall_timeout_ms` for a client that does not read. A stalled scan
+/// stops, frees its thread and ends the stream with DEADLINE_EXCEEDED after the chunks
+/// already queued, so a client never takes a cut-short scan for a complete one. A producer
+/// that ends without [`ChunkSender::finish`] (it failed or panicked) ends the stream with
+/// INTERNAL for the same reason.
+struct ChunkSender<T> {
+    tx: tokio::sync::mpsc::Sender<Result<T, Status>>,
+    runtime: tokio::runtime::Handle,
+    stall: std::time::Duration,
+    /// How the producer ended: [`SCAN_RUNNING`], [`SCAN_FINISHED`], [`SCAN_STALLED`].
+    end: Arc<std::sync::atomic::AtomicU8>,
+}
+
+const SCAN_RUNNING: u8 = 0;
+const SCAN_FINISHED: u8 = 1;
+const SCAN_STALLED: u8 = 2;
+
+impl<T: Send + 'static> ChunkSender<T> {
+    /// A sender and the stream the client reads. Call from the runtime.
+    fn channel(stall_ms: u64) -> (Self, impl Stream<Item = Result<T, Status>> + Send + 'static) {
+        let (tx, rx) = tokio::sync::mpsc::channel(SCAN_CHANNEL_CHUNKS_MAX);
+        let end = Arc::new(std::sync::atomic::AtomicU8::new(SCAN_RUNNING));
+        let flag = end.clone();
+        // Polled only once the channel is closed, that is once the producer is gone.
+        let tail = futures::stream::once(async move {
+            match flag.load(std::sync::atomic::Ordering::SeqCst) {
+                SCAN_FINISHED => None,
+                SCAN_STALLED => Some(Err(Status::deadline_exceeded(format!(
+                    "the scan stopped: its client took no data for {stall_ms} ms (limits.scan_stall_timeout_ms); resume after the last key received"
+                )))),
+                _ => Some(Err(Status::internal("the scan ended early on the server (see its log); resume after the last key received"))),
+            }
+        });
+        let queued = futures::StreamExt::map(ReceiverStream::new(rx), Some);
+        let stream = futures::StreamExt::filter_map(futures::StreamExt::chain(queued, tail), |x| async move { x });
+        let sender = ChunkSender { tx, runtime: tokio::runtime::Handle::current(), stall: std::time::Duration::from_millis(stall_ms), end };
+        (sender, stream)
+    }
+
+    /// Sends one item from a scan thread; false when the scan must stop (the client went
+    /// away, or took nothing for the stall timeout).
+    fn send(&self, item: Result<T, Status>) -> bool {
+        let (tx, stall) = (&self.tx, self.stall);
+        // The timer is made inside the runtime (a scan thread is outside it).
+        match self.runtime.block_on(async move { tokio::time::timeout(stall, tx.send(item)).await }) {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.end.store(SCAN_STALLED, std::sync::atomic::Ordering::SeqCst);
+                false
+            }
+        }
+    }
+
+    /// Sends the last item, if any, and marks the scan complete.
+    fn finish(self, last: Option<Result<T, Status>>) {
+        if let Some(item) = last {
+            if !self.send(item) {
+                return;
+            }
+        }
+        let _ = self.end.compare_exchange(
+            SCAN_RUNNING,
+            SCAN_FINISHED,
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
 }
 
 fn end_bound(end: &[u8]) -> Option<&[u8]> {
@@ -203,15 +279,25 @@ impl Data for DataService {
         let fam = family_of(&meta, &r.family)?;
         let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.key)?, fam, b"");
         let engine = self.engine();
+        let state = self.ctx.group().state.clone();
         // Memtables and the block cache answer most reads in microseconds: read them here
-        // and hand only reads that need the disk to a blocking thread.
-        let stored = match engine.get_in_memory(Cf::Data, &key).map_err(status::engine_error)? {
+        // and hand only reads that need the disk to a read thread. Neither runs while a
+        // snapshot install does.
+        let in_memory = {
+            let _gate = state.read_gate().await;
+            engine.get_in_memory(Cf::Data, &key).map_err(status::engine_error)?
+        };
+        let stored = match in_memory {
             Some(stored) => stored,
             None => {
                 let key = key.clone();
-                tokio::task::spawn_blocking(move || engine.get(Cf::Data, &key))
-                    .await
-                    .map_err(status::internal)?
+                self.ctx
+                    .reads
+                    .run(move || {
+                        let _gate = state.blocking_read_gate();
+                        engine.get(Cf::Data, &key)
+                    })
+                    .await?
                     .map_err(status::engine_error)?
             }
         };
@@ -260,28 +346,33 @@ impl Data for DataService {
         let fam = family_of(&meta, &r.family)?;
         let engine = self.engine();
         let reply_max = self.limits().grpc_message_bytes_max;
-        let items = tokio::task::spawn_blocking(move || -> Result<Vec<pb::BatchGetItem>, Status> {
-            let snap = engine.snapshot();
-            let mut items = Vec::with_capacity(r.keys.len());
-            let mut bytes = 0u64;
-            for k in r.keys {
-                let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &k)?, fam, b"");
-                let v = match snap.get(Cf::Data, &key).map_err(status::engine_error)? {
-                    None => None,
-                    Some(stored) => Some(open(tenant_keys.as_deref(), &key, &stored)?),
-                };
-                bytes += (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
-                if bytes > reply_max {
-                    return Err(Status::resource_exhausted(format!(
-                        "keys: the values found exceed {reply_max} bytes (limits.grpc_message_bytes_max); ask for fewer keys"
-                    )));
+        let state = self.ctx.group().state.clone();
+        let items = self
+            .ctx
+            .reads
+            .run(move || -> Result<Vec<pb::BatchGetItem>, Status> {
+                let gate = state.blocking_read_gate();
+                let snap = engine.snapshot();
+                drop(gate);
+                let mut items = Vec::with_capacity(r.keys.len());
+                let mut bytes = 0u64;
+                for k in r.keys {
+                    let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &k)?, fam, b"");
+                    let v = match snap.get(Cf::Data, &key).map_err(status::engine_error)? {
+                        None => None,
+                        Some(stored) => Some(open(tenant_keys.as_deref(), &key, &stored)?),
+                    };
+                    bytes += (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
+                    if bytes > reply_max {
+                        return Err(Status::resource_exhausted(format!(
+                            "keys: the values found exceed {reply_max} bytes (limits.grpc_message_bytes_max); ask for fewer keys"
+                        )));
+                    }
+                    items.push(pb::BatchGetItem { key: k, found: v.is_some(), value: v.unwrap_or_default() });
                 }
-                items.push(pb::BatchGetItem { key: k, found: v.is_some(), value: v.unwrap_or_default() });
-            }
-            Ok(items)
-        })
-        .await
-        .map_err(status::internal)??;
+                Ok(items)
+            })
+            .await??;
         Ok(Response::new(pb::BatchGetResponse { items }))
     }
 
@@ -305,12 +396,13 @@ impl Data for DataService {
         let fam = family_of(&meta, &r.family)?;
         let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_key, end_bound(&r.end_key), &r.prefix);
         let engine = self.engine();
-        let (tx, rx) = tokio::sync::mpsc::channel(SCAN_CHANNEL_CHUNKS_MAX);
-        tokio::task::spawn_blocking(move || {
+        let (tx, stream) = ChunkSender::channel(self.ctx.limits.scan_stall_timeout_ms);
+        let state = self.ctx.group().state.clone();
+        self.ctx.scans.spawn(move || {
             let mut chunk = Vec::new();
             let mut chunk_bytes = 0usize;
             let mut sent = 0usize;
-            let res = scan_cells(&engine, tenant_keys.as_deref(), &start, &end, |dk, payload| {
+            let res = scan_cells(&engine, &state, tenant_keys.as_deref(), &start, &end, |dk, payload| {
                 if dk.family != fam || !dk.qualifier.is_empty() {
                     return Ok(true);
                 }
@@ -320,23 +412,19 @@ impl Data for DataService {
                 if chunk.len() >= SCAN_CHUNK_ITEMS_MAX || chunk_bytes >= SCAN_CHUNK_BYTES_MAX {
                     chunk_bytes = 0;
                     let kvs = std::mem::take(&mut chunk);
-                    if tx.blocking_send(Ok(pb::ScanResponse { kvs })).is_err() {
-                        return Ok(false); // the client went away
+                    if !tx.send(Ok(pb::ScanResponse { kvs })) {
+                        return Ok(false); // the client went away or stalled
                     }
                 }
                 Ok(sent < limit)
             });
             match res {
-                Ok(()) if !chunk.is_empty() => {
-                    let _ = tx.blocking_send(Ok(pb::ScanResponse { kvs: chunk }));
-                }
-                Ok(()) => {}
-                Err(s) => {
-                    let _ = tx.blocking_send(Err(s));
-                }
+                Ok(()) if !chunk.is_empty() => tx.finish(Some(Ok(pb::ScanResponse { kvs: chunk }))),
+                Ok(()) => tx.finish(None),
+                Err(s) => tx.finish(Some(Err(s))),
             }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as ScanStream))
+        })?;
+        Ok(Response::new(Box::pin(stream) as ScanStream))
     }
 
     async fn write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
@@ -492,27 +580,32 @@ impl Data for DataService {
         let engine = self.engine();
         let reply_max = self.limits().grpc_message_bytes_max as usize;
         let row_key = r.row_key.clone();
-        let cells = tokio::task::spawn_blocking(move || -> Result<Vec<pb::Cell>, Status> {
-            let mut cells = Vec::new();
-            let mut bytes = 0usize;
-            scan_cells(&engine, tenant_keys.as_deref(), &prefix, &end, |dk, payload| {
-                if (!fams.is_empty() && !fams.contains(&dk.family)) || (!r.qualifiers.is_empty() && !r.qualifiers.contains(&dk.qualifier)) {
-                    return Ok(true);
-                }
-                bytes += dk.qualifier.len() + payload.len();
-                if bytes > reply_max {
-                    return Err(Status::resource_exhausted(format!(
-                        "row_key: the row exceeds {reply_max} bytes (limits.grpc_message_bytes_max); filter by family or qualifier"
-                    )));
-                }
-                let family = meta.family_name(dk.family).unwrap_or_default().to_string();
-                cells.push(pb::Cell { family, qualifier: dk.qualifier, value: payload.to_vec() });
-                Ok(true)
-            })?;
-            Ok(cells)
-        })
-        .await
-        .map_err(status::internal)??;
+        let state = self.ctx.group().state.clone();
+        let cells = self
+            .ctx
+            .reads
+            .run(move || -> Result<Vec<pb::Cell>, Status> {
+                let mut cells = Vec::new();
+                let mut bytes = 0usize;
+                scan_cells(&engine, &state, tenant_keys.as_deref(), &prefix, &end, |dk, payload| {
+                    if (!fams.is_empty() && !fams.contains(&dk.family))
+                        || (!r.qualifiers.is_empty() && !r.qualifiers.contains(&dk.qualifier))
+                    {
+                        return Ok(true);
+                    }
+                    bytes += dk.qualifier.len() + payload.len();
+                    if bytes > reply_max {
+                        return Err(Status::resource_exhausted(format!(
+                            "row_key: the row exceeds {reply_max} bytes (limits.grpc_message_bytes_max); filter by family or qualifier"
+                        )));
+                    }
+                    let family = meta.family_name(dk.family).unwrap_or_default().to_string();
+                    cells.push(pb::Cell { family, qualifier: dk.qualifier, value: payload.to_vec() });
+                    Ok(true)
+                })?;
+                Ok(cells)
+            })
+            .await??;
         let found = !cells.is_empty();
         Ok(Response::new(pb::ReadRowResponse { found, row: found.then_some(pb::Row { key: row_key, cells }) }))
     }
@@ -540,13 +633,14 @@ impl Data for DataService {
         let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_row, end_bound(&r.end_row), &r.prefix);
         let engine = self.engine();
         let row_bytes_max = self.limits().grpc_message_bytes_max as usize;
-        let (tx, rx) = tokio::sync::mpsc::channel(SCAN_CHANNEL_CHUNKS_MAX);
-        tokio::task::spawn_blocking(move || {
+        let (tx, stream) = ChunkSender::channel(self.ctx.limits.scan_stall_timeout_ms);
+        let state = self.ctx.group().state.clone();
+        self.ctx.scans.spawn(move || {
             let mut rows: Vec<pb::Row> = Vec::new();
             let mut chunk_bytes = 0usize;
             let mut row_bytes = 0usize;
             let mut done_rows = 0usize;
-            let res = scan_cells(&engine, tenant_keys.as_deref(), &start, &end, |dk, payload| {
+            let res = scan_cells(&engine, &state, tenant_keys.as_deref(), &start, &end, |dk, payload| {
                 if !fams.is_empty() && !fams.contains(&dk.family) {
                     return Ok(true);
                 }
@@ -561,8 +655,8 @@ impl Data for DataService {
                     if rows.len() >= SCAN_CHUNK_ITEMS_MAX || chunk_bytes >= SCAN_CHUNK_BYTES_MAX {
                         chunk_bytes = 0;
                         let out = std::mem::take(&mut rows);
-                        if tx.blocking_send(Ok(pb::ScanRowsResponse { rows: out })).is_err() {
-                            return Ok(false);
+                        if !tx.send(Ok(pb::ScanRowsResponse { rows: out })) {
+                            return Ok(false); // the client went away or stalled
                         }
                     }
                     rows.push(pb::Row { key: dk.row.clone(), cells: Vec::new() });
@@ -584,15 +678,11 @@ impl Data for DataService {
                 Ok(true)
             });
             match res {
-                Ok(()) if !rows.is_empty() => {
-                    let _ = tx.blocking_send(Ok(pb::ScanRowsResponse { rows }));
-                }
-                Ok(()) => {}
-                Err(s) => {
-                    let _ = tx.blocking_send(Err(s));
-                }
+                Ok(()) if !rows.is_empty() => tx.finish(Some(Ok(pb::ScanRowsResponse { rows }))),
+                Ok(()) => tx.finish(None),
+                Err(s) => tx.finish(Some(Err(s))),
             }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as ScanRowsStream))
+        })?;
+        Ok(Response::new(Box::pin(stream) as ScanRowsStream))
     }
 }

@@ -2,11 +2,13 @@
 //! crate that knows tonic.
 
 mod admin;
+mod admission;
 mod channels;
 pub mod config;
 pub mod ctx;
 mod data;
 pub mod master_key;
+mod pool;
 mod server;
 mod status;
 mod transport;

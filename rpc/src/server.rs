@@ -11,10 +11,12 @@ use kho_raft::RaftNode;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminService;
+use crate::admission::AdmissionLayer;
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::ctx::Ctx;
 use crate::data::DataService;
+use crate::pool::BlockingPool;
 use crate::transport::{GrpcTransport, RaftService};
 use crate::ServerError;
 
@@ -42,11 +44,17 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
         .map_err(|e| ServerError::Other(format!("cannot open node storage in {}: {e}", config.data_dir.display())))?;
     tracing::info!(node_id = config.node_id, listen = %config.listen_addr, advertise = %advertise, data_dir = %config.data_dir.display(), "node opened");
 
+    let l = &config.limits;
+    let pool_error = |e: std::io::Error| ServerError::Other(format!("cannot start the read threads: {e}"));
+    let reads = BlockingPool::new("read", "limits.read_threads", l.read_threads as usize, l.read_queue_max as usize).map_err(pool_error)?;
+    let scans = BlockingPool::new("scan", "limits.scan_threads", l.scan_threads as usize, l.read_queue_max as usize).map_err(pool_error)?;
     let ctx = Arc::new(Ctx {
         node: node.clone(),
         limits: config.limits.clone(),
         channels,
         proposal_timeout: Duration::from_millis(config.raft.proposal_timeout_ms),
+        reads,
+        scans,
     });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<DataServer<DataService>>().await;
@@ -66,6 +74,7 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
     let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(config.limits.concurrent_requests_max as usize)
         .tcp_nodelay(true)
+        .layer(AdmissionLayer::new(config.limits.node_requests_max as usize))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(data)

@@ -122,6 +122,11 @@ pub fn render(c: &Config) -> String {
         scan_limit_max,
         grpc_message_bytes_max,
         concurrent_requests_max,
+        node_requests_max,
+        read_threads,
+        scan_threads,
+        read_queue_max,
+        scan_stall_timeout_ms,
     } = limits;
     let EncryptionConfig { master_key_file, master_key_command } = encryption;
     let mut o = String::new();
@@ -167,6 +172,11 @@ pub fn render(c: &Config) -> String {
     let _ = writeln!(o, "scan_limit_max = {scan_limit_max}");
     let _ = writeln!(o, "grpc_message_bytes_max = {grpc_message_bytes_max}");
     let _ = writeln!(o, "concurrent_requests_max = {concurrent_requests_max}");
+    let _ = writeln!(o, "node_requests_max = {node_requests_max}");
+    let _ = writeln!(o, "read_threads = {read_threads}");
+    let _ = writeln!(o, "scan_threads = {scan_threads}");
+    let _ = writeln!(o, "read_queue_max = {read_queue_max}");
+    let _ = writeln!(o, "scan_stall_timeout_ms = {scan_stall_timeout_ms}");
     let _ = writeln!(o, "\n[encryption]");
     if master_key_file.is_none() && master_key_command.is_none() {
         let _ = writeln!(o, "# no master key: data, Raft log entries and snapshots are stored in plaintext");

@@ -38,6 +38,15 @@ pub async fn run(args: ServerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Fault injection (docs/TESTING.md): only a test build has fail points; any other
+    // binary refuses `FAILPOINTS` rather than run a fault test that injects nothing.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
+    #[cfg(not(feature = "failpoints"))]
+    if std::env::var_os("FAILPOINTS").is_some() {
+        eprintln!("error: FAILPOINTS is set, but this kho binary was built without the `failpoints` feature (scripts/test builds it with `--features kho-tools/failpoints`)");
+        return ExitCode::from(2);
+    }
     let signals = match shutdown_signal() {
         Ok(s) => s,
         Err(e) => {

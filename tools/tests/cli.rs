@@ -399,7 +399,7 @@ impl Admin for Fake {
                         })
                         .collect(),
                     plaintext_values: keys.plaintext_values,
-                    reencryption: keys.job.clone(),
+                    reencryption: keys.job,
                 };
                 tenants.push(report);
                 // The next call sees one more step.
