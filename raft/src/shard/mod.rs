@@ -9,12 +9,14 @@
 //!
 //! - [`desc`]: [`ShardDesc`], its [`Epoch`], [`Replica`]s and the binary record.
 //! - [`boundary`]: the keys a range may start or end at, and their printable form.
+//! - [`split`]: split points (always tenant, table or row boundaries).
 //!
 //! Formats and invariants: docs/FORMATS.md ("Shard map records") and docs/ARCHITECTURE.md.
 
 pub mod boundary;
 pub mod desc;
 pub mod error;
+pub mod split;
 
 pub use boundary::{parse_printable_key, printable_key, Boundary};
 pub use desc::{
@@ -22,3 +24,4 @@ pub use desc::{
     TENANT_ID_MAX,
 };
 pub use error::ShardError;
+pub use split::{choose_split_point, is_valid_split_point, row_boundary, table_split_points};
