@@ -6,12 +6,14 @@
 //! A shard is one Raft group serving a half-open range `[start, end)` of the `data` column
 //! family's key space (see `kho_engine::keys`) that never spans two tenants and never
 //! splits inside a row. The meta group (shard id [`META_SHARD`]) holds the [`ShardMap`];
-//! descriptors carry an [`Epoch`] that detects stale ones.
+//! every node and client caches descriptors in a [`RouteCache`] and detects stale ones by
+//! their [`Epoch`].
 //!
 //! - [`desc`]: [`ShardDesc`], its [`Epoch`], [`Replica`]s and the binary record.
 //! - [`boundary`]: the keys a range may start or end at, and their printable form.
 //! - [`split`]: split points (always tenant, table or row boundaries).
 //! - [`map`]: [`ShardMap`] and the mutations the meta group applies.
+//! - [`route_cache`]: [`RouteCache`], a possibly stale cache of descriptors.
 //!
 //! Formats and invariants: docs/FORMATS.md ("Shard map records") and docs/ARCHITECTURE.md.
 
@@ -19,6 +21,7 @@ pub mod boundary;
 pub mod desc;
 pub mod error;
 pub mod map;
+pub mod route_cache;
 pub mod split;
 
 pub use boundary::{parse_printable_key, printable_key, Boundary};
@@ -28,4 +31,5 @@ pub use desc::{
 };
 pub use error::ShardError;
 pub use map::ShardMap;
+pub use route_cache::{CacheUpdate, RouteCache};
 pub use split::{choose_split_point, is_valid_split_point, row_boundary, table_split_points};
