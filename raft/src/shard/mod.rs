@@ -14,6 +14,7 @@
 //! - [`split`]: split points (always tenant, table or row boundaries).
 //! - [`map`]: [`ShardMap`] and the mutations the meta group applies.
 //! - [`route_cache`]: [`RouteCache`], a possibly stale cache of descriptors.
+//! - [`placement`]: choosing nodes for new shards and shards to merge.
 //!
 //! Formats and invariants: docs/FORMATS.md ("Shard map records") and docs/ARCHITECTURE.md.
 
@@ -21,6 +22,7 @@ pub mod boundary;
 pub mod desc;
 pub mod error;
 pub mod map;
+pub mod placement;
 pub mod route_cache;
 pub mod split;
 
@@ -31,5 +33,6 @@ pub use desc::{
 };
 pub use error::ShardError;
 pub use map::ShardMap;
+pub use placement::{choose_merge_candidates, choose_replicas};
 pub use route_cache::{CacheUpdate, RouteCache};
 pub use split::{choose_split_point, is_valid_split_point, row_boundary, table_split_points};
