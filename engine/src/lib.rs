@@ -18,6 +18,7 @@ pub mod value;
 mod db;
 mod error;
 pub mod segment_log;
+pub mod shared_log;
 
 pub use db::{Cf, Engine, EngineOptions, Snapshot, WeakEngine, WriteBatch};
 pub use error::{Error, Result};
