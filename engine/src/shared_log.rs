@@ -42,12 +42,17 @@
 //!
 //! [`SharedLog::open`] reads the segments in `seq` order and applies every record to a
 //! per-stream index. An entry at or below its stream's purge point (given by the caller)
-//! is ignored. Any other entry must continue its stream: follow the stream's last live
-//! entry, or its purge point; a stream with neither starts wherever its first entry is. A
+//! is ignored. An entry of a stream that holds live entries must follow the last one; a
 //! truncate record drops the stream's live entries at or above its index; a remove record
 //! drops all of them (what follows is a new stream of the same id). An entry that does not
-//! continue its stream is corruption (the error names the file and the offset), unless a
-//! later remove record of the stream drops it anyway.
+//! follow is a gap: corruption (the error names the file and the offset), unless a later
+//! truncate record at or below every index the gap concerns, or a remove record, drops it
+//! (the entries in between may be ones a truncation dropped, whose segments are deleted
+//! while the truncate record was kept). A stream holding no live entry may continue
+//! anywhere during replay, since its purge point may be newer than its records; at the
+//! end, a purged stream must start right after its purge point. At run time an append
+//! continues the stream's last entry, or its purge point; a stream with neither starts
+//! anywhere; a purge below the stream's first entry minus one is refused.
 //!
 //! # Durability and crash safety
 //!
