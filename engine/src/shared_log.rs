@@ -434,7 +434,9 @@ pub struct SharedLog {
     /// A new segment is started once the active one holds this many bytes.
     segment_bytes_max: u64,
     /// The index. Held for appends (the `pwrite` included: one writer at a time keeps the
-    /// file contiguous) and briefly for everything else; never during an `fsync` or a read.
+    /// file contiguous; and, once per segment, the `fsync` of the old segment and of the
+    /// directory when a new one is started) and briefly for everything else; never during
+    /// a sync or a read.
     state: Mutex<State>,
     /// Serialises syncs, so that a sync that finds nothing left to do returns only after
     /// the sync that took the work has finished; truncations and removals hold it too.
