@@ -37,6 +37,15 @@ pub enum Error {
         /// The error reported by the operating system.
         source: std::io::Error,
     },
+    /// A log refused an operation because an earlier write or sync of it failed: after a
+    /// failed `fsync` the kernel may have dropped the unwritten pages, so the log stops
+    /// (fail-stop) rather than retry and report them durable. Reopening it rereads what
+    /// is really on disk.
+    #[error("log stopped after an earlier failure, reopen it: {what}")]
+    LogFailed {
+        /// The failure that stopped the log: the log, the operation and the error.
+        what: String,
+    },
 }
 
 /// The engine's result type.

@@ -7,7 +7,9 @@
 //! - [`value`]: the versioned, checksummed or encrypted header of every value in [`Cf::Data`];
 //! - [`crypto`]: the ciphers of encryption at rest (master key, tenant keys, log key);
 //! - [`Engine`]: the column families of a node, raw reads and writes for the Raft
-//!   log and metadata, verified reads of data values, atomic batches and snapshots.
+//!   log and metadata, verified reads of data values, atomic batches and snapshots;
+//! - [`segment_log`]: one group's Raft log in its own segment files;
+//! - [`shared_log`]: the Raft logs of many groups in one sequence of segment files.
 //!
 //! On-disk formats are described byte by byte in `docs/FORMATS.md`.
 
@@ -18,6 +20,7 @@ pub mod value;
 mod db;
 mod error;
 pub mod segment_log;
+pub mod shared_log;
 
 pub use db::{Cf, Engine, EngineOptions, Snapshot, WeakEngine, WriteBatch};
 pub use error::{Error, Result};

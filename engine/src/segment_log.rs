@@ -15,8 +15,16 @@
 //! cache); [`SegmentLog::sync`] makes every record written before it started durable
 //! (`fdatasync` of the segment in use, and of the directory when a segment was created). A
 //! new segment is only started after the previous one is synced, so after a crash only the
-//! newest segment can end with a torn record: [`SegmentLog::open`] cuts it there. A bad
-//! record anywhere else is corruption, and `open` fails rather than drop records.
+//! newest segment can end with a torn record, and [`SegmentLog::open`] cuts it there, but
+//! only if no valid record follows the bad one anywhere in the file: a bad record with
+//! valid ones after it is a flipped byte in records that were synced and acknowledged, not
+//! a torn write. That, and a bad record in any older segment, is corruption: `open` fails,
+//! naming the file and the offset, rather than drop records.
+//!
+//! Fail-stop: after a failed write, `fsync` or file operation the log refuses every change
+//! and sync ([`Error::LogFailed`]) and [`SegmentLog::durable_end`] never advances again.
+//! After a failed `fsync` the kernel may have dropped the dirty pages and marked them clean,
+//! so retrying it could report records durable that are not; reopening rereads the files.
 //!
 //! Truncation ([`SegmentLog::truncate_from`]) is synced before it returns; purging
 //! ([`SegmentLog::purge_upto`]) deletes only whole segments, and the caller must have made
@@ -28,7 +36,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::error::{Error, Result};
 
@@ -105,6 +113,11 @@ pub struct SegmentLog {
     sync_lock: Mutex<()>,
     /// Every record below this index is durable.
     durable_end: AtomicU64,
+    /// Set by the first failed write, sync or file operation, naming it: from then on the
+    /// log refuses every change and sync (fail-stop). After a failed `fsync` the kernel may
+    /// have dropped the dirty pages and marked them clean, so a later `fsync` that succeeds
+    /// would not mean they are on disk; only reopening (which rereads the files) is safe.
+    failed: OnceLock<String>,
 }
 
 /// What [`SegmentLog::open`] found.
@@ -112,7 +125,7 @@ pub struct SegmentLog {
 pub struct Recovered {
     /// Records kept, above the purge point.
     pub records: u64,
-    /// Bytes of a torn or corrupt tail cut from the newest segment.
+    /// Bytes of a torn tail cut from the newest segment.
     pub cut_bytes: u64,
 }
 
@@ -120,16 +133,28 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io("sync log directory"))
 }
 
-/// Reads the records of one segment file. Returns the segment and, if the file ends with
-/// a torn or corrupt record, the offset where the valid part ends and why.
-fn scan_segment(path: &Path, first: u64) -> Result<(Segment, Option<(u64, String)>)> {
+/// A record of a segment that failed verification.
+struct BadRecord {
+    /// Byte offset of the bad record in its segment file.
+    offset: u64,
+    /// What is wrong with it, naming the file and the offset.
+    why: String,
+    /// A record with a valid checksum at or after `offset` (its offset and index), if any:
+    /// then the bad bytes are not a torn tail but corruption in the middle of the log.
+    valid_at: Option<(u64, u64)>,
+}
+
+/// Reads the records of one segment file. Returns the segment and, if the file holds a
+/// record that fails verification, the first one.
+fn scan_segment(path: &Path, first: u64) -> Result<(Segment, Option<BadRecord>)> {
     let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(io("open log segment"))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(io("read log segment"))?;
     let name = path.display();
     if bytes.len() < SEGMENT_MAGIC.len() || &bytes[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
-        // A segment whose magic never reached the disk holds nothing.
-        let bad = Some((0, format!("{name}: no segment header")));
+        // A segment whose magic never reached the disk holds nothing, unless records follow.
+        let valid_at = find_valid_record(&bytes, 1, first, SEGMENT_MAGIC.len(), first);
+        let bad = Some(BadRecord { offset: 0, why: format!("{name}: no segment header at offset 0"), valid_at });
         let seg = Segment { first, path: path.to_path_buf(), file: Arc::new(file), offsets: Vec::new(), len: 0 };
         return Ok((seg, bad));
     }
@@ -139,37 +164,66 @@ fn scan_segment(path: &Path, first: u64) -> Result<(Segment, Option<(u64, String
     while at < bytes.len() {
         let index = first + offsets.len() as u64;
         let rest = &bytes[at..];
+        let mut fail = |why: String, valid_at: Option<(u64, u64)>| {
+            let valid_at = valid_at.or_else(|| find_valid_record(&bytes, at + 1, index + 1, at, index));
+            bad = Some(BadRecord { offset: at as u64, why, valid_at });
+        };
         if rest.len() < RECORD_HEADER_BYTES {
-            bad = Some((at as u64, format!("{name}: torn record header at offset {at}")));
+            fail(format!("{name}: torn record header at offset {at}"), None);
             break;
         }
         let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         let stored_index = u64::from_le_bytes(rest[8..16].try_into().expect("8 bytes"));
         if len > RECORD_BYTES_MAX || rest.len() - RECORD_HEADER_BYTES < len {
-            bad = Some((at as u64, format!("{name}: torn record at offset {at} (length {len})")));
+            fail(format!("{name}: torn record at offset {at} (length {len})"), None);
             break;
         }
         let payload = &rest[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len];
         if record_crc(stored_index, payload) != crc {
-            bad = Some((at as u64, format!("{name}: checksum mismatch in the record at offset {at}")));
+            fail(format!("{name}: checksum mismatch in the record at offset {at}"), None);
             break;
         }
         if stored_index != index {
-            bad = Some((at as u64, format!("{name}: record at offset {at} has index {stored_index}, expected {index}")));
+            // A torn write cannot leave a record with a valid checksum: this one is valid
+            // itself, in the wrong place.
+            fail(format!("{name}: record at offset {at} has index {stored_index}, expected {index}"), Some((at as u64, stored_index)));
             break;
         }
         offsets.push(at as u64);
         at += RECORD_HEADER_BYTES + len;
     }
-    let len = bad.as_ref().map_or(at as u64, |(o, _)| *o);
+    let len = bad.as_ref().map_or(at as u64, |b| b.offset);
     let seg = Segment { first, path: path.to_path_buf(), file: Arc::new(file), offsets, len };
     Ok((seg, bad))
 }
 
+/// The first record with a valid checksum that starts at a byte offset `from` or later:
+/// its offset and index. Only indexes a record of this segment could have there count:
+/// at least `min_index`, and at most `base_index` plus one per 16 bytes (the smallest
+/// record) after `base`, where the record of index `base_index` belongs. Checked at every
+/// byte offset, so that a record is found whatever the bad bytes before it did to the
+/// lengths; the index window keeps the checksums computed rare.
+fn find_valid_record(bytes: &[u8], from: usize, min_index: u64, base: usize, base_index: u64) -> Option<(u64, u64)> {
+    let last = bytes.len().checked_sub(RECORD_HEADER_BYTES)?;
+    (from..=last).find_map(|at| {
+        let head = &bytes[at..at + RECORD_HEADER_BYTES];
+        let index = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+        let index_max = base_index.saturating_add((at.saturating_sub(base) / RECORD_HEADER_BYTES) as u64);
+        if index < min_index || index > index_max {
+            return None;
+        }
+        let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) as usize;
+        let payload = bytes.get(at + RECORD_HEADER_BYTES..)?.get(..len)?;
+        let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+        (len <= RECORD_BYTES_MAX && record_crc(index, payload) == crc).then_some((at as u64, index))
+    })
+}
+
 impl SegmentLog {
     /// Opens (or creates) the log in `dir`. Records at or below `purged` are dropped; whole
-    /// segments of them are deleted. A torn tail of the newest segment is cut.
+    /// segments of them are deleted. A torn tail of the newest segment (a bad record with
+    /// no valid one after it) is cut; any other bad record fails the open.
     pub fn open(dir: &Path, purged: Option<u64>) -> Result<(SegmentLog, Recovered)> {
         Self::open_with_segment_bytes(dir, purged, SEGMENT_BYTES_MAX)
     }
@@ -192,9 +246,16 @@ impl SegmentLog {
         for (i, (first, path)) in names.into_iter().enumerate() {
             let newest = i + 1 == count;
             let (seg, bad) = scan_segment(&path, first)?;
-            if let Some((offset, why)) = bad {
+            if let Some(BadRecord { offset, why, valid_at }) = bad {
                 if !newest {
                     return Err(corrupt(format!("{why}; only the newest segment may end with a torn record")));
+                }
+                if let Some((valid, index)) = valid_at {
+                    // Records after the bad one were written, maybe synced and acknowledged:
+                    // cutting here would drop them.
+                    return Err(corrupt(format!(
+                        "{why}; a valid record (index {index}) follows at offset {valid}, so the log is corrupt, not torn"
+                    )));
                 }
                 tracing::warn!(segment = %path.display(), %why, offset, "cutting the torn tail of the Raft log");
                 cut_bytes = seg.file.metadata().map_err(io("stat log segment"))?.len() - offset;
@@ -250,6 +311,7 @@ impl SegmentLog {
             inner: Mutex::new(Inner { segments, next, first, purged, active_dirty: false, dir_dirty: false }),
             sync_lock: Mutex::new(()),
             durable_end: AtomicU64::new(next),
+            failed: OnceLock::new(),
         };
         Ok((log, Recovered { records, cut_bytes }))
     }
@@ -262,6 +324,29 @@ impl SegmentLog {
     /// The directory of the log.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The failure that stopped the log, if a write, sync or file operation failed.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+
+    /// Refuses any change or sync once the log has failed.
+    fn check_not_failed(&self) -> Result<()> {
+        match self.failed.get() {
+            Some(what) => Err(Error::LogFailed { what: what.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the log for good after `e` (the first failure is the one named later) and
+    /// returns `e` to the caller of the operation that failed.
+    fn fail_stop(&self, e: Error) -> Error {
+        let what = format!("{}: {e}", self.dir.display());
+        if self.failed.set(what).is_ok() {
+            tracing::error!(log = %self.dir.display(), error = %e, "log write or sync failed: the log refuses every change until it is reopened");
+        }
+        e
     }
 
     /// The index the next appended record must have.
@@ -281,14 +366,19 @@ impl SegmentLog {
         (inner.first < inner.next).then(|| inner.next - 1)
     }
 
-    /// Starts a new segment whose first record will be `first`: the old one is synced
-    /// first, so that only the newest segment can ever hold a torn record.
+    /// Starts a new segment whose first record will be `first`: the old one (and the
+    /// directory, if it changed) is synced first, so that only the newest segment can ever
+    /// hold a torn record and no older one can be missing after a crash. Always synced, even
+    /// when `active_dirty` is clear: a sync in flight clears it before its `fsync` has
+    /// finished.
     fn start_segment(&self, inner: &mut Inner, first: u64) -> Result<()> {
         if let Some(active) = inner.segments.back() {
-            if inner.active_dirty {
-                active.file.sync_data().map_err(io("sync log segment"))?;
-                inner.active_dirty = false;
-            }
+            active.file.sync_data().map_err(io("sync log segment"))?;
+            inner.active_dirty = false;
+        }
+        if inner.dir_dirty {
+            inner.dir_dirty = false;
+            sync_dir(&self.dir)?;
         }
         let path = self.dir.join(segment_name(first));
         let mut file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(io("create log segment"))?;
@@ -304,8 +394,11 @@ impl SegmentLog {
     /// once; durable after the next [`SegmentLog::sync`]. Anything else is refused and
     /// writes nothing.
     pub fn append(&self, records: &[(u64, &[u8])]) -> Result<()> {
+        self.check_not_failed()?;
         let Some(&(first, _)) = records.first() else { return Ok(()) };
         let mut inner = self.inner();
+        // A failure may have stopped the log while this call waited for the lock.
+        self.check_not_failed()?;
         let fresh = inner.segments.is_empty() && inner.purged.is_none() && inner.next == 0;
         if fresh {
             // A new log starts wherever its first record is.
@@ -333,13 +426,13 @@ impl SegmentLog {
         }
         let need_new = inner.segments.back().is_none_or(|s| s.len >= self.segment_bytes_max);
         if need_new {
-            self.start_segment(&mut inner, first)?;
+            self.start_segment(&mut inner, first).map_err(|e| self.fail_stop(e))?;
         }
         let active = inner.segments.back_mut().expect("a segment is in use");
         let start = active.len;
         if let Err(e) = active.file.write_all_at(&buf, start) {
-            // Nothing past `len` counts; a later append overwrites it.
-            return Err(Error::Io { op: "write log segment", source: e });
+            // Part of the batch may be in the file: nothing more is written after it.
+            return Err(self.fail_stop(Error::Io { op: "write log segment", source: e }));
         }
         let mut at = start;
         for (_, payload) in records {
@@ -354,11 +447,13 @@ impl SegmentLog {
 
     /// Makes every record appended before this call durable.
     pub fn sync(&self) -> Result<()> {
+        self.check_not_failed()?;
         let one_at_a_time = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.sync_locked(&one_at_a_time)
     }
 
-    /// Every record below this index is durable (synced since it was written).
+    /// Every record below this index is durable (synced since it was written). Never
+    /// advances once the log has failed.
     pub fn durable_end(&self) -> u64 {
         self.durable_end.load(Ordering::SeqCst)
     }
@@ -366,6 +461,7 @@ impl SegmentLog {
     /// Makes sure every record up to `index` (inclusive) is durable, syncing only if no sync
     /// (this caller's or another's) has covered it yet.
     pub fn sync_upto(&self, index: u64) -> Result<()> {
+        self.check_not_failed()?;
         if self.durable_end.load(Ordering::SeqCst) > index {
             return Ok(());
         }
@@ -378,8 +474,10 @@ impl SegmentLog {
     }
 
     /// The sync itself; the caller holds `sync_lock`, so no truncation runs meanwhile and
-    /// `durable_end` never claims records written after the truncation.
+    /// `durable_end` never claims records written after the truncation. A failure stops
+    /// the log: the sync is never retried (see `failed`).
     fn sync_locked(&self, _one_at_a_time: &MutexGuard<'_, ()>) -> Result<()> {
+        self.check_not_failed()?;
         let (file, dir_dirty, end) = {
             let mut inner = self.inner();
             let file = if inner.active_dirty { inner.segments.back().map(|s| s.file.clone()) } else { None };
@@ -389,6 +487,11 @@ impl SegmentLog {
         };
         let res = (|| {
             if let Some(f) = &file {
+                #[cfg(feature = "failpoints")]
+                fail::fail_point!("segment-log-sync", |_| Err(Error::Io {
+                    op: "sync log segment",
+                    source: std::io::Error::other("injected by the fail point segment-log-sync"),
+                }));
                 f.sync_data().map_err(io("sync log segment"))?;
             }
             if dir_dirty {
@@ -396,18 +499,11 @@ impl SegmentLog {
             }
             Ok(())
         })();
-        match res {
-            Ok(()) => {
-                self.durable_end.fetch_max(end, Ordering::SeqCst);
-                Ok(())
-            }
-            Err(e) => {
-                let mut inner = self.inner();
-                inner.active_dirty |= file.is_some();
-                inner.dir_dirty |= dir_dirty;
-                Err(e)
-            }
-        }
+        res.map_err(|e| self.fail_stop(e))?;
+        // A write that failed meanwhile stopped the log: nothing counts as durable any more.
+        self.check_not_failed()?;
+        self.durable_end.fetch_max(end, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Reads the payloads of `[start, end)`, which must be held (above the purge point and
@@ -454,10 +550,16 @@ impl SegmentLog {
     /// Removes every record at or after `index`, durably. Below the purge point it removes
     /// everything held, and the log continues after the purge point.
     pub fn truncate_from(&self, index: u64) -> Result<()> {
+        self.check_not_failed()?;
         // No sync may be in flight: it would mark the records written after this truncation
         // (at the same indexes) durable on its completion.
         let _no_sync = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_not_failed()?;
         let mut inner = self.inner();
+        self.truncate_locked(&mut inner, index).map_err(|e| self.fail_stop(e))
+    }
+
+    fn truncate_locked(&self, inner: &mut Inner, index: u64) -> Result<()> {
         // Purged records are gone already; the log continues after the purge point.
         let index = index.max(inner.purged.map_or(0, |p| p + 1));
         if index >= inner.next {
@@ -493,7 +595,12 @@ impl SegmentLog {
     /// Forgets records up to `index` (inclusive) and deletes the segments that hold only
     /// such records. The caller has made `index` durable as its purge point first.
     pub fn purge_upto(&self, index: u64) -> Result<()> {
+        self.check_not_failed()?;
         let mut inner = self.inner();
+        self.purge_locked(&mut inner, index).map_err(|e| self.fail_stop(e))
+    }
+
+    fn purge_locked(&self, inner: &mut Inner, index: u64) -> Result<()> {
         if inner.purged.is_some_and(|p| p >= index) {
             return Ok(());
         }
@@ -501,7 +608,7 @@ impl SegmentLog {
         inner.first = inner.first.max(index + 1);
         if inner.next <= index {
             // The purge point is beyond everything held (a snapshot far ahead).
-            self.drop_all_segments(&mut inner)?;
+            self.drop_all_segments(inner)?;
             inner.next = index + 1;
             self.durable_end.fetch_max(index + 1, Ordering::SeqCst);
             return Ok(());

@@ -88,6 +88,113 @@ fn a_torn_tail_of_the_newest_segment_is_cut_and_earlier_records_stay() {
     assert_eq!(log.read(29, 31).expect("read"), vec![payload(29, 1), payload(30, 1)]);
 }
 
+/// One segment big enough for everything the tests below write.
+const ONE_SEGMENT_BYTES: u64 = 1 << 20;
+
+/// Writes records `[1, to)` into one segment, synced, and returns its path and the offset
+/// of each record (`offsets[i]` is where record `i + 1` starts; the last entry is the end).
+fn one_synced_segment(dir: &Path, to: u64) -> (std::path::PathBuf, Vec<usize>) {
+    let (log, _) = SegmentLog::open_with_segment_bytes(dir, None, ONE_SEGMENT_BYTES).expect("open");
+    append(&log, 1, to, 0);
+    log.sync().expect("sync");
+    drop(log);
+    let names = segments(dir);
+    assert_eq!(names.len(), 1, "{names:?}");
+    let mut offsets = vec![SEGMENT_MAGIC.len()];
+    for i in 1..to {
+        offsets.push(offsets.last().expect("one") + RECORD_HEADER_BYTES + payload(i, 0).len());
+    }
+    (dir.join(&names[0]), offsets)
+}
+
+fn open_error(dir: &Path) -> String {
+    match SegmentLog::open_with_segment_bytes(dir, None, ONE_SEGMENT_BYTES) {
+        Err(Error::Corruption { what }) => what,
+        Err(e) => panic!("expected corruption, got {e}"),
+        Ok((log, recovered)) => panic!("a corrupt log was opened: last index {:?}, {recovered:?}", log.last_index()),
+    }
+}
+
+/// Synced records after a bad one in the newest segment were acknowledged: cutting there
+/// would lose them, so the open fails, naming the file and both offsets.
+#[test]
+fn a_flipped_byte_in_the_middle_of_the_newest_segment_fails_the_open_naming_file_and_offset() {
+    let dir = TempDir::new().expect("tempdir");
+    let (path, offsets) = one_synced_segment(dir.path(), 30);
+    let pristine = std::fs::read(&path).expect("read");
+    // Record 10: a byte of its payload, of its checksum, of its length (the record then
+    // looks torn: its length runs past the end of the file).
+    let bad = offsets[9];
+    for (what, at, mask) in [("payload", bad + RECORD_HEADER_BYTES + 3, 0x01), ("crc", bad + 5, 0x80), ("length", bad + 3, 0x10)] {
+        let mut bytes = pristine.clone();
+        bytes[at] ^= mask;
+        std::fs::write(&path, &bytes).expect("write");
+        let msg = open_error(dir.path());
+        assert!(msg.contains(&path.display().to_string()), "{what}: the file is named: {msg}");
+        assert!(msg.contains(&format!("offset {bad}")), "{what}: the bad record's offset is named: {msg}");
+        assert!(msg.contains(&format!("follows at offset {}", offsets[10])), "{what}: the valid record after it is named: {msg}");
+        assert_eq!(std::fs::read(&path).expect("read"), bytes, "{what}: a refused open changes nothing");
+    }
+    // A broken segment header with valid records after it is corruption too.
+    let mut bytes = pristine.clone();
+    bytes[2] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
+    let msg = open_error(dir.path());
+    assert!(msg.contains("offset 0") && msg.contains(&format!("follows at offset {}", offsets[0])), "{msg}");
+    // Repaired, the log opens with everything.
+    std::fs::write(&path, &pristine).expect("write");
+    let (log, recovered) = SegmentLog::open_with_segment_bytes(dir.path(), None, ONE_SEGMENT_BYTES).expect("open");
+    assert_eq!(recovered.cut_bytes, 0);
+    assert_eq!(log.read(1, 30).expect("read"), (1..30).map(|i| payload(i, 0)).collect::<Vec<_>>());
+}
+
+/// What a crash leaves after the last complete record (a cut record, zeros of a file
+/// extended but not written, garbage) has nothing valid after it: it is cut, and every
+/// record before it stays.
+#[test]
+fn a_torn_tail_with_nothing_valid_after_it_is_cut() {
+    let dir = TempDir::new().expect("tempdir");
+    let (path, offsets) = one_synced_segment(dir.path(), 30);
+    let pristine = std::fs::read(&path).expect("read");
+    let end = *offsets.last().expect("end");
+    assert_eq!(pristine.len(), end);
+    let last = offsets[28];
+    let mut garbage = Vec::new();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..700 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        garbage.push(x as u8);
+    }
+    let cases: Vec<(&str, Vec<u8>, u64)> = vec![
+        ("last record cut short", pristine[..end - 5].to_vec(), 29),
+        ("last record's header cut short", pristine[..last + 7].to_vec(), 29),
+        ("zeros appended", [&pristine[..], &[0u8; 4096][..]].concat(), 30),
+        ("garbage appended", [&pristine[..], &garbage[..]].concat(), 30),
+        ("last record cut, then zeros", [&pristine[..end - 5], &[0u8; 300][..]].concat(), 29),
+        (
+            "a byte of the last record flipped",
+            {
+                let mut b = pristine.clone();
+                b[end - 1] ^= 0x01;
+                b
+            },
+            29,
+        ),
+    ];
+    for (what, bytes, next) in cases {
+        std::fs::write(&path, &bytes).expect("write");
+        let (log, recovered) =
+            SegmentLog::open_with_segment_bytes(dir.path(), None, ONE_SEGMENT_BYTES).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(log.next_index(), next, "{what}");
+        let kept = offsets[(next - 1) as usize];
+        assert_eq!(recovered.cut_bytes, (bytes.len() - kept) as u64, "{what}");
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), kept as u64, "{what}: the file is cut");
+        assert_eq!(log.read(1, next).expect("read"), (1..next).map(|i| payload(i, 0)).collect::<Vec<_>>(), "{what}");
+    }
+}
+
 #[test]
 fn a_bad_record_in_an_older_segment_fails_the_open_and_a_flipped_byte_fails_a_read() {
     let dir = TempDir::new().expect("tempdir");
