@@ -32,7 +32,7 @@ async fn put_once(client: &mut DataClient<Channel>, target: &KvTarget, key: &str
     client.put(req).await.map(|_| ())
 }
 
-/// A fault injected into the Raft log's fsync (fail point `segment-log-sync`, built in by
+/// A fault injected into the Raft log's fsync (fail point `shared-log-sync`, built in by
 /// the `failpoints` feature) must stop the node at once: the write waiting for that fsync
 /// is not acknowledged, no later fsync is tried (it could report pages the kernel dropped
 /// as durable), and after a restart without the fault every acknowledged write is there.
@@ -55,7 +55,7 @@ async fn a_failed_log_fsync_stops_the_node_and_acknowledges_nothing_unsynced() {
                 acknowledged.push(key);
             }
             cluster.stop(1).await;
-            cluster.set_env(1, &[("FAILPOINTS", &format!("segment-log-sync={SYNCS_BEFORE_FAILURE}*off->return"))]);
+            cluster.set_env(1, &[("FAILPOINTS", &format!("shared-log-sync={SYNCS_BEFORE_FAILURE}*off->return"))]);
             cluster.restart(1).await;
             let mut client = cluster.data_client(1);
             let mut failed = None;
@@ -78,7 +78,7 @@ async fn a_failed_log_fsync_stops_the_node_and_acknowledges_nothing_unsynced() {
             });
             assert_eq!(status.code(), Some(STORAGE_FAILURE_EXIT_CODE), "exit status of a node stopped by a storage failure");
             let log = std::fs::read_to_string(cluster.log_path(1)).expect("read the node's log");
-            assert!(log.contains("storage failure") && log.contains("raft-log"), "the log must say which storage failed");
+            assert!(log.contains("storage failure") && log.contains("Raft log"), "the log must say which storage failed");
 
             cluster.set_env(1, &[]);
             cluster.restart(1).await;
@@ -95,13 +95,13 @@ async fn a_failed_log_fsync_stops_the_node_and_acknowledges_nothing_unsynced() {
         .await;
 }
 
-/// The newest segment file of node `id`'s data group log.
+/// The newest segment file of node `id`'s shared Raft log.
 fn newest_segment(cluster: &Cluster, id: u64) -> std::path::PathBuf {
-    let dir = cluster.data_dir(id).join("raft-log").join("1");
+    let dir = cluster.data_dir(id).join("log");
     let mut segs: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
         .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     segs.sort();
     segs.pop().unwrap_or_else(|| panic!("no segment in {}", dir.display()))

@@ -1,21 +1,21 @@
-//! The Raft log store of one group: entries in segment files of their own
-//! ([`kho_engine::segment_log`], `<data_dir>/raft-log/<group>/`), vote and purge point in the
-//! `raft_meta` column family.
+//! The Raft log store of one group: entries in the group's stream of the node's shared log
+//! ([`kho_engine::shared_log`], `<data_dir>/log/`), vote and purge point in the `raft_meta`
+//! column family.
 //!
 //! Durability: a vote is written with a synced write before `save_vote` returns. Appended
-//! entries are written to the group's segment file (readable at once) and their flush
-//! callback is handed to the node's [`LogSyncer`], which syncs each log once for every
-//! callback waiting at that moment (group commit) and only then tells openraft the entries
-//! are durable. openraft acknowledges an append to the leader, and the leader counts it
-//! towards commit, only after that callback. The purge point is synced before any segment
-//! is deleted.
+//! entries are written to the shared log (readable at once) and their flush callback is
+//! handed to the node's [`LogSyncer`], which syncs the shared log once for every callback
+//! waiting at that moment, of every group (group commit: one `fdatasync` per round however
+//! many groups appended), and only then tells openraft the entries are durable. openraft
+//! acknowledges an append to the leader, and the leader counts it towards commit, only
+//! after that callback. The purge point is synced before the log forgets anything.
 //!
 //! Each entry is written once: before, in RocksDB, it went to the WAL, then an SST file by
 //! flush, then through compaction before a purge deleted it (docs/BENCHMARKS.md).
 //!
 //! The newest entries are also kept in memory, decoded ([`EntryCache`]): replication to the
 //! followers and the state machine read each entry right after it is appended. The cache is
-//! never the only copy: every cached entry was written to its segment first.
+//! never the only copy: every cached entry was written to the log first.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use kho_engine::crypto::LogCipher;
 use kho_engine::segment_log::SegmentLog;
+use kho_engine::shared_log::SharedLog;
 use kho_engine::{Cf, Engine};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
@@ -80,9 +81,10 @@ pub const SYNC_QUEUE_MAX: usize = 65_536;
 /// Most callbacks completed by one round of syncs, count.
 pub const SYNC_BATCH_MAX: usize = 8_192;
 
-type SyncRequest = (Arc<SegmentLog>, IOFlushed<TypeConfig>);
+type SyncRequest = (Arc<SharedLog>, IOFlushed<TypeConfig>);
 
-/// One thread per node that turns many pending appends into one sync per log.
+/// One thread per node that turns many pending appends, of every group, into one sync of
+/// the shared log.
 pub struct LogSyncer {
     tx: tokio::sync::mpsc::Sender<SyncRequest>,
 }
@@ -104,7 +106,7 @@ impl LogSyncer {
                         }
                     }
                     // One sync per distinct log covers every callback of that log taken so far.
-                    let mut results: Vec<*const SegmentLog> = Vec::new();
+                    let mut results: Vec<*const SharedLog> = Vec::new();
                     for (log, _) in &pending {
                         let ptr = Arc::as_ptr(log);
                         if !results.contains(&ptr) {
@@ -123,6 +125,128 @@ impl LogSyncer {
             })
             .expect("spawning the log sync thread");
         Arc::new(LogSyncer { tx })
+    }
+}
+
+/// Where a node's shared Raft log lives, under its data directory.
+pub const SHARED_LOG_DIR: &str = "log";
+/// Where an older build kept one segment log per group (`raft-log/<group>/`), moved into
+/// the shared log once ([`migrate_group_segment_logs`]).
+pub const LEGACY_GROUP_LOGS_DIR: &str = "raft-log";
+
+/// Opens the node's shared log in `dir` with every group's purge point from `raft_meta`.
+pub fn open_shared_log(engine: &Engine, dir: &Path) -> io::Result<Arc<SharedLog>> {
+    let purged = read_all_purge_points(engine)?;
+    let (log, recovered) = SharedLog::open(dir, kho_engine::shared_log::SEGMENT_BYTES_MAX, &purged).map_err(io_err)?;
+    if recovered.cut_bytes > 0 {
+        tracing::warn!(log = %dir.display(), cut_bytes = recovered.cut_bytes, "cut a torn tail off the Raft log (writes never acknowledged)");
+    }
+    tracing::info!(log = %dir.display(), entries = recovered.records, groups = recovered.streams, segments = recovered.segments, "opened the shared Raft log");
+    Ok(Arc::new(log))
+}
+
+/// The purge point of every group that has one.
+fn read_all_purge_points(engine: &Engine) -> io::Result<std::collections::BTreeMap<GroupId, u64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in engine.scan(Cf::RaftMeta, &[], None, usize::MAX).map_err(io_err)? {
+        if k.len() != 9 || k[8] != meta_key::LAST_PURGED {
+            continue;
+        }
+        let group = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+        if let Some(l) = codec::decode_opt_log_id(&v).map_err(data_err)? {
+            out.insert(group, l.index);
+        }
+    }
+    Ok(out)
+}
+
+/// Moves the per-group segment logs of an older build (`<dir>/<group>/*.seg`) into the
+/// shared log, once: each group's entries above its purge point are appended to its stream
+/// and synced, then the old directory is removed. A crash in between leaves the old
+/// directory; the next start finds the stream already holding entries and only removes it.
+pub fn migrate_group_segment_logs(engine: &Engine, dir: &Path, shared: &SharedLog) -> io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for e in entries {
+        let e = e?;
+        let Some(group) = e.file_name().to_str().and_then(|n| n.parse::<GroupId>().ok()) else { continue };
+        let path = e.path();
+        if shared.last_index(group).is_none() {
+            let purged = read_last_purged(engine, group)?.map(|l| l.index);
+            let (old, _) = SegmentLog::open(&path, purged).map_err(io_err)?;
+            if let (Some(first), Some(last)) = (old.first_index(), old.last_index()) {
+                let mut at = first;
+                while at <= last {
+                    let end = (at + MIGRATE_BATCH_ENTRIES as u64).min(last + 1);
+                    let payloads = old.read(at, end).map_err(io_err)?;
+                    let records: Vec<(u64, &[u8])> = (at..end).zip(payloads.iter().map(Vec::as_slice)).collect();
+                    shared.append(group, &records).map_err(io_err)?;
+                    at = end;
+                }
+                shared.sync().map_err(io_err)?;
+                tracing::info!(group, entries = last + 1 - first, from = %path.display(), "moved a group's Raft log into the shared log");
+            }
+        }
+        std::fs::remove_dir_all(&path)?;
+    }
+    if std::fs::read_dir(dir)?.next().is_none() {
+        std::fs::remove_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// One group's stream of the node's shared log.
+#[derive(Clone)]
+pub struct GroupLog {
+    shared: Arc<SharedLog>,
+    group: GroupId,
+}
+
+impl GroupLog {
+    pub fn new(shared: Arc<SharedLog>, group: GroupId) -> Self {
+        GroupLog { shared, group }
+    }
+
+    /// The node's shared log.
+    pub fn shared(&self) -> &Arc<SharedLog> {
+        &self.shared
+    }
+
+    /// The directory of the shared log (for messages).
+    pub fn dir(&self) -> &Path {
+        self.shared.dir()
+    }
+
+    fn append(&self, records: &[(u64, &[u8])]) -> kho_engine::Result<()> {
+        self.shared.append(self.group, records)
+    }
+
+    /// Makes sure every entry up to `index` is durable, syncing only if no sync covered it.
+    pub fn sync_upto(&self, index: u64) -> kho_engine::Result<()> {
+        self.shared.sync_upto(self.group, index)
+    }
+
+    fn read(&self, start: u64, end: u64) -> kho_engine::Result<Vec<Vec<u8>>> {
+        self.shared.read(self.group, start, end)
+    }
+
+    fn first_index(&self) -> Option<u64> {
+        self.shared.first_index(self.group)
+    }
+
+    fn last_index(&self) -> Option<u64> {
+        self.shared.last_index(self.group)
+    }
+
+    fn next_index(&self) -> u64 {
+        self.shared.next_index(self.group).unwrap_or(0)
+    }
+
+    fn truncate_from(&self, index: u64) -> kho_engine::Result<()> {
+        self.shared.truncate_from(self.group, index)
+    }
+
+    fn purge_upto(&self, index: u64) -> kho_engine::Result<()> {
+        self.shared.purge_upto(self.group, index)
     }
 }
 
@@ -225,8 +349,8 @@ pub struct LogStore {
     group: GroupId,
     /// Vote, committed hint and purge point (`raft_meta`).
     engine: Engine,
-    /// The entries.
-    log: Arc<SegmentLog>,
+    /// The entries: this group's stream of the node's shared log.
+    log: GroupLog,
     syncer: Arc<LogSyncer>,
     /// Seals entries when the node has a master key.
     cipher: Option<LogCipher>,
@@ -238,9 +362,15 @@ pub struct LogStore {
 const MIGRATE_BATCH_ENTRIES: usize = 1024;
 
 impl LogStore {
-    /// Opens the log of `group` in `log_dir` (created if missing).
-    pub fn open(group: GroupId, engine: Engine, log_dir: &Path, syncer: Arc<LogSyncer>, cipher: Option<LogCipher>) -> io::Result<Self> {
-        Self::open_with_cache_limits(group, engine, log_dir, syncer, cipher, ENTRY_CACHE_ENTRIES_MAX, ENTRY_CACHE_BYTES_MAX)
+    /// Opens the log of `group` in the node's shared log.
+    pub fn open(
+        group: GroupId,
+        engine: Engine,
+        shared: Arc<SharedLog>,
+        syncer: Arc<LogSyncer>,
+        cipher: Option<LogCipher>,
+    ) -> io::Result<Self> {
+        Self::open_with_cache_limits(group, engine, shared, syncer, cipher, ENTRY_CACHE_ENTRIES_MAX, ENTRY_CACHE_BYTES_MAX)
     }
 
     /// A store whose entry cache holds at most `max_entries` entries and `max_bytes` stored
@@ -248,18 +378,13 @@ impl LogStore {
     pub fn open_with_cache_limits(
         group: GroupId,
         engine: Engine,
-        log_dir: &Path,
+        shared: Arc<SharedLog>,
         syncer: Arc<LogSyncer>,
         cipher: Option<LogCipher>,
         max_entries: usize,
         max_bytes: usize,
     ) -> io::Result<Self> {
-        let purged = read_last_purged(&engine, group)?.map(|l| l.index);
-        let (log, recovered) = SegmentLog::open(log_dir, purged).map_err(io_err)?;
-        if recovered.cut_bytes > 0 {
-            tracing::warn!(group, cut_bytes = recovered.cut_bytes, "cut a torn tail off the Raft log (writes never acknowledged)");
-        }
-        let store = Self::over(group, engine, Arc::new(log), syncer, cipher, max_entries, max_bytes);
+        let store = Self::over(group, engine, GroupLog::new(shared, group), syncer, cipher, max_entries, max_bytes);
         store.migrate_from_column_family()?;
         Ok(store)
     }
@@ -268,7 +393,7 @@ impl LogStore {
     pub fn over(
         group: GroupId,
         engine: Engine,
-        log: Arc<SegmentLog>,
+        log: GroupLog,
         syncer: Arc<LogSyncer>,
         cipher: Option<LogCipher>,
         max_entries: usize,
@@ -278,8 +403,8 @@ impl LogStore {
         LogStore { group, engine, log, syncer, cipher, cache }
     }
 
-    /// The segment log (the state machine syncs it before it records an applied index).
-    pub fn segment_log(&self) -> Arc<SegmentLog> {
+    /// The group's log (the state machine syncs it before it records an applied index).
+    pub fn group_log(&self) -> GroupLog {
         self.log.clone()
     }
 
@@ -304,11 +429,11 @@ impl LogStore {
             moved += records.len() as u64;
         }
         if moved > 0 {
-            self.log.sync().map_err(io_err)?;
+            self.log.shared.sync().map_err(io_err)?;
             let mut batch = self.engine.batch();
             batch.delete_range(Cf::RaftLog, &log_key(self.group, 0), &end);
             self.engine.write(batch, true).map_err(io_err)?;
-            tracing::info!(group = self.group, entries = moved, "moved the Raft log from RocksDB into segment files");
+            tracing::info!(group = self.group, entries = moved, "moved the Raft log from RocksDB into the shared log");
         }
         Ok(())
     }
@@ -497,7 +622,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 cache.push(entry, bytes.len());
             }
         }
-        self.syncer.tx.send((self.log.clone(), callback)).await.map_err(|_| io_err("log syncer stopped"))?;
+        self.syncer.tx.send((self.log.shared.clone(), callback)).await.map_err(|_| io_err("log syncer stopped"))?;
         Ok(())
     }
 

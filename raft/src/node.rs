@@ -150,6 +150,8 @@ impl RaftNode {
     ) -> Result<Arc<RaftNode>, RaftNodeError> {
         std::fs::create_dir_all(data_dir)?;
         let engine = Engine::open(&data_dir.join("db"), &EngineOptions::default())?;
+        let shared_log = crate::log_store::open_shared_log(&engine, &data_dir.join(crate::log_store::SHARED_LOG_DIR))?;
+        crate::log_store::migrate_group_segment_logs(&engine, &data_dir.join(crate::log_store::LEGACY_GROUP_LOGS_DIR), &shared_log)?;
         let syncer = LogSyncer::start();
         let node = Arc::new(RaftNode {
             id,
@@ -159,8 +161,7 @@ impl RaftNode {
             key_jobs: std::sync::Mutex::new(None),
         });
         let snapshot_dir = data_dir.join("snapshots").join(DATA_GROUP.to_string());
-        let log_dir = data_dir.join("raft-log").join(DATA_GROUP.to_string());
-        let group = Group::open(id, DATA_GROUP, engine, syncer, &log_dir, &snapshot_dir, settings, transport, master).await?;
+        let group = Group::open(id, DATA_GROUP, engine, syncer, shared_log, &snapshot_dir, settings, transport, master).await?;
         node.groups.write().expect("groups lock").insert(DATA_GROUP, Arc::new(group));
         let driver = crate::key_jobs::spawn(Arc::downgrade(&node));
         *node.key_jobs.lock().expect("key jobs lock") = Some(driver);
@@ -298,7 +299,7 @@ impl Group {
         id: GroupId,
         engine: Engine,
         syncer: Arc<LogSyncer>,
-        log_dir: &Path,
+        shared_log: Arc<kho_engine::shared_log::SharedLog>,
         snapshot_dir: &Path,
         s: &RaftSettings,
         transport: Arc<dyn Transport>,
@@ -328,8 +329,8 @@ impl Group {
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| RaftNodeError::Raft(e.to_string()))?);
-        let log = LogStore::open(id, engine.clone(), log_dir, syncer, master.as_ref().map(|m| m.log_cipher()))?;
-        let sm = StateMachine::open(id, engine, log.segment_log(), snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize, master)?;
+        let log = LogStore::open(id, engine.clone(), shared_log, syncer, master.as_ref().map(|m| m.log_cipher()))?;
+        let sm = StateMachine::open(id, engine, log.group_log(), snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize, master)?;
         let state = sm.state();
         let follower_transport = transport.clone();
         let net = NetworkFactory {

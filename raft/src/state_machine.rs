@@ -20,7 +20,6 @@ use std::sync::{Arc, RwLock};
 use futures::{Stream, TryStreamExt};
 use kho_engine::crypto::{self, LogCipher, MasterKey};
 use kho_engine::keys::{self, FamilyId, TenantId};
-use kho_engine::segment_log::SegmentLog;
 use kho_engine::{value, Cf, Engine};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
@@ -29,7 +28,7 @@ use crate::catalog::{self, Catalog, TableMeta};
 use crate::codec;
 use crate::command::{AppError, CasOutcome, Command, Condition, NewTenantKeys, NonceSeed, Outcome, Response, WriteOp};
 use crate::keyring::{self, Job, KeyRecord, KeyState, TenantKeys};
-use crate::log_store::meta_key;
+use crate::log_store::{meta_key, GroupLog};
 use crate::snapshot::{self, CheckpointSnapshot, SnapshotData, SnapshotFile, SnapshotReader};
 use crate::{GroupId, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
@@ -145,7 +144,7 @@ impl SmState {
 pub struct StateMachine {
     state: Arc<SmState>,
     /// The group's Raft log: synced up to an entry before its applied index is recorded.
-    log: Arc<SegmentLog>,
+    log: GroupLog,
     snapshot_dir: PathBuf,
     snapshot_chunk_bytes: usize,
 }
@@ -156,7 +155,7 @@ impl StateMachine {
     pub fn open(
         group: GroupId,
         engine: Engine,
-        log: Arc<SegmentLog>,
+        log: GroupLog,
         snapshot_dir: PathBuf,
         snapshot_chunk_bytes: usize,
         master: Option<Arc<MasterKey>>,
@@ -719,7 +718,7 @@ impl PendingApply {
     }
 
     /// Writes the data and the applied log id in one batch, then answers the clients.
-    fn flush(&mut self, state: &SmState, log: &SegmentLog) -> io::Result<()> {
+    fn flush(&mut self, state: &SmState, log: &GroupLog) -> io::Result<()> {
         let Some(last) = self.last.take() else { return Ok(()) };
         // A follower may apply entries the leader committed before its own copy is synced.
         // Any RocksDB flush may persist the applied index written here, so the log must hold

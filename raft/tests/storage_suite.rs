@@ -1,9 +1,9 @@
-//! openraft's storage conformance suite against Kho's log store (segment files, metadata in
+//! openraft's storage conformance suite against Kho's log store (the node's shared log, metadata in
 //! RocksDB) and state machine (RocksDB).
 
 use kho_engine::crypto::MasterKey;
 use kho_engine::{Engine, EngineOptions};
-use kho_raft::log_store::{LogStore, LogSyncer};
+use kho_raft::log_store::{open_shared_log, LogStore, LogSyncer};
 use kho_raft::state_machine::StateMachine;
 use kho_raft::TypeConfig;
 use openraft::testing::log::{StoreBuilder, Suite};
@@ -26,13 +26,13 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
         let master = self.master_key.map(|b| std::sync::Arc::new(MasterKey::new(zeroize::Zeroizing::new([b; 32]))));
         let cipher = master.as_ref().map(|m| m.log_cipher());
         let syncer = LogSyncer::start();
-        let log_dir = dir.path().join("raft-log");
+        let shared = open_shared_log(&engine, &dir.path().join("log")).map_err(|e| err(&e))?;
         let log = match self.cache_entries {
-            None => LogStore::open(1, engine.clone(), &log_dir, syncer, cipher),
-            Some(n) => LogStore::open_with_cache_limits(1, engine.clone(), &log_dir, syncer, cipher, n, usize::MAX),
+            None => LogStore::open(1, engine.clone(), shared, syncer, cipher),
+            Some(n) => LogStore::open_with_cache_limits(1, engine.clone(), shared, syncer, cipher, n, usize::MAX),
         }
         .map_err(|e| err(&e))?;
-        let sm = StateMachine::open(1, engine, log.segment_log(), dir.path().join("snapshots"), 64 << 10, master).map_err(|e| err(&e))?;
+        let sm = StateMachine::open(1, engine, log.group_log(), dir.path().join("snapshots"), 64 << 10, master).map_err(|e| err(&e))?;
         Ok((dir, log, sm))
     }
 }
@@ -60,7 +60,7 @@ fn openraft_storage_suite_passes_with_a_tiny_entry_cache() {
 }
 
 /// Random appends, truncations and purges on a store with a small entry cache; after each,
-/// random ranges read through it must equal the same ranges read from the segment files
+/// random ranges read through it must equal the same ranges read from the shared log
 /// alone (a second store over the same log with no cache).
 #[test]
 fn reads_through_the_entry_cache_equal_reads_from_the_segments() {
@@ -76,11 +76,11 @@ fn reads_through_the_entry_cache_equal_reads_from_the_segments() {
         let engine = Engine::open(&dir.path().join("db"), &EngineOptions::default()).expect("engine");
         let master = MasterKey::new(zeroize::Zeroizing::new([9; 32]));
         let syncer = LogSyncer::start();
-        let log_dir = dir.path().join("raft-log");
+        let shared = open_shared_log(&engine, &dir.path().join("log")).expect("open the shared log");
         let mut cached =
-            LogStore::open_with_cache_limits(1, engine.clone(), &log_dir, syncer.clone(), Some(master.log_cipher()), 40, usize::MAX)
+            LogStore::open_with_cache_limits(1, engine.clone(), shared, syncer.clone(), Some(master.log_cipher()), 40, usize::MAX)
                 .expect("open log");
-        let mut plain = LogStore::over(1, engine.clone(), cached.segment_log(), syncer, Some(master.log_cipher()), 0, 0);
+        let mut plain = LogStore::over(1, engine.clone(), cached.group_log(), syncer, Some(master.log_cipher()), 0, 0);
         let (mut first, mut next, mut term) = (1u64, 1u64, 1u64);
         let mut cache_checks = 0;
         for step in 0..600 {
@@ -131,7 +131,7 @@ fn reads_through_the_entry_cache_equal_reads_from_the_segments() {
 }
 
 /// A data directory from before the segment log kept entries in the `raft_log` column
-/// family: opening the store moves them into segment files once, and they read back the same.
+/// family: opening the store moves them into the shared log once, and they read back the same.
 #[test]
 fn entries_of_the_raft_log_column_family_move_into_segments() {
     use kho_engine::Cf;
@@ -149,9 +149,10 @@ fn entries_of_the_raft_log_column_family_move_into_segments() {
             batch.put(Cf::RaftLog, &log_key(1, e.log_id.index), &encode_entry(e));
         }
         engine.write(batch, true).expect("write old-layout log");
-        let log_dir = dir.path().join("raft-log");
+        let log_dir = dir.path().join("log");
         {
-            let mut store = LogStore::open(1, engine.clone(), &log_dir, LogSyncer::start(), None).expect("open");
+            let shared = open_shared_log(&engine, &log_dir).expect("open the shared log");
+            let mut store = LogStore::open(1, engine.clone(), shared, LogSyncer::start(), None).expect("open");
             assert_eq!(store.try_get_log_entries(1..51).await.expect("read"), entries);
             let state = store.get_log_state().await.expect("log state");
             assert_eq!(state.last_log_id.map(|l| l.index), Some(50));
@@ -160,8 +161,58 @@ fn entries_of_the_raft_log_column_family_move_into_segments() {
         assert!(left.is_empty(), "{} entries left in the column family", left.len());
         // Reopened: read from the segments alone (a store with no cache).
         let engine2 = engine.clone();
-        let mut store = LogStore::open_with_cache_limits(1, engine2, &log_dir, LogSyncer::start(), None, 0, 0).expect("reopen");
+        let shared = open_shared_log(&engine2, &log_dir).expect("reopen the shared log");
+        let mut store = LogStore::open_with_cache_limits(1, engine2, shared, LogSyncer::start(), None, 0, 0).expect("reopen");
         assert_eq!(store.try_get_log_entries(1..51).await.expect("read"), entries);
+    });
+}
+
+/// A data directory of the previous build kept one segment log per group in
+/// `raft-log/<group>/`: the node moves each group's entries above its purge point into the
+/// shared log once, removes the old directory, and the entries read back the same.
+#[test]
+fn per_group_segment_logs_move_into_the_shared_log() {
+    use kho_engine::segment_log::SegmentLog;
+    use kho_engine::Cf;
+    use kho_raft::codec::{encode_entry, encode_opt_log_id};
+    use kho_raft::log_store::{meta_key, migrate_group_segment_logs};
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
+    use openraft::testing::{blank_ent, log_id};
+
+    TypeConfig::run(async {
+        let dir = TempDir::new().expect("temp dir");
+        let engine = Engine::open(&dir.path().join("db"), &EngineOptions::default()).expect("engine");
+        let legacy = dir.path().join("raft-log");
+        // Group 1: entries 1..=60, purged up to 10 (its purge point is in raft_meta).
+        let entries: Vec<_> = (1..=60u64).map(|i| blank_ent::<TypeConfig>(2, 1, i)).collect();
+        {
+            let (old, _) = SegmentLog::open(&legacy.join("1"), None).expect("old segment log");
+            let stored: Vec<Vec<u8>> = entries.iter().map(encode_entry).collect();
+            let records: Vec<(u64, &[u8])> = entries.iter().zip(&stored).map(|(e, b)| (e.log_id.index, b.as_slice())).collect();
+            old.append(&records).expect("append");
+            old.sync().expect("sync");
+            old.purge_upto(10).expect("purge");
+        }
+        let mut batch = engine.batch();
+        batch.put(Cf::RaftMeta, &meta_key::key(1, meta_key::LAST_PURGED), &encode_opt_log_id(Some(&log_id::<TypeConfig>(2, 1, 10))));
+        engine.write(batch, true).expect("purge point");
+
+        let log_dir = dir.path().join("log");
+        let shared = open_shared_log(&engine, &log_dir).expect("open the shared log");
+        migrate_group_segment_logs(&engine, &legacy, &shared).expect("migrate");
+        assert!(!legacy.exists(), "the old per-group log directory is removed once moved");
+        let mut store = LogStore::open(1, engine.clone(), shared, LogSyncer::start(), None).expect("open");
+        assert_eq!(store.try_get_log_entries(11..61).await.expect("read"), entries[10..].to_vec());
+        let state = store.get_log_state().await.expect("log state");
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(60));
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(10));
+        drop(store);
+
+        // After a restart, from the shared log alone.
+        let shared = open_shared_log(&engine, &log_dir).expect("reopen the shared log");
+        migrate_group_segment_logs(&engine, &legacy, &shared).expect("nothing left to migrate");
+        let mut store = LogStore::open_with_cache_limits(1, engine.clone(), shared, LogSyncer::start(), None, 0, 0).expect("reopen");
+        assert_eq!(store.try_get_log_entries(11..61).await.expect("read"), entries[10..].to_vec());
     });
 }
 
@@ -218,7 +269,7 @@ fn checkpoint_snapshots_hold_the_state_at_build_time() {
 
         // After a reopen the state machine finds the same snapshot.
         drop(sm);
-        let log = log_store.segment_log();
+        let log = log_store.group_log();
         let mut sm = StateMachine::open(
             1,
             engine.clone(),
