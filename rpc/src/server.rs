@@ -55,6 +55,7 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
         proposal_timeout: Duration::from_millis(config.raft.proposal_timeout_ms),
         reads,
         scans,
+        forwards_lingering: Arc::new(tokio::sync::Semaphore::new(crate::ctx::FORWARDS_LINGERING_MAX)),
     });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<DataServer<DataService>>().await;
