@@ -157,13 +157,18 @@ impl Forward {
         // tonic reports a timer that fired, its own or the leader's server's, as CANCELLED
         // "Timeout expired"; Kho never cancels a call otherwise.
         if s.code() == Code::Cancelled {
-            return Status::deadline_exceeded(format!("{} did not answer before the request's deadline ({}); {}", self.leader(), s.message(), self.outcome()));
+            return Status::deadline_exceeded(format!(
+                "{} did not answer before the request's deadline ({}); {}",
+                self.leader(),
+                s.message(),
+                self.outcome()
+            ));
         }
         // A status with a source was made from a transport error on this side; the
         // leader's own statuses arrive as trailers and have none. The leader never answers
         // UNKNOWN itself.
         if std::error::Error::source(&s).is_some() || s.code() == Code::Unknown {
-            return self.failed(&Status::new(s.code(), format!("{:?}: {}", s.code(), s.message())));
+            return self.failed(&Status::new(s.code(), format!("{:?}: {}", s.code(), with_causes(&s))));
         }
         s
     }
@@ -177,6 +182,22 @@ impl Forward {
     }
 }
 
+/// A transport status's message with the causes beneath it ("http2 error: keep-alive
+/// timed out"), each once.
+fn with_causes(s: &Status) -> String {
+    let mut text = s.message().to_string();
+    let mut cause = std::error::Error::source(s);
+    while let Some(c) = cause {
+        let line = c.to_string();
+        if !text.contains(&line) {
+            text = format!("{text}: {line}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// How `req` arrived and its deadline; `default` from now when it has none.
 pub fn origin_of<T>(req: &Request<T>, default: Duration) -> Result<Origin, Status> {
     let deadline = Deadline::of_request(req.metadata(), SystemTime::now(), default)?;
     Ok(Origin { forwarded: req.metadata().contains_key(FORWARDED), deadline })
@@ -259,9 +280,10 @@ impl Ctx {
                 "membership change not done within {} ms, before the request's deadline; check `kho cluster status`",
                 wait.limit.as_millis()
             ))),
-            Err(_) => {
-                Err(Status::unavailable(format!("membership change not done within {} ms; check `kho cluster status`", wait.limit.as_millis())))
-            }
+            Err(_) => Err(Status::unavailable(format!(
+                "membership change not done within {} ms; check `kho cluster status`",
+                wait.limit.as_millis()
+            ))),
             Ok(Ok(voters)) => Ok(Leader::Here(voters)),
             Ok(Err(e)) => self.route(e, origin, Kind::Write),
         }
@@ -272,9 +294,10 @@ impl Ctx {
         let wait = self.wait(origin, Kind::Read, self.proposal_timeout)?;
         let g = self.group();
         match tokio::time::timeout(wait.limit, g.read_barrier()).await {
-            Err(_) if wait.by_deadline => {
-                Err(Status::deadline_exceeded(format!("leadership not confirmed within {} ms, before the request's deadline", wait.limit.as_millis())))
-            }
+            Err(_) if wait.by_deadline => Err(Status::deadline_exceeded(format!(
+                "leadership not confirmed within {} ms, before the request's deadline",
+                wait.limit.as_millis()
+            ))),
             Err(_) => Err(Status::unavailable(format!(
                 "leadership not confirmed within {} ms (raft.proposal_timeout_ms): no quorum reachable",
                 wait.limit.as_millis()
@@ -406,6 +429,7 @@ mod tests {
         assert_eq!(s.code(), Code::Unavailable);
         assert!(s.message().starts_with("forwarding to the leader (node 2 at 10.0.0.2:7001) failed: "), "{}", s.message());
         assert!(s.message().contains("the write may or may not have been applied"), "{}", s.message());
+        assert_eq!(s.message().matches("connection reset").count(), 1, "{}", s.message());
         let read = to(Kind::Read, in_a_minute()).map_status(Status::from_error(Box::new(std::io::Error::other("x"))));
         assert_eq!(read.code(), Code::Unavailable);
         assert!(read.message().contains("node 2") && !read.message().contains("may or may not"), "{}", read.message());
