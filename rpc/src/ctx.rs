@@ -35,7 +35,7 @@ pub const FORWARD_MARGIN_MS: u64 = 1_000;
 /// ends but does not cancel the call: a cancelled call is an HTTP/2 stream reset, and a cut
 /// link delivers those in a burst when it heals. The leader answers every forwarded call by
 /// its deadline, and keepalive closes a dead connection within
-/// [`crate::channels::PEER_DEAD_AFTER_MS`], both well within this.
+/// `channels::PEER_DEAD_AFTER_MS` (2 s), both well within this.
 pub const FORWARD_LINGER_MS: u64 = 3_000;
 const _: () = assert!(FORWARD_LINGER_MS > crate::channels::PEER_DEAD_AFTER_MS, "a lingering call must outlive a dead connection");
 
