@@ -8,10 +8,10 @@ use kho_proto::v1::admin_server::Admin;
 use kho_proto::v1::{self as pb};
 use kho_raft::command::{NewTenantKeys, Outcome};
 use kho_raft::keyring::{self, KeyState};
-use kho_raft::{Command, GroupStatus, ProposeError};
+use kho_raft::{Command, GroupStatus};
 use tonic::{Request, Response, Status};
 
-use crate::ctx::{is_forwarded, Ctx, Leader};
+use crate::ctx::{origin_of, Ctx, Leader, Origin, FORWARD_MARGIN_MS};
 use crate::{forward, status, validate};
 
 /// How long ClusterStatus waits for each member's own status, milliseconds.
@@ -46,28 +46,10 @@ fn admin_outcome(r: kho_raft::Response) -> Result<u64, Status> {
     }
 }
 
-impl AdminService {
-    async fn membership_change<F, Fut>(&self, fwd: bool, timeout_ms: u64, f: F) -> Result<Leader<Vec<u64>>, Status>
-    where
-        F: FnOnce(Arc<kho_raft::Group>) -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<u64>, ProposeError>>,
-    {
-        let g = self.ctx.group();
-        match tokio::time::timeout(Duration::from_millis(timeout_ms), f(g)).await {
-            Err(_) => Err(Status::unavailable(format!("membership change not done within {timeout_ms} ms; check `kho cluster status`"))),
-            Ok(Ok(voters)) => Ok(Leader::Here(voters)),
-            Ok(Err(ProposeError::ForwardToLeader { leader_id: Some(id), leader_addr: Some(addr) })) if !fwd && id != self.ctx.node.id => {
-                Ok(Leader::There(addr))
-            }
-            Ok(Err(e)) => Err(status::propose_error(e)),
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_tenant(&self, req: Request<pb::CreateTenantRequest>) -> Result<Response<pb::CreateTenantResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         validate::name("name", &r.name)?;
         let master = self.ctx.group().state.master.clone();
@@ -95,24 +77,24 @@ impl Admin for AdminService {
             }),
             _ => None,
         };
-        match self.ctx.propose(Command::CreateTenant { name: r.name.clone(), keys }, fwd).await? {
+        match self.ctx.propose(Command::CreateTenant { name: r.name.clone(), keys }, &origin).await? {
             Leader::Here(resp) => Ok(Response::new(pb::CreateTenantResponse { revision: admin_outcome(resp)? })),
-            Leader::There(addr) => forward!(self.ctx, admin_client, addr, create_tenant, r),
+            Leader::There(to) => forward!(self.ctx, admin_client, to, create_tenant, r),
         }
     }
 
     async fn list_tenants(&self, req: Request<pb::ListTenantsRequest>) -> Result<Response<pb::ListTenantsResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
-        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
-            return forward!(self.ctx, admin_client, addr, list_tenants, r);
+        if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
+            return forward!(self.ctx, admin_client, to, list_tenants, r);
         }
         let tenants = self.ctx.group().state.catalog().tenants.keys().cloned().collect();
         Ok(Response::new(pb::ListTenantsResponse { tenants }))
     }
 
     async fn create_table(&self, req: Request<pb::CreateTableRequest>) -> Result<Response<pb::CreateTableResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         validate::name("tenant", &r.tenant)?;
         validate::name("name", &r.name)?;
@@ -128,17 +110,17 @@ impl Admin for AdminService {
             families: r.families.iter().map(|f| f.name.clone()).collect(),
             hashed_row_keys: r.hashed_row_keys,
         };
-        match self.ctx.propose(cmd, fwd).await? {
+        match self.ctx.propose(cmd, &origin).await? {
             Leader::Here(resp) => Ok(Response::new(pb::CreateTableResponse { revision: admin_outcome(resp)? })),
-            Leader::There(addr) => forward!(self.ctx, admin_client, addr, create_table, r),
+            Leader::There(to) => forward!(self.ctx, admin_client, to, create_table, r),
         }
     }
 
     async fn list_tables(&self, req: Request<pb::ListTablesRequest>) -> Result<Response<pb::ListTablesResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
-        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
-            return forward!(self.ctx, admin_client, addr, list_tables, r);
+        if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
+            return forward!(self.ctx, admin_client, to, list_tables, r);
         }
         let g = self.ctx.group();
         let cat = g.state.catalog();
@@ -160,13 +142,13 @@ impl Admin for AdminService {
     }
 
     async fn drop_table(&self, req: Request<pb::DropTableRequest>) -> Result<Response<pb::DropTableResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         validate::name("tenant", &r.tenant)?;
         validate::name("name", &r.name)?;
-        match self.ctx.propose(Command::DropTable { tenant: r.tenant.clone(), name: r.name.clone() }, fwd).await? {
+        match self.ctx.propose(Command::DropTable { tenant: r.tenant.clone(), name: r.name.clone() }, &origin).await? {
             Leader::Here(resp) => Ok(Response::new(pb::DropTableResponse { revision: admin_outcome(resp)? })),
-            Leader::There(addr) => forward!(self.ctx, admin_client, addr, drop_table, r),
+            Leader::There(to) => forward!(self.ctx, admin_client, to, drop_table, r),
         }
     }
 
@@ -213,7 +195,7 @@ impl Admin for AdminService {
     }
 
     async fn add_node(&self, req: Request<pb::AddNodeRequest>) -> Result<Response<pb::AddNodeResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = origin_of(&req, Duration::from_millis(ADD_NODE_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
         let r = req.into_inner();
         if r.node_id == 0 {
             return Err(Status::invalid_argument("node_id: must be > 0"));
@@ -223,17 +205,15 @@ impl Admin for AdminService {
             _ => return Err(Status::invalid_argument(format!("address: `{}` is not host:port", r.address))),
         }
         let (id, addr) = (r.node_id, r.address.clone());
-        match self.membership_change(fwd, ADD_NODE_TIMEOUT_MS, move |g| async move { g.add_node(id, addr).await }).await? {
+        let limit = Duration::from_millis(ADD_NODE_TIMEOUT_MS);
+        match self.ctx.change_membership(&origin, limit, move |g| async move { g.add_node(id, addr).await }).await? {
             Leader::Here(voters) => Ok(Response::new(pb::AddNodeResponse { voters })),
-            Leader::There(addr) => {
-                let mut c = self.ctx.admin_client(&addr)?;
-                c.add_node(crate::ctx::forwarded_request(r, Duration::from_millis(ADD_NODE_TIMEOUT_MS + 5_000))).await
-            }
+            Leader::There(to) => forward!(self.ctx, admin_client, to, add_node, r),
         }
     }
 
     async fn rotate_tenant_key(&self, req: Request<pb::RotateTenantKeyRequest>) -> Result<Response<pb::RotateTenantKeyResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         validate::name("tenant", &r.tenant)?;
         let (version, has_hasher) = {
@@ -253,9 +233,9 @@ impl Admin for AdminService {
             data_key: keyring::new_wrapped_key(&m, &r.tenant, version),
             hash_key: (!has_hasher).then(|| keyring::new_wrapped_key(&m, &r.tenant, keyring::HASH_KEY_VERSION)),
         };
-        match self.ctx.propose(cmd, fwd).await? {
+        match self.ctx.propose(cmd, &origin).await? {
             Leader::Here(resp) => Ok(Response::new(pb::RotateTenantKeyResponse { revision: admin_outcome(resp)?, version })),
-            Leader::There(addr) => forward!(self.ctx, admin_client, addr, rotate_tenant_key, r),
+            Leader::There(to) => forward!(self.ctx, admin_client, to, rotate_tenant_key, r),
         }
     }
 
@@ -263,10 +243,10 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::StartReencryptionRequest>,
     ) -> Result<Response<pb::StartReencryptionResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         validate::name("tenant", &r.tenant)?;
-        match self.ctx.propose(Command::StartReencrypt { tenant: r.tenant.clone() }, fwd).await? {
+        match self.ctx.propose(Command::StartReencrypt { tenant: r.tenant.clone() }, &origin).await? {
             Leader::Here(resp) => {
                 let revision = resp.revision;
                 match resp.outcome {
@@ -277,19 +257,18 @@ impl Admin for AdminService {
                     other => Err(status::internal(format!("unexpected outcome {other:?}"))),
                 }
             }
-            Leader::There(addr) => forward!(self.ctx, admin_client, addr, start_reencryption, r),
+            Leader::There(to) => forward!(self.ctx, admin_client, to, start_reencryption, r),
         }
     }
 
     async fn tenant_key_status(&self, req: Request<pb::TenantKeyStatusRequest>) -> Result<Response<pb::TenantKeyStatusResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = origin_of(&req, Duration::from_millis(KEY_STATUS_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
         let r = req.into_inner();
         if !r.tenant.is_empty() {
             validate::name("tenant", &r.tenant)?;
         }
-        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
-            let mut c = self.ctx.admin_client(&addr)?;
-            return c.tenant_key_status(crate::ctx::forwarded_request(r, Duration::from_millis(KEY_STATUS_TIMEOUT_MS + 5_000))).await;
+        if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
+            return forward!(self.ctx, admin_client, to, tenant_key_status, r);
         }
         Ok(Response::new(self.key_status_here(&r.tenant, !r.without_counts).await?))
     }
@@ -298,12 +277,11 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DestroyTenantKeyRequest>,
     ) -> Result<Response<pb::DestroyTenantKeyResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = origin_of(&req, Duration::from_millis(KEY_STATUS_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
         let r = req.into_inner();
         validate::name("tenant", &r.tenant)?;
-        if let Leader::There(addr) = self.ctx.read_barrier(fwd).await? {
-            let mut c = self.ctx.admin_client(&addr)?;
-            return c.destroy_tenant_key(crate::ctx::forwarded_request(r, Duration::from_millis(KEY_STATUS_TIMEOUT_MS + 5_000))).await;
+        if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
+            return forward!(self.ctx, admin_client, to.as_write(), destroy_tenant_key, r);
         }
         // Nothing may still be sealed under the version: count at the leader's applied state.
         // Values are only ever sealed under the current version (or a running re-encryption's
@@ -322,7 +300,9 @@ impl Admin for AdminService {
                 r.tenant, r.version, v.values, r.tenant
             )));
         }
-        match self.ctx.propose(Command::DestroyKey { tenant: r.tenant.clone(), version: r.version }, true).await? {
+        // Proposed here or not at all: the check above was made on this node's state.
+        let here = Origin { forwarded: true, ..origin };
+        match self.ctx.propose(Command::DestroyKey { tenant: r.tenant.clone(), version: r.version }, &here).await? {
             Leader::Here(resp) => Ok(Response::new(pb::DestroyTenantKeyResponse { revision: admin_outcome(resp)? })),
             Leader::There(_) => Err(Status::unavailable("the leader changed during the check; retry")),
         }
@@ -344,7 +324,7 @@ impl Admin for AdminService {
     }
 
     async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = origin_of(&req, self.ctx.proposal_timeout * 2 + Duration::from_millis(FORWARD_MARGIN_MS))?;
         let r = req.into_inner();
         if r.node_id == 0 {
             return Err(Status::invalid_argument("node_id: must be > 0"));
@@ -354,10 +334,10 @@ impl Admin for AdminService {
             return Err(Status::not_found(format!("node {} is not a member", r.node_id)));
         }
         let id = r.node_id;
-        let timeout_ms = self.ctx.proposal_timeout.as_millis() as u64 * 2;
-        match self.membership_change(fwd, timeout_ms, move |g| async move { g.remove_node(id).await }).await? {
+        let limit = self.ctx.proposal_timeout * 2;
+        match self.ctx.change_membership(&origin, limit, move |g| async move { g.remove_node(id).await }).await? {
             Leader::Here(voters) => Ok(Response::new(pb::RemoveNodeResponse { voters })),
-            Leader::There(addr) => forward!(self.ctx, admin_client, addr, remove_node, r),
+            Leader::There(to) => forward!(self.ctx, admin_client, to, remove_node, r),
         }
     }
 }

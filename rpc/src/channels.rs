@@ -1,5 +1,13 @@
 //! One gRPC channel per peer address, created on first use and reused by every group's
 //! Raft messages and by request forwarding.
+//!
+//! A peer connection notices a dead link by HTTP/2 keepalive: when it has received nothing
+//! for [`PEER_KEEPALIVE_INTERVAL_MS`] it sends a PING, busy or idle, and closes the
+//! connection if no acknowledgement comes within [`PEER_KEEPALIVE_TIMEOUT_MS`]: so a
+//! connection is closed at most [`PEER_DEAD_AFTER_MS`] after the last bytes it received.
+//! Its calls then fail at once (UNAVAILABLE) instead of waiting out their timeouts, and the
+//! next call opens a new connection. The server side pings the same way
+//! (`rpc/src/server.rs`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,6 +18,18 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Connect timeout for a peer channel, milliseconds.
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+/// A peer connection that has received nothing for this long sends an HTTP/2 PING,
+/// milliseconds (also while no call is in flight).
+pub const PEER_KEEPALIVE_INTERVAL_MS: u64 = 1_000;
+
+/// A PING not acknowledged within this long closes the connection, milliseconds. It bounds
+/// the round trip between nodes that a connection survives: keep nodes well under it apart.
+pub const PEER_KEEPALIVE_TIMEOUT_MS: u64 = 1_000;
+
+/// Longest time a connection whose link died stays open: the keepalive interval and
+/// timeout, milliseconds (docs/ARCHITECTURE.md, "Peer connections").
+pub const PEER_DEAD_AFTER_MS: u64 = PEER_KEEPALIVE_INTERVAL_MS + PEER_KEEPALIVE_TIMEOUT_MS;
 
 #[derive(Default)]
 pub struct Channels {
@@ -32,8 +52,9 @@ impl Channels {
             .map_err(|e| format!("bad peer address `{addr}`: {e}"))?
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_millis(PEER_KEEPALIVE_INTERVAL_MS))
+            .keep_alive_timeout(Duration::from_millis(PEER_KEEPALIVE_TIMEOUT_MS))
+            .keep_alive_while_idle(true)
             .local_address(self.source_ip);
         let channel = endpoint.connect_lazy();
         map.insert(addr.to_string(), channel.clone());

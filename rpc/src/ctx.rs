@@ -2,17 +2,21 @@
 //! routing of a request to the Raft leader.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use futures::Stream;
 use kho_proto::v1::admin_client::AdminClient;
 use kho_proto::v1::data_client::DataClient;
 use kho_raft::command::Outcome;
 use kho_raft::{Command, Group, ProposeError, RaftNode};
+use tokio::sync::Semaphore;
+use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-use tonic::{Request, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::channels::Channels;
 use crate::config::Limits;
+use crate::deadline::{self, Deadline, DEADLINE_HEADER};
 use crate::pool::BlockingPool;
 use crate::status;
 
@@ -20,6 +24,24 @@ use crate::status;
 /// that reaches a non-leader is answered UNAVAILABLE instead of being forwarded again (a
 /// linearizable read is first tried there as a follower read).
 pub const FORWARDED: &str = "kho-forwarded";
+
+/// Added to `raft.proposal_timeout_ms` to make the deadline of a request that came without
+/// one (no `grpc-timeout`): the time to forward it to the leader and its answer back,
+/// milliseconds.
+pub const FORWARD_MARGIN_MS: u64 = 1_000;
+
+/// How long past the forwarding node's own wait a forwarded call stays open for the
+/// leader's answer, milliseconds. The forwarding node answers its client when its wait
+/// ends but does not cancel the call: a cancelled call is an HTTP/2 stream reset, and a cut
+/// link delivers those in a burst when it heals. The leader answers every forwarded call by
+/// its deadline, and keepalive closes a dead connection within
+/// `channels::PEER_DEAD_AFTER_MS` (2 s), both well within this.
+pub const FORWARD_LINGER_MS: u64 = 3_000;
+const _: () = assert!(FORWARD_LINGER_MS > crate::channels::PEER_DEAD_AFTER_MS, "a lingering call must outlive a dead connection");
+
+/// Most forwarded calls left open past their client's answer at once, count. Beyond it a
+/// call is cancelled when its wait ends.
+pub const FORWARDS_LINGERING_MAX: usize = 4_096;
 
 pub struct Ctx {
     pub node: Arc<RaftNode>,
@@ -30,25 +52,161 @@ pub struct Ctx {
     pub reads: Arc<BlockingPool>,
     /// Scans (`limits.scan_threads`).
     pub scans: Arc<BlockingPool>,
+    /// Permits of forwarded calls that may stay open past their wait ([`FORWARDS_LINGERING_MAX`]).
+    pub forwards_lingering: Arc<Semaphore>,
+}
+
+/// Whether a request may change data: what a failed forward may have done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Write,
+    Read,
+}
+
+/// How a request arrived: from a client or forwarded by a node, and its deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub forwarded: bool,
+    pub deadline: Deadline,
 }
 
 /// Where a request is served.
 pub enum Leader<T> {
     /// Served here (this node is the leader, or a follower that may serve the read).
     Here(T),
-    /// Forward to the leader at this address.
-    There(String),
+    /// Forward to the leader.
+    There(Forward),
 }
 
-pub fn is_forwarded<T>(req: &Request<T>) -> bool {
-    req.metadata().contains_key(FORWARDED)
+/// A request to hand to the leader: which node, what kind of request, and its deadline.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub leader_id: u64,
+    pub addr: String,
+    pub kind: Kind,
+    pub deadline: Deadline,
 }
 
-pub fn forwarded_request<T>(msg: T, timeout: Duration) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    req.set_timeout(timeout);
-    req
+impl Forward {
+    /// The same request, counted as a write (a read barrier that precedes a write).
+    pub fn as_write(self) -> Forward {
+        Forward { kind: Kind::Write, ..self }
+    }
+
+    fn leader(&self) -> String {
+        format!("the leader (node {} at {})", self.leader_id, self.addr)
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self.kind {
+            Kind::Write => "the write may or may not have been applied",
+            Kind::Read => "nothing was changed",
+        }
+    }
+
+    /// The request to send and how long to wait for its answer. DEADLINE_EXCEEDED, and
+    /// nothing sent, once the deadline has passed.
+    pub fn request<T>(&self, msg: T) -> Result<(Request<T>, Duration), Status> {
+        let Some(remaining) = self.deadline.remaining(SystemTime::now()) else {
+            return Err(Status::deadline_exceeded(format!(
+                "the request's deadline passed before it could be forwarded to {}: {}",
+                self.leader(),
+                match self.kind {
+                    Kind::Write => "the write was not applied",
+                    Kind::Read => "nothing was read",
+                }
+            )));
+        };
+        let mut req = Request::new(msg);
+        req.metadata_mut().insert(FORWARDED, MetadataValue::from_static("1"));
+        let unix_ms = MetadataValue::try_from(self.deadline.unix_ms().to_string()).expect("digits are a valid header value");
+        req.metadata_mut().insert(DEADLINE_HEADER, unix_ms);
+        // The leader also gets the time left as grpc-timeout; it keeps the earlier of the two.
+        req.set_timeout(remaining);
+        Ok((req, deadline::wait_budget(remaining)))
+    }
+
+    /// A failure to reach the leader, as the client sees it: UNAVAILABLE naming the leader.
+    pub fn failed(&self, why: &Status) -> Status {
+        let retry = match self.kind {
+            Kind::Write => "; retry with backoff, possibly through another node (make retries idempotent)",
+            Kind::Read => "; retry with backoff, possibly through another node",
+        };
+        Status::unavailable(format!("forwarding to {} failed: {}; {}{retry}", self.leader(), why.message(), self.outcome()))
+    }
+
+    /// The answer of a forwarded call as the client sees it. The leader's own answers keep
+    /// their code and message; what the transport made up (a broken or refused connection,
+    /// an HTTP/2 error, a timeout) becomes UNAVAILABLE or DEADLINE_EXCEEDED naming the
+    /// leader, never UNKNOWN or CANCELLED. `None`: no answer within `waited`.
+    pub fn answer<R>(&self, waited: Duration, r: Option<Result<Response<R>, Status>>) -> Result<Response<R>, Status> {
+        match r {
+            None => Err(Status::deadline_exceeded(format!(
+                "{} did not answer within {} ms, before the request's deadline; {}",
+                self.leader(),
+                waited.as_millis(),
+                self.outcome()
+            ))),
+            Some(Ok(resp)) => Ok(resp),
+            Some(Err(s)) => Err(self.map_status(s)),
+        }
+    }
+
+    /// See [`Forward::answer`]; also for the items of a forwarded stream.
+    pub fn map_status(&self, s: Status) -> Status {
+        // tonic reports a timer that fired, its own or the leader's server's, as CANCELLED
+        // "Timeout expired"; Kho never cancels a call otherwise.
+        if s.code() == Code::Cancelled {
+            return Status::deadline_exceeded(format!(
+                "{} did not answer before the request's deadline ({}); {}",
+                self.leader(),
+                s.message(),
+                self.outcome()
+            ));
+        }
+        // A status with a source was made from a transport error on this side; the
+        // leader's own statuses arrive as trailers and have none. The leader never answers
+        // UNKNOWN itself.
+        if std::error::Error::source(&s).is_some() || s.code() == Code::Unknown {
+            return self.failed(&Status::new(s.code(), format!("{:?}: {}", s.code(), with_causes(&s))));
+        }
+        s
+    }
+
+    /// A forwarded stream whose errors are mapped as by [`Forward::map_status`].
+    pub fn stream<T>(self, s: tonic::Streaming<T>) -> impl Stream<Item = Result<T, Status>> + Send + 'static
+    where
+        T: Send + 'static,
+    {
+        futures::StreamExt::map(s, move |item| item.map_err(|e| self.map_status(e)))
+    }
+}
+
+/// A transport status's message with the causes beneath it ("http2 error: keep-alive
+/// timed out"), each once.
+fn with_causes(s: &Status) -> String {
+    let mut text = s.message().to_string();
+    let mut cause = std::error::Error::source(s);
+    while let Some(c) = cause {
+        let line = c.to_string();
+        if !text.contains(&line) {
+            text = format!("{text}: {line}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// How `req` arrived and its deadline; `default` from now when it has none.
+pub fn origin_of<T>(req: &Request<T>, default: Duration) -> Result<Origin, Status> {
+    let deadline = Deadline::of_request(req.metadata(), SystemTime::now(), default)?;
+    Ok(Origin { forwarded: req.metadata().contains_key(FORWARDED), deadline })
+}
+
+/// How long a wait for a quorum may take, and whether the deadline set it.
+struct Wait {
+    limit: Duration,
+    by_deadline: bool,
 }
 
 impl Ctx {
@@ -56,49 +214,104 @@ impl Ctx {
         self.node.data_group()
     }
 
-    fn route<T>(&self, e: ProposeError, forwarded: bool) -> Result<Leader<T>, Status> {
+    /// How `req` arrived and its deadline (without one: `raft.proposal_timeout_ms` plus
+    /// [`FORWARD_MARGIN_MS`] from now). INVALID_ARGUMENT for a malformed deadline header.
+    pub fn origin<T>(&self, req: &Request<T>) -> Result<Origin, Status> {
+        origin_of(req, self.proposal_timeout + Duration::from_millis(FORWARD_MARGIN_MS))
+    }
+
+    /// How long a wait for a quorum may take: `raft.proposal_timeout_ms`, or the time left
+    /// before the deadline (less [`deadline::DEADLINE_REPLY_MARGIN_MS`]) when that is
+    /// shorter. DEADLINE_EXCEEDED once the deadline has passed: nothing is proposed,
+    /// forwarded or read for such a request. Called right before every proposal and read
+    /// barrier, so every write and read path has the check.
+    fn wait(&self, origin: &Origin, kind: Kind, limit: Duration) -> Result<Wait, Status> {
+        let Some(remaining) = origin.deadline.remaining(SystemTime::now()) else {
+            return Err(Status::deadline_exceeded(match kind {
+                Kind::Write => "the request's deadline passed before it was proposed: the write was not applied",
+                Kind::Read => "the request's deadline passed before the read began: nothing was read",
+            }));
+        };
+        let budget = deadline::wait_budget(remaining);
+        Ok(if budget < limit { Wait { limit: budget, by_deadline: true } } else { Wait { limit, by_deadline: false } })
+    }
+
+    fn route<T>(&self, e: ProposeError, origin: &Origin, kind: Kind) -> Result<Leader<T>, Status> {
         match e {
-            ProposeError::ForwardToLeader { leader_id: Some(id), leader_addr: Some(addr) } if !forwarded && id != self.node.id => {
-                Ok(Leader::There(addr))
+            ProposeError::ForwardToLeader { leader_id: Some(id), leader_addr: Some(addr) } if !origin.forwarded && id != self.node.id => {
+                Ok(Leader::There(Forward { leader_id: id, addr, kind, deadline: origin.deadline }))
             }
-            ProposeError::ForwardToLeader { .. } if forwarded => {
+            ProposeError::ForwardToLeader { .. } if origin.forwarded => {
                 Err(Status::unavailable("the leader changed while the request was forwarded; retry"))
             }
             other => Err(status::propose_error(other)),
         }
     }
 
-    /// Proposes a command on the leader, waiting at most `raft.proposal_timeout_ms`.
-    pub async fn propose(&self, cmd: Command, forwarded: bool) -> Result<Leader<kho_raft::Response>, Status> {
+    /// Proposes a command on the leader, waiting at most `raft.proposal_timeout_ms` (or
+    /// until shortly before the deadline), or says where the leader is.
+    pub async fn propose(&self, cmd: Command, origin: &Origin) -> Result<Leader<kho_raft::Response>, Status> {
+        let wait = self.wait(origin, Kind::Write, self.proposal_timeout)?;
         let g = self.group();
-        match tokio::time::timeout(self.proposal_timeout, g.propose(cmd)).await {
+        match tokio::time::timeout(wait.limit, g.propose(cmd)).await {
+            Err(_) if wait.by_deadline => Err(Status::deadline_exceeded(format!(
+                "not committed within {} ms, before the request's deadline; the write may or may not have been applied",
+                wait.limit.as_millis()
+            ))),
             Err(_) => Err(Status::unavailable(format!(
-                "not committed within {} ms (raft.proposal_timeout_ms): no quorum reachable; the write may or may not be applied",
-                self.proposal_timeout.as_millis()
+                "not committed within {} ms (raft.proposal_timeout_ms): no quorum reachable; the write may or may not have been applied",
+                wait.limit.as_millis()
             ))),
             Ok(Ok(r)) => Ok(Leader::Here(r)),
-            Ok(Err(e)) => self.route(e, forwarded),
+            Ok(Err(e)) => self.route(e, origin, Kind::Write),
+        }
+    }
+
+    /// A membership change (`f`), waiting at most `limit` (or until shortly before the
+    /// deadline), or where the leader is.
+    pub async fn change_membership<F, Fut>(&self, origin: &Origin, limit: Duration, f: F) -> Result<Leader<Vec<u64>>, Status>
+    where
+        F: FnOnce(Arc<Group>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u64>, ProposeError>>,
+    {
+        let wait = self.wait(origin, Kind::Write, limit)?;
+        match tokio::time::timeout(wait.limit, f(self.group())).await {
+            Err(_) if wait.by_deadline => Err(Status::deadline_exceeded(format!(
+                "membership change not done within {} ms, before the request's deadline; check `kho cluster status`",
+                wait.limit.as_millis()
+            ))),
+            Err(_) => Err(Status::unavailable(format!(
+                "membership change not done within {} ms; check `kho cluster status`",
+                wait.limit.as_millis()
+            ))),
+            Ok(Ok(voters)) => Ok(Leader::Here(voters)),
+            Ok(Err(e)) => self.route(e, origin, Kind::Write),
         }
     }
 
     /// Waits until a linearizable read can be served from this node's state.
-    pub async fn read_barrier(&self, forwarded: bool) -> Result<Leader<()>, Status> {
+    pub async fn read_barrier(&self, origin: &Origin) -> Result<Leader<()>, Status> {
+        let wait = self.wait(origin, Kind::Read, self.proposal_timeout)?;
         let g = self.group();
-        match tokio::time::timeout(self.proposal_timeout, g.read_barrier()).await {
+        match tokio::time::timeout(wait.limit, g.read_barrier()).await {
+            Err(_) if wait.by_deadline => Err(Status::deadline_exceeded(format!(
+                "leadership not confirmed within {} ms, before the request's deadline",
+                wait.limit.as_millis()
+            ))),
             Err(_) => Err(Status::unavailable(format!(
                 "leadership not confirmed within {} ms (raft.proposal_timeout_ms): no quorum reachable",
-                self.proposal_timeout.as_millis()
+                wait.limit.as_millis()
             ))),
             Ok(Ok(())) => Ok(Leader::Here(())),
-            Ok(Err(e)) => self.route(e, forwarded),
+            Ok(Err(e)) => self.route(e, origin, Kind::Read),
         }
     }
 
     /// `read_barrier` for a read that asked for `consistency` (the proto enum's number):
     /// a STALE read is served from this node's state at once, without the leader.
-    pub async fn read_barrier_for(&self, consistency: i32, forwarded: bool) -> Result<Leader<()>, Status> {
+    pub async fn read_barrier_for(&self, consistency: i32, origin: &Origin) -> Result<Leader<()>, Status> {
         match kho_proto::v1::ReadConsistency::try_from(consistency) {
-            Ok(kho_proto::v1::ReadConsistency::Linearizable) => self.read_barrier(forwarded).await,
+            Ok(kho_proto::v1::ReadConsistency::Linearizable) => self.read_barrier(origin).await,
             Ok(kho_proto::v1::ReadConsistency::Stale) => Ok(Leader::Here(())),
             Err(_) => Err(Status::invalid_argument(format!(
                 "consistency: unknown value {consistency}; use 0 (READ_CONSISTENCY_LINEARIZABLE) or 1 (READ_CONSISTENCY_STALE)"
@@ -120,9 +333,32 @@ impl Ctx {
         Ok(AdminClient::new(self.channel(addr)?).max_decoding_message_size(n).max_encoding_message_size(n))
     }
 
-    /// Timeout for a forwarded request: the leader's own wait plus a margin.
-    pub fn forward_timeout(&self) -> Duration {
-        self.proposal_timeout * 2
+    /// Runs a forwarded call and waits at most `budget` for its answer. With a permit of
+    /// [`FORWARDS_LINGERING_MAX`], the call runs in a task of its own that keeps it open up
+    /// to [`FORWARD_LINGER_MS`] longer, so that neither this wait ending nor the client
+    /// going away cancels it (an HTTP/2 reset; see `FORWARD_LINGER_MS`).
+    pub async fn call_forwarded<R, F>(&self, to: &Forward, budget: Duration, call: F) -> Result<Response<R>, Status>
+    where
+        R: Send + 'static,
+        F: std::future::Future<Output = Result<Response<R>, Status>> + Send + 'static,
+    {
+        let answer = match self.forwards_lingering.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let linger = budget + Duration::from_millis(FORWARD_LINGER_MS);
+                let task = tokio::spawn(async move {
+                    let _permit = permit;
+                    tokio::time::timeout(linger, call).await
+                });
+                // Dropping the handle (our wait ended, or our client went away) leaves the task running.
+                match tokio::time::timeout(budget, task).await {
+                    Ok(Ok(Ok(answer))) => Some(answer),
+                    Ok(Ok(Err(_))) | Err(_) => None,
+                    Ok(Err(join)) => return Err(Status::internal(format!("the forwarded call's task failed: {join}"))),
+                }
+            }
+            Err(_) => tokio::time::timeout(budget, call).await.ok(),
+        };
+        to.answer(budget, answer)
     }
 }
 
@@ -141,11 +377,82 @@ pub fn written(r: kho_raft::Response) -> Result<Written, Status> {
     }
 }
 
-/// Forwards a unary request to the leader and returns its answer as ours.
+/// Forwards a request to the leader (a [`Forward`], which carries the client's deadline)
+/// and returns its answer as ours, failures of the forwarding mapped by [`Forward::answer`].
 #[macro_export]
 macro_rules! forward {
-    ($ctx:expr, $client:ident, $addr:expr, $method:ident, $msg:expr) => {{
-        let mut client = $ctx.$client(&$addr)?;
-        client.$method($crate::ctx::forwarded_request($msg, $ctx.forward_timeout())).await
+    ($ctx:expr, $client:ident, $to:expr, $method:ident, $msg:expr) => {{
+        let to: $crate::ctx::Forward = $to;
+        let (req, budget) = to.request($msg)?;
+        let mut client = $ctx.$client(&to.addr).map_err(|s| to.failed(&s))?;
+        $ctx.call_forwarded(&to, budget, async move { client.$method(req).await }).await
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to(kind: Kind, deadline: Deadline) -> Forward {
+        Forward { leader_id: 2, addr: "10.0.0.2:7001".into(), kind, deadline }
+    }
+
+    fn in_a_minute() -> Deadline {
+        Deadline::after(SystemTime::now(), Duration::from_secs(60))
+    }
+
+    #[test]
+    fn a_forwarded_request_carries_the_absolute_deadline_and_the_time_left() {
+        let d = in_a_minute();
+        let (req, budget) = to(Kind::Write, d).request(()).unwrap();
+        assert_eq!(req.metadata().get(FORWARDED).unwrap(), "1");
+        assert_eq!(req.metadata().get(DEADLINE_HEADER).unwrap().to_str().unwrap(), d.unix_ms().to_string());
+        let timeout = crate::deadline::parse_grpc_timeout(req.metadata().get("grpc-timeout").unwrap().to_str().unwrap()).unwrap();
+        assert!(timeout <= Duration::from_secs(60) && timeout > Duration::from_secs(59), "{timeout:?}");
+        assert!(budget < timeout, "the wait ends before the deadline: {budget:?} vs {timeout:?}");
+    }
+
+    #[test]
+    fn nothing_is_forwarded_past_the_deadline() {
+        let past = Deadline::from_unix_ms(crate::deadline::unix_ms(SystemTime::now()) - 1);
+        let e = to(Kind::Write, past).request(()).unwrap_err();
+        assert_eq!(e.code(), Code::DeadlineExceeded);
+        assert!(e.message().contains("node 2 at 10.0.0.2:7001") && e.message().contains("was not applied"), "{}", e.message());
+    }
+
+    #[test]
+    fn transport_failures_become_unavailable_naming_the_leader() {
+        let f = to(Kind::Write, in_a_minute());
+        let transport = Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert_eq!(transport.code(), Code::Unknown, "tonic's own mapping, for the record");
+        let s = f.map_status(transport);
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.message().starts_with("forwarding to the leader (node 2 at 10.0.0.2:7001) failed: "), "{}", s.message());
+        assert!(s.message().contains("the write may or may not have been applied"), "{}", s.message());
+        assert_eq!(s.message().matches("connection reset").count(), 1, "{}", s.message());
+        let read = to(Kind::Read, in_a_minute()).map_status(Status::from_error(Box::new(std::io::Error::other("x"))));
+        assert_eq!(read.code(), Code::Unavailable);
+        assert!(read.message().contains("node 2") && !read.message().contains("may or may not"), "{}", read.message());
+    }
+
+    #[test]
+    fn timeouts_become_deadline_exceeded_and_the_leaders_answers_pass_unchanged() {
+        let f = to(Kind::Write, in_a_minute());
+        let s = f.map_status(Status::cancelled("Timeout expired"));
+        assert_eq!(s.code(), Code::DeadlineExceeded);
+        assert!(s.message().contains("may or may not have been applied"), "{}", s.message());
+        let s = f.answer::<()>(Duration::from_millis(950), None).unwrap_err();
+        assert_eq!(s.code(), Code::DeadlineExceeded);
+        assert!(s.message().contains("within 950 ms") && s.message().contains("node 2"), "{}", s.message());
+        for leaders in [
+            Status::not_found("table `t/x` does not exist"),
+            Status::resource_exhausted("this node is serving 4096 client requests"),
+            Status::unavailable("the leader changed while the request was forwarded; retry"),
+            Status::deadline_exceeded("the request's deadline passed before it was proposed: the write was not applied"),
+        ] {
+            let (code, message) = (leaders.code(), leaders.message().to_string());
+            let s = f.map_status(leaders);
+            assert_eq!((s.code(), s.message()), (code, message.as_str()));
+        }
+    }
 }

@@ -18,7 +18,7 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::ctx::{is_forwarded, written, Ctx, Leader};
+use crate::ctx::{written, Ctx, Leader};
 use crate::{forward, status, validate};
 
 /// Most chunks a scan buffers ahead of a slow client, count.
@@ -81,7 +81,7 @@ impl DataService {
         Ok(())
     }
 
-    async fn propose_write(&self, cmd: Command, forwarded: bool) -> Result<Leader<crate::ctx::Written>, Status> {
+    async fn propose_write(&self, cmd: Command, origin: &crate::ctx::Origin) -> Result<Leader<crate::ctx::Written>, Status> {
         if let Command::Write { tenant, table, ops, condition, .. } = &cmd {
             let mut fams: Vec<&str> = ops
                 .iter()
@@ -97,7 +97,7 @@ impl DataService {
             }
             self.precheck(tenant, table, &fams)?;
         }
-        Ok(match self.ctx.propose(cmd, forwarded).await? {
+        Ok(match self.ctx.propose(cmd, origin).await? {
             Leader::Here(r) => Leader::Here(written(r)?),
             Leader::There(a) => Leader::There(a),
         })
@@ -247,7 +247,7 @@ fn end_bound(end: &[u8]) -> Option<&[u8]> {
 #[tonic::async_trait]
 impl Data for DataService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         self.check_table_names(&r.tenant, &r.table)?;
         validate::family("family", &r.family)?;
@@ -260,20 +260,20 @@ impl Data for DataService {
             condition: None,
             nonce_seed: crypto::random_nonce_seed(),
         };
-        match self.propose_write(cmd, fwd).await? {
+        match self.propose_write(cmd, &origin).await? {
             Leader::Here(w) => Ok(Response::new(pb::PutResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
-            Leader::There(addr) => forward!(self.ctx, data_client, addr, put, r),
+            Leader::There(to) => forward!(self.ctx, data_client, to, put, r),
         }
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         self.check_table_names(&r.tenant, &r.table)?;
         validate::family("family", &r.family)?;
         validate::key(self.limits(), "key", &r.key)?;
-        if let Leader::There(addr) = self.ctx.read_barrier_for(r.consistency, fwd).await? {
-            return forward!(self.ctx, data_client, addr, get, r);
+        if let Leader::There(to) = self.ctx.read_barrier_for(r.consistency, &origin).await? {
+            return forward!(self.ctx, data_client, to, get, r);
         }
         let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
         let fam = family_of(&meta, &r.family)?;
@@ -309,7 +309,7 @@ impl Data for DataService {
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         self.check_table_names(&r.tenant, &r.table)?;
         validate::family("family", &r.family)?;
@@ -321,16 +321,16 @@ impl Data for DataService {
             condition: None,
             nonce_seed: crypto::random_nonce_seed(),
         };
-        match self.propose_write(cmd, fwd).await? {
+        match self.propose_write(cmd, &origin).await? {
             Leader::Here(w) => {
                 Ok(Response::new(pb::DeleteResponse { header: Some(pb::WriteHeader { revision: w.revision }), existed: w.existed }))
             }
-            Leader::There(addr) => forward!(self.ctx, data_client, addr, delete, r),
+            Leader::There(to) => forward!(self.ctx, data_client, to, delete, r),
         }
     }
 
     async fn batch_get(&self, req: Request<pb::BatchGetRequest>) -> Result<Response<pb::BatchGetResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         self.check_table_names(&r.tenant, &r.table)?;
         validate::family("family", &r.family)?;
@@ -339,8 +339,8 @@ impl Data for DataService {
         for k in &r.keys {
             validate::key(self.limits(), "keys", k)?;
         }
-        if let Leader::There(addr) = self.ctx.read_barrier_for(r.consistency, fwd).await? {
-            return forward!(self.ctx, data_client, addr, batch_get, r);
+        if let Leader::There(to) = self.ctx.read_barrier_for(r.consistency, &origin).await? {
+            return forward!(self.ctx, data_client, to, batch_get, r);
         }
         let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
         let fam = family_of(&meta, &r.family)?;
@@ -379,7 +379,7 @@ impl Data for DataService {
     type ScanStream = ScanStream;
 
     async fn scan(&self, req: Request<pb::ScanRequest>) -> Result<Response<ScanStream>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         self.check_table_names(&r.tenant, &r.table)?;
         validate::family("family", &r.family)?;
@@ -387,9 +387,9 @@ impl Data for DataService {
         validate::optional_key(self.limits(), "end_key", &r.end_key)?;
         validate::optional_key(self.limits(), "prefix", &r.prefix)?;
         let limit = validate::scan_limit(self.limits(), r.limit)?;
-        if let Leader::There(addr) = self.ctx.read_barrier_for(r.consistency, fwd).await? {
-            let resp = forward!(self.ctx, data_client, addr, scan, r)?;
-            return Ok(Response::new(Box::pin(resp.into_inner()) as ScanStream));
+        if let Leader::There(to) = self.ctx.read_barrier_for(r.consistency, &origin).await? {
+            let resp = forward!(self.ctx, data_client, to.clone(), scan, r)?;
+            return Ok(Response::new(Box::pin(to.stream(resp.into_inner())) as ScanStream));
         }
         let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
         refuse_scan_of_hashed(&meta)?;
@@ -428,7 +428,7 @@ impl Data for DataService {
     }
 
     async fn write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         self.check_table_names(&r.tenant, &r.table)?;
         let l = self.limits();
@@ -460,14 +460,14 @@ impl Data for DataService {
             condition: None,
             nonce_seed: crypto::random_nonce_seed(),
         };
-        match self.propose_write(cmd, fwd).await? {
+        match self.propose_write(cmd, &origin).await? {
             Leader::Here(w) => Ok(Response::new(pb::WriteResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
-            Leader::There(addr) => forward!(self.ctx, data_client, addr, write, r),
+            Leader::There(to) => forward!(self.ctx, data_client, to, write, r),
         }
     }
 
     async fn compare_and_swap(&self, req: Request<pb::CompareAndSwapRequest>) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         self.check_table_names(&r.tenant, &r.table)?;
         validate::family("family", &r.family)?;
@@ -494,7 +494,7 @@ impl Data for DataService {
             }),
             nonce_seed: crypto::random_nonce_seed(),
         };
-        match self.propose_write(cmd, fwd).await? {
+        match self.propose_write(cmd, &origin).await? {
             Leader::Here(w) => {
                 let cas = w.cas.ok_or_else(|| status::internal("conditional write returned no comparison outcome"))?;
                 Ok(Response::new(pb::CompareAndSwapResponse {
@@ -504,12 +504,12 @@ impl Data for DataService {
                     current_value: cas.current.unwrap_or_default(),
                 }))
             }
-            Leader::There(addr) => forward!(self.ctx, data_client, addr, compare_and_swap, r),
+            Leader::There(to) => forward!(self.ctx, data_client, to, compare_and_swap, r),
         }
     }
 
     async fn mutate_row(&self, req: Request<pb::MutateRowRequest>) -> Result<Response<pb::MutateRowResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         self.check_table_names(&r.tenant, &r.table)?;
         let l = self.limits();
@@ -553,14 +553,14 @@ impl Data for DataService {
             condition: None,
             nonce_seed: crypto::random_nonce_seed(),
         };
-        match self.propose_write(cmd, fwd).await? {
+        match self.propose_write(cmd, &origin).await? {
             Leader::Here(w) => Ok(Response::new(pb::MutateRowResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
-            Leader::There(addr) => forward!(self.ctx, data_client, addr, mutate_row, r),
+            Leader::There(to) => forward!(self.ctx, data_client, to, mutate_row, r),
         }
     }
 
     async fn read_row(&self, req: Request<pb::ReadRowRequest>) -> Result<Response<pb::ReadRowResponse>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         self.check_table_names(&r.tenant, &r.table)?;
         validate::key(self.limits(), "row_key", &r.row_key)?;
@@ -570,8 +570,8 @@ impl Data for DataService {
         for q in &r.qualifiers {
             validate::qualifier(self.limits(), "qualifiers", q)?;
         }
-        if let Leader::There(addr) = self.ctx.read_barrier_for(r.consistency, fwd).await? {
-            return forward!(self.ctx, data_client, addr, read_row, r);
+        if let Leader::There(to) = self.ctx.read_barrier_for(r.consistency, &origin).await? {
+            return forward!(self.ctx, data_client, to, read_row, r);
         }
         let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
         let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
@@ -613,7 +613,7 @@ impl Data for DataService {
     type ScanRowsStream = ScanRowsStream;
 
     async fn scan_rows(&self, req: Request<pb::ScanRowsRequest>) -> Result<Response<ScanRowsStream>, Status> {
-        let fwd = is_forwarded(&req);
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         self.check_table_names(&r.tenant, &r.table)?;
         validate::optional_key(self.limits(), "start_row", &r.start_row)?;
@@ -623,9 +623,9 @@ impl Data for DataService {
             validate::name("families", f)?;
         }
         let limit = validate::scan_limit(self.limits(), r.limit)?;
-        if let Leader::There(addr) = self.ctx.read_barrier_for(r.consistency, fwd).await? {
-            let resp = forward!(self.ctx, data_client, addr, scan_rows, r)?;
-            return Ok(Response::new(Box::pin(resp.into_inner()) as ScanRowsStream));
+        if let Leader::There(to) = self.ctx.read_barrier_for(r.consistency, &origin).await? {
+            let resp = forward!(self.ctx, data_client, to.clone(), scan_rows, r)?;
+            return Ok(Response::new(Box::pin(to.stream(resp.into_inner())) as ScanRowsStream));
         }
         let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
         refuse_scan_of_hashed(&meta)?;

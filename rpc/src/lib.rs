@@ -7,6 +7,7 @@ mod channels;
 pub mod config;
 pub mod ctx;
 mod data;
+pub mod deadline;
 pub mod master_key;
 mod pool;
 mod server;

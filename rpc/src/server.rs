@@ -20,6 +20,25 @@ use crate::pool::BlockingPool;
 use crate::transport::{GrpcTransport, RaftService};
 use crate::ServerError;
 
+/// HTTP/2 keepalive of accepted connections, peers' and clients' alike: a PING after this
+/// long without received bytes, milliseconds; as on the peer channels (`channels.rs`).
+const SERVER_KEEPALIVE_INTERVAL_MS: u64 = crate::channels::PEER_KEEPALIVE_INTERVAL_MS;
+/// A PING not acknowledged within this long closes the accepted connection, milliseconds.
+/// A closed connection also refuses what a healed link delivers late on it.
+const SERVER_KEEPALIVE_TIMEOUT_MS: u64 = crate::channels::PEER_KEEPALIVE_TIMEOUT_MS;
+
+/// Most streams per connection that the other side opened and reset before this server
+/// accepted them (h2's `max_pending_accept_reset_streams`, 20 by default); one more closes
+/// the connection with GOAWAY ENHANCE_YOUR_CALM, failing every call on it with
+/// RESOURCE_EXHAUSTED. A link cut and healed delivers the calls its sender timed out during
+/// the cut together with their resets, all before the server accepts any. Until keepalive
+/// closes a dead connection (`channels::PEER_DEAD_AFTER_MS`, 2 s) that is one Raft
+/// heartbeat per `raft.heartbeat_interval_ms` per group per peer (40 at the test clusters'
+/// 50 ms), a few replication and read-index calls, and forwarded calls the forwarding node
+/// could not leave open (`ctx::FORWARDS_LINGERING_MAX`). The cost of the bound: each such
+/// stream holds its request headers (at most 16 KiB) until it is accepted.
+pub const HTTP2_PENDING_ACCEPT_RESET_STREAMS_MAX: usize = 1_024;
+
 /// Runs a node until `shutdown` completes, then stops gracefully.
 pub async fn run_server(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
     config.validate()?;
@@ -55,6 +74,7 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
         proposal_timeout: Duration::from_millis(config.raft.proposal_timeout_ms),
         reads,
         scans,
+        forwards_lingering: Arc::new(tokio::sync::Semaphore::new(crate::ctx::FORWARDS_LINGERING_MAX)),
     });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<DataServer<DataService>>().await;
@@ -74,6 +94,9 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
     let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(config.limits.concurrent_requests_max as usize)
         .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_millis(SERVER_KEEPALIVE_INTERVAL_MS)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(SERVER_KEEPALIVE_TIMEOUT_MS)))
+        .http2_max_pending_accept_reset_streams(Some(HTTP2_PENDING_ACCEPT_RESET_STREAMS_MAX))
         .layer(AdmissionLayer::new(config.limits.node_requests_max as usize))
         .add_service(health_service)
         .add_service(reflection)
