@@ -73,6 +73,8 @@ async fn a_failed_log_fsync_stops_the_node_and_acknowledges_nothing_unsynced() {
                 cluster.fail(format!("{WRITES_MAX} writes were acknowledged; the injected fsync failure stopped nothing"));
             };
             println!("write {failed_key} failed with {:?}: {}", error.code(), error.message());
+            // The fault must have struck a node that was serving writes, not its start-up.
+            assert!(acknowledged.iter().any(|k| k.starts_with("after/")), "no write was acknowledged after the restart before the fault");
             let status = cluster.wait_exit(1, Duration::from_secs(10)).await.unwrap_or_else(|| {
                 cluster.fail("the node is still running 10 s after its log fsync failed: a failed fsync must stop it (fail-stop)")
             });

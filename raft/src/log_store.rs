@@ -161,31 +161,53 @@ fn read_all_purge_points(engine: &Engine) -> io::Result<std::collections::BTreeM
 }
 
 /// Moves the per-group segment logs of an older build (`<dir>/<group>/*.seg`) into the
-/// shared log, once: each group's entries above its purge point are appended to its stream
-/// and synced, then the old directory is removed. A crash in between leaves the old
-/// directory; the next start finds the stream already holding entries and only removes it.
+/// shared log: each group's entries above its purge point are appended to its stream and
+/// synced, then the old directory is removed. A crash in between leaves the old directory
+/// and a stream holding a prefix of it (nothing else writes the log during start-up): the
+/// next start checks that prefix against the old log, appends the rest, syncs, and only
+/// then removes the old directory.
 pub fn migrate_group_segment_logs(engine: &Engine, dir: &Path, shared: &SharedLog) -> io::Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
     for e in entries {
         let e = e?;
         let Some(group) = e.file_name().to_str().and_then(|n| n.parse::<GroupId>().ok()) else { continue };
         let path = e.path();
-        if shared.last_index(group).is_none() {
-            let purged = read_last_purged(engine, group)?.map(|l| l.index);
-            let (old, _) = SegmentLog::open(&path, purged).map_err(io_err)?;
-            if let (Some(first), Some(last)) = (old.first_index(), old.last_index()) {
-                let mut at = first;
-                while at <= last {
-                    let end = (at + MIGRATE_BATCH_ENTRIES as u64).min(last + 1);
-                    let payloads = old.read(at, end).map_err(io_err)?;
-                    let records: Vec<(u64, &[u8])> = (at..end).zip(payloads.iter().map(Vec::as_slice)).collect();
-                    shared.append(group, &records).map_err(io_err)?;
-                    at = end;
+        let purged = read_last_purged(engine, group)?.map(|l| l.index);
+        let (old, _) = SegmentLog::open(&path, purged).map_err(io_err)?;
+        if let (Some(first), Some(last)) = (old.first_index(), old.last_index()) {
+            let mut at = match shared.last_index(group) {
+                None => first,
+                Some(moved) if moved >= first && moved <= last => {
+                    // The moved prefix must be the old log's: compare its last entry.
+                    let ours = shared.read(group, moved, moved + 1).map_err(io_err)?;
+                    let theirs = old.read(moved, moved + 1).map_err(io_err)?;
+                    if ours != theirs {
+                        return Err(data_err(format!(
+                            "moving {} into the shared log: entry {moved} of group {group} differs between the two; refusing to go on",
+                            path.display()
+                        )));
+                    }
+                    moved + 1
                 }
-                shared.sync().map_err(io_err)?;
-                tracing::info!(group, entries = last + 1 - first, from = %path.display(), "moved a group's Raft log into the shared log");
+                Some(moved) => {
+                    return Err(data_err(format!(
+                        "moving {} (entries {first}..={last}) into the shared log: group {group}'s stream already ends at {moved}",
+                        path.display()
+                    )))
+                }
+            };
+            let resumed_at = at;
+            while at <= last {
+                let end = (at + MIGRATE_BATCH_ENTRIES as u64).min(last + 1);
+                let payloads = old.read(at, end).map_err(io_err)?;
+                let records: Vec<(u64, &[u8])> = (at..end).zip(payloads.iter().map(Vec::as_slice)).collect();
+                shared.append(group, &records).map_err(io_err)?;
+                at = end;
             }
+            shared.sync().map_err(io_err)?;
+            tracing::info!(group, entries = last + 1 - first, resumed_at, from = %path.display(), "moved a group's Raft log into the shared log");
         }
+        drop(old);
         std::fs::remove_dir_all(&path)?;
     }
     if std::fs::read_dir(dir)?.next().is_none() {
@@ -409,13 +431,12 @@ impl LogStore {
     }
 
     /// Moves the entries an older build kept in the `raft_log` column family into the
-    /// segment log, once: appended and synced, then deleted from RocksDB.
+    /// shared log, once: appended and synced, then deleted from RocksDB.
     fn migrate_from_column_family(&self) -> io::Result<()> {
         let end = group_log_end(self.group);
-        let mut from = match self.log.last_index() {
-            Some(_) => return Ok(()),
-            None => log_key(self.group, self.log.next_index()),
-        };
+        // After a crash in the middle of the move, the log holds a prefix of the column
+        // family's entries: continue after it. Once the move is done the range is empty.
+        let mut from = log_key(self.group, self.log.next_index());
         let mut moved = 0u64;
         loop {
             let rows = self.engine.scan(Cf::RaftLog, &from, Some(&end), MIGRATE_BATCH_ENTRIES).map_err(io_err)?;

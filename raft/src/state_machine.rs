@@ -88,9 +88,12 @@ impl SmState {
     }
 
     /// Counts the values of a tenant by key version, at one point in time. Returns the
-    /// applied index of that point, values per key version, and plaintext values.
+    /// applied index of that point, values per key version, and plaintext values. Blocks
+    /// while a snapshot install runs: call it off the async runtime.
     pub fn key_usage(&self, tenant: TenantId) -> io::Result<(u64, std::collections::BTreeMap<u32, u64>, u64)> {
+        let gate = self.blocking_read_gate();
         let snap = self.engine.snapshot();
+        drop(gate);
         let applied = match snap.get(Cf::RaftMeta, &meta_key::key(self.group, meta_key::APPLIED)).map_err(io_err)? {
             None => 0,
             Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?.map(|l| l.index).unwrap_or(0),
@@ -120,8 +123,11 @@ impl SmState {
 
     /// CRC-32 over every replicated key and value of the group, in key order, at one point
     /// in time, with the applied index of that point. Returns (applied index, crc, keys).
+    /// Blocks while a snapshot install runs: call it off the async runtime.
     pub fn checksum(&self) -> io::Result<(u64, u32, u64)> {
+        let gate = self.blocking_read_gate();
         let snap = self.engine.snapshot();
+        drop(gate);
         let applied = match snap.get(Cf::RaftMeta, &meta_key::key(self.group, meta_key::APPLIED)).map_err(io_err)? {
             None => None,
             Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?,
@@ -1020,7 +1026,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Readers wait from the first batch to the last (which records the applied index).
             let gate = sm.state.install_gate.clone();
             let exclusive = gate.blocking_write();
-            sm.install_from(&installing, &this_meta, &exclusive)?;
+            // Once its first batch is written the group's data is half replaced: a failure
+            // from there on stops the node (the marker makes the restart redo the install),
+            // so that no reader, not even a stale one, ever sees that state.
+            if let Err(e) = sm.install_from(&installing, &this_meta, &exclusive) {
+                crate::fatal::storage_failure(&format!("install of a snapshot into group {}", sm.state.group), &e);
+            }
             sm.reload_catalog()
         })
         .await

@@ -216,6 +216,45 @@ fn per_group_segment_logs_move_into_the_shared_log() {
     });
 }
 
+/// A crash in the middle of that move leaves the old directory and a stream holding a
+/// prefix of it: the next start appends the rest (nothing is skipped) before it removes the
+/// old directory.
+#[test]
+fn a_move_of_per_group_logs_interrupted_by_a_crash_resumes() {
+    use kho_engine::segment_log::SegmentLog;
+    use kho_raft::codec::encode_entry;
+    use kho_raft::log_store::migrate_group_segment_logs;
+    use openraft::storage::RaftLogReader;
+    use openraft::testing::blank_ent;
+
+    TypeConfig::run(async {
+        let dir = TempDir::new().expect("temp dir");
+        let engine = Engine::open(&dir.path().join("db"), &EngineOptions::default()).expect("engine");
+        let legacy = dir.path().join("raft-log");
+        let entries: Vec<_> = (1..=3000u64).map(|i| blank_ent::<TypeConfig>(2, 1, i)).collect();
+        let stored: Vec<Vec<u8>> = entries.iter().map(encode_entry).collect();
+        {
+            let (old, _) = SegmentLog::open(&legacy.join("1"), None).expect("old segment log");
+            let records: Vec<(u64, &[u8])> = entries.iter().zip(&stored).map(|(e, b)| (e.log_id.index, b.as_slice())).collect();
+            old.append(&records).expect("append");
+            old.sync().expect("sync");
+        }
+        let log_dir = dir.path().join("log");
+        {
+            // The interrupted move: the first 1,500 entries reached the shared log.
+            let shared = open_shared_log(&engine, &log_dir).expect("open the shared log");
+            let records: Vec<(u64, &[u8])> = entries[..1500].iter().zip(&stored).map(|(e, b)| (e.log_id.index, b.as_slice())).collect();
+            shared.append(1, &records).expect("append a prefix");
+            shared.sync().expect("sync");
+        }
+        let shared = open_shared_log(&engine, &log_dir).expect("reopen the shared log");
+        migrate_group_segment_logs(&engine, &legacy, &shared).expect("resume the move");
+        assert!(!legacy.exists(), "the old directory is removed once everything moved");
+        let mut store = LogStore::open_with_cache_limits(1, engine.clone(), shared, LogSyncer::start(), None, 0, 0).expect("open");
+        assert_eq!(store.try_get_log_entries(1..3001).await.expect("read"), entries);
+    });
+}
+
 /// A snapshot is a RocksDB checkpoint: it holds the data and applied id of the moment it
 /// was built, not later writes; it survives a reopen of its state machine; its stream is
 /// sealed under the log key; and another state machine that installs it ends up with
