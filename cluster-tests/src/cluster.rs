@@ -51,11 +51,23 @@ pub struct Limits {
     pub value_bytes_max: u64,
     pub batch_ops_max: u64,
     pub scan_limit_max: u64,
+    /// `limits.node_requests_max`; `None` leaves the node's default.
+    pub node_requests_max: Option<u64>,
+    /// `limits.scan_stall_timeout_ms`; `None` leaves the node's default.
+    pub scan_stall_timeout_ms: Option<u64>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { key_bytes_max: 4096, qualifier_bytes_max: 4096, value_bytes_max: 1 << 20, batch_ops_max: 1000, scan_limit_max: 10_000 }
+        Limits {
+            key_bytes_max: 4096,
+            qualifier_bytes_max: 4096,
+            value_bytes_max: 1 << 20,
+            batch_ops_max: 1000,
+            scan_limit_max: 10_000,
+            node_requests_max: None,
+            scan_stall_timeout_ms: None,
+        }
     }
 }
 
@@ -816,6 +828,12 @@ fn node_config(
         l.batch_ops_max,
         l.scan_limit_max,
     );
+    if let Some(n) = l.node_requests_max {
+        text.push_str(&format!("node_requests_max = {n}\n"));
+    }
+    if let Some(ms) = l.scan_stall_timeout_ms {
+        text.push_str(&format!("scan_stall_timeout_ms = {ms}\n"));
+    }
     text.push_str(&encryption);
     text
 }

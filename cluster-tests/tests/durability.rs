@@ -251,3 +251,98 @@ async fn stalled_scans_do_not_stop_writes_or_an_election_on_their_node() {
         })
         .await;
 }
+
+/// Writes `rows` rows of `value_bytes` bytes each through node 1, 1,000 per `Write`.
+async fn load_rows(cluster: &Cluster, target: &KvTarget, rows: usize, value_bytes: usize) {
+    let mut client = cluster.data_client(1);
+    let value = vec![b'v'; value_bytes];
+    for batch in 0..rows.div_ceil(1000) {
+        let ops = (batch * 1000..((batch + 1) * 1000).min(rows))
+            .map(|i| WriteOp {
+                op: Some(write_op::Op::Put(PutOp {
+                    key: format!("row/{i:06}").into_bytes(),
+                    value: value.clone(),
+                    family: target.family.clone(),
+                })),
+            })
+            .collect();
+        let req = WriteRequest { tenant: target.tenant.clone(), table: target.table.clone(), ops };
+        client.write(req).await.unwrap_or_else(|e| cluster.fail(format!("write batch {batch}: {e}")));
+    }
+}
+
+fn scan_all(target: &KvTarget) -> ScanRequest {
+    ScanRequest { tenant: target.tenant.clone(), table: target.table.clone(), family: target.family.clone(), ..Default::default() }
+}
+
+/// A scan whose client stops reading ends with DEADLINE_EXCEEDED naming
+/// `limits.scan_stall_timeout_ms` after the rows already sent, never with a clean end that
+/// would pass for a complete scan; and the node-wide request cap answers RESOURCE_EXHAUSTED
+/// naming `limits.node_requests_max` while streams hold every permit, and lets requests in
+/// again once they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_scan_ends_with_an_error_and_the_request_cap_refuses_then_recovers() {
+    const NAME: &str = "a_stalled_scan_ends_with_an_error_and_the_request_cap_refuses_then_recovers";
+    /// 10,000 rows of 1 KiB: about 10 MB per scan, more than the client's HTTP/2 window
+    /// (2 MiB per stream), the scan's channel (4 chunks of 1 MiB) and the server's send
+    /// buffer hold, so a client that does not read stalls the scan.
+    const ROWS: usize = 10_000;
+    const CAP: u64 = 8;
+    let opts = ClusterOptions {
+        limits: kho_cluster_tests::Limits { node_requests_max: Some(CAP), scan_stall_timeout_ms: Some(300), ..Default::default() },
+        ..Default::default()
+    };
+    let cluster = Cluster::start(1, opts).await;
+    cluster
+        .bounded(NAME, Duration::from_secs(300), async {
+            let target = setup_kv(&cluster, 1).await;
+            load_rows(&cluster, &target, ROWS, 1024).await;
+
+            // A scan read once, then left alone for longer than the stall timeout.
+            let mut stream = cluster.data_client(1).scan(scan_all(&target)).await.expect("scan").into_inner();
+            let first = stream.message().await.expect("first chunk").expect("a chunk");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let mut keys: Vec<Vec<u8>> = first.kvs.into_iter().map(|kv| kv.key).collect();
+            let end = loop {
+                match stream.message().await {
+                    Ok(Some(chunk)) => keys.extend(chunk.kvs.into_iter().map(|kv| kv.key)),
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
+                }
+            };
+            let Some(e) = end else {
+                cluster.fail(format!("a scan stalled for 1.5 s ended cleanly after {} of {ROWS} rows", keys.len()));
+            };
+            assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e}");
+            assert!(e.message().contains("limits.scan_stall_timeout_ms"), "{e}");
+            assert!(keys.len() < ROWS, "the stalled scan cannot have sent every row");
+            let expected: Vec<Vec<u8>> = (0..keys.len()).map(|i| format!("row/{i:06}").into_bytes()).collect();
+            assert_eq!(keys, expected, "the rows before the error are the scan's first rows, in order");
+            println!("stalled scan: {} rows, then {:?}", keys.len(), e.code());
+
+            // Streams that are never read hold every permit of the node.
+            let mut held = Vec::new();
+            for i in 0..CAP {
+                let mut c = cluster.new_data_clients().remove(0).1;
+                let s = c.scan(scan_all(&target)).await.unwrap_or_else(|e| cluster.fail(format!("scan {i}: {e}")));
+                held.push((c, s));
+            }
+            let refused = put_once(&mut cluster.data_client(1), &target, "refused").await;
+            let e = refused.expect_err("a request over limits.node_requests_max must be refused");
+            assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+            assert!(e.message().contains("limits.node_requests_max"), "{e}");
+            drop(held);
+            // The permits come back when the streams are gone (their resets reach the node).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match put_once(&mut cluster.data_client(1), &target, "after").await {
+                    Ok(()) => break,
+                    Err(e) if e.code() == tonic::Code::ResourceExhausted && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Err(e) => cluster.fail(format!("a request after the streams were dropped: {e}")),
+                }
+            }
+        })
+        .await;
+}

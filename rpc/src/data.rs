@@ -15,7 +15,6 @@ use kho_raft::keyring::{self, TenantKeys};
 use kho_raft::state_machine::SmState;
 use kho_raft::{Command, WriteOp};
 use openraft::type_config::async_runtime::WatchReceiver;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::ctx::{written, Ctx, Leader};
@@ -167,12 +166,15 @@ fn scan_cells(
 
 /// The producer side of a scan's stream: a scan thread sends chunks through it, waiting at
 /// most `limits.scan_stall_timeout_ms` for a client that does not read. A stalled scan
-/// stops, frees its thread and ends the stream with DEADLINE_EXCEEDED after the chunks
-/// already queued, so a client never takes a cut-short scan for a complete one. A producer
+/// stops, frees its thread, drops the chunks still queued and ends the stream with
+/// DEADLINE_EXCEEDED, so a client never takes a cut-short scan for a complete one. A producer
 /// that ends without [`ChunkSender::finish`] (it failed or panicked) ends the stream with
 /// INTERNAL for the same reason.
 struct ChunkSender<T> {
     tx: tokio::sync::mpsc::Sender<Result<T, Status>>,
+    /// The client's side of the channel, shared so that a stalled scan can drop what it
+    /// queued: a client that never reads then holds no more than what HTTP/2 buffers.
+    rx: Arc<std::sync::Mutex<tokio::sync::mpsc::Receiver<Result<T, Status>>>>,
     runtime: tokio::runtime::Handle,
     stall: std::time::Duration,
     /// How the producer ended: [`SCAN_RUNNING`], [`SCAN_FINISHED`], [`SCAN_STALLED`].
@@ -199,9 +201,15 @@ impl<T: Send + 'static> ChunkSender<T> {
                 _ => Some(Err(Status::internal("the scan ended early on the server (see its log); resume after the last key received"))),
             }
         });
-        let queued = futures::StreamExt::map(ReceiverStream::new(rx), Some);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let shared = rx.clone();
+        let queued = futures::stream::poll_fn(move |cx| match shared.lock() {
+            Ok(mut rx) => rx.poll_recv(cx).map(|item| item.map(Some)),
+            Err(_) => std::task::Poll::Ready(None),
+        });
         let stream = futures::StreamExt::filter_map(futures::StreamExt::chain(queued, tail), |x| async move { x });
-        let sender = ChunkSender { tx, runtime: tokio::runtime::Handle::current(), stall: std::time::Duration::from_millis(stall_ms), end };
+        let sender =
+            ChunkSender { tx, rx, runtime: tokio::runtime::Handle::current(), stall: std::time::Duration::from_millis(stall_ms), end };
         (sender, stream)
     }
 
@@ -215,6 +223,10 @@ impl<T: Send + 'static> ChunkSender<T> {
             Ok(Err(_)) => false,
             Err(_) => {
                 self.end.store(SCAN_STALLED, std::sync::atomic::Ordering::SeqCst);
+                // Drop what the client never took; it gets the DEADLINE_EXCEEDED tail.
+                if let Ok(mut rx) = self.rx.lock() {
+                    while rx.try_recv().is_ok() {}
+                }
                 false
             }
         }
