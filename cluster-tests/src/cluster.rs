@@ -55,6 +55,8 @@ pub struct Limits {
     pub node_requests_max: Option<u64>,
     /// `limits.scan_stall_timeout_ms`; `None` leaves the node's default.
     pub scan_stall_timeout_ms: Option<u64>,
+    /// `limits.scan_duration_max_ms`; `None` leaves the node's default.
+    pub scan_duration_max_ms: Option<u64>,
 }
 
 impl Default for Limits {
@@ -67,6 +69,7 @@ impl Default for Limits {
             scan_limit_max: 10_000,
             node_requests_max: None,
             scan_stall_timeout_ms: None,
+            scan_duration_max_ms: None,
         }
     }
 }
@@ -833,6 +836,9 @@ fn node_config(
     }
     if let Some(ms) = l.scan_stall_timeout_ms {
         text.push_str(&format!("scan_stall_timeout_ms = {ms}\n"));
+    }
+    if let Some(ms) = l.scan_duration_max_ms {
+        text.push_str(&format!("scan_duration_max_ms = {ms}\n"));
     }
     text.push_str(&encryption);
     text

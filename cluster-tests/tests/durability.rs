@@ -277,7 +277,8 @@ fn scan_all(target: &KvTarget) -> ScanRequest {
 
 /// A scan whose client stops reading ends with DEADLINE_EXCEEDED naming
 /// `limits.scan_stall_timeout_ms` after the rows already sent, never with a clean end that
-/// would pass for a complete scan; and the node-wide request cap answers RESOURCE_EXHAUSTED
+/// would pass for a complete scan; one whose client reads slowly ends the same way at
+/// `limits.scan_duration_max_ms`; and the node-wide request cap answers RESOURCE_EXHAUSTED
 /// naming `limits.node_requests_max` while streams hold every permit, and lets requests in
 /// again once they are gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +290,12 @@ async fn a_stalled_scan_ends_with_an_error_and_the_request_cap_refuses_then_reco
     const ROWS: usize = 10_000;
     const CAP: u64 = 8;
     let opts = ClusterOptions {
-        limits: kho_cluster_tests::Limits { node_requests_max: Some(CAP), scan_stall_timeout_ms: Some(300), ..Default::default() },
+        limits: kho_cluster_tests::Limits {
+            node_requests_max: Some(CAP),
+            scan_stall_timeout_ms: Some(300),
+            scan_duration_max_ms: Some(2_000),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let cluster = Cluster::start(1, opts).await;
@@ -319,6 +325,26 @@ async fn a_stalled_scan_ends_with_an_error_and_the_request_cap_refuses_then_reco
             let expected: Vec<Vec<u8>> = (0..keys.len()).map(|i| format!("row/{i:06}").into_bytes()).collect();
             assert_eq!(keys, expected, "the rows before the error are the scan's first rows, in order");
             println!("stalled scan: {} rows, then {:?}", keys.len(), e.code());
+
+            // A client that reads a chunk every 200 ms (well within the stall timeout) still
+            // cannot keep the scan going past limits.scan_duration_max_ms.
+            let started = Instant::now();
+            let mut stream = cluster.data_client(1).scan(scan_all(&target)).await.expect("scan").into_inner();
+            let mut rows = 0usize;
+            let end = loop {
+                match stream.message().await {
+                    Ok(Some(chunk)) => rows += chunk.kvs.len(),
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let Some(e) = end else {
+                cluster.fail(format!("a scan read at 5 chunks a second ended cleanly after {rows} of {ROWS} rows"));
+            };
+            assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e}");
+            assert!(e.message().contains("limits.scan_duration_max_ms"), "{e}");
+            println!("slow reader: {rows} rows in {:?}, then {:?}", started.elapsed(), e.code());
 
             // Streams that are never read hold every permit of the node.
             let mut held = Vec::new();

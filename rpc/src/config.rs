@@ -127,6 +127,9 @@ pub struct Limits {
     /// A scan whose client has not taken a chunk for this long ends with DEADLINE_EXCEEDED
     /// and frees its thread and its point-in-time view, milliseconds. Default 30000.
     pub scan_stall_timeout_ms: u64,
+    /// A scan still sending after this long ends with DEADLINE_EXCEEDED and frees its
+    /// thread, however its client reads, milliseconds. Default 120000.
+    pub scan_duration_max_ms: u64,
 }
 
 impl Default for Config {
@@ -179,6 +182,7 @@ impl Default for Limits {
             scan_threads: 16,
             read_queue_max: 4096,
             scan_stall_timeout_ms: 30_000,
+            scan_duration_max_ms: 120_000,
         }
     }
 }
@@ -309,6 +313,7 @@ impl Config {
         in_range("limits.scan_threads", l.scan_threads, 1, 256)?;
         in_range("limits.read_queue_max", l.read_queue_max, 1, 1_000_000)?;
         in_range("limits.scan_stall_timeout_ms", l.scan_stall_timeout_ms, 100, 3_600_000)?;
+        in_range("limits.scan_duration_max_ms", l.scan_duration_max_ms, 100, 86_400_000)?;
         let e = &self.encryption;
         if e.master_key_file.is_some() && e.master_key_command.is_some() {
             return Err(invalid(

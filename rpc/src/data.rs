@@ -165,9 +165,11 @@ fn scan_cells(
 }
 
 /// The producer side of a scan's stream: a scan thread sends chunks through it, waiting at
-/// most `limits.scan_stall_timeout_ms` for a client that does not read. A stalled scan
-/// stops, frees its thread, drops the chunks still queued and ends the stream with
-/// DEADLINE_EXCEEDED, so a client never takes a cut-short scan for a complete one. A producer
+/// most `limits.scan_stall_timeout_ms` for a client that does not read, and sending for at
+/// most `limits.scan_duration_max_ms` in all (so a client that reads a chunk now and then
+/// cannot keep a scan thread). A stopped scan frees its thread, drops the chunks still
+/// queued and ends the stream with DEADLINE_EXCEEDED, so a client never takes a cut-short
+/// scan for a complete one. A producer
 /// that ends without [`ChunkSender::finish`] (it failed or panicked) ends the stream with
 /// INTERNAL for the same reason.
 struct ChunkSender<T> {
@@ -177,17 +179,21 @@ struct ChunkSender<T> {
     rx: Arc<std::sync::Mutex<tokio::sync::mpsc::Receiver<Result<T, Status>>>>,
     runtime: tokio::runtime::Handle,
     stall: std::time::Duration,
-    /// How the producer ended: [`SCAN_RUNNING`], [`SCAN_FINISHED`], [`SCAN_STALLED`].
+    /// When the scan must have sent everything (`limits.scan_duration_max_ms` after it began).
+    deadline: std::time::Instant,
+    /// How the producer ended: [`SCAN_RUNNING`], [`SCAN_FINISHED`], [`SCAN_STALLED`],
+    /// [`SCAN_TOO_LONG`].
     end: Arc<std::sync::atomic::AtomicU8>,
 }
 
 const SCAN_RUNNING: u8 = 0;
 const SCAN_FINISHED: u8 = 1;
 const SCAN_STALLED: u8 = 2;
+const SCAN_TOO_LONG: u8 = 3;
 
 impl<T: Send + 'static> ChunkSender<T> {
     /// A sender and the stream the client reads. Call from the runtime.
-    fn channel(stall_ms: u64) -> (Self, impl Stream<Item = Result<T, Status>> + Send + 'static) {
+    fn channel(stall_ms: u64, duration_max_ms: u64) -> (Self, impl Stream<Item = Result<T, Status>> + Send + 'static) {
         let (tx, rx) = tokio::sync::mpsc::channel(SCAN_CHANNEL_CHUNKS_MAX);
         let end = Arc::new(std::sync::atomic::AtomicU8::new(SCAN_RUNNING));
         let flag = end.clone();
@@ -197,6 +203,9 @@ impl<T: Send + 'static> ChunkSender<T> {
                 SCAN_FINISHED => None,
                 SCAN_STALLED => Some(Err(Status::deadline_exceeded(format!(
                     "the scan stopped: its client took no data for {stall_ms} ms (limits.scan_stall_timeout_ms); resume after the last key received"
+                )))),
+                SCAN_TOO_LONG => Some(Err(Status::deadline_exceeded(format!(
+                    "the scan stopped: it ran longer than {duration_max_ms} ms (limits.scan_duration_max_ms); resume after the last key received"
                 )))),
                 _ => Some(Err(Status::internal("the scan ended early on the server (see its log); resume after the last key received"))),
             }
@@ -208,21 +217,34 @@ impl<T: Send + 'static> ChunkSender<T> {
             Err(_) => std::task::Poll::Ready(None),
         });
         let stream = futures::StreamExt::filter_map(futures::StreamExt::chain(queued, tail), |x| async move { x });
-        let sender =
-            ChunkSender { tx, rx, runtime: tokio::runtime::Handle::current(), stall: std::time::Duration::from_millis(stall_ms), end };
+        let sender = ChunkSender {
+            tx,
+            rx,
+            runtime: tokio::runtime::Handle::current(),
+            stall: std::time::Duration::from_millis(stall_ms),
+            deadline: std::time::Instant::now() + std::time::Duration::from_millis(duration_max_ms),
+            end,
+        };
         (sender, stream)
     }
 
     /// Sends one item from a scan thread; false when the scan must stop (the client went
-    /// away, or took nothing for the stall timeout).
+    /// away, took nothing for the stall timeout, or the scan reached its longest duration).
     fn send(&self, item: Result<T, Status>) -> bool {
-        let (tx, stall) = (&self.tx, self.stall);
+        let left = self.deadline.saturating_duration_since(std::time::Instant::now());
+        let (tx, wait) = (&self.tx, self.stall.min(left));
         // The timer is made inside the runtime (a scan thread is outside it).
-        match self.runtime.block_on(async move { tokio::time::timeout(stall, tx.send(item)).await }) {
+        let sent = if left.is_zero() {
+            Err(())
+        } else {
+            self.runtime.block_on(async move { tokio::time::timeout(wait, tx.send(item)).await }).map_err(|_| ())
+        };
+        match sent {
             Ok(Ok(())) => true,
             Ok(Err(_)) => false,
-            Err(_) => {
-                self.end.store(SCAN_STALLED, std::sync::atomic::Ordering::SeqCst);
+            Err(()) => {
+                let why = if std::time::Instant::now() >= self.deadline { SCAN_TOO_LONG } else { SCAN_STALLED };
+                self.end.store(why, std::sync::atomic::Ordering::SeqCst);
                 // Drop what the client never took; it gets the DEADLINE_EXCEEDED tail.
                 if let Ok(mut rx) = self.rx.lock() {
                     while rx.try_recv().is_ok() {}
@@ -408,7 +430,7 @@ impl Data for DataService {
         let fam = family_of(&meta, &r.family)?;
         let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_key, end_bound(&r.end_key), &r.prefix);
         let engine = self.engine();
-        let (tx, stream) = ChunkSender::channel(self.ctx.limits.scan_stall_timeout_ms);
+        let (tx, stream) = ChunkSender::channel(self.ctx.limits.scan_stall_timeout_ms, self.ctx.limits.scan_duration_max_ms);
         let state = self.ctx.group().state.clone();
         self.ctx.scans.spawn(move || {
             let mut chunk = Vec::new();
@@ -645,7 +667,7 @@ impl Data for DataService {
         let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_row, end_bound(&r.end_row), &r.prefix);
         let engine = self.engine();
         let row_bytes_max = self.limits().grpc_message_bytes_max as usize;
-        let (tx, stream) = ChunkSender::channel(self.ctx.limits.scan_stall_timeout_ms);
+        let (tx, stream) = ChunkSender::channel(self.ctx.limits.scan_stall_timeout_ms, self.ctx.limits.scan_duration_max_ms);
         let state = self.ctx.group().state.clone();
         self.ctx.scans.spawn(move || {
             let mut rows: Vec<pb::Row> = Vec::new();

@@ -127,6 +127,7 @@ pub fn render(c: &Config) -> String {
         scan_threads,
         read_queue_max,
         scan_stall_timeout_ms,
+        scan_duration_max_ms,
     } = limits;
     let EncryptionConfig { master_key_file, master_key_command } = encryption;
     let mut o = String::new();
@@ -177,6 +178,7 @@ pub fn render(c: &Config) -> String {
     let _ = writeln!(o, "scan_threads = {scan_threads}");
     let _ = writeln!(o, "read_queue_max = {read_queue_max}");
     let _ = writeln!(o, "scan_stall_timeout_ms = {scan_stall_timeout_ms}");
+    let _ = writeln!(o, "scan_duration_max_ms = {scan_duration_max_ms}");
     let _ = writeln!(o, "\n[encryption]");
     if master_key_file.is_none() && master_key_command.is_none() {
         let _ = writeln!(o, "# no master key: data, Raft log entries and snapshots are stored in plaintext");
