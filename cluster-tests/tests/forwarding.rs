@@ -20,10 +20,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use kho_cluster_tests::kv::batch_get_all;
 use kho_cluster_tests::netproxy::LinkMode;
-use kho_cluster_tests::{setup_kv, test_seed, Cluster, ClusterOptions, KvTarget};
+use kho_cluster_tests::{setup_kv, test_seed, Cluster, ClusterOptions, KvTarget, RetryPolicy};
 use kho_proto::v1::data_client::DataClient;
-use kho_proto::v1::{BatchGetRequest, GetRequest, PutRequest};
+use kho_proto::v1::{GetRequest, PutRequest};
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -318,20 +319,10 @@ async fn cut_write_heal(cluster: &Cluster, target: &KvTarget, phase: &str, leade
     // No filler write may have been applied: each failed long before the heal.
     let keys: Vec<Vec<u8>> =
         (0..FILLER_CLIENTS).flat_map(|w| (0..filler_sent).map(move |n| key(phase, &format!("filler/{w}/{n}")))).collect();
-    let mut applied = Vec::new();
-    for chunk in keys.chunks(500) {
-        let mut c = via_leader.clone();
-        let req = BatchGetRequest {
-            tenant: target.tenant.clone(),
-            table: target.table.clone(),
-            keys: chunk.to_vec(),
-            family: target.family.clone(),
-            ..Default::default()
-        };
-        let items =
-            c.batch_get(req).await.unwrap_or_else(|s| cluster.fail(format!("{phase}: BatchGet of filler keys: {s:?}"))).into_inner();
-        applied.extend(items.items.into_iter().filter(|i| i.found).map(|i| String::from_utf8_lossy(&i.key).to_string()));
-    }
+    let items = batch_get_all(&via_leader, target, &keys, &RetryPolicy::STEADY)
+        .await
+        .unwrap_or_else(|s| cluster.fail(format!("{phase}: BatchGet of filler keys: {s:?}")));
+    let applied: Vec<String> = items.into_iter().filter(|i| i.found).map(|i| String::from_utf8_lossy(&i.key).to_string()).collect();
     if !applied.is_empty() {
         cluster.fail(format!(
             "{phase}: {} filler writes that failed through the cut follower were applied after the heal, e.g. {:?}",

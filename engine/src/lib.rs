@@ -19,6 +19,7 @@ pub mod value;
 
 mod db;
 mod error;
+mod fail_stop;
 pub mod segment_log;
 pub mod shared_log;
 

@@ -36,7 +36,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 
@@ -117,7 +117,7 @@ pub struct SegmentLog {
     /// log refuses every change and sync (fail-stop). After a failed `fsync` the kernel may
     /// have dropped the dirty pages and marked them clean, so a later `fsync` that succeeds
     /// would not mean they are on disk; only reopening (which rereads the files) is safe.
-    failed: OnceLock<String>,
+    failed: crate::fail_stop::FailStop,
 }
 
 /// What [`SegmentLog::open`] found.
@@ -311,7 +311,7 @@ impl SegmentLog {
             inner: Mutex::new(Inner { segments, next, first, purged, active_dirty: false, dir_dirty: false }),
             sync_lock: Mutex::new(()),
             durable_end: AtomicU64::new(next),
-            failed: OnceLock::new(),
+            failed: crate::fail_stop::FailStop::default(),
         };
         Ok((log, Recovered { records, cut_bytes }))
     }
@@ -328,25 +328,17 @@ impl SegmentLog {
 
     /// The failure that stopped the log, if a write, sync or file operation failed.
     pub fn failure(&self) -> Option<&str> {
-        self.failed.get().map(String::as_str)
+        self.failed.failure()
     }
 
     /// Refuses any change or sync once the log has failed.
     fn check_not_failed(&self) -> Result<()> {
-        match self.failed.get() {
-            Some(what) => Err(Error::LogFailed { what: what.clone() }),
-            None => Ok(()),
-        }
+        self.failed.check()
     }
 
-    /// Stops the log for good after `e` (the first failure is the one named later) and
-    /// returns `e` to the caller of the operation that failed.
+    /// Stops the log for good after `e` and returns `e` (see [`crate::fail_stop`]).
     fn fail_stop(&self, e: Error) -> Error {
-        let what = format!("{}: {e}", self.dir.display());
-        if self.failed.set(what).is_ok() {
-            tracing::error!(log = %self.dir.display(), error = %e, "log write or sync failed: the log refuses every change until it is reopened");
-        }
-        e
+        self.failed.stop(&self.dir, e)
     }
 
     /// The index the next appended record must have.

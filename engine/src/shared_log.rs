@@ -82,7 +82,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 
@@ -444,7 +444,7 @@ pub struct SharedLog {
     /// Serialises segment deletion (whose order matters, see `collect_segments`).
     delete_lock: Mutex<()>,
     /// Set by the first failed write, sync or file operation, naming it (fail-stop).
-    failed: OnceLock<String>,
+    failed: crate::fail_stop::FailStop,
 }
 
 /// Adjacent records of one stream in one segment, read with one `pread`.
@@ -727,7 +727,7 @@ impl SharedLog {
             state: Mutex::new(state),
             sync_lock: Mutex::new(()),
             delete_lock: Mutex::new(()),
-            failed: OnceLock::new(),
+            failed: crate::fail_stop::FailStop::default(),
         };
         log.collect_segments()?;
         let stats = log.stats();
@@ -751,25 +751,17 @@ impl SharedLog {
 
     /// The failure that stopped the log, if a write, sync or file operation failed.
     pub fn failure(&self) -> Option<&str> {
-        self.failed.get().map(String::as_str)
+        self.failed.failure()
     }
 
     /// Refuses any change or sync once the log has failed.
     fn check_not_failed(&self) -> Result<()> {
-        match self.failed.get() {
-            Some(what) => Err(Error::LogFailed { what: what.clone() }),
-            None => Ok(()),
-        }
+        self.failed.check()
     }
 
-    /// Stops the log for good after `e` (the first failure is the one named later) and
-    /// returns `e` to the caller of the operation that failed.
+    /// Stops the log for good after `e` and returns `e` (see [`crate::fail_stop`]).
     fn fail_stop(&self, e: Error) -> Error {
-        let what = format!("{}: {e}", self.dir.display());
-        if self.failed.set(what).is_ok() {
-            tracing::error!(log = %self.dir.display(), error = %e, "shared log write or sync failed: it refuses every change until it is reopened");
-        }
-        e
+        self.failed.stop(&self.dir, e)
     }
 
     /// The first index `stream` holds, if any.
