@@ -101,6 +101,8 @@ pub struct Catalog {
     pub keys: TenantKeysMap,
     /// Re-encryption jobs by tenant, finished ones included.
     pub jobs: BTreeMap<TenantId, Job>,
+    /// (tenant id, table id) of every table: a resolved write to any other is refused.
+    live_tables: std::collections::BTreeSet<(TenantId, TableId)>,
 }
 
 impl Catalog {
@@ -111,6 +113,24 @@ impl Catalog {
         self.tables
             .get(&(tenant.to_string(), table.to_string()))
             .ok_or_else(|| crate::AppError::not_found(format!("table `{tenant}/{table}` does not exist")))
+    }
+
+    /// Adds a table (created, or loaded).
+    pub fn insert_table(&mut self, meta: TableMeta) {
+        self.live_tables.insert((meta.tenant_id, meta.id));
+        self.tables.insert((meta.tenant.clone(), meta.name.clone()), meta);
+    }
+
+    /// Removes a table (dropped).
+    pub fn remove_table(&mut self, tenant: &str, name: &str) -> Option<TableMeta> {
+        let meta = self.tables.remove(&(tenant.to_string(), name.to_string()))?;
+        self.live_tables.remove(&(meta.tenant_id, meta.id));
+        Some(meta)
+    }
+
+    /// Whether the table with these ids exists (it was created and not dropped).
+    pub fn is_live(&self, tenant: TenantId, table: TableId) -> bool {
+        self.live_tables.contains(&(tenant, table))
     }
 
     pub fn tenant_name(&self, id: TenantId) -> Option<&str> {
@@ -146,7 +166,7 @@ impl Catalog {
             let tenant_id = u32::from_be_bytes(dk.row[..4].try_into().expect("4 bytes"));
             let tenant = by_id.get(&tenant_id).ok_or_else(|| corrupt("table of an unknown tenant id"))?;
             let meta = TableMeta::decode(tenant, tenant_id, &v).map_err(|e| corrupt(&e.to_string()))?;
-            cat.tables.insert((tenant.clone(), meta.name.clone()), meta);
+            cat.insert_table(meta);
         }
         let mut records: BTreeMap<TenantId, BTreeMap<u32, KeyRecord>> = BTreeMap::new();
         let (start, end) = keys::row_range(SYSTEM_TENANT, keyring::SYS_TENANT_KEYS, b"", None, b"");

@@ -305,7 +305,6 @@ fn _assert_type_config(_: TypeConfig) {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::WriteOp;
 
     fn log_id(term: u64, node: u64, index: u64) -> LogId {
         LogId::new(openraft::impls::leader_id_adv::LeaderId { term, node_id: node }, index)
@@ -320,13 +319,12 @@ mod tests {
             Entry { log_id: log_id(2, 1, 2), payload: EntryPayload::Membership(m) },
             Entry {
                 log_id: log_id(3, 2, 3),
-                payload: EntryPayload::Normal(Command::Write {
-                    tenant: "t".into(),
-                    table: "x".into(),
-                    ops: vec![WriteOp::Put { row: b"r\0".to_vec(), family: "f".into(), qualifier: vec![], value: vec![0xff; 10] }],
+                payload: EntryPayload::Normal(Command::Write(crate::CellWrite {
+                    tenant: 1,
+                    table: 2,
+                    ops: vec![crate::CellOp::Put { key: b"r\0".to_vec(), stored: vec![0xff; 10] }],
                     condition: None,
-                    nonce_seed: [7; 12],
-                }),
+                })),
             },
         ];
         for e in entries {

@@ -1,20 +1,22 @@
 //! The replicated commands (the `D` of the Raft log) and their responses (`R`).
 //!
-//! A command names tenants, tables and families by name; the state machine resolves names
-//! to ids when it applies the command, so a command that races with a `DropTable` fails
-//! cleanly with `NotFound` instead of writing under a dropped table.
+//! Two kinds of command share the log today (docs/SHARDING.md):
+//! - catalog commands name tenants and tables by name and are resolved where they apply;
+//!   they will be the meta group's;
+//! - [`Command::Write`] is a data command, already resolved by the proposing leader
+//!   ([`crate::cells`]): full storage keys (row keys hashed), family ids, and values as
+//!   stored (sealed for an encrypted tenant), with a compare-and-swap condition on stored
+//!   bytes. Applying it needs no catalog and no key, only the set of live tables (a write
+//!   that raced with a `DropTable` is refused, not written under a dropped table).
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::DecodeError;
 
-/// Format version of an encoded command (first byte; the rest is postcard). Version 2
-/// added encryption (nonce seeds, tenant keys, key commands); version 1 is refused.
-pub const COMMAND_FORMAT_V2: u8 = 2;
-
-/// A random 96-bit seed from which a command derives the nonce of every value it seals
-/// ([`kho_engine::crypto::nonce_at`]): replicas seal identically.
-pub type NonceSeed = [u8; 12];
+/// Format version of an encoded command (first byte; the rest is postcard). Version 3
+/// resolves data writes at proposal ([`CellWrite`]); versions 1 and 2 (names resolved at
+/// apply, values sealed at apply) are refused with an error that says so.
+pub const COMMAND_FORMAT_V3: u8 = 3;
 
 /// A replicated state-machine command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,18 +32,13 @@ pub enum Command {
         families: Vec<String>,
         hashed_row_keys: bool,
     },
+    /// Removes the table from the catalog and deletes its cells.
     DropTable {
         tenant: String,
         name: String,
     },
-    /// Cell mutations of one table, applied atomically; with a condition, only if it holds.
-    Write {
-        tenant: String,
-        table: String,
-        ops: Vec<WriteOp>,
-        condition: Option<Condition>,
-        nonce_seed: NonceSeed,
-    },
+    /// Cell changes of one table, applied atomically; with a condition, only if it holds.
+    Write(CellWrite),
     /// Adds value key `version` (must be the tenant's latest + 1), current from now on; with
     /// `hash_key`, also the row-key hashing key (a tenant that had none).
     RotateKey {
@@ -57,19 +54,85 @@ pub enum Command {
     StartReencrypt {
         tenant: String,
     },
-    /// One bounded step of a re-encryption, from `cursor`; refused unless it matches the job.
+    /// One bounded step of a re-encryption, prepared by the leader: the values it re-sealed
+    /// between `cursor` and `next_cursor`. Refused unless the job is at `cursor` and every
+    /// replaced value is still stored as it was read (then nothing is written and the
+    /// leader prepares the step again).
     ReencryptStep {
         tenant: String,
         target: u32,
         #[serde(with = "serde_bytes")]
         cursor: Vec<u8>,
-        nonce_seed: NonceSeed,
+        /// Where the next step starts; empty when this step reached the tenant's end.
+        #[serde(with = "serde_bytes")]
+        next_cursor: Vec<u8>,
+        /// Values visited by this step, count.
+        visited: u64,
+        replacements: Vec<Replacement>,
     },
     /// Erases a retired key version that nothing uses (checked by the proposer).
     DestroyKey {
         tenant: String,
         version: u32,
     },
+}
+
+/// A resolved write of cells of one table (`tenant`, `table` are ids): every key lies in
+/// the table's key range, every value is as stored. Applied atomically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellWrite {
+    pub tenant: u32,
+    pub table: u32,
+    pub ops: Vec<CellOp>,
+    /// Applied only if the stored bytes of a cell are as expected.
+    pub condition: Option<RawCondition>,
+}
+
+/// One change of a [`CellWrite`]. A write of exactly one `Delete` reports whether the cell
+/// existed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CellOp {
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The value as stored: checksummed, or sealed under the tenant's current key.
+        #[serde(with = "serde_bytes")]
+        stored: Vec<u8>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Every cell of `[start, end)` (a row, or a family of a row).
+    DeleteRange {
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        end: Vec<u8>,
+    },
+}
+
+/// A compare-and-swap condition on stored bytes: the cell at `key` must be stored exactly
+/// as `expected` (`None`: it must not exist). The leader reads the cell, compares the
+/// opened value with the client's, and proposes the bytes it read; a change in between
+/// makes the condition fail at apply, and the leader reads again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawCondition {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub expected: Option<Vec<u8>>,
+}
+
+/// A value re-sealed by a re-encryption step: `new` replaces `old` at `key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replacement {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub old: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub new: Vec<u8>,
 }
 
 /// The wrapped keys of a new encrypted tenant: hashing key (version 0) and value key version 1.
@@ -82,63 +145,24 @@ pub struct NewTenantKeys {
     pub data_key: Vec<u8>,
 }
 
-/// One cell mutation. An empty family names the table's first family.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-/// Byte fields are serialized as byte strings (`serde_bytes`): postcard writes them exactly
-/// as it writes a `Vec<u8>` sequence (a varint length, then the bytes), so the log format
-/// is the same, only encoding and decoding are faster.
-pub enum WriteOp {
-    Put {
-        #[serde(with = "serde_bytes")]
-        row: Vec<u8>,
-        family: String,
-        #[serde(with = "serde_bytes")]
-        qualifier: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
-    },
-    Delete {
-        #[serde(with = "serde_bytes")]
-        row: Vec<u8>,
-        family: String,
-        #[serde(with = "serde_bytes")]
-        qualifier: Vec<u8>,
-    },
-    DeleteFamily {
-        #[serde(with = "serde_bytes")]
-        row: Vec<u8>,
-        family: String,
-    },
-    DeleteRow {
-        #[serde(with = "serde_bytes")]
-        row: Vec<u8>,
-    },
-}
-
-/// Compare-and-swap condition: the cell's current value must equal `expected`
-/// (`None`: the cell must not exist).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Condition {
-    #[serde(with = "serde_bytes")]
-    pub row: Vec<u8>,
-    pub family: String,
-    #[serde(with = "serde_bytes")]
-    pub qualifier: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    pub expected: Option<Vec<u8>>,
-}
-
 impl Command {
     pub fn encode(&self) -> Vec<u8> {
-        let out = vec![COMMAND_FORMAT_V2];
+        let out = vec![COMMAND_FORMAT_V3];
         postcard::to_extend(self, out).expect("encoding a command into a Vec cannot fail")
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
         match bytes.split_first() {
-            Some((&COMMAND_FORMAT_V2, rest)) => {
+            Some((&COMMAND_FORMAT_V3, rest)) => {
                 postcard::from_bytes(rest).map_err(|e| DecodeError { what: "command", reason: e.to_string() })
             }
+            Some((v @ (1 | 2), _)) => Err(DecodeError {
+                what: "command",
+                reason: format!(
+                    "format version {v} was written by a build before data commands were resolved at proposal (format 3); \
+                     this build cannot apply it: finish the log with the previous build, or start from an empty data directory"
+                ),
+            }),
             Some((v, _)) => Err(DecodeError { what: "command", reason: format!("unknown format version {v}") }),
             None => Err(DecodeError { what: "command", reason: "empty".into() }),
         }
@@ -214,6 +238,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CasOutcome {
     pub succeeded: bool,
+    /// The cell as stored before the write (sealed for an encrypted tenant).
     pub current: Option<Vec<u8>>,
 }
 
@@ -229,11 +254,18 @@ impl std::fmt::Display for Command {
             Command::DropTable { tenant, name } => write!(f, "drop-table {tenant}/{name}"),
             Command::RotateKey { tenant, version, .. } => write!(f, "rotate-key {tenant} to version {version}"),
             Command::StartReencrypt { tenant } => write!(f, "start-reencrypt {tenant}"),
-            Command::ReencryptStep { tenant, target, .. } => write!(f, "reencrypt-step {tenant} to version {target}"),
-            Command::DestroyKey { tenant, version } => write!(f, "destroy-key {tenant} version {version}"),
-            Command::Write { tenant, table, ops, condition, .. } => {
-                write!(f, "write {tenant}/{table}: {} ops{}", ops.len(), if condition.is_some() { ", conditional" } else { "" })
+            Command::ReencryptStep { tenant, target, replacements, .. } => {
+                write!(f, "reencrypt-step {tenant} to version {target}: {} values", replacements.len())
             }
+            Command::DestroyKey { tenant, version } => write!(f, "destroy-key {tenant} version {version}"),
+            Command::Write(w) => write!(
+                f,
+                "write table {}/{}: {} ops{}",
+                w.tenant,
+                w.table,
+                w.ops.len(),
+                if w.condition.is_some() { ", conditional" } else { "" }
+            ),
         }
     }
 }
@@ -258,7 +290,7 @@ mod tests {
         }
         let row = vec![0u8, 1, 2, 255];
         let value: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
-        let ours = WriteOp::Put { row: row.clone(), family: "f".into(), qualifier: b"q".to_vec(), value: value.clone() };
+        let ours = crate::cells::WriteOp::Put { row: row.clone(), family: "f".into(), qualifier: b"q".to_vec(), value: value.clone() };
         let plain = PlainOp::Put { row, family: "f".into(), qualifier: b"q".to_vec(), value };
         assert_eq!(postcard::to_allocvec(&ours).unwrap(), postcard::to_allocvec(&plain).unwrap());
     }
@@ -268,7 +300,22 @@ mod tests {
         let c = Command::CreateTable { tenant: "dân_cư".into(), name: "x".into(), families: vec!["a".into()], hashed_row_keys: true };
         assert_eq!(Command::decode(&c.encode()).unwrap(), c);
         assert!(Command::decode(&[9, 1, 2]).is_err());
-        assert!(Command::decode(&[1, 0]).unwrap_err().to_string().contains("unknown format version 1"));
+        assert!(Command::decode(&[4, 0]).unwrap_err().to_string().contains("unknown format version 4"));
         assert!(Command::decode(&[]).is_err());
+        let w = Command::Write(CellWrite {
+            tenant: 1,
+            table: 2,
+            ops: vec![CellOp::Put { key: vec![1, 2], stored: vec![3] }, CellOp::DeleteRange { start: vec![1], end: vec![2] }],
+            condition: Some(RawCondition { key: vec![1, 2], expected: None }),
+        });
+        assert_eq!(Command::decode(&w.encode()).unwrap(), w);
+    }
+
+    #[test]
+    fn commands_of_earlier_formats_are_refused_naming_the_format() {
+        for v in [1u8, 2] {
+            let e = Command::decode(&[v, 0, 0]).unwrap_err().to_string();
+            assert!(e.contains(&format!("format version {v}")) && e.contains("format 3"), "{e}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! crate implements, and it encodes every Raft message it sends as opaque bytes.
 
 pub mod catalog;
+pub mod cells;
 pub mod codec;
 pub mod command;
 mod error;
@@ -19,7 +20,8 @@ pub mod shard;
 pub mod snapshot;
 pub mod state_machine;
 
-pub use command::{AppError, AppErrorKind, Command, Response, WriteOp};
+pub use cells::WriteOp;
+pub use command::{AppError, AppErrorKind, CellOp, CellWrite, Command, Response};
 pub use error::{ProposeError, RaftNodeError};
 pub use network::{MessageKind, Transport, TransportError};
 pub use node::{Group, GroupStatus, MemberStatus, RaftNode, RaftSettings};

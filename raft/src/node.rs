@@ -422,6 +422,11 @@ impl Group {
         Ok(r.membership.map(|m| m.voter_ids().collect()).unwrap_or_default())
     }
 
+    /// The group's leader, as far as this node knows.
+    pub fn status_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
     /// Whether this node is the group's leader, as far as it knows.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().state == ServerState::Leader

@@ -18,15 +18,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, TryStreamExt};
-use kho_engine::crypto::{self, LogCipher, MasterKey};
-use kho_engine::keys::{self, FamilyId, TenantId};
+use kho_engine::crypto::{LogCipher, MasterKey};
+use kho_engine::keys::{self, TenantId};
 use kho_engine::{value, Cf, Engine};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
 use crate::catalog::{self, Catalog, TableMeta};
 use crate::codec;
-use crate::command::{AppError, CasOutcome, Command, Condition, NewTenantKeys, NonceSeed, Outcome, Response, WriteOp};
+use crate::command::{AppError, CasOutcome, CellOp, CellWrite, Command, NewTenantKeys, Outcome, Replacement, Response};
 use crate::keyring::{self, Job, KeyRecord, KeyState, TenantKeys};
 use crate::log_store::{meta_key, GroupLog};
 use crate::snapshot::{self, CheckpointSnapshot, SnapshotData, SnapshotFile, SnapshotReader};
@@ -36,10 +36,6 @@ type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 /// Most bytes of snapshot records written to RocksDB in one batch during an install.
 const INSTALL_BATCH_BYTES_MAX: usize = 4 << 20;
-/// Most values one re-encryption step visits, count.
-pub const REENCRYPT_STEP_VALUES_MAX: usize = 512;
-/// Most stored bytes one re-encryption step visits (it stops after the value that crosses it).
-pub const REENCRYPT_STEP_BYTES_MAX: usize = 1 << 20;
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -355,11 +351,11 @@ impl StateMachine {
                 batch.put_value(&keyring::job_key(tenant_id), &job.encode());
                 Ok((Outcome::Job { target, resumed: resumed.is_some() }, Some(CatalogChange::Job(tenant_id, job))))
             }
-            Command::ReencryptStep { tenant, target, cursor, nonce_seed } => {
+            Command::ReencryptStep { tenant, target, cursor, next_cursor, visited, replacements } => {
                 let Some(&tenant_id) = cat.tenants.get(&tenant) else {
                     return Ok((Outcome::Rejected(AppError::not_found(format!("tenant `{tenant}` does not exist"))), None));
                 };
-                let job = match cat.jobs.get(&tenant_id) {
+                let mut job = match cat.jobs.get(&tenant_id) {
                     Some(j) if !j.done && j.target == target && j.cursor == cursor => j.clone(),
                     _ => {
                         return Ok((
@@ -370,10 +366,33 @@ impl StateMachine {
                         ))
                     }
                 };
-                let keys = cat.keys.get(&tenant_id).cloned();
                 drop(cat);
-                let outcome = self.reencrypt_step(tenant_id, keys.as_deref(), job, nonce_seed, batch)?;
-                Ok(outcome)
+                let (start, end) = tenant_range(tenant_id);
+                for Replacement { key, old, .. } in &replacements {
+                    if key.as_slice() < start.as_slice() || key.as_slice() >= end.as_slice() {
+                        return Ok((
+                            Outcome::Rejected(AppError::invalid(format!("re-encryption step: a key outside tenant `{tenant}`"))),
+                            None,
+                        ));
+                    }
+                    if engine.get(Cf::Data, key).map_err(io_err)?.as_deref() != Some(old.as_slice()) {
+                        return Ok((
+                            Outcome::Rejected(AppError::failed_precondition(format!(
+                                "tenant `{tenant}`: a value changed after the re-encryption step read it; the step is prepared again"
+                            ))),
+                            None,
+                        ));
+                    }
+                }
+                for Replacement { key, new, .. } in replacements {
+                    job.rewritten += 1;
+                    batch.put(Cf::Data, &key, &new);
+                }
+                job.visited += visited;
+                job.done = next_cursor.is_empty();
+                job.cursor = next_cursor;
+                batch.put_value(&keyring::job_key(tenant_id), &job.encode());
+                Ok((Outcome::Job { target, resumed: true }, Some(CatalogChange::Job(tenant_id, job))))
             }
             Command::DestroyKey { tenant, version } => {
                 let Some(&tenant_id) = cat.tenants.get(&tenant) else {
@@ -439,14 +458,21 @@ impl StateMachine {
                 batch.delete(Cf::Data, &catalog::table_key(meta.tenant_id, &name));
                 Ok((Outcome::Done, Some(CatalogChange::DropTable(tenant, name))))
             }
-            Command::Write { tenant, table, ops, condition, nonce_seed } => {
-                let meta = match cat.table(&tenant, &table) {
-                    Ok(m) => m.clone(),
-                    Err(e) => return Ok((Outcome::Rejected(e), None)),
-                };
-                let keys = cat.keys.get(&meta.tenant_id).cloned();
+            Command::Write(w) => {
+                if !cat.is_live(w.tenant, w.table) {
+                    return Ok((
+                        Outcome::Rejected(AppError::not_found(format!(
+                            "the table (id {}/{}) was dropped while the write was in flight; nothing was written",
+                            w.tenant, w.table
+                        ))),
+                        None,
+                    ));
+                }
                 drop(cat);
-                Ok((self.execute_write(&meta, keys.as_deref(), ops, condition, nonce_seed, batch)?, None))
+                if let Err(e) = crate::cells::check_in_table(&w) {
+                    return Ok((Outcome::Rejected(e), None));
+                }
+                Ok((execute_write(engine, w, batch)?, None))
             }
         }
     }
@@ -479,157 +505,6 @@ impl StateMachine {
         })
     }
 
-    /// One bounded step of a re-encryption: rewrites the values from the job's cursor that
-    /// are not sealed under its target version, and moves the cursor.
-    fn reencrypt_step(
-        &self,
-        tenant: TenantId,
-        keys: Option<&TenantKeys>,
-        mut job: Job,
-        nonce_seed: NonceSeed,
-        batch: &mut kho_engine::WriteBatch,
-    ) -> io::Result<(Outcome, Option<CatalogChange>)> {
-        let Some((keys, target_key)) = keys.and_then(|k| k.versions.get(&job.target).and_then(|v| v.key.as_ref()).map(|t| (k, t))) else {
-            return Ok((Outcome::Rejected(AppError::failed_precondition(format!("key version {} is not available", job.target))), None));
-        };
-        let (tenant_start, end) = tenant_range(tenant);
-        let start = if job.cursor.is_empty() { tenant_start } else { job.cursor.clone() };
-        let rows = self.state.engine.scan(Cf::Data, &start, Some(&end), REENCRYPT_STEP_VALUES_MAX).map_err(io_err)?;
-        let mut bytes = 0usize;
-        let mut sealed = 0u32;
-        let mut last = None;
-        let mut reached_end = rows.len() < REENCRYPT_STEP_VALUES_MAX;
-        for (i, (k, v)) in rows.iter().enumerate() {
-            job.visited += 1;
-            bytes += k.len() + v.len();
-            let under_target = matches!(value::inspect(k, v), Ok(value::Stored::Sealed { key_version }) if key_version == job.target);
-            if !under_target {
-                let plain = match keyring::open_value(Some(keys), k, v) {
-                    Ok(p) => p,
-                    Err(e) => return Ok((Outcome::Rejected(AppError::corruption(format!("re-encryption stopped: {e}"))), None)),
-                };
-                batch.put(Cf::Data, k, &value::seal_value(k, &plain, target_key, job.target, crypto::nonce_at(nonce_seed, sealed)));
-                sealed += 1;
-                job.rewritten += 1;
-            }
-            last = Some(k.clone());
-            if bytes >= REENCRYPT_STEP_BYTES_MAX && i + 1 < rows.len() {
-                reached_end = false;
-                break;
-            }
-        }
-        match last {
-            Some(mut k) if !reached_end => {
-                k.push(0); // the next key after `k`
-                job.cursor = k;
-            }
-            _ => {
-                job.done = true;
-                job.cursor.clear();
-            }
-        }
-        batch.put_value(&keyring::job_key(tenant), &job.encode());
-        Ok((Outcome::Job { target: job.target, resumed: true }, Some(CatalogChange::Job(tenant, job))))
-    }
-
-    fn execute_write(
-        &self,
-        meta: &TableMeta,
-        tenant_keys: Option<&TenantKeys>,
-        ops: Vec<WriteOp>,
-        condition: Option<Condition>,
-        nonce_seed: NonceSeed,
-        batch: &mut kho_engine::WriteBatch,
-    ) -> io::Result<Outcome> {
-        let engine = &self.state.engine;
-        let sealer = tenant_keys.and_then(TenantKeys::current);
-        let hasher = match (meta.hashed_row_keys, tenant_keys.and_then(|k| k.hasher.as_ref())) {
-            (false, _) => None,
-            (true, Some(h)) => Some(h),
-            (true, None) => return Err(io_err(format!("table `{}/{}` has hashed row keys but no hashing key", meta.tenant, meta.name))),
-        };
-        let stored_row = |row: &[u8]| -> Vec<u8> {
-            match hasher {
-                Some(h) => h.hash(meta.id, row).to_vec(),
-                None => row.to_vec(),
-            }
-        };
-        let mut sealed = 0u32;
-        let family = |name: &str| -> Result<FamilyId, AppError> {
-            meta.family_id(name).ok_or_else(|| {
-                AppError::not_found(format!("column family `{name}` does not exist in table `{}/{}`", meta.tenant, meta.name))
-            })
-        };
-        let cell = |row: &[u8], fam: FamilyId, q: &[u8]| keys::data_key(meta.tenant_id, meta.id, &stored_row(row), fam, q);
-        let mut cas = None;
-        if let Some(c) = condition {
-            let fam = match family(&c.family) {
-                Ok(f) => f,
-                Err(e) => return Ok(Outcome::Rejected(e)),
-            };
-            let key = cell(&c.row, fam, &c.qualifier);
-            let current = match engine.get(Cf::Data, &key).map_err(io_err)? {
-                None => None,
-                Some(stored) => match keyring::open_value(tenant_keys, &key, &stored) {
-                    Ok(v) => Some(v),
-                    Err(e) => return Ok(Outcome::Rejected(AppError::corruption(e.to_string()))),
-                },
-            };
-            let succeeded = current == c.expected;
-            if !succeeded {
-                return Ok(Outcome::Written { existed: current.is_some(), cas: Some(CasOutcome { succeeded, current }) });
-            }
-            cas = Some(CasOutcome { succeeded, current });
-        }
-        // Resolve every family first: a bad op rejects the whole write, nothing is applied.
-        let mut resolved = Vec::with_capacity(ops.len());
-        for op in ops {
-            let fam = match &op {
-                WriteOp::Put { family: f, .. } | WriteOp::Delete { family: f, .. } | WriteOp::DeleteFamily { family: f, .. } => {
-                    match family(f) {
-                        Ok(id) => id,
-                        Err(e) => return Ok(Outcome::Rejected(e)),
-                    }
-                }
-                WriteOp::DeleteRow { .. } => 0,
-            };
-            resolved.push((op, fam));
-        }
-        let single_delete = resolved.len() == 1 && matches!(resolved[0].0, WriteOp::Delete { .. });
-        let mut existed = false;
-        for (op, fam) in resolved {
-            match op {
-                WriteOp::Put { row, qualifier, value, .. } => {
-                    let key = cell(&row, fam, &qualifier);
-                    match sealer {
-                        Some((version, k)) => {
-                            let stored = value::seal_value(&key, &value, k, version, crypto::nonce_at(nonce_seed, sealed));
-                            sealed += 1;
-                            batch.put(Cf::Data, &key, &stored);
-                        }
-                        None => batch.put_value(&key, &value),
-                    }
-                }
-                WriteOp::Delete { row, qualifier, .. } => {
-                    let key = cell(&row, fam, &qualifier);
-                    if single_delete {
-                        existed = engine.get(Cf::Data, &key).map_err(io_err)?.is_some();
-                    }
-                    batch.delete(Cf::Data, &key);
-                }
-                WriteOp::DeleteFamily { row, .. } => {
-                    let p = keys::family_prefix(meta.tenant_id, meta.id, &stored_row(&row), fam);
-                    batch.delete_range(Cf::Data, &p, &keys::prefix_end(&p).expect("family prefix has an end"));
-                }
-                WriteOp::DeleteRow { row } => {
-                    let p = keys::row_prefix(meta.tenant_id, meta.id, &stored_row(&row));
-                    batch.delete_range(Cf::Data, &p, &keys::prefix_end(&p).expect("row prefix has an end"));
-                }
-            }
-        }
-        Ok(Outcome::Written { existed, cas })
-    }
-
     fn apply_catalog_change(&self, change: CatalogChange) {
         let mut cat = self.state.catalog.write().expect("catalog lock poisoned");
         match change {
@@ -645,11 +520,9 @@ impl StateMachine {
             CatalogChange::Job(id, job) => {
                 cat.jobs.insert(id, job);
             }
-            CatalogChange::CreateTable(meta) => {
-                cat.tables.insert((meta.tenant.clone(), meta.name.clone()), meta);
-            }
+            CatalogChange::CreateTable(meta) => cat.insert_table(meta),
             CatalogChange::DropTable(tenant, name) => {
-                cat.tables.remove(&(tenant, name));
+                cat.remove_table(&tenant, &name);
             }
         }
     }
@@ -693,6 +566,36 @@ impl StateMachine {
     }
 }
 
+/// Applies a resolved write into `batch`: its condition first (on stored bytes), then its
+/// changes. Reads nothing but the condition's cell and, for a write of exactly one delete,
+/// whether that cell existed.
+fn execute_write(engine: &Engine, w: CellWrite, batch: &mut kho_engine::WriteBatch) -> io::Result<Outcome> {
+    let mut cas = None;
+    if let Some(c) = w.condition {
+        let current = engine.get(Cf::Data, &c.key).map_err(io_err)?;
+        let succeeded = current == c.expected;
+        if !succeeded {
+            return Ok(Outcome::Written { existed: current.is_some(), cas: Some(CasOutcome { succeeded, current }) });
+        }
+        cas = Some(CasOutcome { succeeded, current });
+    }
+    let single_delete = w.ops.len() == 1 && matches!(w.ops[0], CellOp::Delete { .. });
+    let mut existed = false;
+    for op in w.ops {
+        match op {
+            CellOp::Put { key, stored } => batch.put(Cf::Data, &key, &stored),
+            CellOp::Delete { key } => {
+                if single_delete {
+                    existed = engine.get(Cf::Data, &key).map_err(io_err)?.is_some();
+                }
+                batch.delete(Cf::Data, &key);
+            }
+            CellOp::DeleteRange { start, end } => batch.delete_range(Cf::Data, &start, &end),
+        }
+    }
+    Ok(Outcome::Written { existed, cas })
+}
+
 /// Most entries applied in one RocksDB batch, count.
 const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
 /// A shared apply batch is written once it holds this many bytes.
@@ -702,7 +605,7 @@ const APPLY_BATCH_BYTES_MAX: usize = 4 << 20;
 /// a single delete (which reads whether the cell existed).
 fn is_blind_write(cmd: &Command) -> bool {
     match cmd {
-        Command::Write { condition: None, ops, .. } => !(ops.len() == 1 && matches!(ops[0], WriteOp::Delete { .. })),
+        Command::Write(CellWrite { condition: None, ops, .. }) => !(ops.len() == 1 && matches!(ops[0], CellOp::Delete { .. })),
         _ => false,
     }
 }

@@ -248,6 +248,22 @@ impl Ctx {
         }
     }
 
+    /// The leader to forward a request to when this node knows it is another node; None
+    /// when this node leads, knows no leader, or got the request forwarded (it is then
+    /// tried here, and a non-leader answers UNAVAILABLE rather than forward it again).
+    pub fn leader_elsewhere(&self, origin: &Origin, kind: Kind) -> Option<Forward> {
+        if origin.forwarded {
+            return None;
+        }
+        let g = self.group();
+        let leader = g.status_leader()?;
+        if leader == self.node.id {
+            return None;
+        }
+        let addr = g.member_addr(leader)?;
+        Some(Forward { leader_id: leader, addr, kind, deadline: origin.deadline })
+    }
+
     /// Proposes a command on the leader, waiting at most `raft.proposal_timeout_ms` (or
     /// until shortly before the deadline), or says where the leader is.
     pub async fn propose(&self, cmd: Command, origin: &Origin) -> Result<Leader<kho_raft::Response>, Status> {

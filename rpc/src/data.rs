@@ -4,17 +4,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use kho_engine::crypto;
 use kho_engine::keys::{self, FamilyId};
 use kho_engine::{Cf, Engine};
 use kho_proto::v1::data_server::Data;
 use kho_proto::v1::{self as pb, mutation, write_op};
 use kho_raft::catalog::TableMeta;
-use kho_raft::command::Condition;
+use kho_raft::cells::TableAccess;
+use kho_raft::command::RawCondition;
 use kho_raft::keyring::{self, TenantKeys};
 use kho_raft::state_machine::SmState;
 use kho_raft::{Command, WriteOp};
-use openraft::type_config::async_runtime::WatchReceiver;
 use tonic::{Request, Response, Status};
 
 use crate::ctx::{written, Ctx, Leader};
@@ -22,6 +21,9 @@ use crate::{forward, status, validate};
 
 /// Most chunks a scan buffers ahead of a slow client, count.
 const SCAN_CHANNEL_CHUNKS_MAX: usize = 4;
+/// Most times a compare-and-swap reads its cell and proposes its conditional write when
+/// other writes to the cell keep landing in between, count.
+const CAS_ATTEMPTS_MAX: usize = 8;
 /// Most items in one streamed chunk, count.
 const SCAN_CHUNK_ITEMS_MAX: usize = 512;
 /// A chunk is sent once it holds this many bytes of keys and values.
@@ -44,10 +46,6 @@ impl DataService {
         &self.ctx.limits
     }
 
-    fn table(&self, tenant: &str, table: &str) -> Result<TableMeta, Status> {
-        self.ctx.group().state.resolve(tenant, table).map_err(status::app_error)
-    }
-
     /// The table and its tenant's keys (None for a plaintext tenant).
     fn access(&self, tenant: &str, table: &str) -> Result<(TableMeta, Option<Arc<TenantKeys>>), Status> {
         let g = self.ctx.group();
@@ -66,52 +64,56 @@ impl DataService {
         validate::name("table", table)
     }
 
-    /// Rejects writes to unknown tables/families early when this node is the leader (so bad
-    /// requests do not fill the log); the state machine checks again when applying.
-    fn precheck(&self, tenant: &str, table: &str, families: &[&str]) -> Result<(), Status> {
-        let g = self.ctx.group();
-        if g.raft.metrics().borrow_watched().current_leader != Some(self.ctx.node.id) {
-            return Ok(());
+    /// Resolves named mutations into a write ([`kho_raft::cells`]) and proposes it here, the
+    /// leader; says where the leader is when this node knows it is elsewhere (the request
+    /// is then forwarded as the client sent it, and resolved there).
+    async fn propose_write(
+        &self,
+        tenant: &str,
+        table: &str,
+        ops: Vec<WriteOp>,
+        origin: &crate::ctx::Origin,
+    ) -> Result<Leader<crate::ctx::Written>, Status> {
+        if let Some(to) = self.ctx.leader_elsewhere(origin, crate::ctx::Kind::Write) {
+            return Ok(Leader::There(to));
         }
-        let meta = self.table(tenant, table)?;
-        for f in families {
-            family_of(&meta, f)?;
-        }
-        Ok(())
-    }
-
-    async fn propose_write(&self, cmd: Command, origin: &crate::ctx::Origin) -> Result<Leader<crate::ctx::Written>, Status> {
-        if let Command::Write { tenant, table, ops, condition, .. } = &cmd {
-            let mut fams: Vec<&str> = ops
-                .iter()
-                .filter_map(|op| match op {
-                    WriteOp::Put { family, .. } | WriteOp::Delete { family, .. } | WriteOp::DeleteFamily { family, .. } => {
-                        Some(family.as_str())
-                    }
-                    WriteOp::DeleteRow { .. } => None,
-                })
-                .collect();
-            if let Some(c) = condition {
-                fams.push(&c.family);
-            }
-            self.precheck(tenant, table, &fams)?;
-        }
-        Ok(match self.ctx.propose(cmd, origin).await? {
+        let w = {
+            let (meta, keys) = self.access(tenant, table)?;
+            TableAccess { meta: &meta, keys: keys.as_deref() }.resolve(ops, None).map_err(status::app_error)?
+        };
+        Ok(match self.ctx.propose(Command::Write(w), origin).await? {
             Leader::Here(r) => Leader::Here(written(r)?),
             Leader::There(a) => Leader::There(a),
         })
+    }
+
+    /// A cell as stored, read from this node's state: from memory when the memtables or the
+    /// block cache hold it, else on a read thread. Never while a snapshot install runs.
+    async fn read_stored(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
+        let engine = self.engine();
+        let state = self.ctx.group().state.clone();
+        let in_memory = {
+            let _gate = state.read_gate().await;
+            engine.get_in_memory(Cf::Data, key).map_err(status::engine_error)?
+        };
+        if let Some(answer) = in_memory {
+            return Ok(answer);
+        }
+        let key = key.to_vec();
+        self.ctx
+            .reads
+            .run(move || {
+                let _gate = state.blocking_read_gate();
+                engine.get(Cf::Data, &key)
+            })
+            .await?
+            .map_err(status::engine_error)
     }
 }
 
 /// The row key as stored: a keyed hash for a table with hashed row keys.
 fn stored_row(meta: &TableMeta, keys: Option<&TenantKeys>, row: &[u8]) -> Result<Vec<u8>, Status> {
-    if !meta.hashed_row_keys {
-        return Ok(row.to_vec());
-    }
-    let hasher = keys.and_then(|k| k.hasher.as_ref()).ok_or_else(|| {
-        Status::internal(format!("table `{}/{}` has hashed row keys but its tenant has no hashing key", meta.tenant, meta.name))
-    })?;
-    Ok(hasher.hash(meta.id, row).to_vec())
+    TableAccess { meta, keys }.stored_row(row).map_err(status::app_error)
 }
 
 /// Range scans cannot work on hashed row keys: their order is not the rows' order.
@@ -287,14 +289,8 @@ impl Data for DataService {
         validate::family("family", &r.family)?;
         validate::key(self.limits(), "key", &r.key)?;
         validate::value(self.limits(), "value", &r.value)?;
-        let cmd = Command::Write {
-            tenant: r.tenant.clone(),
-            table: r.table.clone(),
-            ops: vec![WriteOp::Put { row: r.key.clone(), family: r.family.clone(), qualifier: vec![], value: r.value.clone() }],
-            condition: None,
-            nonce_seed: crypto::random_nonce_seed(),
-        };
-        match self.propose_write(cmd, &origin).await? {
+        let ops = vec![WriteOp::Put { row: r.key.clone(), family: r.family.clone(), qualifier: vec![], value: r.value.clone() }];
+        match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
             Leader::Here(w) => Ok(Response::new(pb::PutResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
             Leader::There(to) => forward!(self.ctx, data_client, to, put, r),
         }
@@ -312,30 +308,9 @@ impl Data for DataService {
         let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
         let fam = family_of(&meta, &r.family)?;
         let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.key)?, fam, b"");
-        let engine = self.engine();
-        let state = self.ctx.group().state.clone();
-        // Memtables and the block cache answer most reads in microseconds: read them here
-        // and hand only reads that need the disk to a read thread. Neither runs while a
-        // snapshot install does.
-        let in_memory = {
-            let _gate = state.read_gate().await;
-            engine.get_in_memory(Cf::Data, &key).map_err(status::engine_error)?
-        };
-        let stored = match in_memory {
-            Some(stored) => stored,
-            None => {
-                let key = key.clone();
-                self.ctx
-                    .reads
-                    .run(move || {
-                        let _gate = state.blocking_read_gate();
-                        engine.get(Cf::Data, &key)
-                    })
-                    .await?
-                    .map_err(status::engine_error)?
-            }
-        };
-        let v = match stored {
+        // Memtables and the block cache answer most reads in microseconds: they are read
+        // here, and only reads that need the disk go to a read thread.
+        let v = match self.read_stored(&key).await? {
             None => None,
             Some(stored) => Some(open(tenant_keys.as_deref(), &key, &stored)?),
         };
@@ -348,14 +323,8 @@ impl Data for DataService {
         self.check_table_names(&r.tenant, &r.table)?;
         validate::family("family", &r.family)?;
         validate::key(self.limits(), "key", &r.key)?;
-        let cmd = Command::Write {
-            tenant: r.tenant.clone(),
-            table: r.table.clone(),
-            ops: vec![WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] }],
-            condition: None,
-            nonce_seed: crypto::random_nonce_seed(),
-        };
-        match self.propose_write(cmd, &origin).await? {
+        let ops = vec![WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] }];
+        match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
             Leader::Here(w) => {
                 Ok(Response::new(pb::DeleteResponse { header: Some(pb::WriteHeader { revision: w.revision }), existed: w.existed }))
             }
@@ -487,14 +456,7 @@ impl Data for DataService {
             }
         }
         validate::batch(l, "ops", ops.len(), bytes)?;
-        let cmd = Command::Write {
-            tenant: r.tenant.clone(),
-            table: r.table.clone(),
-            ops,
-            condition: None,
-            nonce_seed: crypto::random_nonce_seed(),
-        };
-        match self.propose_write(cmd, &origin).await? {
+        match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
             Leader::Here(w) => Ok(Response::new(pb::WriteResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
             Leader::There(to) => forward!(self.ctx, data_client, to, write, r),
         }
@@ -512,34 +474,59 @@ impl Data for DataService {
         if let Some(v) = &r.new_value {
             validate::value(self.limits(), "new_value", v)?;
         }
-        let op = match &r.new_value {
-            Some(v) => WriteOp::Put { row: r.key.clone(), family: r.family.clone(), qualifier: vec![], value: v.clone() },
-            None => WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] },
-        };
-        let cmd = Command::Write {
-            tenant: r.tenant.clone(),
-            table: r.table.clone(),
-            ops: vec![op],
-            condition: Some(Condition {
-                row: r.key.clone(),
-                family: r.family.clone(),
-                qualifier: vec![],
-                expected: r.expected_value.clone(),
-            }),
-            nonce_seed: crypto::random_nonce_seed(),
-        };
-        match self.propose_write(cmd, &origin).await? {
-            Leader::Here(w) => {
-                let cas = w.cas.ok_or_else(|| status::internal("conditional write returned no comparison outcome"))?;
-                Ok(Response::new(pb::CompareAndSwapResponse {
-                    header: Some(pb::WriteHeader { revision: w.revision }),
-                    succeeded: cas.succeeded,
-                    current_found: cas.current.is_some(),
-                    current_value: cas.current.unwrap_or_default(),
-                }))
-            }
-            Leader::There(to) => forward!(self.ctx, data_client, to, compare_and_swap, r),
+        if let Some(to) = self.ctx.leader_elsewhere(&origin, crate::ctx::Kind::Write) {
+            return forward!(self.ctx, data_client, to, compare_and_swap, r);
         }
+        // The leader reads the cell (a linearizable read) and compares its value with the
+        // expected one; if they match, it proposes the write on condition that the cell is
+        // still stored as it read it. A write in between fails that condition at apply, and
+        // the comparison starts again, at most CAS_ATTEMPTS_MAX times.
+        for _ in 0..CAS_ATTEMPTS_MAX {
+            if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
+                return forward!(self.ctx, data_client, to.as_write(), compare_and_swap, r);
+            }
+            let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
+            let access = TableAccess { meta: &meta, keys: tenant_keys.as_deref() };
+            let key = access.cell_key(&r.key, &r.family, b"").map_err(status::app_error)?;
+            let stored = self.read_stored(&key).await?;
+            let current = match &stored {
+                None => None,
+                Some(s) => Some(open(tenant_keys.as_deref(), &key, s)?),
+            };
+            if current != r.expected_value {
+                let revision = self.ctx.group().status().applied_index;
+                return Ok(Response::new(pb::CompareAndSwapResponse {
+                    header: Some(pb::WriteHeader { revision }),
+                    succeeded: false,
+                    current_found: current.is_some(),
+                    current_value: current.unwrap_or_default(),
+                }));
+            }
+            let op = match &r.new_value {
+                Some(v) => WriteOp::Put { row: r.key.clone(), family: r.family.clone(), qualifier: vec![], value: v.clone() },
+                None => WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] },
+            };
+            let w = access.resolve(vec![op], Some(RawCondition { key, expected: stored })).map_err(status::app_error)?;
+            match self.ctx.propose(Command::Write(w), &origin).await? {
+                Leader::There(to) => return forward!(self.ctx, data_client, to, compare_and_swap, r),
+                Leader::Here(resp) => {
+                    let w = written(resp)?;
+                    let cas = w.cas.ok_or_else(|| status::internal("conditional write returned no comparison outcome"))?;
+                    if cas.succeeded {
+                        return Ok(Response::new(pb::CompareAndSwapResponse {
+                            header: Some(pb::WriteHeader { revision: w.revision }),
+                            succeeded: true,
+                            current_found: current.is_some(),
+                            current_value: current.unwrap_or_default(),
+                        }));
+                    }
+                    // The cell changed between the read and the write: compare again.
+                }
+            }
+        }
+        Err(Status::aborted(format!(
+            "compare_and_swap: the cell changed between its read and its conditional write {CAS_ATTEMPTS_MAX} times in a row; nothing was written; retry"
+        )))
     }
 
     async fn mutate_row(&self, req: Request<pb::MutateRowRequest>) -> Result<Response<pb::MutateRowResponse>, Status> {
@@ -580,14 +567,7 @@ impl Data for DataService {
             }
         }
         validate::batch(l, "mutations", ops.len(), bytes)?;
-        let cmd = Command::Write {
-            tenant: r.tenant.clone(),
-            table: r.table.clone(),
-            ops,
-            condition: None,
-            nonce_seed: crypto::random_nonce_seed(),
-        };
-        match self.propose_write(cmd, &origin).await? {
+        match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
             Leader::Here(w) => Ok(Response::new(pb::MutateRowResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
             Leader::There(to) => forward!(self.ctx, data_client, to, mutate_row, r),
         }
