@@ -587,8 +587,9 @@ impl Cluster {
         self.fail(format!("node {id} did not answer NodeStatus within {} ms; last: {last}", self.opts.node_serving_wait_ms))
     }
 
-    /// Polls Admin.NodeChecksum on every running node until all report the same
-    /// applied_index, then returns their answers in node order. Panics after `timeout`.
+    /// Polls Admin.NodeChecksum on every running node until, for every group (the meta group
+    /// and each data shard), the nodes that hold it report the same applied index; then
+    /// returns their answers in node order. Panics after `timeout`.
     pub async fn wait_applied_equal(&self, timeout: Duration) -> Vec<NodeChecksumResponse> {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("no node answered");
@@ -609,7 +610,7 @@ impl Cluster {
                 }
             }
             if !answers.is_empty() {
-                if answers.iter().all(|a| a.applied_index == answers[0].applied_index) {
+                if groups_at_equal_points(&answers) {
                     return answers;
                 }
                 last = describe_checksums(&answers);
@@ -877,11 +878,21 @@ fn describe_nodes(nodes: &[NodeStatus]) -> String {
     format!("[{}]", parts.join("; "))
 }
 
+/// Whether every group is at the same applied index on every node that reports it.
+pub fn groups_at_equal_points(answers: &[NodeChecksumResponse]) -> bool {
+    let mut seen: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    answers.iter().flat_map(|a| a.groups.iter()).all(|g| *seen.entry(g.group_id).or_insert(g.applied_index) == g.applied_index)
+}
+
 /// "node 1 applied 10 checksum 0x… keys 5; …"
 pub fn describe_checksums(answers: &[NodeChecksumResponse]) -> String {
     let parts: Vec<String> = answers
         .iter()
-        .map(|a| format!("node {} applied {} checksum {:#010x} keys {}", a.node_id, a.applied_index, a.checksum, a.key_count))
+        .map(|a| {
+            let groups: Vec<String> =
+                a.groups.iter().map(|g| format!("g{}@{} {:#010x}/{}", g.group_id, g.applied_index, g.checksum, g.key_count)).collect();
+            format!("node {} applied {} checksum {:#010x} keys {} [{}]", a.node_id, a.applied_index, a.checksum, a.key_count, groups.join(" "))
+        })
         .collect();
     parts.join("; ")
 }

@@ -32,8 +32,12 @@ async fn put_keys(cluster: &Cluster, via: u64, prefix: &str) {
     }
 }
 
+/// A fourth node joins the meta group as a voter and gets the catalog, but no data shard
+/// (the tenant's shard keeps its 3 replicas). Removing node 1 moves node 1's replica of the
+/// shard to node 4 (added as a learner, caught up, promoted) before node 1 leaves; the
+/// three remaining nodes then hold the same catalog and data, and keep serving writes.
 #[tokio::test(flavor = "multi_thread")]
-async fn node_joins_as_voter_with_the_same_data_and_leaves() {
+async fn a_joining_node_gets_the_catalog_and_a_leaving_node_s_replicas_move() {
     let cluster = Cluster::start(3, ClusterOptions { spare_nodes: 1, ..Default::default() }).await;
     cluster
         .bounded("membership", Duration::from_secs(TEST_TIMEOUT_S), async {
@@ -53,6 +57,8 @@ async fn node_joins_as_voter_with_the_same_data_and_leaves() {
             let sums = cluster.wait_applied_equal(Duration::from_secs(60)).await;
             assert_eq!(sums.len(), 4, "four nodes answer NodeChecksum");
             assert_checksums_equal(&cluster, &sums);
+            let on4: Vec<u64> = sums[3].groups.iter().map(|g| g.group_id).collect();
+            assert_eq!(on4, vec![0], "node 4 holds the meta group only: {}", kho_cluster_tests::describe_checksums(&sums));
             let status =
                 cluster.admin_client(4).cluster_status(ClusterStatusRequest {}).await.expect("ClusterStatus via node 4").into_inner();
             assert_eq!(status.nodes.len(), 4, "node 4 sees four members: {status:?}");
@@ -60,23 +66,31 @@ async fn node_joins_as_voter_with_the_same_data_and_leaves() {
 
             let removed = cluster
                 .admin_client(4)
-                .remove_node(RemoveNodeRequest { node_id: 4 })
+                .remove_node(RemoveNodeRequest { node_id: 1 })
                 .await
-                .unwrap_or_else(|e| cluster.fail(format!("RemoveNode 4 via node 4: {e}")))
+                .unwrap_or_else(|e| cluster.fail(format!("RemoveNode 1 via node 4: {e}")))
                 .into_inner();
-            assert_eq!(removed.voters, vec![1, 2, 3], "voters after RemoveNode");
-            cluster.stop(4).await;
+            assert_eq!(removed.voters, vec![2, 3, 4], "voters after RemoveNode");
+            cluster.stop(1).await;
 
-            // The remaining three keep serving writes, and agree.
-            put_keys(&cluster, 1, "after/").await;
+            // The remaining three keep serving writes, and agree: node 4 now holds the shard.
+            put_keys(&cluster, 4, "after/").await;
             let sums = cluster.wait_applied_equal(Duration::from_secs(60)).await;
             assert_eq!(sums.len(), 3);
             assert_checksums_equal(&cluster, &sums);
+            for s in &sums {
+                assert_eq!(s.groups.len(), 2, "node {} holds the meta group and the shard: {}", s.node_id, kho_cluster_tests::describe_checksums(&sums));
+            }
             assert!(sums[0].key_count >= 2 * KEYS, "key count {} below {}", sums[0].key_count, 2 * KEYS);
-            let status = cluster.admin_client(1).cluster_status(ClusterStatusRequest {}).await.expect("ClusterStatus").into_inner();
+            let status = cluster.admin_client(2).cluster_status(ClusterStatusRequest {}).await.expect("ClusterStatus").into_inner();
             let mut ids: Vec<u64> = status.nodes.iter().map(|n| n.node_id).collect();
             ids.sort();
-            assert_eq!(ids, vec![1, 2, 3], "members after removal: {status:?}");
+            assert_eq!(ids, vec![2, 3, 4], "members after removal: {status:?}");
+            let shard = status.nodes.iter().find(|n| n.node_id == 4).and_then(|n| n.shards.first().cloned());
+            let shard = shard.unwrap_or_else(|| cluster.fail(format!("node 4 reports no shard: {status:?}")));
+            let mut voters = shard.voters.clone();
+            voters.sort();
+            assert_eq!(voters, vec![2, 3, 4], "the shard's voters after the move: {shard:?}");
         })
         .await;
 }

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use kho_engine::crypto::MasterKey;
 use kho_engine::keys::{self, FamilyId, TableId, TenantId, SYSTEM_TENANT};
 
+use crate::shard::{ShardDesc, ShardId, ShardMap};
+
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::keyring::{self, Job, KeyRecord, TenantKeys, TenantKeysMap};
 
@@ -23,6 +25,12 @@ pub const SYS_TABLES: TableId = 2;
 pub const SYS_COUNTERS: TableId = 3;
 pub const NEXT_TENANT_ID: &[u8] = b"next_tenant_id";
 pub const NEXT_TABLE_ID: &[u8] = b"next_table_id";
+/// The shard map: row = shard id u64 BE, value = the [`ShardDesc`] record.
+pub const SYS_SHARDS: TableId = 6;
+/// Dropped tables: row = tenant id u32 BE ++ table id u32 BE, empty value. Every shard of
+/// the tenant clears the table's cells (`ClearTable`) once its leader sees the row.
+pub const SYS_DROPPED_TABLES: TableId = 7;
+pub const NEXT_SHARD_ID: &[u8] = b"next_shard_id";
 
 /// Most column families a table may declare.
 pub const FAMILIES_PER_TABLE_MAX: usize = 256;
@@ -103,6 +111,10 @@ pub struct Catalog {
     pub jobs: BTreeMap<TenantId, Job>,
     /// (tenant id, table id) of every table: a resolved write to any other is refused.
     live_tables: std::collections::BTreeSet<(TenantId, TableId)>,
+    /// Every data shard (the meta group's shard map).
+    pub shards: ShardMap,
+    /// (tenant id, table id) of every dropped table, whose cells the shards clear.
+    pub dropped_tables: std::collections::BTreeSet<(TenantId, TableId)>,
 }
 
 impl Catalog {
@@ -193,6 +205,20 @@ impl Catalog {
             let id = u32::from_be_bytes(dk.row.as_slice().try_into().map_err(|_| corrupt("job row is not a tenant id"))?);
             cat.jobs.insert(id, Job::decode(&v).map_err(|e| corrupt(&e.to_string()))?);
         }
+        let mut descs = Vec::new();
+        let (start, end) = keys::row_range(SYSTEM_TENANT, SYS_SHARDS, b"", None, b"");
+        for (_, v) in engine.scan_values(&start, &end, usize::MAX)? {
+            descs.push(ShardDesc::decode(&v).map_err(|e| corrupt(&e.to_string()))?);
+        }
+        cat.shards = ShardMap::from_descs(descs).map_err(|e| corrupt(&e.to_string()))?;
+        let (start, end) = keys::row_range(SYSTEM_TENANT, SYS_DROPPED_TABLES, b"", None, b"");
+        for (k, _) in engine.scan_values(&start, &end, usize::MAX)? {
+            let dk = keys::decode_data_key(&k)?;
+            let (Some(t), Some(x)) = (dk.row.get(..4), dk.row.get(4..8)) else {
+                return Err(corrupt("dropped table row is not tenant id ++ table id"));
+            };
+            cat.dropped_tables.insert((u32::from_be_bytes(t.try_into().expect("4 bytes")), u32::from_be_bytes(x.try_into().expect("4 bytes"))));
+        }
         Ok(cat)
     }
 }
@@ -233,6 +259,18 @@ pub fn table_key(tenant_id: TenantId, name: &str) -> Vec<u8> {
     let mut row = tenant_id.to_be_bytes().to_vec();
     row.extend_from_slice(name.as_bytes());
     keys::data_key(SYSTEM_TENANT, SYS_TABLES, &row, 0, b"")
+}
+
+/// The shard map row of a shard.
+pub fn shard_key(id: ShardId) -> Vec<u8> {
+    keys::data_key(SYSTEM_TENANT, SYS_SHARDS, &id.to_be_bytes(), 0, b"")
+}
+
+/// The row recording a dropped table.
+pub fn dropped_table_key(tenant: TenantId, table: TableId) -> Vec<u8> {
+    let mut row = tenant.to_be_bytes().to_vec();
+    row.extend_from_slice(&table.to_be_bytes());
+    keys::data_key(SYSTEM_TENANT, SYS_DROPPED_TABLES, &row, 0, b"")
 }
 
 pub fn counter_key(name: &[u8]) -> Vec<u8> {

@@ -113,8 +113,28 @@ impl TableAccess<'_> {
                 }
             });
         }
-        Ok(CellWrite { tenant: self.meta.tenant_id, table: self.meta.id, ops: out, condition })
+        // The router sets the shard and its epoch once it has looked the keys up.
+        Ok(CellWrite { shard: 0, epoch: 0, tenant: self.meta.tenant_id, table: self.meta.id, ops: out, condition })
     }
+}
+
+/// The first key `w` touches (of its first change, or its condition): the router looks
+/// it up to find the shard, then checks [`within`] that shard's range.
+pub fn first_key(w: &CellWrite) -> Option<&[u8]> {
+    match w.ops.first() {
+        Some(CellOp::Put { key, .. } | CellOp::Delete { key }) => Some(key),
+        Some(CellOp::DeleteRange { start, .. }) => Some(start),
+        None => w.condition.as_ref().map(|c| c.key.as_slice()),
+    }
+}
+
+/// Whether every key `w` touches lies in `[start, end)`.
+pub fn within(w: &CellWrite, start: &[u8], end: &[u8]) -> bool {
+    let inside = |k: &[u8]| start <= k && k < end;
+    w.ops.iter().all(|op| match op {
+        CellOp::Put { key, .. } | CellOp::Delete { key } => inside(key),
+        CellOp::DeleteRange { start: s, end: e } => start <= s.as_slice() && e.as_slice() <= end,
+    }) && w.condition.as_ref().is_none_or(|c| inside(&c.key))
 }
 
 /// Checks that every key of `w` lies in its table's key range (a command is resolved by
@@ -194,9 +214,18 @@ mod tests {
 
     #[test]
     fn keys_outside_the_table_are_refused() {
-        let w = CellWrite { tenant: 3, table: 7, ops: vec![CellOp::Delete { key: keys::data_key(3, 8, b"r", 0, b"") }], condition: None };
+        let w = CellWrite {
+            shard: 1,
+            epoch: 1,
+            tenant: 3,
+            table: 7,
+            ops: vec![CellOp::Delete { key: keys::data_key(3, 8, b"r", 0, b"") }],
+            condition: None,
+        };
         assert!(check_in_table(&w).is_err());
         let w = CellWrite {
+            shard: 1,
+            epoch: 1,
             tenant: 3,
             table: 7,
             ops: vec![CellOp::DeleteRange { start: keys::table_prefix(3, 7), end: keys::table_prefix(3, 9) }],

@@ -320,6 +320,8 @@ mod tests {
             Entry {
                 log_id: log_id(3, 2, 3),
                 payload: EntryPayload::Normal(Command::Write(crate::CellWrite {
+                    shard: 1,
+                    epoch: 1,
                     tenant: 1,
                     table: 2,
                     ops: vec![crate::CellOp::Put { key: b"r\0".to_vec(), stored: vec![0xff; 10] }],

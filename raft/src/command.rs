@@ -21,10 +21,12 @@ pub const COMMAND_FORMAT_V3: u8 = 3;
 /// A replicated state-machine command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// With `keys`, the tenant is created encrypted.
+    /// With `keys`, the tenant is created encrypted. Its first data shard covers its whole
+    /// key range, on `replicas` (chosen by the proposer; the shard id is allocated at apply).
     CreateTenant {
         name: String,
         keys: Option<NewTenantKeys>,
+        replicas: Vec<u64>,
     },
     CreateTable {
         tenant: String,
@@ -32,7 +34,8 @@ pub enum Command {
         families: Vec<String>,
         hashed_row_keys: bool,
     },
-    /// Removes the table from the catalog and deletes its cells.
+    /// Removes the table from the catalog and records it as dropped: every shard of the
+    /// tenant then clears its cells ([`Command::ClearTable`]).
     DropTable {
         tenant: String,
         name: String,
@@ -54,33 +57,52 @@ pub enum Command {
     StartReencrypt {
         tenant: String,
     },
-    /// One bounded step of a re-encryption, prepared by the leader: the values it re-sealed
-    /// between `cursor` and `next_cursor`. Refused unless the job is at `cursor` and every
-    /// replaced value is still stored as it was read (then nothing is written and the
-    /// leader prepares the step again).
-    ReencryptStep {
+    /// Moves a re-encryption job from `cursor` to `next_cursor` (empty: done), after the
+    /// shard holding the values between them applied their [`Command::Reseal`]. Refused
+    /// unless the job is unfinished, at `cursor`, with this target.
+    JobProgress {
         tenant: String,
         target: u32,
         #[serde(with = "serde_bytes")]
         cursor: Vec<u8>,
-        /// Where the next step starts; empty when this step reached the tenant's end.
         #[serde(with = "serde_bytes")]
         next_cursor: Vec<u8>,
-        /// Values visited by this step, count.
         visited: u64,
-        replacements: Vec<Replacement>,
+        rewritten: u64,
     },
     /// Erases a retired key version that nothing uses (checked by the proposer).
     DestroyKey {
         tenant: String,
         version: u32,
     },
+    /// Records a data shard's descriptor as its leader reports it (after a replica change),
+    /// if it is newer than the map's ([`crate::shard::Epoch`]).
+    UpdateShard {
+        desc: crate::shard::ShardDesc,
+    },
+    /// Data shard: clears the cells of a dropped table in the shard's range and refuses
+    /// writes to it from then on.
+    ClearTable {
+        shard: u64,
+        tenant: u32,
+        table: u32,
+    },
+    /// Data shard: re-sealed values of a re-encryption step, prepared by the leader: each
+    /// `new` replaces `old`; refused, writing nothing, if any `old` is no longer stored.
+    Reseal {
+        shard: u64,
+        epoch: u64,
+        replacements: Vec<Replacement>,
+    },
 }
 
-/// A resolved write of cells of one table (`tenant`, `table` are ids): every key lies in
-/// the table's key range, every value is as stored. Applied atomically.
+/// A resolved write of cells of one table (`tenant`, `table` are ids) in one data shard,
+/// routed with the shard's epoch `version`: every key lies in the table's key range and in
+/// the shard's, every value is as stored. Applied atomically.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CellWrite {
+    pub shard: u64,
+    pub epoch: u64,
     pub tenant: u32,
     pub table: u32,
     pub ops: Vec<CellOp>,
@@ -180,6 +202,9 @@ pub enum AppErrorKind {
     Corruption,
     /// The state does not allow the command (for example a key version still in use).
     FailedPrecondition,
+    /// The command reached a shard that does not own its keys (any more): the route was
+    /// stale (a split, a merge, or the wrong group). The router looks the keys up again.
+    WrongShard,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -204,6 +229,9 @@ impl AppError {
     }
     pub fn failed_precondition(message: impl Into<String>) -> Self {
         AppError { kind: AppErrorKind::FailedPrecondition, message: message.into() }
+    }
+    pub fn wrong_shard(message: impl Into<String>) -> Self {
+        AppError { kind: AppErrorKind::WrongShard, message: message.into() }
     }
 }
 
@@ -245,7 +273,7 @@ pub struct CasOutcome {
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::CreateTenant { name, keys } => {
+            Command::CreateTenant { name, keys, .. } => {
                 write!(f, "create-tenant {name}{}", if keys.is_some() { " (encrypted)" } else { "" })
             }
             Command::CreateTable { tenant, name, families, hashed_row_keys } => {
@@ -254,9 +282,12 @@ impl std::fmt::Display for Command {
             Command::DropTable { tenant, name } => write!(f, "drop-table {tenant}/{name}"),
             Command::RotateKey { tenant, version, .. } => write!(f, "rotate-key {tenant} to version {version}"),
             Command::StartReencrypt { tenant } => write!(f, "start-reencrypt {tenant}"),
-            Command::ReencryptStep { tenant, target, replacements, .. } => {
-                write!(f, "reencrypt-step {tenant} to version {target}: {} values", replacements.len())
+            Command::JobProgress { tenant, target, rewritten, .. } => {
+                write!(f, "job-progress {tenant} to version {target}: {rewritten} values rewritten")
             }
+            Command::UpdateShard { desc } => write!(f, "update-shard {desc}"),
+            Command::ClearTable { shard, tenant, table } => write!(f, "clear-table {tenant}/{table} in shard {shard}"),
+            Command::Reseal { shard, replacements, .. } => write!(f, "reseal {} values in shard {shard}", replacements.len()),
             Command::DestroyKey { tenant, version } => write!(f, "destroy-key {tenant} version {version}"),
             Command::Write(w) => write!(
                 f,
@@ -303,6 +334,8 @@ mod tests {
         assert!(Command::decode(&[4, 0]).unwrap_err().to_string().contains("unknown format version 4"));
         assert!(Command::decode(&[]).is_err());
         let w = Command::Write(CellWrite {
+            shard: 3,
+            epoch: 1,
             tenant: 1,
             table: 2,
             ops: vec![CellOp::Put { key: vec![1, 2], stored: vec![3] }, CellOp::DeleteRange { start: vec![1], end: vec![2] }],

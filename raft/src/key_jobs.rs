@@ -35,41 +35,15 @@ const STEP_TIMEOUT_MS: u64 = 10_000;
 pub fn spawn(node: Weak<RaftNode>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let Some(node) = node.upgrade() else { return };
-            let pause = match next_job(&node) {
+            let Some(n) = node.upgrade() else { return };
+            let cleared = clear_dropped_tables(&n).await;
+            report_shards(&n).await;
+            let pause = match next_job(&n) {
                 None => IDLE_POLL_MS,
-                Some(job) => {
-                    let group = node.data_group();
-                    drop(node);
-                    let cmd = match prepare(&group, job).await {
-                        Ok(cmd) => cmd,
-                        Err(e) => {
-                            tracing::info!(error = %e, "re-encryption step not prepared");
-                            tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
-                            continue;
-                        }
-                    };
-                    let what = cmd.to_string();
-                    match tokio::time::timeout(Duration::from_millis(STEP_TIMEOUT_MS), group.propose(cmd)).await {
-                        Ok(Ok(resp)) => match resp.outcome {
-                            Outcome::Rejected(e) => {
-                                tracing::info!(step = %what, reason = %e, "re-encryption step refused; reading the job again");
-                                ERROR_BACKOFF_MS
-                            }
-                            _ => 0,
-                        },
-                        Ok(Err(e)) => {
-                            tracing::info!(step = %what, error = %e, "re-encryption step not committed");
-                            ERROR_BACKOFF_MS
-                        }
-                        Err(_) => {
-                            tracing::warn!(step = %what, "re-encryption step not applied within {STEP_TIMEOUT_MS} ms");
-                            ERROR_BACKOFF_MS
-                        }
-                    }
-                }
+                Some(job) => step(&n, job).await,
             };
-            if pause == 0 {
+            drop(n);
+            if pause == 0 || cleared {
                 // Let client requests in between steps.
                 tokio::task::yield_now().await;
             } else {
@@ -77,6 +51,93 @@ pub fn spawn(node: Weak<RaftNode>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+/// On every data shard this node leads, clears the cells of the tables the catalog lists
+/// as dropped and the shard has not cleared yet (one `ClearTable` per table). Returns
+/// whether it proposed anything.
+async fn clear_dropped_tables(node: &RaftNode) -> bool {
+    let dropped = node.meta().state.catalog().dropped_tables.clone();
+    if dropped.is_empty() {
+        return false;
+    }
+    let mut proposed = false;
+    for id in node.group_ids() {
+        let Some(g) = node.group(id).filter(|g| g.state.kind == crate::GroupKind::Data && g.is_leader()) else { continue };
+        let Some(st) = g.state.shard() else { continue };
+        for (_, table) in dropped.range((st.desc.tenant, 0)..=(st.desc.tenant, u32::MAX)) {
+            if st.dropped_tables.contains(table) {
+                continue;
+            }
+            let cmd = Command::ClearTable { shard: id, tenant: st.desc.tenant, table: *table };
+            let what = cmd.to_string();
+            match tokio::time::timeout(Duration::from_millis(STEP_TIMEOUT_MS), g.propose(cmd)).await {
+                Ok(Ok(_)) => proposed = true,
+                Ok(Err(e)) => tracing::info!(step = %what, error = %e, "clearing a dropped table: not committed"),
+                Err(_) => tracing::warn!(step = %what, "clearing a dropped table: not applied within {STEP_TIMEOUT_MS} ms"),
+            }
+        }
+    }
+    proposed
+}
+
+/// Reports to the meta group the descriptor of every data shard this node leads whose
+/// replicas changed since the shard map recorded it (a report after a replica change that
+/// was lost, or not yet made).
+async fn report_shards(node: &RaftNode) {
+    for id in node.group_ids() {
+        let Some(g) = node.group(id).filter(|g| g.state.kind == crate::GroupKind::Data && g.is_leader()) else { continue };
+        let Some(st) = g.state.shard() else { continue };
+        let recorded = node.meta().state.catalog().shards.get(id).map(|d| d.epoch.conf_ver);
+        if recorded.is_some_and(|c| c < st.desc.epoch.conf_ver) {
+            let cmd = Command::UpdateShard { desc: st.desc };
+            if let Err(e) = tokio::time::timeout(Duration::from_millis(STEP_TIMEOUT_MS), node.propose_anywhere(crate::META_GROUP, cmd)).await {
+                tracing::info!(shard = id, error = %e, "shard report not applied yet");
+            }
+        }
+    }
+}
+
+/// Runs one re-encryption step of `job` if this node leads the shard that holds the job's
+/// cursor: the shard re-seals the values ([`Command::Reseal`]), then the meta group moves
+/// the job's cursor ([`Command::JobProgress`]). Returns how long to pause, milliseconds.
+async fn step(node: &RaftNode, job: NextJob) -> u64 {
+    let cursor_key = if job.job.cursor.is_empty() { crate::state_machine::tenant_range(job.tenant_id).0 } else { job.job.cursor.clone() };
+    let shard = node.meta().state.catalog().shards.lookup(&cursor_key).map(|d| d.id);
+    let Some(g) = shard.and_then(|id| node.group(id)).filter(|g| g.is_leader()) else {
+        return IDLE_POLL_MS; // another node leads that shard: its driver does the step
+    };
+    let (reseal, progress) = match prepare(&g, job).await {
+        Ok(cmds) => cmds,
+        Err(e) => {
+            tracing::info!(error = %e, "re-encryption step not prepared");
+            return ERROR_BACKOFF_MS;
+        }
+    };
+    let what = progress.to_string();
+    let proposed = async {
+        if let Some(reseal) = reseal {
+            match g.propose(reseal).await.map_err(|e| e.to_string())?.outcome {
+                Outcome::Rejected(e) => return Err(format!("refused by the shard: {e}")),
+                _ => {}
+            }
+        }
+        match node.propose_anywhere(crate::META_GROUP, progress).await.map_err(|e| e.to_string())?.outcome {
+            Outcome::Rejected(e) => Err(format!("refused by the meta group: {e}")),
+            _ => Ok(()),
+        }
+    };
+    match tokio::time::timeout(Duration::from_millis(STEP_TIMEOUT_MS), proposed).await {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            tracing::info!(step = %what, error = %e, "re-encryption step not done; reading the job again");
+            ERROR_BACKOFF_MS
+        }
+        Err(_) => {
+            tracing::warn!(step = %what, "re-encryption step not applied within {STEP_TIMEOUT_MS} ms");
+            ERROR_BACKOFF_MS
+        }
+    }
 }
 
 /// An unfinished job of a tenant, as this node's catalog has it.
@@ -89,26 +150,24 @@ struct NextJob {
 
 /// The next job to step, if this node leads and a job is unfinished.
 fn next_job(node: &RaftNode) -> Option<NextJob> {
-    let group = node.data_group();
-    if !group.is_leader() {
-        return None;
-    }
-    let cat = group.state.catalog();
+    let meta = node.meta();
+    let cat = meta.state.catalog();
     let (tenant_id, job) = cat.jobs.iter().find(|(_, j)| !j.done)?;
     let tenant = cat.tenant_name(*tenant_id)?.to_string();
     Some(NextJob { tenant, tenant_id: *tenant_id, job: job.clone(), keys: cat.tenant_keys(*tenant_id) })
 }
 
-/// Prepares the job's next step on the leader: after a read barrier, reads at most
+/// Prepares the job's next step on the shard's leader: after a read barrier, reads at most
 /// [`REENCRYPT_STEP_VALUES_MAX`] values (or [`REENCRYPT_STEP_BYTES_MAX`] bytes) from the
-/// cursor and re-seals those not under the target version.
-async fn prepare(group: &crate::Group, next: NextJob) -> Result<Command, String> {
+/// cursor to the shard's end and re-seals those not under the target version. Returns the
+/// shard's `Reseal` (None when nothing needs re-sealing) and the meta group's `JobProgress`.
+async fn prepare(group: &crate::Group, next: NextJob) -> Result<(Option<Command>, Command), String> {
     group.read_barrier().await.map_err(|e| e.to_string())?;
     let state = group.state.clone();
     tokio::task::spawn_blocking(move || prepare_blocking(&state, next)).await.map_err(|e| e.to_string())?
 }
 
-fn prepare_blocking(state: &crate::state_machine::SmState, next: NextJob) -> Result<Command, String> {
+fn prepare_blocking(state: &crate::state_machine::SmState, next: NextJob) -> Result<(Option<Command>, Command), String> {
     let NextJob { tenant, tenant_id, job, keys } = next;
     let keys = keys.ok_or_else(|| format!("tenant `{tenant}` has no keys"))?;
     let target_key = keys
@@ -116,8 +175,13 @@ fn prepare_blocking(state: &crate::state_machine::SmState, next: NextJob) -> Res
         .get(&job.target)
         .and_then(|v| v.key.as_ref())
         .ok_or_else(|| format!("tenant `{tenant}`: key version {} is not available", job.target))?;
-    let (tenant_start, end) = crate::state_machine::tenant_range(tenant_id);
+    let (tenant_start, tenant_end) = crate::state_machine::tenant_range(tenant_id);
     let start = if job.cursor.is_empty() { tenant_start } else { job.cursor.clone() };
+    let shard = state.shard().ok_or("not a data shard")?;
+    let end = shard.desc.end.clone().min(tenant_end.clone());
+    if !shard.desc.contains(&start) {
+        return Err(format!("the job's cursor left shard {}", shard.desc.id));
+    }
     let rows = {
         let _gate = state.blocking_read_gate();
         state.engine.scan(Cf::Data, &start, Some(&end), REENCRYPT_STEP_VALUES_MAX).map_err(|e| e.to_string())?
@@ -152,9 +216,14 @@ fn prepare_blocking(state: &crate::state_machine::SmState, next: NextJob) -> Res
             k.push(0); // the next key after `k`
             k
         }
+        // The end of this shard: the next shard's first key, or done at the tenant's end.
+        _ if end < tenant_end => end,
         _ => Vec::new(),
     };
-    Ok(Command::ReencryptStep { tenant, target: job.target, cursor: job.cursor, next_cursor, visited, replacements })
+    let rewritten = replacements.len() as u64;
+    let reseal = (!replacements.is_empty()).then(|| Command::Reseal { shard: shard.desc.id, epoch: shard.desc.epoch.version, replacements });
+    let progress = Command::JobProgress { tenant, target: job.target, cursor: job.cursor, next_cursor, visited, rewritten };
+    Ok((reseal, progress))
 }
 
 /// Most values one re-encryption step visits, count.

@@ -25,14 +25,15 @@ pub use command::{AppError, AppErrorKind, CellOp, CellWrite, Command, Response};
 pub use error::{ProposeError, RaftNodeError};
 pub use network::{MessageKind, Transport, TransportError};
 pub use node::{Group, GroupStatus, MemberStatus, RaftNode, RaftSettings};
+pub use state_machine::GroupKind;
 
 /// A node's id: unique in the cluster, never reused, > 0.
 pub type NodeId = u64;
-/// A Raft group's id. Group 1 is the first data group (it also holds the catalog).
+/// A Raft group's id: the meta group's ([`META_GROUP`]) or a data shard's (its shard id).
 pub type GroupId = u64;
 
-/// The first data group, which also holds the catalog in this version.
-pub const DATA_GROUP: GroupId = 1;
+/// The meta group: the catalog and the shard map, on every node (docs/SHARDING.md).
+pub const META_GROUP: GroupId = shard::META_SHARD;
 
 openraft::declare_raft_types!(
     /// Kho's openraft type configuration.

@@ -44,6 +44,8 @@ pub mod meta_key {
     pub const MEMBERSHIP: u8 = 0x11;
     /// Present while a received snapshot is being installed (crash recovery redoes it).
     pub const INSTALLING_SNAPSHOT: u8 = 0x12;
+    /// A data shard's [`crate::shard::ShardState`]: its descriptor and dropped tables.
+    pub const SHARD_STATE: u8 = 0x13;
 
     pub fn key(group: GroupId, tag: u8) -> [u8; 9] {
         let mut k = [0u8; 9];

@@ -32,6 +32,12 @@ pub enum MessageKind {
     Vote,
     /// A follower asks the leader for a read index (follower reads, [`crate::read_batch`]).
     ReadIndex,
+    /// A node hands a command to the group's leader ([`crate::RaftNode::propose_anywhere`]):
+    /// the payload is the encoded command, the reply the encoded response.
+    Propose,
+    /// A node asks a data shard's leader to add or remove a replica
+    /// ([`crate::RaftNode::change_replicas`]).
+    ChangeReplicas,
 }
 
 /// Why a message did not get an answer.

@@ -21,8 +21,9 @@ use crate::log_store::{LogStore, LogSyncer};
 use crate::network::{self, MessageKind, NetworkFactory, Transport};
 use crate::read_batch::ReadBatcher;
 use crate::snapshot::{self, SnapshotData, SnapshotFile};
-use crate::state_machine::{SmState, StateMachine};
-use crate::{GroupId, NodeId, Raft, TypeConfig, DATA_GROUP};
+use crate::shard::{ShardDesc, ShardState};
+use crate::state_machine::{GroupKind, SmState, StateMachine};
+use crate::{GroupId, NodeId, Raft, TypeConfig, META_GROUP};
 
 /// Raft settings of a node (the `[raft]` section of the config; units in the names).
 #[derive(Debug, Clone)]
@@ -49,9 +50,49 @@ pub struct RaftNode {
     pub addr: String,
     engine: Engine,
     groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
-    /// The background re-encryption driver ([`crate::key_jobs`]), stopped at shutdown.
-    key_jobs: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// What opening a group needs.
+    opener: GroupOpener,
+    /// Serializes the opening of groups by the registry.
+    opening: tokio::sync::Mutex<()>,
+    /// Background tasks (the re-encryption and table-clearing driver, [`crate::key_jobs`];
+    /// the group registry), stopped at shutdown.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
+
+/// Everything a group of this node is opened with.
+struct GroupOpener {
+    node_id: NodeId,
+    engine: Engine,
+    syncer: Arc<LogSyncer>,
+    shared_log: Arc<kho_engine::shared_log::SharedLog>,
+    snapshots_dir: PathBuf,
+    settings: RaftSettings,
+    transport: Arc<dyn Transport>,
+    master: Option<Arc<MasterKey>>,
+}
+
+impl GroupOpener {
+    async fn open(&self, id: GroupId, kind: GroupKind) -> Result<Group, RaftNodeError> {
+        let dir = self.snapshots_dir.join(id.to_string());
+        Group::open(
+            self.node_id,
+            id,
+            kind,
+            self.engine.clone(),
+            self.syncer.clone(),
+            self.shared_log.clone(),
+            &dir,
+            &self.settings,
+            self.transport.clone(),
+            self.master.clone(),
+        )
+        .await
+    }
+}
+
+/// How often the group registry checks the shard map even without a change, milliseconds
+/// (a group whose creation failed, or whose members' addresses were unknown, is retried).
+const REGISTRY_POLL_MS: u64 = 1_000;
 
 /// One Raft group hosted on this node.
 pub struct Group {
@@ -153,19 +194,173 @@ impl RaftNode {
         let shared_log = crate::log_store::open_shared_log(&engine, &data_dir.join(crate::log_store::SHARED_LOG_DIR))?;
         crate::log_store::migrate_group_segment_logs(&engine, &data_dir.join(crate::log_store::LEGACY_GROUP_LOGS_DIR), &shared_log)?;
         let syncer = LogSyncer::start();
+        if engine.get(kho_engine::Cf::RaftMeta, &crate::log_store::meta_key::key(1, crate::log_store::meta_key::APPLIED))?.is_some()
+            && crate::state_machine::read_shard_state(&engine, 1)?.is_none()
+        {
+            return Err(RaftNodeError::Raft(format!(
+                "{} was written by a build before sharding (one Raft group 1 holding the catalog and every tenant); \
+                 this build keeps the catalog in the meta group 0 and data in shards, and cannot open it: \
+                 start from an empty data directory",
+                data_dir.display()
+            )));
+        }
+        let opener = GroupOpener {
+            node_id: id,
+            engine: engine.clone(),
+            syncer,
+            shared_log,
+            snapshots_dir: data_dir.join("snapshots"),
+            settings: settings.clone(),
+            transport,
+            master,
+        };
         let node = Arc::new(RaftNode {
             id,
             addr,
             engine: engine.clone(),
             groups: RwLock::new(BTreeMap::new()),
-            key_jobs: std::sync::Mutex::new(None),
+            opener,
+            opening: tokio::sync::Mutex::new(()),
+            tasks: std::sync::Mutex::new(Vec::new()),
         });
-        let snapshot_dir = data_dir.join("snapshots").join(DATA_GROUP.to_string());
-        let group = Group::open(id, DATA_GROUP, engine, syncer, shared_log, &snapshot_dir, settings, transport, master).await?;
-        node.groups.write().expect("groups lock").insert(DATA_GROUP, Arc::new(group));
+        let meta = node.opener.open(META_GROUP, GroupKind::Meta).await?;
+        node.groups.write().expect("groups lock").insert(META_GROUP, Arc::new(meta));
+        for shard in local_shards(&engine)? {
+            let g = node.opener.open(shard, GroupKind::Data).await?;
+            node.groups.write().expect("groups lock").insert(shard, Arc::new(g));
+        }
         let driver = crate::key_jobs::spawn(Arc::downgrade(&node));
-        *node.key_jobs.lock().expect("key jobs lock") = Some(driver);
+        let registry = spawn_registry(Arc::downgrade(&node));
+        node.tasks.lock().expect("tasks lock").extend([driver, registry]);
         Ok(node)
+    }
+
+    /// Opens (and, when new, initializes) the group of every shard of the map that has a
+    /// replica on this node. A group whose members' addresses are not known yet is left
+    /// for the next round.
+    pub async fn ensure_shard_groups(&self) -> Result<(), RaftNodeError> {
+        let _one_at_a_time = self.opening.lock().await;
+        let wanted: Vec<ShardDesc> = {
+            let meta = self.meta();
+            let cat = meta.state.catalog();
+            cat.shards.iter().filter(|d| d.replicas.iter().any(|r| r.node == self.id)).cloned().collect()
+        };
+        for desc in wanted {
+            if self.group(desc.id).is_some() {
+                continue;
+            }
+            let key = crate::log_store::meta_key::key(desc.id, crate::log_store::meta_key::SHARD_STATE);
+            if crate::state_machine::read_shard_state(&self.engine, desc.id)?.is_none() {
+                let mut batch = self.engine.batch();
+                batch.put(kho_engine::Cf::RaftMeta, &key, &ShardState::new(desc.clone()).encode());
+                self.engine.write(batch, true)?;
+            }
+            let g = Arc::new(self.opener.open(desc.id, GroupKind::Data).await?);
+            self.groups.write().expect("groups lock").insert(desc.id, g.clone());
+            tracing::info!(shard = desc.id, range = %desc, "opened a data shard");
+            if !g.raft.is_initialized().await.map_err(|e| RaftNodeError::Raft(e.to_string()))? {
+                let mut members = BTreeMap::new();
+                for n in desc.voters() {
+                    let Some(addr) = self.node_addr(n) else {
+                        tracing::warn!(shard = desc.id, node = n, "no address known for a replica's node; initializing later");
+                        members.clear();
+                        break;
+                    };
+                    members.insert(n, BasicNode { addr });
+                }
+                if !members.is_empty() {
+                    match g.raft.initialize(members).await {
+                        Ok(()) | Err(RaftError::APIError(_)) => {}
+                        Err(e) => return Err(RaftNodeError::Raft(e.to_string())),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds or removes a replica of data shard `shard`, on the shard's leader wherever it is
+    /// (this node's replica, or a replica named by the shard map), then reports the new
+    /// descriptor to the meta group. An added node becomes a learner, catches up (from a
+    /// snapshot of the shard if its log was purged), then a voter.
+    pub async fn change_replicas(&self, shard: GroupId, change: ReplicaChange) -> Result<ShardDesc, ProposeError> {
+        let mut last = None;
+        for _ in 0..PROPOSE_HOPS_MAX {
+            let target = match self.group(shard) {
+                Some(g) if g.is_leader() => {
+                    let r = match &change {
+                        ReplicaChange::Add { node, addr } => g.add_node(*node, addr.clone()).await,
+                        ReplicaChange::Remove { node } => g.remove_node(*node).await,
+                    };
+                    match r {
+                        Ok(_) => {
+                            let desc = g.state.shard().map(|s| s.desc).ok_or_else(|| ProposeError::Unavailable(format!("group {shard} is not a data shard")))?;
+                            if let Err(e) = self.propose_anywhere(META_GROUP, Command::UpdateShard { desc: desc.clone() }).await {
+                                // The leader's driver reports it again ([`crate::key_jobs`]).
+                                tracing::info!(shard, error = %e, "could not report the shard's new replicas yet");
+                            }
+                            return Ok(desc);
+                        }
+                        Err(ProposeError::ForwardToLeader { leader_id: Some(l), leader_addr: Some(a) }) if l != self.id => (l, a),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Some(g) => match g.status_leader().filter(|l| *l != self.id).and_then(|l| g.member_addr(l).map(|a| (l, a))) {
+                    Some(t) => t,
+                    None => return Err(ProposeError::Unavailable(format!("shard {shard} has no leader yet"))),
+                },
+                None => {
+                    let desc = self.meta().state.catalog().shards.get(shard).cloned();
+                    match desc.and_then(|d| d.voters().find_map(|n| self.node_addr(n).map(|a| (n, a)))) {
+                        Some(t) => t,
+                        None => return Err(ProposeError::Unavailable(format!("no replica of shard {shard} is known"))),
+                    }
+                }
+            };
+            let timeout = Duration::from_millis(CHANGE_REPLICAS_TIMEOUT_MS);
+            let payload = network::encode(&change);
+            match self.opener.transport.call(target.0, target.1, shard, MessageKind::ChangeReplicas, payload, timeout).await {
+                Ok(reply) => match network::decode_reply::<ShardDesc>("change-replicas", &reply) {
+                    Ok(d) => return Ok(d),
+                    Err(e) => last = Some(ProposeError::Unavailable(format!("node {}: {e}", target.0))),
+                },
+                Err(e) => last = Some(ProposeError::Unavailable(e.to_string())),
+            }
+        }
+        Err(last.unwrap_or_else(|| ProposeError::Unavailable(format!("shard {shard}: no leader reached"))))
+    }
+
+    /// The address of a node of the cluster (a member of the meta group).
+    pub fn node_addr(&self, id: NodeId) -> Option<String> {
+        if id == self.id {
+            return Some(self.addr.clone());
+        }
+        self.meta().member_addr(id)
+    }
+
+    /// Proposes `cmd` to `group`'s leader, wherever it is: here if this node leads it, else
+    /// through the peer connection to the leader (at most [`PROPOSE_HOPS_MAX`] tries, as
+    /// the leader moves).
+    pub async fn propose_anywhere(&self, group: GroupId, cmd: Command) -> Result<Response, ProposeError> {
+        let g = self.group(group).ok_or_else(|| ProposeError::Unavailable(format!("group {group} is not on node {}", self.id)))?;
+        let mut last = None;
+        for _ in 0..PROPOSE_HOPS_MAX {
+            match g.propose(cmd.clone()).await {
+                Err(ProposeError::ForwardToLeader { leader_id: Some(l), leader_addr: Some(addr) }) if l != self.id => {
+                    let payload = Bytes::from(cmd.encode());
+                    let timeout = Duration::from_millis(self.opener.settings.rpc_timeout_ms.max(PROPOSE_TIMEOUT_MS));
+                    match self.opener.transport.call(l, addr, group, MessageKind::Propose, payload, timeout).await {
+                        Ok(reply) => match network::decode_reply::<Response>("propose", &reply) {
+                            Ok(r) => return Ok(r),
+                            Err(e) => last = Some(ProposeError::Unavailable(format!("node {l}: {e}"))),
+                        },
+                        Err(e) => last = Some(ProposeError::Unavailable(e.to_string())),
+                    }
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| ProposeError::Unavailable(format!("group {group}: no leader reached"))))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -181,8 +376,9 @@ impl RaftNode {
         self.groups.read().expect("groups lock").get(&id).cloned()
     }
 
-    pub fn data_group(&self) -> Arc<Group> {
-        self.group(DATA_GROUP).expect("the data group is opened with the node")
+    /// The meta group (catalog, shard map), opened with the node.
+    pub fn meta(&self) -> Arc<Group> {
+        self.group(META_GROUP).expect("the meta group is opened with the node")
     }
 
     fn group_or_err(&self, id: GroupId) -> Result<Arc<Group>, RaftNodeError> {
@@ -192,7 +388,7 @@ impl RaftNode {
     /// Initializes a new cluster with `members` if this node has no Raft state yet.
     /// Returns whether it did. Every member of a new cluster may call it with the same list.
     pub async fn bootstrap(&self, members: &BTreeMap<NodeId, String>) -> Result<bool, RaftNodeError> {
-        let g = self.data_group();
+        let g = self.meta();
         if g.raft.is_initialized().await.map_err(|e| RaftNodeError::Raft(e.to_string()))? {
             return Ok(false);
         }
@@ -225,6 +421,27 @@ impl RaftNode {
                     return Err(RaftNodeError::BadMessage(format!("read-index: {} payload bytes, expected none", payload.len())));
                 }
                 network::encode_reply(crate::read_batch::answer_read_index(&g.raft).await)
+            }
+            MessageKind::Propose => {
+                let cmd = Command::decode(payload).map_err(|e| RaftNodeError::BadMessage(e.to_string()))?;
+                // Proposed here only if this node leads the group: never forwarded again.
+                let r = match tokio::time::timeout(Duration::from_millis(PROPOSE_TIMEOUT_MS), g.propose(cmd)).await {
+                    Ok(Ok(r)) => Ok(r),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("not committed within {PROPOSE_TIMEOUT_MS} ms")),
+                };
+                network::encode_reply(r)
+            }
+            MessageKind::ChangeReplicas => {
+                let change: ReplicaChange = network::decode("change-replicas", payload).map_err(RaftNodeError::BadMessage)?;
+                if !g.is_leader() {
+                    return Ok(network::encode_reply::<ShardDesc>(Err(format!("node {} does not lead shard {group}", self.id))));
+                }
+                let r = match tokio::time::timeout(Duration::from_millis(CHANGE_REPLICAS_TIMEOUT_MS), self.change_replicas(group, change)).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("not done within {CHANGE_REPLICAS_TIMEOUT_MS} ms")),
+                };
+                network::encode_reply(r)
             }
         })
     }
@@ -272,8 +489,8 @@ impl RaftNode {
     /// Stops every group, makes all writes durable and stops the engine's background
     /// work. The process should exit right after (see `Engine::prepare_for_exit`).
     pub async fn shutdown(&self) {
-        if let Some(driver) = self.key_jobs.lock().expect("key jobs lock").take() {
-            driver.abort();
+        for task in self.tasks.lock().expect("tasks lock").drain(..) {
+            task.abort();
         }
         let groups: Vec<_> = self.groups.read().expect("groups lock").values().cloned().collect();
         for g in groups {
@@ -297,6 +514,7 @@ impl Group {
     async fn open(
         node_id: NodeId,
         id: GroupId,
+        kind: GroupKind,
         engine: Engine,
         syncer: Arc<LogSyncer>,
         shared_log: Arc<kho_engine::shared_log::SharedLog>,
@@ -330,7 +548,7 @@ impl Group {
         };
         let config = Arc::new(config.validate().map_err(|e| RaftNodeError::Raft(e.to_string()))?);
         let log = LogStore::open(id, engine.clone(), shared_log, syncer, master.as_ref().map(|m| m.log_cipher()))?;
-        let sm = StateMachine::open(id, engine, log.group_log(), snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize, master)?;
+        let sm = StateMachine::open(id, kind, engine, log.group_log(), snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize, master)?;
         let state = sm.state();
         let follower_transport = transport.clone();
         let net = NetworkFactory {
@@ -343,8 +561,11 @@ impl Group {
         let raft = Raft::new(node_id, config, net, log.clone(), sm).await.map_err(|e| RaftNodeError::Raft(e.to_string()))?;
         let policy = snapshot_policy(raft.clone(), s.snapshot_logs_since_last);
         let reads = ReadBatcher::new(raft.clone());
-        let follower_reads =
-            s.follower_reads.then(|| ReadBatcher::follower(raft.clone(), follower_transport, id, Duration::from_millis(s.rpc_timeout_ms)));
+        // The meta group always serves reads on followers: a node resolves names in its own
+        // copy of the catalog, and brings it up to date with a follower read when a name is
+        // missing (`raft.follower_reads` is about data reads).
+        let follower_reads = (s.follower_reads || kind == GroupKind::Meta)
+            .then(|| ReadBatcher::follower(raft.clone(), follower_transport, id, Duration::from_millis(s.rpc_timeout_ms)));
         Ok(Group {
             id,
             node_id,
@@ -466,6 +687,50 @@ impl Group {
         let addr = m.membership().nodes().find(|(n, _)| **n == id).map(|(_, node)| node.addr.clone());
         addr
     }
+}
+
+/// A change of a data shard's replicas ([`RaftNode::change_replicas`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum ReplicaChange {
+    Add { node: NodeId, addr: String },
+    Remove { node: NodeId },
+}
+
+/// Longest wait for one replica change (a learner catching up included), milliseconds.
+pub const CHANGE_REPLICAS_TIMEOUT_MS: u64 = 60_000;
+
+/// Most leaders [`RaftNode::propose_anywhere`] tries in turn, count.
+pub const PROPOSE_HOPS_MAX: usize = 3;
+/// Longest wait for a proposal sent to another node's leader, milliseconds.
+pub const PROPOSE_TIMEOUT_MS: u64 = 10_000;
+
+/// The data shards this node holds: every group with a stored shard state.
+fn local_shards(engine: &Engine) -> Result<Vec<GroupId>, RaftNodeError> {
+    let mut out = Vec::new();
+    engine.snapshot().for_each(kho_engine::Cf::RaftMeta, &[], None, |k, _| {
+        if k.len() == 9 && k[8] == crate::log_store::meta_key::SHARD_STATE {
+            out.push(u64::from_be_bytes(k[..8].try_into().expect("8 bytes")));
+        }
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// Starts the group registry: opens the groups of this node's shards as the shard map
+/// names them (after every applied change of the meta group, and every
+/// [`REGISTRY_POLL_MS`]).
+fn spawn_registry(node: std::sync::Weak<RaftNode>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(mut changes) = node.upgrade().map(|n| n.meta().state.subscribe()) else { return };
+        loop {
+            let Some(n) = node.upgrade() else { return };
+            if let Err(e) = n.ensure_shard_groups().await {
+                tracing::warn!(error = %e, "could not open the groups of this node's shards; retrying");
+            }
+            drop(n);
+            let _ = tokio::time::timeout(Duration::from_millis(REGISTRY_POLL_MS), changes.changed()).await;
+        }
+    })
 }
 
 fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ProposeError {

@@ -25,6 +25,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
 use crate::catalog::{self, Catalog, TableMeta};
+use crate::shard::{Epoch, Replica, ShardDesc, ShardState};
 use crate::codec;
 use crate::command::{AppError, CasOutcome, CellOp, CellWrite, Command, NewTenantKeys, Outcome, Replacement, Response};
 use crate::keyring::{self, Job, KeyRecord, KeyState, TenantKeys};
@@ -41,13 +42,26 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// The part of a group's state that request handlers read: the engine and the catalog.
+/// What a group is: the meta group (catalog and shard map) or a data shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKind {
+    Meta,
+    Data,
+}
+
+/// The part of a group's state that request handlers read: the engine, the catalog (the
+/// meta group's) and the shard state (a data shard's).
 pub struct SmState {
     pub group: GroupId,
+    pub kind: GroupKind,
     pub engine: Engine,
+    /// The meta group's catalog and shard map; empty in a data shard.
     pub catalog: RwLock<Catalog>,
-    /// The group's key range in the data column family: [start, end), end None = unbounded.
-    pub range: (Vec<u8>, Option<Vec<u8>>),
+    /// A data shard's descriptor and dropped tables; None in the meta group.
+    shard: RwLock<Option<ShardState>>,
+    /// Bumped after every applied change of the catalog or of the shard state (and after a
+    /// snapshot install), for whoever follows them (the node's group registry).
+    changes: tokio::sync::watch::Sender<u64>,
     /// The cluster's master key, when this node has one ([encryption] config).
     pub master: Option<Arc<MasterKey>>,
     /// The log key derived from the master key: seals snapshot chunks.
@@ -78,6 +92,29 @@ impl SmState {
         self.catalog.read().expect("catalog lock poisoned")
     }
 
+    /// A data shard's state (None for the meta group).
+    pub fn shard(&self) -> Option<ShardState> {
+        self.shard.read().expect("shard state lock poisoned").clone()
+    }
+
+    /// The group's key range in the data column family, `[start, end)`: the system
+    /// tenant's for the meta group, the descriptor's for a data shard.
+    pub fn range(&self) -> (Vec<u8>, Vec<u8>) {
+        match &*self.shard.read().expect("shard state lock poisoned") {
+            Some(s) => (s.desc.start.clone(), s.desc.end.clone()),
+            None => tenant_range(keys::SYSTEM_TENANT),
+        }
+    }
+
+    /// Follows the group's changes ([`SmState::changes`]).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
     /// Resolves a table and a family (empty = first family).
     pub fn resolve(&self, tenant: &str, table: &str) -> Result<TableMeta, AppError> {
         self.catalog().table(tenant, table).cloned()
@@ -94,7 +131,9 @@ impl SmState {
             None => 0,
             Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?.map(|l| l.index).unwrap_or(0),
         };
-        let (start, end) = tenant_range(tenant);
+        let (tenant_start, tenant_end) = tenant_range(tenant);
+        let (range_start, range_end) = self.range();
+        let (start, end) = (tenant_start.max(range_start), tenant_end.min(range_end));
         let mut per_version = std::collections::BTreeMap::new();
         let mut plain = 0u64;
         snap.for_each(Cf::Data, &start, Some(&end), |k, v| {
@@ -130,7 +169,8 @@ impl SmState {
         };
         let mut h = crc32fast::Hasher::new();
         let mut n = 0u64;
-        snap.for_each(Cf::Data, &self.range.0, self.range.1.as_deref(), |k, v| {
+        let (start, end) = self.range();
+        snap.for_each(Cf::Data, &start, Some(&end), |k, v| {
             h.update(&(k.len() as u32).to_be_bytes());
             h.update(k);
             h.update(&(v.len() as u32).to_be_bytes());
@@ -156,6 +196,7 @@ impl StateMachine {
     /// interrupted.
     pub fn open(
         group: GroupId,
+        kind: GroupKind,
         engine: Engine,
         log: GroupLog,
         snapshot_dir: PathBuf,
@@ -164,11 +205,17 @@ impl StateMachine {
     ) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let log_cipher = master.as_ref().map(|m| m.log_cipher());
+        let shard = match kind {
+            GroupKind::Meta => None,
+            GroupKind::Data => Some(read_shard_state(&engine, group)?.ok_or_else(|| io_err(format!("data shard {group} has no shard state")))?),
+        };
         let state = Arc::new(SmState {
             group,
+            kind,
             engine,
             catalog: RwLock::new(Catalog::default()),
-            range: (Vec::new(), None),
+            shard: RwLock::new(shard),
+            changes: tokio::sync::watch::channel(0).0,
             master,
             log_cipher,
             snapshot_lock: std::sync::Mutex::new(()),
@@ -203,7 +250,9 @@ impl StateMachine {
         for (entry, responder) in entries {
             let index = entry.log_id.index;
             let blind = match &entry.payload {
-                EntryPayload::Blank | EntryPayload::Membership(_) => true,
+                EntryPayload::Blank => true,
+                // A data shard records its replicas with the membership: applied alone.
+                EntryPayload::Membership(_) => self.state.kind == GroupKind::Meta,
                 EntryPayload::Normal(cmd) => is_blind_write(cmd),
             };
             if !blind {
@@ -213,6 +262,18 @@ impl StateMachine {
             let outcome = match entry.payload {
                 EntryPayload::Blank => Outcome::Done,
                 EntryPayload::Membership(m) => {
+                    if let Some(mut st) = self.state.shard() {
+                        // The descriptor follows the membership: every membership entry
+                        // (each of a joint change's two included) is one conf_ver.
+                        let voters: std::collections::BTreeSet<u64> = m.voter_ids().collect();
+                        st.desc.replicas = m
+                            .nodes()
+                            .map(|(id, _)| if voters.contains(id) { Replica::voter(*id) } else { Replica::learner(*id) })
+                            .collect();
+                        st.desc.epoch.conf_ver += 1;
+                        pending.batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::SHARD_STATE), &st.encode());
+                        change = Some(CatalogChange::ShardState(st));
+                    }
                     let stored = StoredMembership::new(Some(entry.log_id), m);
                     pending.batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP), &codec::encode_stored_membership(&stored));
                     Outcome::Done
@@ -268,19 +329,37 @@ impl StateMachine {
         self.snapshot_dir.join("installing.kho")
     }
 
+    /// Reads the catalog (meta group) or the shard state (data shard) from storage again.
     fn reload_catalog(&self) -> io::Result<()> {
-        let cat = Catalog::load(&self.state.engine, self.state.master.as_deref()).map_err(io_err)?;
-        *self.state.catalog.write().expect("catalog lock poisoned") = cat;
+        match self.state.kind {
+            GroupKind::Meta => {
+                let cat = Catalog::load(&self.state.engine, self.state.master.as_deref()).map_err(io_err)?;
+                *self.state.catalog.write().expect("catalog lock poisoned") = cat;
+            }
+            GroupKind::Data => {
+                let st = read_shard_state(&self.state.engine, self.state.group)?;
+                *self.state.shard.write().expect("shard state lock poisoned") = st;
+            }
+        }
+        self.state.changed();
         Ok(())
     }
 
     /// Applies one command into `batch`; returns the outcome and a catalog change to make
     /// visible once the batch is written.
     fn execute(&self, cmd: Command, revision: u64, batch: &mut kho_engine::WriteBatch) -> io::Result<(Outcome, Option<CatalogChange>)> {
+        let data_command = matches!(cmd, Command::Write(_) | Command::ClearTable { .. } | Command::Reseal { .. });
+        match (self.state.kind, data_command) {
+            (GroupKind::Data, true) => return self.execute_data(cmd, batch),
+            (GroupKind::Meta, false) => {}
+            (kind, _) => {
+                return Ok((Outcome::Rejected(AppError::wrong_shard(format!("`{cmd}` reached group {} ({kind:?})", self.state.group))), None))
+            }
+        }
         let engine = &self.state.engine;
         let cat = self.state.catalog();
         match cmd {
-            Command::CreateTenant { name, keys } => {
+            Command::CreateTenant { name, keys, replicas } => {
                 if let Err(e) = catalog::check_name("tenant", &name) {
                     return Ok((Outcome::Rejected(e), None));
                 }
@@ -288,6 +367,22 @@ impl StateMachine {
                     return Ok((Outcome::Rejected(AppError::already_exists(format!("tenant `{name}` already exists"))), None));
                 }
                 let id = next_id(engine, batch, catalog::NEXT_TENANT_ID)?;
+                let shard_id = next_id64(engine, batch, catalog::NEXT_SHARD_ID)?;
+                let Some((start, end)) = crate::shard::tenant_range(id) else {
+                    return Err(io_err("tenant id space exhausted"));
+                };
+                let desc = ShardDesc {
+                    id: shard_id,
+                    tenant: id,
+                    start,
+                    end,
+                    replicas: replicas.iter().map(|n| Replica::voter(*n)).collect(),
+                    epoch: Epoch::INITIAL,
+                };
+                if let Err(e) = desc.validate() {
+                    return Ok((Outcome::Rejected(AppError::invalid(format!("tenant `{name}`'s first shard: {e}"))), None));
+                }
+                batch.put_value(&catalog::shard_key(shard_id), &desc.encode());
                 batch.put_value(&catalog::tenant_key(&name), &catalog::encode_tenant_record(id, keys.is_some()));
                 let tenant_keys = match keys {
                     None => None,
@@ -301,7 +396,7 @@ impl StateMachine {
                         Some(self.unwrap_keys(&name, id, true, &records)?)
                     }
                 };
-                Ok((Outcome::Done, Some(CatalogChange::Tenant(name, id, tenant_keys))))
+                Ok((Outcome::Done, Some(CatalogChange::Tenant(name, id, tenant_keys, desc))))
             }
             Command::RotateKey { tenant, version, master_key_id, data_key, hash_key } => {
                 let Some(&tenant_id) = cat.tenants.get(&tenant) else {
@@ -351,7 +446,7 @@ impl StateMachine {
                 batch.put_value(&keyring::job_key(tenant_id), &job.encode());
                 Ok((Outcome::Job { target, resumed: resumed.is_some() }, Some(CatalogChange::Job(tenant_id, job))))
             }
-            Command::ReencryptStep { tenant, target, cursor, next_cursor, visited, replacements } => {
+            Command::JobProgress { tenant, target, cursor, next_cursor, visited, rewritten } => {
                 let Some(&tenant_id) = cat.tenants.get(&tenant) else {
                     return Ok((Outcome::Rejected(AppError::not_found(format!("tenant `{tenant}` does not exist"))), None));
                 };
@@ -366,33 +461,23 @@ impl StateMachine {
                         ))
                     }
                 };
-                drop(cat);
-                let (start, end) = tenant_range(tenant_id);
-                for Replacement { key, old, .. } in &replacements {
-                    if key.as_slice() < start.as_slice() || key.as_slice() >= end.as_slice() {
-                        return Ok((
-                            Outcome::Rejected(AppError::invalid(format!("re-encryption step: a key outside tenant `{tenant}`"))),
-                            None,
-                        ));
-                    }
-                    if engine.get(Cf::Data, key).map_err(io_err)?.as_deref() != Some(old.as_slice()) {
-                        return Ok((
-                            Outcome::Rejected(AppError::failed_precondition(format!(
-                                "tenant `{tenant}`: a value changed after the re-encryption step read it; the step is prepared again"
-                            ))),
-                            None,
-                        ));
-                    }
-                }
-                for Replacement { key, new, .. } in replacements {
-                    job.rewritten += 1;
-                    batch.put(Cf::Data, &key, &new);
-                }
                 job.visited += visited;
+                job.rewritten += rewritten;
                 job.done = next_cursor.is_empty();
                 job.cursor = next_cursor;
                 batch.put_value(&keyring::job_key(tenant_id), &job.encode());
                 Ok((Outcome::Job { target, resumed: true }, Some(CatalogChange::Job(tenant_id, job))))
+            }
+            Command::UpdateShard { desc } => {
+                let mut map = cat.shards.clone();
+                match map.record_report(desc.clone()) {
+                    Ok(true) => {
+                        batch.put_value(&catalog::shard_key(desc.id), &desc.encode());
+                        Ok((Outcome::Done, Some(CatalogChange::Shard(desc))))
+                    }
+                    Ok(false) => Ok((Outcome::Done, None)),
+                    Err(e) => Ok((Outcome::Rejected(AppError::invalid(e.to_string())), None)),
+                }
             }
             Command::DestroyKey { tenant, version } => {
                 let Some(&tenant_id) = cat.tenants.get(&tenant) else {
@@ -452,14 +537,36 @@ impl StateMachine {
                     Ok(m) => m.clone(),
                     Err(e) => return Ok((Outcome::Rejected(e), None)),
                 };
-                let prefix = keys::table_prefix(meta.tenant_id, meta.id);
-                let end = keys::prefix_end(&prefix).expect("a table prefix is never all 0xff");
-                batch.delete_range(Cf::Data, &prefix, &end);
                 batch.delete(Cf::Data, &catalog::table_key(meta.tenant_id, &name));
-                Ok((Outcome::Done, Some(CatalogChange::DropTable(tenant, name))))
+                batch.put_value(&catalog::dropped_table_key(meta.tenant_id, meta.id), b"");
+                Ok((Outcome::Done, Some(CatalogChange::DropTable(tenant, name, meta.tenant_id, meta.id))))
             }
+            Command::Write(_) | Command::ClearTable { .. } | Command::Reseal { .. } => unreachable!("dispatched to execute_data"),
+        }
+    }
+
+    /// Applies a data shard's command: only after checking that it was routed to this
+    /// shard, at its current epoch, for keys in its range.
+    fn execute_data(&self, cmd: Command, batch: &mut kho_engine::WriteBatch) -> io::Result<(Outcome, Option<CatalogChange>)> {
+        let engine = &self.state.engine;
+        let guard = self.state.shard.read().expect("shard state lock poisoned");
+        let st = guard.as_ref().expect("a data shard has a shard state");
+        let group = self.state.group;
+        let stale = |what: &str| {
+            Ok((
+                Outcome::Rejected(AppError::wrong_shard(format!(
+                    "{what} was routed to shard {group} with a stale route: the shard is now {}",
+                    st.desc
+                ))),
+                None,
+            ))
+        };
+        match cmd {
             Command::Write(w) => {
-                if !cat.is_live(w.tenant, w.table) {
+                if w.shard != group || w.epoch != st.desc.epoch.version || !crate::cells::within(&w, &st.desc.start, &st.desc.end) {
+                    return stale("a write");
+                }
+                if st.dropped_tables.contains(&w.table) || w.tenant != st.desc.tenant {
                     return Ok((
                         Outcome::Rejected(AppError::not_found(format!(
                             "the table (id {}/{}) was dropped while the write was in flight; nothing was written",
@@ -468,12 +575,53 @@ impl StateMachine {
                         None,
                     ));
                 }
-                drop(cat);
                 if let Err(e) = crate::cells::check_in_table(&w) {
                     return Ok((Outcome::Rejected(e), None));
                 }
+                drop(guard);
                 Ok((execute_write(engine, w, batch)?, None))
             }
+            Command::ClearTable { shard, tenant, table } => {
+                if shard != group || tenant != st.desc.tenant {
+                    return stale("a clear-table");
+                }
+                if st.dropped_tables.contains(&table) {
+                    return Ok((Outcome::Done, None));
+                }
+                let prefix = keys::table_prefix(tenant, table);
+                let end = keys::prefix_end(&prefix).expect("a table prefix is never all 0xff");
+                let (start, end) = (prefix.max(st.desc.start.clone()), end.min(st.desc.end.clone()));
+                if start < end {
+                    batch.delete_range(Cf::Data, &start, &end);
+                }
+                let mut next = st.clone();
+                next.dropped_tables.insert(table);
+                batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::SHARD_STATE), &next.encode());
+                Ok((Outcome::Done, Some(CatalogChange::ShardState(next))))
+            }
+            Command::Reseal { shard, epoch, replacements } => {
+                if shard != group || epoch != st.desc.epoch.version {
+                    return stale("a re-encryption step");
+                }
+                for Replacement { key, old, .. } in &replacements {
+                    if !st.desc.contains(key) {
+                        return stale("a re-encryption step");
+                    }
+                    if engine.get(Cf::Data, key).map_err(io_err)?.as_deref() != Some(old.as_slice()) {
+                        return Ok((
+                            Outcome::Rejected(AppError::failed_precondition(
+                                "a value changed after the re-encryption step read it; the step is prepared again",
+                            )),
+                            None,
+                        ));
+                    }
+                }
+                for Replacement { key, new, .. } in replacements {
+                    batch.put(Cf::Data, &key, &new);
+                }
+                Ok((Outcome::Done, None))
+            }
+            other => Ok((Outcome::Rejected(AppError::wrong_shard(format!("`{other}` reached data shard {group}"))), None)),
         }
     }
 
@@ -508,11 +656,27 @@ impl StateMachine {
     fn apply_catalog_change(&self, change: CatalogChange) {
         let mut cat = self.state.catalog.write().expect("catalog lock poisoned");
         match change {
-            CatalogChange::Tenant(name, id, keys) => {
+            CatalogChange::Tenant(name, id, keys, desc) => {
                 cat.tenants.insert(name, id);
                 if let Some(k) = keys {
                     cat.keys.insert(id, Arc::new(k));
                 }
+                if let Err(e) = cat.shards.create_tenant_shard(desc.id, desc.tenant, desc.replicas) {
+                    // Checked before the batch was written: a failure here is a bug.
+                    panic!("tenant {id}'s first shard, checked before, was refused: {e}");
+                }
+            }
+            CatalogChange::Shard(desc) => {
+                let id = desc.id;
+                if let Err(e) = cat.shards.record_report(desc) {
+                    panic!("shard {id}'s report, checked before, was refused: {e}");
+                }
+            }
+            CatalogChange::ShardState(st) => {
+                drop(cat);
+                *self.state.shard.write().expect("shard state lock poisoned") = Some(st);
+                self.state.changed();
+                return;
             }
             CatalogChange::Keys(id, keys) => {
                 cat.keys.insert(id, Arc::new(keys));
@@ -521,10 +685,13 @@ impl StateMachine {
                 cat.jobs.insert(id, job);
             }
             CatalogChange::CreateTable(meta) => cat.insert_table(meta),
-            CatalogChange::DropTable(tenant, name) => {
+            CatalogChange::DropTable(tenant, name, tenant_id, table_id) => {
                 cat.remove_table(&tenant, &name);
+                cat.dropped_tables.insert((tenant_id, table_id));
             }
         }
+        drop(cat);
+        self.state.changed();
     }
 
     /// Replaces the group's data with the snapshot at `path` (already durable on disk).
@@ -534,11 +701,8 @@ impl StateMachine {
         let group = self.state.group;
         let mut reader = SnapshotReader::open(path, self.state.log_cipher.as_ref())?;
         let mut batch = engine.batch();
-        let (start, end) = &self.state.range;
-        match end {
-            Some(end) => batch.delete_range(Cf::Data, start, end),
-            None => batch.delete_range(Cf::Data, start, &[0xff; 32]),
-        }
+        let (start, end) = self.state.range();
+        batch.delete_range(Cf::Data, &start, &end);
         let mut records = 0u64;
         while let Some(chunk) = reader.next_chunk()? {
             for (k, v) in chunk {
@@ -653,12 +817,16 @@ impl PendingApply {
     }
 }
 
+/// A change of the in-memory state made visible once its batch is written: of the
+/// catalog (meta group) or of the shard state (data shard).
 enum CatalogChange {
-    Tenant(String, u32, Option<TenantKeys>),
+    Tenant(String, u32, Option<TenantKeys>, ShardDesc),
     Keys(TenantId, TenantKeys),
     Job(TenantId, Job),
     CreateTable(TableMeta),
-    DropTable(String, String),
+    DropTable(String, String, TenantId, kho_engine::keys::TableId),
+    Shard(ShardDesc),
+    ShardState(ShardState),
 }
 
 /// The key range of every value of a tenant: `[tenant u32 BE, tenant + 1 u32 BE)`.
@@ -687,6 +855,26 @@ fn check_table(name: &str, families: &[String]) -> Result<(), AppError> {
         }
     }
     Ok(())
+}
+
+/// Reads and bumps a 64-bit catalog id counter (ids start at 1).
+fn next_id64(engine: &Engine, batch: &mut kho_engine::WriteBatch, name: &[u8]) -> io::Result<u64> {
+    let key = catalog::counter_key(name);
+    let id = match engine.get_value(&key).map_err(io_err)? {
+        None => 1,
+        Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| io_err("catalog counter is not 8 bytes"))?),
+    };
+    let next = id.checked_add(1).ok_or_else(|| io_err("catalog id space exhausted"))?;
+    batch.put_value(&key, &next.to_be_bytes());
+    Ok(id)
+}
+
+/// A data shard's stored [`ShardState`], if it has one.
+pub fn read_shard_state(engine: &Engine, group: GroupId) -> io::Result<Option<ShardState>> {
+    match engine.get(Cf::RaftMeta, &meta_key::key(group, meta_key::SHARD_STATE)).map_err(io_err)? {
+        None => Ok(None),
+        Some(b) => Ok(Some(ShardState::decode(&b).map_err(io_err)?)),
+    }
 }
 
 /// Reads and bumps a catalog id counter (ids start at 1).
@@ -788,7 +976,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 fn checkpoint_snapshot(state: &SmState, dir: PathBuf, chunk_bytes: usize) -> CheckpointSnapshot {
-    CheckpointSnapshot { dir, range: state.range.clone(), cipher: state.log_cipher.clone(), chunk_bytes }
+    let (start, end) = state.range();
+    CheckpointSnapshot { dir, range: (start, Some(end)), cipher: state.log_cipher.clone(), chunk_bytes }
 }
 
 /// Builds a snapshot as a RocksDB checkpoint: one atomic flush of the memtables, then hard

@@ -32,7 +32,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
             Some(n) => LogStore::open_with_cache_limits(1, engine.clone(), shared, syncer, cipher, n, usize::MAX),
         }
         .map_err(|e| err(&e))?;
-        let sm = StateMachine::open(1, engine, log.group_log(), dir.path().join("snapshots"), 64 << 10, master).map_err(|e| err(&e))?;
+        let sm = StateMachine::open(1, kho_raft::GroupKind::Meta, engine, log.group_log(), dir.path().join("snapshots"), 64 << 10, master).map_err(|e| err(&e))?;
         Ok((dir, log, sm))
     }
 }
@@ -311,6 +311,7 @@ fn checkpoint_snapshots_hold_the_state_at_build_time() {
         let log = log_store.group_log();
         let mut sm = StateMachine::open(
             1,
+            kho_raft::GroupKind::Meta,
             engine.clone(),
             log,
             dir.path().join("snapshots"),

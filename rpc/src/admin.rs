@@ -8,10 +8,12 @@ use kho_proto::v1::admin_server::Admin;
 use kho_proto::v1::{self as pb};
 use kho_raft::command::{NewTenantKeys, Outcome};
 use kho_raft::keyring::{self, KeyState};
+use kho_raft::node::ReplicaChange;
+use kho_raft::shard::printable_key;
 use kho_raft::{Command, GroupStatus};
 use tonic::{Request, Response, Status};
 
-use crate::ctx::{origin_of, Ctx, Leader, Origin, FORWARD_MARGIN_MS};
+use crate::ctx::{origin_of, Ctx, Kind, Leader, Origin, FORWARD_MARGIN_MS};
 use crate::{forward, status, validate};
 
 /// How long ClusterStatus waits for each member's own status, milliseconds.
@@ -23,7 +25,22 @@ pub struct AdminService {
     pub ctx: Arc<Ctx>,
 }
 
-fn node_status(s: &GroupStatus, address: &str) -> pb::NodeStatus {
+/// The node's status: the meta group's Raft fields, follower read counters summed over every
+/// group of the node, and its data shards.
+fn node_status(node: &kho_raft::RaftNode, s: &GroupStatus, address: &str, shards: Vec<pb::ShardStatus>) -> pb::NodeStatus {
+    let (mut served, mut forwarded) = (0, 0);
+    for id in node.group_ids() {
+        if let Some(g) = node.group(id) {
+            let st = g.status();
+            served += st.follower_reads;
+            forwarded += st.follower_reads_forwarded;
+        }
+    }
+    let s = GroupStatus { follower_reads: served, follower_reads_forwarded: forwarded, ..s.clone() };
+    node_status_of(&s, address, shards)
+}
+
+fn node_status_of(s: &GroupStatus, address: &str, shards: Vec<pb::ShardStatus>) -> pb::NodeStatus {
     pb::NodeStatus {
         node_id: s.node_id,
         address: address.to_string(),
@@ -36,8 +53,46 @@ fn node_status(s: &GroupStatus, address: &str) -> pb::NodeStatus {
         error: String::new(),
         follower_reads: s.follower_reads,
         follower_reads_forwarded: s.follower_reads_forwarded,
+        shards,
     }
 }
+
+/// The data shards this node is a member of, with their state here.
+fn shard_statuses(node: &kho_raft::RaftNode) -> Vec<pb::ShardStatus> {
+    let mut out = Vec::new();
+    for id in node.group_ids() {
+        let Some(g) = node.group(id) else { continue };
+        let Some(st) = g.state.shard() else { continue };
+        let s = g.status();
+        if !s.members.iter().any(|m| m.id == node.id) {
+            continue; // a replica removed from the shard: not served any more
+        }
+        out.push(pb::ShardStatus {
+            shard_id: id,
+            tenant_id: st.desc.tenant,
+            start: printable_key(&st.desc.start),
+            end: printable_key(&st.desc.end),
+            role: s.role.to_string(),
+            term: s.term,
+            leader_id: s.leader_id.unwrap_or(0),
+            applied_index: s.applied_index,
+            commit_index: s.commit_index,
+            last_log_index: s.last_log_index,
+            voters: st.desc.voters().collect(),
+            learners: st.desc.learners().collect(),
+            epoch_conf_ver: st.desc.epoch.conf_ver,
+            epoch_version: st.desc.epoch.version,
+        });
+    }
+    out
+}
+
+/// Replicas of a new tenant's shard: the tenant setting's count (3), on the members of the
+/// meta group holding the fewest replicas.
+const SHARD_REPLICAS_DEFAULT: usize = 3;
+
+/// Longest wait of `CreateTenant` for its first shard to elect a leader, milliseconds.
+const SHARD_READY_WAIT_MS: u64 = 10_000;
 
 fn admin_outcome(r: kho_raft::Response) -> Result<u64, Status> {
     match r.outcome {
@@ -52,7 +107,7 @@ impl Admin for AdminService {
         let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
         validate::name("name", &r.name)?;
-        let master = self.ctx.group().state.master.clone();
+        let master = self.ctx.meta().state.master.clone();
         let encrypt = match pb::TenantEncryption::try_from(r.encryption) {
             Ok(pb::TenantEncryption::Default) => master.is_some(),
             Ok(pb::TenantEncryption::Encrypted) if master.is_none() => {
@@ -77,8 +132,27 @@ impl Admin for AdminService {
             }),
             _ => None,
         };
-        match self.ctx.propose(Command::CreateTenant { name: r.name.clone(), keys }, &origin).await? {
-            Leader::Here(resp) => Ok(Response::new(pb::CreateTenantResponse { revision: admin_outcome(resp)? })),
+        let replicas = {
+            let meta = self.ctx.meta();
+            let status = meta.status();
+            let cat = meta.state.catalog();
+            let mut load: Vec<(u64, usize)> = status.members.iter().filter(|m| m.voter).map(|m| (m.id, 0)).collect();
+            for d in cat.shards.iter() {
+                for r in &d.replicas {
+                    if let Some(e) = load.iter_mut().find(|(n, _)| *n == r.node) {
+                        e.1 += 1;
+                    }
+                }
+            }
+            let n = SHARD_REPLICAS_DEFAULT.min(load.len()).max(1);
+            kho_raft::shard::choose_replicas(&load, n).map_err(|e| Status::unavailable(format!("placing tenant `{}`'s first shard: {e}", r.name)))?
+        };
+        match self.ctx.propose(Command::CreateTenant { name: r.name.clone(), keys, replicas }, &origin).await? {
+            Leader::Here(resp) => {
+                let revision = admin_outcome(resp)?;
+                self.wait_first_shard_led(&r.name).await;
+                Ok(Response::new(pb::CreateTenantResponse { revision }))
+            }
             Leader::There(to) => forward!(self.ctx, admin_client, to, create_tenant, r),
         }
     }
@@ -89,7 +163,7 @@ impl Admin for AdminService {
         if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
             return forward!(self.ctx, admin_client, to, list_tenants, r);
         }
-        let tenants = self.ctx.group().state.catalog().tenants.keys().cloned().collect();
+        let tenants = self.ctx.meta().state.catalog().tenants.keys().cloned().collect();
         Ok(Response::new(pb::ListTenantsResponse { tenants }))
     }
 
@@ -122,7 +196,7 @@ impl Admin for AdminService {
         if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
             return forward!(self.ctx, admin_client, to, list_tables, r);
         }
-        let g = self.ctx.group();
+        let g = self.ctx.meta();
         let cat = g.state.catalog();
         if !r.tenant.is_empty() && !cat.tenants.contains_key(&r.tenant) {
             return Err(Status::not_found(format!("tenant `{}` does not exist", r.tenant)));
@@ -153,7 +227,7 @@ impl Admin for AdminService {
     }
 
     async fn cluster_status(&self, _req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let local = self.ctx.group().status();
+        let local = self.ctx.meta().status();
         let mut members = local.members.clone();
         if !members.iter().any(|m| m.id == local.node_id) {
             members.push(kho_raft::MemberStatus { id: local.node_id, addr: self.ctx.node.addr.clone(), voter: false });
@@ -163,7 +237,7 @@ impl Admin for AdminService {
             let local = local.clone();
             async move {
                 if m.id == ctx.node.id {
-                    return node_status(&local, &m.addr);
+                    return node_status(&ctx.node, &local, &m.addr, shard_statuses(&ctx.node));
                 }
                 let ask = async {
                     let mut c = ctx.admin_client(&m.addr)?;
@@ -184,14 +258,45 @@ impl Admin for AdminService {
     }
 
     async fn node_status(&self, _req: Request<pb::NodeStatusRequest>) -> Result<Response<pb::NodeStatus>, Status> {
-        let s = self.ctx.group().status();
-        Ok(Response::new(node_status(&s, &self.ctx.node.addr)))
+        let s = self.ctx.meta().status();
+        Ok(Response::new(node_status(&self.ctx.node, &s, &self.ctx.node.addr, shard_statuses(&self.ctx.node))))
     }
 
     async fn node_checksum(&self, _req: Request<pb::NodeChecksumRequest>) -> Result<Response<pb::NodeChecksumResponse>, Status> {
-        let state = self.ctx.group().state.clone();
-        let (applied_index, checksum, key_count) = self.ctx.scans.run(move || state.checksum()).await?.map_err(status::internal)?;
-        Ok(Response::new(pb::NodeChecksumResponse { node_id: self.ctx.node.id, applied_index, checksum, key_count }))
+        let node = self.ctx.node.clone();
+        let me = node.id;
+        let states: Vec<_> = node
+            .group_ids()
+            .into_iter()
+            .filter_map(|id| node.group(id))
+            .filter(|g| g.state.kind == kho_raft::GroupKind::Meta || g.status().members.iter().any(|m| m.id == me))
+            .map(|g| g.state.clone())
+            .collect();
+        let groups = self
+            .ctx
+            .scans
+            .run(move || -> Result<Vec<pb::GroupChecksum>, Status> {
+                states
+                    .iter()
+                    .map(|st| {
+                        let (applied_index, checksum, key_count) = st.checksum().map_err(status::internal)?;
+                        Ok(pb::GroupChecksum { group_id: st.group, applied_index, checksum, key_count })
+                    })
+                    .collect()
+            })
+            .await??;
+        let mut h = crc32fast::Hasher::new();
+        for g in &groups {
+            h.update(&g.group_id.to_be_bytes());
+            h.update(&g.checksum.to_be_bytes());
+        }
+        Ok(Response::new(pb::NodeChecksumResponse {
+            node_id: me,
+            applied_index: groups.iter().map(|g| g.applied_index).sum(),
+            checksum: h.finalize(),
+            key_count: groups.iter().map(|g| g.key_count).sum(),
+            groups,
+        }))
     }
 
     async fn add_node(&self, req: Request<pb::AddNodeRequest>) -> Result<Response<pb::AddNodeResponse>, Status> {
@@ -207,7 +312,10 @@ impl Admin for AdminService {
         let (id, addr) = (r.node_id, r.address.clone());
         let limit = Duration::from_millis(ADD_NODE_TIMEOUT_MS);
         match self.ctx.change_membership(&origin, limit, move |g| async move { g.add_node(id, addr).await }).await? {
-            Leader::Here(voters) => Ok(Response::new(pb::AddNodeResponse { voters })),
+            Leader::Here(voters) => {
+                self.up_replicate(r.node_id, &r.address).await?;
+                Ok(Response::new(pb::AddNodeResponse { voters }))
+            }
             Leader::There(to) => forward!(self.ctx, admin_client, to, add_node, r),
         }
     }
@@ -217,7 +325,7 @@ impl Admin for AdminService {
         let r = req.into_inner();
         validate::name("tenant", &r.tenant)?;
         let (version, has_hasher) = {
-            let g = self.ctx.group();
+            let g = self.ctx.meta();
             let cat = g.state.catalog();
             let Some(&id) = cat.tenants.get(&r.tenant) else {
                 return Err(Status::not_found(format!("tenant `{}` does not exist", r.tenant)));
@@ -270,7 +378,7 @@ impl Admin for AdminService {
         if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
             return forward!(self.ctx, admin_client, to, tenant_key_status, r);
         }
-        Ok(Response::new(self.key_status_here(&r.tenant, !r.without_counts).await?))
+        Ok(Response::new(self.key_status_here(&r.tenant, !r.without_counts, &origin).await?))
     }
 
     async fn destroy_tenant_key(
@@ -286,7 +394,7 @@ impl Admin for AdminService {
         // Nothing may still be sealed under the version: count at the leader's applied state.
         // Values are only ever sealed under the current version (or a running re-encryption's
         // target, which the state machine checks), so the count cannot grow afterwards.
-        let st = self.key_status_here(&r.tenant, true).await?;
+        let st = self.key_status_here(&r.tenant, true, &origin).await?;
         let tenant = st.tenants.first().ok_or_else(|| Status::not_found(format!("tenant `{}` does not exist", r.tenant)))?;
         let Some(v) = tenant.versions.iter().find(|v| v.version == r.version) else {
             return Err(Status::not_found(format!("tenant `{}` has no key version {}", r.tenant, r.version)));
@@ -324,15 +432,19 @@ impl Admin for AdminService {
     }
 
     async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        let origin = origin_of(&req, self.ctx.proposal_timeout * 2 + Duration::from_millis(FORWARD_MARGIN_MS))?;
+        let origin = origin_of(&req, Duration::from_millis(ADD_NODE_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
         let r = req.into_inner();
         if r.node_id == 0 {
             return Err(Status::invalid_argument("node_id: must be > 0"));
         }
-        let g = self.ctx.group();
+        let g = self.ctx.meta();
         if g.member_addr(r.node_id).is_none() {
             return Err(Status::not_found(format!("node {} is not a member", r.node_id)));
         }
+        if let Some(to) = self.ctx.leader_elsewhere(&g, &origin, Kind::Write) {
+            return forward!(self.ctx, admin_client, to, remove_node, r);
+        }
+        self.move_replicas_off(r.node_id).await?;
         let id = r.node_id;
         let limit = self.ctx.proposal_timeout * 2;
         match self.ctx.change_membership(&origin, limit, move |g| async move { g.remove_node(id).await }).await? {
@@ -348,8 +460,8 @@ const KEY_STATUS_TIMEOUT_MS: u64 = 120_000;
 impl AdminService {
     /// Counts values per key version for the tenants asked for, on this node (the leader,
     /// after a read barrier).
-    async fn key_status_here(&self, tenant: &str, count: bool) -> Result<pb::TenantKeyStatusResponse, Status> {
-        let state = self.ctx.group().state.clone();
+    async fn key_status_here(&self, tenant: &str, count: bool, origin: &Origin) -> Result<pb::TenantKeyStatusResponse, Status> {
+        let state = self.ctx.meta().state.clone();
         let wanted: Vec<(String, u32)> = {
             let cat = state.catalog();
             if !tenant.is_empty() && !cat.tenants.contains_key(tenant) {
@@ -357,11 +469,41 @@ impl AdminService {
             }
             cat.tenants.iter().filter(|(n, _)| tenant.is_empty() || n.as_str() == tenant).map(|(n, i)| (n.clone(), *i)).collect()
         };
+        // The values are counted in every shard of the tenants, each after its read barrier
+        // (a linearizable count): this node must hold a replica of every one of them.
+        let mut shards: Vec<(u32, std::sync::Arc<kho_raft::state_machine::SmState>)> = Vec::new();
+        if count {
+            let descs: Vec<_> = {
+                let cat = state.catalog();
+                wanted.iter().flat_map(|(_, id)| cat.shards.shards_of_tenant(*id).cloned().collect::<Vec<_>>()).collect()
+            };
+            for d in descs {
+                let Some(g) = self.ctx.node.group(d.id) else {
+                    return Err(Status::unavailable(format!(
+                        "node {} holds no replica of shard {} (tenant {}): ask a node that holds every shard of the tenant",
+                        self.ctx.node.id, d.id, d.tenant
+                    )));
+                };
+                if let Leader::There(_) = self.ctx.read_barrier_in(&g, origin).await? {
+                    return Err(Status::unavailable(format!("shard {} cannot be read linearizably on node {}; retry", d.id, self.ctx.node.id)));
+                }
+                shards.push((d.tenant, g.state.clone()));
+            }
+        }
         let count = self.ctx.scans.run(move || -> Result<pb::TenantKeyStatusResponse, Status> {
             let mut out = pb::TenantKeyStatusResponse { counted: count, ..Default::default() };
             for (name, id) in wanted {
                 let (applied, per_version, plain) = if count {
-                    state.key_usage(id).map_err(status::internal)?
+                    let mut total = (0u64, std::collections::BTreeMap::<u32, u64>::new(), 0u64);
+                    for (_, shard) in shards.iter().filter(|(t, _)| *t == id) {
+                        let (applied, per_version, plain) = shard.key_usage(id).map_err(status::internal)?;
+                        total.0 = total.0.max(applied);
+                        for (v, n) in per_version {
+                            *total.1.entry(v).or_insert(0) += n;
+                        }
+                        total.2 += plain;
+                    }
+                    total
                 } else {
                     (state.applied_state().map_err(status::internal)?.0.map(|l| l.index).unwrap_or(0), Default::default(), 0)
                 };
@@ -407,9 +549,102 @@ impl AdminService {
             .map_err(|_| Status::deadline_exceeded(format!("counting values took longer than {KEY_STATUS_TIMEOUT_MS} ms")))??
     }
 
+    /// Waits (at most [`SHARD_READY_WAIT_MS`]) until the first shard of a new tenant has
+    /// elected a leader, as this node's replica sees it, so that the tenant takes writes
+    /// when `CreateTenant` returns. Returns at once if this node holds no replica of it.
+    async fn wait_first_shard_led(&self, tenant: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_millis(SHARD_READY_WAIT_MS);
+        let shard = {
+            let meta = self.ctx.meta();
+            let cat = meta.state.catalog();
+            cat.tenants.get(tenant).and_then(|id| cat.shards.shards_of_tenant(*id).next().cloned())
+        };
+        let Some(desc) = shard.filter(|d| d.replicas.iter().any(|r| r.node == self.ctx.node.id)) else { return };
+        while std::time::Instant::now() < deadline {
+            if self.ctx.node.group(desc.id).is_none() {
+                let _ = self.ctx.node.ensure_shard_groups().await;
+            }
+            if self.ctx.node.group(desc.id).is_some_and(|g| g.status_leader().is_some()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!(tenant, shard = desc.id, "the tenant's first shard has no leader yet");
+    }
+
+    /// Adds `node` to every data shard that has fewer replicas than its count, one at a
+    /// time (a learner first, caught up, then a voter).
+    async fn up_replicate(&self, node: u64, addr: &str) -> Result<(), Status> {
+        let short: Vec<_> = {
+            let meta = self.ctx.meta();
+            let cat = meta.state.catalog();
+            cat.shards.iter().filter(|d| d.replicas.len() < SHARD_REPLICAS_DEFAULT && !d.replicas.iter().any(|r| r.node == node)).map(|d| d.id).collect()
+        };
+        for shard in short {
+            self.ctx.node.change_replicas(shard, ReplicaChange::Add { node, addr: addr.to_string() }).await.map_err(|e| {
+                Status::unavailable(format!("node {node} joined the cluster, but adding it to shard {shard} failed: {e}; retry AddNode"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Moves every replica of `node` to another member of the cluster (the one holding the
+    /// fewest replicas that the shard is not on), one shard at a time: the new replica is
+    /// added and caught up before `node` leaves the shard. A shard with no other member to
+    /// move to loses the replica if it keeps another voter; a shard whose only voter is on
+    /// `node` is refused.
+    async fn move_replicas_off(&self, node: u64) -> Result<(), Status> {
+        loop {
+            let next = {
+                let meta = self.ctx.meta();
+                let status = meta.status();
+                let cat = meta.state.catalog();
+                let Some(desc) = cat.shards.iter().find(|d| d.replicas.iter().any(|r| r.node == node)).cloned() else { break };
+                let mut load: Vec<(u64, usize, String)> =
+                    status.members.iter().filter(|m| m.voter && m.id != node).map(|m| (m.id, 0, m.addr.clone())).collect();
+                for d in cat.shards.iter() {
+                    for r in &d.replicas {
+                        if let Some(e) = load.iter_mut().find(|(n, _, _)| *n == r.node) {
+                            e.1 += 1;
+                        }
+                    }
+                }
+                load.retain(|(n, _, _)| !desc.replicas.iter().any(|r| r.node == *n));
+                load.sort_by_key(|(n, c, _)| (*c, *n));
+                (desc, load.into_iter().next())
+            };
+            let (desc, spare) = next;
+            if let Some((to, _, addr)) = spare {
+                self.ctx.node.change_replicas(desc.id, ReplicaChange::Add { node: to, addr }).await.map_err(|e| {
+                    Status::unavailable(format!("moving shard {}'s replica off node {node}: adding node {to} failed: {e}; retry", desc.id))
+                })?;
+            } else if desc.voters().filter(|v| *v != node).count() == 0 {
+                return Err(Status::failed_precondition(format!(
+                    "shard {} has its only voter on node {node} and no other member to move it to: add a node first",
+                    desc.id
+                )));
+            }
+            let after = self.ctx.node.change_replicas(desc.id, ReplicaChange::Remove { node }).await.map_err(|e| {
+                Status::unavailable(format!("moving shard {}'s replica off node {node}: removing it failed: {e}; retry", desc.id))
+            })?;
+            if after.replicas.iter().any(|r| r.node == node) {
+                return Err(Status::internal(format!("shard {} still lists node {node} after its removal", desc.id)));
+            }
+            // The map is updated by the report that change_replicas made; wait for it here.
+            let deadline = std::time::Instant::now() + Duration::from_millis(ADD_NODE_TIMEOUT_MS);
+            while self.ctx.meta().state.catalog().shards.get(desc.id).is_some_and(|d| d.replicas.iter().any(|r| r.node == node)) {
+                if std::time::Instant::now() > deadline {
+                    return Err(Status::unavailable(format!("shard {}'s new replicas did not reach the shard map in time; retry", desc.id)));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
     fn master(&self) -> Result<std::sync::Arc<crypto::MasterKey>, Status> {
         self.ctx
-            .group()
+            .meta()
             .state
             .master
             .clone()

@@ -66,9 +66,16 @@ pub enum Kind {
 /// How a request arrived: from a client or forwarded by a node, and its deadline.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin {
+    /// Forwarded to this node as the leader: never forwarded again.
     pub forwarded: bool,
+    /// Forwarded to this node as a replica of the request's shard (by a node that holds
+    /// none): it may forward once more, to the shard's leader, but not to another replica.
+    pub via_replica: bool,
     pub deadline: Deadline,
 }
+
+/// The [`FORWARDED`] value of a request forwarded to a replica rather than to the leader.
+pub const FORWARDED_TO_REPLICA: &str = "replica";
 
 /// Where a request is served.
 pub enum Leader<T> {
@@ -85,6 +92,17 @@ pub struct Forward {
     pub addr: String,
     pub kind: Kind,
     pub deadline: Deadline,
+    /// The node is a replica of the request's shard, not (as far as this node knows) its
+    /// leader: this node holds no replica of it.
+    pub to_replica: bool,
+}
+
+/// Where the data of a key is served from this node.
+pub enum ShardRoute {
+    /// This node holds a replica of the key's shard.
+    Local(Arc<Group>),
+    /// This node holds none: forward to a replica.
+    Remote(Forward),
 }
 
 impl Forward {
@@ -94,7 +112,11 @@ impl Forward {
     }
 
     fn leader(&self) -> String {
-        format!("the leader (node {} at {})", self.leader_id, self.addr)
+        if self.to_replica {
+            format!("a replica of the shard (node {} at {})", self.leader_id, self.addr)
+        } else {
+            format!("the leader (node {} at {})", self.leader_id, self.addr)
+        }
     }
 
     fn outcome(&self) -> &'static str {
@@ -118,7 +140,7 @@ impl Forward {
             )));
         };
         let mut req = Request::new(msg);
-        req.metadata_mut().insert(FORWARDED, MetadataValue::from_static("1"));
+        req.metadata_mut().insert(FORWARDED, MetadataValue::from_static(if self.to_replica { FORWARDED_TO_REPLICA } else { "1" }));
         let unix_ms = MetadataValue::try_from(self.deadline.unix_ms().to_string()).expect("digits are a valid header value");
         req.metadata_mut().insert(DEADLINE_HEADER, unix_ms);
         // The leader also gets the time left as grpc-timeout; it keeps the earlier of the two.
@@ -200,7 +222,9 @@ fn with_causes(s: &Status) -> String {
 /// How `req` arrived and its deadline; `default` from now when it has none.
 pub fn origin_of<T>(req: &Request<T>, default: Duration) -> Result<Origin, Status> {
     let deadline = Deadline::of_request(req.metadata(), SystemTime::now(), default)?;
-    Ok(Origin { forwarded: req.metadata().contains_key(FORWARDED), deadline })
+    let hop = req.metadata().get(FORWARDED);
+    let via_replica = hop.is_some_and(|v| v == FORWARDED_TO_REPLICA);
+    Ok(Origin { forwarded: hop.is_some() && !via_replica, via_replica, deadline })
 }
 
 /// How long a wait for a quorum may take, and whether the deadline set it.
@@ -210,8 +234,9 @@ struct Wait {
 }
 
 impl Ctx {
-    pub fn group(&self) -> Arc<Group> {
-        self.node.data_group()
+    /// The meta group: catalog requests and cluster membership go there.
+    pub fn meta(&self) -> Arc<Group> {
+        self.node.meta()
     }
 
     /// How `req` arrived and its deadline (without one: `raft.proposal_timeout_ms` plus
@@ -239,7 +264,7 @@ impl Ctx {
     fn route<T>(&self, e: ProposeError, origin: &Origin, kind: Kind) -> Result<Leader<T>, Status> {
         match e {
             ProposeError::ForwardToLeader { leader_id: Some(id), leader_addr: Some(addr) } if !origin.forwarded && id != self.node.id => {
-                Ok(Leader::There(Forward { leader_id: id, addr, kind, deadline: origin.deadline }))
+                Ok(Leader::There(Forward { leader_id: id, addr, kind, deadline: origin.deadline, to_replica: false }))
             }
             ProposeError::ForwardToLeader { .. } if origin.forwarded => {
                 Err(Status::unavailable("the leader changed while the request was forwarded; retry"))
@@ -251,24 +276,61 @@ impl Ctx {
     /// The leader to forward a request to when this node knows it is another node; None
     /// when this node leads, knows no leader, or got the request forwarded (it is then
     /// tried here, and a non-leader answers UNAVAILABLE rather than forward it again).
-    pub fn leader_elsewhere(&self, origin: &Origin, kind: Kind) -> Option<Forward> {
+    pub fn leader_elsewhere(&self, g: &Group, origin: &Origin, kind: Kind) -> Option<Forward> {
         if origin.forwarded {
             return None;
         }
-        let g = self.group();
         let leader = g.status_leader()?;
         if leader == self.node.id {
             return None;
         }
         let addr = g.member_addr(leader)?;
-        Some(Forward { leader_id: leader, addr, kind, deadline: origin.deadline })
+        Some(Forward { leader_id: leader, addr, kind, deadline: origin.deadline, to_replica: false })
+    }
+
+    /// Where the data of storage key `key` is served: this node's replica of its shard, or
+    /// a node holding one. UNAVAILABLE when no shard holds the key in this node's copy of
+    /// the shard map, or when a forwarded request reached a node without a replica.
+    pub async fn shard_route(&self, key: &[u8], origin: &Origin, kind: Kind) -> Result<ShardRoute, Status> {
+        let desc = self.meta().state.catalog().shards.lookup(key).cloned().ok_or_else(|| {
+            Status::unavailable(format!(
+                "no shard holds key {} in node {}'s shard map (its tenant is being created?); retry",
+                kho_raft::shard::printable_key(key),
+                self.node.id
+            ))
+        })?;
+        if let Some(g) = self.node.group(desc.id) {
+            return Ok(ShardRoute::Local(g));
+        }
+        if desc.replicas.iter().any(|r| r.node == self.node.id) {
+            // The map names this node, but its registry has not opened the group yet.
+            self.node.ensure_shard_groups().await.map_err(|e| Status::unavailable(format!("opening shard {}: {e}; retry", desc.id)))?;
+            if let Some(g) = self.node.group(desc.id) {
+                return Ok(ShardRoute::Local(g));
+            }
+        }
+        if origin.forwarded || origin.via_replica {
+            return Err(Status::unavailable(format!(
+                "node {} holds no replica of shard {} (its replicas moved); retry",
+                self.node.id, desc.id
+            )));
+        }
+        let to = desc.voters().find_map(|n| self.node.node_addr(n).map(|a| (n, a)));
+        let Some((node, addr)) = to else {
+            return Err(Status::unavailable(format!("no address known for any replica of shard {}; retry", desc.id)));
+        };
+        Ok(ShardRoute::Remote(Forward { leader_id: node, addr, kind, deadline: origin.deadline, to_replica: true }))
     }
 
     /// Proposes a command on the leader, waiting at most `raft.proposal_timeout_ms` (or
     /// until shortly before the deadline), or says where the leader is.
     pub async fn propose(&self, cmd: Command, origin: &Origin) -> Result<Leader<kho_raft::Response>, Status> {
+        self.propose_in(&self.meta(), cmd, origin).await
+    }
+
+    /// [`Ctx::propose`] in group `g`.
+    pub async fn propose_in(&self, g: &Group, cmd: Command, origin: &Origin) -> Result<Leader<kho_raft::Response>, Status> {
         let wait = self.wait(origin, Kind::Write, self.proposal_timeout)?;
-        let g = self.group();
         match tokio::time::timeout(wait.limit, g.propose(cmd)).await {
             Err(_) if wait.by_deadline => Err(Status::deadline_exceeded(format!(
                 "not committed within {} ms, before the request's deadline; the write may or may not have been applied",
@@ -291,7 +353,7 @@ impl Ctx {
         Fut: std::future::Future<Output = Result<Vec<u64>, ProposeError>>,
     {
         let wait = self.wait(origin, Kind::Write, limit)?;
-        match tokio::time::timeout(wait.limit, f(self.group())).await {
+        match tokio::time::timeout(wait.limit, f(self.meta())).await {
             Err(_) if wait.by_deadline => Err(Status::deadline_exceeded(format!(
                 "membership change not done within {} ms, before the request's deadline; check `kho cluster status`",
                 wait.limit.as_millis()
@@ -307,8 +369,12 @@ impl Ctx {
 
     /// Waits until a linearizable read can be served from this node's state.
     pub async fn read_barrier(&self, origin: &Origin) -> Result<Leader<()>, Status> {
+        self.read_barrier_in(&self.meta(), origin).await
+    }
+
+    /// [`Ctx::read_barrier`] in group `g`.
+    pub async fn read_barrier_in(&self, g: &Group, origin: &Origin) -> Result<Leader<()>, Status> {
         let wait = self.wait(origin, Kind::Read, self.proposal_timeout)?;
-        let g = self.group();
         match tokio::time::timeout(wait.limit, g.read_barrier()).await {
             Err(_) if wait.by_deadline => Err(Status::deadline_exceeded(format!(
                 "leadership not confirmed within {} ms, before the request's deadline",
@@ -325,9 +391,9 @@ impl Ctx {
 
     /// `read_barrier` for a read that asked for `consistency` (the proto enum's number):
     /// a STALE read is served from this node's state at once, without the leader.
-    pub async fn read_barrier_for(&self, consistency: i32, origin: &Origin) -> Result<Leader<()>, Status> {
+    pub async fn read_barrier_for(&self, g: &Group, consistency: i32, origin: &Origin) -> Result<Leader<()>, Status> {
         match kho_proto::v1::ReadConsistency::try_from(consistency) {
-            Ok(kho_proto::v1::ReadConsistency::Linearizable) => self.read_barrier(origin).await,
+            Ok(kho_proto::v1::ReadConsistency::Linearizable) => self.read_barrier_in(g, origin).await,
             Ok(kho_proto::v1::ReadConsistency::Stale) => Ok(Leader::Here(())),
             Err(_) => Err(Status::invalid_argument(format!(
                 "consistency: unknown value {consistency}; use 0 (READ_CONSISTENCY_LINEARIZABLE) or 1 (READ_CONSISTENCY_STALE)"
@@ -381,14 +447,21 @@ impl Ctx {
 /// What an applied write reported.
 pub struct Written {
     pub revision: u64,
+    pub shard: u64,
     pub existed: bool,
     pub cas: Option<kho_raft::command::CasOutcome>,
 }
 
-pub fn written(r: kho_raft::Response) -> Result<Written, Status> {
+impl Written {
+    pub fn header(&self) -> kho_proto::v1::WriteHeader {
+        kho_proto::v1::WriteHeader { revision: self.revision, shard_id: self.shard }
+    }
+}
+
+pub fn written(r: kho_raft::Response, shard: u64) -> Result<Written, Status> {
     match r.outcome {
-        Outcome::Written { existed, cas } => Ok(Written { revision: r.revision, existed, cas }),
-        Outcome::Done | Outcome::Job { .. } => Ok(Written { revision: r.revision, existed: false, cas: None }),
+        Outcome::Written { existed, cas } => Ok(Written { revision: r.revision, shard, existed, cas }),
+        Outcome::Done | Outcome::Job { .. } => Ok(Written { revision: r.revision, shard, existed: false, cas: None }),
         Outcome::Rejected(e) => Err(status::app_error(e)),
     }
 }
@@ -410,7 +483,7 @@ mod tests {
     use super::*;
 
     fn to(kind: Kind, deadline: Deadline) -> Forward {
-        Forward { leader_id: 2, addr: "10.0.0.2:7001".into(), kind, deadline }
+        Forward { leader_id: 2, addr: "10.0.0.2:7001".into(), kind, deadline, to_replica: false }
     }
 
     fn in_a_minute() -> Deadline {

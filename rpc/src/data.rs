@@ -13,10 +13,11 @@ use kho_raft::cells::TableAccess;
 use kho_raft::command::RawCondition;
 use kho_raft::keyring::{self, TenantKeys};
 use kho_raft::state_machine::SmState;
-use kho_raft::{Command, WriteOp};
+use kho_raft::command::Outcome;
+use kho_raft::{AppErrorKind, Command, Group, WriteOp};
 use tonic::{Request, Response, Status};
 
-use crate::ctx::{written, Ctx, Leader};
+use crate::ctx::{written, Ctx, Kind, Leader, Origin, ShardRoute, Written};
 use crate::{forward, status, validate};
 
 /// Most chunks a scan buffers ahead of a slow client, count.
@@ -46,13 +47,27 @@ impl DataService {
         &self.ctx.limits
     }
 
-    /// The table and its tenant's keys (None for a plaintext tenant).
+    /// The table and its tenant's keys (None for a plaintext tenant), from this node's copy
+    /// of the catalog.
     fn access(&self, tenant: &str, table: &str) -> Result<(TableMeta, Option<Arc<TenantKeys>>), Status> {
-        let g = self.ctx.group();
+        let g = self.ctx.meta();
         let cat = g.state.catalog();
         let meta = cat.table(tenant, table).map_err(status::app_error)?.clone();
         let keys = cat.tenant_keys(meta.tenant_id);
         Ok((meta, keys))
+    }
+
+    /// [`DataService::access`]; a name this node's catalog does not know is looked up again
+    /// after a read barrier of the meta group, so that a table created (and acknowledged)
+    /// through another node is found.
+    async fn table_access(&self, tenant: &str, table: &str, origin: &Origin) -> Result<(TableMeta, Option<Arc<TenantKeys>>), Status> {
+        match self.access(tenant, table) {
+            Err(s) if s.code() == tonic::Code::NotFound => match self.ctx.read_barrier(origin).await {
+                Ok(Leader::Here(())) => self.access(tenant, table),
+                _ => Err(s),
+            },
+            other => other,
+        }
     }
 
     fn engine(&self) -> Engine {
@@ -64,34 +79,91 @@ impl DataService {
         validate::name("table", table)
     }
 
-    /// Resolves named mutations into a write ([`kho_raft::cells`]) and proposes it here, the
-    /// leader; says where the leader is when this node knows it is elsewhere (the request
-    /// is then forwarded as the client sent it, and resolved there).
-    async fn propose_write(
-        &self,
-        tenant: &str,
-        table: &str,
-        ops: Vec<WriteOp>,
-        origin: &crate::ctx::Origin,
-    ) -> Result<Leader<crate::ctx::Written>, Status> {
-        if let Some(to) = self.ctx.leader_elsewhere(origin, crate::ctx::Kind::Write) {
-            return Ok(Leader::There(to));
-        }
-        let w = {
-            let (meta, keys) = self.access(tenant, table)?;
-            TableAccess { meta: &meta, keys: keys.as_deref() }.resolve(ops, None).map_err(status::app_error)?
-        };
-        Ok(match self.ctx.propose(Command::Write(w), origin).await? {
-            Leader::Here(r) => Leader::Here(written(r)?),
-            Leader::There(a) => Leader::There(a),
-        })
+    /// Resolves named mutations into a write ([`kho_raft::cells`]), routes it by key to its
+    /// shard and proposes it there, on the shard's leader; says where to forward the request
+    /// (as the client sent it: it is resolved again there) when the leader is another node.
+    /// A write whose keys fall in several shards is refused (no cross-shard atomicity yet).
+    async fn propose_write(&self, tenant: &str, table: &str, ops: Vec<WriteOp>, origin: &Origin) -> Result<Leader<Written>, Status> {
+        let (meta, keys) = self.table_access(tenant, table, origin).await?;
+        let mut w = TableAccess { meta: &meta, keys: keys.as_deref() }.resolve(ops, None).map_err(status::app_error)?;
+        self.propose_cells(&mut w, origin).await
     }
 
-    /// A cell as stored, read from this node's state: from memory when the memtables or the
-    /// block cache hold it, else on a read thread. Never while a snapshot install runs.
-    async fn read_stored(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
+    /// Routes and proposes a resolved write (see [`DataService::propose_write`]), looking
+    /// the shard up again (at most [`ROUTE_ATTEMPTS_MAX`] times) when the shard refuses it
+    /// as misrouted (a split or merge since the lookup).
+    async fn propose_cells(&self, w: &mut kho_raft::CellWrite, origin: &Origin) -> Result<Leader<Written>, Status> {
+        for _ in 0..ROUTE_ATTEMPTS_MAX {
+            let first = kho_raft::cells::first_key(w).ok_or_else(|| Status::invalid_argument("ops: no operation"))?.to_vec();
+            let g = match self.ctx.shard_route(&first, origin, Kind::Write).await? {
+                ShardRoute::Remote(to) => return Ok(Leader::There(to)),
+                ShardRoute::Local(g) => g,
+            };
+            if let Some(to) = self.ctx.leader_elsewhere(&g, origin, Kind::Write) {
+                return Ok(Leader::There(to));
+            }
+            let desc = g.state.shard().ok_or_else(|| status::internal("a data key routed to a group that is not a data shard"))?.desc;
+            if !kho_raft::cells::within(w, &desc.start, &desc.end) {
+                return Err(Status::failed_precondition(format!(
+                    "ops: the write's keys fall in more than one shard (shard {} holds [{}, {})): an atomic write across shards is not supported yet; write each shard's keys apart",
+                    desc.id,
+                    kho_raft::shard::printable_key(&desc.start),
+                    kho_raft::shard::printable_key(&desc.end)
+                )));
+            }
+            w.shard = desc.id;
+            w.epoch = desc.epoch.version;
+            match self.ctx.propose_in(&g, Command::Write(w.clone()), origin).await? {
+                Leader::There(to) => return Ok(Leader::There(to)),
+                Leader::Here(r) => match &r.outcome {
+                    Outcome::Rejected(e) if e.kind == AppErrorKind::WrongShard => continue,
+                    _ => return Ok(Leader::Here(written(r, desc.id)?)),
+                },
+            }
+        }
+        Err(Status::unavailable(format!("the shard map kept changing under the write ({ROUTE_ATTEMPTS_MAX} lookups); nothing was written; retry")))
+    }
+
+    /// The local replica of the shard holding `key` for a read at `consistency`, after its
+    /// read barrier; or where to forward the read.
+    async fn read_shard(&self, key: &[u8], consistency: i32, origin: &Origin) -> Result<Leader<Arc<Group>>, Status> {
+        let g = match self.ctx.shard_route(key, origin, Kind::Read).await? {
+            ShardRoute::Remote(to) => return Ok(Leader::There(to)),
+            ShardRoute::Local(g) => g,
+        };
+        if let Leader::There(to) = self.ctx.read_barrier_for(&g, consistency, origin).await? {
+            return Ok(Leader::There(to));
+        }
+        // The barrier brought the shard state up to date: a key it no longer holds was routed
+        // with a stale map (a split or merge applied here since).
+        let (start, end) = g.state.range();
+        if key < start.as_slice() || key >= end.as_slice() {
+            return Err(Status::unavailable(format!("shard {} no longer holds the key (it split or merged); retry", g.id)));
+        }
+        Ok(Leader::Here(g))
+    }
+
+    /// The local replicas of every shard that holds a key of `[start, end)`, after their
+    /// read barriers, in key order; or where to forward the read (when this node lacks one).
+    async fn read_shards(&self, start: &[u8], end: &[u8], consistency: i32, origin: &Origin) -> Result<Leader<Vec<Arc<Group>>>, Status> {
+        let descs: Vec<_> = self.ctx.meta().state.catalog().shards.covering(start, end).into_iter().cloned().collect();
+        let mut groups = Vec::with_capacity(descs.len());
+        for d in descs {
+            let first = d.start.clone().max(start.to_vec());
+            match self.read_shard(&first, consistency, origin).await? {
+                Leader::Here(g) => groups.push(g),
+                Leader::There(to) => return Ok(Leader::There(to)),
+            }
+        }
+        Ok(Leader::Here(groups))
+    }
+
+    /// A cell as stored, read from this node's replica of shard `g`: from memory when the
+    /// memtables or the block cache hold it, else on a read thread. Never while a snapshot
+    /// install of the shard runs.
+    async fn read_stored(&self, g: &Group, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
         let engine = self.engine();
-        let state = self.ctx.group().state.clone();
+        let state = g.state.clone();
         let in_memory = {
             let _gate = state.read_gate().await;
             engine.get_in_memory(Cf::Data, key).map_err(status::engine_error)?
@@ -110,6 +182,18 @@ impl DataService {
             .map_err(status::engine_error)
     }
 }
+
+/// The states of `groups` in the order their install gates are taken: by group id, so that
+/// two readers of the same shards never wait for each other's gates.
+fn gate_order(groups: &[Arc<Group>]) -> Vec<Arc<SmState>> {
+    let mut states: Vec<_> = groups.iter().map(|g| g.state.clone()).collect();
+    states.sort_by_key(|s| s.group);
+    states.dedup_by_key(|s| s.group);
+    states
+}
+
+/// Most times a request looks its shard up when shards refuse it as misrouted, count.
+const ROUTE_ATTEMPTS_MAX: usize = 3;
 
 /// The row key as stored: a keyed hash for a table with hashed row keys.
 fn stored_row(meta: &TableMeta, keys: Option<&TenantKeys>, row: &[u8]) -> Result<Vec<u8>, Status> {
@@ -136,7 +220,7 @@ fn open(keys: Option<&TenantKeys>, key: &[u8], stored: &[u8]) -> Result<Vec<u8>,
 /// calling `visit` with the decoded key and verified value; `visit` returns false to stop.
 fn scan_cells(
     engine: &Engine,
-    state: &SmState,
+    states: &[Arc<SmState>],
     tenant_keys: Option<&TenantKeys>,
     start: &[u8],
     end: &[u8],
@@ -145,10 +229,11 @@ fn scan_cells(
     if start >= end {
         return Ok(());
     }
-    // The view is taken while no snapshot install runs; one may start once we have it.
-    let gate = state.blocking_read_gate();
+    // The view is taken while no snapshot install of these shards runs; one may start once
+    // we have it.
+    let gates: Vec<_> = states.iter().map(|s| s.blocking_read_gate()).collect();
     let snap = engine.snapshot();
-    drop(gate);
+    drop(gates);
     let mut failure = None;
     snap.for_each(Cf::Data, start, Some(end), |k, v| {
         let step = keys::decode_data_key(k)
@@ -291,7 +376,7 @@ impl Data for DataService {
         validate::value(self.limits(), "value", &r.value)?;
         let ops = vec![WriteOp::Put { row: r.key.clone(), family: r.family.clone(), qualifier: vec![], value: r.value.clone() }];
         match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
-            Leader::Here(w) => Ok(Response::new(pb::PutResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
+            Leader::Here(w) => Ok(Response::new(pb::PutResponse { header: Some(w.header()) })),
             Leader::There(to) => forward!(self.ctx, data_client, to, put, r),
         }
     }
@@ -302,15 +387,16 @@ impl Data for DataService {
         self.check_table_names(&r.tenant, &r.table)?;
         validate::family("family", &r.family)?;
         validate::key(self.limits(), "key", &r.key)?;
-        if let Leader::There(to) = self.ctx.read_barrier_for(r.consistency, &origin).await? {
-            return forward!(self.ctx, data_client, to, get, r);
-        }
-        let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin).await?;
         let fam = family_of(&meta, &r.family)?;
         let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.key)?, fam, b"");
+        let g = match self.read_shard(&key, r.consistency, &origin).await? {
+            Leader::There(to) => return forward!(self.ctx, data_client, to, get, r),
+            Leader::Here(g) => g,
+        };
         // Memtables and the block cache answer most reads in microseconds: they are read
         // here, and only reads that need the disk go to a read thread.
-        let v = match self.read_stored(&key).await? {
+        let v = match self.read_stored(&g, &key).await? {
             None => None,
             Some(stored) => Some(open(tenant_keys.as_deref(), &key, &stored)?),
         };
@@ -326,7 +412,7 @@ impl Data for DataService {
         let ops = vec![WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] }];
         match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
             Leader::Here(w) => {
-                Ok(Response::new(pb::DeleteResponse { header: Some(pb::WriteHeader { revision: w.revision }), existed: w.existed }))
+                Ok(Response::new(pb::DeleteResponse { header: Some(w.header()), existed: w.existed }))
             }
             Leader::There(to) => forward!(self.ctx, data_client, to, delete, r),
         }
@@ -342,21 +428,31 @@ impl Data for DataService {
         for k in &r.keys {
             validate::key(self.limits(), "keys", k)?;
         }
-        if let Leader::There(to) = self.ctx.read_barrier_for(r.consistency, &origin).await? {
-            return forward!(self.ctx, data_client, to, batch_get, r);
-        }
-        let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin).await?;
         let fam = family_of(&meta, &r.family)?;
+        // One linearizable read per shard that holds a key (its read barrier), then one
+        // point-in-time view of this node's replicas of them all.
+        let mut groups: Vec<Arc<Group>> = Vec::new();
+        for k in &r.keys {
+            let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), k)?, fam, b"");
+            if groups.iter().any(|g| g.state.range().0 <= key && key < g.state.range().1) {
+                continue;
+            }
+            match self.read_shard(&key, r.consistency, &origin).await? {
+                Leader::There(to) => return forward!(self.ctx, data_client, to, batch_get, r),
+                Leader::Here(g) => groups.push(g),
+            }
+        }
         let engine = self.engine();
         let reply_max = self.limits().grpc_message_bytes_max;
-        let state = self.ctx.group().state.clone();
+        let states = gate_order(&groups);
         let items = self
             .ctx
             .reads
             .run(move || -> Result<Vec<pb::BatchGetItem>, Status> {
-                let gate = state.blocking_read_gate();
+                let gates: Vec<_> = states.iter().map(|s| s.blocking_read_gate()).collect();
                 let snap = engine.snapshot();
-                drop(gate);
+                drop(gates);
                 let mut items = Vec::with_capacity(r.keys.len());
                 let mut bytes = 0u64;
                 for k in r.keys {
@@ -390,22 +486,25 @@ impl Data for DataService {
         validate::optional_key(self.limits(), "end_key", &r.end_key)?;
         validate::optional_key(self.limits(), "prefix", &r.prefix)?;
         let limit = validate::scan_limit(self.limits(), r.limit)?;
-        if let Leader::There(to) = self.ctx.read_barrier_for(r.consistency, &origin).await? {
-            let resp = forward!(self.ctx, data_client, to.clone(), scan, r)?;
-            return Ok(Response::new(Box::pin(to.stream(resp.into_inner())) as ScanStream));
-        }
-        let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin).await?;
         refuse_scan_of_hashed(&meta)?;
         let fam = family_of(&meta, &r.family)?;
         let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_key, end_bound(&r.end_key), &r.prefix);
+        let groups = match self.read_shards(&start, &end, r.consistency, &origin).await? {
+            Leader::There(to) => {
+                let resp = forward!(self.ctx, data_client, to.clone(), scan, r)?;
+                return Ok(Response::new(Box::pin(to.stream(resp.into_inner())) as ScanStream));
+            }
+            Leader::Here(groups) => groups,
+        };
         let engine = self.engine();
         let (tx, stream) = ChunkSender::channel(self.ctx.limits.scan_stall_timeout_ms, self.ctx.limits.scan_duration_max_ms);
-        let state = self.ctx.group().state.clone();
+        let states = gate_order(&groups);
         self.ctx.scans.spawn(move || {
             let mut chunk = Vec::new();
             let mut chunk_bytes = 0usize;
             let mut sent = 0usize;
-            let res = scan_cells(&engine, &state, tenant_keys.as_deref(), &start, &end, |dk, payload| {
+            let res = scan_cells(&engine, &states, tenant_keys.as_deref(), &start, &end, |dk, payload| {
                 if dk.family != fam || !dk.qualifier.is_empty() {
                     return Ok(true);
                 }
@@ -457,7 +556,7 @@ impl Data for DataService {
         }
         validate::batch(l, "ops", ops.len(), bytes)?;
         match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
-            Leader::Here(w) => Ok(Response::new(pb::WriteResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
+            Leader::Here(w) => Ok(Response::new(pb::WriteResponse { header: Some(w.header()) })),
             Leader::There(to) => forward!(self.ctx, data_client, to, write, r),
         }
     }
@@ -474,29 +573,33 @@ impl Data for DataService {
         if let Some(v) = &r.new_value {
             validate::value(self.limits(), "new_value", v)?;
         }
-        if let Some(to) = self.ctx.leader_elsewhere(&origin, crate::ctx::Kind::Write) {
-            return forward!(self.ctx, data_client, to, compare_and_swap, r);
-        }
-        // The leader reads the cell (a linearizable read) and compares its value with the
-        // expected one; if they match, it proposes the write on condition that the cell is
-        // still stored as it read it. A write in between fails that condition at apply, and
-        // the comparison starts again, at most CAS_ATTEMPTS_MAX times.
+        // The shard's leader reads the cell (a linearizable read) and compares its value with
+        // the expected one; if they match, it proposes the write on condition that the cell
+        // is still stored as it read it. A write in between fails that condition at apply,
+        // and the comparison starts again, at most CAS_ATTEMPTS_MAX times.
         for _ in 0..CAS_ATTEMPTS_MAX {
-            if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
-                return forward!(self.ctx, data_client, to.as_write(), compare_and_swap, r);
-            }
-            let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
+            let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin).await?;
             let access = TableAccess { meta: &meta, keys: tenant_keys.as_deref() };
             let key = access.cell_key(&r.key, &r.family, b"").map_err(status::app_error)?;
-            let stored = self.read_stored(&key).await?;
+            let g = match self.ctx.shard_route(&key, &origin, Kind::Write).await? {
+                ShardRoute::Remote(to) => return forward!(self.ctx, data_client, to, compare_and_swap, r),
+                ShardRoute::Local(g) => g,
+            };
+            if let Some(to) = self.ctx.leader_elsewhere(&g, &origin, Kind::Write) {
+                return forward!(self.ctx, data_client, to, compare_and_swap, r);
+            }
+            if let Leader::There(to) = self.ctx.read_barrier_in(&g, &origin).await? {
+                return forward!(self.ctx, data_client, to.as_write(), compare_and_swap, r);
+            }
+            let stored = self.read_stored(&g, &key).await?;
             let current = match &stored {
                 None => None,
                 Some(s) => Some(open(tenant_keys.as_deref(), &key, s)?),
             };
             if current != r.expected_value {
-                let revision = self.ctx.group().status().applied_index;
+                let revision = g.status().applied_index;
                 return Ok(Response::new(pb::CompareAndSwapResponse {
-                    header: Some(pb::WriteHeader { revision }),
+                    header: Some(pb::WriteHeader { revision, shard_id: g.id }),
                     succeeded: false,
                     current_found: current.is_some(),
                     current_value: current.unwrap_or_default(),
@@ -506,15 +609,14 @@ impl Data for DataService {
                 Some(v) => WriteOp::Put { row: r.key.clone(), family: r.family.clone(), qualifier: vec![], value: v.clone() },
                 None => WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] },
             };
-            let w = access.resolve(vec![op], Some(RawCondition { key, expected: stored })).map_err(status::app_error)?;
-            match self.ctx.propose(Command::Write(w), &origin).await? {
+            let mut w = access.resolve(vec![op], Some(RawCondition { key, expected: stored })).map_err(status::app_error)?;
+            match self.propose_cells(&mut w, &origin).await? {
                 Leader::There(to) => return forward!(self.ctx, data_client, to, compare_and_swap, r),
-                Leader::Here(resp) => {
-                    let w = written(resp)?;
-                    let cas = w.cas.ok_or_else(|| status::internal("conditional write returned no comparison outcome"))?;
+                Leader::Here(w) => {
+                    let cas = w.cas.as_ref().ok_or_else(|| status::internal("conditional write returned no comparison outcome"))?;
                     if cas.succeeded {
                         return Ok(Response::new(pb::CompareAndSwapResponse {
-                            header: Some(pb::WriteHeader { revision: w.revision }),
+                            header: Some(w.header()),
                             succeeded: true,
                             current_found: current.is_some(),
                             current_value: current.unwrap_or_default(),
@@ -568,7 +670,7 @@ impl Data for DataService {
         }
         validate::batch(l, "mutations", ops.len(), bytes)?;
         match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
-            Leader::Here(w) => Ok(Response::new(pb::MutateRowResponse { header: Some(pb::WriteHeader { revision: w.revision }) })),
+            Leader::Here(w) => Ok(Response::new(pb::MutateRowResponse { header: Some(w.header()) })),
             Leader::There(to) => forward!(self.ctx, data_client, to, mutate_row, r),
         }
     }
@@ -584,24 +686,25 @@ impl Data for DataService {
         for q in &r.qualifiers {
             validate::qualifier(self.limits(), "qualifiers", q)?;
         }
-        if let Leader::There(to) = self.ctx.read_barrier_for(r.consistency, &origin).await? {
-            return forward!(self.ctx, data_client, to, read_row, r);
-        }
-        let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin).await?;
         let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
         let prefix = keys::row_prefix(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.row_key)?);
         let end = keys::prefix_end(&prefix).expect("a row prefix has an end");
+        let g = match self.read_shard(&prefix, r.consistency, &origin).await? {
+            Leader::There(to) => return forward!(self.ctx, data_client, to, read_row, r),
+            Leader::Here(g) => g,
+        };
         let engine = self.engine();
         let reply_max = self.limits().grpc_message_bytes_max as usize;
         let row_key = r.row_key.clone();
-        let state = self.ctx.group().state.clone();
+        let states = gate_order(&[g]);
         let cells = self
             .ctx
             .reads
             .run(move || -> Result<Vec<pb::Cell>, Status> {
                 let mut cells = Vec::new();
                 let mut bytes = 0usize;
-                scan_cells(&engine, &state, tenant_keys.as_deref(), &prefix, &end, |dk, payload| {
+                scan_cells(&engine, &states, tenant_keys.as_deref(), &prefix, &end, |dk, payload| {
                     if (!fams.is_empty() && !fams.contains(&dk.family))
                         || (!r.qualifiers.is_empty() && !r.qualifiers.contains(&dk.qualifier))
                     {
@@ -637,24 +740,27 @@ impl Data for DataService {
             validate::name("families", f)?;
         }
         let limit = validate::scan_limit(self.limits(), r.limit)?;
-        if let Leader::There(to) = self.ctx.read_barrier_for(r.consistency, &origin).await? {
-            let resp = forward!(self.ctx, data_client, to.clone(), scan_rows, r)?;
-            return Ok(Response::new(Box::pin(to.stream(resp.into_inner())) as ScanRowsStream));
-        }
-        let (meta, tenant_keys) = self.access(&r.tenant, &r.table)?;
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin).await?;
         refuse_scan_of_hashed(&meta)?;
         let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
         let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_row, end_bound(&r.end_row), &r.prefix);
+        let groups = match self.read_shards(&start, &end, r.consistency, &origin).await? {
+            Leader::There(to) => {
+                let resp = forward!(self.ctx, data_client, to.clone(), scan_rows, r)?;
+                return Ok(Response::new(Box::pin(to.stream(resp.into_inner())) as ScanRowsStream));
+            }
+            Leader::Here(groups) => groups,
+        };
         let engine = self.engine();
         let row_bytes_max = self.limits().grpc_message_bytes_max as usize;
         let (tx, stream) = ChunkSender::channel(self.ctx.limits.scan_stall_timeout_ms, self.ctx.limits.scan_duration_max_ms);
-        let state = self.ctx.group().state.clone();
+        let states = gate_order(&groups);
         self.ctx.scans.spawn(move || {
             let mut rows: Vec<pb::Row> = Vec::new();
             let mut chunk_bytes = 0usize;
             let mut row_bytes = 0usize;
             let mut done_rows = 0usize;
-            let res = scan_cells(&engine, &state, tenant_keys.as_deref(), &start, &end, |dk, payload| {
+            let res = scan_cells(&engine, &states, tenant_keys.as_deref(), &start, &end, |dk, payload| {
                 if !fams.is_empty() && !fams.contains(&dk.family) {
                     return Ok(true);
                 }

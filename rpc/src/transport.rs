@@ -32,6 +32,8 @@ fn kind_to_proto(k: MessageKind) -> RaftMessageKind {
         MessageKind::AppendEntries => RaftMessageKind::AppendEntries,
         MessageKind::Vote => RaftMessageKind::Vote,
         MessageKind::ReadIndex => RaftMessageKind::ReadIndex,
+        MessageKind::Propose => RaftMessageKind::Propose,
+        MessageKind::ChangeReplicas => RaftMessageKind::ChangeReplicas,
     }
 }
 
@@ -139,6 +141,8 @@ impl RaftTransport for RaftService {
             Ok(RaftMessageKind::AppendEntries) => MessageKind::AppendEntries,
             Ok(RaftMessageKind::Vote) => MessageKind::Vote,
             Ok(RaftMessageKind::ReadIndex) => MessageKind::ReadIndex,
+            Ok(RaftMessageKind::Propose) => MessageKind::Propose,
+            Ok(RaftMessageKind::ChangeReplicas) => MessageKind::ChangeReplicas,
             _ => return Err(Status::invalid_argument(format!("kind: unsupported raft message kind {}", m.kind))),
         };
         let payload = self.node.handle_call(m.group_id, kind, &m.payload).await.map_err(|e| match e {

@@ -53,7 +53,7 @@ impl Fake {
 impl Model {
     fn bump(&mut self) -> Option<WriteHeader> {
         self.revision += 1;
-        Some(WriteHeader { revision: self.revision })
+        Some(WriteHeader { revision: self.revision, shard_id: 1 })
     }
 
     fn family(&self, tenant: &str, table: &str, family: &str) -> Result<String, Status> {

@@ -185,6 +185,24 @@ impl ShardMap {
         Ok(desc)
     }
 
+    /// Records `desc` as reported by its shard's leader after a replica change: same id,
+    /// tenant and range as the map's, and a newer `conf_ver` (an older or equal report is
+    /// ignored: returns false).
+    pub fn record_report(&mut self, desc: ShardDesc) -> Result<bool, ShardError> {
+        let id = desc.id;
+        let current = self.get(id).ok_or(ShardError::UnknownShard(id))?;
+        if (current.tenant, &current.start, &current.end, current.epoch.version) != (desc.tenant, &desc.start, &desc.end, desc.epoch.version) {
+            return Err(ShardError::InvalidDescriptor { id, reason: "a report changed the range or its version".into() });
+        }
+        if desc.epoch.conf_ver <= current.epoch.conf_ver {
+            return Ok(false);
+        }
+        desc.validate().map_err(|reason| ShardError::InvalidDescriptor { id, reason })?;
+        self.insert(desc);
+        self.debug_check();
+        Ok(true)
+    }
+
     /// Removes every shard of tenant `tenant` (the tenant was dropped) and returns them in
     /// key order; empty if it had none.
     pub fn remove_tenant(&mut self, tenant: TenantId) -> Vec<ShardDesc> {

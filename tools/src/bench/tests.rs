@@ -257,7 +257,7 @@ impl kv1::data_server::Data for FakeKho {
     async fn put(&self, r: Request<kv1::PutRequest>) -> Result<Response<kv1::PutResponse>, Status> {
         let r = r.into_inner();
         self.with_cells(&r.tenant, &r.table, &r.family, |m| m.insert(r.key, r.value))?;
-        Ok(Response::new(kv1::PutResponse { header: Some(kv1::WriteHeader { revision: 1 }) }))
+        Ok(Response::new(kv1::PutResponse { header: Some(kv1::WriteHeader { revision: 1, shard_id: 1 }) }))
     }
 
     async fn get(&self, r: Request<kv1::GetRequest>) -> Result<Response<kv1::GetResponse>, Status> {
