@@ -31,9 +31,6 @@ const DATA_COMPRESSION_PER_LEVEL: [DBCompressionType; 7] = [
     DBCompressionType::Lz4,
 ];
 
-/// Most SST files a read-only engine keeps open when it opens them lazily, count.
-const READ_ONLY_OPEN_FILES_MAX: i32 = 64;
-
 /// The RocksDB column families of a node. Names are part of the on-disk format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cf {
@@ -209,37 +206,6 @@ impl Engine {
         let db = Db::open_cf_descriptors(&db_opts, path, descriptors).map_err(rocks("open"))?;
         tracing::info!(path = %path.display(), ?opts, "engine opened");
         Ok(Engine { db: Arc::new(db), path: path.to_path_buf(), flushes: Arc::default() })
-    }
-
-    /// Opens the DB at `path` read-only, with all four column families: for reading a
-    /// checkpoint ([`Engine::checkpoint`]). Writes fail. Index and filter blocks go through
-    /// the block cache of `block_cache_bytes`, so memory stays bounded however many SST
-    /// files there are. `open_all_files`: open every SST file now (a read then survives the
-    /// directory being removed meanwhile) rather than at most 64 of them, as reads need them.
-    pub fn open_read_only(path: &Path, block_cache_bytes: usize, open_all_files: bool) -> Result<Engine> {
-        let opts = EngineOptions { block_cache_bytes, ..EngineOptions::default() };
-        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
-        let mut db_opts = Options::default();
-        db_opts.set_compression_type(DBCompressionType::Lz4);
-        db_opts.set_max_open_files(if open_all_files { -1 } else { READ_ONLY_OPEN_FILES_MAX });
-        let descriptors = Cf::ALL.map(|cf| {
-            let mut cf_opts = cf_options(cf, &opts, &cache);
-            let mut table = BlockBasedOptions::default();
-            table.set_block_cache(&cache);
-            table.set_cache_index_and_filter_blocks(true);
-            cf_opts.set_block_based_table_factory(&table);
-            ColumnFamilyDescriptor::new(cf.name(), cf_opts)
-        });
-        let db = Db::open_cf_descriptors_read_only(&db_opts, path, descriptors, false).map_err(rocks("open read-only"))?;
-        Ok(Engine { db: Arc::new(db), path: path.to_path_buf(), flushes: Arc::default() })
-    }
-
-    /// Writes a RocksDB checkpoint of every column family into `dir` (which must not
-    /// exist): the memtables are flushed first, as one atomic cut, so the checkpoint holds
-    /// every write so far, logged or not, and so does the live DB on disk. SST files are
-    /// hard links (no data is copied); they stay on disk until the checkpoint is removed.
-    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
-        rocksdb::checkpoint::Checkpoint::new(self.db.as_ref()).and_then(|c| c.create_checkpoint(dir)).map_err(rocks("checkpoint"))
     }
 
     /// The directory of the DB.

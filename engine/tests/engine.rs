@@ -184,39 +184,6 @@ fn one_flush_serves_every_view_taken_before_it() {
     assert_eq!(engine.get(Cf::Data, b"c").expect("get").as_deref(), Some(&b"v"[..]));
 }
 
-/// A checkpoint holds every write made before it, unlogged ones too (the state machine
-/// writes without the WAL), none made after it, and reads back after its source closed.
-#[test]
-fn checkpoint_holds_every_write_before_it_and_none_after() {
-    let dir = TempDir::new().expect("tempdir");
-    let elsewhere = TempDir::new().expect("tempdir");
-    let ckpt = elsewhere.path().join("ckpt");
-    {
-        let engine = open(&dir);
-        let mut batch = engine.batch();
-        batch.put(Cf::Data, b"logged", b"1");
-        engine.write(batch, false).expect("write");
-        let mut batch = engine.batch();
-        batch.put(Cf::Data, b"unlogged", b"2");
-        batch.put(Cf::RaftMeta, b"applied", b"7");
-        engine.write_unlogged(batch).expect("write");
-        engine.checkpoint(&ckpt).expect("checkpoint");
-        assert!(engine.checkpoint(&ckpt).is_err(), "a checkpoint into an existing directory is refused");
-        let mut batch = engine.batch();
-        batch.put(Cf::Data, b"after", b"3");
-        engine.write(batch, true).expect("write");
-    }
-    let read = |e: &Engine, cf: Cf, k: &[u8]| e.get(cf, k).expect("get");
-    let copy = Engine::open_read_only(&ckpt, 1 << 20, false).expect("open the checkpoint");
-    assert_eq!(read(&copy, Cf::Data, b"logged").as_deref(), Some(&b"1"[..]));
-    assert_eq!(read(&copy, Cf::Data, b"unlogged").as_deref(), Some(&b"2"[..]));
-    assert_eq!(read(&copy, Cf::RaftMeta, b"applied").as_deref(), Some(&b"7"[..]));
-    assert_eq!(read(&copy, Cf::Data, b"after"), None);
-    let mut batch = copy.batch();
-    batch.put(Cf::Data, b"x", b"y");
-    assert!(copy.write(batch, false).is_err(), "a read-only engine refuses writes");
-}
-
 /// Every file directly under `dir` that holds `needle`.
 fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
     let mut found = Vec::new();

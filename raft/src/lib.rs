@@ -9,7 +9,9 @@ pub mod codec;
 pub mod command;
 mod error;
 pub mod fatal;
+pub mod flushed_applied;
 pub mod key_jobs;
+pub mod key_range;
 pub mod keyring;
 pub mod log_store;
 pub mod network;
@@ -17,10 +19,12 @@ pub mod node;
 pub mod read_batch;
 pub mod shard;
 pub mod snapshot;
+pub mod snapshot_store;
 pub mod state_machine;
 
 pub use command::{AppError, AppErrorKind, Command, Response, WriteOp};
 pub use error::{ProposeError, RaftNodeError};
+pub use key_range::KeyRange;
 pub use network::{MessageKind, Transport, TransportError};
 pub use node::{Group, GroupStatus, MemberStatus, RaftNode, RaftSettings};
 

@@ -68,8 +68,8 @@ pub struct Group {
     /// Counters of [`GroupStatus::follower_reads`] and [`GroupStatus::follower_reads_forwarded`].
     follower_reads_served: AtomicU64,
     follower_reads_forwarded: AtomicU64,
+    /// Where received snapshot streams are written (`snapshots/<group>/`).
     snapshot_dir: PathBuf,
-    snapshot_chunk_bytes: usize,
     /// The snapshot policy's task ([`snapshot_policy`]), stopped at shutdown.
     snapshot_policy: tokio::task::JoinHandle<()>,
 }
@@ -80,8 +80,10 @@ const SNAPSHOT_POLICY_POLL_MS: u64 = 200;
 const SNAPSHOT_BUILD_WAIT_MS: u64 = 60_000;
 
 /// Builds a snapshot once `logs_since_last` entries were applied since the last one. A
-/// snapshot is a RocksDB checkpoint (a flush and hard links), so its cost does not grow
-/// with the data set; only sending one to a follower reads the whole group.
+/// snapshot is a point-in-time view of the group (and a flush shared by every group), so
+/// its cost does not grow with the data set; only sending one to a follower reads the
+/// whole group. Each build lets openraft purge the log up to it, less
+/// `logs_to_keep_after_snapshot`.
 fn snapshot_policy(raft: Raft, logs_since_last: u64) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut triggered: Option<(Option<u64>, std::time::Instant)> = None;
@@ -305,15 +307,8 @@ impl Group {
         transport: Arc<dyn Transport>,
         master: Option<Arc<MasterKey>>,
     ) -> Result<Group, RaftNodeError> {
-        std::fs::create_dir_all(snapshot_dir)?;
-        // Leftovers of transfers interrupted by a crash.
-        for e in std::fs::read_dir(snapshot_dir)?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".tmp") {
-                let p = e.path();
-                let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-            }
-        }
+        // The state machine readies `snapshot_dir` (leftovers of interrupted transfers and
+        // of the previous build's snapshot files are removed there).
         let config = openraft::Config {
             cluster_name: "kho".to_string(),
             heartbeat_interval: s.heartbeat_interval_ms,
@@ -332,6 +327,8 @@ impl Group {
         let log = LogStore::open(id, engine.clone(), shared_log, syncer, master.as_ref().map(|m| m.log_cipher()))?;
         let sm = StateMachine::open(id, engine, log.group_log(), snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize, master)?;
         let state = sm.state();
+        // The purge rule: the log is never purged past the state machine's flushed applied index.
+        let log = log.with_purge_bound(state.flushed_applied());
         let follower_transport = transport.clone();
         let net = NetworkFactory {
             group: id,
@@ -356,20 +353,8 @@ impl Group {
             follower_reads_served: AtomicU64::new(0),
             follower_reads_forwarded: AtomicU64::new(0),
             snapshot_dir: snapshot_dir.to_path_buf(),
-            snapshot_chunk_bytes: s.snapshot_chunk_bytes as usize,
             snapshot_policy: policy,
         })
-    }
-
-    /// Rebuilds this node's snapshot of the group when it is a checkpoint (see
-    /// [`crate::state_machine::rebuild_checkpoint`]); returns its applied index, or None
-    /// when there was nothing to rebuild.
-    pub async fn rebuild_snapshot(&self) -> Result<Option<u64>, RaftNodeError> {
-        let (state, dir, chunk_bytes) = (self.state.clone(), self.snapshot_dir.clone(), self.snapshot_chunk_bytes);
-        let meta = tokio::task::spawn_blocking(move || crate::state_machine::rebuild_checkpoint(&state, &dir, chunk_bytes))
-            .await
-            .map_err(|e| RaftNodeError::Raft(e.to_string()))??;
-        Ok(meta.map(|m| m.last_log_id.map(|l| l.index).unwrap_or(0)))
     }
 
     /// Proposes a command and waits until it is applied here (the leader).

@@ -310,16 +310,9 @@ impl Admin for AdminService {
 
     async fn compact_node(&self, _req: Request<pb::CompactNodeRequest>) -> Result<Response<pb::CompactNodeResponse>, Status> {
         let engine = self.ctx.node.engine().clone();
+        // No snapshot keeps SST files of its own (a snapshot is a view of the live DB, held
+        // only while one is sent), so nothing but the compaction is needed.
         self.ctx.scans.run(move || engine.flush_and_compact_all()).await?.map_err(status::engine_error)?;
-        // The snapshot (a checkpoint) still links the SST files from before the compaction,
-        // with the values it removed: rebuild it on the compacted files.
-        for id in self.ctx.node.group_ids() {
-            if let Some(g) = self.ctx.node.group(id) {
-                g.rebuild_snapshot()
-                    .await
-                    .map_err(|e| Status::internal(format!("rebuilding the snapshot of group {id} after the compaction: {e}")))?;
-            }
-        }
         Ok(Response::new(pb::CompactNodeResponse { node_id: self.ctx.node.id }))
     }
 
