@@ -495,6 +495,12 @@ impl Cluster {
         self.wait_node_serving(id).await;
     }
 
+    /// Starts node `id` again without waiting for it to answer: for a node expected to stop
+    /// by itself soon (a fault point), which [`Cluster::wait_exit`] then waits for.
+    pub fn launch(&self, id: u64) {
+        self.spawn(id);
+    }
+
     /// Starts every node that is not running and waits until the cluster is ready (a leader
     /// every node knows). Returns the leader.
     pub async fn restart_all(&self) -> u64 {

@@ -35,6 +35,7 @@ use crate::log_store::{meta_key, GroupLog};
 use crate::snapshot::{SnapshotData, SnapshotReader, INSTALLING_FILE};
 use crate::snapshot_store::{self, Snapshot};
 use crate::{GroupId, KeyRange, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+
 /// Most values one re-encryption step visits, count.
 pub const REENCRYPT_STEP_VALUES_MAX: usize = 512;
 /// Most stored bytes one re-encryption step visits (it stops after the value that crosses it).
