@@ -495,6 +495,12 @@ impl Cluster {
         self.wait_node_serving(id).await;
     }
 
+    /// Starts node `id` again without waiting for it to answer: for a node expected to stop
+    /// by itself soon (a fault point), which [`Cluster::wait_exit`] then waits for.
+    pub fn launch(&self, id: u64) {
+        self.spawn(id);
+    }
+
     /// Starts every node that is not running and waits until the cluster is ready (a leader
     /// every node knows). Returns the leader.
     pub async fn restart_all(&self) -> u64 {
@@ -891,7 +897,14 @@ pub fn describe_checksums(answers: &[NodeChecksumResponse]) -> String {
         .map(|a| {
             let groups: Vec<String> =
                 a.groups.iter().map(|g| format!("g{}@{} {:#010x}/{}", g.group_id, g.applied_index, g.checksum, g.key_count)).collect();
-            format!("node {} applied {} checksum {:#010x} keys {} [{}]", a.node_id, a.applied_index, a.checksum, a.key_count, groups.join(" "))
+            format!(
+                "node {} applied {} checksum {:#010x} keys {} [{}]",
+                a.node_id,
+                a.applied_index,
+                a.checksum,
+                a.key_count,
+                groups.join(" ")
+            )
         })
         .collect();
     parts.join("; ")

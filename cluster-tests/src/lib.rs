@@ -126,7 +126,9 @@ pub async fn check_no_acknowledged_write_lost(
     let acknowledged_max = writes::max_revision(records);
     let shard_applied = sums[0].groups.iter().filter(|g| g.group_id != 0).map(|g| g.applied_index).max().unwrap_or(0);
     if shard_applied < acknowledged_max {
-        cluster.fail(format!("seed {seed}: the data shard's applied index {shard_applied} is below the acknowledged revision {acknowledged_max}"));
+        cluster.fail(format!(
+            "seed {seed}: the data shard's applied index {shard_applied} is below the acknowledged revision {acknowledged_max}"
+        ));
     }
     verify_via(cluster, seed, target, records, via).await;
     sums

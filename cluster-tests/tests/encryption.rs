@@ -27,11 +27,18 @@ use tonic::{Code, Status};
 const LOAD_CONCURRENCY: usize = 8;
 /// Shortest plaintext searched for, bytes: shorter strings could match binary data by chance.
 const NEEDLE_BYTES_MIN: usize = 12;
-/// `raft.snapshot_logs_since_last` of the no-plaintext test: low, so that snapshot files
-/// exist on disk and are searched too.
+/// `raft.snapshot_logs_since_last` of the no-plaintext test: low, so that the leader purges
+/// its log during the loading and a follower that missed it must catch up by snapshot.
 const SNAPSHOT_EVERY_ENTRIES: u64 = 200;
-/// Longest wait for a node to write its first snapshot file, seconds.
-const SNAPSHOT_WAIT_S: u64 = 60;
+/// `raft.logs_to_keep_after_snapshot` of the no-plaintext test, log entries.
+const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 20;
+/// Longest wait for the follower that missed the loading to receive a snapshot and stop at
+/// the fault point in the middle of its install, seconds.
+const SNAPSHOT_INSTALL_WAIT_S: u64 = 120;
+/// The fault point in the middle of a snapshot install (`raft/src/snapshot_store.rs`).
+const SNAPSHOT_INSTALL_FAILPOINT: &str = "snapshot-install-midway";
+/// Exit status of a node stopped by a storage failure (`kho_raft::fatal`).
+const STORAGE_FAILURE_EXIT_CODE: i32 = 74;
 /// Longest wait for a re-encryption to finish, seconds.
 const REENCRYPTION_WAIT_S: u64 = 60;
 /// Pause between two TenantKeyStatus polls while waiting for a re-encryption, milliseconds.
@@ -175,9 +182,9 @@ fn cells(row: &Row) -> Vec<(String, String, String)> {
 
 /// Writes every citizen into `tenant/table` as `kho demo` does (one MutateRow with its
 /// cells), plus a Put of its name under its row key in family `identity` (the key-value
-/// view, for Get). Requests go to the nodes in turn, `LOAD_CONCURRENCY` at a time.
+/// view, for Get). Requests go to the running nodes in turn, `LOAD_CONCURRENCY` at a time.
 async fn load_citizens(cluster: &Cluster, tenant: &str, table: &str, citizens: &[Citizen]) {
-    let ids = cluster.ids();
+    let ids = cluster.running_ids();
     let failures: Vec<String> = futures::stream::iter(citizens.iter().enumerate())
         .map(|(i, c)| {
             let via = ids[i % ids.len()];
@@ -318,12 +325,14 @@ impl Needles {
     }
 }
 
-/// A file of a snapshot: a stream file `snap-*.kho` (installed from a leader), or any file
-/// of a checkpoint directory `snap-*.ckpt/` (built here: SST files as hard links, and meta).
+/// A file of a snapshot, under `snapshots/<group>/`: a received stream being installed
+/// (`installing.kho`) or being received (`incoming-*.tmp`), or anything named `snap-*` (what
+/// the previous build kept: checkpoints and stream files). A snapshot a node builds is a
+/// view of its live DB and no file; nothing else is kept.
 fn is_snapshot_file(path: &Path) -> bool {
-    let named =
-        |p: &Path, ext: &str| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("snap-") && n.to_string_lossy().ends_with(ext));
-    named(path, ".kho") || path.parent().is_some_and(|d| named(d, ".ckpt"))
+    let under_snapshots = path.ancestors().any(|a| a.file_name().is_some_and(|n| n == "snapshots"));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    under_snapshots && (name == "installing.kho" || name.starts_with("incoming-") || path.to_string_lossy().contains("/snap-"))
 }
 
 /// The searched files that belong to snapshots.
@@ -367,29 +376,6 @@ fn assert_no_secret_found(cluster: &Cluster, when: &str, report: &SearchReport, 
             report.summary(),
             leaks.describe_hits(&needles.labels)
         ));
-    }
-}
-
-/// Waits until some node's data directory holds a snapshot file; returns them all.
-async fn wait_for_snapshot_file(cluster: &Cluster) -> Vec<PathBuf> {
-    let deadline = Instant::now() + Duration::from_secs(SNAPSHOT_WAIT_S);
-    loop {
-        let mut snapshots = Vec::new();
-        for id in cluster.ids() {
-            let files = files_under(cluster.data_dir(id)).unwrap_or_default();
-            snapshots.extend(files.into_iter().filter(|p| is_snapshot_file(p)));
-        }
-        if !snapshots.is_empty() {
-            return snapshots;
-        }
-        if Instant::now() > deadline {
-            cluster.fail(format!(
-                "no node wrote a snapshot (snap-*.kho, snap-*.ckpt/) within {SNAPSHOT_WAIT_S} s with \
-                 raft.snapshot_logs_since_last = {SNAPSHOT_EVERY_ENTRIES}"
-            ));
-        }
-        cluster.check_alive();
-        tokio::time::sleep(Duration::from_millis(STATUS_POLL_MS)).await;
     }
 }
 
@@ -474,9 +460,10 @@ async fn wait_reencryption_done(cluster: &Cluster, tenant: &str, target: u32) ->
 // ---------------------------------------------------------------------------------------
 // Key-value helpers
 
-/// Puts every pair into `target`, requests to the nodes in turn, `LOAD_CONCURRENCY` at a time.
+/// Puts every pair into `target`, requests to the running nodes in turn, `LOAD_CONCURRENCY`
+/// at a time.
 async fn put_all(cluster: &Cluster, target: &KvTarget, pairs: &[(Vec<u8>, Vec<u8>)]) {
-    let ids = cluster.ids();
+    let ids = cluster.running_ids();
     let failures: Vec<String> = futures::stream::iter(pairs.iter().enumerate())
         .map(|(i, (key, value))| {
             let via = ids[i % ids.len()];
@@ -610,10 +597,16 @@ const NOTES: usize = 10;
 /// - after a graceful restart of every node and CompactNode on each: still nothing of
 ///   `dan_cu`.
 ///
-/// Snapshots: ~800 log entries with a snapshot every 200 means every node builds snapshots
-/// (checkpoints, `snapshots/<group>/snap-*.ckpt/`; a follower that catches up by snapshot
-/// also holds a stream file `snap-*.kho`); the test waits for one and asserts that at least
-/// one snapshot file was among the files searched, each time.
+/// Snapshots: a node keeps no snapshot file (a snapshot it builds is a view of its live DB);
+/// the only snapshot on disk is a stream a follower received, while it installs it. So one
+/// follower misses the loading (~800 log entries, a snapshot every 200, 20 entries kept
+/// after it: the leader purges what it missed) and catches up by snapshot with the fault
+/// point `snapshot-install-midway` set, which stops it (exit 74, as a storage failure
+/// would) with the group half installed: the durable received stream `installing.kho` and
+/// the install marker stay on disk. The first search must find that stream among the files
+/// it searched (and nothing of `dan_cu` in it: it is sealed); the follower then restarts
+/// without the fault, redoes the install at open and removes the stream, and after the
+/// restart of every node no snapshot file is left anywhere.
 /// CompactNode (flush and full compaction) on every node of the cluster.
 async fn compact_every_node(cluster: &Cluster) {
     for id in cluster.ids() {
@@ -642,10 +635,15 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
     const NAME: &str = "encrypted_data_dirs_hold_no_plaintext";
     let seed = test_seed(NAME);
     let mut rng = StdRng::seed_from_u64(seed);
-    let opts = ClusterOptions { snapshot_logs_since_last: Some(SNAPSHOT_EVERY_ENTRIES), encrypted: true, ..ClusterOptions::default() };
+    let opts = ClusterOptions {
+        snapshot_logs_since_last: Some(SNAPSHOT_EVERY_ENTRIES),
+        logs_to_keep_after_snapshot: Some(LOGS_KEPT_AFTER_SNAPSHOT),
+        encrypted: true,
+        ..ClusterOptions::default()
+    };
     let cluster = Cluster::start(3, opts).await;
     cluster
-        .bounded(NAME, Duration::from_secs(300), async {
+        .bounded(NAME, Duration::from_secs(420), async {
             let leader = cluster.leader().await;
             let mut admin = cluster.admin_client(leader);
             ok(&cluster, "CreateTenant dan_cu", create_tenant_with_encryption(&mut admin, DAN_CU, TenantEncryption::Default).await);
@@ -654,6 +652,10 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
             ok(&cluster, "CreateTenant cong_khai", create_tenant_with_encryption(&mut admin, CONG_KHAI, TenantEncryption::Plaintext).await);
             ok(&cluster, "CreateTable cong_khai/citizen", create_table_with(&mut admin, CONG_KHAI, CITIZEN, CITIZEN_FAMILIES, false).await);
             ok(&cluster, "CreateTable cong_khai/ghi_chu", create_table_with(&mut admin, CONG_KHAI, GHI_CHU, &["f"], false).await);
+
+            // This follower misses the loading and catches up by snapshot later.
+            let behind = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+            cluster.stop(behind).await;
 
             let mut taken = BTreeSet::new();
             let secret = citizens(&mut rng, SECRET_CITIZENS, 1000, &mut taken);
@@ -708,16 +710,42 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
                 needles.add(format!("row key {} of cong_khai/citizen", c.id), c.id.as_bytes());
             }
 
-            let snapshots = wait_for_snapshot_file(&cluster).await;
-            println!("snapshot files: {snapshots:?}");
+            // --- The follower that missed the loading receives a snapshot and stops in the
+            // middle of installing it: the received stream stays on disk.
+            cluster.set_env(behind, &[("FAILPOINTS", &format!("{SNAPSHOT_INSTALL_FAILPOINT}=return"))]);
+            cluster.launch(behind);
+            let status = cluster.wait_exit(behind, Duration::from_secs(SNAPSHOT_INSTALL_WAIT_S)).await.unwrap_or_else(|| {
+                cluster.fail(format!(
+                    "node {behind} missed the loading but did not stop at `{SNAPSHOT_INSTALL_FAILPOINT}` within \
+                     {SNAPSHOT_INSTALL_WAIT_S} s: it received no snapshot (the test no longer exercises snapshots)"
+                ))
+            });
+            assert_eq!(status.code(), Some(STORAGE_FAILURE_EXIT_CODE), "exit status of node {behind} at the fault point");
+            let stream = cluster.data_dir(behind).join("snapshots").join("1").join("installing.kho");
+            assert!(stream.is_file(), "node {behind} stopped mid-install without its received stream {}", stream.display());
 
             // --- Right after loading: the nodes run; their WALs hold every log entry (sealed)
-            // and their memtables the applied data (written without the WAL).
+            // and their memtables the applied data (written without the WAL); the follower's
+            // received snapshot stream is on disk.
             let report = search_data_dirs(&cluster, &needles);
             println!("search right after loading: {}: {}", report.summary(), describe_files(&cluster, &report));
             let snapshot_files = snapshot_files_searched(&report);
-            assert!(!snapshot_files.is_empty(), "no snapshot file among the files searched right after loading");
+            println!("snapshot files searched: {snapshot_files:?}");
+            assert!(snapshot_files.contains(&stream.as_path()), "the received snapshot stream was not among the files searched");
             assert_no_secret_found(&cluster, "right after loading", &report, &needles, secret_count);
+
+            // --- The follower restarts without the fault: it redoes the install at open.
+            cluster.set_env(behind, &[]);
+            cluster.restart(behind).await;
+            let sums = cluster.wait_applied_equal(Duration::from_secs(120)).await;
+            assert_checksums_equal(&cluster, &sums);
+            let log = std::fs::read_to_string(cluster.log_path(behind)).unwrap_or_default();
+            let since_restart = log.rsplit("=== cluster-tests: starting node").next().unwrap_or("");
+            assert!(
+                since_restart.contains("finishing a snapshot install interrupted by a crash"),
+                "node {behind} did not redo the interrupted install at open"
+            );
+            assert!(!stream.exists(), "the installed stream {} is still on disk", stream.display());
 
             // --- CompactNode on every running node: the memtables go to SST files.
             compact_every_node(&cluster).await;
@@ -760,7 +788,7 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
             let report = search_data_dirs(&cluster, &needles);
             println!("search after restart and compaction: {}: {}", report.summary(), describe_files(&cluster, &report));
             let snapshot_files = snapshot_files_searched(&report);
-            assert!(!snapshot_files.is_empty(), "no snapshot file among the files searched after the restart");
+            assert!(snapshot_files.is_empty(), "snapshot files left on disk after the restart: {snapshot_files:?}");
             assert_no_secret_found(&cluster, "after restart and compaction", &report, &needles, secret_count);
             let public_found = report.found(needles.len())[secret_count..].iter().filter(|f| **f).count();
             // For information only: compacted SST blocks are compressed, so cong_khai's

@@ -79,7 +79,13 @@ async fn a_joining_node_gets_the_catalog_and_a_leaving_node_s_replicas_move() {
             assert_eq!(sums.len(), 3);
             assert_checksums_equal(&cluster, &sums);
             for s in &sums {
-                assert_eq!(s.groups.len(), 2, "node {} holds the meta group and the shard: {}", s.node_id, kho_cluster_tests::describe_checksums(&sums));
+                assert_eq!(
+                    s.groups.len(),
+                    2,
+                    "node {} holds the meta group and the shard: {}",
+                    s.node_id,
+                    kho_cluster_tests::describe_checksums(&sums)
+                );
             }
             assert!(sums[0].key_count >= 2 * KEYS, "key count {} below {}", sums[0].key_count, 2 * KEYS);
             let status = cluster.admin_client(2).cluster_status(ClusterStatusRequest {}).await.expect("ClusterStatus").into_inner();

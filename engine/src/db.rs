@@ -1,4 +1,5 @@
-//! The RocksDB instance of a node: column families, reads, atomic batches, snapshots.
+//! The RocksDB instance of a node: column families, reads, atomic batches, snapshots,
+//! flushes shared by their callers.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,8 +30,6 @@ const DATA_COMPRESSION_PER_LEVEL: [DBCompressionType; 7] = [
     DBCompressionType::Lz4,
     DBCompressionType::Lz4,
 ];
-/// Most SST files a read-only engine keeps open when it opens them lazily, count.
-const READ_ONLY_OPEN_FILES_MAX: i32 = 64;
 
 /// The RocksDB column families of a node. Names are part of the on-disk format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,6 +83,17 @@ impl Default for EngineOptions {
 pub struct Engine {
     db: Arc<Db>,
     path: PathBuf,
+    flushes: Arc<FlushTracker>,
+}
+
+/// The node-wide record of flushes, so that one flush serves every caller whose writes it
+/// covered ([`Engine::flush_through`]).
+#[derive(Default)]
+struct FlushTracker {
+    /// The highest sequence number that a completed flush covered: every write at or below
+    /// it is in SST files. Held while a flush runs, so callers queue behind it and then find
+    /// their writes covered.
+    flushed_through: std::sync::Mutex<u64>,
 }
 
 /// A handle that does not keep the instance open: for background threads, so that the
@@ -92,12 +102,13 @@ pub struct Engine {
 pub struct WeakEngine {
     db: std::sync::Weak<Db>,
     path: PathBuf,
+    flushes: Arc<FlushTracker>,
 }
 
 impl WeakEngine {
     /// The engine, if some [`Engine`] still holds it open.
     pub fn upgrade(&self) -> Option<Engine> {
-        self.db.upgrade().map(|db| Engine { db, path: self.path.clone() })
+        self.db.upgrade().map(|db| Engine { db, path: self.path.clone(), flushes: Arc::clone(&self.flushes) })
     }
 }
 
@@ -194,38 +205,7 @@ impl Engine {
         let descriptors = Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, opts, &cache)));
         let db = Db::open_cf_descriptors(&db_opts, path, descriptors).map_err(rocks("open"))?;
         tracing::info!(path = %path.display(), ?opts, "engine opened");
-        Ok(Engine { db: Arc::new(db), path: path.to_path_buf() })
-    }
-
-    /// Opens the DB at `path` read-only, with all four column families: for reading a
-    /// checkpoint ([`Engine::checkpoint`]). Writes fail. Index and filter blocks go through
-    /// the block cache of `block_cache_bytes`, so memory stays bounded however many SST
-    /// files there are. `open_all_files`: open every SST file now (a read then survives the
-    /// directory being removed meanwhile) rather than at most 64 of them, as reads need them.
-    pub fn open_read_only(path: &Path, block_cache_bytes: usize, open_all_files: bool) -> Result<Engine> {
-        let opts = EngineOptions { block_cache_bytes, ..EngineOptions::default() };
-        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
-        let mut db_opts = Options::default();
-        db_opts.set_compression_type(DBCompressionType::Lz4);
-        db_opts.set_max_open_files(if open_all_files { -1 } else { READ_ONLY_OPEN_FILES_MAX });
-        let descriptors = Cf::ALL.map(|cf| {
-            let mut cf_opts = cf_options(cf, &opts, &cache);
-            let mut table = BlockBasedOptions::default();
-            table.set_block_cache(&cache);
-            table.set_cache_index_and_filter_blocks(true);
-            cf_opts.set_block_based_table_factory(&table);
-            ColumnFamilyDescriptor::new(cf.name(), cf_opts)
-        });
-        let db = Db::open_cf_descriptors_read_only(&db_opts, path, descriptors, false).map_err(rocks("open read-only"))?;
-        Ok(Engine { db: Arc::new(db), path: path.to_path_buf() })
-    }
-
-    /// Writes a RocksDB checkpoint of every column family into `dir` (which must not
-    /// exist): the memtables are flushed first, as one atomic cut, so the checkpoint holds
-    /// every write so far, logged or not, and so does the live DB on disk. SST files are
-    /// hard links (no data is copied); they stay on disk until the checkpoint is removed.
-    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
-        rocksdb::checkpoint::Checkpoint::new(self.db.as_ref()).and_then(|c| c.create_checkpoint(dir)).map_err(rocks("checkpoint"))
+        Ok(Engine { db: Arc::new(db), path: path.to_path_buf(), flushes: Arc::default() })
     }
 
     /// The directory of the DB.
@@ -327,10 +307,36 @@ impl Engine {
     /// Flushes every column family's memtable to SST files, as one atomic cut, and waits
     /// for it: every write so far, logged or not, is then durable.
     pub fn flush_all(&self) -> Result<()> {
+        self.flush_through(self.db.latest_sequence_number()).map(|_| ())
+    }
+
+    /// Makes every write up to sequence number `sequence` (a [`Snapshot`]'s or
+    /// [`OwnedSnapshot`]'s) durable in SST files, logged or not: flushes every column family
+    /// as one atomic cut, unless a flush that started after `sequence` has completed
+    /// already. Returns whether it flushed. Callers queue behind a running flush and then
+    /// usually find their writes covered, so one flush serves every caller that arrived
+    /// while it ran (every Raft group of the node making its applied state durable).
+    pub fn flush_through(&self, sequence: u64) -> Result<bool> {
+        let mut flushed_through = self.flushes.flushed_through.lock().unwrap_or_else(|e| e.into_inner());
+        if *flushed_through >= sequence {
+            return Ok(false);
+        }
+        // Every write at or below `target` is in a memtable (a sequence number is published
+        // once its write is), and the flush below switches and writes every memtable.
+        let target = self.db.latest_sequence_number();
+        assert!(target >= sequence, "sequence number {sequence} was never published (latest {target})");
         let handles: Vec<&ColumnFamily> = Cf::ALL.iter().map(|cf| handle(&self.db, *cf)).collect();
         let mut flush_options = rocksdb::FlushOptions::default();
         flush_options.set_wait(true);
-        self.db.flush_cfs_opt(&handles, &flush_options).map_err(rocks("flush"))
+        self.db.flush_cfs_opt(&handles, &flush_options).map_err(rocks("flush"))?;
+        *flushed_through = target;
+        Ok(true)
+    }
+
+    /// The highest sequence number a flush made by [`Engine::flush_through`] or
+    /// [`Engine::flush_all`] covered (0: none yet since the engine was opened).
+    pub fn flushed_through(&self) -> u64 {
+        *self.flushes.flushed_through.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Makes every write so far durable (RocksDB `FlushWAL(sync = true)`). Used for group
@@ -341,7 +347,7 @@ impl Engine {
 
     /// A handle that does not keep the instance open.
     pub fn downgrade(&self) -> WeakEngine {
-        WeakEngine { db: Arc::downgrade(&self.db), path: self.path.clone() }
+        WeakEngine { db: Arc::downgrade(&self.db), path: self.path.clone(), flushes: Arc::clone(&self.flushes) }
     }
 
     /// Readies the process to exit: makes every write durable (synced WAL, flushed
@@ -383,6 +389,22 @@ impl Engine {
     /// A consistent point-in-time view of all column families.
     pub fn snapshot(&self) -> Snapshot<'_> {
         Snapshot { db: &self.db, inner: self.db.snapshot() }
+    }
+
+    /// A point-in-time view like [`Engine::snapshot`] that owns its handle on the instance,
+    /// so it can be kept and moved between threads (a snapshot sent to a follower later).
+    /// It keeps the instance open, and the versions of the keys it sees from being
+    /// compacted away, until it is dropped.
+    pub fn owned_snapshot(&self) -> OwnedSnapshot {
+        let db = Arc::clone(&self.db);
+        let inner = db.snapshot();
+        // SAFETY: `inner` borrows the `Db` inside the `Arc`, which lives on the heap and never
+        // moves. `OwnedSnapshot` keeps a clone of that `Arc` in `_db` and declares `inner`
+        // first, so `inner` is dropped (the RocksDB snapshot released) before the `Arc`, and
+        // the borrow never outlives the `Db`. No method hands out anything that borrows
+        // `inner` for longer than the `&self` it was called with.
+        let inner = unsafe { std::mem::transmute::<SnapshotWithThreadMode<'_, Db>, SnapshotWithThreadMode<'static, Db>>(inner) };
+        OwnedSnapshot { inner, _db: db }
     }
 
     /// Flushes every memtable to SST files and compacts every column family fully, so
@@ -476,19 +498,70 @@ impl fmt::Debug for Snapshot<'_> {
 }
 
 impl Snapshot<'_> {
+    /// The sequence number of the view: it sees every write at or below it, none above.
+    pub fn sequence_number(&self) -> u64 {
+        self.inner.sequence_number()
+    }
+
     /// Raw read of `key` of `cf` as of the snapshot.
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.inner.get_cf(handle(self.db, cf), key).map_err(rocks("snapshot get"))
+        snapshot_get(self.db, &self.inner, cf, key)
     }
 
     /// Calls `f` for each raw (key, value) of `cf` in `[start, end)` in key order (end None =
     /// to the end of the column family), stopping early if `f` returns `Ok(false)`. An error
     /// from `f` stops the iteration and is returned.
     pub fn for_each(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
-        if is_empty_range(start, end) {
-            return Ok(());
-        }
-        let iter = self.inner.raw_iterator_cf_opt(handle(self.db, cf), range_read_options(start, end));
-        drive(iter, "snapshot for_each", start, f)
+        snapshot_for_each(self.db, &self.inner, cf, start, end, f)
     }
+}
+
+/// A consistent point-in-time view of all column families that owns its handle on the
+/// instance ([`Engine::owned_snapshot`]): `Send`, `Sync` and `'static`.
+pub struct OwnedSnapshot {
+    /// Borrows the `Db` of `_db`; declared first so that it is dropped first.
+    inner: SnapshotWithThreadMode<'static, Db>,
+    _db: Arc<Db>,
+}
+
+impl fmt::Debug for OwnedSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedSnapshot").field("sequence_number", &self.inner.sequence_number()).finish()
+    }
+}
+
+impl OwnedSnapshot {
+    /// The sequence number of the view: it sees every write at or below it, none above.
+    pub fn sequence_number(&self) -> u64 {
+        self.inner.sequence_number()
+    }
+
+    /// Raw read of `key` of `cf` as of the snapshot.
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        snapshot_get(&self._db, &self.inner, cf, key)
+    }
+
+    /// [`Snapshot::for_each`] on this view.
+    pub fn for_each(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+        snapshot_for_each(&self._db, &self.inner, cf, start, end, f)
+    }
+}
+
+fn snapshot_get(db: &Db, snap: &SnapshotWithThreadMode<'_, Db>, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    snap.get_cf(handle(db, cf), key).map_err(rocks("snapshot get"))
+}
+
+fn snapshot_for_each(
+    db: &Db,
+    snap: &SnapshotWithThreadMode<'_, Db>,
+    cf: Cf,
+    start: &[u8],
+    end: Option<&[u8]>,
+    f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+) -> Result<()> {
+    if is_empty_range(start, end) {
+        return Ok(());
+    }
+    let iter = snap.raw_iterator_cf_opt(handle(db, cf), range_read_options(start, end));
+    drive(iter, "snapshot for_each", start, f)
 }

@@ -23,5 +23,5 @@ mod fail_stop;
 pub mod segment_log;
 pub mod shared_log;
 
-pub use db::{Cf, Engine, EngineOptions, Snapshot, WeakEngine, WriteBatch};
+pub use db::{Cf, Engine, EngineOptions, OwnedSnapshot, Snapshot, WeakEngine, WriteBatch};
 pub use error::{Error, Result};

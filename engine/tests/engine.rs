@@ -117,37 +117,71 @@ fn get_in_memory_answers_from_memory_or_asks_for_a_disk_read() {
     assert_eq!(engine.get_in_memory(Cf::Data, b"k").expect("get"), Some(Some(b"in the memtable".to_vec())));
 }
 
-/// A checkpoint holds every write made before it, unlogged ones too (the state machine
-/// writes without the WAL), none made after it, and reads back after its source closed.
+/// An owned snapshot sees every write made before it, unlogged ones too (the state machine
+/// writes without the WAL), and none made after it, from another thread and after every
+/// other handle on the engine is gone.
 #[test]
-fn checkpoint_holds_every_write_before_it_and_none_after() {
+fn an_owned_snapshot_sees_every_write_before_it_and_none_after() {
     let dir = TempDir::new().expect("tempdir");
-    let elsewhere = TempDir::new().expect("tempdir");
-    let ckpt = elsewhere.path().join("ckpt");
-    {
-        let engine = open(&dir);
+    let engine = open(&dir);
+    let mut batch = engine.batch();
+    batch.put(Cf::Data, b"logged", b"1");
+    engine.write(batch, false).expect("write");
+    let mut batch = engine.batch();
+    batch.put(Cf::Data, b"unlogged", b"2");
+    batch.put(Cf::RaftMeta, b"applied", b"7");
+    engine.write_unlogged(batch).expect("write");
+    let view = engine.owned_snapshot();
+    let mut batch = engine.batch();
+    batch.put(Cf::Data, b"after", b"3");
+    batch.put(Cf::Data, b"logged", b"changed");
+    batch.delete(Cf::RaftMeta, b"applied");
+    engine.write(batch, true).expect("write");
+    drop(engine);
+    let read = std::thread::spawn(move || {
+        let mut data = Vec::new();
+        view.for_each(Cf::Data, b"", None, |k, v| {
+            data.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })
+        .expect("for_each");
+        (data, view.get(Cf::RaftMeta, b"applied").expect("get"))
+    })
+    .join()
+    .expect("reader thread");
+    assert_eq!(read.0, vec![(b"logged".to_vec(), b"1".to_vec()), (b"unlogged".to_vec(), b"2".to_vec())]);
+    assert_eq!(read.1.as_deref(), Some(&b"7"[..]));
+}
+
+/// `flush_through` flushes only when no flush that started after the given sequence number
+/// has completed: one flush serves every view taken before it started, and a view taken
+/// after a write needs a new one.
+#[test]
+fn one_flush_serves_every_view_taken_before_it() {
+    let dir = TempDir::new().expect("tempdir");
+    let engine = open(&dir);
+    let write = |k: &[u8]| {
         let mut batch = engine.batch();
-        batch.put(Cf::Data, b"logged", b"1");
-        engine.write(batch, false).expect("write");
-        let mut batch = engine.batch();
-        batch.put(Cf::Data, b"unlogged", b"2");
-        batch.put(Cf::RaftMeta, b"applied", b"7");
+        batch.put(Cf::Data, k, b"v");
         engine.write_unlogged(batch).expect("write");
-        engine.checkpoint(&ckpt).expect("checkpoint");
-        assert!(engine.checkpoint(&ckpt).is_err(), "a checkpoint into an existing directory is refused");
-        let mut batch = engine.batch();
-        batch.put(Cf::Data, b"after", b"3");
-        engine.write(batch, true).expect("write");
-    }
-    let read = |e: &Engine, cf: Cf, k: &[u8]| e.get(cf, k).expect("get");
-    let copy = Engine::open_read_only(&ckpt, 1 << 20, false).expect("open the checkpoint");
-    assert_eq!(read(&copy, Cf::Data, b"logged").as_deref(), Some(&b"1"[..]));
-    assert_eq!(read(&copy, Cf::Data, b"unlogged").as_deref(), Some(&b"2"[..]));
-    assert_eq!(read(&copy, Cf::RaftMeta, b"applied").as_deref(), Some(&b"7"[..]));
-    assert_eq!(read(&copy, Cf::Data, b"after"), None);
-    let mut batch = copy.batch();
-    batch.put(Cf::Data, b"x", b"y");
-    assert!(copy.write(batch, false).is_err(), "a read-only engine refuses writes");
+    };
+    write(b"a");
+    let first = engine.snapshot().sequence_number();
+    write(b"b");
+    let second = engine.owned_snapshot().sequence_number();
+    assert!(second > first);
+    assert!(engine.flush_through(second).expect("flush"), "nothing was flushed yet");
+    assert!(engine.flushed_through() >= second);
+    assert!(!engine.flush_through(first).expect("flush"), "an older view is covered by the flush");
+    assert!(!engine.flush_through(second).expect("flush"), "the same view is covered");
+    write(b"c");
+    let third = engine.snapshot().sequence_number();
+    assert!(!engine.flush_through(second).expect("flush"), "a later write does not uncover an older view");
+    assert!(engine.flush_through(third).expect("flush"), "a view after a new write needs a new flush");
+    assert!(!engine.flush_through(third).expect("flush"));
+    // flush_all with nothing new to flush is covered too; the data is in SST files.
+    engine.flush_all().expect("flush_all");
+    assert_eq!(engine.get(Cf::Data, b"c").expect("get").as_deref(), Some(&b"v"[..]));
 }
 
 /// Every file directly under `dir` that holds `needle`.

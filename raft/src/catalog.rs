@@ -217,7 +217,8 @@ impl Catalog {
             let (Some(t), Some(x)) = (dk.row.get(..4), dk.row.get(4..8)) else {
                 return Err(corrupt("dropped table row is not tenant id ++ table id"));
             };
-            cat.dropped_tables.insert((u32::from_be_bytes(t.try_into().expect("4 bytes")), u32::from_be_bytes(x.try_into().expect("4 bytes"))));
+            cat.dropped_tables
+                .insert((u32::from_be_bytes(t.try_into().expect("4 bytes")), u32::from_be_bytes(x.try_into().expect("4 bytes"))));
         }
         Ok(cat)
     }

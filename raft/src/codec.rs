@@ -9,7 +9,7 @@ use openraft::vote::{RaftLeaderId, RaftVote};
 use openraft::{BasicNode, EntryPayload};
 
 use crate::command::Command;
-use crate::{Entry, LogId, Membership, NodeId, StoredMembership, TypeConfig, Vote};
+use crate::{Entry, KeyRange, LogId, Membership, NodeId, StoredMembership, TypeConfig, Vote};
 
 /// Format version of a stored log entry.
 pub const LOG_ENTRY_FORMAT_V1: u8 = 1;
@@ -299,6 +299,46 @@ pub fn decode_stored_membership(stored: &[u8]) -> Result<StoredMembership, Decod
     Ok(m)
 }
 
+/// A key range: `start` (byte string) ++ optional end (`0`, or `1` ++ byte string).
+pub fn put_key_range(w: &mut Writer, range: &KeyRange) {
+    w.bytes(&range.start);
+    match &range.end {
+        None => w.u8(0),
+        Some(end) => {
+            w.u8(1);
+            w.bytes(end);
+        }
+    }
+}
+
+pub fn get_key_range(r: &mut Reader<'_>) -> Result<KeyRange, DecodeError> {
+    let what = r.what;
+    let start = r.bytes()?.to_vec();
+    let end = match r.u8()? {
+        0 => None,
+        1 => Some(r.bytes()?.to_vec()),
+        t => return Err(err(what, format!("key range end tag {t}"))),
+    };
+    let range = KeyRange { start, end };
+    range.check().map_err(|e| err(what, e))?;
+    Ok(range)
+}
+
+/// A group's stored key range (`raft_meta` tag `RANGE`): frame(v1, key range).
+pub fn encode_key_range(range: &KeyRange) -> Vec<u8> {
+    let mut w = Writer::default();
+    put_key_range(&mut w, range);
+    frame(META_FORMAT_V1, &w.buf)
+}
+
+pub fn decode_key_range(stored: &[u8]) -> Result<KeyRange, DecodeError> {
+    let body = unframe("key range", META_FORMAT_V1, stored)?;
+    let mut r = Reader::new(body, "key range");
+    let range = get_key_range(&mut r)?;
+    r.finish()?;
+    Ok(range)
+}
+
 #[allow(dead_code)]
 fn _assert_type_config(_: TypeConfig) {}
 
@@ -308,6 +348,27 @@ mod tests {
 
     fn log_id(term: u64, node: u64, index: u64) -> LogId {
         LogId::new(openraft::impls::leader_id_adv::LeaderId { term, node_id: node }, index)
+    }
+
+    /// The worked example of docs/FORMATS.md, "Raft metadata": tenant 5's range.
+    #[test]
+    fn key_range_worked_example_and_corruption() {
+        let r = KeyRange::new(vec![0, 0, 0, 5], Some(vec![0, 0, 0, 6]));
+        let stored = encode_key_range(&r);
+        let hex: String = stored[5..].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "0000000400000005010000000400000006");
+        assert_eq!(stored[0], META_FORMAT_V1);
+        assert_eq!(decode_key_range(&stored).unwrap(), r);
+        assert_eq!(decode_key_range(&encode_key_range(&KeyRange::whole())).unwrap(), KeyRange::whole());
+        for i in 0..stored.len() {
+            let mut bad = stored.clone();
+            bad[i] ^= 0x01;
+            assert!(decode_key_range(&bad).is_err(), "flipped byte {i} was not detected");
+        }
+        // An inverted range is corruption, even with a valid checksum.
+        let mut w = Writer::default();
+        put_key_range(&mut w, &KeyRange { start: vec![9], end: Some(vec![1]) });
+        assert!(decode_key_range(&frame(META_FORMAT_V1, &w.buf)).is_err());
     }
 
     #[test]

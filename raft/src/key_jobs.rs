@@ -91,7 +91,9 @@ async fn report_shards(node: &RaftNode) {
         let recorded = node.meta().state.catalog().shards.get(id).map(|d| d.epoch.conf_ver);
         if recorded.is_some_and(|c| c < st.desc.epoch.conf_ver) {
             let cmd = Command::UpdateShard { desc: st.desc };
-            if let Err(e) = tokio::time::timeout(Duration::from_millis(STEP_TIMEOUT_MS), node.propose_anywhere(crate::META_GROUP, cmd)).await {
+            if let Err(e) =
+                tokio::time::timeout(Duration::from_millis(STEP_TIMEOUT_MS), node.propose_anywhere(crate::META_GROUP, cmd)).await
+            {
                 tracing::info!(shard = id, error = %e, "shard report not applied yet");
             }
         }
@@ -117,9 +119,8 @@ async fn step(node: &RaftNode, job: NextJob) -> u64 {
     let what = progress.to_string();
     let proposed = async {
         if let Some(reseal) = reseal {
-            match g.propose(reseal).await.map_err(|e| e.to_string())?.outcome {
-                Outcome::Rejected(e) => return Err(format!("refused by the shard: {e}")),
-                _ => {}
+            if let Outcome::Rejected(e) = g.propose(reseal).await.map_err(|e| e.to_string())?.outcome {
+                return Err(format!("refused by the shard: {e}"));
             }
         }
         match node.propose_anywhere(crate::META_GROUP, progress).await.map_err(|e| e.to_string())?.outcome {
@@ -221,7 +222,8 @@ fn prepare_blocking(state: &crate::state_machine::SmState, next: NextJob) -> Res
         _ => Vec::new(),
     };
     let rewritten = replacements.len() as u64;
-    let reseal = (!replacements.is_empty()).then(|| Command::Reseal { shard: shard.desc.id, epoch: shard.desc.epoch.version, replacements });
+    let reseal =
+        (!replacements.is_empty()).then_some(Command::Reseal { shard: shard.desc.id, epoch: shard.desc.epoch.version, replacements });
     let progress = Command::JobProgress { tenant, target: job.target, cursor: job.cursor, next_cursor, visited, rewritten };
     Ok((reseal, progress))
 }

@@ -32,6 +32,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 
 use crate::codec;
+use crate::flushed_applied::FlushedApplied;
 use crate::{Entry, GroupId, LogId, TypeConfig, Vote};
 
 /// Keys of per-group metadata in the `raft_meta` column family: group id (u64 BE) ++ tag.
@@ -44,8 +45,10 @@ pub mod meta_key {
     pub const MEMBERSHIP: u8 = 0x11;
     /// Present while a received snapshot is being installed (crash recovery redoes it).
     pub const INSTALLING_SNAPSHOT: u8 = 0x12;
+    /// The group's key range in the `data` column family (absent: the whole key space).
+    pub const RANGE: u8 = 0x13;
     /// A data shard's [`crate::shard::ShardState`]: its descriptor and dropped tables.
-    pub const SHARD_STATE: u8 = 0x13;
+    pub const SHARD_STATE: u8 = 0x14;
 
     pub fn key(group: GroupId, tag: u8) -> [u8; 9] {
         let mut k = [0u8; 9];
@@ -380,6 +383,9 @@ pub struct LogStore {
     cipher: Option<LogCipher>,
     /// The newest entries, decoded; shared by the store and its readers.
     cache: Arc<std::sync::Mutex<EntryCache>>,
+    /// The group's flushed applied index, which no purge may pass (None: not checked, for
+    /// a log store tested without its state machine).
+    purge_bound: Option<Arc<FlushedApplied>>,
 }
 
 /// Entries moved per batch from the `raft_log` column family of an older data directory.
@@ -424,7 +430,16 @@ impl LogStore {
         max_bytes: usize,
     ) -> Self {
         let cache = Arc::new(std::sync::Mutex::new(EntryCache::new(max_entries, max_bytes)));
-        LogStore { group, engine, log, syncer, cipher, cache }
+        LogStore { group, engine, log, syncer, cipher, cache, purge_bound: None }
+    }
+
+    /// Checks every purge against the group's flushed applied index (its state machine's
+    /// [`crate::state_machine::SmState::flushed_applied`]): a purge past it fails. A node's
+    /// groups always have it; openraft's conformance suite purges logs that no state
+    /// machine applied, so its stores go without.
+    pub fn with_purge_bound(mut self, flushed: Arc<FlushedApplied>) -> Self {
+        self.purge_bound = Some(flushed);
+        self
     }
 
     /// The group's log (the state machine syncs it before it records an applied index).
@@ -665,6 +680,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // The purge rule: the state machine's applied state is durable up to the flushed
+        // applied index, and after a crash it re-applies the log after it, so the log keeps
+        // every entry past it. openraft purges only up to a snapshot, whose applied index
+        // was flushed before the snapshot was returned: a purge past it is a bug, and the
+        // error stops the group (openraft stops on a storage error) before anything goes.
+        if let Some(bound) = &self.purge_bound {
+            if let Err(e) = bound.check_purge(self.group, log_id.index) {
+                tracing::error!(group = self.group, error = %e, "refusing a purge past the flushed applied index");
+                return Err(io::Error::other(e));
+            }
+        }
         self.cache().purge_upto(log_id.index);
         let mut batch = self.engine.batch();
         batch.put(Cf::RaftMeta, &meta_key::key(self.group, meta_key::LAST_PURGED), &codec::encode_opt_log_id(Some(&log_id)));

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
-use crate::snapshot::SnapshotData;
+use crate::snapshot::{SnapshotData, SnapshotView};
 use crate::{GroupId, NodeId, SnapshotMeta, TypeConfig, Vote};
 
 /// What a request/response Raft message is.
@@ -188,40 +188,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let mut cancel = Box::pin(cancel);
         let header = encode_snapshot_header(&vote, &snapshot.meta);
         let chunk_bytes = f.snapshot_chunk_bytes;
-        let file = match snapshot.snapshot {
-            SnapshotData::Stream(s) => s.file,
-            SnapshotData::Checkpoint(ckpt) => {
-                let meta = snapshot.meta.clone();
-                let write = tokio::task::spawn_blocking(move || stream_from_checkpoint(&ckpt, &meta));
-                tokio::select! {
-                    closed = &mut cancel => return Err(StreamingError::Closed(closed)),
-                    written = write => written
-                        .map_err(io::Error::other)
-                        .and_then(|r| r)
-                        .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("cannot write the snapshot stream: {e}"))))?,
-                }
-            }
+        let chunks = match snapshot.snapshot {
+            // A received stream: sent as it is on disk (already chunked, compressed, checksummed).
+            SnapshotData::Stream(s) => file_slices(tokio::fs::File::from_std(s.file), chunk_bytes),
+            // This node's own snapshot: its stream is written from the view as it is sent.
+            SnapshotData::View(view) => view_slices(*view, chunk_bytes),
         };
-        let file = tokio::fs::File::from_std(file);
-        // The file is sent as it is on disk: it is already chunked, compressed and checksummed.
-        let chunks = futures::stream::unfold(Some(file), move |state| async move {
-            let mut file = state?;
-            let mut buf = vec![0u8; chunk_bytes];
-            let mut filled = 0;
-            while filled < chunk_bytes {
-                match file.read(&mut buf[filled..]).await {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) => return Some((Err(e), None)),
-                }
-            }
-            if filled == 0 {
-                return None;
-            }
-            buf.truncate(filled);
-            Some((Ok(Bytes::from(buf)), Some(file)))
-        })
-        .boxed();
         let send = f.transport.send_snapshot(self.target, self.addr.clone(), f.group, header, chunks, f.snapshot_timeout);
         tokio::select! {
             closed = &mut cancel => Err(StreamingError::Closed(closed)),
@@ -237,14 +209,80 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 }
 
-/// Writes the snapshot stream of a checkpoint into a file beside it, opens it and unlinks
-/// it: the open handle is all that is sent, and nothing is left behind when it is dropped.
-fn stream_from_checkpoint(ckpt: &crate::snapshot::CheckpointSnapshot, meta: &SnapshotMeta) -> io::Result<std::fs::File> {
-    static SENDING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SENDING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = ckpt.dir.parent().ok_or_else(|| io::Error::other("a checkpoint directory has no parent"))?;
-    let path = dir.join(format!("sending-{}-{n}.tmp", std::process::id()));
-    let written = ckpt.write_stream(meta, &path, false).and_then(|_| std::fs::File::open(&path));
-    let _ = std::fs::remove_file(&path);
-    written
+/// The bytes of a snapshot stream file in slices of `slice_bytes`.
+fn file_slices(file: tokio::fs::File, slice_bytes: usize) -> BoxStream<'static, io::Result<Bytes>> {
+    futures::stream::unfold(Some(file), move |state| async move {
+        let mut file = state?;
+        let mut buf = vec![0u8; slice_bytes];
+        let mut filled = 0;
+        while filled < slice_bytes {
+            match file.read(&mut buf[filled..]).await {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => return Some((Err(e), None)),
+            }
+        }
+        if filled == 0 {
+            return None;
+        }
+        buf.truncate(filled);
+        Some((Ok(Bytes::from(buf)), Some(file)))
+    })
+    .boxed()
+}
+
+/// Slices of a snapshot stream in flight between the thread that writes it from a view and
+/// the transport, count: with the writer's own chunk, memory stays within a few chunks
+/// however large the group is.
+const VIEW_SLICES_IN_FLIGHT_MAX: usize = 2;
+
+/// The snapshot stream of a view, in slices of `slice_bytes`, written on a blocking thread
+/// as the transport takes them. Dropping the stream (a cancelled or failed transfer) stops
+/// the writer and releases the view. A write error is the last item.
+fn view_slices(view: SnapshotView, slice_bytes: usize) -> BoxStream<'static, io::Result<Bytes>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(VIEW_SLICES_IN_FLIGHT_MAX);
+    tokio::task::spawn_blocking(move || {
+        let out = SliceSender { tx: tx.clone(), buf: Vec::with_capacity(slice_bytes), slice_bytes };
+        if let Err(e) = view.write_stream(out) {
+            // Nobody to tell when the receiver is gone.
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+}
+
+/// A `Write` that cuts what is written into slices of `slice_bytes` and sends each into a
+/// bounded channel, waiting while it is full.
+struct SliceSender {
+    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+    slice_bytes: usize,
+}
+
+impl SliceSender {
+    fn send(&mut self) -> io::Result<()> {
+        let slice = std::mem::replace(&mut self.buf, Vec::with_capacity(self.slice_bytes));
+        self.tx
+            .blocking_send(Ok(Bytes::from(slice)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the snapshot transfer ended before its stream was written"))
+    }
+}
+
+impl std::io::Write for SliceSender {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = (self.slice_bytes - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == self.slice_bytes {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    /// Sends what is buffered: the snapshot writer flushes once, at the end of the stream.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
 }

@@ -20,8 +20,8 @@ use crate::error::{ProposeError, RaftNodeError};
 use crate::log_store::{LogStore, LogSyncer};
 use crate::network::{self, MessageKind, NetworkFactory, Transport};
 use crate::read_batch::ReadBatcher;
-use crate::snapshot::{self, SnapshotData, SnapshotFile};
 use crate::shard::{ShardDesc, ShardState};
+use crate::snapshot::{self, SnapshotData, SnapshotFile};
 use crate::state_machine::{GroupKind, SmState, StateMachine};
 use crate::{GroupId, NodeId, Raft, TypeConfig, META_GROUP};
 
@@ -109,8 +109,8 @@ pub struct Group {
     /// Counters of [`GroupStatus::follower_reads`] and [`GroupStatus::follower_reads_forwarded`].
     follower_reads_served: AtomicU64,
     follower_reads_forwarded: AtomicU64,
+    /// Where received snapshot streams are written (`snapshots/<group>/`).
     snapshot_dir: PathBuf,
-    snapshot_chunk_bytes: usize,
     /// The snapshot policy's task ([`snapshot_policy`]), stopped at shutdown.
     snapshot_policy: tokio::task::JoinHandle<()>,
 }
@@ -121,8 +121,10 @@ const SNAPSHOT_POLICY_POLL_MS: u64 = 200;
 const SNAPSHOT_BUILD_WAIT_MS: u64 = 60_000;
 
 /// Builds a snapshot once `logs_since_last` entries were applied since the last one. A
-/// snapshot is a RocksDB checkpoint (a flush and hard links), so its cost does not grow
-/// with the data set; only sending one to a follower reads the whole group.
+/// snapshot is a point-in-time view of the group (and a flush shared by every group), so
+/// its cost does not grow with the data set; only sending one to a follower reads the
+/// whole group. Each build lets openraft purge the log up to it, less
+/// `logs_to_keep_after_snapshot`.
 fn snapshot_policy(raft: Raft, logs_since_last: u64) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut triggered: Option<(Option<u64>, std::time::Instant)> = None;
@@ -251,8 +253,15 @@ impl RaftNode {
             }
             let key = crate::log_store::meta_key::key(desc.id, crate::log_store::meta_key::SHARD_STATE);
             if crate::state_machine::read_shard_state(&self.engine, desc.id)?.is_none() {
+                // The shard's range and state, written together before the group exists.
+                let range = crate::KeyRange::new(desc.start.clone(), Some(desc.end.clone()));
                 let mut batch = self.engine.batch();
                 batch.put(kho_engine::Cf::RaftMeta, &key, &ShardState::new(desc.clone()).encode());
+                batch.put(
+                    kho_engine::Cf::RaftMeta,
+                    &crate::log_store::meta_key::key(desc.id, crate::log_store::meta_key::RANGE),
+                    &crate::codec::encode_key_range(&range),
+                );
                 self.engine.write(batch, true)?;
             }
             let g = Arc::new(self.opener.open(desc.id, GroupKind::Data).await?);
@@ -294,7 +303,11 @@ impl RaftNode {
                     };
                     match r {
                         Ok(_) => {
-                            let desc = g.state.shard().map(|s| s.desc).ok_or_else(|| ProposeError::Unavailable(format!("group {shard} is not a data shard")))?;
+                            let desc = g
+                                .state
+                                .shard()
+                                .map(|s| s.desc)
+                                .ok_or_else(|| ProposeError::Unavailable(format!("group {shard} is not a data shard")))?;
                             if let Err(e) = self.propose_anywhere(META_GROUP, Command::UpdateShard { desc: desc.clone() }).await {
                                 // The leader's driver reports it again ([`crate::key_jobs`]).
                                 tracing::info!(shard, error = %e, "could not report the shard's new replicas yet");
@@ -437,7 +450,9 @@ impl RaftNode {
                 if !g.is_leader() {
                     return Ok(network::encode_reply::<ShardDesc>(Err(format!("node {} does not lead shard {group}", self.id))));
                 }
-                let r = match tokio::time::timeout(Duration::from_millis(CHANGE_REPLICAS_TIMEOUT_MS), self.change_replicas(group, change)).await {
+                let r = match tokio::time::timeout(Duration::from_millis(CHANGE_REPLICAS_TIMEOUT_MS), self.change_replicas(group, change))
+                    .await
+                {
                     Ok(r) => r.map_err(|e| e.to_string()),
                     Err(_) => Err(format!("not done within {CHANGE_REPLICAS_TIMEOUT_MS} ms")),
                 };
@@ -523,15 +538,8 @@ impl Group {
         transport: Arc<dyn Transport>,
         master: Option<Arc<MasterKey>>,
     ) -> Result<Group, RaftNodeError> {
-        std::fs::create_dir_all(snapshot_dir)?;
-        // Leftovers of transfers interrupted by a crash.
-        for e in std::fs::read_dir(snapshot_dir)?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".tmp") {
-                let p = e.path();
-                let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-            }
-        }
+        // The state machine readies `snapshot_dir` (leftovers of interrupted transfers and
+        // of the previous build's snapshot files are removed there).
         let config = openraft::Config {
             cluster_name: "kho".to_string(),
             heartbeat_interval: s.heartbeat_interval_ms,
@@ -548,8 +556,11 @@ impl Group {
         };
         let config = Arc::new(config.validate().map_err(|e| RaftNodeError::Raft(e.to_string()))?);
         let log = LogStore::open(id, engine.clone(), shared_log, syncer, master.as_ref().map(|m| m.log_cipher()))?;
-        let sm = StateMachine::open(id, kind, engine, log.group_log(), snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize, master)?;
+        let sm =
+            StateMachine::open(id, kind, engine, log.group_log(), snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize, master)?;
         let state = sm.state();
+        // The purge rule: the log is never purged past the state machine's flushed applied index.
+        let log = log.with_purge_bound(state.flushed_applied());
         let follower_transport = transport.clone();
         let net = NetworkFactory {
             group: id,
@@ -577,20 +588,8 @@ impl Group {
             follower_reads_served: AtomicU64::new(0),
             follower_reads_forwarded: AtomicU64::new(0),
             snapshot_dir: snapshot_dir.to_path_buf(),
-            snapshot_chunk_bytes: s.snapshot_chunk_bytes as usize,
             snapshot_policy: policy,
         })
-    }
-
-    /// Rebuilds this node's snapshot of the group when it is a checkpoint (see
-    /// [`crate::state_machine::rebuild_checkpoint`]); returns its applied index, or None
-    /// when there was nothing to rebuild.
-    pub async fn rebuild_snapshot(&self) -> Result<Option<u64>, RaftNodeError> {
-        let (state, dir, chunk_bytes) = (self.state.clone(), self.snapshot_dir.clone(), self.snapshot_chunk_bytes);
-        let meta = tokio::task::spawn_blocking(move || crate::state_machine::rebuild_checkpoint(&state, &dir, chunk_bytes))
-            .await
-            .map_err(|e| RaftNodeError::Raft(e.to_string()))??;
-        Ok(meta.map(|m| m.last_log_id.map(|l| l.index).unwrap_or(0)))
     }
 
     /// Proposes a command and waits until it is applied here (the leader).

@@ -1,35 +1,54 @@
-//! The snapshot stream: the on-disk snapshot file and, byte for byte, what is sent to a
-//! follower. Documented in docs/FORMATS.md ("Snapshot stream").
+//! The snapshot stream: what a leader sends to a follower, and the file a follower keeps
+//! while it installs it. Documented in docs/FORMATS.md ("Snapshot stream").
 //!
 //! ```text
-//! header:  magic "KHOSNAP\0" (8) | version u8 = 1 | meta_len u32 BE | meta (meta_len bytes)
+//! header:  magic "KHOSNAP\0" (8) | version u8 = 3 | meta_len u32 BE | meta (meta_len bytes)
 //! chunk*:  stored_len u32 BE (> 0) | raw_len u32 BE | crc32 u32 BE of the stored bytes | stored (zstd)
 //! end:     0u32 | record count u64 BE | crc32 u32 BE of the header's meta and the count
 //! ```
-//! A chunk decompresses to records `key_len u32 BE | key | value_len u32 BE | value`, where
-//! key and value are the raw entries of the data column family (values keep their own
-//! header and checksum). Only one chunk is ever in memory.
+//! `meta` is the snapshot's last log id, its membership and the group's key range. A chunk
+//! decompresses to records `key_len u32 BE | key | value_len u32 BE | value`, where key and
+//! value are the raw entries of the data column family (values keep their own header and
+//! checksum), in strictly increasing key order, every key inside the range. Only one chunk
+//! is ever in memory.
 //!
-//! Version 2 (written by a node with a master key) seals every chunk under the log key:
+//! Version 4 (written by a node with a master key) seals every chunk under the log key:
 //! stored = `nonce (24) | XChaCha20-Poly1305(zstd bytes) | tag (16)` with associated data
 //! `"kho snapshot chunk v1" | chunk number u64 BE | meta`; its end marker is
 //! `0u32 | sealed(record count u64 BE)` with associated data `"kho snapshot end v1" | chunk
 //! count u64 BE | meta` (48 bytes), so chunks cannot be dropped, reordered or moved
-//! between snapshots.
+//! between snapshots. Versions 1 (plaintext) and 2 (sealed) are the same without the range
+//! in the meta; they are still read (their range is the whole key space: the previous
+//! build had one group holding everything), never written.
+//!
+//! A snapshot this node builds is a [`SnapshotView`]: a RocksDB point-in-time view of the
+//! group's range, from which the stream is written only when a follower needs it.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use kho_engine::crypto::LogCipher;
+use kho_engine::OwnedSnapshot;
 
 use crate::codec::{self, Reader, Writer};
-use crate::{LogId, SnapshotMeta};
+use crate::{KeyRange, SnapshotMeta};
 
 pub const MAGIC: &[u8; 8] = b"KHOSNAP\0";
+/// Plaintext, no range in the meta: read, never written.
 pub const SNAPSHOT_FORMAT_V1: u8 = 1;
-/// The format of a snapshot sealed under the log key.
+/// Sealed under the log key, no range in the meta: read, never written.
 pub const SNAPSHOT_FORMAT_V2: u8 = 2;
+/// Plaintext, with the group's key range in the meta.
+pub const SNAPSHOT_FORMAT_V3: u8 = 3;
+/// Sealed under the log key, with the group's key range in the meta.
+pub const SNAPSHOT_FORMAT_V4: u8 = 4;
+/// The newest format version this build reads.
+pub const SNAPSHOT_FORMAT_NEWEST: u8 = SNAPSHOT_FORMAT_V4;
+/// The stream a state machine is installing, in its snapshot directory: durable before the
+/// install marker is written, removed once the install is done (redone from it at open
+/// after a crash).
+pub const INSTALLING_FILE: &str = "installing.kho";
 /// Length of a version 2 end marker after its 0u32: sealed record count.
 const SEALED_END_BYTES: usize = 24 + 8 + 16;
 
@@ -70,79 +89,57 @@ pub struct SnapshotFile {
 /// A snapshot as a node holds it: openraft's `SnapshotData`.
 #[derive(Debug)]
 pub enum SnapshotData {
-    /// A snapshot stream file: received from a leader (or written from a checkpoint).
+    /// A snapshot stream file: received from a leader, installed from there.
     Stream(SnapshotFile),
-    /// A RocksDB checkpoint of this node's engine, built here. The stream a follower needs is
-    /// written from it only when one is sent ([`CheckpointSnapshot::write_stream`]).
-    Checkpoint(CheckpointSnapshot),
+    /// A point-in-time view of this node's engine, built here. The stream a follower needs
+    /// is written from it only when one is sent ([`SnapshotView::write_stream`]).
+    View(Box<SnapshotView>),
 }
 
-/// A snapshot built as a RocksDB checkpoint (`snap-<index>-<term>-<node>-<build>.ckpt/`): the engine's
-/// SST files as hard links, plus [`CHECKPOINT_META_FILE`] holding the snapshot's meta.
-pub struct CheckpointSnapshot {
-    pub dir: PathBuf,
-    /// The group's key range in the data column family: [start, end), end None = unbounded.
-    pub range: (Vec<u8>, Option<Vec<u8>>),
-    /// Seals the stream's chunks (format 2) when the node has a master key.
+/// What a snapshot stream's header says: the snapshot's meta and the key range its records
+/// are in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    pub meta: SnapshotMeta,
+    pub range: KeyRange,
+    /// A data shard's stored state record (`raft_meta` tag 0x14: descriptor and dropped
+    /// tables) at the snapshot's point; empty for the meta group.
+    pub group_state: Vec<u8>,
+}
+
+/// A snapshot built by this node: a RocksDB point-in-time view, the group's range in it,
+/// and the meta read from the same view, so that data and meta are one point in time.
+/// Nothing is copied or written when it is built; it keeps the versions it sees from being
+/// compacted away until it is dropped.
+pub struct SnapshotView {
+    pub view: OwnedSnapshot,
+    /// The meta (applied log id, membership) and key range read from `view`.
+    pub header: SnapshotHeader,
+    /// Seals the stream's chunks (format 4) when the node has a master key.
     pub cipher: Option<LogCipher>,
     pub chunk_bytes: usize,
 }
 
-impl std::fmt::Debug for CheckpointSnapshot {
+impl std::fmt::Debug for SnapshotView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CheckpointSnapshot").field("dir", &self.dir).field("sealed", &self.cipher.is_some()).finish_non_exhaustive()
+        f.debug_struct("SnapshotView")
+            .field("view", &self.view)
+            .field("last_log_id", &self.header.meta.last_log_id)
+            .field("range", &self.header.range.to_string())
+            .field("sealed", &self.cipher.is_some())
+            .finish_non_exhaustive()
     }
 }
 
-/// The file inside a checkpoint directory that holds its snapshot meta:
-/// `magic "KHOCKPT\0" (8) | meta_len u32 BE | meta | crc32 u32 BE of meta`.
-pub const CHECKPOINT_META_FILE: &str = "KHO-SNAPSHOT-META";
-const CHECKPOINT_MAGIC: &[u8; 8] = b"KHOCKPT\0";
-/// Block cache of the read-only RocksDB opened to stream a checkpoint, bytes.
-const CHECKPOINT_READ_CACHE_BYTES: usize = 8 << 20;
-
-/// Writes (and fsyncs) the meta file of a checkpoint directory.
-pub fn write_checkpoint_meta(dir: &Path, meta: &SnapshotMeta) -> io::Result<()> {
-    let meta_bytes = encode_meta(meta);
-    let mut out = Vec::with_capacity(meta_bytes.len() + 16);
-    out.extend_from_slice(CHECKPOINT_MAGIC);
-    out.extend_from_slice(&(meta_bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(&meta_bytes);
-    out.extend_from_slice(&crc32fast::hash(&meta_bytes).to_be_bytes());
-    let mut f = File::create(dir.join(CHECKPOINT_META_FILE))?;
-    f.write_all(&out)?;
-    f.sync_all()
-}
-
-/// Reads the meta file of a checkpoint directory.
-pub fn read_checkpoint_meta(dir: &Path) -> io::Result<SnapshotMeta> {
-    let bytes = std::fs::read(dir.join(CHECKPOINT_META_FILE))?;
-    let rest = bytes.strip_prefix(&CHECKPOINT_MAGIC[..]).ok_or_else(|| bad("checkpoint meta: bad magic"))?;
-    let (len, rest) = rest.split_at_checked(4).ok_or_else(|| bad("checkpoint meta: truncated"))?;
-    let len = u32::from_be_bytes(len.try_into().expect("4 bytes"));
-    if len > META_BYTES_MAX || rest.len() != len as usize + 4 {
-        return Err(bad(format!("checkpoint meta: length {len} does not match the file")));
-    }
-    let (meta_bytes, crc) = rest.split_at(len as usize);
-    if crc32fast::hash(meta_bytes).to_be_bytes() != crc {
-        return Err(bad("checkpoint meta: checksum mismatch"));
-    }
-    decode_meta(meta_bytes)
-}
-
-impl CheckpointSnapshot {
-    /// Writes the snapshot stream of this checkpoint to `path` with `meta` in its header,
-    /// fsynced when `durable` (an install redone after a crash needs it; a stream that is
-    /// only sent does not); returns the record count. Reads the checkpoint through a read-only RocksDB
-    /// that opens all its SST files first, so the stream completes even if a newer
-    /// snapshot removes the directory meanwhile.
-    pub fn write_stream(&self, meta: &SnapshotMeta, path: &Path, durable: bool) -> io::Result<u64> {
-        let engine = kho_engine::Engine::open_read_only(&self.dir, CHECKPOINT_READ_CACHE_BYTES, true).map_err(io::Error::other)?;
-        let mut w = SnapshotWriter::create(path, meta, self.chunk_bytes, self.cipher.clone())?;
+impl SnapshotView {
+    /// Writes the snapshot stream of the view into `out`, one chunk in memory at a time;
+    /// returns the record count and `out`.
+    pub fn write_stream<W: Write>(&self, out: W) -> io::Result<(u64, W)> {
+        let mut w = SnapshotWriter::new(out, &self.header, self.chunk_bytes, self.cipher.clone())?;
         let mut write_err = None;
-        engine
-            .snapshot()
-            .for_each(kho_engine::Cf::Data, &self.range.0, self.range.1.as_deref(), |k, v| match w.add(k, v) {
+        let range = &self.header.range;
+        self.view
+            .for_each(kho_engine::Cf::Data, &range.start, range.end(), |k, v| match w.add(k, v) {
                 Ok(()) => Ok(true),
                 Err(e) => {
                     write_err = Some(e);
@@ -153,7 +150,18 @@ impl CheckpointSnapshot {
         if let Some(e) = write_err {
             return Err(e);
         }
-        w.finish_with(durable)
+        w.finish_into()
+    }
+
+    /// Writes the snapshot stream of the view to the file `path`, fsynced when `durable`
+    /// (an install redone after a crash needs it); returns the record count.
+    pub fn write_stream_file(&self, path: &Path, durable: bool) -> io::Result<u64> {
+        let (records, out) = self.write_stream(BufWriter::new(File::create(path)?))?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        if durable {
+            file.sync_all()?;
+        }
+        Ok(records)
     }
 }
 
@@ -161,44 +169,34 @@ fn bad(reason: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("corrupt snapshot: {reason}"))
 }
 
-pub fn encode_meta(meta: &SnapshotMeta) -> Vec<u8> {
+/// The meta of a version 3 or 4 header: last log id, membership, key range, and the group's
+/// state record (u32 BE length ++ bytes; empty for the meta group).
+pub fn encode_meta(header: &SnapshotHeader) -> Vec<u8> {
     let mut w = Writer::default();
-    codec::put_opt_log_id(&mut w, meta.last_log_id.as_ref());
-    codec::put_stored_membership(&mut w, &meta.last_membership);
+    codec::put_opt_log_id(&mut w, header.meta.last_log_id.as_ref());
+    codec::put_stored_membership(&mut w, &header.meta.last_membership);
+    codec::put_key_range(&mut w, &header.range);
+    w.bytes(&header.group_state);
     w.buf
 }
 
-pub fn decode_meta(bytes: &[u8]) -> io::Result<SnapshotMeta> {
+/// Decodes the meta of a header of format `version`; versions 1 and 2 carry no range (the
+/// whole key space).
+pub fn decode_meta(version: u8, bytes: &[u8]) -> io::Result<SnapshotHeader> {
     let mut r = Reader::new(bytes, "snapshot meta");
     let last_log_id = codec::get_opt_log_id(&mut r).map_err(bad)?;
     let last_membership = codec::get_stored_membership(&mut r).map_err(bad)?;
+    let (range, group_state) = match version {
+        SNAPSHOT_FORMAT_V1 | SNAPSHOT_FORMAT_V2 => (KeyRange::whole(), Vec::new()),
+        _ => (codec::get_key_range(&mut r).map_err(bad)?, r.bytes().map_err(bad)?.to_vec()),
+    };
     r.finish().map_err(bad)?;
-    Ok(SnapshotMeta { last_log_id, last_membership })
+    Ok(SnapshotHeader { meta: SnapshotMeta { last_log_id, last_membership }, range, group_state })
 }
 
-/// A stable file name for the snapshot stream up to `last`.
-pub fn file_name(last: Option<&LogId>) -> String {
-    format!("{}.kho", base_name(last))
-}
-
-/// The directory name of the checkpoint snapshot up to `last`, with its build number (20
-/// digits): a checkpoint rebuilt at the same log id (after a compaction) gets the next
-/// number, so names sort by index, then by build, and the old one can stay in place until
-/// the new one is.
-pub fn checkpoint_name(last: Option<&LogId>, build: u64) -> String {
-    format!("{}-{build:020}.ckpt", base_name(last))
-}
-
-fn base_name(last: Option<&LogId>) -> String {
-    match last {
-        Some(id) => format!("snap-{:020}-{}-{}", id.index, id.leader_id.term, id.leader_id.node_id),
-        None => "snap-empty".to_string(),
-    }
-}
-
-/// Writes a snapshot file chunk by chunk.
-pub struct SnapshotWriter {
-    out: BufWriter<File>,
+/// Writes a snapshot stream chunk by chunk (format 3, or 4 with a cipher).
+pub struct SnapshotWriter<W: Write = BufWriter<File>> {
+    out: W,
     chunk: Vec<u8>,
     chunk_bytes: usize,
     records: u64,
@@ -208,14 +206,38 @@ pub struct SnapshotWriter {
     chunks: u64,
 }
 
-impl SnapshotWriter {
-    /// With `cipher`, writes format 2 (sealed chunks); without, format 1.
-    pub fn create(path: &Path, meta: &SnapshotMeta, chunk_bytes: usize, cipher: Option<LogCipher>) -> io::Result<SnapshotWriter> {
+impl SnapshotWriter<BufWriter<File>> {
+    /// Creates the file `path` and writes the header; with `cipher`, format 4 (sealed
+    /// chunks), without, format 3.
+    pub fn create(path: &Path, header: &SnapshotHeader, chunk_bytes: usize, cipher: Option<LogCipher>) -> io::Result<Self> {
+        SnapshotWriter::new(BufWriter::new(File::create(path)?), header, chunk_bytes, cipher)
+    }
+
+    /// Writes the end marker and fsyncs the file. Returns the record count.
+    pub fn finish(self) -> io::Result<u64> {
+        self.finish_with(true)
+    }
+
+    /// Writes the end marker, and fsyncs the file when `sync`. Returns the record count.
+    pub fn finish_with(self, sync: bool) -> io::Result<u64> {
+        let (records, out) = self.finish_into()?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        if sync {
+            file.sync_all()?;
+        }
+        Ok(records)
+    }
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    /// Writes the header into `out`; with `cipher`, format 4 (sealed chunks), without,
+    /// format 3.
+    pub fn new(mut out: W, header: &SnapshotHeader, chunk_bytes: usize, cipher: Option<LogCipher>) -> io::Result<Self> {
         assert!(chunk_bytes > 0 && chunk_bytes <= WRITER_CHUNK_BYTES_MAX, "snapshot chunk size {chunk_bytes} out of range");
-        let mut out = BufWriter::new(File::create(path)?);
-        let meta_bytes = encode_meta(meta);
+        let meta_bytes = encode_meta(header);
+        assert!(meta_bytes.len() <= META_BYTES_MAX as usize, "snapshot meta of {} bytes", meta_bytes.len());
         out.write_all(MAGIC)?;
-        out.write_all(&[if cipher.is_some() { SNAPSHOT_FORMAT_V2 } else { SNAPSHOT_FORMAT_V1 }])?;
+        out.write_all(&[if cipher.is_some() { SNAPSHOT_FORMAT_V4 } else { SNAPSHOT_FORMAT_V3 }])?;
         out.write_all(&(meta_bytes.len() as u32).to_be_bytes())?;
         out.write_all(&meta_bytes)?;
         let mut trailer_crc = crc32fast::Hasher::new();
@@ -268,13 +290,8 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Writes the end marker and fsyncs the file. Returns the record count.
-    pub fn finish(self) -> io::Result<u64> {
-        self.finish_with(true)
-    }
-
-    /// Writes the end marker, and fsyncs the file when `sync`. Returns the record count.
-    pub fn finish_with(mut self, sync: bool) -> io::Result<u64> {
+    /// Writes the end marker. Returns the record count and the output.
+    pub fn finish_into(mut self) -> io::Result<(u64, W)> {
         self.flush_chunk()?;
         self.trailer_crc.update(&self.records.to_be_bytes());
         self.out.write_all(&0u32.to_be_bytes())?;
@@ -290,22 +307,23 @@ impl SnapshotWriter {
                 self.out.write_all(&sealed)?;
             }
         }
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        if sync {
-            file.sync_all()?;
-        }
-        Ok(self.records)
+        self.out.flush()?;
+        Ok((self.records, self.out))
     }
 }
 
-/// Reads a snapshot file, verifying every chunk.
+/// Reads a snapshot stream, verifying every chunk, and that its records are in strictly
+/// increasing key order inside the header's range.
 pub struct SnapshotReader<R: Read> {
     input: R,
     meta_bytes: Vec<u8>,
+    header: SnapshotHeader,
     records: u64,
     done: bool,
     cipher: Option<LogCipher>,
     chunks: u64,
+    /// The last key read, to check the order.
+    last_key: Option<Vec<u8>>,
 }
 
 impl SnapshotReader<BufReader<File>> {
@@ -324,24 +342,37 @@ impl<R: Read> SnapshotReader<R> {
         }
         let mut v = [0u8; 1];
         input.read_exact(&mut v)?;
-        let cipher = match v[0] {
-            SNAPSHOT_FORMAT_V1 => None,
-            SNAPSHOT_FORMAT_V2 => Some(
+        let version = v[0];
+        let cipher = match version {
+            SNAPSHOT_FORMAT_V1 | SNAPSHOT_FORMAT_V3 => None,
+            SNAPSHOT_FORMAT_V2 | SNAPSHOT_FORMAT_V4 => Some(
                 cipher.cloned().ok_or_else(|| bad("the snapshot is encrypted, and this node has no master key ([encryption] config)"))?,
             ),
-            other => return Err(bad(format!("unknown format version {other}"))),
+            other => {
+                return Err(bad(format!(
+                    "unknown format version {other}: this build reads versions {SNAPSHOT_FORMAT_V1} to {SNAPSHOT_FORMAT_NEWEST} \
+                     (a snapshot from a newer Kho? every node of a cluster must run the same version)"
+                )))
+            }
         };
         let meta_len = read_u32(&mut input)?;
         if meta_len > META_BYTES_MAX {
             return Err(bad(format!("meta of {meta_len} bytes exceeds {META_BYTES_MAX}")));
         }
         let mut meta_bytes = vec![0u8; meta_len as usize];
-        input.read_exact(&mut meta_bytes)?;
-        Ok(SnapshotReader { input, meta_bytes, records: 0, done: false, cipher, chunks: 0 })
+        input.read_exact(&mut meta_bytes).map_err(|_| bad("truncated meta"))?;
+        let header = decode_meta(version, &meta_bytes)?;
+        Ok(SnapshotReader { input, meta_bytes, header, records: 0, done: false, cipher, chunks: 0, last_key: None })
     }
 
-    pub fn meta(&self) -> io::Result<SnapshotMeta> {
-        decode_meta(&self.meta_bytes)
+    /// The header: the snapshot's meta and its key range.
+    pub fn header(&self) -> &SnapshotHeader {
+        &self.header
+    }
+
+    /// The snapshot's meta.
+    pub fn meta(&self) -> SnapshotMeta {
+        self.header.meta.clone()
     }
 
     /// The records of the next chunk, or None after the verified end marker.
@@ -398,15 +429,34 @@ impl<R: Read> SnapshotReader<R> {
         if raw.len() != raw_len as usize {
             return Err(bad("chunk length mismatch"));
         }
-        let mut records = Vec::new();
+        let mut records: Records = Vec::new();
         let mut r = &raw[..];
         while !r.is_empty() {
             let key = take_len_prefixed(&mut r)?;
             let value = take_len_prefixed(&mut r)?;
+            if !self.header.range.contains(&key) {
+                return Err(bad(format!("record key {} is outside the snapshot's range {}", hex(&key), self.header.range)));
+            }
+            let previous = records.last().map(|(k, _)| k).or(self.last_key.as_ref());
+            if previous.is_some_and(|p| p >= &key) {
+                return Err(bad(format!("record key {} is not after the key before it", hex(&key))));
+            }
             records.push((key, value));
+        }
+        if let Some((k, _)) = records.last() {
+            self.last_key = Some(k.clone());
         }
         self.records += records.len() as u64;
         Ok(Some(records))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    let shown: String = b.iter().take(64).map(|x| format!("{x:02x}")).collect();
+    if b.len() > 64 {
+        format!("{shown}… ({} bytes)", b.len())
+    } else {
+        shown
     }
 }
 
@@ -438,12 +488,25 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn meta() -> SnapshotMeta {
-        SnapshotMeta { last_log_id: None, last_membership: Default::default() }
+    fn header() -> SnapshotHeader {
+        SnapshotHeader {
+            meta: SnapshotMeta { last_log_id: None, last_membership: Default::default() },
+            range: KeyRange::whole(),
+            group_state: Vec::new(),
+        }
     }
 
     fn log_cipher(b: u8) -> LogCipher {
         kho_engine::crypto::MasterKey::new(zeroize::Zeroizing::new([b; 32])).log_cipher()
+    }
+
+    fn read_all(p: &Path, cipher: Option<&LogCipher>) -> io::Result<Records> {
+        let mut r = SnapshotReader::open(p, cipher)?;
+        let mut all = Vec::new();
+        while let Some(c) = r.next_chunk()? {
+            all.extend(c);
+        }
+        Ok(all)
     }
 
     #[test]
@@ -457,32 +520,16 @@ mod tests {
     }
 
     #[test]
-    fn checkpoint_meta_round_trips_and_any_flipped_byte_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        write_checkpoint_meta(dir.path(), &meta()).unwrap();
-        assert_eq!(read_checkpoint_meta(dir.path()).unwrap(), meta());
-        let path = dir.path().join(CHECKPOINT_META_FILE);
-        let bytes = std::fs::read(&path).unwrap();
-        for i in 0..bytes.len() {
-            let mut bad_bytes = bytes.clone();
-            bad_bytes[i] ^= 0x01;
-            std::fs::write(&path, &bad_bytes).unwrap();
-            assert!(read_checkpoint_meta(dir.path()).is_err(), "flipped byte {i} of {} was not detected", bytes.len());
-        }
-        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
-        assert!(read_checkpoint_meta(dir.path()).is_err(), "a truncated meta file was accepted");
-    }
-
-    #[test]
     fn sealed_snapshot_hides_records_and_needs_the_log_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
-        let mut w = SnapshotWriter::create(&path, &meta(), 4096, Some(log_cipher(1))).unwrap();
+        let mut w = SnapshotWriter::create(&path, &header(), 4096, Some(log_cipher(1))).unwrap();
         for i in 0..100u32 {
             w.add(format!("citizen-{i:04}").as_bytes(), b"Nguyen Van An").unwrap();
         }
         w.finish().unwrap();
         let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes[8], SNAPSHOT_FORMAT_V4);
         assert!(!bytes.windows(7).any(|x| x == b"citizen"));
         let err = SnapshotReader::open(&path, None).err().expect("no key");
         assert!(err.to_string().contains("no master key"), "{err}");
@@ -490,10 +537,85 @@ mod tests {
         assert!(r.next_chunk().is_err(), "another master key must not open the chunks");
     }
 
+    /// The range is in the header (version 3), authenticated by the end marker: a stream
+    /// whose records leave it, or are out of order, is refused as corrupt.
+    #[test]
+    fn the_range_is_in_the_header_and_every_record_must_lie_in_it_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let range = KeyRange::new(b"b".to_vec(), Some(b"d".to_vec()));
+        let h = SnapshotHeader { range: range.clone(), ..header() };
+        let write = |name: &str, keys: &[&[u8]]| -> PathBuf {
+            let path = dir.path().join(name);
+            let mut w = SnapshotWriter::create(&path, &h, 4096, None).unwrap();
+            for k in keys {
+                w.add(k, b"v").unwrap();
+            }
+            w.finish().unwrap();
+            path
+        };
+        let good = write("good", &[b"b", b"c", b"c\xff"]);
+        assert_eq!(std::fs::read(&good).unwrap()[8], SNAPSHOT_FORMAT_V3);
+        let r = SnapshotReader::open(&good, None).unwrap();
+        assert_eq!(r.header(), &h);
+        assert_eq!(read_all(&good, None).unwrap().len(), 3);
+        for (name, keys) in
+            [("below", &[&b"a"[..], b"b"][..]), ("at the end", &[&b"c"[..], b"d"][..]), ("unordered", &[&b"c"[..], b"b"][..])]
+        {
+            let err = read_all(&write(name, keys), None).expect_err(name);
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{name}: {err}");
+        }
+        let err = read_all(&write("duplicate", &[b"c", b"c"]), None).expect_err("a repeated key");
+        assert!(err.to_string().contains("not after the key before it"), "{err}");
+        let err = read_all(&write("outside", &[b"e"]), None).expect_err("a key past the end");
+        assert!(err.to_string().contains("outside the snapshot's range [62, 64)"), "{err}");
+    }
+
+    /// A version 1 stream (the previous build's) is still read, as the whole key space; a
+    /// version this build does not know is refused and says so.
+    #[test]
+    fn a_version_1_stream_reads_as_the_whole_key_space_and_an_unknown_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // Version 1 by hand: the meta without a range, one chunk with one record.
+        let mut meta = Writer::default();
+        codec::put_opt_log_id(&mut meta, None);
+        codec::put_stored_membership(&mut meta, &Default::default());
+        let mut raw = Vec::new();
+        for part in [&b"\xff\xffkey"[..], b"value"] {
+            raw.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            raw.extend_from_slice(part);
+        }
+        let stored = zstd::bulk::compress(&raw, ZSTD_LEVEL).unwrap();
+        let mut v1 = MAGIC.to_vec();
+        v1.push(SNAPSHOT_FORMAT_V1);
+        v1.extend_from_slice(&(meta.buf.len() as u32).to_be_bytes());
+        v1.extend_from_slice(&meta.buf);
+        v1.extend_from_slice(&(stored.len() as u32).to_be_bytes());
+        v1.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        v1.extend_from_slice(&crc32fast::hash(&stored).to_be_bytes());
+        v1.extend_from_slice(&stored);
+        let mut end = crc32fast::Hasher::new();
+        end.update(&meta.buf);
+        end.update(&1u64.to_be_bytes());
+        v1.extend_from_slice(&0u32.to_be_bytes());
+        v1.extend_from_slice(&1u64.to_be_bytes());
+        v1.extend_from_slice(&end.finalize().to_be_bytes());
+        let path = dir.path().join("v1");
+        std::fs::write(&path, &v1).unwrap();
+        assert_eq!(SnapshotReader::open(&path, None).unwrap().header(), &header());
+        assert_eq!(read_all(&path, None).unwrap(), vec![(b"\xff\xffkey".to_vec(), b"value".to_vec())]);
+
+        v1[8] = SNAPSHOT_FORMAT_NEWEST + 1;
+        std::fs::write(&path, &v1).unwrap();
+        let err = SnapshotReader::open(&path, None).err().expect("an unknown version");
+        assert!(err.to_string().contains("unknown format version 5: this build reads versions 1 to 4"), "{err}");
+    }
+
     fn round_trip_in_many_chunks_and_detects_any_flipped_byte(cipher: Option<LogCipher>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
-        let mut w = SnapshotWriter::create(&path, &meta(), 4096, cipher.clone()).unwrap();
+        let range = KeyRange::new(b"key-".to_vec(), Some(b"key.".to_vec()));
+        let h = SnapshotHeader { range, ..header() };
+        let mut w = SnapshotWriter::create(&path, &h, 4096, cipher.clone()).unwrap();
         let mut expected = Vec::new();
         for i in 0..2000u32 {
             let k = format!("key-{i:06}").into_bytes();
@@ -502,30 +624,27 @@ mod tests {
             expected.push((k, v));
         }
         assert_eq!(w.finish().unwrap(), 2000);
-        let read_all = |p: &Path| -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let chunks = |p: &Path| -> io::Result<usize> {
             let mut r = SnapshotReader::open(p, cipher.as_ref())?;
-            r.meta()?;
-            let mut all = Vec::new();
-            let mut chunks = 0;
-            while let Some(c) = r.next_chunk()? {
-                all.extend(c);
-                chunks += 1;
+            let mut n = 0;
+            while r.next_chunk()?.is_some() {
+                n += 1;
             }
-            assert!(chunks > 1);
-            Ok(all)
+            Ok(n)
         };
-        assert_eq!(read_all(&path).unwrap(), expected);
+        assert!(chunks(&path).unwrap() > 1);
+        assert_eq!(read_all(&path, cipher.as_ref()).unwrap(), expected);
         let bytes = std::fs::read(&path).unwrap();
         for i in (0..bytes.len()).step_by(37) {
             let mut bad_bytes = bytes.clone();
             bad_bytes[i] ^= 0x10;
             let p = dir.path().join("bad");
             std::fs::write(&p, &bad_bytes).unwrap();
-            assert!(read_all(&p).is_err(), "flipped byte {i} of {} was not detected", bytes.len());
+            assert!(read_all(&p, cipher.as_ref()).is_err(), "flipped byte {i} of {} was not detected", bytes.len());
         }
         // A truncated stream is an error, not a shorter snapshot.
         let p = dir.path().join("short");
         std::fs::write(&p, &bytes[..bytes.len() - 5]).unwrap();
-        assert!(read_all(&p).is_err());
+        assert!(read_all(&p, cipher.as_ref()).is_err());
     }
 }

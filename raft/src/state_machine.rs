@@ -8,13 +8,15 @@
 //! - applied writes need no sync: the log entries they come from are durable, and an
 //!   applied state lost in a crash is re-applied from the log (the WAL recovers a
 //!   consistent prefix, and a purge is always written after the applies it relies on);
-//! - a snapshot is a RocksDB checkpoint (one atomic flush, then hard links), so its data
-//!   and its applied id agree, and the live DB is durable up to it before the log is purged;
+//! - a snapshot is a point-in-time view of the group's key range whose applied id and
+//!   membership are read from the same view, so its data and its applied id agree, and
+//!   the live DB is flushed up to it before it is returned (the log is never purged past
+//!   the flushed applied index, [`crate::flushed_applied`]); see [`crate::snapshot_store`];
 //! - installing a received snapshot is redone from its file after a crash (a marker is
 //!   kept in `raft_meta` until the install's final synced batch).
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, TryStreamExt};
@@ -25,18 +27,15 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
 use crate::catalog::{self, Catalog, TableMeta};
-use crate::shard::{Epoch, Replica, ShardDesc, ShardState};
 use crate::codec;
 use crate::command::{AppError, CasOutcome, CellOp, CellWrite, Command, NewTenantKeys, Outcome, Replacement, Response};
+use crate::flushed_applied::FlushedApplied;
 use crate::keyring::{self, Job, KeyRecord, KeyState, TenantKeys};
 use crate::log_store::{meta_key, GroupLog};
-use crate::snapshot::{self, CheckpointSnapshot, SnapshotData, SnapshotFile, SnapshotReader};
-use crate::{GroupId, LogId, SnapshotMeta, StoredMembership, TypeConfig};
-
-type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
-
-/// Most bytes of snapshot records written to RocksDB in one batch during an install.
-const INSTALL_BATCH_BYTES_MAX: usize = 4 << 20;
+use crate::shard::{Epoch, Replica, ShardDesc, ShardState};
+use crate::snapshot::{SnapshotData, SnapshotReader, INSTALLING_FILE};
+use crate::snapshot_store::{self, Snapshot};
+use crate::{GroupId, KeyRange, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -62,16 +61,21 @@ pub struct SmState {
     /// Bumped after every applied change of the catalog or of the shard state (and after a
     /// snapshot install), for whoever follows them (the node's group registry).
     changes: tokio::sync::watch::Sender<u64>,
+    /// The group's key range in the data column family, as stored in `raft_meta` (tag
+    /// `RANGE`; the whole key space when none is). Changed by a snapshot install (and by
+    /// splits and merges to come), while readers are excluded.
+    pub(crate) range: RwLock<KeyRange>,
+    /// The highest applied index known durable in RocksDB: the group's log is never purged
+    /// past it ([`crate::flushed_applied`]).
+    pub(crate) flushed_applied: Arc<FlushedApplied>,
     /// The cluster's master key, when this node has one ([encryption] config).
     pub master: Option<Arc<MasterKey>>,
     /// The log key derived from the master key: seals snapshot chunks.
     pub log_cipher: Option<LogCipher>,
-    /// Held while a snapshot is built or installed: one at a time puts its snapshot in
-    /// place and removes the others, so the newest is never removed.
-    snapshot_lock: std::sync::Mutex<()>,
-    /// Readers hold it shared while they take their point-in-time view (or make a point
-    /// read); a snapshot install holds it exclusively from its first batch to its last, so
-    /// no reader ever sees a half-installed group ([`SmState::read_gate`]).
+    /// Readers (and snapshot builds) hold it shared while they take their point-in-time
+    /// view (or make a point read); a snapshot install holds it exclusively from its first
+    /// batch to its last, so no reader ever sees a half-installed group
+    /// ([`SmState::read_gate`]).
     install_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
@@ -88,6 +92,17 @@ impl SmState {
         self.install_gate.blocking_read()
     }
 
+    /// The group's key range in the data column family.
+    pub fn range(&self) -> KeyRange {
+        self.range.read().expect("range lock poisoned").clone()
+    }
+
+    /// The group's flushed applied index, which its log store checks every purge against
+    /// ([`crate::log_store::LogStore::with_purge_bound`]).
+    pub fn flushed_applied(&self) -> Arc<FlushedApplied> {
+        self.flushed_applied.clone()
+    }
+
     pub fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
         self.catalog.read().expect("catalog lock poisoned")
     }
@@ -99,11 +114,9 @@ impl SmState {
 
     /// The group's key range in the data column family, `[start, end)`: the system
     /// tenant's for the meta group, the descriptor's for a data shard.
-    pub fn range(&self) -> (Vec<u8>, Vec<u8>) {
-        match &*self.shard.read().expect("shard state lock poisoned") {
-            Some(s) => (s.desc.start.clone(), s.desc.end.clone()),
-            None => tenant_range(keys::SYSTEM_TENANT),
-        }
+    pub fn bounds(&self) -> (Vec<u8>, Vec<u8>) {
+        let r = self.range.read().expect("range lock poisoned");
+        (r.start.clone(), r.end.clone().unwrap_or_else(|| crate::key_range::PAST_EVERY_DATA_KEY.to_vec()))
     }
 
     /// Follows the group's changes ([`SmState::changes`]).
@@ -132,7 +145,7 @@ impl SmState {
             Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?.map(|l| l.index).unwrap_or(0),
         };
         let (tenant_start, tenant_end) = tenant_range(tenant);
-        let (range_start, range_end) = self.range();
+        let (range_start, range_end) = self.bounds();
         let (start, end) = (tenant_start.max(range_start), tenant_end.min(range_end));
         let mut per_version = std::collections::BTreeMap::new();
         let mut plain = 0u64;
@@ -147,10 +160,6 @@ impl SmState {
         Ok((applied, per_version, plain))
     }
 
-    fn meta(&self, tag: u8) -> Result<Option<Vec<u8>>, kho_engine::Error> {
-        self.engine.get(Cf::RaftMeta, &meta_key::key(self.group, tag))
-    }
-
     /// The applied log id and membership, as stored.
     pub fn applied_state(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
         read_applied_state(&self.engine, self.group)
@@ -163,14 +172,11 @@ impl SmState {
         let gate = self.blocking_read_gate();
         let snap = self.engine.snapshot();
         drop(gate);
-        let applied = match snap.get(Cf::RaftMeta, &meta_key::key(self.group, meta_key::APPLIED)).map_err(io_err)? {
-            None => None,
-            Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?,
-        };
+        // The applied id and the range of the same point in time as the data.
+        let (applied, _, range) = snapshot_store::read_group_state(self.group, |k| snap.get(Cf::RaftMeta, k))?;
         let mut h = crc32fast::Hasher::new();
         let mut n = 0u64;
-        let (start, end) = self.range();
-        snap.for_each(Cf::Data, &start, Some(&end), |k, v| {
+        snap.for_each(Cf::Data, &range.start, range.end(), |k, v| {
             h.update(&(k.len() as u32).to_be_bytes());
             h.update(k);
             h.update(&(v.len() as u32).to_be_bytes());
@@ -203,11 +209,27 @@ impl StateMachine {
         snapshot_chunk_bytes: usize,
         master: Option<Arc<MasterKey>>,
     ) -> io::Result<Self> {
-        std::fs::create_dir_all(&snapshot_dir)?;
+        let installing = engine.get(Cf::RaftMeta, &meta_key::key(group, meta_key::INSTALLING_SNAPSHOT)).map_err(io_err)?.is_some();
+        snapshot_store::prepare_dir(&snapshot_dir, installing)?;
         let log_cipher = master.as_ref().map(|m| m.log_cipher());
         let shard = match kind {
             GroupKind::Meta => None,
-            GroupKind::Data => Some(read_shard_state(&engine, group)?.ok_or_else(|| io_err(format!("data shard {group} has no shard state")))?),
+            // A node creates a shard's state with its replica; a group opened without one
+            // (tests of the storage layer) applies no data command.
+            GroupKind::Data => read_shard_state(&engine, group)?,
+        };
+        let range = match kind {
+            // The meta group owns the system tenant's range, stored at its first open.
+            GroupKind::Meta => {
+                let range = KeyRange::new(tenant_range(keys::SYSTEM_TENANT).0, Some(tenant_range(keys::SYSTEM_TENANT).1));
+                if snapshot_store::read_range(&engine, group)? != range {
+                    let mut b = engine.batch();
+                    b.put(Cf::RaftMeta, &meta_key::key(group, meta_key::RANGE), &codec::encode_key_range(&range));
+                    engine.write(b, true).map_err(io_err)?;
+                }
+                range
+            }
+            GroupKind::Data => snapshot_store::read_range(&engine, group)?,
         };
         let state = Arc::new(SmState {
             group,
@@ -216,21 +238,29 @@ impl StateMachine {
             catalog: RwLock::new(Catalog::default()),
             shard: RwLock::new(shard),
             changes: tokio::sync::watch::channel(0).0,
+            range: RwLock::new(range),
+            flushed_applied: Arc::new(FlushedApplied::new(None)),
             master,
             log_cipher,
-            snapshot_lock: std::sync::Mutex::new(()),
             install_gate: Arc::new(tokio::sync::RwLock::new(())),
         });
         let sm = StateMachine { state, log, snapshot_dir, snapshot_chunk_bytes };
-        if sm.state.meta(meta_key::INSTALLING_SNAPSHOT).map_err(io_err)?.is_some() {
+        // Nothing reads yet: the node serves no request before its groups are open.
+        let gate = sm.state.install_gate.clone();
+        if installing {
             let path = sm.installing_path();
             tracing::warn!(group, path = %path.display(), "finishing a snapshot install interrupted by a crash");
-            let meta = SnapshotReader::open(&path, sm.state.log_cipher.as_ref())?.meta()?;
-            // Nothing reads yet: the node serves no request before its groups are open.
-            let gate = sm.state.install_gate.clone();
+            let meta = SnapshotReader::open(&path, sm.state.log_cipher.as_ref())?.meta();
             let exclusive = gate.try_write().map_err(|_| io_err("a reader holds the install gate while the group opens"))?;
-            sm.install_from(&path, &meta, &exclusive)?;
+            snapshot_store::install_from(&sm.state, &path, &meta, &exclusive)?;
         }
+        // The applied state found at open is made durable (one flush for every group the
+        // node opens) and is the group's first flushed applied index.
+        let view = {
+            let _shared = gate.try_read().map_err(|_| io_err("the install gate is held while the group opens"))?;
+            sm.state.engine.owned_snapshot()
+        };
+        snapshot_store::snapshot_of_view(&sm.state, view, snapshot_chunk_bytes)?;
         sm.reload_catalog()?;
         Ok(sm)
     }
@@ -326,7 +356,7 @@ impl StateMachine {
     }
 
     fn installing_path(&self) -> PathBuf {
-        self.snapshot_dir.join("installing.kho")
+        self.snapshot_dir.join(INSTALLING_FILE)
     }
 
     /// Reads the catalog (meta group) or the shard state (data shard) from storage again.
@@ -353,7 +383,10 @@ impl StateMachine {
             (GroupKind::Data, true) => return self.execute_data(cmd, batch),
             (GroupKind::Meta, false) => {}
             (kind, _) => {
-                return Ok((Outcome::Rejected(AppError::wrong_shard(format!("`{cmd}` reached group {} ({kind:?})", self.state.group))), None))
+                return Ok((
+                    Outcome::Rejected(AppError::wrong_shard(format!("`{cmd}` reached group {} ({kind:?})", self.state.group))),
+                    None,
+                ))
             }
         }
         let engine = &self.state.engine;
@@ -550,8 +583,10 @@ impl StateMachine {
     fn execute_data(&self, cmd: Command, batch: &mut kho_engine::WriteBatch) -> io::Result<(Outcome, Option<CatalogChange>)> {
         let engine = &self.state.engine;
         let guard = self.state.shard.read().expect("shard state lock poisoned");
-        let st = guard.as_ref().expect("a data shard has a shard state");
         let group = self.state.group;
+        let Some(st) = guard.as_ref() else {
+            return Ok((Outcome::Rejected(AppError::wrong_shard(format!("group {group} has no shard state"))), None));
+        };
         let stale = |what: &str| {
             Ok((
                 Outcome::Rejected(AppError::wrong_shard(format!(
@@ -692,41 +727,6 @@ impl StateMachine {
         }
         drop(cat);
         self.state.changed();
-    }
-
-    /// Replaces the group's data with the snapshot at `path` (already durable on disk).
-    fn install_from(&self, path: &Path, meta: &SnapshotMeta, _readers_excluded: &tokio::sync::RwLockWriteGuard<'_, ()>) -> io::Result<()> {
-        let _one_at_a_time = self.state.snapshot_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let engine = &self.state.engine;
-        let group = self.state.group;
-        let mut reader = SnapshotReader::open(path, self.state.log_cipher.as_ref())?;
-        let mut batch = engine.batch();
-        let (start, end) = self.state.range();
-        batch.delete_range(Cf::Data, &start, &end);
-        let mut records = 0u64;
-        while let Some(chunk) = reader.next_chunk()? {
-            for (k, v) in chunk {
-                // Each value carries its own checksum or header: refuse to spread a corrupt
-                // value (encrypted values are authenticated when read, with their key).
-                value::inspect(&k, &v).map_err(io_err)?;
-                batch.put(Cf::Data, &k, &v);
-                records += 1;
-            }
-            if batch.size_bytes() >= INSTALL_BATCH_BYTES_MAX {
-                engine.write(std::mem::replace(&mut batch, engine.batch()), false).map_err(io_err)?;
-            }
-        }
-        batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::APPLIED), &codec::encode_opt_log_id(meta.last_log_id.as_ref()));
-        batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP), &codec::encode_stored_membership(&meta.last_membership));
-        batch.delete(Cf::RaftMeta, &meta_key::key(group, meta_key::INSTALLING_SNAPSHOT));
-        engine.write(batch, true).map_err(io_err)?;
-        // The installed file is now this node's current snapshot.
-        let final_path = self.snapshot_dir.join(snapshot::file_name(meta.last_log_id.as_ref()));
-        std::fs::rename(path, &final_path)?;
-        snapshot::sync_dir(&self.snapshot_dir)?;
-        remove_other_snapshots(&self.snapshot_dir, &final_path);
-        tracing::info!(group, records, last_log_id = ?meta.last_log_id, "installed snapshot");
-        Ok(())
     }
 }
 
@@ -906,61 +906,9 @@ fn read_applied_state(engine: &Engine, group: GroupId) -> io::Result<(Option<Log
     Ok((applied, membership))
 }
 
-/// Whether a snapshot directory entry is a snapshot: a stream file `snap-*.kho` or a
-/// checkpoint directory `snap-*.ckpt`.
-fn is_snapshot_name(name: &str) -> bool {
-    name.starts_with("snap-") && (name.ends_with(".kho") || name.ends_with(".ckpt"))
-}
-
-/// Removes every snapshot of `dir` but `keep` (files and checkpoint directories).
-fn remove_other_snapshots(dir: &Path, keep: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p == keep || !is_snapshot_name(&e.file_name().to_string_lossy()) {
-            continue;
-        }
-        let removed = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-        if let Err(err) = removed {
-            tracing::warn!(path = %p.display(), error = %err, "could not remove an old snapshot");
-        }
-    }
-}
-
-/// The log index in a snapshot's name (`snap-<index, 20 digits>-…`; 0 for `snap-empty…`).
-fn snapshot_index(p: &Path) -> u64 {
-    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    name.get(5..25).and_then(|d| d.parse::<u64>().ok()).unwrap_or(0)
-}
-
-/// The build number of a checkpoint's name (`…-<build, 20 digits>.ckpt`); None for a stream file.
-fn checkpoint_build(p: &Path) -> Option<u64> {
-    let name = p.file_name()?.to_string_lossy().into_owned();
-    let stem = name.strip_suffix(".ckpt")?;
-    stem.rsplit('-').next()?.parse().ok()
-}
-
-/// The current snapshot of a directory (the newest `snap-*.kho` or `snap-*.ckpt`), if any.
-fn current_snapshot_path(dir: &Path) -> io::Result<Option<PathBuf>> {
-    let mut best: Option<(u64, PathBuf)> = None;
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if !is_snapshot_name(&name) {
-            continue;
-        }
-        let index = snapshot_index(&p);
-        if best.as_ref().is_none_or(|(i, b)| (index, &p) > (*i, b)) {
-            best = Some((index, p));
-        }
-    }
-    Ok(best.map(|(_, p)| p))
-}
-
-/// Builds snapshots as RocksDB checkpoints of the engine.
+/// Builds a group's snapshots: point-in-time views ([`crate::snapshot_store::build`]).
 pub struct SnapshotBuilder {
     state: Arc<SmState>,
-    dir: PathBuf,
     chunk_bytes: usize,
 }
 
@@ -969,84 +917,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let state = self.state.clone();
-        let dir = self.dir.clone();
         let chunk_bytes = self.chunk_bytes;
-        tokio::task::spawn_blocking(move || build_snapshot_blocking(&state, &dir, chunk_bytes)).await.map_err(io_err)?
+        // A RocksDB flush may run: on a blocking thread.
+        tokio::task::spawn_blocking(move || snapshot_store::build(&state, chunk_bytes)).await.map_err(io_err)?
     }
-}
-
-fn checkpoint_snapshot(state: &SmState, dir: PathBuf, chunk_bytes: usize) -> CheckpointSnapshot {
-    let (start, end) = state.range();
-    CheckpointSnapshot { dir, range: (start, Some(end)), cipher: state.log_cipher.clone(), chunk_bytes }
-}
-
-/// Builds a snapshot as a RocksDB checkpoint: one atomic flush of the memtables, then hard
-/// links to the SST files. Nothing of the data set is read or rewritten; the stream a
-/// follower needs is written from the checkpoint when one is sent. The flush also makes
-/// the live DB durable up to the snapshot, which the log purge that follows relies on
-/// (applies are written without the WAL).
-fn build_snapshot_blocking(state: &SmState, dir: &Path, chunk_bytes: usize) -> io::Result<Snapshot> {
-    let _one_at_a_time = state.snapshot_lock.lock().unwrap_or_else(|e| e.into_inner());
-    build_checkpoint_locked(state, dir, chunk_bytes)
-}
-
-/// Rebuilds the group's snapshot when it is a checkpoint of this node, at the current
-/// applied id, and removes the old one: after a compaction, so that the snapshot no longer
-/// keeps the SST files that held overwritten values (`CompactNode`). Returns the new
-/// snapshot's meta, or None when the current snapshot is not a checkpoint (none yet, or a
-/// sealed stream received from a leader) and nothing was done.
-pub fn rebuild_checkpoint(state: &SmState, dir: &Path, chunk_bytes: usize) -> io::Result<Option<SnapshotMeta>> {
-    let _one_at_a_time = state.snapshot_lock.lock().unwrap_or_else(|e| e.into_inner());
-    match current_snapshot_path(dir)? {
-        Some(p) if p.is_dir() => Ok(Some(build_checkpoint_locked(state, dir, chunk_bytes)?.meta)),
-        _ => Ok(None),
-    }
-}
-
-/// [`build_snapshot_blocking`] with `snapshot_lock` held.
-fn build_checkpoint_locked(state: &SmState, dir: &Path, chunk_bytes: usize) -> io::Result<Snapshot> {
-    let group = state.group;
-    let tmp = dir.join(format!("building-{}.ckpt.tmp", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    let built = (|| -> io::Result<SnapshotMeta> {
-        state.engine.checkpoint(&tmp).map_err(io_err)?;
-        // The meta is read from the checkpoint itself, so it is exactly that of its data.
-        let copy = kho_engine::Engine::open_read_only(&tmp, 1 << 20, false).map_err(io_err)?;
-        let (applied, membership) = read_applied_state(&copy, group)?;
-        drop(copy);
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
-        snapshot::write_checkpoint_meta(&tmp, &meta)?;
-        snapshot::sync_dir(&tmp)?;
-        Ok(meta)
-    })();
-    let meta = match built {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
-    // A rebuild at the same applied id gets the next build number, so the new checkpoint
-    // sorts after the one it replaces, which is removed only once the new one is in place.
-    let mut build = match current_snapshot_path(dir)? {
-        Some(p) => {
-            checkpoint_build(&p).filter(|_| snapshot_index(&p) == meta.last_log_id.map(|l| l.index).unwrap_or(0)).map_or(1, |b| b + 1)
-        }
-        None => 1,
-    };
-    let mut final_path = dir.join(snapshot::checkpoint_name(meta.last_log_id.as_ref(), build));
-    while final_path.exists() {
-        // Only a leftover no other build removed (its removal failed): take the next name.
-        build += 1;
-        final_path = dir.join(snapshot::checkpoint_name(meta.last_log_id.as_ref(), build));
-    }
-    std::fs::rename(&tmp, &final_path)?;
-    snapshot::sync_dir(dir)?;
-    remove_other_snapshots(dir, &final_path);
-    tracing::info!(group, last_log_id = ?meta.last_log_id, "built snapshot");
-    Ok(Snapshot { meta, snapshot: SnapshotData::Checkpoint(checkpoint_snapshot(state, final_path, chunk_bytes)) })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -1076,42 +950,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { state: self.state.clone(), dir: self.snapshot_dir.clone(), chunk_bytes: self.snapshot_chunk_bytes }
+        SnapshotBuilder { state: self.state.clone(), chunk_bytes: self.snapshot_chunk_bytes }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let installing = self.installing_path();
-        match snapshot {
-            SnapshotData::Stream(file) => {
-                drop(file.file);
-                if file.path != installing {
-                    let (dir, to) = (self.snapshot_dir.clone(), installing.clone());
-                    tokio::task::spawn_blocking(move || -> io::Result<()> {
-                        std::fs::rename(&file.path, &to)?;
-                        snapshot::sync_dir(&dir)
-                    })
-                    .await
-                    .map_err(io_err)??;
-                }
-            }
-            SnapshotData::Checkpoint(ckpt) => {
-                // A checkpoint (this node's own, or another state machine's in tests): its
-                // stream is written first, so that the install can be redone after a crash.
-                let tmp = self.snapshot_dir.join(format!("installing-{}.tmp", std::process::id()));
-                let (dir, meta, to) = (self.snapshot_dir.clone(), meta.clone(), installing.clone());
-                tokio::task::spawn_blocking(move || -> io::Result<()> {
-                    ckpt.write_stream(&meta, &tmp, true)?;
-                    std::fs::rename(&tmp, &to)?;
-                    snapshot::sync_dir(&dir)
-                })
-                .await
-                .map_err(io_err)??;
-            }
-        }
         let this_meta = meta.clone();
         let sm = self.handle();
-        // The synced marker write and the install are disk work: on a blocking thread.
+        // Putting the stream in place, the synced marker write and the install are disk
+        // work: on a blocking thread.
         tokio::task::spawn_blocking(move || {
+            let installing = snapshot_store::stage_for_install(&sm.snapshot_dir, &this_meta, snapshot)?;
             let mut marker = sm.state.engine.batch();
             marker.put(Cf::RaftMeta, &meta_key::key(sm.state.group, meta_key::INSTALLING_SNAPSHOT), b"1");
             sm.state.engine.write(marker, true).map_err(io_err)?;
@@ -1121,26 +969,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Once its first batch is written the group's data is half replaced: a failure
             // from there on stops the node (the marker makes the restart redo the install),
             // so that no reader, not even a stale one, ever sees that state.
-            if let Err(e) = sm.install_from(&installing, &this_meta, &exclusive) {
+            if let Err(e) = snapshot_store::install_from(&sm.state, &installing, &this_meta, &exclusive) {
                 crate::fatal::storage_failure(&format!("install of a snapshot into group {}", sm.state.group), &e);
             }
-            sm.reload_catalog()
+            let reloaded = sm.reload_catalog();
+            drop(exclusive);
+            reloaded
         })
         .await
         .map_err(io_err)?
     }
 
+    /// A fresh view of the group at its applied state (None when nothing was ever applied):
+    /// see [`crate::snapshot_store::current_snapshot`] for why openraft allows it.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let Some(path) = current_snapshot_path(&self.snapshot_dir)? else {
-            return Ok(None);
-        };
-        if path.is_dir() {
-            let meta = snapshot::read_checkpoint_meta(&path)?;
-            let ckpt = checkpoint_snapshot(&self.state, path, self.snapshot_chunk_bytes);
-            return Ok(Some(Snapshot { meta, snapshot: SnapshotData::Checkpoint(ckpt) }));
-        }
-        let meta = SnapshotReader::open(&path, self.state.log_cipher.as_ref())?.meta()?;
-        let file = std::fs::File::open(&path)?;
-        Ok(Some(Snapshot { meta, snapshot: SnapshotData::Stream(SnapshotFile { path, file }) }))
+        let (state, chunk_bytes) = (self.state.clone(), self.snapshot_chunk_bytes);
+        tokio::task::spawn_blocking(move || snapshot_store::current_snapshot(&state, chunk_bytes)).await.map_err(io_err)?
     }
 }

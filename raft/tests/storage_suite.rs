@@ -32,7 +32,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
             Some(n) => LogStore::open_with_cache_limits(1, engine.clone(), shared, syncer, cipher, n, usize::MAX),
         }
         .map_err(|e| err(&e))?;
-        let sm = StateMachine::open(1, kho_raft::GroupKind::Meta, engine, log.group_log(), dir.path().join("snapshots"), 64 << 10, master).map_err(|e| err(&e))?;
+        let sm = StateMachine::open(1, kho_raft::GroupKind::Meta, engine, log.group_log(), dir.path().join("snapshots"), 64 << 10, master)
+            .map_err(|e| err(&e))?;
         Ok((dir, log, sm))
     }
 }
@@ -255,170 +256,340 @@ fn a_move_of_per_group_logs_interrupted_by_a_crash_resumes() {
     });
 }
 
-/// A snapshot is a RocksDB checkpoint: it holds the data and applied id of the moment it
-/// was built, not later writes; it survives a reopen of its state machine; its stream is
-/// sealed under the log key; and another state machine that installs it ends up with
-/// exactly that data and applied id.
-#[test]
-fn checkpoint_snapshots_hold_the_state_at_build_time() {
-    use kho_engine::Cf;
-    use kho_raft::log_store::meta_key;
-    use kho_raft::snapshot::{SnapshotData, SnapshotReader};
-    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-    use openraft::testing::blank_ent;
+// ---------------------------------------------------------------------------------------
+// Snapshots: a group's key range at one point in time, built lazily, and the purge rule.
 
-    const RECORDS: u32 = 300;
-    let key = |i: u32| format!("row-{i:05}").into_bytes();
-    let value = |i: u32| format!("Nguyen Van An {i:05}").into_bytes();
-    let set_applied = |batch: &mut kho_engine::WriteBatch, index: u64| {
-        let id = blank_ent::<TypeConfig>(3, 1, index).log_id;
-        batch.put(Cf::RaftMeta, &meta_key::key(1, meta_key::APPLIED), &kho_raft::codec::encode_opt_log_id(Some(&id)));
-    };
-    TypeConfig::run(async {
-        let builder = RocksBuilder { master_key: Some(7), cache_entries: None };
-        let (dir, log_store, mut sm) = builder.build().await.expect("store");
-        let engine = sm.state().engine.clone();
-        let mut batch = engine.batch();
-        for i in 0..RECORDS {
-            batch.put_value(&key(i), &value(i));
+mod snapshots {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use kho_engine::crypto::MasterKey;
+    use kho_engine::{Cf, Engine, EngineOptions};
+    use kho_raft::log_store::{meta_key, open_shared_log, LogStore, LogSyncer};
+    use kho_raft::snapshot::{SnapshotData, SnapshotReader, SnapshotView, INSTALLING_FILE};
+    use kho_raft::state_machine::StateMachine;
+    use kho_raft::{codec, KeyRange, LogId, TypeConfig};
+    use openraft::storage::{IOFlushed, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+    use openraft::testing::log_id;
+    use openraft::type_config::TypeConfigExt;
+    use tempfile::TempDir;
+
+    const CHUNK: usize = 4 << 10;
+    const GROUP_A: u64 = 1;
+    const GROUP_B: u64 = 2;
+
+    /// Tenant `t`'s range `[t u32 BE, t + 1 u32 BE)`.
+    fn tenant(t: u32) -> KeyRange {
+        KeyRange::new(t.to_be_bytes().to_vec(), Some((t + 1).to_be_bytes().to_vec()))
+    }
+
+    /// A data key of tenant `t`.
+    fn key(t: u32, row: &str) -> Vec<u8> {
+        kho_engine::keys::data_key(t, 1, row.as_bytes(), 1, b"")
+    }
+
+    fn master() -> Arc<MasterKey> {
+        Arc::new(MasterKey::new(zeroize::Zeroizing::new([7; 32])))
+    }
+
+    fn applied(index: u64) -> LogId {
+        log_id::<TypeConfig>(3, 1, index)
+    }
+
+    /// One node's storage: an engine, its shared log, and a directory for snapshots.
+    struct Node {
+        dir: TempDir,
+        engine: Engine,
+        shared: Arc<kho_engine::shared_log::SharedLog>,
+        master: Option<Arc<MasterKey>>,
+    }
+
+    impl Node {
+        fn new(master: Option<Arc<MasterKey>>) -> Node {
+            let dir = TempDir::new().expect("temp dir");
+            let engine = Engine::open(&dir.path().join("db"), &EngineOptions::default()).expect("engine");
+            let shared = open_shared_log(&engine, &dir.path().join("log")).expect("shared log");
+            Node { dir, engine, shared, master }
         }
-        set_applied(&mut batch, 40);
-        // As the state machine writes: without the WAL.
-        engine.write_unlogged(batch).expect("write");
 
-        let built = sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
-        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(40));
-        let SnapshotData::Checkpoint(ckpt) = &built.snapshot else { panic!("built {:?}, not a checkpoint", built.snapshot) };
-        assert!(ckpt.dir.file_name().unwrap().to_string_lossy().ends_with(".ckpt"), "{}", ckpt.dir.display());
+        fn snapshot_dir(&self, group: u64) -> PathBuf {
+            self.dir.path().join("snapshots").join(group.to_string())
+        }
 
-        // Later writes are not in the snapshot.
-        let mut batch = engine.batch();
-        batch.put_value(&key(0), b"changed after the snapshot");
-        batch.put_value(&key(RECORDS), b"added after the snapshot");
-        set_applied(&mut batch, 41);
-        engine.write_unlogged(batch).expect("write");
+        /// Stores `range` as `group`'s key range (what a split will do in its apply batch).
+        fn set_range(&self, group: u64, range: &KeyRange) {
+            let mut batch = self.engine.batch();
+            batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::RANGE), &codec::encode_key_range(range));
+            self.engine.write(batch, true).expect("write range");
+        }
 
-        // The stream written from it is sealed: no value is readable in it.
-        let stream = dir.path().join("stream");
-        assert_eq!(ckpt.write_stream(&built.meta, &stream, true).expect("write stream"), RECORDS as u64);
-        let bytes = std::fs::read(&stream).expect("read stream");
-        assert!(!bytes.windows(13).any(|w| w == b"Nguyen Van An"), "plaintext in the sealed snapshot stream");
-        let reader = SnapshotReader::open(&stream, None);
-        assert!(reader.is_err(), "a sealed stream must not open without the log key");
+        /// Opens `group`'s log store (purges checked against the state machine, as on a
+        /// node) and state machine.
+        fn open(&self, group: u64) -> (LogStore, StateMachine) {
+            let cipher = self.master.as_ref().map(|m| m.log_cipher());
+            let log = LogStore::open(group, self.engine.clone(), self.shared.clone(), LogSyncer::start(), cipher).expect("log");
+            let sm = StateMachine::open(
+                group,
+                kho_raft::GroupKind::Data,
+                self.engine.clone(),
+                log.group_log(),
+                self.snapshot_dir(group),
+                CHUNK,
+                self.master.clone(),
+            )
+            .expect("state machine");
+            let log = log.with_purge_bound(sm.state().flushed_applied());
+            (log, sm)
+        }
 
-        // After a reopen the state machine finds the same snapshot.
-        drop(sm);
-        let log = log_store.group_log();
-        let mut sm = StateMachine::open(
-            1,
-            kho_raft::GroupKind::Meta,
-            engine.clone(),
-            log,
-            dir.path().join("snapshots"),
-            64 << 10,
-            Some(std::sync::Arc::new(MasterKey::new(zeroize::Zeroizing::new([7; 32])))),
-        )
-        .expect("reopen");
-        let current = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
-        assert_eq!(current.meta, built.meta);
-
-        // Another state machine installs it: exactly the data and applied id at build time.
-        let (_dir2, _log2, mut other) = builder.build().await.expect("store");
-        other.install_snapshot(&current.meta, current.snapshot).await.expect("install");
-        let installed = other.state().engine.scan(Cf::Data, b"", None, usize::MAX).expect("scan");
-        let expected: Vec<_> = (0..RECORDS).map(|i| (key(i), value(i))).collect();
-        let payloads: Vec<_> = installed
-            .iter()
-            .map(|(k, v)| (k.clone(), other.state().engine.get_value(k).expect("value").unwrap_or_else(|| panic!("{v:?}"))))
-            .collect();
-        assert_eq!(payloads, expected);
-        let (applied, _) = other.applied_state().await.expect("applied");
-        assert_eq!(applied, built.meta.last_log_id);
-    });
-}
-
-/// Every file under `dir`, recursively, searched for `needle`.
-fn files_under_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("list a directory").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read(&p).expect("read a file").windows(needle.len()).any(|w| w == needle) {
-                eprintln!("found in {}", p.display());
-                return true;
+        /// Applies as the state machine does: `cells` and the applied id in one batch,
+        /// without the WAL.
+        fn apply(&self, group: u64, index: u64, cells: &[(Vec<u8>, Vec<u8>)]) {
+            let mut batch = self.engine.batch();
+            for (k, v) in cells {
+                batch.put_value(k, v);
             }
+            batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::APPLIED), &codec::encode_opt_log_id(Some(&applied(index))));
+            self.engine.write_unlogged(batch).expect("apply");
+        }
+
+        /// Every raw (key, value) of the data column family in `range`.
+        fn data(&self, range: &KeyRange) -> Vec<(Vec<u8>, Vec<u8>)> {
+            self.engine.scan(Cf::Data, &range.start, range.end(), usize::MAX).expect("scan")
+        }
+
+        /// The names in `group`'s snapshot directory.
+        fn snapshot_files(&self, group: u64) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(self.snapshot_dir(group))
+                .expect("list the snapshot directory")
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
         }
     }
-    false
-}
 
-/// A checkpoint keeps the SST files it links: after an overwrite and a full compaction the
-/// old value is still in the snapshot directory (the control), until `rebuild_checkpoint`
-/// (what `CompactNode` does after compacting) replaces the checkpoint with one of the
-/// compacted files. A rebuild at an unchanged applied id also replaces it, and exactly one
-/// snapshot is left each time.
-#[test]
-fn a_rebuilt_checkpoint_no_longer_holds_overwritten_values() {
-    use kho_engine::Cf;
-    use kho_raft::log_store::meta_key;
-    use kho_raft::state_machine::rebuild_checkpoint;
-    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-    use openraft::testing::blank_ent;
+    fn cells(t: u32, prefix: &str, n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        (0..n).map(|i| (key(t, &format!("{prefix}-{i:04}")), format!("Nguyen Van An {t}/{prefix}/{i:04}").into_bytes())).collect()
+    }
 
-    const CHUNK: usize = 64 << 10;
-    let set_applied = |batch: &mut kho_engine::WriteBatch, index: u64| {
-        let id = blank_ent::<TypeConfig>(3, 1, index).log_id;
-        batch.put(Cf::RaftMeta, &meta_key::key(1, meta_key::APPLIED), &kho_raft::codec::encode_opt_log_id(Some(&id)));
-    };
-    let snapshots_in = |dir: &std::path::Path| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .expect("list snapshots")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("snap-"))
-            .collect();
-        names.sort();
-        names
-    };
-    // 32 distinct bytes: no compressor shortens them, so a byte search finds them in any file.
-    let token: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(97).wrapping_add(13)).collect();
-    TypeConfig::run(async {
-        let (dir, _log, mut sm) = RocksBuilder { master_key: None, cache_entries: None }.build().await.expect("store");
-        let state = sm.state();
-        let engine = state.engine.clone();
-        let snapshots = dir.path().join("snapshots");
-        assert!(rebuild_checkpoint(&state, &snapshots, CHUNK).expect("rebuild").is_none(), "no snapshot yet: nothing to rebuild");
+    fn view(data: &SnapshotData) -> &SnapshotView {
+        match data {
+            SnapshotData::View(v) => v,
+            other => panic!("a built snapshot is a view, not {other:?}"),
+        }
+    }
 
-        let mut batch = engine.batch();
-        batch.put_value(b"row-secret", &token);
-        set_applied(&mut batch, 40);
-        engine.write_unlogged(batch).expect("write");
-        sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    /// The records of a snapshot's stream, written to `path`.
+    fn stream_records(v: &SnapshotView, path: &Path, cipher: Option<&kho_engine::crypto::LogCipher>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let written = v.write_stream_file(path, false).expect("write the stream");
+        let mut r = SnapshotReader::open(path, cipher).expect("open the stream");
+        assert_eq!(r.header(), &v.header);
+        let mut all = Vec::new();
+        while let Some(c) = r.next_chunk().expect("chunk") {
+            all.extend(c);
+        }
+        assert_eq!(all.len() as u64, written);
+        all
+    }
 
-        let mut batch = engine.batch();
-        batch.put_value(b"row-secret", b"overwritten");
-        set_applied(&mut batch, 41);
-        engine.write_unlogged(batch).expect("write");
-        engine.flush_and_compact_all().expect("compact");
-        assert!(!files_under_contain(&dir.path().join("db"), &token), "the compaction left the old value in the live DB");
-        assert!(files_under_contain(&snapshots, &token), "control: the checkpoint built before still links the old value's file");
+    /// Two groups on one engine with disjoint ranges: a snapshot of group A holds A's range
+    /// only, at exactly the applied index read with it; what is written after it was built
+    /// is not in it; its stream is sealed on a node with a master key; and no snapshot file
+    /// is written.
+    #[test]
+    fn a_snapshot_is_its_groups_range_at_the_applied_index_read_with_it() {
+        TypeConfig::run(async {
+            let node = Node::new(Some(master()));
+            node.set_range(GROUP_A, &tenant(5));
+            node.set_range(GROUP_B, &tenant(6));
+            let (_log_a, mut sm_a) = node.open(GROUP_A);
+            let (_log_b, _sm_b) = node.open(GROUP_B);
+            assert_eq!(sm_a.state().range(), tenant(5));
+            assert!(sm_a.get_current_snapshot().await.expect("current").is_none(), "nothing applied, no snapshot");
 
-        let meta = rebuild_checkpoint(&state, &snapshots, CHUNK).expect("rebuild").expect("a checkpoint to rebuild");
-        assert_eq!(meta.last_log_id.map(|l| l.index), Some(41));
-        assert!(!files_under_contain(&snapshots, &token), "the rebuilt checkpoint still holds the overwritten value");
-        let names = snapshots_in(&snapshots);
-        assert_eq!(names.len(), 1, "{names:?}");
-        let current = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
-        assert_eq!(current.meta, meta);
+            let a = cells(5, "a", 300);
+            node.apply(GROUP_A, 40, &a);
+            node.apply(GROUP_B, 70, &cells(6, "b", 200));
+            let built = sm_a.get_snapshot_builder().await.build_snapshot().await.expect("build");
+            assert_eq!(built.meta.last_log_id, Some(applied(40)));
+            let v = view(&built.snapshot);
+            assert_eq!(v.header.range, tenant(5));
+            assert!(node.engine.flushed_through() >= v.view.sequence_number(), "the build flushed up to its view");
+            assert_eq!(sm_a.state().flushed_applied().get(), Some(40));
 
-        // Rebuilt at the same applied id: a new build replaces it.
-        let again = rebuild_checkpoint(&state, &snapshots, CHUNK).expect("rebuild").expect("a checkpoint to rebuild");
-        assert_eq!(again, meta);
-        let after = snapshots_in(&snapshots);
-        assert_eq!(after.len(), 1, "{after:?}");
-        assert_ne!(after, names, "the same-id rebuild did not replace the checkpoint");
-        assert_eq!(sm.get_current_snapshot().await.expect("current").expect("a snapshot").meta, meta);
-    });
+            // Written after the build: a changed value, a new key, a later applied index.
+            node.apply(GROUP_A, 41, &[(a[0].0.clone(), b"changed after the snapshot".to_vec()), (key(5, "z-new"), b"new".to_vec())]);
+
+            let stream = node.dir.path().join("stream");
+            let cipher = node.master.as_ref().map(|m| m.log_cipher());
+            let records = stream_records(v, &stream, cipher.as_ref());
+            let payloads: Vec<_> = records
+                .iter()
+                .map(|(k, v)| (k.clone(), kho_engine::value::decode_value(k, v).expect("a plaintext value").to_vec()))
+                .collect();
+            assert_eq!(payloads, a, "exactly group A's data of index 40");
+            let bytes = std::fs::read(&stream).expect("read the stream");
+            assert!(!bytes.windows(13).any(|w| w == b"Nguyen Van An"), "plaintext in the sealed snapshot stream");
+            assert!(SnapshotReader::open(&stream, None).is_err(), "a sealed stream must not open without the log key");
+
+            // The current snapshot is a fresh view: index 41, with the later writes.
+            let current = sm_a.get_current_snapshot().await.expect("current").expect("a snapshot");
+            assert_eq!(current.meta.last_log_id, Some(applied(41)));
+            assert_eq!(stream_records(view(&current.snapshot), &stream, cipher.as_ref()).len(), 301);
+            assert_eq!(sm_a.state().flushed_applied().get(), Some(41));
+            assert!(node.snapshot_files(GROUP_A).is_empty(), "no snapshot file: {:?}", node.snapshot_files(GROUP_A));
+        });
+    }
+
+    /// Installing group A's snapshot into another node that holds stale A data (inside the
+    /// snapshot's range and in the wider range A had there before) and group B's data
+    /// replaces exactly A's ranges: B is untouched byte for byte, no stale A key is left,
+    /// and applied id, membership and range are the snapshot's.
+    #[test]
+    fn installing_a_snapshot_replaces_exactly_the_groups_range() {
+        TypeConfig::run(async {
+            let leader = Node::new(None);
+            leader.set_range(GROUP_A, &tenant(5));
+            let (_log, mut sm) = leader.open(GROUP_A);
+            let a = cells(5, "a", 250);
+            leader.apply(GROUP_A, 40, &a);
+            let built = sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+
+            let follower = Node::new(None);
+            // Before: A held tenants 4 to 5 here (a range the snapshot narrows), B tenant 6.
+            let wider = KeyRange::new(4u32.to_be_bytes().to_vec(), Some(6u32.to_be_bytes().to_vec()));
+            follower.set_range(GROUP_A, &wider);
+            follower.set_range(GROUP_B, &tenant(6));
+            let (_fl, mut fsm) = follower.open(GROUP_A);
+            let (_bl, _bsm) = follower.open(GROUP_B);
+            let mut stale = cells(5, "a", 10); // same keys, older values
+            for (_, v) in &mut stale {
+                v.extend_from_slice(b" (stale)");
+            }
+            stale.extend(cells(5, "stale-only", 20));
+            stale.extend(cells(4, "old-range", 20));
+            follower.apply(GROUP_A, 12, &stale);
+            follower.apply(GROUP_B, 9, &cells(6, "b", 100));
+            let b_before = follower.data(&tenant(6));
+            assert_eq!(b_before.len(), 100);
+
+            fsm.install_snapshot(&built.meta, built.snapshot).await.expect("install");
+
+            assert_eq!(follower.data(&tenant(6)), b_before, "group B's data changed");
+            let got: Vec<_> = follower
+                .data(&tenant(5))
+                .into_iter()
+                .map(|(k, v)| (k.clone(), kho_engine::value::decode_value(&k, &v).expect("value").to_vec()))
+                .collect();
+            assert_eq!(got, a, "group A's range holds exactly the snapshot");
+            assert!(follower.data(&tenant(4)).is_empty(), "A's keys in its previous, wider range are left");
+            assert_eq!(fsm.applied_state().await.expect("applied").0, Some(applied(40)));
+            assert_eq!(fsm.state().range(), tenant(5));
+            let stored = follower.engine.get(Cf::RaftMeta, &meta_key::key(GROUP_A, meta_key::RANGE)).expect("get").expect("a range");
+            assert_eq!(codec::decode_key_range(&stored).expect("decode"), tenant(5));
+            assert!(follower.engine.get(Cf::RaftMeta, &meta_key::key(GROUP_A, meta_key::INSTALLING_SNAPSHOT)).expect("get").is_none());
+            assert_eq!(fsm.state().flushed_applied().get(), Some(40));
+            assert!(
+                follower.snapshot_files(GROUP_A).is_empty(),
+                "the installed stream is not kept: {:?}",
+                follower.snapshot_files(GROUP_A)
+            );
+            // The current snapshot is the installed one.
+            let current = fsm.get_current_snapshot().await.expect("current").expect("a snapshot");
+            assert_eq!(current.meta, built.meta);
+        });
+    }
+
+    /// A crash in the middle of an install (the marker and the durable stream written, the
+    /// group's range half replaced) is redone when the state machine opens again.
+    #[test]
+    fn an_install_interrupted_by_a_crash_is_redone_at_open() {
+        TypeConfig::run(async {
+            let leader = Node::new(Some(master()));
+            leader.set_range(GROUP_A, &tenant(5));
+            let (_log, mut sm) = leader.open(GROUP_A);
+            let a = cells(5, "a", 200);
+            leader.apply(GROUP_A, 40, &a);
+            let built = sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+
+            let follower = Node::new(Some(master()));
+            follower.set_range(GROUP_A, &tenant(5));
+            follower.set_range(GROUP_B, &tenant(6));
+            {
+                let (_fl, _fsm) = follower.open(GROUP_A);
+                let (_bl, _bsm) = follower.open(GROUP_B);
+            }
+            follower.apply(GROUP_A, 3, &cells(5, "stale", 30));
+            follower.apply(GROUP_B, 9, &cells(6, "b", 50));
+            let b_before = follower.data(&tenant(6));
+            // What install_snapshot had done when the crash came: the stream durable in
+            // place, the marker written, the first batches (half the stale keys deleted).
+            let dir = follower.snapshot_dir(GROUP_A);
+            view(&built.snapshot).write_stream_file(&dir.join(INSTALLING_FILE), true).expect("stream");
+            let mut batch = follower.engine.batch();
+            batch.put(Cf::RaftMeta, &meta_key::key(GROUP_A, meta_key::INSTALLING_SNAPSHOT), b"1");
+            for (k, _) in cells(5, "stale", 15) {
+                batch.delete(Cf::Data, &k);
+            }
+            follower.engine.write(batch, true).expect("marker");
+
+            let (_fl, mut fsm) = follower.open(GROUP_A);
+            let got: Vec<_> = follower
+                .data(&tenant(5))
+                .into_iter()
+                .map(|(k, v)| (k.clone(), fsm.state().engine.get_value(&k).expect("value").unwrap_or_else(|| panic!("{v:?}"))))
+                .collect();
+            assert_eq!(got, a);
+            assert_eq!(follower.data(&tenant(6)), b_before, "group B's data changed");
+            assert_eq!(fsm.applied_state().await.expect("applied").0, Some(applied(40)));
+            assert!(follower.engine.get(Cf::RaftMeta, &meta_key::key(GROUP_A, meta_key::INSTALLING_SNAPSHOT)).expect("get").is_none());
+            assert!(follower.snapshot_files(GROUP_A).is_empty(), "{:?}", follower.snapshot_files(GROUP_A));
+        });
+    }
+
+    /// The log is never purged past the flushed applied index: with nothing flushed no
+    /// purge goes; a build flushes and allows a purge up to its applied index, not past;
+    /// an apply after it does not move the bound until a snapshot covers it. Old snapshot
+    /// files of the previous build are removed when the group opens.
+    #[test]
+    fn the_purge_never_passes_the_flushed_applied_index() {
+        TypeConfig::run(async {
+            let node = Node::new(None);
+            // Left by the previous build: a checkpoint directory and a stream file.
+            let dir = node.snapshot_dir(GROUP_A);
+            std::fs::create_dir_all(dir.join("snap-00000000000000000007-1-1-00000000000000000001.ckpt")).expect("mkdir");
+            std::fs::write(dir.join("snap-00000000000000000007-1-1.kho"), b"old").expect("write");
+            std::fs::write(dir.join("incoming-1-0.tmp"), b"old").expect("write");
+            let (mut log, mut sm) = node.open(GROUP_A);
+            assert!(node.snapshot_files(GROUP_A).is_empty(), "{:?}", node.snapshot_files(GROUP_A));
+
+            let entries: Vec<_> = (1..=60).map(|i| openraft::testing::blank_ent::<TypeConfig>(3, 1, i)).collect();
+            log.append(entries, IOFlushed::<TypeConfig>::noop()).await.expect("append");
+            let refused = |e: std::io::Error| assert!(e.to_string().contains("passes its flushed applied index"), "{e}");
+            refused(log.purge(applied(10)).await.expect_err("nothing is flushed: no purge"));
+
+            node.apply(GROUP_A, 40, &cells(5, "a", 10));
+            refused(log.purge(applied(10)).await.expect_err("applied but not flushed"));
+            let built = sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+            assert_eq!(built.meta.last_log_id, Some(applied(40)));
+            assert_eq!(sm.state().flushed_applied().get(), Some(40));
+            log.purge(applied(30)).await.expect("purge below the flushed applied index");
+            log.purge(applied(40)).await.expect("purge up to the flushed applied index");
+            refused(log.purge(applied(41)).await.expect_err("past the flushed applied index"));
+
+            node.apply(GROUP_A, 50, &cells(5, "b", 10));
+            refused(log.purge(applied(45)).await.expect_err("applied after the snapshot, not flushed"));
+            let current = sm.get_current_snapshot().await.expect("current").expect("a snapshot");
+            assert_eq!(current.meta.last_log_id, Some(applied(50)));
+            log.purge(applied(50)).await.expect("the current snapshot flushed up to 50");
+            assert_eq!(log.first_index().expect("first index"), Some(51));
+
+            // A reopen starts from the applied state found, made durable.
+            drop((log, sm, current, built));
+            let (_log, sm) = node.open(GROUP_A);
+            assert_eq!(sm.state().flushed_applied().get(), Some(50));
+        });
+    }
 }

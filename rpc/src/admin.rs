@@ -145,7 +145,8 @@ impl Admin for AdminService {
                 }
             }
             let n = SHARD_REPLICAS_DEFAULT.min(load.len()).max(1);
-            kho_raft::shard::choose_replicas(&load, n).map_err(|e| Status::unavailable(format!("placing tenant `{}`'s first shard: {e}", r.name)))?
+            kho_raft::shard::choose_replicas(&load, n)
+                .map_err(|e| Status::unavailable(format!("placing tenant `{}`'s first shard: {e}", r.name)))?
         };
         match self.ctx.propose(Command::CreateTenant { name: r.name.clone(), keys, replicas }, &origin).await? {
             Leader::Here(resp) => {
@@ -418,16 +419,9 @@ impl Admin for AdminService {
 
     async fn compact_node(&self, _req: Request<pb::CompactNodeRequest>) -> Result<Response<pb::CompactNodeResponse>, Status> {
         let engine = self.ctx.node.engine().clone();
+        // No snapshot keeps SST files of its own (a snapshot is a view of the live DB, held
+        // only while one is sent), so nothing but the compaction is needed.
         self.ctx.scans.run(move || engine.flush_and_compact_all()).await?.map_err(status::engine_error)?;
-        // The snapshot (a checkpoint) still links the SST files from before the compaction,
-        // with the values it removed: rebuild it on the compacted files.
-        for id in self.ctx.node.group_ids() {
-            if let Some(g) = self.ctx.node.group(id) {
-                g.rebuild_snapshot()
-                    .await
-                    .map_err(|e| Status::internal(format!("rebuilding the snapshot of group {id} after the compaction: {e}")))?;
-            }
-        }
         Ok(Response::new(pb::CompactNodeResponse { node_id: self.ctx.node.id }))
     }
 
@@ -485,7 +479,10 @@ impl AdminService {
                     )));
                 };
                 if let Leader::There(_) = self.ctx.read_barrier_in(&g, origin).await? {
-                    return Err(Status::unavailable(format!("shard {} cannot be read linearizably on node {}; retry", d.id, self.ctx.node.id)));
+                    return Err(Status::unavailable(format!(
+                        "shard {} cannot be read linearizably on node {}; retry",
+                        d.id, self.ctx.node.id
+                    )));
                 }
                 shards.push((d.tenant, g.state.clone()));
             }
@@ -578,7 +575,11 @@ impl AdminService {
         let short: Vec<_> = {
             let meta = self.ctx.meta();
             let cat = meta.state.catalog();
-            cat.shards.iter().filter(|d| d.replicas.len() < SHARD_REPLICAS_DEFAULT && !d.replicas.iter().any(|r| r.node == node)).map(|d| d.id).collect()
+            cat.shards
+                .iter()
+                .filter(|d| d.replicas.len() < SHARD_REPLICAS_DEFAULT && !d.replicas.iter().any(|r| r.node == node))
+                .map(|d| d.id)
+                .collect()
         };
         for shard in short {
             self.ctx.node.change_replicas(shard, ReplicaChange::Add { node, addr: addr.to_string() }).await.map_err(|e| {
@@ -634,7 +635,10 @@ impl AdminService {
             let deadline = std::time::Instant::now() + Duration::from_millis(ADD_NODE_TIMEOUT_MS);
             while self.ctx.meta().state.catalog().shards.get(desc.id).is_some_and(|d| d.replicas.iter().any(|r| r.node == node)) {
                 if std::time::Instant::now() > deadline {
-                    return Err(Status::unavailable(format!("shard {}'s new replicas did not reach the shard map in time; retry", desc.id)));
+                    return Err(Status::unavailable(format!(
+                        "shard {}'s new replicas did not reach the shard map in time; retry",
+                        desc.id
+                    )));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

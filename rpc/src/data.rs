@@ -10,10 +10,10 @@ use kho_proto::v1::data_server::Data;
 use kho_proto::v1::{self as pb, mutation, write_op};
 use kho_raft::catalog::TableMeta;
 use kho_raft::cells::TableAccess;
+use kho_raft::command::Outcome;
 use kho_raft::command::RawCondition;
 use kho_raft::keyring::{self, TenantKeys};
 use kho_raft::state_machine::SmState;
-use kho_raft::command::Outcome;
 use kho_raft::{AppErrorKind, Command, Group, WriteOp};
 use tonic::{Request, Response, Status};
 
@@ -121,7 +121,9 @@ impl DataService {
                 },
             }
         }
-        Err(Status::unavailable(format!("the shard map kept changing under the write ({ROUTE_ATTEMPTS_MAX} lookups); nothing was written; retry")))
+        Err(Status::unavailable(format!(
+            "the shard map kept changing under the write ({ROUTE_ATTEMPTS_MAX} lookups); nothing was written; retry"
+        )))
     }
 
     /// The local replica of the shard holding `key` for a read at `consistency`, after its
@@ -136,7 +138,7 @@ impl DataService {
         }
         // The barrier brought the shard state up to date: a key it no longer holds was routed
         // with a stale map (a split or merge applied here since).
-        let (start, end) = g.state.range();
+        let (start, end) = g.state.bounds();
         if key < start.as_slice() || key >= end.as_slice() {
             return Err(Status::unavailable(format!("shard {} no longer holds the key (it split or merged); retry", g.id)));
         }
@@ -411,9 +413,7 @@ impl Data for DataService {
         validate::key(self.limits(), "key", &r.key)?;
         let ops = vec![WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] }];
         match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
-            Leader::Here(w) => {
-                Ok(Response::new(pb::DeleteResponse { header: Some(w.header()), existed: w.existed }))
-            }
+            Leader::Here(w) => Ok(Response::new(pb::DeleteResponse { header: Some(w.header()), existed: w.existed })),
             Leader::There(to) => forward!(self.ctx, data_client, to, delete, r),
         }
     }
@@ -435,7 +435,7 @@ impl Data for DataService {
         let mut groups: Vec<Arc<Group>> = Vec::new();
         for k in &r.keys {
             let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), k)?, fam, b"");
-            if groups.iter().any(|g| g.state.range().0 <= key && key < g.state.range().1) {
+            if groups.iter().any(|g| g.state.bounds().0 <= key && key < g.state.bounds().1) {
                 continue;
             }
             match self.read_shard(&key, r.consistency, &origin).await? {

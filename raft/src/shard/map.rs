@@ -191,7 +191,9 @@ impl ShardMap {
     pub fn record_report(&mut self, desc: ShardDesc) -> Result<bool, ShardError> {
         let id = desc.id;
         let current = self.get(id).ok_or(ShardError::UnknownShard(id))?;
-        if (current.tenant, &current.start, &current.end, current.epoch.version) != (desc.tenant, &desc.start, &desc.end, desc.epoch.version) {
+        if (current.tenant, &current.start, &current.end, current.epoch.version)
+            != (desc.tenant, &desc.start, &desc.end, desc.epoch.version)
+        {
             return Err(ShardError::InvalidDescriptor { id, reason: "a report changed the range or its version".into() });
         }
         if desc.epoch.conf_ver <= current.epoch.conf_ver {
