@@ -539,6 +539,40 @@ impl Cluster {
         self.fail(format!("no leader among running nodes within {} ms; last: {last}", self.opts.leader_wait_ms))
     }
 
+    /// The leader of the cluster's data shard (the tests' tenant has one while it does not
+    /// split): the running node whose NodeStatus reports it leads the lowest-numbered shard.
+    /// Polls until one does; panics after `leader_wait_ms`.
+    pub async fn shard_leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_millis(self.opts.leader_wait_ms);
+        let mut last = String::from("no node answered");
+        while Instant::now() < deadline {
+            self.check_alive();
+            let mut leaders = Vec::new();
+            let mut first_shard = u64::MAX;
+            for id in self.running_ids() {
+                match self.node_status(id).await {
+                    Ok(s) => {
+                        for sh in &s.shards {
+                            first_shard = first_shard.min(sh.shard_id);
+                            if sh.role == "leader" {
+                                leaders.push((sh.shard_id, id));
+                            }
+                        }
+                    }
+                    Err(e) => last = format!("node {id}: {e:?}"),
+                }
+            }
+            if let Some((_, id)) = leaders.iter().find(|(shard, _)| *shard == first_shard) {
+                return *id;
+            }
+            if first_shard != u64::MAX {
+                last = format!("no running node leads shard {first_shard}");
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+        self.fail(format!("no leader of the data shard among running nodes within {} ms; last: {last}", self.opts.leader_wait_ms))
+    }
+
     /// Waits until every running node answers NodeStatus and names the same leader, which is
     /// running, reports itself leader, and whose ClusterStatus shows every node reachable.
     /// Bounded by `opts.ready_wait_ms`. Returns the leader.

@@ -202,7 +202,7 @@ async fn stalled_scans_do_not_stop_writes_or_an_election_on_their_node() {
                 let req = WriteRequest { tenant: target.tenant.clone(), table: target.table.clone(), ops };
                 client.write(req).await.unwrap_or_else(|e| cluster.fail(format!("write batch {batch}: {e}")));
             }
-            let leader = cluster.leader().await;
+            let leader = cluster.shard_leader().await;
             let node = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
             cluster.wait_applied_equal(Duration::from_secs(60)).await;
 
@@ -237,7 +237,7 @@ async fn stalled_scans_do_not_stop_writes_or_an_election_on_their_node() {
             // An election that needs the node's vote: the leader dies, two nodes remain.
             cluster.kill(leader);
             let started = Instant::now();
-            let new_leader = cluster.leader().await;
+            let new_leader = cluster.shard_leader().await;
             println!("leader {leader} killed; node {new_leader} elected in {:?}", started.elapsed());
             let via = [(node, cluster.data_client(node))];
             for i in 0..20 {

@@ -710,6 +710,26 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
                 needles.add(format!("row key {} of cong_khai/citizen", c.id), c.id.as_bytes());
             }
 
+            // The shards' leaders purge their logs past what the stopped follower holds (a
+            // few entries of the setup), so it can only catch up from a snapshot.
+            let purged = async {
+                loop {
+                    let mut firsts = Vec::new();
+                    for id in cluster.running_ids() {
+                        if let Ok(s) = cluster.admin_client(id).node_status(kho_proto::v1::NodeStatusRequest {}).await {
+                            firsts.extend(s.into_inner().shards.iter().filter(|s| s.role == "leader").map(|s| s.first_log_index));
+                        }
+                    }
+                    if firsts.len() == 2 && firsts.iter().all(|f| *f > LOGS_KEPT_AFTER_SNAPSHOT) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(60), purged).await.is_err() {
+                cluster.fail("the shards' leaders did not purge their logs within 60 s of the loading".to_string());
+            }
+
             // --- The follower that missed the loading receives a snapshot and stops in the
             // middle of installing it: the received stream stays on disk.
             cluster.set_env(behind, &[("FAILPOINTS", &format!("{SNAPSHOT_INSTALL_FAILPOINT}=return"))]);
@@ -721,8 +741,12 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
                 ))
             });
             assert_eq!(status.code(), Some(STORAGE_FAILURE_EXIT_CODE), "exit status of node {behind} at the fault point");
-            let stream = cluster.data_dir(behind).join("snapshots").join("1").join("installing.kho");
-            assert!(stream.is_file(), "node {behind} stopped mid-install without its received stream {}", stream.display());
+            // The stream of whichever shard it was installing: snapshots/<shard>/installing.kho.
+            let snapshots = cluster.data_dir(behind).join("snapshots");
+            let streams: Vec<_> = std::fs::read_dir(&snapshots)
+                .map(|d| d.flatten().map(|e| e.path().join("installing.kho")).filter(|p| p.is_file()).collect())
+                .unwrap_or_default();
+            assert!(!streams.is_empty(), "node {behind} stopped mid-install without a received stream under {}", snapshots.display());
 
             // --- Right after loading: the nodes run; their WALs hold every log entry (sealed)
             // and their memtables the applied data (written without the WAL); the follower's
@@ -731,7 +755,13 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
             println!("search right after loading: {}: {}", report.summary(), describe_files(&cluster, &report));
             let snapshot_files = snapshot_files_searched(&report);
             println!("snapshot files searched: {snapshot_files:?}");
-            assert!(snapshot_files.contains(&stream.as_path()), "the received snapshot stream was not among the files searched");
+            for stream in &streams {
+                assert!(
+                    snapshot_files.contains(&stream.as_path()),
+                    "the received snapshot stream {} was not among the files searched",
+                    stream.display()
+                );
+            }
             assert_no_secret_found(&cluster, "right after loading", &report, &needles, secret_count);
 
             // --- The follower restarts without the fault: it redoes the install at open.
@@ -745,7 +775,9 @@ async fn encrypted_data_dirs_hold_no_plaintext() {
                 since_restart.contains("finishing a snapshot install interrupted by a crash"),
                 "node {behind} did not redo the interrupted install at open"
             );
-            assert!(!stream.exists(), "the installed stream {} is still on disk", stream.display());
+            for stream in &streams {
+                assert!(!stream.exists(), "the installed stream {} is still on disk", stream.display());
+            }
 
             // --- CompactNode on every running node: the memtables go to SST files.
             compact_every_node(&cluster).await;

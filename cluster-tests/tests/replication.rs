@@ -170,7 +170,8 @@ async fn linearizable_reads_check(name: &str, follower_reads: bool) {
     cluster
         .bounded(name, Duration::from_secs(300), async {
             let target = setup_kv(&cluster, 1).await;
-            let leader = cluster.leader().await;
+            // The data shard's leader: reads are the shard's, not the meta group's.
+            let leader = cluster.shard_leader().await;
             let acked = Arc::new(AtomicU64::new(0));
             let stop = Arc::new(AtomicBool::new(false));
             let mut readers = Vec::new();
@@ -283,7 +284,8 @@ async fn a_lagging_follower_waits_for_the_read_index_or_hands_the_read_to_the_le
     cluster
         .bounded(NAME, Duration::from_secs(300), async {
             let target = setup_kv(&cluster, 1).await;
-            let leader = cluster.leader().await;
+            // The data shard's leader: reads are the shard's, not the meta group's.
+            let leader = cluster.shard_leader().await;
             let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
             let (writer, reader) = ([(leader, cluster.data_client(leader))], cluster.data_client(follower));
             let mut counts = vec![cluster.node_status(follower).await.unwrap_or_else(|e| cluster.fail(format!("NodeStatus: {e:?}")))];

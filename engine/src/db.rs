@@ -231,6 +231,22 @@ impl Engine {
         }
     }
 
+    /// An estimate of what `[start, end)` of `cf` holds on disk, from RocksDB's file
+    /// metadata (no data is read): (bytes of SST files, keys). The keys are the column
+    /// family's estimated key count in proportion to the range's share of its bytes. Data
+    /// still in memtables is not counted.
+    pub fn approximate_range(&self, cf: Cf, start: &[u8], end: &[u8]) -> (u64, u64) {
+        if start >= end {
+            return (0, 0);
+        }
+        let h = handle(&self.db, cf);
+        let bytes = self.db.get_approximate_sizes_cf(h, &[rocksdb::Range::new(start, end)]).first().copied().unwrap_or(0);
+        let total = self.db.get_approximate_sizes_cf(h, &[rocksdb::Range::new(&[], &[0xff; 16])]).first().copied().unwrap_or(0);
+        let keys_total = self.db.property_int_value_cf(h, "rocksdb.estimate-num-keys").ok().flatten().unwrap_or(0);
+        let keys = if total == 0 { 0 } else { ((keys_total as u128 * bytes.min(total) as u128) / total as u128) as u64 };
+        (bytes, keys)
+    }
+
     /// Raw (key, value) pairs of `cf` in `[start, end)` in key order (end None = to the end
     /// of the column family), at most `limit` of them.
     pub fn scan(&self, cf: Cf, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

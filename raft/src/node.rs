@@ -642,6 +642,23 @@ impl Group {
         Ok(r.membership.map(|m| m.voter_ids().collect()).unwrap_or_default())
     }
 
+    /// Waits at most `limit` until this replica knows a leader (a group just created, or
+    /// between elections); returns it, or None.
+    pub async fn wait_for_leader(&self, limit: Duration) -> Option<NodeId> {
+        let mut rx = self.raft.metrics();
+        let known = async {
+            loop {
+                if let Some(l) = rx.borrow_watched().current_leader {
+                    return Some(l);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(limit, known).await.ok().flatten()
+    }
+
     /// The group's leader, as far as this node knows.
     pub fn status_leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow_watched().current_leader

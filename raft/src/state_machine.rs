@@ -296,13 +296,20 @@ impl StateMachine {
                         // The descriptor follows the membership: every membership entry
                         // (each of a joint change's two included) is one conf_ver.
                         let voters: std::collections::BTreeSet<u64> = m.voter_ids().collect();
-                        st.desc.replicas = m
+                        let replicas: Vec<Replica> = m
                             .nodes()
                             .map(|(id, _)| if voters.contains(id) { Replica::voter(*id) } else { Replica::learner(*id) })
                             .collect();
-                        st.desc.epoch.conf_ver += 1;
-                        pending.batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::SHARD_STATE), &st.encode());
-                        change = Some(CatalogChange::ShardState(st));
+                        // The first membership entry (the shard's creation) names the replicas
+                        // the descriptor already has: only a change raises conf_ver.
+                        let mut sorted = st.desc.replicas.clone();
+                        sorted.sort_unstable();
+                        if sorted != replicas {
+                            st.desc.replicas = replicas;
+                            st.desc.epoch.conf_ver += 1;
+                            pending.batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::SHARD_STATE), &st.encode());
+                            change = Some(CatalogChange::ShardState(st));
+                        }
                     }
                     let stored = StoredMembership::new(Some(entry.log_id), m);
                     pending.batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::MEMBERSHIP), &codec::encode_stored_membership(&stored));
@@ -339,8 +346,12 @@ impl StateMachine {
             if let Some(c) = change {
                 self.apply_catalog_change(c);
             }
+            // Answered only once what they changed is visible in memory too: a client that
+            // created a table finds it in its next request.
+            pending.answer();
         }
         pending.flush(&self.state, &self.log)?;
+        pending.answer();
         Ok(())
     }
 
@@ -774,23 +785,26 @@ fn is_blind_write(cmd: &Command) -> bool {
     }
 }
 
-/// Applied entries not yet written: their data, the last log id, the answers to send.
+/// Applied entries not yet written: their data, the last log id, the answers to send (of
+/// entries not yet written, and of entries written but not yet answered).
 struct PendingApply {
     batch: kho_engine::WriteBatch,
     last: Option<LogId>,
     replies: Vec<(openraft::storage::ApplyResponder<TypeConfig>, Response)>,
+    written: Vec<(openraft::storage::ApplyResponder<TypeConfig>, Response)>,
 }
 
 impl PendingApply {
     fn new(engine: &Engine) -> Self {
-        PendingApply { batch: engine.batch(), last: None, replies: Vec::new() }
+        PendingApply { batch: engine.batch(), last: None, replies: Vec::new(), written: Vec::new() }
     }
 
     fn is_full(&self) -> bool {
         self.replies.len() >= APPLY_BATCH_ENTRIES_MAX || self.batch.size_bytes() >= APPLY_BATCH_BYTES_MAX
     }
 
-    /// Writes the data and the applied log id in one batch, then answers the clients.
+    /// Writes the data and the applied log id in one batch; their clients are answered by
+    /// [`PendingApply::answer`], once the in-memory state reflects the batch too.
     fn flush(&mut self, state: &SmState, log: &GroupLog) -> io::Result<()> {
         let Some(last) = self.last.take() else { return Ok(()) };
         // A follower may apply entries the leader committed before its own copy is synced.
@@ -810,10 +824,15 @@ impl PendingApply {
             // stops rather than skip it or diverge.
             crate::fatal::storage_failure(&format!("apply batch of group {} up to index {}", state.group, last.index), &e);
         }
-        for (r, resp) in self.replies.drain(..) {
+        self.written.append(&mut self.replies);
+        Ok(())
+    }
+
+    /// Answers the clients of the entries written so far.
+    fn answer(&mut self) {
+        for (r, resp) in self.written.drain(..) {
             r.send(resp);
         }
-        Ok(())
     }
 }
 

@@ -67,6 +67,7 @@ fn shard_statuses(node: &kho_raft::RaftNode) -> Vec<pb::ShardStatus> {
         if !s.members.iter().any(|m| m.id == node.id) {
             continue; // a replica removed from the shard: not served any more
         }
+        let (approximate_bytes, approximate_keys) = node.engine().approximate_range(kho_engine::Cf::Data, &st.desc.start, &st.desc.end);
         out.push(pb::ShardStatus {
             shard_id: id,
             tenant_id: st.desc.tenant,
@@ -82,6 +83,9 @@ fn shard_statuses(node: &kho_raft::RaftNode) -> Vec<pb::ShardStatus> {
             learners: st.desc.learners().collect(),
             epoch_conf_ver: st.desc.epoch.conf_ver,
             epoch_version: st.desc.epoch.version,
+            first_log_index: s.first_log_index,
+            approximate_keys,
+            approximate_bytes,
         });
     }
     out
@@ -227,34 +231,62 @@ impl Admin for AdminService {
         }
     }
 
+    async fn list_shards(&self, req: Request<pb::ListShardsRequest>) -> Result<Response<pb::ListShardsResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        let r = req.into_inner();
+        if !r.tenant.is_empty() {
+            validate::name("tenant", &r.tenant)?;
+        }
+        if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
+            return forward!(self.ctx, admin_client, to, list_shards, r);
+        }
+        let descs: Vec<(String, kho_raft::shard::ShardDesc)> = {
+            let meta = self.ctx.meta();
+            let cat = meta.state.catalog();
+            let wanted = if r.tenant.is_empty() {
+                None
+            } else {
+                Some(*cat.tenants.get(&r.tenant).ok_or_else(|| Status::not_found(format!("tenant `{}` does not exist", r.tenant)))?)
+            };
+            cat.shards
+                .iter()
+                .filter(|d| wanted.is_none_or(|t| t == d.tenant))
+                .map(|d| (cat.tenant_name(d.tenant).unwrap_or_default().to_string(), d.clone()))
+                .collect()
+        };
+        // Leader, term and size as the replicas report them: the newest term wins.
+        let statuses = self.member_statuses().await;
+        let shards = descs
+            .into_iter()
+            .map(|(tenant, d)| {
+                let reported = statuses.iter().flat_map(|n| n.shards.iter()).filter(|s| s.shard_id == d.id);
+                let leader = reported.clone().filter(|s| s.role == "leader").max_by_key(|s| s.term);
+                let term = reported.clone().map(|s| s.term).max().unwrap_or(0);
+                let leader_id =
+                    leader.map(|s| s.leader_id).or_else(|| reported.clone().filter(|s| s.term == term).map(|s| s.leader_id).max());
+                pb::ShardInfo {
+                    id: d.id,
+                    tenant,
+                    tenant_id: d.tenant,
+                    start: printable_key(&d.start),
+                    end: printable_key(&d.end),
+                    voters: d.voters().collect(),
+                    learners: d.learners().collect(),
+                    leader_id: leader_id.unwrap_or(0),
+                    term,
+                    epoch_conf_ver: d.epoch.conf_ver,
+                    epoch_version: d.epoch.version,
+                    approximate_keys: leader.map(|s| s.approximate_keys).unwrap_or(0),
+                    approximate_bytes: leader.map(|s| s.approximate_bytes).unwrap_or(0),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListShardsResponse { shards }))
+    }
+
     async fn cluster_status(&self, _req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let local = self.ctx.meta().status();
-        let mut members = local.members.clone();
-        if !members.iter().any(|m| m.id == local.node_id) {
-            members.push(kho_raft::MemberStatus { id: local.node_id, addr: self.ctx.node.addr.clone(), voter: false });
-        }
-        let asks = members.into_iter().map(|m| {
-            let ctx = self.ctx.clone();
-            let local = local.clone();
-            async move {
-                if m.id == ctx.node.id {
-                    return node_status(&ctx.node, &local, &m.addr, shard_statuses(&ctx.node));
-                }
-                let ask = async {
-                    let mut c = ctx.admin_client(&m.addr)?;
-                    c.node_status(pb::NodeStatusRequest {}).await.map(|r| r.into_inner())
-                };
-                match tokio::time::timeout(Duration::from_millis(MEMBER_STATUS_TIMEOUT_MS), ask).await {
-                    Ok(Ok(mut s)) => {
-                        s.address = m.addr.clone();
-                        s
-                    }
-                    Ok(Err(e)) => unreachable_status(m.id, &m.addr, e.message()),
-                    Err(_) => unreachable_status(m.id, &m.addr, &format!("no answer within {MEMBER_STATUS_TIMEOUT_MS} ms")),
-                }
-            }
-        });
-        let nodes = futures::future::join_all(asks).await;
+        let nodes = self.member_statuses().await;
         Ok(Response::new(pb::ClusterStatusResponse { leader_id: local.leader_id.unwrap_or(0), term: local.term, nodes }))
     }
 
@@ -544,6 +576,39 @@ impl AdminService {
         tokio::time::timeout(Duration::from_millis(KEY_STATUS_TIMEOUT_MS), count)
             .await
             .map_err(|_| Status::deadline_exceeded(format!("counting values took longer than {KEY_STATUS_TIMEOUT_MS} ms")))??
+    }
+
+    /// Every member's NodeStatus, as each reports it (this node's from its own state); an
+    /// entry with role `unreachable` for one that did not answer within
+    /// [`MEMBER_STATUS_TIMEOUT_MS`].
+    async fn member_statuses(&self) -> Vec<pb::NodeStatus> {
+        let local = self.ctx.meta().status();
+        let mut members = local.members.clone();
+        if !members.iter().any(|m| m.id == local.node_id) {
+            members.push(kho_raft::MemberStatus { id: local.node_id, addr: self.ctx.node.addr.clone(), voter: false });
+        }
+        let asks = members.into_iter().map(|m| {
+            let ctx = self.ctx.clone();
+            let local = local.clone();
+            async move {
+                if m.id == ctx.node.id {
+                    return node_status(&ctx.node, &local, &m.addr, shard_statuses(&ctx.node));
+                }
+                let ask = async {
+                    let mut c = ctx.admin_client(&m.addr)?;
+                    c.node_status(pb::NodeStatusRequest {}).await.map(|r| r.into_inner())
+                };
+                match tokio::time::timeout(Duration::from_millis(MEMBER_STATUS_TIMEOUT_MS), ask).await {
+                    Ok(Ok(mut s)) => {
+                        s.address = m.addr.clone();
+                        s
+                    }
+                    Ok(Err(e)) => unreachable_status(m.id, &m.addr, e.message()),
+                    Err(_) => unreachable_status(m.id, &m.addr, &format!("no answer within {MEMBER_STATUS_TIMEOUT_MS} ms")),
+                }
+            }
+        });
+        futures::future::join_all(asks).await
     }
 
     /// Waits (at most [`SHARD_READY_WAIT_MS`]) until the first shard of a new tenant has

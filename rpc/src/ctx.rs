@@ -39,6 +39,10 @@ pub const FORWARD_MARGIN_MS: u64 = 1_000;
 pub const FORWARD_LINGER_MS: u64 = 3_000;
 const _: () = assert!(FORWARD_LINGER_MS > crate::channels::PEER_DEAD_AFTER_MS, "a lingering call must outlive a dead connection");
 
+/// Longest wait of a request for its group's replica here to know a leader before it is
+/// proposed or read (a shard just created, an election), milliseconds.
+pub const LEADER_WAIT_MS: u64 = 3_000;
+
 /// Most forwarded calls left open past their client's answer at once, count. Beyond it a
 /// call is cancelled when its wait ends.
 pub const FORWARDS_LINGERING_MAX: usize = 4_096;
@@ -331,6 +335,9 @@ impl Ctx {
     /// [`Ctx::propose`] in group `g`.
     pub async fn propose_in(&self, g: &Group, cmd: Command, origin: &Origin) -> Result<Leader<kho_raft::Response>, Status> {
         let wait = self.wait(origin, Kind::Write, self.proposal_timeout)?;
+        // A replica that knows no leader yet (a shard just created, an election) waits for
+        // one rather than answer UNAVAILABLE at once.
+        g.wait_for_leader(wait.limit.min(Duration::from_millis(LEADER_WAIT_MS))).await;
         match tokio::time::timeout(wait.limit, g.propose(cmd)).await {
             Err(_) if wait.by_deadline => Err(Status::deadline_exceeded(format!(
                 "not committed within {} ms, before the request's deadline; the write may or may not have been applied",
@@ -375,6 +382,7 @@ impl Ctx {
     /// [`Ctx::read_barrier`] in group `g`.
     pub async fn read_barrier_in(&self, g: &Group, origin: &Origin) -> Result<Leader<()>, Status> {
         let wait = self.wait(origin, Kind::Read, self.proposal_timeout)?;
+        g.wait_for_leader(wait.limit.min(Duration::from_millis(LEADER_WAIT_MS))).await;
         match tokio::time::timeout(wait.limit, g.read_barrier()).await {
             Err(_) if wait.by_deadline => Err(Status::deadline_exceeded(format!(
                 "leadership not confirmed within {} ms, before the request's deadline",

@@ -1,5 +1,5 @@
-//! `kho tenant`, `kho table`, `kho cluster`, `kho node`: the Admin service from the command
-//! line.
+//! `kho tenant`, `kho table`, `kho shard`, `kho cluster`, `kho node`: the Admin service from
+//! the command line.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand, ValueEnum};
 use kho_proto::v1::{
     AddNodeRequest, ClusterStatusRequest, ColumnFamily, CompactNodeRequest, CreateTableRequest, CreateTenantRequest, DropTableRequest,
-    ListTablesRequest, ListTenantsRequest, RemoveNodeRequest, TenantEncryption,
+    ListShardsRequest, ListTablesRequest, ListTenantsRequest, RemoveNodeRequest, ShardInfo, TenantEncryption,
 };
 use serde::{Deserialize, Serialize};
 
@@ -129,6 +129,99 @@ pub enum TableOp {
         /// Table name.
         name: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ShardCmd {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(subcommand)]
+    pub op: ShardOp,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShardOp {
+    /// Lists the data shards (of one tenant, or of all) in key order: range, replicas,
+    /// leader, term, epoch and an estimate of their size.
+    List {
+        /// Only this tenant's shards.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// One JSON object `{"shards": [...]}` instead of a table (docs/CLI.md).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// One shard in `kho shard list --json`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShardJson {
+    pub id: u64,
+    pub tenant: String,
+    pub tenant_id: u32,
+    /// The range `[start, end)`, printable (docs/FORMATS.md, "Printable keys").
+    pub start: String,
+    pub end: String,
+    /// Voter nodes.
+    pub replicas: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// 0 when no replica knows a leader.
+    pub leader: u64,
+    pub term: u64,
+    pub epoch: EpochJson,
+    pub approximate_keys: u64,
+    pub approximate_bytes: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EpochJson {
+    pub conf_ver: u64,
+    pub version: u64,
+}
+
+/// The output of `kho shard list --json`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShardListJson {
+    pub shards: Vec<ShardJson>,
+}
+
+impl From<&ShardInfo> for ShardJson {
+    fn from(s: &ShardInfo) -> Self {
+        ShardJson {
+            id: s.id,
+            tenant: s.tenant.clone(),
+            tenant_id: s.tenant_id,
+            start: s.start.clone(),
+            end: s.end.clone(),
+            replicas: s.voters.clone(),
+            learners: s.learners.clone(),
+            leader: s.leader_id,
+            term: s.term,
+            epoch: EpochJson { conf_ver: s.epoch_conf_ver, version: s.epoch_version },
+            approximate_keys: s.approximate_keys,
+            approximate_bytes: s.approximate_bytes,
+        }
+    }
+}
+
+/// `kho shard`.
+pub async fn shard(cmd: ShardCmd) -> anyhow::Result<ExitCode> {
+    let mut admin = client::connect(&cmd.conn.endpoints, Timeouts::default()).await?.admin();
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    match cmd.op {
+        ShardOp::List { tenant, json } => {
+            let r = admin.list_shards(ListShardsRequest { tenant: tenant.unwrap_or_default() }).await?.into_inner();
+            if json {
+                let list = ShardListJson { shards: r.shards.iter().map(ShardJson::from).collect() };
+                serde_json::to_writer(&mut out, &list)?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", display::shard_list(&r.shards))?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Args)]

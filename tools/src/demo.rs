@@ -501,6 +501,7 @@ pub fn usage_text(exe: &str, endpoints: &EndpointList, dir: &Path, first: Option
     cmd(with("table list", &format!("--tenant {TENANT}")));
     cmd(with("keys status", &format!("--tenant {TENANT}")));
     cmd(with("cluster status", ""));
+    cmd(with("shard list", ""));
     s.push('\n');
     s
 }
@@ -528,6 +529,7 @@ mod tests {
         assert!(!s.contains("row scan") && !s.contains("kv scan"), "{s}");
         assert!(s.contains(&format!("/opt/kho keys status {eps} --tenant dan_cu\n")), "{s}");
         assert!(s.contains(&format!("/opt/kho cluster status {eps}\n")), "{s}");
+        assert!(s.contains(&format!("/opt/kho shard list {eps}\n")), "{s}");
         assert!(s.contains(&format!("/opt/kho kv get {eps}")) && s.contains(&format!("/opt/kho table list {eps}")), "{s}");
         assert!(s.contains("first citizen id 001085012345"));
     }

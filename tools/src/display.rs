@@ -86,8 +86,9 @@ pub fn columns(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The `kho cluster status` table: one line per member, the leader marked with `*`, and
-/// the error of every member that did not answer below the table.
+/// The `kho cluster status` table: one line per member with its meta group Raft state (the
+/// meta group's leader marked with `*`) and the data shards it holds and leads, and the
+/// error of every member that did not answer below the table.
 pub fn cluster_status(s: &ClusterStatusResponse) -> String {
     let mut out = String::new();
     match s.leader_id {
@@ -100,8 +101,10 @@ pub fn cluster_status(s: &ClusterStatusResponse) -> String {
     }
     let mut nodes: Vec<_> = s.nodes.iter().collect();
     nodes.sort_by_key(|n| n.node_id);
-    let mut table =
-        vec![["", "NODE", "ADDRESS", "ROLE", "TERM", "LAST LOG", "COMMIT", "APPLIED"].iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    let mut table = vec![["", "NODE", "ADDRESS", "ROLE", "TERM", "LAST LOG", "COMMIT", "APPLIED", "SHARDS", "LEADS"]
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()];
     for n in &nodes {
         let is_leader = (s.leader_id != 0 && n.node_id == s.leader_id) || n.role == "leader";
         let unreachable = n.role == "unreachable";
@@ -115,6 +118,8 @@ pub fn cluster_status(s: &ClusterStatusResponse) -> String {
             num(n.last_log_index),
             num(n.commit_index),
             num(n.applied_index),
+            num(n.shards.len() as u64),
+            num(n.shards.iter().filter(|s| s.role == "leader").count() as u64),
         ]);
     }
     out.push_str(&columns(&table));
@@ -124,6 +129,34 @@ pub fn cluster_status(s: &ClusterStatusResponse) -> String {
         }
     }
     out
+}
+
+/// The `kho shard list` table: one line per shard in key order.
+pub fn shard_list(shards: &[kho_proto::v1::ShardInfo]) -> String {
+    if shards.is_empty() {
+        return "no shards\n".to_string();
+    }
+    let mut table = vec![["ID", "TENANT", "START", "END", "REPLICAS", "LEADER", "TERM", "EPOCH", "KEYS~", "BYTES~"]
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()];
+    for s in shards {
+        let mut replicas: Vec<String> = s.voters.iter().map(|n| n.to_string()).collect();
+        replicas.extend(s.learners.iter().map(|n| format!("{n}(learner)")));
+        table.push(vec![
+            s.id.to_string(),
+            s.tenant.clone(),
+            s.start.clone(),
+            s.end.clone(),
+            replicas.join(","),
+            if s.leader_id == 0 { "-".to_string() } else { s.leader_id.to_string() },
+            s.term.to_string(),
+            format!("{}/{}", s.epoch_conf_ver, s.epoch_version),
+            s.approximate_keys.to_string(),
+            s.approximate_bytes.to_string(),
+        ]);
+    }
+    columns(&table)
 }
 
 /// The `kho keys status` text: per tenant, a line with whether it is encrypted and its
@@ -222,7 +255,7 @@ mod tests {
         assert!(lines[1].starts_with("   NODE  ADDRESS"), "{text}");
         assert!(lines[2].starts_with("*  1     127.0.0.1:7101  leader"), "{text}");
         assert!(lines[3].starts_with("   2 "), "{text}");
-        assert!(lines[3].ends_with("119"), "{text}");
+        assert!(lines[3].contains(" 119 ") && lines[3].ends_with('0'), "{text}");
         assert!(lines[4].contains("unreachable") && lines[4].ends_with('-'), "{text}");
         assert_eq!(lines[5], "node 3: connection refused");
     }

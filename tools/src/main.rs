@@ -66,6 +66,8 @@ enum Command {
     Kv(data_cmd::KvCmd),
     /// Rows of cells: `family:qualifier = value`.
     Row(data_cmd::RowCmd),
+    /// Data shards: their ranges, replicas and leaders.
+    Shard(admin_cmd::ShardCmd),
     /// Membership and Raft status.
     Cluster(admin_cmd::ClusterCmd),
     /// Per-tenant encryption keys: status, rotation, re-encryption, destruction.
@@ -145,6 +147,7 @@ async fn run(command: Command) -> ExitCode {
         }
         Command::Tenant(cmd) => admin_cmd::tenant(cmd).await,
         Command::Table(cmd) => admin_cmd::table(cmd).await,
+        Command::Shard(cmd) => admin_cmd::shard(cmd).await,
         Command::Cluster(cmd) => admin_cmd::cluster(cmd).await,
         Command::Keys(cmd) => keys_cmd::keys(cmd).await,
         Command::Node(cmd) => admin_cmd::node(cmd).await,

@@ -264,6 +264,35 @@ impl Admin for Fake {
         })
     }
 
+    async fn list_shards(&self, r: Request<ListShardsRequest>) -> Result<Response<ListShardsResponse>, Status> {
+        let tenant = r.into_inner().tenant;
+        self.with(|m| {
+            // One shard per tenant, covering its range, on nodes 1-3, led by node 2.
+            let shards = m
+                .tenants
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| tenant.is_empty() || **t == tenant)
+                .map(|(i, t)| ShardInfo {
+                    id: i as u64 + 1,
+                    tenant: t.clone(),
+                    tenant_id: i as u32 + 1,
+                    start: format!("t{}", i + 1),
+                    end: format!("t{}", i + 2),
+                    voters: vec![1, 2, 3],
+                    learners: vec![],
+                    leader_id: 2,
+                    term: 4,
+                    epoch_conf_ver: 1,
+                    epoch_version: 1,
+                    approximate_keys: 10,
+                    approximate_bytes: 2048,
+                })
+                .collect();
+            Ok(Response::new(ListShardsResponse { shards }))
+        })
+    }
+
     async fn list_tables(&self, r: Request<ListTablesRequest>) -> Result<Response<ListTablesResponse>, Status> {
         let tenant = r.into_inner().tenant;
         self.with(|m| {
@@ -527,6 +556,24 @@ async fn client_commands_against_a_fake_cluster() {
          dan_cu  citizen  identity,residence  no\n\
          dan_cu  tmp      a                   no\n"
     );
+    let o = kho(eps, &["shard", "list"]).await;
+    ok(&o);
+    assert_eq!(
+        o.stdout,
+        "ID  TENANT  START  END  REPLICAS  LEADER  TERM  EPOCH  KEYS~  BYTES~\n\
+         1   dan_cu  t1     t2   1,2,3     2       4     1/1    10     2048\n"
+    );
+    let o = kho(eps, &["shard", "list", "--tenant", "dan_cu", "--json"]).await;
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("shard list --json is JSON");
+    let s = &v["shards"][0];
+    assert_eq!(
+        (s["id"].as_u64(), s["tenant"].as_str(), s["start"].as_str(), s["end"].as_str()),
+        (Some(1), Some("dan_cu"), Some("t1"), Some("t2"))
+    );
+    assert_eq!((s["leader"].as_u64(), s["term"].as_u64(), s["epoch"]["version"].as_u64()), (Some(2), Some(4), Some(1)));
+    assert_eq!(s["replicas"], serde_json::json!([1, 2, 3]));
+    assert_eq!((s["approximate_keys"].as_u64(), s["approximate_bytes"].as_u64()), (Some(10), Some(2048)));
     ok(&kho(eps, &["table", "drop", "--tenant", "dan_cu", "tmp"]).await);
     let o = kho(eps, &["table", "drop", "--tenant", "dan_cu", "tmp"]).await;
     assert_eq!((o.code, o.stderr.trim()), (1, "error: NOT_FOUND: table dan_cu/tmp"));

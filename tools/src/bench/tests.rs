@@ -337,6 +337,10 @@ impl kv1::admin_server::Admin for FakeKho {
         Ok(Response::new(kv1::CreateTableResponse { revision: 2 }))
     }
 
+    async fn list_shards(&self, _r: Request<kv1::ListShardsRequest>) -> Result<Response<kv1::ListShardsResponse>, Status> {
+        Err(Status::unimplemented("the bench does not list shards"))
+    }
+
     async fn list_tables(&self, r: Request<kv1::ListTablesRequest>) -> Result<Response<kv1::ListTablesResponse>, Status> {
         let tenant = r.into_inner().tenant;
         let s = lock(&self.state);
