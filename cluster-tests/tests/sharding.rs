@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use kho_cluster_tests::{assert_checksums_equal, create_table, create_tenant, kho_binary, Cluster, ClusterOptions, KvTarget};
+use kho_cluster_tests::{
+    assert_checksums_equal, create_table, create_tenant, kho_binary, retry_call, Cluster, ClusterOptions, KvTarget, RetryPolicy,
+};
 use kho_proto::v1::{DropTableRequest, GetRequest, PutRequest, ScanRequest};
 
 /// Keys written to each tenant, count.
@@ -24,12 +26,15 @@ async fn put_all(cluster: &Cluster, target: &KvTarget, prefix: &str) {
             value: format!("{} {i}", target.tenant).into_bytes(),
             family: target.family.clone(),
         };
-        let resp = cluster
-            .data_client(via)
-            .put(req)
-            .await
-            .unwrap_or_else(|e| cluster.fail(format!("put {}/{prefix}{i} via node {via}: {e}", target.tenant)))
-            .into_inner();
+        // Retried on UNAVAILABLE: a new shard's first elections may move its leader.
+        let client = cluster.data_client(via);
+        let resp = retry_call(&RetryPolicy::STEADY, |_| {
+            let mut c = client.clone();
+            let r = req.clone();
+            async move { c.put(r).await }
+        })
+        .await
+        .unwrap_or_else(|e| cluster.fail(format!("put {}/{prefix}{i} via node {via}: {e}", target.tenant)));
         let header = resp.header.unwrap_or_else(|| cluster.fail("a Put answered without a header"));
         assert!(header.shard_id >= 1 && header.revision >= 1, "write header {header:?}");
     }
@@ -90,18 +95,16 @@ async fn each_tenant_gets_its_own_replicated_shard_and_a_dropped_table_is_cleare
             // Every node reads every tenant's rows back.
             for via in 1..=3 {
                 for t in tenants {
-                    let got = cluster
-                        .data_client(via)
-                        .get(GetRequest {
-                            tenant: t.into(),
-                            table: "kv".into(),
-                            key: b"k/0007".to_vec(),
-                            family: "f".into(),
-                            consistency: 0,
-                        })
-                        .await
-                        .unwrap_or_else(|e| cluster.fail(format!("get {t} via node {via}: {e}")))
-                        .into_inner();
+                    let client = cluster.data_client(via);
+                    let req =
+                        GetRequest { tenant: t.into(), table: "kv".into(), key: b"k/0007".to_vec(), family: "f".into(), consistency: 0 };
+                    let got = retry_call(&RetryPolicy::STEADY, |_| {
+                        let mut c = client.clone();
+                        let r = req.clone();
+                        async move { c.get(r).await }
+                    })
+                    .await
+                    .unwrap_or_else(|e| cluster.fail(format!("get {t} via node {via}: {e}")));
                     assert_eq!(got.value, format!("{t} 7").into_bytes(), "{t} via node {via}");
                 }
             }

@@ -355,7 +355,24 @@ impl RaftNode {
     /// through the peer connection to the leader (at most [`PROPOSE_HOPS_MAX`] tries, as
     /// the leader moves).
     pub async fn propose_anywhere(&self, group: GroupId, cmd: Command) -> Result<Response, ProposeError> {
-        let g = self.group(group).ok_or_else(|| ProposeError::Unavailable(format!("group {group} is not on node {}", self.id)))?;
+        let Some(g) = self.group(group) else {
+            // No replica here: hand it to each replica the shard map names until one leads.
+            let desc = self.meta().state.catalog().shards.get(group).cloned();
+            let targets: Vec<(NodeId, String)> =
+                desc.iter().flat_map(|d| d.voters()).filter_map(|n| self.node_addr(n).map(|a| (n, a))).collect();
+            let mut last = ProposeError::Unavailable(format!("no replica of group {group} is known"));
+            for (n, addr) in targets {
+                let timeout = Duration::from_millis(self.opener.settings.rpc_timeout_ms.max(PROPOSE_TIMEOUT_MS));
+                match self.opener.transport.call(n, addr, group, MessageKind::Propose, Bytes::from(cmd.encode()), timeout).await {
+                    Ok(reply) => match network::decode_reply::<Response>("propose", &reply) {
+                        Ok(r) => return Ok(r),
+                        Err(e) => last = ProposeError::Unavailable(format!("node {n}: {e}")),
+                    },
+                    Err(e) => last = ProposeError::Unavailable(e.to_string()),
+                }
+            }
+            return Err(last);
+        };
         let mut last = None;
         for _ in 0..PROPOSE_HOPS_MAX {
             match g.propose(cmd.clone()).await {

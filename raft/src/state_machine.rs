@@ -107,6 +107,12 @@ impl SmState {
         self.catalog.read().expect("catalog lock poisoned")
     }
 
+    /// Whether this data shard has cleared table `table` after a `DropTable` (its reads and
+    /// writes are refused from then on).
+    pub fn is_dropped(&self, table: kho_engine::keys::TableId) -> bool {
+        self.shard.read().expect("shard state lock poisoned").as_ref().is_some_and(|s| s.dropped_tables.contains(&table))
+    }
+
     /// A data shard's state (None for the meta group).
     pub fn shard(&self) -> Option<ShardState> {
         self.shard.read().expect("shard state lock poisoned").clone()

@@ -225,8 +225,30 @@ impl Admin for AdminService {
         let r = req.into_inner();
         validate::name("tenant", &r.tenant)?;
         validate::name("name", &r.name)?;
+        let table = self.ctx.meta().state.resolve(&r.tenant, &r.name).ok();
         match self.ctx.propose(Command::DropTable { tenant: r.tenant.clone(), name: r.name.clone() }, &origin).await? {
-            Leader::Here(resp) => Ok(Response::new(pb::DropTableResponse { revision: admin_outcome(resp)? })),
+            Leader::Here(resp) => {
+                let revision = admin_outcome(resp)?;
+                // Answered once every shard of the tenant has cleared the table: a read or a
+                // write that reaches a shard after that finds it gone on every node, even one
+                // whose catalog has not applied the drop yet. A shard that cannot be reached
+                // now is cleared later by its leader (`kho_raft::key_jobs`).
+                if let Some(t) = table {
+                    let shards: Vec<u64> = self.ctx.meta().state.catalog().shards.shards_of_tenant(t.tenant_id).map(|d| d.id).collect();
+                    for shard in shards {
+                        let cmd = Command::ClearTable { shard, tenant: t.tenant_id, table: t.id };
+                        let cleared = tokio::time::timeout(self.ctx.proposal_timeout, self.ctx.node.propose_anywhere(shard, cmd)).await;
+                        if !matches!(cleared, Ok(Ok(_))) {
+                            return Err(Status::unavailable(format!(
+                                "table `{}/{}` was dropped from the catalog, but shard {shard} did not confirm clearing its cells in time; \
+                                 it clears them once it has a leader",
+                                r.tenant, r.name
+                            )));
+                        }
+                    }
+                }
+                Ok(Response::new(pb::DropTableResponse { revision }))
+            }
             Leader::There(to) => forward!(self.ctx, admin_client, to, drop_table, r),
         }
     }

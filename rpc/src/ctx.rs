@@ -303,10 +303,13 @@ impl Ctx {
                 self.node.id
             ))
         })?;
-        if let Some(g) = self.node.group(desc.id) {
+        let listed_here = desc.replicas.iter().any(|r| r.node == self.node.id);
+        // A group the map no longer lists here is a replica removed from the shard: it gets
+        // no new entries, so it serves nothing.
+        if let Some(g) = self.node.group(desc.id).filter(|_| listed_here) {
             return Ok(ShardRoute::Local(g));
         }
-        if desc.replicas.iter().any(|r| r.node == self.node.id) {
+        if listed_here {
             // The map names this node, but its registry has not opened the group yet.
             self.node.ensure_shard_groups().await.map_err(|e| Status::unavailable(format!("opening shard {}: {e}; retry", desc.id)))?;
             if let Some(g) = self.node.group(desc.id) {

@@ -142,6 +142,13 @@ impl DataService {
         if key < start.as_slice() || key >= end.as_slice() {
             return Err(Status::unavailable(format!("shard {} no longer holds the key (it split or merged); retry", g.id)));
         }
+        // A table dropped (and cleared from the shard, which DropTable waits for) before the
+        // barrier is gone, even if this node's catalog has not applied the drop yet.
+        if let Some(table) = key.get(4..8).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes"))) {
+            if g.state.is_dropped(table) {
+                return Err(Status::not_found("the table was dropped"));
+            }
+        }
         Ok(Leader::Here(g))
     }
 
