@@ -94,7 +94,27 @@ pub enum Command {
         epoch: u64,
         replacements: Vec<Replacement>,
     },
+    /// Meta group: hands out `count` new shard ids (1 ..= [`SHARD_IDS_ALLOC_MAX`]), never
+    /// used before and never handed out again; the outcome is the first
+    /// ([`Outcome::ShardIds`]), the others follow it.
+    AllocShardIds {
+        count: u64,
+    },
+    /// Data shard: splits the shard at `at` (a boundary strictly inside its range): it keeps
+    /// `[start, at)` and its id, a new shard `new_id` (from [`Command::AllocShardIds`]) gets
+    /// `[at, end)`, on the same replicas; both get `version + 1`. Refused, writing nothing,
+    /// unless routed with the shard's current epoch `version` ([`crate::split_apply`]).
+    Split {
+        shard: u64,
+        epoch: u64,
+        #[serde(with = "serde_bytes")]
+        at: Vec<u8>,
+        new_id: u64,
+    },
 }
+
+/// Most shard ids one [`Command::AllocShardIds`] hands out, count.
+pub const SHARD_IDS_ALLOC_MAX: u64 = 1_024;
 
 /// A resolved write of cells of one table (`tenant`, `table` are ids) in one data shard,
 /// routed with the shard's epoch `version`: every key lies in the table's key range and in
@@ -261,6 +281,16 @@ pub enum Outcome {
         target: u32,
         resumed: bool,
     },
+    /// Shard ids were allocated: `first` and the `count - 1` ids after it.
+    ShardIds {
+        first: u64,
+        count: u64,
+    },
+    /// A data shard split: its descriptor now (`left`, the same id) and its new sibling's.
+    Split {
+        left: crate::shard::ShardDesc,
+        right: crate::shard::ShardDesc,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +319,10 @@ impl std::fmt::Display for Command {
             Command::ClearTable { shard, tenant, table } => write!(f, "clear-table {tenant}/{table} in shard {shard}"),
             Command::Reseal { shard, replacements, .. } => write!(f, "reseal {} values in shard {shard}", replacements.len()),
             Command::DestroyKey { tenant, version } => write!(f, "destroy-key {tenant} version {version}"),
+            Command::AllocShardIds { count } => write!(f, "alloc-shard-ids {count}"),
+            Command::Split { shard, epoch, at, new_id } => {
+                write!(f, "split shard {shard} (version {epoch}) at {} into {new_id}", crate::shard::printable_key(at))
+            }
             Command::Write(w) => write!(
                 f,
                 "write table {}/{}: {} ops{}",

@@ -21,6 +21,7 @@ pub mod read_batch;
 pub mod shard;
 pub mod snapshot;
 pub mod snapshot_store;
+pub mod split_apply;
 pub mod state_machine;
 
 pub use cells::WriteOp;

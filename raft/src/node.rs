@@ -69,6 +69,9 @@ struct GroupOpener {
     settings: RaftSettings,
     transport: Arc<dyn Transport>,
     master: Option<Arc<MasterKey>>,
+    /// Told by a group's apply that a group's state was created or a range changed
+    /// ([`crate::state_machine::SmState`]); the registry waits on it.
+    local_groups_changed: Arc<tokio::sync::Notify>,
 }
 
 impl GroupOpener {
@@ -85,6 +88,7 @@ impl GroupOpener {
             &self.settings,
             self.transport.clone(),
             self.master.clone(),
+            self.local_groups_changed.clone(),
         )
         .await
     }
@@ -215,6 +219,7 @@ impl RaftNode {
             settings: settings.clone(),
             transport,
             master,
+            local_groups_changed: Arc::new(tokio::sync::Notify::new()),
         };
         let node = Arc::new(RaftNode {
             id,
@@ -554,6 +559,7 @@ impl Group {
         s: &RaftSettings,
         transport: Arc<dyn Transport>,
         master: Option<Arc<MasterKey>>,
+        local_groups_changed: Arc<tokio::sync::Notify>,
     ) -> Result<Group, RaftNodeError> {
         // The state machine readies `snapshot_dir` (leftovers of interrupted transfers and
         // of the previous build's snapshot files are removed there).
@@ -573,8 +579,16 @@ impl Group {
         };
         let config = Arc::new(config.validate().map_err(|e| RaftNodeError::Raft(e.to_string()))?);
         let log = LogStore::open(id, engine.clone(), shared_log, syncer, master.as_ref().map(|m| m.log_cipher()))?;
-        let sm =
-            StateMachine::open(id, kind, engine, log.group_log(), snapshot_dir.to_path_buf(), s.snapshot_chunk_bytes as usize, master)?;
+        let sm = StateMachine::open(
+            id,
+            kind,
+            engine,
+            log.group_log(),
+            snapshot_dir.to_path_buf(),
+            s.snapshot_chunk_bytes as usize,
+            master,
+            local_groups_changed,
+        )?;
         let state = sm.state();
         // The purge rule: the log is never purged past the state machine's flushed applied index.
         let log = log.with_purge_bound(state.flushed_applied());

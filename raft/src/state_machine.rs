@@ -77,6 +77,10 @@ pub struct SmState {
     /// batch to its last, so no reader ever sees a half-installed group
     /// ([`SmState::read_gate`]).
     install_gate: Arc<tokio::sync::RwLock<()>>,
+    /// The node's group registry: told when this group's apply created another group's
+    /// state (a split) or changed its own range (a snapshot install), so that it opens
+    /// groups and indexes ranges again. Shared by every group of the node.
+    pub(crate) local_groups_changed: Arc<tokio::sync::Notify>,
 }
 
 impl SmState {
@@ -205,7 +209,9 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Opens the state machine of `group`, finishing a snapshot install that a crash
-    /// interrupted.
+    /// interrupted. `local_groups_changed` is the node's registry's notification
+    /// ([`SmState`]; a fresh one where no registry listens).
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         group: GroupId,
         kind: GroupKind,
@@ -214,6 +220,7 @@ impl StateMachine {
         snapshot_dir: PathBuf,
         snapshot_chunk_bytes: usize,
         master: Option<Arc<MasterKey>>,
+        local_groups_changed: Arc<tokio::sync::Notify>,
     ) -> io::Result<Self> {
         let installing = engine.get(Cf::RaftMeta, &meta_key::key(group, meta_key::INSTALLING_SNAPSHOT)).map_err(io_err)?.is_some();
         snapshot_store::prepare_dir(&snapshot_dir, installing)?;
@@ -249,6 +256,7 @@ impl StateMachine {
             master,
             log_cipher,
             install_gate: Arc::new(tokio::sync::RwLock::new(())),
+            local_groups_changed,
         });
         let sm = StateMachine { state, log, snapshot_dir, snapshot_chunk_bytes };
         // Nothing reads yet: the node serves no request before its groups are open.
@@ -275,8 +283,18 @@ impl StateMachine {
         self.state.clone()
     }
 
-    /// Applies committed entries, in order (on a blocking thread: see `apply`).
-    fn apply_entries(&self, entries: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
+    /// Applies `entries` as committed entries with no client waiting, in order, and returns
+    /// their responses: for tests of the apply (openraft's responders cannot be made outside
+    /// it). Blocking.
+    pub fn apply_and_collect(&self, entries: Vec<crate::Entry>) -> io::Result<Vec<Response>> {
+        let mut responses = Vec::with_capacity(entries.len());
+        self.apply_entries(entries.into_iter().map(|e| (e, None)).collect(), Some(&mut responses))?;
+        Ok(responses)
+    }
+
+    /// Applies committed entries, in order (on a blocking thread: see `apply`); with
+    /// `collected`, also returns every entry's response there.
+    fn apply_entries(&self, entries: Vec<EntryResponder<TypeConfig>>, mut collected: Option<&mut Vec<Response>>) -> io::Result<()> {
         let group = self.state.group;
         // Consecutive blind writes (they read nothing, so they need not see each other) and
         // blank or membership entries share one RocksDB batch; their clients are answered
@@ -343,6 +361,9 @@ impl StateMachine {
                 }
             };
             pending.last = Some(entry.log_id);
+            if let Some(c) = collected.as_deref_mut() {
+                c.push(Response { revision: index, outcome: outcome.clone() });
+            }
             if let Some(r) = responder {
                 pending.replies.push((r, Response { revision: index, outcome }));
             }
@@ -395,7 +416,7 @@ impl StateMachine {
     /// Applies one command into `batch`; returns the outcome and a catalog change to make
     /// visible once the batch is written.
     fn execute(&self, cmd: Command, revision: u64, batch: &mut kho_engine::WriteBatch) -> io::Result<(Outcome, Option<CatalogChange>)> {
-        let data_command = matches!(cmd, Command::Write(_) | Command::ClearTable { .. } | Command::Reseal { .. });
+        let data_command = matches!(cmd, Command::Write(_) | Command::ClearTable { .. } | Command::Reseal { .. } | Command::Split { .. });
         match (self.state.kind, data_command) {
             (GroupKind::Data, true) => return self.execute_data(cmd, batch),
             (GroupKind::Meta, false) => {}
@@ -417,7 +438,7 @@ impl StateMachine {
                     return Ok((Outcome::Rejected(AppError::already_exists(format!("tenant `{name}` already exists"))), None));
                 }
                 let id = next_id(engine, batch, catalog::NEXT_TENANT_ID)?;
-                let shard_id = next_id64(engine, batch, catalog::NEXT_SHARD_ID)?;
+                let shard_id = next_ids64(engine, batch, catalog::NEXT_SHARD_ID, 1)?;
                 let Some((start, end)) = crate::shard::tenant_range(id) else {
                     return Err(io_err("tenant id space exhausted"));
                 };
@@ -529,6 +550,19 @@ impl StateMachine {
                     Err(e) => Ok((Outcome::Rejected(AppError::invalid(e.to_string())), None)),
                 }
             }
+            Command::AllocShardIds { count } => {
+                if count == 0 || count > crate::command::SHARD_IDS_ALLOC_MAX {
+                    return Ok((
+                        Outcome::Rejected(AppError::invalid(format!(
+                            "count: {count} shard ids asked for; 1 to {} at a time",
+                            crate::command::SHARD_IDS_ALLOC_MAX
+                        ))),
+                        None,
+                    ));
+                }
+                let first = next_ids64(engine, batch, catalog::NEXT_SHARD_ID, count)?;
+                Ok((Outcome::ShardIds { first, count }, None))
+            }
             Command::DestroyKey { tenant, version } => {
                 let Some(&tenant_id) = cat.tenants.get(&tenant) else {
                     return Ok((Outcome::Rejected(AppError::not_found(format!("tenant `{tenant}` does not exist"))), None));
@@ -591,7 +625,9 @@ impl StateMachine {
                 batch.put_value(&catalog::dropped_table_key(meta.tenant_id, meta.id), b"");
                 Ok((Outcome::Done, Some(CatalogChange::DropTable(tenant, name, meta.tenant_id, meta.id))))
             }
-            Command::Write(_) | Command::ClearTable { .. } | Command::Reseal { .. } => unreachable!("dispatched to execute_data"),
+            Command::Write(_) | Command::ClearTable { .. } | Command::Reseal { .. } | Command::Split { .. } => {
+                unreachable!("dispatched to execute_data")
+            }
         }
     }
 
@@ -673,6 +709,16 @@ impl StateMachine {
                 }
                 Ok((Outcome::Done, None))
             }
+            Command::Split { shard, epoch, at, new_id } => {
+                let membership = read_applied_state(engine, group)?.1;
+                match crate::split_apply::execute_split(engine, group, st, &membership, shard, epoch, at, new_id, batch)? {
+                    Ok(s) => Ok((
+                        Outcome::Split { left: s.left.desc.clone(), right: s.right.clone() },
+                        Some(CatalogChange::Split(s.left, s.left_range)),
+                    )),
+                    Err(e) => Ok((Outcome::Rejected(e), None)),
+                }
+            }
             other => Ok((Outcome::Rejected(AppError::wrong_shard(format!("`{other}` reached data shard {group}"))), None)),
         }
     }
@@ -728,6 +774,20 @@ impl StateMachine {
                 drop(cat);
                 *self.state.shard.write().expect("shard state lock poisoned") = Some(st);
                 self.state.changed();
+                return;
+            }
+            CatalogChange::Split(left, range) => {
+                drop(cat);
+                {
+                    // Readers take their view under the gate: none sees the state and the
+                    // range of two different epochs.
+                    let _readers_excluded = self.state.install_gate.blocking_write();
+                    *self.state.shard.write().expect("shard state lock poisoned") = Some(left);
+                    *self.state.range.write().expect("range lock poisoned") = range;
+                }
+                self.state.changed();
+                // The node's registry opens the new sibling ([`crate::node::RaftNode::ensure_shard_groups`]).
+                self.state.local_groups_changed.notify_one();
                 return;
             }
             CatalogChange::Keys(id, keys) => {
@@ -852,6 +912,8 @@ enum CatalogChange {
     DropTable(String, String, TenantId, kho_engine::keys::TableId),
     Shard(ShardDesc),
     ShardState(ShardState),
+    /// A split: the parent's new state and range; the child's state is stored only.
+    Split(ShardState, KeyRange),
 }
 
 /// The key range of every value of a tenant: `[tenant u32 BE, tenant + 1 u32 BE)`.
@@ -882,14 +944,16 @@ fn check_table(name: &str, families: &[String]) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Reads and bumps a 64-bit catalog id counter (ids start at 1).
-fn next_id64(engine: &Engine, batch: &mut kho_engine::WriteBatch, name: &[u8]) -> io::Result<u64> {
+/// Reads a 64-bit catalog id counter and moves it `count` ids on (ids start at 1); returns
+/// the first of the `count` ids handed out.
+fn next_ids64(engine: &Engine, batch: &mut kho_engine::WriteBatch, name: &[u8], count: u64) -> io::Result<u64> {
+    assert!(count >= 1, "at least one id is handed out");
     let key = catalog::counter_key(name);
     let id = match engine.get_value(&key).map_err(io_err)? {
         None => 1,
         Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| io_err("catalog counter is not 8 bytes"))?),
     };
-    let next = id.checked_add(1).ok_or_else(|| io_err("catalog id space exhausted"))?;
+    let next = id.checked_add(count).ok_or_else(|| io_err("catalog id space exhausted"))?;
     batch.put_value(&key, &next.to_be_bytes());
     Ok(id)
 }
@@ -971,7 +1035,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         }
         let sm = self.handle();
-        tokio::task::spawn_blocking(move || sm.apply_entries(batch)).await.map_err(io_err)?
+        tokio::task::spawn_blocking(move || sm.apply_entries(batch, None)).await.map_err(io_err)?
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -999,6 +1063,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             let reloaded = sm.reload_catalog();
             drop(exclusive);
+            // The range may have changed: the registry indexes it again.
+            sm.state.local_groups_changed.notify_one();
             reloaded
         })
         .await

@@ -32,8 +32,17 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
             Some(n) => LogStore::open_with_cache_limits(1, engine.clone(), shared, syncer, cipher, n, usize::MAX),
         }
         .map_err(|e| err(&e))?;
-        let sm = StateMachine::open(1, kho_raft::GroupKind::Meta, engine, log.group_log(), dir.path().join("snapshots"), 64 << 10, master)
-            .map_err(|e| err(&e))?;
+        let sm = StateMachine::open(
+            1,
+            kho_raft::GroupKind::Meta,
+            engine,
+            log.group_log(),
+            dir.path().join("snapshots"),
+            64 << 10,
+            master,
+            Default::default(),
+        )
+        .map_err(|e| err(&e))?;
         Ok((dir, log, sm))
     }
 }
@@ -336,6 +345,7 @@ mod snapshots {
                 self.snapshot_dir(group),
                 CHUNK,
                 self.master.clone(),
+                Default::default(),
             )
             .expect("state machine");
             let log = log.with_purge_bound(sm.state().flushed_applied());

@@ -474,6 +474,7 @@ pub fn written(r: kho_raft::Response, shard: u64) -> Result<Written, Status> {
         Outcome::Written { existed, cas } => Ok(Written { revision: r.revision, shard, existed, cas }),
         Outcome::Done | Outcome::Job { .. } => Ok(Written { revision: r.revision, shard, existed: false, cas: None }),
         Outcome::Rejected(e) => Err(status::app_error(e)),
+        other => Err(status::internal(format!("a write was answered with {other:?}"))),
     }
 }
 

@@ -1,0 +1,368 @@
+//! Shard splits at the storage level (docs/SHARDING.md, "Split and merge"): the meta
+//! group's id allocation and a data shard's `Split` entry, applied by the real state
+//! machine over RocksDB: what one apply batch writes, what it refuses, and what a crash at
+//! any instant leaves.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use kho_engine::keys::{data_key, row_prefix};
+use kho_engine::{Cf, Engine, EngineOptions};
+use kho_raft::catalog;
+use kho_raft::command::{Outcome, SHARD_IDS_ALLOC_MAX};
+use kho_raft::log_store::{meta_key, open_shared_log, LogStore, LogSyncer};
+use kho_raft::shard::{tenant_range, Epoch, Replica, ShardDesc, ShardState};
+use kho_raft::split_apply::child_initial_log_id;
+use kho_raft::state_machine::StateMachine;
+use kho_raft::{codec, AppErrorKind, CellOp, CellWrite, Command, Entry, GroupKind, KeyRange, Membership, META_GROUP};
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::testing::log_id;
+use openraft::type_config::TypeConfigExt;
+use openraft::EntryPayload;
+use tempfile::TempDir;
+
+const CHUNK: usize = 4 << 10;
+
+/// One node's storage: an engine and its shared log.
+struct Node {
+    dir: TempDir,
+    engine: Engine,
+    shared: std::sync::Arc<kho_engine::shared_log::SharedLog>,
+}
+
+impl Node {
+    fn new() -> Node {
+        let dir = TempDir::new().expect("temp dir");
+        Node::at(dir)
+    }
+
+    fn at(dir: TempDir) -> Node {
+        let engine = Engine::open(&dir.path().join("db"), &EngineOptions::default()).expect("engine");
+        let shared = open_shared_log(&engine, &dir.path().join("log")).expect("shared log");
+        Node { dir, engine, shared }
+    }
+
+    /// Opens `group`'s log store and state machine.
+    fn open(&self, group: u64, kind: GroupKind) -> (LogStore, StateMachine) {
+        let log = LogStore::open(group, self.engine.clone(), self.shared.clone(), LogSyncer::start(), None).expect("log");
+        let sm = StateMachine::open(
+            group,
+            kind,
+            self.engine.clone(),
+            log.group_log(),
+            self.dir.path().join("snapshots").join(group.to_string()),
+            CHUNK,
+            None,
+            Default::default(),
+        )
+        .expect("state machine");
+        (log, sm)
+    }
+}
+
+fn normal(index: u64, cmd: Command) -> Entry {
+    Entry { log_id: log_id::<kho_raft::TypeConfig>(2, 1, index), payload: EntryPayload::Normal(cmd) }
+}
+
+/// `AllocShardIds` hands out consecutive ids from the counter `CreateTenant` uses too, never
+/// the same twice; a count of 0 or above the limit is refused and moves nothing.
+#[test]
+fn shard_ids_are_allocated_from_the_catalog_counter() {
+    let node = Node::new();
+    let (_log, sm) = node.open(META_GROUP, GroupKind::Meta);
+    let out = sm
+        .apply_and_collect(vec![
+            normal(1, Command::AllocShardIds { count: 1 }),
+            normal(2, Command::AllocShardIds { count: 3 }),
+            normal(3, Command::AllocShardIds { count: 0 }),
+            normal(4, Command::AllocShardIds { count: SHARD_IDS_ALLOC_MAX + 1 }),
+            normal(5, Command::AllocShardIds { count: 1 }),
+        ])
+        .expect("apply");
+    let outcomes: Vec<_> = out.iter().map(|r| r.outcome.clone()).collect();
+    assert_eq!(outcomes[0], Outcome::ShardIds { first: 1, count: 1 });
+    assert_eq!(outcomes[1], Outcome::ShardIds { first: 2, count: 3 });
+    for refused in &outcomes[2..4] {
+        assert!(matches!(refused, Outcome::Rejected(e) if e.kind == AppErrorKind::InvalidArgument), "{refused:?}");
+    }
+    assert_eq!(outcomes[4], Outcome::ShardIds { first: 5, count: 1 });
+    let counter = node.engine.get_value(&catalog::counter_key(catalog::NEXT_SHARD_ID)).expect("get").expect("a counter");
+    assert_eq!(counter, 6u64.to_be_bytes().to_vec());
+}
+
+/// The parent shard of the split tests: shard 1 of tenant 5.
+const PARENT: u64 = 1;
+/// The id the meta group handed out for the right side.
+const CHILD: u64 = 9;
+const TENANT: u32 = 5;
+const TABLE: u32 = 1;
+
+impl Node {
+    /// Gives `PARENT` the state a node writes when it creates the replica of a tenant's
+    /// first shard: tenant 5's whole range on nodes 1, 2 and 3, epoch (1, 1).
+    fn create_parent(&self) {
+        let (start, end) = tenant_range(TENANT).expect("a tenant range");
+        let desc = ShardDesc {
+            id: PARENT,
+            tenant: TENANT,
+            start: start.clone(),
+            end: end.clone(),
+            replicas: vec![Replica::voter(1), Replica::voter(2), Replica::voter(3)],
+            epoch: Epoch::INITIAL,
+        };
+        let mut batch = self.engine.batch();
+        batch.put(Cf::RaftMeta, &meta_key::key(PARENT, meta_key::SHARD_STATE), &ShardState::new(desc).encode());
+        batch.put(Cf::RaftMeta, &meta_key::key(PARENT, meta_key::RANGE), &codec::encode_key_range(&KeyRange::new(start, Some(end))));
+        self.engine.write(batch, true).expect("write the shard state");
+    }
+
+    /// `group`'s records in `raft_meta` that a split writes, by tag.
+    fn meta(&self, group: u64) -> Vec<(u8, Option<Vec<u8>>)> {
+        [meta_key::SHARD_STATE, meta_key::RANGE, meta_key::APPLIED, meta_key::MEMBERSHIP, meta_key::LAST_PURGED]
+            .into_iter()
+            .map(|tag| (tag, self.engine.get(Cf::RaftMeta, &meta_key::key(group, tag)).expect("get")))
+            .collect()
+    }
+
+    /// Every raw (key, value) of the data column family.
+    fn data(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.engine.scan(Cf::Data, &[], None, usize::MAX).expect("scan")
+    }
+
+    /// What a crash at this instant leaves: a copy of the files as they are now (RocksDB's
+    /// WAL and SST files, the shared log), reopened. Writes applied without the WAL and not
+    /// flushed are not in it.
+    fn crash_copy(&self) -> Node {
+        let to = TempDir::new().expect("temp dir");
+        copy_dir(self.dir.path(), to.path());
+        Node::at(to)
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).expect("copy");
+        }
+    }
+}
+
+fn membership_entry(index: u64) -> Entry {
+    let voters: BTreeSet<u64> = [1, 2, 3].into();
+    Entry {
+        log_id: log_id::<kho_raft::TypeConfig>(2, 1, index),
+        payload: EntryPayload::Membership(Membership::new_with_defaults(vec![voters], [])),
+    }
+}
+
+/// A write of row `row` to the parent, routed at epoch `version`.
+fn put(index: u64, shard: u64, version: u64, row: &str) -> Entry {
+    let key = data_key(TENANT, TABLE, row.as_bytes(), 1, b"");
+    let stored = kho_engine::value::encode_value(&key, format!("Tran Thi Binh {row}").as_bytes());
+    normal(
+        index,
+        Command::Write(CellWrite {
+            shard,
+            epoch: version,
+            tenant: TENANT,
+            table: TABLE,
+            ops: vec![CellOp::Put { key, stored }],
+            condition: None,
+        }),
+    )
+}
+
+/// The point between the rows "m" and below, and the rows from "m" on.
+fn split_point() -> Vec<u8> {
+    row_prefix(TENANT, TABLE, b"m")
+}
+
+fn split(index: u64, version: u64, at: Vec<u8>) -> Entry {
+    normal(index, Command::Split { shard: PARENT, epoch: version, at, new_id: CHILD })
+}
+
+/// The parent's log up to and with the split: its membership, 20 rows, the split at
+/// index 22.
+fn parent_log() -> Vec<Entry> {
+    let mut entries = vec![membership_entry(1)];
+    entries.extend((0..20).map(|i| put(2 + i, PARENT, 1, &format!("{}{i:02}", if i % 2 == 0 { "a" } else { "x" }))));
+    entries.push(split(22, 1, split_point()));
+    entries
+}
+
+/// One split entry, applied: the parent keeps its id and `[start, at)`, the child gets
+/// `[at, end)`, both at version 2 with the parent's replicas and `conf_ver`, in the batch
+/// of the entry; the child's Raft state is the snapshot point at index 0 (applied and
+/// purged log id 0, the parent's membership at it) and its group opens initialized with
+/// nothing to apply; no data moved; the in-memory range and state are the new ones.
+#[test]
+fn a_split_writes_both_sides_and_the_childs_initial_state_in_one_batch() {
+    let node = Node::new();
+    node.create_parent();
+    let (_log, sm) = node.open(PARENT, GroupKind::Data);
+    let data_before = {
+        sm.apply_and_collect(parent_log()[..21].to_vec()).expect("apply");
+        node.data()
+    };
+    assert_eq!(data_before.len(), 20);
+    let out = sm.apply_and_collect(vec![split(22, 1, split_point())]).expect("apply the split");
+    let (start, end) = tenant_range(TENANT).expect("range");
+    let Outcome::Split { left, right } = &out[0].outcome else { panic!("not split: {:?}", out[0]) };
+    let epoch = Epoch { conf_ver: 1, version: 2 };
+    assert_eq!((left.id, &left.start, &left.end, left.epoch), (PARENT, &start, &split_point(), epoch));
+    assert_eq!((right.id, &right.start, &right.end, right.epoch), (CHILD, &split_point(), &end, epoch));
+    assert_eq!(left.replicas, right.replicas);
+    assert_eq!(node.data(), data_before, "a split moves no data");
+
+    // In memory: the parent's state and range are the left side's.
+    assert_eq!(sm.state().shard().expect("a shard").desc, *left);
+    assert_eq!(sm.state().range(), KeyRange::new(start.clone(), Some(split_point())));
+
+    // Stored: both sides' states and ranges, the child's initial Raft state.
+    let stored_state =
+        |g| ShardState::decode(&node.engine.get(Cf::RaftMeta, &meta_key::key(g, meta_key::SHARD_STATE)).unwrap().unwrap()).unwrap();
+    assert_eq!(stored_state(PARENT).desc, *left);
+    assert_eq!(stored_state(CHILD).desc, *right);
+    let stored_range =
+        |g| codec::decode_key_range(&node.engine.get(Cf::RaftMeta, &meta_key::key(g, meta_key::RANGE)).unwrap().unwrap()).unwrap();
+    assert_eq!(stored_range(PARENT), KeyRange::new(start, Some(split_point())));
+    assert_eq!(stored_range(CHILD), KeyRange::new(split_point(), Some(end)));
+
+    TypeConfig::run(async {
+        let (mut child_log, mut child) = node.open(CHILD, GroupKind::Data);
+        let (applied, membership) = child.applied_state().await.expect("applied state");
+        assert_eq!(applied, Some(child_initial_log_id()));
+        assert_eq!(membership.log_id(), &Some(child_initial_log_id()));
+        assert_eq!(membership.membership().voter_ids().collect::<Vec<_>>(), vec![1, 2, 3]);
+        let st = child_log.get_log_state().await.expect("log state");
+        assert_eq!(st.last_purged_log_id, Some(child_initial_log_id()));
+        assert_eq!(st.last_log_id, Some(child_initial_log_id()), "the log is empty: its last log id is the purged one");
+        assert_eq!(child.state().range(), KeyRange::new(split_point(), Some(tenant_range(TENANT).unwrap().1)));
+        // The child's first entries follow index 0: a write to its half, at its epoch.
+        let out = child.apply_and_collect(vec![put(1, CHILD, 2, "zz")]).expect("child apply");
+        assert!(matches!(out[0].outcome, Outcome::Written { .. }), "{:?}", out[0]);
+    });
+}
+
+use kho_raft::TypeConfig;
+
+/// A split is refused, writing nothing but the applied index, when it is stale (another
+/// shard id or an older version) or its point is not a boundary strictly inside the range;
+/// after a split, a write routed with the old epoch, or with the new one to a key the
+/// parent gave away, is refused as misrouted.
+#[test]
+fn a_stale_split_or_one_at_a_bad_point_is_refused_and_writes_nothing() {
+    let node = Node::new();
+    node.create_parent();
+    let (_log, sm) = node.open(PARENT, GroupKind::Data);
+    sm.apply_and_collect(parent_log()[..21].to_vec()).expect("apply");
+    let (start, end) = tenant_range(TENANT).unwrap();
+    let before = (node.meta(PARENT), node.meta(CHILD), node.data());
+    let kind = |o: &Outcome| match o {
+        Outcome::Rejected(e) => e.kind,
+        other => panic!("not refused: {other:?}"),
+    };
+    let refused = [
+        (normal(22, Command::Split { shard: 2, epoch: 1, at: split_point(), new_id: CHILD }), AppErrorKind::WrongShard),
+        (split(23, 2, split_point()), AppErrorKind::WrongShard),
+        (split(24, 1, start.clone()), AppErrorKind::InvalidArgument),
+        (split(25, 1, end.clone()), AppErrorKind::InvalidArgument),
+        (split(26, 1, data_key(TENANT, TABLE, b"m", 1, b"")), AppErrorKind::InvalidArgument),
+        (split(27, 1, tenant_range(TENANT + 1).unwrap().1), AppErrorKind::InvalidArgument),
+        (normal(28, Command::Split { shard: PARENT, epoch: 1, at: split_point(), new_id: PARENT }), AppErrorKind::InvalidArgument),
+        (normal(29, Command::Split { shard: PARENT, epoch: 1, at: split_point(), new_id: 0 }), AppErrorKind::InvalidArgument),
+    ];
+    for (entry, want) in refused {
+        let what = format!("{:?}", entry.payload);
+        let out = sm.apply_and_collect(vec![entry]).expect("apply");
+        assert_eq!(kind(&out[0].outcome), want, "{what}");
+    }
+    let after_meta = node.meta(PARENT);
+    assert_eq!(
+        after_meta.iter().filter(|(t, _)| *t != meta_key::APPLIED).collect::<Vec<_>>(),
+        before.0.iter().filter(|(t, _)| *t != meta_key::APPLIED).collect::<Vec<_>>()
+    );
+    assert_eq!(node.meta(CHILD), before.1, "nothing of the child was written");
+    assert_eq!(node.data(), before.2);
+    assert_eq!(sm.state().range(), KeyRange::new(start, Some(end)));
+
+    let out = sm
+        .apply_and_collect(vec![split(30, 1, split_point()), put(31, PARENT, 1, "b"), put(32, PARENT, 2, "q"), put(33, PARENT, 2, "b")])
+        .expect("apply");
+    assert!(matches!(out[0].outcome, Outcome::Split { .. }), "{:?}", out[0]);
+    assert_eq!(kind(&out[1].outcome), AppErrorKind::WrongShard, "the old epoch");
+    assert_eq!(kind(&out[2].outcome), AppErrorKind::WrongShard, "a key of the right side");
+    assert!(matches!(out[3].outcome, Outcome::Written { .. }), "the left side at the new epoch: {:?}", out[3]);
+}
+
+/// A crash at any instant leaves every replica able to agree: (1) before the split's batch
+/// is durable, the restart has the state before the split and applies the split again,
+/// to the same state; (2) once the child's group has opened (which flushes), the restart
+/// has the split and the child. In both cases parent, child and data equal those of a
+/// node that never crashed. A replica that already holds the child's state when it
+/// applies the split (it got it from a snapshot of the child) leaves that state alone.
+#[test]
+fn a_crash_at_any_instant_of_a_split_leaves_the_same_state_after_restart() {
+    // The node that does not crash.
+    let reference = Node::new();
+    reference.create_parent();
+    let (_l, sm) = reference.open(PARENT, GroupKind::Data);
+    sm.apply_and_collect(parent_log()).expect("apply");
+    let want = (reference.meta(PARENT), reference.meta(CHILD), reference.data());
+    drop(sm);
+
+    // (1) The split applied (in memory, without the WAL) but not flushed: the crash loses
+    // it with every apply since the open's flush.
+    let node = Node::new();
+    node.create_parent();
+    let (_l, sm) = node.open(PARENT, GroupKind::Data);
+    sm.apply_and_collect(parent_log()).expect("apply");
+    let crashed = node.crash_copy();
+    assert!(crashed.meta(CHILD).iter().all(|(_, v)| v.is_none()), "the unflushed split survived the crash");
+    let (_l2, sm2) = crashed.open(PARENT, GroupKind::Data);
+    let applied = |n: &Node| {
+        n.engine
+            .get(Cf::RaftMeta, &meta_key::key(PARENT, meta_key::APPLIED))
+            .unwrap()
+            .and_then(|b| codec::decode_opt_log_id(&b).unwrap())
+            .map(|l| l.index)
+    };
+    let from = applied(&crashed).map_or(0, |i| i as usize); // openraft re-applies the log after it
+    sm2.apply_and_collect(parent_log()[from..].to_vec()).expect("re-apply");
+    assert_eq!((crashed.meta(PARENT), crashed.meta(CHILD), crashed.data()), want, "after a crash before the flush");
+    drop(sm2);
+
+    // (2) The child's group opened: its open flushed the split's batch, so a crash then
+    // keeps the split, and the child's state is complete.
+    let (_lc, child) = node.open(CHILD, GroupKind::Data);
+    drop(child);
+    let crashed = node.crash_copy();
+    assert_eq!(applied(&crashed), Some(22));
+    assert_eq!((crashed.meta(PARENT), crashed.meta(CHILD), crashed.data()), want, "after a crash once the child opened");
+
+    // A replica that holds the child's state already (a snapshot of the child installed
+    // before its parent applied the split) keeps it: the child has moved on.
+    let late = Node::new();
+    late.create_parent();
+    let moved_on = ShardState::new(ShardDesc {
+        id: CHILD,
+        start: split_point(),
+        end: tenant_range(TENANT).unwrap().1,
+        tenant: TENANT,
+        replicas: vec![Replica::voter(1), Replica::voter(2), Replica::voter(3)],
+        epoch: Epoch { conf_ver: 1, version: 5 },
+    });
+    let mut batch = late.engine.batch();
+    batch.put(Cf::RaftMeta, &meta_key::key(CHILD, meta_key::SHARD_STATE), &moved_on.encode());
+    batch.put(Cf::RaftMeta, &meta_key::key(CHILD, meta_key::APPLIED), &codec::encode_opt_log_id(Some(&log_id::<TypeConfig>(4, 2, 70))));
+    late.engine.write(batch, true).unwrap();
+    let child_before = late.meta(CHILD);
+    let (_l3, sm3) = late.open(PARENT, GroupKind::Data);
+    sm3.apply_and_collect(parent_log()).expect("apply");
+    assert_eq!(late.meta(PARENT), want.0);
+    assert_eq!(late.meta(CHILD), child_before, "the child's newer state was overwritten");
+}
