@@ -111,6 +111,12 @@ pub enum Command {
         at: Vec<u8>,
         new_id: u64,
     },
+    /// Meta group: records splits of shard `pieces[0].id` in the shard map, as a replica
+    /// of it reports them: the descriptors that now tile the map's range of that shard
+    /// ([`crate::shard::ShardMap::record_split`]). An older or repeated report is ignored.
+    RecordSplit {
+        pieces: Vec<crate::shard::ShardDesc>,
+    },
 }
 
 /// Most shard ids one [`Command::AllocShardIds`] hands out, count.
@@ -320,6 +326,13 @@ impl std::fmt::Display for Command {
             Command::Reseal { shard, replacements, .. } => write!(f, "reseal {} values in shard {shard}", replacements.len()),
             Command::DestroyKey { tenant, version } => write!(f, "destroy-key {tenant} version {version}"),
             Command::AllocShardIds { count } => write!(f, "alloc-shard-ids {count}"),
+            Command::RecordSplit { pieces } => {
+                write!(f, "record-split of shard {} into", pieces.first().map_or(0, |p| p.id))?;
+                for p in pieces {
+                    write!(f, " {}", p.id)?;
+                }
+                Ok(())
+            }
             Command::Split { shard, epoch, at, new_id } => {
                 write!(f, "split shard {shard} (version {epoch}) at {} into {new_id}", crate::shard::printable_key(at))
             }

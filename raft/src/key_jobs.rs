@@ -81,16 +81,24 @@ async fn clear_dropped_tables(node: &RaftNode) -> bool {
     proposed
 }
 
-/// Reports to the meta group the descriptor of every data shard this node leads whose
-/// replicas changed since the shard map recorded it (a report after a replica change that
-/// was lost, or not yet made).
+/// Reports to the meta group the descriptor of every data shard this node leads that the
+/// shard map has older: split since (the map's `version` is lower: the descriptors that
+/// now tile the map's range, [`crate::shard_split::split_report`]), or with other replicas
+/// (its `conf_ver` is lower). A report after a split or replica change that was lost, or
+/// not yet made.
 async fn report_shards(node: &RaftNode) {
     for id in node.group_ids() {
         let Some(g) = node.group(id).filter(|g| g.state.kind == crate::GroupKind::Data && g.is_leader()) else { continue };
         let Some(st) = g.state.shard() else { continue };
-        let recorded = node.meta().state.catalog().shards.get(id).map(|d| d.epoch.conf_ver);
-        if recorded.is_some_and(|c| c < st.desc.epoch.conf_ver) {
-            let cmd = Command::UpdateShard { desc: st.desc };
+        let recorded = node.meta().state.catalog().shards.get(id).map(|d| d.epoch);
+        let report = match recorded {
+            Some(e) if e.version < st.desc.epoch.version => crate::shard_split::split_report(node, &g),
+            Some(e) if e.version == st.desc.epoch.version && e.conf_ver < st.desc.epoch.conf_ver => {
+                Some(Command::UpdateShard { desc: st.desc })
+            }
+            _ => None,
+        };
+        if let Some(cmd) = report {
             if let Err(e) =
                 tokio::time::timeout(Duration::from_millis(STEP_TIMEOUT_MS), node.propose_anywhere(crate::META_GROUP, cmd)).await
             {
@@ -105,8 +113,9 @@ async fn report_shards(node: &RaftNode) {
 /// the job's cursor ([`Command::JobProgress`]). Returns how long to pause, milliseconds.
 async fn step(node: &RaftNode, job: NextJob) -> u64 {
     let cursor_key = if job.job.cursor.is_empty() { crate::state_machine::tenant_range(job.tenant_id).0 } else { job.job.cursor.clone() };
-    let shard = node.meta().state.catalog().shards.lookup(&cursor_key).map(|d| d.id);
-    let Some(g) = shard.and_then(|id| node.group(id)).filter(|g| g.is_leader()) else {
+    // The local replica holding the cursor by its own range (the shard map may not know of
+    // a split yet).
+    let Some(g) = node.local_group_for(&cursor_key).filter(|g| g.is_leader()) else {
         return IDLE_POLL_MS; // another node leads that shard: its driver does the step
     };
     let (reseal, progress) = match prepare(&g, job).await {

@@ -38,6 +38,8 @@ pub enum MessageKind {
     /// A node asks a data shard's leader to add or remove a replica
     /// ([`crate::RaftNode::change_replicas`]).
     ChangeReplicas,
+    /// A node asks a data shard's leader to split it ([`crate::RaftNode::split_shard`]).
+    SplitShard,
 }
 
 /// Why a message did not get an answer.

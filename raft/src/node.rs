@@ -54,6 +54,9 @@ pub struct RaftNode {
     opener: GroupOpener,
     /// Serializes the opening of groups by the registry.
     opening: tokio::sync::Mutex<()>,
+    /// The ranges of this node's data groups, by start: routing by key
+    /// ([`RaftNode::local_group_for`]). Rebuilt by the registry.
+    ranges: crate::local_ranges::LocalRanges,
     /// Background tasks (the re-encryption and table-clearing driver, [`crate::key_jobs`];
     /// the group registry), stopped at shutdown.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -228,6 +231,7 @@ impl RaftNode {
             groups: RwLock::new(BTreeMap::new()),
             opener,
             opening: tokio::sync::Mutex::new(()),
+            ranges: Default::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         let meta = node.opener.open(META_GROUP, GroupKind::Meta).await?;
@@ -236,61 +240,156 @@ impl RaftNode {
             let g = node.opener.open(shard, GroupKind::Data).await?;
             node.groups.write().expect("groups lock").insert(shard, Arc::new(g));
         }
+        node.reindex_ranges();
         let driver = crate::key_jobs::spawn(Arc::downgrade(&node));
         let registry = spawn_registry(Arc::downgrade(&node));
         node.tasks.lock().expect("tasks lock").extend([driver, registry]);
         Ok(node)
     }
 
-    /// Opens (and, when new, initializes) the group of every shard of the map that has a
-    /// replica on this node. A group whose members' addresses are not known yet is left
-    /// for the next round.
+    /// Opens the group of every data shard this node holds state of (a split's new sibling,
+    /// whose state the parent's apply wrote: it starts initialized) and of every shard of
+    /// the map that has a replica on this node; initializes a tenant's first shard when new
+    /// (epoch (1, 1)), never any other (a split's child elsewhere, a replica being added:
+    /// their leader brings them up to date, by a snapshot). A first shard whose members'
+    /// addresses are not known yet is initialized in a later round. Then indexes the ranges
+    /// of the node's data groups again.
     pub async fn ensure_shard_groups(&self) -> Result<(), RaftNodeError> {
         let _one_at_a_time = self.opening.lock().await;
+        let opened = self.open_stored_groups().await;
+        let from_map = self.open_groups_of_the_map().await;
+        self.reindex_ranges();
+        opened.and(from_map)
+    }
+
+    /// Opens every data group with a stored shard state that is not open yet.
+    async fn open_stored_groups(&self) -> Result<(), RaftNodeError> {
+        for id in local_shards(&self.engine)? {
+            if self.group(id).is_some() {
+                continue;
+            }
+            let g = Arc::new(self.opener.open(id, GroupKind::Data).await?);
+            self.groups.write().expect("groups lock").insert(id, g.clone());
+            tracing::info!(shard = id, range = %g.state.range(), "opened a data shard this node holds state of");
+        }
+        Ok(())
+    }
+
+    /// See [`RaftNode::ensure_shard_groups`]: the groups the shard map puts on this node.
+    async fn open_groups_of_the_map(&self) -> Result<(), RaftNodeError> {
         let wanted: Vec<ShardDesc> = {
             let meta = self.meta();
             let cat = meta.state.catalog();
             cat.shards.iter().filter(|d| d.replicas.iter().any(|r| r.node == self.id)).cloned().collect()
         };
         for desc in wanted {
-            if self.group(desc.id).is_some() {
+            let g = match self.group(desc.id) {
+                Some(g) => g,
+                None => {
+                    // A local replica still holding part of the range is one of the shard's
+                    // ancestors that has not applied the split yet: it writes the shard's
+                    // state when it does, or loses the range by a snapshot taken after it.
+                    // Until then, ranges on this node never overlap.
+                    if let Some(holder) = self.local_overlap(&desc.start, &desc.end) {
+                        tracing::debug!(shard = desc.id, holder, "a local group still holds part of the shard's range; opening it later");
+                        continue;
+                    }
+                    self.open_from_the_map(&desc).await?
+                }
+            };
+            // Only a tenant's first shard is created by initializing it; any other shard has
+            // a leader already, which sends this replica what it lacks.
+            if desc.epoch != crate::shard::Epoch::INITIAL
+                || g.raft.is_initialized().await.map_err(|e| RaftNodeError::Raft(e.to_string()))?
+            {
                 continue;
             }
-            let key = crate::log_store::meta_key::key(desc.id, crate::log_store::meta_key::SHARD_STATE);
-            if crate::state_machine::read_shard_state(&self.engine, desc.id)?.is_none() {
-                // The shard's range and state, written together before the group exists.
-                let range = crate::KeyRange::new(desc.start.clone(), Some(desc.end.clone()));
-                let mut batch = self.engine.batch();
-                batch.put(kho_engine::Cf::RaftMeta, &key, &ShardState::new(desc.clone()).encode());
-                batch.put(
-                    kho_engine::Cf::RaftMeta,
-                    &crate::log_store::meta_key::key(desc.id, crate::log_store::meta_key::RANGE),
-                    &crate::codec::encode_key_range(&range),
-                );
-                self.engine.write(batch, true)?;
+            let mut members = BTreeMap::new();
+            for n in desc.voters() {
+                let Some(addr) = self.node_addr(n) else {
+                    tracing::warn!(shard = desc.id, node = n, "no address known for a replica's node; initializing later");
+                    members.clear();
+                    break;
+                };
+                members.insert(n, BasicNode { addr });
             }
-            let g = Arc::new(self.opener.open(desc.id, GroupKind::Data).await?);
-            self.groups.write().expect("groups lock").insert(desc.id, g.clone());
-            tracing::info!(shard = desc.id, range = %desc, "opened a data shard");
-            if !g.raft.is_initialized().await.map_err(|e| RaftNodeError::Raft(e.to_string()))? {
-                let mut members = BTreeMap::new();
-                for n in desc.voters() {
-                    let Some(addr) = self.node_addr(n) else {
-                        tracing::warn!(shard = desc.id, node = n, "no address known for a replica's node; initializing later");
-                        members.clear();
-                        break;
-                    };
-                    members.insert(n, BasicNode { addr });
-                }
-                if !members.is_empty() {
-                    match g.raft.initialize(members).await {
-                        Ok(()) | Err(RaftError::APIError(_)) => {}
-                        Err(e) => return Err(RaftNodeError::Raft(e.to_string())),
-                    }
+            if !members.is_empty() {
+                match g.raft.initialize(members).await {
+                    Ok(()) | Err(RaftError::APIError(_)) => {}
+                    Err(e) => return Err(RaftNodeError::Raft(e.to_string())),
                 }
             }
         }
         Ok(())
+    }
+
+    /// Opens the group of shard `desc` that the map puts on this node, writing its state
+    /// and range from the map first if this node has none.
+    async fn open_from_the_map(&self, desc: &ShardDesc) -> Result<Arc<Group>, RaftNodeError> {
+        let key = crate::log_store::meta_key::key(desc.id, crate::log_store::meta_key::SHARD_STATE);
+        if crate::state_machine::read_shard_state(&self.engine, desc.id)?.is_none() {
+            // The shard's range and state, written together before the group exists.
+            let range = crate::KeyRange::new(desc.start.clone(), Some(desc.end.clone()));
+            let mut batch = self.engine.batch();
+            batch.put(kho_engine::Cf::RaftMeta, &key, &ShardState::new(desc.clone()).encode());
+            batch.put(
+                kho_engine::Cf::RaftMeta,
+                &crate::log_store::meta_key::key(desc.id, crate::log_store::meta_key::RANGE),
+                &crate::codec::encode_key_range(&range),
+            );
+            self.engine.write(batch, true)?;
+        }
+        let g = Arc::new(self.opener.open(desc.id, GroupKind::Data).await?);
+        self.groups.write().expect("groups lock").insert(desc.id, g.clone());
+        tracing::info!(shard = desc.id, range = %desc, "opened a data shard the shard map puts here");
+        Ok(g)
+    }
+
+    /// A data group of this node, serving, whose range meets `[start, end)`.
+    fn local_overlap(&self, start: &[u8], end: &[u8]) -> Option<GroupId> {
+        let groups: Vec<Arc<Group>> = self.groups.read().expect("groups lock").values().cloned().collect();
+        groups
+            .iter()
+            .filter(|g| g.state.kind == GroupKind::Data)
+            .find(|g| {
+                let (s, e) = g.state.bounds();
+                s.as_slice() < end && start < e.as_slice() && self.serves(g)
+            })
+            .map(|g| g.id)
+    }
+
+    /// Indexes the ranges of the node's data groups again ([`RaftNode::local_group_for`]).
+    fn reindex_ranges(&self) {
+        let groups: Vec<Arc<Group>> = self.groups.read().expect("groups lock").values().cloned().collect();
+        self.ranges.rebuild(groups.iter().filter(|g| g.state.kind == GroupKind::Data).map(|g| (g.state.range(), g.id)));
+    }
+
+    /// This node's replica of the data shard whose range holds `key`, by the groups' own
+    /// ranges (not the shard map, which learns of a split after it applied here); None when
+    /// this node holds no replica serving it (none, or one removed from its shard).
+    pub fn local_group_for(&self, key: &[u8]) -> Option<Arc<Group>> {
+        self.ranges.candidates(key).into_iter().filter_map(|id| self.group(id)).find(|g| g.state.range().contains(key) && self.serves(g))
+    }
+
+    /// This node's data group whose range starts at `start`, if it serves it.
+    pub fn local_group_starting_at(&self, start: &[u8]) -> Option<Arc<Group>> {
+        self.ranges.starting_at(start).and_then(|id| self.group(id)).filter(|g| g.state.range().start == start && self.serves(g))
+    }
+
+    /// Whether this node's replica of data group `g` is one its shard still has: its own
+    /// descriptor lists this node, and the shard map's, when it is as new in `conf_ver`,
+    /// does too. A replica removed from its shard gets no new entries, so it serves nothing.
+    pub fn serves(&self, g: &Group) -> bool {
+        let Some(st) = g.state.shard() else { return false };
+        if !st.desc.replicas.iter().any(|r| r.node == self.id) {
+            return false;
+        }
+        let meta = self.meta();
+        let cat = meta.state.catalog();
+        match cat.shards.get(g.id) {
+            Some(d) if d.epoch.conf_ver >= st.desc.epoch.conf_ver => d.replicas.iter().any(|r| r.node == self.id),
+            _ => true,
+        }
     }
 
     /// Adds or removes a replica of data shard `shard`, on the shard's leader wherever it is
@@ -402,6 +501,11 @@ impl RaftNode {
         &self.engine
     }
 
+    /// The node's transport to its peers.
+    pub(crate) fn transport(&self) -> &Arc<dyn Transport> {
+        &self.opener.transport
+    }
+
     /// The ids of the groups this node holds.
     pub fn group_ids(&self) -> Vec<GroupId> {
         self.groups.read().expect("groups lock").keys().copied().collect()
@@ -467,6 +571,10 @@ impl RaftNode {
                 };
                 network::encode_reply(r)
             }
+            MessageKind::SplitShard => match self.handle_split(group, payload).await {
+                Ok(reply) => reply,
+                Err(refused) => network::encode_reply::<crate::shard_split::SplitReply>(Err(refused)),
+            },
             MessageKind::ChangeReplicas => {
                 let change: ReplicaChange = network::decode("change-replicas", payload).map_err(RaftNodeError::BadMessage)?;
                 if !g.is_leader() {
@@ -768,14 +876,22 @@ fn local_shards(engine: &Engine) -> Result<Vec<GroupId>, RaftNodeError> {
 /// [`REGISTRY_POLL_MS`]).
 fn spawn_registry(node: std::sync::Weak<RaftNode>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let Some(mut changes) = node.upgrade().map(|n| n.meta().state.subscribe()) else { return };
+        let Some((mut changes, local)) = node.upgrade().map(|n| (n.meta().state.subscribe(), n.opener.local_groups_changed.clone())) else {
+            return;
+        };
         loop {
             let Some(n) = node.upgrade() else { return };
             if let Err(e) = n.ensure_shard_groups().await {
                 tracing::warn!(error = %e, "could not open the groups of this node's shards; retrying");
             }
             drop(n);
-            let _ = tokio::time::timeout(Duration::from_millis(REGISTRY_POLL_MS), changes.changed()).await;
+            // A change of the shard map, a group's apply that created a group or changed a
+            // range, or the poll, whichever comes first.
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = local.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(REGISTRY_POLL_MS)) => {}
+            }
         }
     })
 }

@@ -550,6 +550,19 @@ impl StateMachine {
                     Err(e) => Ok((Outcome::Rejected(AppError::invalid(e.to_string())), None)),
                 }
             }
+            Command::RecordSplit { pieces } => {
+                let mut map = cat.shards.clone();
+                match map.record_split(&pieces) {
+                    Ok(true) => {
+                        for p in &pieces {
+                            batch.put_value(&catalog::shard_key(p.id), &p.encode());
+                        }
+                        Ok((Outcome::Done, Some(CatalogChange::Split(pieces))))
+                    }
+                    Ok(false) => Ok((Outcome::Done, None)),
+                    Err(e) => Ok((Outcome::Rejected(e.into()), None)),
+                }
+            }
             Command::AllocShardIds { count } => {
                 if count == 0 || count > crate::command::SHARD_IDS_ALLOC_MAX {
                     return Ok((
@@ -714,7 +727,7 @@ impl StateMachine {
                 match crate::split_apply::execute_split(engine, group, st, &membership, shard, epoch, at, new_id, batch)? {
                     Ok(s) => Ok((
                         Outcome::Split { left: s.left.desc.clone(), right: s.right.clone() },
-                        Some(CatalogChange::Split(s.left, s.left_range)),
+                        Some(CatalogChange::ShardSplit(s.left, s.left_range)),
                     )),
                     Err(e) => Ok((Outcome::Rejected(e), None)),
                 }
@@ -770,13 +783,18 @@ impl StateMachine {
                     panic!("shard {id}'s report, checked before, was refused: {e}");
                 }
             }
+            CatalogChange::Split(pieces) => {
+                if let Err(e) = cat.shards.record_split(&pieces) {
+                    panic!("shard {}'s split report, checked before, was refused: {e}", pieces[0].id);
+                }
+            }
             CatalogChange::ShardState(st) => {
                 drop(cat);
                 *self.state.shard.write().expect("shard state lock poisoned") = Some(st);
                 self.state.changed();
                 return;
             }
-            CatalogChange::Split(left, range) => {
+            CatalogChange::ShardSplit(left, range) => {
                 drop(cat);
                 {
                     // Readers take their view under the gate: none sees the state and the
@@ -912,8 +930,10 @@ enum CatalogChange {
     DropTable(String, String, TenantId, kho_engine::keys::TableId),
     Shard(ShardDesc),
     ShardState(ShardState),
-    /// A split: the parent's new state and range; the child's state is stored only.
-    Split(ShardState, KeyRange),
+    /// A data shard split: its new state and range; the child's state is stored only.
+    ShardSplit(ShardState, KeyRange),
+    /// The meta group recorded a split report in the shard map.
+    Split(Vec<ShardDesc>),
 }
 
 /// The key range of every value of a tenant: `[tenant u32 BE, tenant + 1 u32 BE)`.

@@ -98,6 +98,31 @@ const SHARD_REPLICAS_DEFAULT: usize = 3;
 /// Longest wait of `CreateTenant` for its first shard to elect a leader, milliseconds.
 const SHARD_READY_WAIT_MS: u64 = 10_000;
 
+impl AdminService {
+    /// A shard as this node knows it: the descriptor given, its tenant's name, and the
+    /// leader and term of its replica here (0 when this node holds none).
+    fn shard_info(&self, d: &kho_raft::shard::ShardDesc) -> pb::ShardInfo {
+        let tenant = self.ctx.meta().state.catalog().tenant_name(d.tenant).unwrap_or_default().to_string();
+        let status = self.ctx.node.group(d.id).map(|g| g.status());
+        let (approximate_bytes, approximate_keys) = self.ctx.node.engine().approximate_range(kho_engine::Cf::Data, &d.start, &d.end);
+        pb::ShardInfo {
+            id: d.id,
+            tenant,
+            tenant_id: d.tenant,
+            start: printable_key(&d.start),
+            end: printable_key(&d.end),
+            voters: d.voters().collect(),
+            learners: d.learners().collect(),
+            leader_id: status.as_ref().and_then(|s| s.leader_id).unwrap_or(0),
+            term: status.as_ref().map_or(0, |s| s.term),
+            epoch_conf_ver: d.epoch.conf_ver,
+            epoch_version: d.epoch.version,
+            approximate_keys,
+            approximate_bytes,
+        }
+    }
+}
+
 fn admin_outcome(r: kho_raft::Response) -> Result<u64, Status> {
     match r.outcome {
         Outcome::Rejected(e) => Err(status::app_error(e)),
@@ -304,6 +329,37 @@ impl Admin for AdminService {
             })
             .collect();
         Ok(Response::new(pb::ListShardsResponse { shards }))
+    }
+
+    async fn split_shard(&self, req: Request<pb::SplitShardRequest>) -> Result<Response<pb::SplitShardResponse>, Status> {
+        let origin = origin_of(&req, Duration::from_millis(kho_raft::shard_split::SPLIT_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
+        let r = req.into_inner();
+        if r.shard_id == 0 {
+            return Err(Status::invalid_argument("shard_id: must be > 0 (group 0 is the meta group, which is not split)"));
+        }
+        let at = if r.at.is_empty() {
+            None
+        } else {
+            Some(kho_raft::shard::parse_printable_key(&r.at).map_err(|e| Status::invalid_argument(format!("at: {e}")))?)
+        };
+        // The node hands the split to the shard's leader itself (the peer connection), so
+        // the request is not forwarded; the deadline bounds the whole of it.
+        let Some(remaining) = origin.deadline.remaining(std::time::SystemTime::now()) else {
+            return Err(Status::deadline_exceeded("the request's deadline passed before the split began: nothing was split"));
+        };
+        let budget = crate::deadline::wait_budget(remaining);
+        let (left, right) = match tokio::time::timeout(budget, self.ctx.node.split_shard(r.shard_id, at)).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "the split of shard {} was not done within {} ms, before the request's deadline; it may or may not have been applied: see `kho shard list`",
+                    r.shard_id,
+                    budget.as_millis()
+                )))
+            }
+            Ok(Err(e)) => return Err(status::propose_error(e)),
+            Ok(Ok(sides)) => sides,
+        };
+        Ok(Response::new(pb::SplitShardResponse { left: Some(self.shard_info(&left)), right: Some(self.shard_info(&right)) }))
     }
 
     async fn cluster_status(&self, _req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {

@@ -293,9 +293,15 @@ impl Ctx {
     }
 
     /// Where the data of storage key `key` is served: this node's replica of its shard, or
-    /// a node holding one. UNAVAILABLE when no shard holds the key in this node's copy of
-    /// the shard map, or when a forwarded request reached a node without a replica.
+    /// a node holding one. A local group whose own range holds the key comes first (the
+    /// shard map learns of a split after it applied here); the shard map only says where
+    /// to look when this node holds none. UNAVAILABLE when no shard holds the key in this
+    /// node's copy of the shard map, or when a forwarded request reached a node without a
+    /// replica.
     pub async fn shard_route(&self, key: &[u8], origin: &Origin, kind: Kind) -> Result<ShardRoute, Status> {
+        if let Some(g) = self.node.local_group_for(key) {
+            return Ok(ShardRoute::Local(g));
+        }
         let desc = self.meta().state.catalog().shards.lookup(key).cloned().ok_or_else(|| {
             Status::unavailable(format!(
                 "no shard holds key {} in node {}'s shard map (its tenant is being created?); retry",
@@ -310,9 +316,10 @@ impl Ctx {
             return Ok(ShardRoute::Local(g));
         }
         if listed_here {
-            // The map names this node, but its registry has not opened the group yet.
+            // The map names this node, but its registry has not opened the group yet (or a
+            // split applied here made a group the registry has not opened yet).
             self.node.ensure_shard_groups().await.map_err(|e| Status::unavailable(format!("opening shard {}: {e}; retry", desc.id)))?;
-            if let Some(g) = self.node.group(desc.id) {
+            if let Some(g) = self.node.local_group_for(key).or_else(|| self.node.group(desc.id)) {
                 return Ok(ShardRoute::Local(g));
             }
         }

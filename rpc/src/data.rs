@@ -154,15 +154,37 @@ impl DataService {
 
     /// The local replicas of every shard that holds a key of `[start, end)`, after their
     /// read barriers, in key order; or where to forward the read (when this node lacks one).
+    ///
+    /// The range is walked shard by shard by the replicas' own ranges: from `start`, the
+    /// shard holding the key, its read barrier, then on from the end of its range as it is
+    /// after the barrier (a split committed before the read began has applied by then), up
+    /// to `end`. The shards found cover `[start, end)` without gap, so one view of the
+    /// node's engine taken after every barrier holds every row of the range exactly once,
+    /// in key order, at least as new as the read.
     async fn read_shards(&self, start: &[u8], end: &[u8], consistency: i32, origin: &Origin) -> Result<Leader<Vec<Arc<Group>>>, Status> {
-        let descs: Vec<_> = self.ctx.meta().state.catalog().shards.covering(start, end).into_iter().cloned().collect();
-        let mut groups = Vec::with_capacity(descs.len());
-        for d in descs {
-            let first = d.start.clone().max(start.to_vec());
-            match self.read_shard(&first, consistency, origin).await? {
-                Leader::Here(g) => groups.push(g),
-                Leader::There(to) => return Ok(Leader::There(to)),
+        let mut groups: Vec<Arc<Group>> = Vec::new();
+        let mut at = start.to_vec();
+        let mut lookups = 0usize;
+        while at.as_slice() < end {
+            if groups.len() == SCAN_SHARDS_MAX {
+                return Err(Status::resource_exhausted(format!(
+                    "the range spans more than {SCAN_SHARDS_MAX} shards; scan it in parts (resume after the last key received)"
+                )));
             }
+            lookups += 1;
+            if lookups > SCAN_SHARDS_MAX + ROUTE_ATTEMPTS_MAX {
+                return Err(Status::unavailable("the shards of the range kept splitting under the scan; nothing was read; retry"));
+            }
+            let g = match self.read_shard(&at, consistency, origin).await? {
+                Leader::Here(g) => g,
+                Leader::There(to) => return Ok(Leader::There(to)),
+            };
+            let (_, shard_end) = g.state.bounds();
+            if shard_end <= at {
+                continue; // it split since its barrier: look the key up again
+            }
+            at = shard_end;
+            groups.push(g);
         }
         Ok(Leader::Here(groups))
     }
@@ -203,6 +225,8 @@ fn gate_order(groups: &[Arc<Group>]) -> Vec<Arc<SmState>> {
 
 /// Most times a request looks its shard up when shards refuse it as misrouted, count.
 const ROUTE_ATTEMPTS_MAX: usize = 3;
+/// Most shards one scan reads, count.
+const SCAN_SHARDS_MAX: usize = 4_096;
 
 /// The row key as stored: a keyed hash for a table with hashed row keys.
 fn stored_row(meta: &TableMeta, keys: Option<&TenantKeys>, row: &[u8]) -> Result<Vec<u8>, Status> {

@@ -10,6 +10,8 @@ pub fn app_error(e: AppError) -> Status {
         AppErrorKind::InvalidArgument => Status::invalid_argument(e.message),
         AppErrorKind::Corruption => Status::data_loss(e.message),
         AppErrorKind::FailedPrecondition => Status::failed_precondition(e.message),
+        // A stale route (a split since the lookup): looking the key up again finds the shard.
+        AppErrorKind::WrongShard => Status::unavailable(format!("{}; retry", e.message)),
         _ => Status::internal(e.message),
     }
 }

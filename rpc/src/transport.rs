@@ -34,6 +34,7 @@ fn kind_to_proto(k: MessageKind) -> RaftMessageKind {
         MessageKind::ReadIndex => RaftMessageKind::ReadIndex,
         MessageKind::Propose => RaftMessageKind::Propose,
         MessageKind::ChangeReplicas => RaftMessageKind::ChangeReplicas,
+        MessageKind::SplitShard => RaftMessageKind::SplitShard,
     }
 }
 
@@ -143,6 +144,7 @@ impl RaftTransport for RaftService {
             Ok(RaftMessageKind::ReadIndex) => MessageKind::ReadIndex,
             Ok(RaftMessageKind::Propose) => MessageKind::Propose,
             Ok(RaftMessageKind::ChangeReplicas) => MessageKind::ChangeReplicas,
+            Ok(RaftMessageKind::SplitShard) => MessageKind::SplitShard,
             _ => return Err(Status::invalid_argument(format!("kind: unsupported raft message kind {}", m.kind))),
         };
         let payload = self.node.handle_call(m.group_id, kind, &m.payload).await.map_err(|e| match e {

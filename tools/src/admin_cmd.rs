@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand, ValueEnum};
 use kho_proto::v1::{
     AddNodeRequest, ClusterStatusRequest, ColumnFamily, CompactNodeRequest, CreateTableRequest, CreateTenantRequest, DropTableRequest,
-    ListShardsRequest, ListTablesRequest, ListTenantsRequest, RemoveNodeRequest, ShardInfo, TenantEncryption,
+    ListShardsRequest, ListTablesRequest, ListTenantsRequest, RemoveNodeRequest, ShardInfo, SplitShardRequest, TenantEncryption,
 };
 use serde::{Deserialize, Serialize};
 
@@ -151,7 +151,26 @@ pub enum ShardOp {
         #[arg(long)]
         json: bool,
     },
+    /// Splits a shard in two, on its leader: it keeps `[start, AT)` and its id, a new shard
+    /// on the same replicas takes `[AT, end)`. No data moves. Prints both shards.
+    Split {
+        /// The shard's id (`kho shard list`).
+        #[arg(long)]
+        shard: u64,
+        /// The split point, printable as `kho shard list` shows keys (`t5/tb3/ruser42`): a
+        /// row, table or tenant boundary strictly inside the shard's range. Without it, the
+        /// row boundary nearest the middle of the shard's keys.
+        #[arg(long)]
+        at: Option<String>,
+        /// One JSON object `{"shards": [left, right]}` instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+/// Longest wait of `kho shard split` for its answer, seconds: the node's own bound on a
+/// split (30 s) and the time to reach it.
+pub const SHARD_SPLIT_TIMEOUT_SECS: u64 = 40;
 
 /// One shard in `kho shard list --json`.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -206,9 +225,24 @@ impl From<&ShardInfo> for ShardJson {
 
 /// `kho shard`.
 pub async fn shard(cmd: ShardCmd) -> anyhow::Result<ExitCode> {
-    let mut admin = client::connect(&cmd.conn.endpoints, Timeouts::default()).await?.admin();
+    let timeouts = match cmd.op {
+        ShardOp::Split { .. } => Timeouts { request: Duration::from_secs(SHARD_SPLIT_TIMEOUT_SECS), ..Timeouts::default() },
+        _ => Timeouts::default(),
+    };
+    let mut admin = client::connect(&cmd.conn.endpoints, timeouts).await?.admin();
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match cmd.op {
+        ShardOp::Split { shard, at, json } => {
+            let r = admin.split_shard(SplitShardRequest { shard_id: shard, at: at.unwrap_or_default() }).await?.into_inner();
+            let sides: Vec<ShardInfo> = [r.left, r.right].into_iter().flatten().collect();
+            if json {
+                let list = ShardListJson { shards: sides.iter().map(ShardJson::from).collect() };
+                serde_json::to_writer(&mut out, &list)?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", display::shard_list(&sides))?;
+            }
+        }
         ShardOp::List { tenant, json } => {
             let r = admin.list_shards(ListShardsRequest { tenant: tenant.unwrap_or_default() }).await?.into_inner();
             if json {

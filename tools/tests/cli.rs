@@ -293,6 +293,31 @@ impl Admin for Fake {
         })
     }
 
+    async fn split_shard(&self, r: Request<SplitShardRequest>) -> Result<Response<SplitShardResponse>, Status> {
+        let r = r.into_inner();
+        // Shard 1 splits at the point given (printable, passed through), or at `t1/tb1/rm`.
+        if r.shard_id != 1 {
+            return Err(Status::not_found(format!("shard {} does not exist", r.shard_id)));
+        }
+        let at = if r.at.is_empty() { "t1/tb1/rm".to_string() } else { r.at };
+        let side = |id: u64, start: &str, end: &str| ShardInfo {
+            id,
+            tenant: "dan_cu".into(),
+            tenant_id: 1,
+            start: start.into(),
+            end: end.into(),
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            leader_id: 2,
+            term: 4,
+            epoch_conf_ver: 1,
+            epoch_version: 2,
+            approximate_keys: 5,
+            approximate_bytes: 1024,
+        };
+        Ok(Response::new(SplitShardResponse { left: Some(side(1, "t1", &at)), right: Some(side(7, &at, "t2")) }))
+    }
+
     async fn list_tables(&self, r: Request<ListTablesRequest>) -> Result<Response<ListTablesResponse>, Status> {
         let tenant = r.into_inner().tenant;
         self.with(|m| {
@@ -574,6 +599,21 @@ async fn client_commands_against_a_fake_cluster() {
     assert_eq!((s["leader"].as_u64(), s["term"].as_u64(), s["epoch"]["version"].as_u64()), (Some(2), Some(4), Some(1)));
     assert_eq!(s["replicas"], serde_json::json!([1, 2, 3]));
     assert_eq!((s["approximate_keys"].as_u64(), s["approximate_bytes"].as_u64()), (Some(10), Some(2048)));
+    let o = kho(eps, &["shard", "split", "--shard", "1", "--at", "t1/tb1/rk"]).await;
+    ok(&o);
+    assert_eq!(
+        o.stdout,
+        "ID  TENANT  START      END        REPLICAS  LEADER  TERM  EPOCH  KEYS~  BYTES~\n\
+         1   dan_cu  t1         t1/tb1/rk  1,2,3     2       4     1/2    5      1024\n\
+         7   dan_cu  t1/tb1/rk  t2         1,2,3     2       4     1/2    5      1024\n"
+    );
+    let o = kho(eps, &["shard", "split", "--shard", "1", "--json"]).await;
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("shard split --json is JSON");
+    assert_eq!((v["shards"][0]["end"].as_str(), v["shards"][1]["start"].as_str()), (Some("t1/tb1/rm"), Some("t1/tb1/rm")));
+    assert_eq!(v["shards"][1]["id"].as_u64(), Some(7));
+    let o = kho(eps, &["shard", "split", "--shard", "9"]).await;
+    assert_eq!((o.code, o.stderr.trim()), (1, "error: NOT_FOUND: shard 9 does not exist"));
     ok(&kho(eps, &["table", "drop", "--tenant", "dan_cu", "tmp"]).await);
     let o = kho(eps, &["table", "drop", "--tenant", "dan_cu", "tmp"]).await;
     assert_eq!((o.code, o.stderr.trim()), (1, "error: NOT_FOUND: table dan_cu/tmp"));

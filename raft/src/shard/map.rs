@@ -12,6 +12,9 @@ use crate::shard::desc::{tenant_range, Epoch, Replica, ShardDesc, ShardId, META_
 use crate::shard::error::ShardError;
 use crate::shard::split::is_valid_split_point;
 
+/// Most descriptors one split report records, count ([`ShardMap::record_split`]).
+pub const SPLIT_REPORT_PIECES_MAX: usize = 1_024;
+
 /// The data shards of the cluster: descriptors keyed by range start, and an index by id.
 ///
 /// **Invariants** ([`ShardMap::check_invariants`], checked after every mutation in debug
@@ -139,6 +142,59 @@ impl ShardMap {
         self.insert(right.clone());
         self.debug_check();
         Ok((left, right))
+    }
+
+    /// Records splits of shard `pieces[0].id` as its replicas report them (after the split
+    /// applied in the shard's own log; [`Command::RecordSplit`](crate::Command::RecordSplit)):
+    /// `pieces` are the descriptors that now tile the map's range of that shard, in key
+    /// order: the first keeps the id and the start, each next one starts where the one
+    /// before ends, the last ends where the map's shard does; every other id is new to the
+    /// map, and every piece's `version` is above the map's. One split reports two pieces;
+    /// a map that missed several reports gets them as more. Each cut is a [`ShardMap::split`]
+    /// (a valid split point), then each piece is recorded as reported (its epoch and
+    /// replicas). Returns false, changing nothing, when the map's shard is already at that
+    /// version or newer (a report repeated or overtaken).
+    pub fn record_split(&mut self, pieces: &[ShardDesc]) -> Result<bool, ShardError> {
+        let Some(first) = pieces.first() else {
+            return Err(ShardError::InvalidDescriptor { id: 0, reason: "a split report with no descriptor".into() });
+        };
+        let id = first.id;
+        let current = self.get(id).ok_or(ShardError::UnknownShard(id))?.clone();
+        if first.epoch.version <= current.epoch.version {
+            return Ok(false);
+        }
+        let refuse = |reason: String| Err(ShardError::InvalidDescriptor { id, reason });
+        if pieces.len() < 2 || pieces.len() > SPLIT_REPORT_PIECES_MAX {
+            return refuse(format!("a split report has {} pieces; 2 to {SPLIT_REPORT_PIECES_MAX}", pieces.len()));
+        }
+        if first.start != current.start || pieces.last().map(|p| &p.end) != Some(&current.end) {
+            return refuse(format!(
+                "the pieces span [{}, {}), the map's shard [{}, {})",
+                printable_key(&first.start),
+                printable_key(&pieces.last().expect("two pieces").end),
+                printable_key(&current.start),
+                printable_key(&current.end)
+            ));
+        }
+        for (i, p) in pieces.iter().enumerate() {
+            p.validate().map_err(|reason| ShardError::InvalidDescriptor { id: p.id, reason })?;
+            if p.tenant != current.tenant || p.epoch.version <= current.epoch.version {
+                return refuse(format!("piece {} (shard {}) is of another tenant or not newer than the map's shard", i, p.id));
+            }
+            if i > 0 && (pieces[i - 1].end != p.start || pieces[..i].iter().any(|q| q.id == p.id)) {
+                return refuse(format!("piece {i} (shard {}) does not follow piece {} or repeats an id", p.id, i - 1));
+            }
+        }
+        let mut next = self.clone();
+        for pair in pieces.windows(2) {
+            next.split(pair[0].id, &pair[1].start, pair[1].id)?;
+        }
+        for p in pieces {
+            next.insert(p.clone());
+        }
+        next.debug_check();
+        *self = next;
+        Ok(true)
     }
 
     /// Merges shard `right_id` into shard `left_id`: they must be adjacent (left's end is
@@ -398,6 +454,58 @@ mod tests {
         assert!(matches!(map.create_tenant_shard(3, u32::MAX, voters(&[1])), Err(ShardError::InvalidDescriptor { .. })));
         assert!(matches!(map.create_tenant_shard(3, 9, vec![]), Err(ShardError::InvalidDescriptor { .. })));
         assert_eq!(map.len(), 2);
+    }
+
+    /// Split reports: one split is two pieces; a map that missed a report gets a later one
+    /// as more pieces; a repeated or overtaken report changes nothing; a report that does
+    /// not tile the map's shard, reuses an id or is not newer is refused and changes nothing.
+    #[test]
+    fn split_reports_are_recorded_once_in_any_order() {
+        let mut map = two_tenants();
+        let at = |r: &[u8]| row_prefix(5, 3, r);
+        let epoch = |version| Epoch { conf_ver: 1, version };
+        let piece = |id, start: Vec<u8>, end: Vec<u8>, version| ShardDesc {
+            id,
+            tenant: 5,
+            start,
+            end,
+            replicas: voters(&[1, 2, 3]),
+            epoch: epoch(version),
+        };
+        let (t5, t6) = (vec![0, 0, 0, 5], vec![0, 0, 0, 6]);
+        // Shard 1 split at "m" (into 10), then 1 at "f" (into 11), then 10 at "t" (into 12).
+        let first = [piece(1, t5.clone(), at(b"m"), 2), piece(10, at(b"m"), t6.clone(), 2)];
+        assert_eq!(map.record_split(&first), Ok(true));
+        assert_eq!(map.record_split(&first), Ok(false), "a repeated report");
+        assert_eq!(map.get(10).map(|d| d.epoch), Some(epoch(2)));
+        // The map missed 1's second split but hears of 10's: recorded on its own.
+        let third = [piece(10, at(b"m"), at(b"t"), 3), piece(12, at(b"t"), t6.clone(), 3)];
+        assert_eq!(map.record_split(&third), Ok(true));
+        // Shard 1's leader reports its second split.
+        let second = [piece(1, t5.clone(), at(b"f"), 3), piece(11, at(b"f"), at(b"m"), 3)];
+        let before = map.clone();
+        for bad in [
+            vec![second[0].clone()],
+            vec![second[0].clone(), piece(11, at(b"g"), at(b"m"), 3)],
+            vec![second[0].clone(), piece(11, at(b"f"), at(b"n"), 3)],
+            vec![second[0].clone(), piece(12, at(b"f"), at(b"m"), 3)],
+            vec![second[0].clone(), piece(1, at(b"f"), at(b"m"), 3)],
+            vec![piece(1, t5.clone(), at(b"f"), 3), piece(11, at(b"f"), at(b"m"), 2)],
+            vec![piece(7, t5.clone(), at(b"f"), 3), piece(11, at(b"f"), at(b"m"), 3)],
+            vec![piece(1, t5.clone(), data_key(5, 3, b"f", 1, b""), 3), piece(11, data_key(5, 3, b"f", 1, b""), at(b"m"), 3)],
+        ] {
+            assert!(map.record_split(&bad).is_err(), "{bad:?}");
+            assert_eq!(map, before, "a refused report changed the map");
+        }
+        assert_eq!(map.record_split(&second), Ok(true));
+        assert_eq!(map.shards_of_tenant(5).map(|d| d.id).collect::<Vec<_>>(), vec![1, 11, 10, 12]);
+        // A map that missed both of 1's splits: one report of three pieces.
+        let mut behind = two_tenants();
+        let both = [piece(1, t5.clone(), at(b"f"), 3), piece(11, at(b"f"), at(b"m"), 3), piece(10, at(b"m"), t6.clone(), 2)];
+        assert_eq!(behind.record_split(&both), Ok(true));
+        assert_eq!(behind.shards_of_tenant(5).map(|d| (d.id, d.epoch.version)).collect::<Vec<_>>(), vec![(1, 3), (11, 3), (10, 2)]);
+        assert_eq!(behind.record_split(&first), Ok(false), "an overtaken report");
+        assert!(behind.check_invariants().is_ok());
     }
 
     #[test]
