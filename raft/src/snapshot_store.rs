@@ -21,8 +21,7 @@
 //!
 //! **Installed: crash-safe, never seen half done.** A received stream is made durable,
 //! the install marker is written to `raft_meta` (synced), then, with readers excluded by
-//! the install gate, the snapshot's range (and the group's previous range, when it was
-//! another) is deleted, the records written, and the applied id, membership and range
+//! the install gate, the snapshot's range (only it) is deleted, the records written, and the applied id, membership and range
 //! written with the marker's deletion in one synced batch. A crash in between leaves the
 //! marker and the stream: the install is redone when the group opens.
 
@@ -233,8 +232,8 @@ fn delete_range(engine: &Engine, batch: &mut kho_engine::WriteBatch, range: &Key
 }
 
 /// Replaces the group's data with the snapshot at `path` (already durable on disk, the
-/// install marker written): deletes the snapshot's range, and the group's previous range
-/// when it differs, writes the records (each inside the snapshot's range, in key order,
+/// install marker written): deletes the snapshot's range (only it: keys of the group's
+/// previous, wider range may be a sibling's since a split), writes the records (each inside the snapshot's range, in key order,
 /// each value's header checked), then sets applied id, membership and range and deletes
 /// the marker in one synced batch; removes the stream. Readers are excluded meanwhile.
 pub(crate) fn install_from(
@@ -259,10 +258,13 @@ pub(crate) fn install_from(
     }
     let previous = state.range();
     let mut batch = engine.batch();
+    // Only the snapshot's range: what the group held beyond it before (a range that split
+    // since) may belong to a sibling shard on this node now, which its own log or snapshot
+    // keeps; keys no local group holds are replaced by the snapshot of the group that
+    // gets them.
     delete_range(engine, &mut batch, &header.range)?;
     if previous != header.range {
         tracing::info!(group, previous = %previous, new = %header.range, "the snapshot changes the group's range");
-        delete_range(engine, &mut batch, &previous)?;
     }
     engine.write(batch, false).map_err(io_err)?;
     // From here on the group's data is half replaced until the final batch; the marker
