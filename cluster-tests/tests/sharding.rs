@@ -2,14 +2,18 @@
 //! own, a Raft group on 3 replicas covering the tenant's key range; writes through any node
 //! land in the right shard; `kho shard list --json` shows the shards with their ranges and
 //! leaders; the replicas of each shard agree; a dropped table's cells are cleared from its
-//! shard.
+//! shard; `kho shard split` cuts shards while writes go on, and every row stays readable,
+//! once, in order, through every node.
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kho_cluster_tests::{
     assert_checksums_equal, create_table, create_tenant, kho_binary, retry_call, Cluster, ClusterOptions, KvTarget, RetryPolicy,
 };
-use kho_proto::v1::{DropTableRequest, GetRequest, PutRequest, ScanRequest};
+use kho_proto::v1::{DropTableRequest, GetRequest, PutRequest, ScanRequest, ScanRowsRequest};
 
 /// Keys written to each tenant, count.
 const KEYS: usize = 60;
@@ -158,6 +162,254 @@ async fn each_tenant_gets_its_own_replicated_shard_and_a_dropped_table_is_cleare
                 n += chunk.kvs.len();
             }
             assert_eq!(n, KEYS, "bhxh/kv after the drop of bhxh/tmp");
+        })
+        .await;
+}
+
+/// Rows loaded before the first split, count.
+const SPLIT_ROWS: usize = 600;
+/// Shards the tenant is split into, at least.
+const SPLIT_SHARDS_MIN: usize = 8;
+
+/// The value of row `key`.
+fn value_of(key: &str) -> Vec<u8> {
+    format!("thửa đất {key}").into_bytes()
+}
+
+/// Puts row `key` through node `via`, retried while the shards move (a split between the
+/// route and the apply makes the shard refuse it; the node looks it up again, 3 times).
+async fn put_row(cluster: &Cluster, via: u64, key: &str) -> Result<(), tonic::Status> {
+    let client = cluster.data_client(via);
+    let req =
+        PutRequest { tenant: "so_ho".into(), table: "land".into(), key: key.as_bytes().to_vec(), value: value_of(key), family: "f".into() };
+    retry_call(&RetryPolicy::STEADY, |_| {
+        let mut c = client.clone();
+        let r = req.clone();
+        async move { c.put(r).await }
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Runs `kho` with `args` against node `via`.
+fn kho(cluster: &Cluster, via: u64, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(kho_binary());
+    cmd.args(args).args(["--endpoints", cluster.addr(via)]);
+    cmd.output().unwrap_or_else(|e| cluster.fail(format!("run kho {args:?}: {e}")))
+}
+
+/// `kho shard split --shard id [--at at] --json` through node `via`: the two sides, or the
+/// error text when it failed.
+fn split(cluster: &Cluster, via: u64, id: u64, at: Option<&str>) -> Result<serde_json::Value, String> {
+    let id = id.to_string();
+    let mut args = vec!["shard", "split", "--json", "--shard", &id];
+    if let Some(at) = at {
+        args.extend(["--at", at]);
+    }
+    let out = kho(cluster, via, &args);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("kho shard split --json is not JSON ({e})"))
+}
+
+/// The row keys of a full `ScanRows` of so_ho/land through node `via`, in the order received.
+async fn scan_row_keys(cluster: &Cluster, via: u64) -> Vec<String> {
+    let client = cluster.data_client(via);
+    let req = ScanRowsRequest { tenant: "so_ho".into(), table: "land".into(), ..Default::default() };
+    for attempt in 0..20 {
+        let mut c = client.clone();
+        let mut keys = Vec::new();
+        let streamed = async {
+            let mut rows = c.scan_rows(req.clone()).await?.into_inner();
+            while let Some(chunk) = rows.message().await? {
+                for row in chunk.rows {
+                    let key = String::from_utf8(row.key).expect("row keys are UTF-8");
+                    assert_eq!(row.cells.len(), 1, "row {key} has one cell");
+                    assert_eq!(row.cells[0].value, value_of(&key), "row {key}'s value");
+                    keys.push(key);
+                }
+            }
+            Ok::<_, tonic::Status>(())
+        };
+        match streamed.await {
+            Ok(()) => return keys,
+            Err(e) if kho_cluster_tests::is_retryable(&e) && attempt < 19 => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => cluster.fail(format!("scan rows via node {via}: {e}")),
+        }
+    }
+    unreachable!()
+}
+
+/// `kho shard split` on a 3-node cluster until the tenant has at least 8 shards, the first
+/// splits while a writer keeps writing through every node: every row acknowledged reads
+/// back through every node; a full `ScanRows` returns every row exactly once, in key order,
+/// through every node; `kho shard list --json` shows disjoint ranges covering the tenant's
+/// range, all on the 3 nodes, at newer epochs; and every group's replicas agree (per-group
+/// checksums and key counts). A split at a bad point is refused with INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread")]
+async fn splits_keep_every_row_readable_once_in_order_through_every_node() {
+    let cluster = Arc::new(Cluster::start(3, ClusterOptions::default()).await);
+    let c = cluster.clone();
+    cluster
+        .bounded("splits", Duration::from_secs(420), async move {
+            let cluster = c;
+            let mut admin = cluster.admin_client(1);
+            create_tenant(&mut admin, "so_ho").await.unwrap_or_else(|e| cluster.fail(format!("create tenant: {e}")));
+            create_table(&mut admin, "so_ho", "land", &["f"]).await.unwrap_or_else(|e| cluster.fail(format!("create table: {e}")));
+            let mut expected: BTreeSet<String> = BTreeSet::new();
+            for i in 0..SPLIT_ROWS {
+                let key = format!("row{i:05}");
+                put_row(&cluster, (i % 3) as u64 + 1, &key).await.unwrap_or_else(|e| cluster.fail(format!("put {key}: {e}")));
+                expected.insert(key);
+            }
+
+            // A writer through every node while the first splits run.
+            let stop = Arc::new(AtomicBool::new(false));
+            let writer = {
+                let (cluster, stop) = (cluster.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut written = Vec::new();
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::SeqCst) {
+                        // Spread over the whole table: between the loaded rows.
+                        let key = format!("row{:05}w", (i * 37) % SPLIT_ROWS);
+                        put_row(&cluster, (i % 3) as u64 + 1, &key)
+                            .await
+                            .unwrap_or_else(|e| cluster.fail(format!("put {key} during splits: {e}")));
+                        written.push(key);
+                        i += 1;
+                    }
+                    written
+                })
+            };
+
+            let list = |via: u64| {
+                let out = kho(&cluster, via, &["shard", "list", "--json", "--tenant", "so_ho"]);
+                assert!(out.status.success(), "kho shard list: {}", String::from_utf8_lossy(&out.stderr));
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+                v["shards"].as_array().cloned().unwrap_or_default()
+            };
+            let first = list(1);
+            assert_eq!(first.len(), 1, "{first:?}");
+            let tid = first[0]["tenant_id"].as_u64().expect("tenant_id");
+
+            // The first split at the middle of the keys, through a node that may not lead.
+            let sides =
+                split(&cluster, 2, first[0]["id"].as_u64().expect("id"), None).unwrap_or_else(|e| cluster.fail(format!("split: {e}")));
+            let at = sides["shards"][1]["start"].as_str().expect("the right side's start").to_string();
+            assert_eq!(sides["shards"][0]["end"].as_str(), Some(at.as_str()), "{sides}");
+            assert!(at.starts_with(&format!("t{tid}/tb")) && at.contains("/rrow"), "a row boundary: {at}");
+            // The table's prefix, to name split points: `t<tenant>/tb<table>`.
+            let table = at[..at.find("/r").expect("a row")].to_string();
+
+            // Bad points are refused and change nothing.
+            // The tenant's start (the shard's own), a cell's key inside a row (printable as
+            // hex: no boundary), and no key at all.
+            let table_id: u32 = table.rsplit("tb").next().and_then(|t| t.parse().ok()).expect("a table id");
+            let cell: String = [&(tid as u32).to_be_bytes()[..], &table_id.to_be_bytes(), b"row00100", &[0, 1], &[0, 1]]
+                .concat()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            for bad in [format!("t{tid}"), format!("0x{cell}"), "t1/zz".to_string()] {
+                let e = split(&cluster, 3, first[0]["id"].as_u64().unwrap(), Some(&bad)).expect_err(&bad);
+                assert!(e.contains("INVALID_ARGUMENT"), "splitting at {bad}: {e}");
+            }
+
+            // An explicit point in the left half, then middle splits, each shard in turn,
+            // through every node, until there are enough shards.
+            let left_id = sides["shards"][0]["id"].as_u64().unwrap();
+            split(&cluster, 3, left_id, Some(&format!("{table}/rrow00100")))
+                .unwrap_or_else(|e| cluster.fail(format!("split at row00100: {e}")));
+            let mut via = 1u64;
+            let mut rounds = 0;
+            loop {
+                let shards = list(via);
+                if shards.len() >= SPLIT_SHARDS_MIN {
+                    break;
+                }
+                rounds += 1;
+                assert!(rounds < 40, "still {} shards after {rounds} rounds: {shards:?}", shards.len());
+                if shards.len() >= SPLIT_SHARDS_MIN - 2 {
+                    stop.store(true, Ordering::SeqCst); // the last splits with no writes
+                }
+                for s in shards {
+                    let id = s["id"].as_u64().unwrap();
+                    match split(&cluster, via, id, None) {
+                        Ok(_) => {}
+                        // A shard split by a previous round's retry, or with one row: next.
+                        Err(e) if e.contains("UNAVAILABLE") || e.contains("FAILED_PRECONDITION") => {
+                            eprintln!("split of shard {id} via node {via}: {e}")
+                        }
+                        Err(e) => cluster.fail(format!("split of shard {id} via node {via}: {e}")),
+                    }
+                    via = via % 3 + 1;
+                }
+            }
+            stop.store(true, Ordering::SeqCst);
+            let written = writer.await.expect("the writer");
+            assert!(!written.is_empty(), "the writer wrote nothing while shards split");
+            eprintln!("{} writes while the first shards split", written.len());
+            expected.extend(written);
+
+            // The shard map: disjoint ranges, in key order, covering the tenant's range.
+            let shards = list(2);
+            assert!(shards.len() >= SPLIT_SHARDS_MIN, "{shards:?}");
+            assert_eq!(shards[0]["start"].as_str(), Some(format!("t{tid}").as_str()), "{shards:?}");
+            assert_eq!(shards.last().unwrap()["end"].as_str(), Some(format!("t{}", tid + 1).as_str()), "{shards:?}");
+            let mut ids = BTreeSet::new();
+            for pair in shards.windows(2) {
+                assert_eq!(pair[0]["end"], pair[1]["start"], "neither gap nor overlap: {shards:?}");
+            }
+            for s in &shards {
+                assert!(ids.insert(s["id"].as_u64().unwrap()), "ids repeat: {shards:?}");
+                assert!(s["epoch"]["version"].as_u64().unwrap() >= 2, "every shard split or was split: {s}");
+                let mut replicas: Vec<u64> = s["replicas"].as_array().unwrap().iter().map(|r| r.as_u64().unwrap()).collect();
+                replicas.sort();
+                assert_eq!(replicas, vec![1, 2, 3], "{s}");
+            }
+
+            // Every row reads back through every node.
+            for via in 1..=3u64 {
+                let client = cluster.data_client(via);
+                for key in &expected {
+                    let req = GetRequest {
+                        tenant: "so_ho".into(),
+                        table: "land".into(),
+                        key: key.as_bytes().to_vec(),
+                        family: "f".into(),
+                        consistency: 0,
+                    };
+                    let got = retry_call(&RetryPolicy::STEADY, |_| {
+                        let mut c = client.clone();
+                        let r = req.clone();
+                        async move { c.get(r).await }
+                    })
+                    .await
+                    .unwrap_or_else(|e| cluster.fail(format!("get {key} via node {via}: {e}")));
+                    assert!(got.found && got.value == value_of(key), "row {key} via node {via}: {got:?}");
+                }
+            }
+
+            // A full scan returns every row exactly once, in key order, through every node.
+            let want: Vec<String> = expected.iter().cloned().collect();
+            for via in 1..=3u64 {
+                let got = scan_row_keys(&cluster, via).await;
+                assert!(got.windows(2).all(|w| w[0] < w[1]), "rows out of order or repeated via node {via}");
+                assert_eq!(got.len(), want.len(), "rows via node {via}");
+                assert_eq!(got, want, "rows via node {via}");
+            }
+
+            // Every group's replicas agree, and the shards hold every row once between them.
+            let sums = cluster.wait_applied_equal(Duration::from_secs(60)).await;
+            assert_checksums_equal(&cluster, &sums);
+            for s in &sums {
+                let held: BTreeSet<u64> = s.groups.iter().map(|g| g.group_id).collect();
+                assert!(ids.is_subset(&held), "node {} holds every shard: {held:?} vs {ids:?}", s.node_id);
+                let keys: u64 = s.groups.iter().filter(|g| ids.contains(&g.group_id)).map(|g| g.key_count).sum();
+                assert_eq!(keys, expected.len() as u64, "node {}: the shards' keys", s.node_id);
+            }
         })
         .await;
 }

@@ -103,6 +103,9 @@ impl DataService {
                 return Ok(Leader::There(to));
             }
             let desc = g.state.shard().ok_or_else(|| status::internal("a data key routed to a group that is not a data shard"))?.desc;
+            if !desc.contains(&first) {
+                continue; // the shard split since the lookup: look the key up again
+            }
             if !kho_raft::cells::within(w, &desc.start, &desc.end) {
                 return Err(Status::failed_precondition(format!(
                     "ops: the write's keys fall in more than one shard (shard {} holds [{}, {})): an atomic write across shards is not supported yet; write each shard's keys apart",
