@@ -213,6 +213,39 @@ fn split(cluster: &Cluster, via: u64, id: u64, at: Option<&str>) -> Result<serde
     serde_json::from_slice(&out.stdout).map_err(|e| format!("kho shard split --json is not JSON ({e})"))
 }
 
+/// [`split`], tried again while it fails with UNAVAILABLE (no leader known yet, a leader
+/// that just went down), at most 20 times.
+async fn split_retried(cluster: &Cluster, via: u64, id: u64, at: Option<&str>) -> Result<serde_json::Value, String> {
+    let mut last = String::new();
+    for _ in 0..20 {
+        match split(cluster, via, id, at) {
+            Err(e) if e.contains("UNAVAILABLE") => last = e,
+            other => return other,
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Err(last)
+}
+
+/// `kho shard list --json --tenant so_ho` through node `via`, tried again while it fails
+/// with UNAVAILABLE (the meta group electing a leader), at most 20 times: the shards.
+async fn so_ho_shards(cluster: &Cluster, via: u64) -> Vec<serde_json::Value> {
+    let mut last = String::new();
+    for _ in 0..20 {
+        let out = kho(cluster, via, &["shard", "list", "--json", "--tenant", "so_ho"]);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("kho shard list --json is JSON");
+            return v["shards"].as_array().cloned().unwrap_or_default();
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !last.contains("UNAVAILABLE") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    cluster.fail(format!("kho shard list via node {via}: {last}"))
+}
+
 /// The row keys of a full `ScanRows` of so_ho/land through node `via`, in the order received.
 async fn scan_row_keys(cluster: &Cluster, via: u64) -> Vec<String> {
     let client = cluster.data_client(via);
@@ -284,13 +317,7 @@ async fn splits_keep_every_row_readable_once_in_order_through_every_node() {
                 })
             };
 
-            let list = |via: u64| {
-                let out = kho(&cluster, via, &["shard", "list", "--json", "--tenant", "so_ho"]);
-                assert!(out.status.success(), "kho shard list: {}", String::from_utf8_lossy(&out.stderr));
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-                v["shards"].as_array().cloned().unwrap_or_default()
-            };
-            let first = list(1);
+            let first = so_ho_shards(&cluster, 1).await;
             assert_eq!(first.len(), 1, "{first:?}");
             let tid = first[0]["tenant_id"].as_u64().expect("tenant_id");
 
@@ -325,7 +352,7 @@ async fn splits_keep_every_row_readable_once_in_order_through_every_node() {
             let mut via = 1u64;
             let mut rounds = 0;
             loop {
-                let shards = list(via);
+                let shards = so_ho_shards(&cluster, via).await;
                 if shards.len() >= SPLIT_SHARDS_MIN {
                     break;
                 }
@@ -354,7 +381,7 @@ async fn splits_keep_every_row_readable_once_in_order_through_every_node() {
             expected.extend(written);
 
             // The shard map: disjoint ranges, in key order, covering the tenant's range.
-            let shards = list(2);
+            let shards = so_ho_shards(&cluster, 2).await;
             assert!(shards.len() >= SPLIT_SHARDS_MIN, "{shards:?}");
             assert_eq!(shards[0]["start"].as_str(), Some(format!("t{tid}").as_str()), "{shards:?}");
             assert_eq!(shards.last().unwrap()["end"].as_str(), Some(format!("t{}", tid + 1).as_str()), "{shards:?}");
@@ -410,6 +437,75 @@ async fn splits_keep_every_row_readable_once_in_order_through_every_node() {
                 let keys: u64 = s.groups.iter().filter(|g| ids.contains(&g.group_id)).map(|g| g.key_count).sum();
                 assert_eq!(keys, expected.len() as u64, "node {}: the shards' keys", s.node_id);
             }
+        })
+        .await;
+}
+
+/// A replica that was down while its shard split, and whose peers purged their logs past
+/// the splits, catches up by snapshots: of the parent (past the split, narrowing its range
+/// there) and of each new shard, which its node opens from the shard map without
+/// initializing it. Afterwards it holds every shard, agrees with the other replicas group
+/// by group, and serves every row, once, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_missed_splits_catches_up_by_snapshots_of_the_new_shards() {
+    let opts = ClusterOptions { snapshot_logs_since_last: Some(20), logs_to_keep_after_snapshot: Some(5), ..ClusterOptions::default() };
+    let cluster = Cluster::start(3, opts).await;
+    cluster
+        .bounded("missed splits", Duration::from_secs(300), async {
+            let mut admin = cluster.admin_client(1);
+            create_tenant(&mut admin, "so_ho").await.unwrap_or_else(|e| cluster.fail(format!("create tenant: {e}")));
+            create_table(&mut admin, "so_ho", "land", &["f"]).await.unwrap_or_else(|e| cluster.fail(format!("create table: {e}")));
+            let mut expected = BTreeSet::new();
+            for i in 0..300 {
+                let key = format!("row{i:05}");
+                put_row(&cluster, (i % 2) as u64 + 1, &key).await.unwrap_or_else(|e| cluster.fail(format!("put {key}: {e}")));
+                expected.insert(key);
+            }
+            cluster.stop(3).await;
+
+            // Three splits while node 3 is down (each through node 1 or 2), then enough
+            // writes to every shard that each builds snapshots and purges its log past them.
+            for round in 0..3 {
+                let shards = so_ho_shards(&cluster, 1).await;
+                let id = shards.last().and_then(|s| s["id"].as_u64()).expect("a shard");
+                split_retried(&cluster, round % 2 + 1, id, None).await.unwrap_or_else(|e| cluster.fail(format!("split {id}: {e}")));
+            }
+            for i in 0..600 {
+                let key = format!("row{:05}x", i % 300);
+                put_row(&cluster, (i % 2) as u64 + 1, &key).await.unwrap_or_else(|e| cluster.fail(format!("put {key}: {e}")));
+                expected.insert(key);
+            }
+            let shards = so_ho_shards(&cluster, 2).await;
+            let ids: BTreeSet<u64> = shards.iter().map(|s| s["id"].as_u64().unwrap()).collect();
+            assert_eq!(ids.len(), 4, "{shards:?}");
+
+            cluster.restart(3).await;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let sums = loop {
+                let sums = cluster.wait_applied_equal(Duration::from_secs(60)).await;
+                let node3 = sums.iter().find(|s| s.node_id == 3).expect("node 3 answered");
+                let held: BTreeSet<u64> = node3.groups.iter().map(|g| g.group_id).collect();
+                if ids.is_subset(&held) {
+                    break sums;
+                }
+                if Instant::now() > deadline {
+                    cluster.fail(format!("node 3 holds {held:?}, not every shard {ids:?}"));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            assert_checksums_equal(&cluster, &sums);
+            for s in &sums {
+                let keys: u64 = s.groups.iter().filter(|g| ids.contains(&g.group_id)).map(|g| g.key_count).sum();
+                assert_eq!(keys, expected.len() as u64, "node {}: the shards' keys", s.node_id);
+            }
+            let log = std::fs::read_to_string(cluster.log_path(3)).expect("node 3's log");
+            assert!(log.contains("installed snapshot"), "node 3 caught up without a snapshot: the test did not test what it says");
+            assert!(
+                log.contains("opened a data shard the shard map puts here"),
+                "node 3 did not open a new shard from the shard map: the test did not test what it says"
+            );
+            let want: Vec<String> = expected.iter().cloned().collect();
+            assert_eq!(scan_row_keys(&cluster, 3).await, want, "rows via node 3");
         })
         .await;
 }
