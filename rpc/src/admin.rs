@@ -577,10 +577,17 @@ impl AdminService {
         // (a linearizable count): this node must hold a replica of every one of them.
         let mut shards: Vec<(u32, std::sync::Arc<kho_raft::state_machine::SmState>)> = Vec::new();
         if count {
-            let descs: Vec<_> = {
+            let mut descs: Vec<_> = {
                 let cat = state.catalog();
                 wanted.iter().flat_map(|(_, id)| cat.shards.shards_of_tenant(*id).cloned().collect::<Vec<_>>()).collect()
             };
+            // A shard split here that the shard map does not show yet is counted too.
+            for g in self.ctx.node.group_ids().into_iter().filter_map(|id| self.ctx.node.group(id)) {
+                let Some(st) = g.state.shard() else { continue };
+                if wanted.iter().any(|(_, t)| *t == st.desc.tenant) && !descs.iter().any(|d| d.id == g.id) && self.ctx.node.serves(&g) {
+                    descs.push(st.desc);
+                }
+            }
             for d in descs {
                 let Some(g) = self.ctx.node.group(d.id) else {
                     return Err(Status::unavailable(format!(
