@@ -509,3 +509,75 @@ async fn a_replica_that_missed_splits_catches_up_by_snapshots_of_the_new_shards(
         })
         .await;
 }
+
+/// Every node SIGKILLed right after a run of splits made while a writer wrote (some splits'
+/// batches not flushed yet, some new shards just opened): after the restart every row
+/// acknowledged reads back once, in order, the shard map covers the tenant, and every
+/// group's replicas agree.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_cluster_killed_right_after_splits_restarts_with_every_row_once() {
+    let cluster = Arc::new(Cluster::start(3, ClusterOptions::default()).await);
+    let c = cluster.clone();
+    cluster
+        .bounded("killed after splits", Duration::from_secs(300), async move {
+            let cluster = c;
+            let mut admin = cluster.admin_client(1);
+            create_tenant(&mut admin, "so_ho").await.unwrap_or_else(|e| cluster.fail(format!("create tenant: {e}")));
+            create_table(&mut admin, "so_ho", "land", &["f"]).await.unwrap_or_else(|e| cluster.fail(format!("create table: {e}")));
+            let mut expected = BTreeSet::new();
+            for i in 0..300 {
+                let key = format!("row{i:05}");
+                put_row(&cluster, (i % 3) as u64 + 1, &key).await.unwrap_or_else(|e| cluster.fail(format!("put {key}: {e}")));
+                expected.insert(key);
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let writer = {
+                let (cluster, stop) = (cluster.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut written = Vec::new();
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::SeqCst) {
+                        let key = format!("row{:05}k", (i * 41) % 300);
+                        put_row(&cluster, (i % 3) as u64 + 1, &key).await.unwrap_or_else(|e| cluster.fail(format!("put {key}: {e}")));
+                        written.push(key);
+                        i += 1;
+                    }
+                    written
+                })
+            };
+            let mut via = 1u64;
+            while so_ho_shards(&cluster, via).await.len() < 6 {
+                for s in so_ho_shards(&cluster, via).await {
+                    let id = s["id"].as_u64().unwrap();
+                    if let Err(e) = split_retried(&cluster, via, id, None).await {
+                        assert!(e.contains("FAILED_PRECONDITION") || e.contains("UNAVAILABLE"), "split of shard {id}: {e}");
+                    }
+                    via = via % 3 + 1;
+                }
+            }
+            stop.store(true, Ordering::SeqCst);
+            expected.extend(writer.await.expect("the writer"));
+            cluster.kill_all();
+            cluster.restart_all().await;
+
+            let shards = so_ho_shards(&cluster, 1).await;
+            assert!(shards.len() >= 6, "{shards:?}");
+            for pair in shards.windows(2) {
+                assert_eq!(pair[0]["end"], pair[1]["start"], "neither gap nor overlap: {shards:?}");
+            }
+            let ids: BTreeSet<u64> = shards.iter().map(|s| s["id"].as_u64().unwrap()).collect();
+            let want: Vec<String> = expected.iter().cloned().collect();
+            for via in 1..=3u64 {
+                assert_eq!(scan_row_keys(&cluster, via).await, want, "rows via node {via} after the restart");
+            }
+            let sums = cluster.wait_applied_equal(Duration::from_secs(60)).await;
+            assert_checksums_equal(&cluster, &sums);
+            for s in &sums {
+                let held: BTreeSet<u64> = s.groups.iter().map(|g| g.group_id).collect();
+                assert!(ids.is_subset(&held), "node {} holds every shard: {held:?} vs {ids:?}", s.node_id);
+                let keys: u64 = s.groups.iter().filter(|g| ids.contains(&g.group_id)).map(|g| g.key_count).sum();
+                assert_eq!(keys, expected.len() as u64, "node {}: the shards' keys", s.node_id);
+            }
+        })
+        .await;
+}
