@@ -581,3 +581,62 @@ async fn a_whole_cluster_killed_right_after_splits_restarts_with_every_row_once(
         })
         .await;
 }
+
+/// With every split's own report to the shard map lost (fail point `split-report-lost`, as
+/// a crash right after the split would), the shard leaders' driver brings the map up to
+/// date within a bounded time: after two splits of the same shard, a report per split, or
+/// one of the three pieces that now tile its range when it saw both at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_driver_reports_splits_whose_report_was_lost() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await;
+    cluster
+        .bounded("lost split reports", Duration::from_secs(180), async {
+            for id in 1..=3 {
+                cluster.set_env(id, &[("FAILPOINTS", "split-report-lost=return")]);
+            }
+            cluster.kill_all();
+            cluster.restart_all().await;
+            let mut admin = cluster.admin_client(1);
+            create_tenant(&mut admin, "so_ho").await.unwrap_or_else(|e| cluster.fail(format!("create tenant: {e}")));
+            create_table(&mut admin, "so_ho", "land", &["f"]).await.unwrap_or_else(|e| cluster.fail(format!("create table: {e}")));
+            for i in 0..200 {
+                let key = format!("row{i:05}");
+                put_row(&cluster, (i % 3) as u64 + 1, &key).await.unwrap_or_else(|e| cluster.fail(format!("put {key}: {e}")));
+            }
+            let first = so_ho_shards(&cluster, 1).await;
+            let (tid, id) = (first[0]["tenant_id"].as_u64().unwrap(), first[0]["id"].as_u64().unwrap());
+            let sides = split_retried(&cluster, 2, id, None).await.unwrap_or_else(|e| cluster.fail(format!("split: {e}")));
+            let at = sides["shards"][1]["start"].as_str().unwrap().to_string();
+            let table = at[..at.find("/r").unwrap()].to_string();
+            split_retried(&cluster, 3, id, Some(&format!("{table}/rrow00050")))
+                .await
+                .unwrap_or_else(|e| cluster.fail(format!("split: {e}")));
+
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let shards = so_ho_shards(&cluster, 1).await;
+                if shards.len() == 3 {
+                    let ranges: Vec<(&str, &str)> =
+                        shards.iter().map(|s| (s["start"].as_str().unwrap(), s["end"].as_str().unwrap())).collect();
+                    let row50 = format!("{table}/rrow00050");
+                    let want = [(format!("t{tid}"), row50.clone()), (row50, at.clone()), (at.clone(), format!("t{}", tid + 1))];
+                    let want: Vec<(&str, &str)> = want.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                    assert_eq!(ranges, want, "{shards:?}");
+                    assert!(shards.iter().all(|s| s["epoch"]["version"].as_u64() >= Some(2)), "{shards:?}");
+                    break;
+                }
+                assert!(shards.len() <= 2, "{shards:?}");
+                if Instant::now() > deadline {
+                    cluster.fail(format!("the shard map still shows {shards:?} 30 s after the splits"));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let log = (1..=3).map(|n| std::fs::read_to_string(cluster.log_path(n)).unwrap_or_default()).collect::<String>();
+            assert!(!log.contains("the split is not in the shard map yet"), "a report was made and failed: the fail point did not hold");
+            assert!(
+                log.contains("reporting a shard the shard map has older") && log.contains("record-split of shard"),
+                "the driver did not report the splits: the test did not test what it says"
+            );
+        })
+        .await;
+}

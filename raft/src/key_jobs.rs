@@ -99,6 +99,7 @@ async fn report_shards(node: &RaftNode) {
             _ => None,
         };
         if let Some(cmd) = report {
+            tracing::info!(shard = id, report = %cmd, "reporting a shard the shard map has older");
             if let Err(e) =
                 tokio::time::timeout(Duration::from_millis(STEP_TIMEOUT_MS), node.propose_anywhere(crate::META_GROUP, cmd)).await
             {

@@ -368,7 +368,7 @@ impl RaftNode {
     /// ranges (not the shard map, which learns of a split after it applied here); None when
     /// this node holds no replica serving it (none, or one removed from its shard).
     pub fn local_group_for(&self, key: &[u8]) -> Option<Arc<Group>> {
-        self.ranges.candidates(key).into_iter().filter_map(|id| self.group(id)).find(|g| g.state.range().contains(key) && self.serves(g))
+        self.ranges.candidates(key).into_iter().filter_map(|id| self.group(id)).find(|g| g.state.holds(key) && self.serves(g))
     }
 
     /// This node's data group whose range starts at `start`, if it serves it.
@@ -380,14 +380,14 @@ impl RaftNode {
     /// descriptor lists this node, and the shard map's, when it is as new in `conf_ver`,
     /// does too. A replica removed from its shard gets no new entries, so it serves nothing.
     pub fn serves(&self, g: &Group) -> bool {
-        let Some(st) = g.state.shard() else { return false };
-        if !st.desc.replicas.iter().any(|r| r.node == self.id) {
+        let Some((conf_ver, listed)) = g.state.replica_of(self.id) else { return false };
+        if !listed {
             return false;
         }
         let meta = self.meta();
         let cat = meta.state.catalog();
         match cat.shards.get(g.id) {
-            Some(d) if d.epoch.conf_ver >= st.desc.epoch.conf_ver => d.replicas.iter().any(|r| r.node == self.id),
+            Some(d) if d.epoch.conf_ver >= conf_ver => d.replicas.iter().any(|r| r.node == self.id),
             _ => true,
         }
     }

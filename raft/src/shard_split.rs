@@ -151,12 +151,23 @@ impl RaftNode {
         if let Err(e) = self.open_sibling(new_id).await {
             tracing::info!(shard, child = new_id, error = %e, "the new shard has not opened here yet; its replicas elect a leader");
         }
+        // The fail point `split-report-lost` drops this report, as a crash right here would:
+        // the driver's report must bring the shard map up to date.
+        #[cfg(feature = "failpoints")]
+        let report_lost = (|| {
+            fail::fail_point!("split-report-lost", |_| true);
+            false
+        })();
+        #[cfg(not(feature = "failpoints"))]
+        let report_lost = false;
         let report = Command::RecordSplit { pieces: vec![left.clone(), right.clone()] };
-        match tokio::time::timeout(Duration::from_millis(PROPOSE_TIMEOUT_MS), self.propose_anywhere(META_GROUP, report)).await {
-            Ok(Ok(r)) if !matches!(r.outcome, Outcome::Rejected(_)) => {}
-            // The driver reports it again ([`split_report`]).
-            other => {
-                tracing::info!(shard, child = new_id, outcome = ?other.map(|r| r.map(|r| r.outcome)), "the split is not in the shard map yet")
+        if !report_lost {
+            match tokio::time::timeout(Duration::from_millis(PROPOSE_TIMEOUT_MS), self.propose_anywhere(META_GROUP, report)).await {
+                Ok(Ok(r)) if !matches!(r.outcome, Outcome::Rejected(_)) => {}
+                // The driver reports it again ([`split_report`]).
+                other => {
+                    tracing::info!(shard, child = new_id, outcome = ?other.map(|r| r.map(|r| r.outcome)), "the split is not in the shard map yet")
+                }
             }
         }
         tracing::info!(shard, child = new_id, left = %left, right = %right, "split a shard");

@@ -101,6 +101,18 @@ impl SmState {
         self.range.read().expect("range lock poisoned").clone()
     }
 
+    /// Whether the group's key range holds `key` (without a copy of the range).
+    pub fn holds(&self, key: &[u8]) -> bool {
+        self.range.read().expect("range lock poisoned").contains(key)
+    }
+
+    /// A data shard's `conf_ver` and whether its descriptor lists `node` as a replica
+    /// (without a copy of the state); None for the meta group.
+    pub fn replica_of(&self, node: u64) -> Option<(u64, bool)> {
+        let st = self.shard.read().expect("shard state lock poisoned");
+        st.as_ref().map(|s| (s.desc.epoch.conf_ver, s.desc.replicas.iter().any(|r| r.node == node)))
+    }
+
     /// The group's flushed applied index, which its log store checks every purge against
     /// ([`crate::log_store::LogStore::with_purge_bound`]).
     pub fn flushed_applied(&self) -> Arc<FlushedApplied> {
