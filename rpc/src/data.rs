@@ -132,19 +132,28 @@ impl DataService {
     /// The local replica of the shard holding `key` for a read at `consistency`, after its
     /// read barrier; or where to forward the read.
     async fn read_shard(&self, key: &[u8], consistency: i32, origin: &Origin) -> Result<Leader<Arc<Group>>, Status> {
-        let g = match self.ctx.shard_route(key, origin, Kind::Read).await? {
-            ShardRoute::Remote(to) => return Ok(Leader::There(to)),
-            ShardRoute::Local(g) => g,
+        let mut attempts = 0;
+        let g = loop {
+            let g = match self.ctx.shard_route(key, origin, Kind::Read).await? {
+                ShardRoute::Remote(to) => return Ok(Leader::There(to)),
+                ShardRoute::Local(g) => g,
+            };
+            if let Leader::There(to) = self.ctx.read_barrier_for(&g, consistency, origin).await? {
+                return Ok(Leader::There(to));
+            }
+            // The barrier brought the shard state up to date: a key it no longer holds was
+            // routed before a split applied here: look it up again.
+            if g.state.holds(key) {
+                break g;
+            }
+            attempts += 1;
+            if attempts == ROUTE_ATTEMPTS_MAX {
+                return Err(Status::unavailable(format!(
+                    "shard {} no longer holds the key (it split or merged), {ROUTE_ATTEMPTS_MAX} lookups in a row; retry",
+                    g.id
+                )));
+            }
         };
-        if let Leader::There(to) = self.ctx.read_barrier_for(&g, consistency, origin).await? {
-            return Ok(Leader::There(to));
-        }
-        // The barrier brought the shard state up to date: a key it no longer holds was routed
-        // with a stale map (a split or merge applied here since).
-        let (start, end) = g.state.bounds();
-        if key < start.as_slice() || key >= end.as_slice() {
-            return Err(Status::unavailable(format!("shard {} no longer holds the key (it split or merged); retry", g.id)));
-        }
         // A table dropped (and cleared from the shard, which DropTable waits for) before the
         // barrier is gone, even if this node's catalog has not applied the drop yet.
         if let Some(table) = key.get(4..8).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes"))) {
