@@ -317,6 +317,43 @@ async fn splits_keep_every_row_readable_once_in_order_through_every_node() {
                 })
             };
 
+            // A reader through every node while the shards split: each full scan holds every
+            // loaded row, once, in order; each read finds its row.
+            let loaded: Vec<String> = expected.iter().cloned().collect();
+            let reader = {
+                let (cluster, stop, loaded) = (cluster.clone(), stop.clone(), loaded.clone());
+                tokio::spawn(async move {
+                    let mut rounds = 0usize;
+                    while !stop.load(Ordering::SeqCst) {
+                        let via = (rounds % 3) as u64 + 1;
+                        let got = scan_row_keys(&cluster, via).await;
+                        assert!(got.windows(2).all(|w| w[0] < w[1]), "a scan during splits via node {via}: rows out of order or repeated");
+                        let got: BTreeSet<String> = got.into_iter().collect();
+                        let missing: Vec<&String> = loaded.iter().filter(|k| !got.contains(*k)).take(5).collect();
+                        assert!(missing.is_empty(), "a scan during splits via node {via} lacks rows {missing:?}");
+                        let key = &loaded[(rounds * 97) % loaded.len()];
+                        let client = cluster.data_client(via);
+                        let req = GetRequest {
+                            tenant: "so_ho".into(),
+                            table: "land".into(),
+                            key: key.as_bytes().to_vec(),
+                            family: "f".into(),
+                            consistency: 0,
+                        };
+                        let r = retry_call(&RetryPolicy::STEADY, |_| {
+                            let mut c = client.clone();
+                            let r = req.clone();
+                            async move { c.get(r).await }
+                        })
+                        .await
+                        .unwrap_or_else(|e| cluster.fail(format!("get {key} via node {via} during splits: {e}")));
+                        assert!(r.found && r.value == value_of(key), "get {key} via node {via} during splits: {r:?}");
+                        rounds += 1;
+                    }
+                    rounds
+                })
+            };
+
             let first = so_ho_shards(&cluster, 1).await;
             assert_eq!(first.len(), 1, "{first:?}");
             let tid = first[0]["tenant_id"].as_u64().expect("tenant_id");
@@ -377,7 +414,8 @@ async fn splits_keep_every_row_readable_once_in_order_through_every_node() {
             stop.store(true, Ordering::SeqCst);
             let written = writer.await.expect("the writer");
             assert!(!written.is_empty(), "the writer wrote nothing while shards split");
-            eprintln!("{} writes while the first shards split", written.len());
+            let reads = reader.await.expect("the reader");
+            eprintln!("{} writes and {reads} scans and reads while the first shards split", written.len());
             expected.extend(written);
 
             // The shard map: disjoint ranges, in key order, covering the tenant's range.
