@@ -54,6 +54,9 @@ pub struct RaftNode {
     opener: GroupOpener,
     /// Serializes the opening of groups by the registry.
     opening: tokio::sync::Mutex<()>,
+    /// Data shards opened here whose Raft state is not known to be initialized yet, with
+    /// when they were opened ([`RaftNode::ensure_shard_groups`]).
+    uninitialized: std::sync::Mutex<BTreeMap<GroupId, std::time::Instant>>,
     /// Background tasks (the re-encryption and table-clearing driver, [`crate::key_jobs`];
     /// the group registry), stopped at shutdown.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -89,6 +92,10 @@ impl GroupOpener {
         .await
     }
 }
+
+/// How long a replica of a new shard waits for the shard's first voter to start it before
+/// it starts it itself, milliseconds.
+const SHARD_INIT_FALLBACK_MS: u64 = 5_000;
 
 /// How often the group registry checks the shard map even without a change, milliseconds
 /// (a group whose creation failed, or whose members' addresses were unknown, is retried).
@@ -223,6 +230,7 @@ impl RaftNode {
             groups: RwLock::new(BTreeMap::new()),
             opener,
             opening: tokio::sync::Mutex::new(()),
+            uninitialized: std::sync::Mutex::new(BTreeMap::new()),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         let meta = node.opener.open(META_GROUP, GroupKind::Meta).await?;
@@ -230,6 +238,9 @@ impl RaftNode {
         for shard in local_shards(&engine)? {
             let g = node.opener.open(shard, GroupKind::Data).await?;
             node.groups.write().expect("groups lock").insert(shard, Arc::new(g));
+            // Checked once by the registry: a replica created just before a crash may not
+            // have been started yet.
+            node.uninitialized.lock().expect("uninitialized lock").insert(shard, std::time::Instant::now());
         }
         let driver = crate::key_jobs::spawn(Arc::downgrade(&node));
         let registry = spawn_registry(Arc::downgrade(&node));
@@ -248,40 +259,54 @@ impl RaftNode {
             cat.shards.iter().filter(|d| d.replicas.iter().any(|r| r.node == self.id)).cloned().collect()
         };
         for desc in wanted {
-            if self.group(desc.id).is_some() {
+            if self.group(desc.id).is_none() {
+                let key = crate::log_store::meta_key::key(desc.id, crate::log_store::meta_key::SHARD_STATE);
+                if crate::state_machine::read_shard_state(&self.engine, desc.id)?.is_none() {
+                    // The shard's range and state, written together before the group exists.
+                    let range = crate::KeyRange::new(desc.start.clone(), Some(desc.end.clone()));
+                    let mut batch = self.engine.batch();
+                    batch.put(kho_engine::Cf::RaftMeta, &key, &ShardState::new(desc.clone()).encode());
+                    batch.put(
+                        kho_engine::Cf::RaftMeta,
+                        &crate::log_store::meta_key::key(desc.id, crate::log_store::meta_key::RANGE),
+                        &crate::codec::encode_key_range(&range),
+                    );
+                    self.engine.write(batch, true)?;
+                }
+                let g = Arc::new(self.opener.open(desc.id, GroupKind::Data).await?);
+                self.groups.write().expect("groups lock").insert(desc.id, g);
+                self.uninitialized.lock().expect("uninitialized lock").insert(desc.id, std::time::Instant::now());
+                tracing::info!(shard = desc.id, range = %desc, "opened a data shard");
+            }
+            let Some(since) = self.uninitialized.lock().expect("uninitialized lock").get(&desc.id).copied() else { continue };
+            let g = self.group(desc.id).expect("opened above");
+            if g.raft.is_initialized().await.map_err(|e| RaftNodeError::Raft(e.to_string()))? {
+                self.uninitialized.lock().expect("uninitialized lock").remove(&desc.id);
                 continue;
             }
-            let key = crate::log_store::meta_key::key(desc.id, crate::log_store::meta_key::SHARD_STATE);
-            if crate::state_machine::read_shard_state(&self.engine, desc.id)?.is_none() {
-                // The shard's range and state, written together before the group exists.
-                let range = crate::KeyRange::new(desc.start.clone(), Some(desc.end.clone()));
-                let mut batch = self.engine.batch();
-                batch.put(kho_engine::Cf::RaftMeta, &key, &ShardState::new(desc.clone()).encode());
-                batch.put(
-                    kho_engine::Cf::RaftMeta,
-                    &crate::log_store::meta_key::key(desc.id, crate::log_store::meta_key::RANGE),
-                    &crate::codec::encode_key_range(&range),
-                );
-                self.engine.write(batch, true)?;
+            // One replica, the lowest-numbered voter, starts the group: the others receive
+            // its log, so the first election has one candidate and the leader does not move
+            // right after the shard's creation. Another replica starts it only if it is still
+            // uninitialized after SHARD_INIT_FALLBACK_MS (the first one is down).
+            let designated = desc.voters().min() == Some(self.id);
+            if !designated && since.elapsed() < Duration::from_millis(SHARD_INIT_FALLBACK_MS) {
+                continue;
             }
-            let g = Arc::new(self.opener.open(desc.id, GroupKind::Data).await?);
-            self.groups.write().expect("groups lock").insert(desc.id, g.clone());
-            tracing::info!(shard = desc.id, range = %desc, "opened a data shard");
-            if !g.raft.is_initialized().await.map_err(|e| RaftNodeError::Raft(e.to_string()))? {
-                let mut members = BTreeMap::new();
-                for n in desc.voters() {
-                    let Some(addr) = self.node_addr(n) else {
-                        tracing::warn!(shard = desc.id, node = n, "no address known for a replica's node; initializing later");
-                        members.clear();
-                        break;
-                    };
-                    members.insert(n, BasicNode { addr });
-                }
-                if !members.is_empty() {
-                    match g.raft.initialize(members).await {
-                        Ok(()) | Err(RaftError::APIError(_)) => {}
-                        Err(e) => return Err(RaftNodeError::Raft(e.to_string())),
+            let mut members = BTreeMap::new();
+            for n in desc.voters() {
+                let Some(addr) = self.node_addr(n) else {
+                    tracing::warn!(shard = desc.id, node = n, "no address known for a replica's node; initializing later");
+                    members.clear();
+                    break;
+                };
+                members.insert(n, BasicNode { addr });
+            }
+            if !members.is_empty() {
+                match g.raft.initialize(members).await {
+                    Ok(()) | Err(RaftError::APIError(_)) => {
+                        self.uninitialized.lock().expect("uninitialized lock").remove(&desc.id);
                     }
+                    Err(e) => return Err(RaftNodeError::Raft(e.to_string())),
                 }
             }
         }
