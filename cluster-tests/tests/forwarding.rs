@@ -191,6 +191,9 @@ struct Cut {
     long: bool,
 }
 
+/// Tries of the warm-up write before a cut, count.
+const WARM_UP_ATTEMPTS: usize = 10;
+
 /// Cuts `follower` from `leader`, writes through the follower while the link is cut,
 /// writes newer values through the leader once the documented bound has passed, heals,
 /// and checks that no failed write was applied late (none overwrote a newer one) and that
@@ -201,7 +204,17 @@ async fn cut_write_heal(cluster: &Cluster, target: &KvTarget, phase: &str, leade
     let via_leader = cluster.data_client(leader);
     // A forwarded write just before the cut: the follower's connection to the leader has
     // just received bytes, so keepalive gives up on it 2 s after the cut, not sooner.
-    if let Err(s) = put(&via_follower, target, &key(phase, "warm-up"), b"w", HEALTHY_DEADLINE_MS).await {
+    // Retried on UNAVAILABLE: right after the shard's creation its first elections may
+    // still move the leader.
+    let mut warm = Err(tonic::Status::unavailable("not tried"));
+    for _ in 0..WARM_UP_ATTEMPTS {
+        warm = put(&via_follower, target, &key(phase, "warm-up"), b"w", HEALTHY_DEADLINE_MS).await;
+        match &warm {
+            Err(s) if s.code() == tonic::Code::Unavailable => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ => break,
+        }
+    }
+    if let Err(s) = warm {
         cluster.fail(format!("{phase}: a write through follower {follower} before the cut: {s:?}"));
     }
     if cut.both_directions {

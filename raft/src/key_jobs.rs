@@ -1,7 +1,10 @@
-//! The background re-encryption driver: on the leader, prepares and proposes the next
-//! bounded [`Command::ReencryptStep`] of every unfinished job in the catalog, one at a time.
+//! The node's background driver. For each unfinished re-encryption job in the catalog, the
+//! leader of the shard holding the job's cursor prepares and proposes the next bounded step
+//! ([`Command::Reseal`] in the shard, then [`Command::JobProgress`] in the meta group). It
+//! also clears dropped tables from the shards this node leads and reports their replica
+//! changes to the meta group.
 //!
-//! The leader reads a bounded run of the tenant's values from the job's cursor (after a
+//! The shard's leader reads a bounded run of the tenant's values from the job's cursor (after a
 //! read barrier, so it sees every write committed before), re-seals those not under the
 //! target version, and proposes them with the bytes it read. The job's cursor lives in
 //! the replicated catalog and moves with each applied step, so a restart or a new leader

@@ -57,6 +57,9 @@ pub struct RaftNode {
     /// The ranges of this node's data groups, by start: routing by key
     /// ([`RaftNode::local_group_for`]). Rebuilt by the registry.
     ranges: crate::local_ranges::LocalRanges,
+    /// Data shards opened here whose Raft state is not known to be initialized yet, with
+    /// when they were opened ([`RaftNode::ensure_shard_groups`]).
+    uninitialized: std::sync::Mutex<BTreeMap<GroupId, std::time::Instant>>,
     /// Background tasks (the re-encryption and table-clearing driver, [`crate::key_jobs`];
     /// the group registry), stopped at shutdown.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -96,6 +99,10 @@ impl GroupOpener {
         .await
     }
 }
+
+/// How long a replica of a new shard waits for the shard's first voter to start it before
+/// it starts it itself, milliseconds.
+const SHARD_INIT_FALLBACK_MS: u64 = 5_000;
 
 /// How often the group registry checks the shard map even without a change, milliseconds
 /// (a group whose creation failed, or whose members' addresses were unknown, is retried).
@@ -232,6 +239,7 @@ impl RaftNode {
             opener,
             opening: tokio::sync::Mutex::new(()),
             ranges: Default::default(),
+            uninitialized: std::sync::Mutex::new(BTreeMap::new()),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         let meta = node.opener.open(META_GROUP, GroupKind::Meta).await?;
@@ -239,6 +247,9 @@ impl RaftNode {
         for shard in local_shards(&engine)? {
             let g = node.opener.open(shard, GroupKind::Data).await?;
             node.groups.write().expect("groups lock").insert(shard, Arc::new(g));
+            // Checked once by the registry: a replica created just before a crash may not
+            // have been started yet.
+            node.uninitialized.lock().expect("uninitialized lock").insert(shard, std::time::Instant::now());
         }
         node.reindex_ranges();
         let driver = crate::key_jobs::spawn(Arc::downgrade(&node));
@@ -294,14 +305,28 @@ impl RaftNode {
                         tracing::debug!(shard = desc.id, holder, "a local group still holds part of the shard's range; opening it later");
                         continue;
                     }
-                    self.open_from_the_map(&desc).await?
+                    let g = self.open_from_the_map(&desc).await?;
+                    // Only a tenant's first shard is created by initializing it; any other
+                    // shard has a leader already, which sends this replica what it lacks.
+                    if desc.epoch == crate::shard::Epoch::INITIAL {
+                        self.uninitialized.lock().expect("uninitialized lock").insert(desc.id, std::time::Instant::now());
+                    }
+                    g
                 }
             };
-            // Only a tenant's first shard is created by initializing it; any other shard has
-            // a leader already, which sends this replica what it lacks.
+            let Some(since) = self.uninitialized.lock().expect("uninitialized lock").get(&desc.id).copied() else { continue };
             if desc.epoch != crate::shard::Epoch::INITIAL
                 || g.raft.is_initialized().await.map_err(|e| RaftNodeError::Raft(e.to_string()))?
             {
+                self.uninitialized.lock().expect("uninitialized lock").remove(&desc.id);
+                continue;
+            }
+            // One replica, the lowest-numbered voter, starts the group: the others receive
+            // its log, so the first election has one candidate and the leader does not move
+            // right after the shard's creation. Another replica starts it only if it is still
+            // uninitialized after SHARD_INIT_FALLBACK_MS (the first one is down).
+            let designated = desc.voters().min() == Some(self.id);
+            if !designated && since.elapsed() < Duration::from_millis(SHARD_INIT_FALLBACK_MS) {
                 continue;
             }
             let mut members = BTreeMap::new();
@@ -315,7 +340,9 @@ impl RaftNode {
             }
             if !members.is_empty() {
                 match g.raft.initialize(members).await {
-                    Ok(()) | Err(RaftError::APIError(_)) => {}
+                    Ok(()) | Err(RaftError::APIError(_)) => {
+                        self.uninitialized.lock().expect("uninitialized lock").remove(&desc.id);
+                    }
                     Err(e) => return Err(RaftNodeError::Raft(e.to_string())),
                 }
             }

@@ -465,6 +465,11 @@ impl StateMachine {
                 if let Err(e) = desc.validate() {
                     return Ok((Outcome::Rejected(AppError::invalid(format!("tenant `{name}`'s first shard: {e}"))), None));
                 }
+                if cat.shards.get(shard_id).is_some() || cat.shards.shards_of_tenant(id).next().is_some() {
+                    // The counters never hand out an id twice: stored state contradicting them
+                    // is refused here, on every replica alike, rather than applied.
+                    return Err(io_err(format!("catalog counters are behind the shard map (shard {shard_id}, tenant {id})")));
+                }
                 batch.put_value(&catalog::shard_key(shard_id), &desc.encode());
                 batch.put_value(&catalog::tenant_key(&name), &catalog::encode_tenant_record(id, keys.is_some()));
                 let tenant_keys = match keys {

@@ -337,8 +337,11 @@ impl kv1::admin_server::Admin for FakeKho {
         Ok(Response::new(kv1::CreateTableResponse { revision: 2 }))
     }
 
-    async fn list_shards(&self, _r: Request<kv1::ListShardsRequest>) -> Result<Response<kv1::ListShardsResponse>, Status> {
-        Err(Status::unimplemented("the bench does not list shards"))
+    async fn list_shards(&self, r: Request<kv1::ListShardsRequest>) -> Result<Response<kv1::ListShardsResponse>, Status> {
+        // One shard per tenant, led by node 1 (the only node of the fake).
+        let tenant = r.into_inner().tenant;
+        let shard = kv1::ShardInfo { id: 1, tenant, leader_id: 1, term: 1, voters: vec![1], ..Default::default() };
+        Ok(Response::new(kv1::ListShardsResponse { shards: vec![shard] }))
     }
 
     async fn split_shard(&self, _r: Request<kv1::SplitShardRequest>) -> Result<Response<kv1::SplitShardResponse>, Status> {

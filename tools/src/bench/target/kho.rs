@@ -109,9 +109,11 @@ impl Target for KhoTarget {
 /// missing, and checks that the table has the family and, for an explicit encryption mode,
 /// that the tenant has it (an existing tenant keeps the mode it was created with).
 /// `ALREADY_EXISTS` is fine; `UNAVAILABLE` (an election) is retried.
-/// The address of the Raft leader, asked of the first endpoint that answers ClusterStatus
-/// with a leader (the cluster may still be electing one: then it retries).
-pub async fn leader_endpoint(endpoints: &[String]) -> anyhow::Result<String> {
+/// The address of the leader of `tenant`'s first data shard (the shard that holds the
+/// benchmark's table while the tenant does not split): `ListShards` names the leader,
+/// `ClusterStatus` its address, both asked of the first endpoint that answers (a shard
+/// may still be electing one: then it retries).
+pub async fn leader_endpoint(endpoints: &[String], tenant: &str) -> anyhow::Result<String> {
     for attempt in 0..SETUP_ATTEMPTS {
         let mut unreachable = Vec::new();
         for e in endpoints {
@@ -123,9 +125,12 @@ pub async fn leader_endpoint(endpoints: &[String]) -> anyhow::Result<String> {
                 }
             };
             let mut admin = AdminClient::new(channel);
+            let Ok(shards) = admin.list_shards(request(kho_proto::v1::ListShardsRequest { tenant: tenant.to_string() })).await else {
+                continue;
+            };
+            let Some(leader_id) = shards.into_inner().shards.first().map(|s| s.leader_id).filter(|l| *l != 0) else { continue };
             let Ok(status) = admin.cluster_status(request(kho_proto::v1::ClusterStatusRequest {})).await else { continue };
-            let status = status.into_inner();
-            if let Some(leader) = status.nodes.iter().find(|n| n.node_id == status.leader_id && status.leader_id != 0) {
+            if let Some(leader) = status.into_inner().nodes.iter().find(|n| n.node_id == leader_id) {
                 return Ok(leader.address.clone());
             }
         }
@@ -137,7 +142,7 @@ pub async fn leader_endpoint(endpoints: &[String]) -> anyhow::Result<String> {
         }
         tokio::time::sleep(SETUP_RETRY_DELAY).await;
     }
-    bail!("--route leader: no endpoint of {} reported a leader", endpoints.join(","))
+    bail!("--route leader: no endpoint of {} reported a leader of tenant `{tenant}`'s shard", endpoints.join(","))
 }
 
 pub async fn prepare(channel: &Channel, tenant: &str, encryption: TenantEncryptionArg, table: &str, family: &str) -> anyhow::Result<()> {

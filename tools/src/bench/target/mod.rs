@@ -93,16 +93,34 @@ pub async fn connect(config: &Config) -> anyhow::Result<Vec<Arc<dyn Target>>> {
         let db: Arc<dyn Target> = Arc::new(rocksdb::RocksTarget::open(dir)?);
         return Ok(vec![db]);
     }
+    if config.target == TargetKind::Kho {
+        // The tenant and table first, through the first endpoint that answers: the leader
+        // to route to is the leader of the tenant's shard.
+        let mut setup = None;
+        let mut first_error = None;
+        for e in &config.endpoints {
+            match connect_one(e).await {
+                Ok(ch) => {
+                    setup = Some(ch);
+                    break;
+                }
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        let Some(setup) = setup else {
+            return Err(first_error.unwrap_or_else(|| anyhow::anyhow!("--endpoints: none given")));
+        };
+        kho::prepare(&setup, &config.tenant, config.tenant_encryption, &config.table, &config.family).await?;
+    }
     let endpoints = match (config.target, config.route) {
-        (TargetKind::Kho, crate::bench::config::Route::Leader) => vec![kho::leader_endpoint(&config.endpoints).await?],
+        (TargetKind::Kho, crate::bench::config::Route::Leader) => vec![kho::leader_endpoint(&config.endpoints, &config.tenant).await?],
         _ => config.endpoints.clone(),
     };
     let channels = connect_channels(&endpoints, config.concurrency, config.workers_per_connection).await?;
     match config.target {
-        TargetKind::Kho => {
-            kho::prepare(&channels[0], &config.tenant, config.tenant_encryption, &config.table, &config.family).await?;
-            Ok(channels.into_iter().map(|ch| Arc::new(kho::KhoTarget::new(ch, config)) as Arc<dyn Target>).collect())
-        }
+        TargetKind::Kho => Ok(channels.into_iter().map(|ch| Arc::new(kho::KhoTarget::new(ch, config)) as Arc<dyn Target>).collect()),
         TargetKind::Etcd => Ok(channels.into_iter().map(|ch| Arc::new(etcd::EtcdTarget::new(ch)) as Arc<dyn Target>).collect()),
         TargetKind::Rocksdb => unreachable!("handled above"),
     }
