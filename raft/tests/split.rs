@@ -146,7 +146,14 @@ fn copy_dir(from: &Path, to: &Path) {
         if e.path().is_dir() {
             copy_dir(&e.path(), &target);
         } else {
-            std::fs::copy(e.path(), target).expect("copy");
+            match std::fs::copy(e.path(), target) {
+                // RocksDB deleted an obsolete file (an old WAL or log, a compacted table)
+                // between the listing and the copy: a crash then would not have it either.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                r => {
+                    r.expect("copy");
+                }
+            }
         }
     }
 }

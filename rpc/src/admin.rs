@@ -25,12 +25,13 @@ pub struct AdminService {
     pub ctx: Arc<Ctx>,
 }
 
-/// The node's status: the meta group's Raft fields, follower read counters summed over every
-/// group of the node, and its data shards.
+/// The node's status: the meta group's Raft fields, follower read counters summed over the
+/// node's data shards (`raft.follower_reads` is about data reads: the meta group's own
+/// reads on followers are not counted), and its data shards.
 fn node_status(node: &kho_raft::RaftNode, s: &GroupStatus, address: &str, shards: Vec<pb::ShardStatus>) -> pb::NodeStatus {
     let (mut served, mut forwarded) = (0, 0);
     for id in node.group_ids() {
-        if let Some(g) = node.group(id) {
+        if let Some(g) = node.group(id).filter(|g| g.state.kind == kho_raft::GroupKind::Data) {
             let st = g.status();
             served += st.follower_reads;
             forwarded += st.follower_reads_forwarded;
