@@ -40,6 +40,13 @@ pub enum MessageKind {
     ChangeReplicas,
     /// A node asks a data shard's leader to split it ([`crate::RaftNode::split_shard`]).
     SplitShard,
+    /// A node asks a data shard's leader to merge it with its right-hand neighbour
+    /// ([`crate::RaftNode::merge_shard`]).
+    MergeShard,
+    /// A node asks whether this node's replica of a group has applied an index, waiting a
+    /// bounded time ([`crate::shard_merge`]): the payload is `(index, wait ms)`, the reply
+    /// the applied index.
+    WaitApplied,
 }
 
 /// Why a message did not get an answer.

@@ -40,6 +40,8 @@ pub struct RaftSettings {
     /// Serve linearizable reads on followers (a read index from the leader, then the local
     /// apply wait) instead of forwarding them to the leader.
     pub follower_reads: bool,
+    /// Automatic splits and merges ([`crate::shard_size`]).
+    pub sharding: crate::shard_size::ShardingSettings,
 }
 
 /// Largest snapshot stream a node accepts from a peer, bytes.
@@ -254,7 +256,8 @@ impl RaftNode {
         node.reindex_ranges();
         let driver = crate::key_jobs::spawn(Arc::downgrade(&node));
         let registry = spawn_registry(Arc::downgrade(&node));
-        node.tasks.lock().expect("tasks lock").extend([driver, registry]);
+        let sizes = crate::shard_size::spawn(Arc::downgrade(&node), settings.sharding.clone());
+        node.tasks.lock().expect("tasks lock").extend([driver, registry, sizes]);
         Ok(node)
     }
 
@@ -267,10 +270,56 @@ impl RaftNode {
     /// of the node's data groups again.
     pub async fn ensure_shard_groups(&self) -> Result<(), RaftNodeError> {
         let _one_at_a_time = self.opening.lock().await;
+        let retired = self.retire_merged_groups().await;
         let opened = self.open_stored_groups().await;
         let from_map = self.open_groups_of_the_map().await;
         self.reindex_ranges();
-        opened.and(from_map)
+        retired.and(opened).and(from_map)
+    }
+
+    /// Retires every open data group whose shard state is gone from storage: the source of
+    /// a merge whose commit applied here (`CommitMerge` removed its state in the target's
+    /// batch). Makes that batch durable first (a flush), then stops the group and removes
+    /// its Raft state, log stream and snapshot files.
+    async fn retire_merged_groups(&self) -> Result<(), RaftNodeError> {
+        let open: Vec<Arc<Group>> = self.groups.read().expect("groups lock").values().cloned().collect();
+        let stored: std::collections::BTreeSet<GroupId> = local_shards(&self.engine)?.into_iter().collect();
+        let gone: Vec<Arc<Group>> =
+            open.into_iter().filter(|g| g.state.kind == GroupKind::Data && g.state.shard().is_some() && !stored.contains(&g.id)).collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.flush_all()).await.map_err(|e| RaftNodeError::Raft(e.to_string()))??;
+        for g in gone {
+            self.groups.write().expect("groups lock").remove(&g.id);
+            g.snapshot_policy.abort();
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(group = g.id, error = %e, "raft shutdown of a merged shard");
+            }
+            let (engine, log, id, dir) = (self.engine.clone(), self.opener.shared_log.clone(), g.id, g.snapshot_dir.clone());
+            tokio::task::spawn_blocking(move || -> Result<(), RaftNodeError> {
+                let mut batch = engine.batch();
+                batch.delete_range(
+                    kho_engine::Cf::RaftMeta,
+                    &crate::log_store::meta_key::key(id, 0),
+                    &crate::log_store::meta_key::key(id + 1, 0),
+                );
+                engine.write(batch, true)?;
+                log.remove_stream(id)?;
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(group = id, dir = %dir.display(), error = %e, "could not remove a merged shard's snapshot files");
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| RaftNodeError::Raft(e.to_string()))??;
+            self.uninitialized.lock().expect("uninitialized lock").remove(&g.id);
+            tracing::info!(shard = g.id, "retired the group of a shard merged into its left neighbour");
+        }
+        Ok(())
     }
 
     /// Opens every data group with a stored shard state that is not open yet.
@@ -602,6 +651,15 @@ impl RaftNode {
                 Ok(reply) => reply,
                 Err(refused) => network::encode_reply::<crate::shard_split::SplitReply>(Err(refused)),
             },
+            MessageKind::MergeShard => match self.handle_merge(group, payload).await {
+                Ok(reply) => reply,
+                Err(refused) => network::encode_reply::<crate::shard_merge::MergeReply>(Err(refused)),
+            },
+            MessageKind::WaitApplied => {
+                let (index, wait_ms): (u64, u64) = network::decode("wait-applied", payload).map_err(RaftNodeError::BadMessage)?;
+                let wait = Duration::from_millis(wait_ms.min(crate::shard_merge::WAIT_APPLIED_MAX_MS));
+                network::encode_reply::<u64>(Ok(crate::shard_merge::wait_applied(&g, index, wait).await))
+            }
             MessageKind::ChangeReplicas => {
                 let change: ReplicaChange = network::decode("change-replicas", payload).map_err(RaftNodeError::BadMessage)?;
                 if !g.is_leader() {

@@ -363,6 +363,32 @@ impl Admin for AdminService {
         Ok(Response::new(pb::SplitShardResponse { left: Some(self.shard_info(&left)), right: Some(self.shard_info(&right)) }))
     }
 
+    async fn merge_shard(&self, req: Request<pb::MergeShardRequest>) -> Result<Response<pb::MergeShardResponse>, Status> {
+        let origin = origin_of(&req, Duration::from_millis(kho_raft::shard_merge::MERGE_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
+        let r = req.into_inner();
+        if r.shard_id == 0 {
+            return Err(Status::invalid_argument("shard_id: must be > 0 (group 0 is the meta group, which is not merged)"));
+        }
+        // As a split: the node hands the merge to the shard's leader over the peer
+        // connection; the deadline bounds the whole of it.
+        let Some(remaining) = origin.deadline.remaining(std::time::SystemTime::now()) else {
+            return Err(Status::deadline_exceeded("the request's deadline passed before the merge began: nothing was merged"));
+        };
+        let budget = crate::deadline::wait_budget(remaining);
+        let merged = match tokio::time::timeout(budget, self.ctx.node.merge_shard(r.shard_id)).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "the merge of shard {} was not done within {} ms, before the request's deadline; it may or may not have been applied (a merge left prepared is finished by the shard's leader): see `kho shard list`",
+                    r.shard_id,
+                    budget.as_millis()
+                )))
+            }
+            Ok(Err(e)) => return Err(status::propose_error(e)),
+            Ok(Ok(desc)) => desc,
+        };
+        Ok(Response::new(pb::MergeShardResponse { merged: Some(self.shard_info(&merged)) }))
+    }
+
     async fn cluster_status(&self, _req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let local = self.ctx.meta().status();
         let nodes = self.member_statuses().await;

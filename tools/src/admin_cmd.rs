@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand, ValueEnum};
 use kho_proto::v1::{
     AddNodeRequest, ClusterStatusRequest, ColumnFamily, CompactNodeRequest, CreateTableRequest, CreateTenantRequest, DropTableRequest,
-    ListShardsRequest, ListTablesRequest, ListTenantsRequest, RemoveNodeRequest, ShardInfo, SplitShardRequest, TenantEncryption,
+    ListShardsRequest, ListTablesRequest, ListTenantsRequest, MergeShardRequest, RemoveNodeRequest, ShardInfo, SplitShardRequest,
+    TenantEncryption,
 };
 use serde::{Deserialize, Serialize};
 
@@ -166,10 +167,20 @@ pub enum ShardOp {
         #[arg(long)]
         json: bool,
     },
+    /// Merges a shard with its right-hand neighbour (same tenant, same replicas), on its
+    /// leader: the shard keeps its id and takes both ranges. No data moves. Prints it.
+    Merge {
+        /// The left shard's id (`kho shard list`).
+        #[arg(long)]
+        shard: u64,
+        /// One JSON object `{"shards": [merged]}` instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-/// Longest wait of `kho shard split` for its answer, seconds: the node's own bound on a
-/// split (30 s) and the time to reach it.
+/// Longest wait of `kho shard split` and `kho shard merge` for their answer, seconds: the
+/// node's own bound on a split or merge (30 s) and the time to reach it.
 pub const SHARD_SPLIT_TIMEOUT_SECS: u64 = 40;
 
 /// One shard in `kho shard list --json`.
@@ -226,7 +237,9 @@ impl From<&ShardInfo> for ShardJson {
 /// `kho shard`.
 pub async fn shard(cmd: ShardCmd) -> anyhow::Result<ExitCode> {
     let timeouts = match cmd.op {
-        ShardOp::Split { .. } => Timeouts { request: Duration::from_secs(SHARD_SPLIT_TIMEOUT_SECS), ..Timeouts::default() },
+        ShardOp::Split { .. } | ShardOp::Merge { .. } => {
+            Timeouts { request: Duration::from_secs(SHARD_SPLIT_TIMEOUT_SECS), ..Timeouts::default() }
+        }
         _ => Timeouts::default(),
     };
     let mut admin = client::connect(&cmd.conn.endpoints, timeouts).await?.admin();
@@ -241,6 +254,17 @@ pub async fn shard(cmd: ShardCmd) -> anyhow::Result<ExitCode> {
                 writeln!(out)?;
             } else {
                 write!(out, "{}", display::shard_list(&sides))?;
+            }
+        }
+        ShardOp::Merge { shard, json } => {
+            let r = admin.merge_shard(MergeShardRequest { shard_id: shard }).await?.into_inner();
+            let merged: Vec<ShardInfo> = r.merged.into_iter().collect();
+            if json {
+                let list = ShardListJson { shards: merged.iter().map(ShardJson::from).collect() };
+                serde_json::to_writer(&mut out, &list)?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", display::shard_list(&merged))?;
             }
         }
         ShardOp::List { tenant, json } => {

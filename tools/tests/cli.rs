@@ -293,6 +293,10 @@ impl Admin for Fake {
         })
     }
 
+    async fn merge_shard(&self, r: Request<MergeShardRequest>) -> Result<Response<MergeShardResponse>, Status> {
+        Err(Status::not_found(format!("shard {} does not exist", r.into_inner().shard_id)))
+    }
+
     async fn split_shard(&self, r: Request<SplitShardRequest>) -> Result<Response<SplitShardResponse>, Status> {
         let r = r.into_inner();
         // Shard 1 splits at the point given (printable, passed through), or at `t1/tb1/rm`.

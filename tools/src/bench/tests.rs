@@ -348,6 +348,10 @@ impl kv1::admin_server::Admin for FakeKho {
         Err(Status::unimplemented("the bench does not split shards"))
     }
 
+    async fn merge_shard(&self, _r: Request<kv1::MergeShardRequest>) -> Result<Response<kv1::MergeShardResponse>, Status> {
+        Err(Status::unimplemented("the bench does not merge shards"))
+    }
+
     async fn list_tables(&self, r: Request<kv1::ListTablesRequest>) -> Result<Response<kv1::ListTablesResponse>, Status> {
         let tenant = r.into_inner().tenant;
         let s = lock(&self.state);
