@@ -246,6 +246,7 @@ impl RaftNode {
         });
         let meta = node.opener.open(META_GROUP, GroupKind::Meta).await?;
         node.groups.write().expect("groups lock").insert(META_GROUP, Arc::new(meta));
+        remove_leftover_groups(&engine, &node.opener.shared_log, &node.opener.snapshots_dir)?;
         for shard in local_shards(&engine)? {
             let g = node.opener.open(shard, GroupKind::Data).await?;
             node.groups.write().expect("groups lock").insert(shard, Arc::new(g));
@@ -945,6 +946,25 @@ pub const PROPOSE_HOPS_MAX: usize = 3;
 pub const PROPOSE_TIMEOUT_MS: u64 = 10_000;
 
 /// The data shards this node holds: every group with a stored shard state.
+/// Removes what a crash left of groups retired here (the source of a merge whose commit
+/// was durable when the node stopped, before its registry removed the group): a log stream
+/// without a shard state, and its Raft state in `raft_meta`.
+fn remove_leftover_groups(engine: &Engine, log: &kho_engine::shared_log::SharedLog, snapshots_dir: &Path) -> Result<(), RaftNodeError> {
+    let shards: std::collections::BTreeSet<GroupId> = local_shards(engine)?.into_iter().collect();
+    for id in log.streams() {
+        if id == META_GROUP || shards.contains(&id) {
+            continue;
+        }
+        tracing::info!(group = id, "removing the log and Raft state of a group retired before the node stopped");
+        let mut batch = engine.batch();
+        batch.delete_range(kho_engine::Cf::RaftMeta, &crate::log_store::meta_key::key(id, 0), &crate::log_store::meta_key::key(id + 1, 0));
+        engine.write(batch, true)?;
+        log.remove_stream(id)?;
+        let _ = std::fs::remove_dir_all(snapshots_dir.join(id.to_string()));
+    }
+    Ok(())
+}
+
 fn local_shards(engine: &Engine) -> Result<Vec<GroupId>, RaftNodeError> {
     let mut out = Vec::new();
     engine.snapshot().for_each(kho_engine::Cf::RaftMeta, &[], None, |k, _| {
