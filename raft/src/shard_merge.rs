@@ -42,6 +42,9 @@ pub const MERGE_TIMEOUT_MS: u64 = 30_000;
 pub const MERGE_CATCH_UP_MS: u64 = 10_000;
 /// Longest wait one [`MessageKind::WaitApplied`] message asks for, milliseconds.
 pub const WAIT_APPLIED_MAX_MS: u64 = 10_000;
+/// Pause before the next try of a request its target did not lead, times the tries so
+/// far, milliseconds.
+const HOP_PAUSE_MS: u64 = 100;
 /// Longest wait of a merge request for the target's replica here to know a leader, ms.
 const LEADER_WAIT_MS: u64 = 3_000;
 
@@ -55,7 +58,11 @@ impl RaftNode {
     /// [`PROPOSE_HOPS_MAX`] tries as the leader moves). Returns the merged descriptor.
     pub async fn merge_shard(&self, shard: GroupId) -> Result<ShardDesc, ProposeError> {
         let mut last = None;
-        for _ in 0..PROPOSE_HOPS_MAX {
+        for hop in 0..PROPOSE_HOPS_MAX {
+            if hop > 0 {
+                // The leader moved, or a new shard is still electing its first: a moment.
+                tokio::time::sleep(Duration::from_millis(HOP_PAUSE_MS * hop as u64)).await;
+            }
             let target = match self.group(shard).filter(|g| g.state.shard().is_some()) {
                 Some(g) => {
                     g.wait_for_leader(Duration::from_millis(LEADER_WAIT_MS)).await;

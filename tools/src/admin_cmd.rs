@@ -117,6 +117,14 @@ pub enum TableOp {
         /// tenant). Point reads and writes work as usual; scans of the table are refused.
         #[arg(long)]
         hashed_row_keys: bool,
+        /// Split the new table's range into shards at these row keys (comma-separated; a
+        /// table with plain row keys): each row and those after it go to the next shard.
+        #[arg(long, value_delimiter = ',')]
+        split_rows: Vec<String>,
+        /// Split the new table's range into this many shards (2 to 64) at evenly spaced
+        /// first bytes of the stored row keys (even for hashed row keys).
+        #[arg(long, default_value_t = 0)]
+        initial_shards: u32,
     },
     /// Lists tables (of one tenant, or of all).
     List {
@@ -363,7 +371,7 @@ pub async fn table(cmd: TableCmd) -> anyhow::Result<ExitCode> {
     let mut admin = client::connect(&cmd.conn.endpoints, Timeouts::default()).await?.admin();
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match cmd.op {
-        TableOp::Create { tenant, name, families, hashed_row_keys } => {
+        TableOp::Create { tenant, name, families, hashed_row_keys, split_rows, initial_shards } => {
             let families = families
                 .into_iter()
                 .map(|f| f.trim().to_string())
@@ -373,10 +381,16 @@ pub async fn table(cmd: TableCmd) -> anyhow::Result<ExitCode> {
             if families.is_empty() {
                 anyhow::bail!("--families: give at least one column family name");
             }
-            let req = CreateTableRequest { tenant: tenant.clone(), name: name.clone(), families, hashed_row_keys };
+            let split_rows = split_rows.into_iter().map(String::into_bytes).collect();
+            let req =
+                CreateTableRequest { tenant: tenant.clone(), name: name.clone(), families, hashed_row_keys, split_rows, initial_shards };
             let r = admin.create_table(req).await?.into_inner();
             let how = if hashed_row_keys { " with hashed row keys" } else { "" };
             writeln!(out, "created table {tenant}/{name}{how} (revision {})", r.revision)?;
+            if !r.shards.is_empty() {
+                writeln!(out, "split into {} shards:", r.shards.len())?;
+                write!(out, "{}", display::shard_list(&r.shards))?;
+            }
         }
         TableOp::List { tenant } => {
             let r = admin.list_tables(ListTablesRequest { tenant: tenant.unwrap_or_default() }).await?.into_inner();

@@ -260,7 +260,7 @@ impl Admin for Fake {
                 m.hashed.insert(key.clone());
             }
             m.tables.insert(key, r.families.into_iter().map(|f| f.name).collect());
-            Ok(Response::new(CreateTableResponse { revision: m.bump().map(|h| h.revision).unwrap_or(0) }))
+            Ok(Response::new(CreateTableResponse { revision: m.bump().map(|h| h.revision).unwrap_or(0), shards: vec![] }))
         })
     }
 

@@ -334,7 +334,7 @@ impl kv1::admin_server::Admin for FakeKho {
             return Err(Status::already_exists("table exists"));
         }
         s.tables.insert(key, r.families.into_iter().map(|f| f.name).collect());
-        Ok(Response::new(kv1::CreateTableResponse { revision: 2 }))
+        Ok(Response::new(kv1::CreateTableResponse { revision: 2, shards: vec![] }))
     }
 
     async fn list_shards(&self, r: Request<kv1::ListShardsRequest>) -> Result<Response<kv1::ListShardsResponse>, Status> {
