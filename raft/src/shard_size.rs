@@ -143,9 +143,11 @@ async fn round(node: &RaftNode, s: &ShardingSettings) {
             }
             continue;
         }
-        if s.auto_merge && (empty || size < s.merge_size_bytes) {
+        if s.auto_merge && (empty || size < s.merge_size_bytes) && has_right_neighbour(node, g) {
             small.push(g.id);
-            // Looked at again next round: a merge waits for its neighbour to be small too.
+            // Looked at again next round: a merge waits for its neighbour to be small too,
+            // and for both to be settled. (A tenant's last shard has nothing to merge
+            // with: an idle tenant's only shard is not looked at again.)
             g.state.size_changed.store(true, Ordering::Relaxed);
         }
     }
@@ -179,6 +181,12 @@ async fn round(node: &RaftNode, s: &ShardingSettings) {
             Err(e) => tracing::info!(shard = id, source = right_state.desc.id, error = %e, "an automatic merge was not done"),
         }
     }
+}
+
+/// Whether this node holds a replica of the shard right of `g`'s, of the same tenant.
+fn has_right_neighbour(node: &RaftNode, g: &Group) -> bool {
+    let Some(desc) = g.state.shard().map(|s| s.desc) else { return false };
+    node.local_group_starting_at(&desc.end).and_then(|r| r.state.shard()).is_some_and(|r| r.desc.tenant == desc.tenant)
 }
 
 /// Whether `g` opened, split or merged more than `split_merge_interval_ms` ago.
