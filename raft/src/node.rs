@@ -44,6 +44,10 @@ pub struct RaftSettings {
     pub sharding: crate::shard_size::ShardingSettings,
 }
 
+/// Most voters of the meta group, count; further nodes follow it as learners
+/// ([`Group::add_node`]).
+pub const META_VOTERS_MAX: usize = 5;
+
 /// Largest snapshot stream a node accepts from a peer, bytes.
 pub const SNAPSHOT_RECEIVE_BYTES_MAX: u64 = 256 << 30;
 
@@ -857,12 +861,32 @@ impl Group {
     /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
     pub async fn add_node(&self, id: NodeId, addr: String) -> Result<Vec<NodeId>, ProposeError> {
         self.raft.add_learner(id, BasicNode { addr }, true).await.map_err(write_error)?;
+        let voters: BTreeSet<NodeId> = self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+        if voters.contains(&id) || voters.len() >= META_VOTERS_MAX {
+            // Beyond META_VOTERS_MAX voters a node follows the group as a learner: every
+            // node has the catalog and the shard map, quorums stay small.
+            return Ok(voters.into_iter().collect());
+        }
         let r = self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map_err(write_error)?;
         Ok(r.membership.map(|m| m.voter_ids().collect()).unwrap_or_default())
     }
 
-    /// Removes a node from the voters and the learners.
+    /// Removes a node from the voters and the learners. A voter that leaves while learners
+    /// follow is replaced by one of them (the lowest id), promoted first.
     pub async fn remove_node(&self, id: NodeId) -> Result<Vec<NodeId>, ProposeError> {
+        let (voters, learners): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
+            let m = self.raft.metrics().borrow_watched().membership_config.membership().clone();
+            (m.voter_ids().collect(), m.learner_ids().collect())
+        };
+        if learners.contains(&id) {
+            let r = self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await.map_err(write_error)?;
+            return Ok(r.membership.map(|m| m.voter_ids().collect()).unwrap_or_default());
+        }
+        if voters.contains(&id) {
+            if let Some(&promoted) = learners.iter().next() {
+                self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([promoted])), false).await.map_err(write_error)?;
+            }
+        }
         let r = self.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await.map_err(write_error)?;
         Ok(r.membership.map(|m| m.voter_ids().collect()).unwrap_or_default())
     }

@@ -254,7 +254,8 @@ impl Admin for AdminService {
             let meta = self.ctx.meta();
             let status = meta.status();
             let cat = meta.state.catalog();
-            let mut load: Vec<(u64, usize)> = status.members.iter().filter(|m| m.voter).map(|m| (m.id, 0)).collect();
+            // Every member holds shards, learners of the meta group (beyond its 5 voters) too.
+            let mut load: Vec<(u64, usize)> = status.members.iter().map(|m| (m.id, 0)).collect();
             for d in cat.shards.iter() {
                 for r in &d.replicas {
                     if let Some(e) = load.iter_mut().find(|(n, _)| *n == r.node) {
@@ -872,7 +873,7 @@ impl AdminService {
                 let cat = meta.state.catalog();
                 let Some(desc) = cat.shards.iter().find(|d| d.replicas.iter().any(|r| r.node == node)).cloned() else { break };
                 let mut load: Vec<(u64, usize, String)> =
-                    status.members.iter().filter(|m| m.voter && m.id != node).map(|m| (m.id, 0, m.addr.clone())).collect();
+                    status.members.iter().filter(|m| m.id != node).map(|m| (m.id, 0, m.addr.clone())).collect();
                 for d in cat.shards.iter() {
                     for r in &d.replicas {
                         if let Some(e) = load.iter_mut().find(|(n, _, _)| *n == r.node) {
