@@ -113,10 +113,13 @@ async fn a_sixth_node_follows_the_meta_group_as_a_learner_until_a_voter_leaves()
             put_keys(&cluster, 2, "before/").await;
             cluster.restart(6).await;
             let add = AddNodeRequest { node_id: 6, address: cluster.advertise_addr(6).to_string() };
-            let added = cluster.admin_client(3).add_node(add).await.unwrap_or_else(|e| cluster.fail(format!("AddNode 6: {e}"))).into_inner();
+            let added =
+                cluster.admin_client(3).add_node(add).await.unwrap_or_else(|e| cluster.fail(format!("AddNode 6: {e}"))).into_inner();
             assert_eq!(added.voters, vec![1, 2, 3, 4, 5], "the meta group keeps 5 voters");
-            let status = cluster.admin_client(6).cluster_status(ClusterStatusRequest {}).await.expect("ClusterStatus via node 6").into_inner();
-            let six = status.nodes.iter().find(|n| n.node_id == 6).unwrap_or_else(|| cluster.fail(format!("node 6 not listed: {status:?}")));
+            let status =
+                cluster.admin_client(6).cluster_status(ClusterStatusRequest {}).await.expect("ClusterStatus via node 6").into_inner();
+            let six =
+                status.nodes.iter().find(|n| n.node_id == 6).unwrap_or_else(|| cluster.fail(format!("node 6 not listed: {status:?}")));
             assert_eq!(six.role, "learner", "{status:?}");
             let sums = cluster.wait_applied_equal(Duration::from_secs(60)).await;
             assert_eq!(sums.len(), 6, "six nodes answer NodeChecksum");

@@ -636,6 +636,10 @@ impl RaftNode {
                 let req = network::decode("vote", payload).map_err(RaftNodeError::BadMessage)?;
                 network::encode_reply(g.raft.vote(req).await.map_err(|e| e.to_string()))
             }
+            MessageKind::PreVote => {
+                let req = network::decode("pre-vote", payload).map_err(RaftNodeError::BadMessage)?;
+                network::encode_reply(g.raft.pre_vote(req).await.map_err(|e| e.to_string()))
+            }
             MessageKind::ReadIndex => {
                 if !payload.is_empty() {
                     return Err(RaftNodeError::BadMessage(format!("read-index: {} payload bytes, expected none", payload.len())));

@@ -37,6 +37,7 @@ fn kind_to_proto(k: MessageKind) -> RaftMessageKind {
         MessageKind::SplitShard => RaftMessageKind::SplitShard,
         MessageKind::MergeShard => RaftMessageKind::MergeShard,
         MessageKind::WaitApplied => RaftMessageKind::WaitApplied,
+        MessageKind::PreVote => RaftMessageKind::PreVote,
     }
 }
 
@@ -149,6 +150,7 @@ impl RaftTransport for RaftService {
             Ok(RaftMessageKind::SplitShard) => MessageKind::SplitShard,
             Ok(RaftMessageKind::MergeShard) => MessageKind::MergeShard,
             Ok(RaftMessageKind::WaitApplied) => MessageKind::WaitApplied,
+            Ok(RaftMessageKind::PreVote) => MessageKind::PreVote,
             _ => return Err(Status::invalid_argument(format!("kind: unsupported raft message kind {}", m.kind))),
         };
         let payload = self.node.handle_call(m.group_id, kind, &m.payload).await.map_err(|e| match e {
