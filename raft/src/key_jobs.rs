@@ -41,6 +41,7 @@ pub fn spawn(node: Weak<RaftNode>) -> tokio::task::JoinHandle<()> {
             let Some(n) = node.upgrade() else { return };
             let cleared = clear_dropped_tables(&n).await;
             report_shards(&n).await;
+            repair_replicas(&n).await;
             let pause = match next_job(&n) {
                 None => IDLE_POLL_MS,
                 Some(job) => step(&n, job).await,
@@ -113,6 +114,63 @@ async fn report_shards(node: &RaftNode) {
                 tracing::info!(shard = id, error = %e, "shard report not applied yet");
             }
         }
+    }
+}
+
+/// Replicas a data shard keeps, count (while the cluster has that many members).
+pub const SHARD_REPLICAS: usize = 3;
+
+/// The replica checker, on the data shards this node leads: a shard with a replica on a
+/// node that is no longer a member of the cluster (removed while the shard split, so that
+/// `RemoveNode` did not see the new shard), or with fewer than [`SHARD_REPLICAS`] replicas
+/// while the cluster has more members, gets a replica on the member holding the fewest
+/// that the shard is not on; then the replica of the removed node is removed. At most one
+/// shard per round.
+async fn repair_replicas(node: &RaftNode) {
+    let members: Vec<(u64, String)> = node.meta().status().members.iter().map(|m| (m.id, m.addr.clone())).collect();
+    for id in node.group_ids() {
+        let Some(g) = node.group(id).filter(|g| g.state.kind == crate::GroupKind::Data && g.is_leader()) else { continue };
+        let Some(st) = g.state.shard() else { continue };
+        if st.merging.is_some() {
+            continue;
+        }
+        let gone: Vec<u64> = st.desc.replicas.iter().map(|r| r.node).filter(|n| !members.iter().any(|(m, _)| m == n)).collect();
+        let live = st.desc.replicas.len() - gone.len();
+        if gone.is_empty() && live >= SHARD_REPLICAS.min(members.len()) {
+            continue;
+        }
+        let target = {
+            let meta = node.meta();
+            let cat = meta.state.catalog();
+            let mut load: Vec<(u64, usize)> =
+                members.iter().filter(|(m, _)| !st.desc.replicas.iter().any(|r| r.node == *m)).map(|(m, _)| (*m, 0)).collect();
+            for d in cat.shards.iter() {
+                for r in &d.replicas {
+                    if let Some(e) = load.iter_mut().find(|(n, _)| *n == r.node) {
+                        e.1 += 1;
+                    }
+                }
+            }
+            crate::shard::choose_replicas(&load, 1).ok().and_then(|c| c.first().copied())
+        };
+        let steps = async {
+            if let Some(t) = target.filter(|_| live < SHARD_REPLICAS.min(members.len()) || !gone.is_empty()) {
+                let addr = members.iter().find(|(m, _)| *m == t).map(|(_, a)| a.clone()).unwrap_or_default();
+                node.change_replicas(id, crate::node::ReplicaChange::Add { node: t, addr }).await?;
+            }
+            for n in &gone {
+                // The removed node's replica goes only while the shard keeps a voter.
+                node.change_replicas(id, crate::node::ReplicaChange::Remove { node: *n }).await?;
+            }
+            Ok::<_, crate::ProposeError>(())
+        };
+        tracing::info!(shard = id, gone = ?gone, target = ?target, "repairing a shard's replicas");
+        match tokio::time::timeout(Duration::from_millis(crate::node::CHANGE_REPLICAS_TIMEOUT_MS), steps).await {
+            Ok(Ok(())) => tracing::info!(shard = id, "repaired a shard's replicas"),
+            Ok(Err(e)) => tracing::info!(shard = id, error = %e, "a shard's replicas are not repaired yet"),
+            Err(_) => tracing::info!(shard = id, "a shard's replicas are not repaired yet (timeout)"),
+        }
+        return;
     }
 }
 
