@@ -216,6 +216,8 @@ struct KhoState {
     /// (tenant, table, family) -> key -> value.
     cells: BTreeMap<(String, String, String), Cells>,
     stale_reads: u64,
+    /// LocateShards calls (the bench's `--route leader` routing).
+    locates: u64,
 }
 
 #[derive(Clone, Default)]
@@ -306,6 +308,28 @@ impl kv1::data_server::Data for FakeKho {
     type ScanRowsStream = BoxStream<kv1::ScanRowsResponse>;
     async fn scan_rows(&self, _: Request<kv1::ScanRowsRequest>) -> Result<Response<Self::ScanRowsStream>, Status> {
         Err(Status::unimplemented("fake"))
+    }
+    async fn locate_shards(&self, req: Request<kv1::LocateShardsRequest>) -> Result<Response<kv1::LocateShardsResponse>, Status> {
+        // One shard, the whole table, led by node 1 (the only node of the fake).
+        let address = req.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let r = req.into_inner();
+        lock(&self.state).locates += 1;
+        let shard = kv1::ShardLocation {
+            id: 1,
+            epoch_conf_ver: 1,
+            epoch_version: 1,
+            replicas: vec![kv1::ShardReplica { node_id: 1, address: address.clone(), learner: false }],
+            leader_id: 1,
+            leader_address: address,
+            ..Default::default()
+        };
+        Ok(Response::new(kv1::LocateShardsResponse {
+            shards: vec![shard],
+            key_shard_ids: vec![1; r.keys.len()],
+            range_shard_ids: if r.range.is_some() { vec![1] } else { vec![] },
+            range_resume_row: vec![],
+            node_id: 1,
+        }))
     }
 }
 
