@@ -568,8 +568,9 @@ impl Ctx {
         }
         let tries = fail::eval("forwarded-stale-route", |arg| arg.and_then(|a| a.parse::<u32>().ok()).unwrap_or(u32::MAX))?;
         (origin.try_no <= tries).then(|| {
-            RouteError::new(StaleRoute::NotLeader)
-                .status(format!("fail point forwarded-stale-route: node {} answers try {} as a stale route", self.node.id, origin.try_no))
+            let why = format!("fail point forwarded-stale-route: node {} answers try {} as a stale route", self.node.id, origin.try_no);
+            tracing::info!("{why}");
+            RouteError::new(StaleRoute::NotLeader).status(why)
         })
     }
 

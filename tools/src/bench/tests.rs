@@ -218,6 +218,8 @@ struct KhoState {
     stale_reads: u64,
     /// LocateShards calls (the bench's `--route leader` routing).
     locates: u64,
+    /// Puts still to answer with a typed stale route (`kho-route-error: not-leader`).
+    stale_puts: u64,
 }
 
 #[derive(Clone, Default)]
@@ -258,6 +260,14 @@ const FAKE_SCAN_CHUNK: usize = 16;
 impl kv1::data_server::Data for FakeKho {
     async fn put(&self, r: Request<kv1::PutRequest>) -> Result<Response<kv1::PutResponse>, Status> {
         let r = r.into_inner();
+        {
+            let mut s = lock(&self.state);
+            if s.stale_puts > 0 {
+                s.stale_puts -= 1;
+                let stale = kho_rpc::route::RouteError::new(kho_rpc::route::StaleRoute::NotLeader).shard(1);
+                return Err(stale.status("fake: the leader moved"));
+            }
+        }
         self.with_cells(&r.tenant, &r.table, &r.family, |m| m.insert(r.key, r.value))?;
         Ok(Response::new(kv1::PutResponse { header: Some(kv1::WriteHeader { revision: 1, shard_id: 1 }) }))
     }
@@ -545,6 +555,25 @@ impl FakeServer {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kho_target_locates_shards_again_after_a_stale_route_and_the_operation_succeeds() {
+    let fake = FakeKho::default();
+    let server = FakeServer::kho(fake.clone()).await;
+    let args = BenchArgs { endpoints: vec![server.addr.to_string()], phase: Phase::Load, ..small_args(WorkloadName::A) };
+    // The first two puts are answered with a stale route: each is located again and retried.
+    lock(&fake.state).stale_puts = 2;
+    let r = super::run(&args).await.unwrap();
+    assert_clean(&r, &args);
+    assert_eq!(phase(&r, PhaseName::Load).errors, 0, "the client saw no error");
+    let (stale_left, locates) = {
+        let s = lock(&fake.state);
+        (s.stale_puts, s.locates)
+    };
+    assert_eq!(stale_left, 0);
+    assert!(locates >= 2, "located at start and again after a stale route: {locates}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kho_target_end_to_end() {
     let fake = FakeKho::default();
     let server = FakeServer::kho(fake.clone()).await;
@@ -574,6 +603,7 @@ async fn kho_target_end_to_end() {
         assert_eq!(after, before.max(300 + inserts), "{w:?}");
     }
     assert_eq!(lock(&fake.state).stale_reads, 0);
+    assert!(lock(&fake.state).locates > 0, "--route leader locates the shards");
 
     // An explicit encryption mode gets its own tenant, created with that mode.
     for (mode, tenant) in [(TenantEncryptionArg::Encrypted, "bench_enc"), (TenantEncryptionArg::Plaintext, "bench_plain")] {
