@@ -324,6 +324,15 @@ impl Ctx {
     /// applies nothing), so a forwarded request gets the typed stale-route answer
     /// `not-leader`, naming the leader when this node knows it.
     fn route<T>(&self, g: &Group, e: ProposeError, origin: &Origin, kind: Kind) -> Result<Leader<T>, Status> {
+        // A replica that knows the leader before it has the group's membership (a shard just
+        // created: the leader's first entries are on their way) finds its address in the
+        // meta group's, which has every node's.
+        let e = match e {
+            ProposeError::ForwardToLeader { leader_id: Some(id), leader_addr: None } => {
+                ProposeError::ForwardToLeader { leader_id: Some(id), leader_addr: self.node.node_addr(id) }
+            }
+            other => other,
+        };
         match e {
             ProposeError::ForwardToLeader { leader_id: Some(id), leader_addr: Some(addr) } if !origin.forwarded && id != self.node.id => {
                 Ok(Leader::There(Forward {
@@ -361,7 +370,7 @@ impl Ctx {
         if leader == self.node.id {
             return None;
         }
-        let addr = g.member_addr(leader)?;
+        let addr = g.member_addr(leader).or_else(|| self.node.node_addr(leader))?;
         Some(Forward { leader_id: leader, addr, kind, deadline: origin.deadline, to_replica: false, try_no: origin.try_no })
     }
 

@@ -61,12 +61,23 @@ impl DataService {
 
     /// [`DataService::access`]; a name this node's catalog does not know is looked up again
     /// after a read barrier of the meta group, so that a table created (and acknowledged)
-    /// through another node is found.
-    async fn table_access(&self, tenant: &str, table: &str, origin: &Origin) -> Result<(TableMeta, Option<Arc<TenantKeys>>), Status> {
+    /// through another node is found. When that barrier fails (the deadline passed, no
+    /// quorum), its failure is the answer, not NOT_FOUND: the table may well exist.
+    async fn table_access(
+        &self,
+        tenant: &str,
+        table: &str,
+        origin: &Origin,
+        kind: Kind,
+    ) -> Result<(TableMeta, Option<Arc<TenantKeys>>), Status> {
         match self.access(tenant, table) {
             Err(s) if s.code() == tonic::Code::NotFound => match self.ctx.read_barrier(origin).await {
                 Ok(Leader::Here(())) => self.access(tenant, table),
-                _ => Err(s),
+                Ok(Leader::There(_)) => Err(s),
+                Err(e) if e.code() == tonic::Code::DeadlineExceeded && kind == Kind::Write => Err(Status::deadline_exceeded(format!(
+                    "the request's deadline passed before `{tenant}/{table}` could be looked up in the catalog: the write was not applied"
+                ))),
+                Err(e) => Err(e),
             },
             other => other,
         }
@@ -86,7 +97,7 @@ impl DataService {
     /// (as the client sent it: it is resolved again there) when the leader is another node.
     /// A write whose keys fall in several shards is refused (no cross-shard atomicity yet).
     async fn propose_write(&self, tenant: &str, table: &str, ops: Vec<WriteOp>, origin: &Origin) -> Result<Leader<Written>, Status> {
-        let (meta, keys) = self.table_access(tenant, table, origin).await?;
+        let (meta, keys) = self.table_access(tenant, table, origin, Kind::Write).await?;
         let mut w = TableAccess { meta: &meta, keys: keys.as_deref() }.resolve(ops, None).map_err(status::app_error)?;
         self.propose_cells(&mut w, origin).await
     }
@@ -241,7 +252,7 @@ impl DataService {
     /// One try of `BatchGet` ([`Ctx::routed`]).
     async fn batch_get_once(&self, r: &pb::BatchGetRequest, origin: Origin) -> Result<Response<pb::BatchGetResponse>, Status> {
         let origin = &origin;
-        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin).await?;
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
         let fam = family_of(&meta, &r.family)?;
         // One linearizable read per shard that holds a key (its read barrier), then one
         // point-in-time view of this node's replicas of them all.
@@ -292,7 +303,7 @@ impl DataService {
     /// One try of `Scan` ([`Ctx::routed`]): a stream that has started is not tried again.
     async fn scan_once(&self, r: &pb::ScanRequest, limit: usize, origin: Origin) -> Result<Response<ScanStream>, Status> {
         let origin = &origin;
-        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin).await?;
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
         refuse_scan_of_hashed(&meta)?;
         let fam = family_of(&meta, &r.family)?;
         let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_key, end_bound(&r.end_key), &r.prefix);
@@ -347,7 +358,7 @@ impl DataService {
         // is still stored as it read it. A write in between fails that condition at apply,
         // and the comparison starts again, at most CAS_ATTEMPTS_MAX times.
         for _ in 0..CAS_ATTEMPTS_MAX {
-            let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin).await?;
+            let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Write).await?;
             let access = TableAccess { meta: &meta, keys: tenant_keys.as_deref() };
             let key = access.cell_key(&r.key, &r.family, b"").map_err(status::app_error)?;
             let g = match self.ctx.shard_route(&key, origin, Kind::Write).await? {
@@ -403,7 +414,7 @@ impl DataService {
     /// One try of `ReadRow` ([`Ctx::routed`]).
     async fn read_row_once(&self, r: &pb::ReadRowRequest, origin: Origin) -> Result<Response<pb::ReadRowResponse>, Status> {
         let origin = &origin;
-        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin).await?;
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
         let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
         let prefix = keys::row_prefix(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.row_key)?);
         let end = keys::prefix_end(&prefix).expect("a row prefix has an end");
@@ -446,7 +457,7 @@ impl DataService {
     /// One try of `ScanRows` ([`Ctx::routed`]): a stream that has started is not tried again.
     async fn scan_rows_once(&self, r: &pb::ScanRowsRequest, limit: usize, origin: Origin) -> Result<Response<ScanRowsStream>, Status> {
         let origin = &origin;
-        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin).await?;
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
         refuse_scan_of_hashed(&meta)?;
         let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
         let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_row, end_bound(&r.end_row), &r.prefix);
@@ -727,7 +738,7 @@ impl Data for DataService {
         let r = &r;
         self.ctx
             .routed(&origin, |origin| async move {
-                let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin).await?;
+                let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin, Kind::Read).await?;
                 let fam = family_of(&meta, &r.family)?;
                 let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.key)?, fam, b"");
                 let g = match self.read_shard(&key, r.consistency, &origin).await? {
@@ -947,7 +958,7 @@ impl Data for DataService {
                 )));
             }
         }
-        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin).await?;
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin, Kind::Read).await?;
         let stored = r.keys.iter().map(|k| stored_row(&meta, tenant_keys.as_deref(), k)).collect::<Result<Vec<_>, _>>()?;
         let range = match &r.range {
             None => None,
