@@ -319,11 +319,13 @@ impl Ctx {
         Ok(if budget < limit { Wait { limit: budget, by_deadline: true } } else { Wait { limit, by_deadline: false } })
     }
 
-    /// Where a request goes after group `g` refused it (`e`). `ForwardToLeader` comes before
-    /// anything was appended (openraft's `ClientWriteError::ForwardToLeader`; a read barrier
-    /// applies nothing), so a forwarded request gets the typed stale-route answer
-    /// `not-leader`, naming the leader when this node knows it.
-    fn route<T>(&self, g: &Group, e: ProposeError, origin: &Origin, kind: Kind) -> Result<Leader<T>, Status> {
+    /// Where a request goes after group `g` refused it (`e`). For one proposal or a read
+    /// barrier (`one_step`), `ForwardToLeader` comes before anything was appended (openraft's
+    /// `ClientWriteError::ForwardToLeader`; a read barrier applies nothing), so a forwarded
+    /// request gets the typed stale-route answer `not-leader`, naming the leader when this
+    /// node knows it. A membership change takes several entries, and may have applied some
+    /// before it found it no longer leads: its answer is untyped.
+    fn route<T>(&self, g: &Group, e: ProposeError, origin: &Origin, kind: Kind, one_step: bool) -> Result<Leader<T>, Status> {
         // A replica that knows the leader before it has the group's membership (a shard just
         // created: the leader's first entries are on their way) finds its address in the
         // meta group's, which has every node's.
@@ -344,6 +346,9 @@ impl Ctx {
                     try_no: origin.try_no,
                 }))
             }
+            ProposeError::ForwardToLeader { .. } if origin.forwarded && !one_step => Err(Status::unavailable(
+                "the leader changed while the membership change was forwarded; it may have been partly done: check `kho cluster status`, then retry",
+            )),
             ProposeError::ForwardToLeader { leader_id, .. } if origin.forwarded => {
                 let mut stale = RouteError::new(StaleRoute::NotLeader).leader(leader_id.filter(|l| *l != self.node.id));
                 if g.id != kho_raft::META_GROUP {
@@ -440,7 +445,7 @@ impl Ctx {
                 wait.limit.as_millis()
             ))),
             Ok(Ok(r)) => Ok(Leader::Here(r)),
-            Ok(Err(e)) => self.route(g, e, origin, Kind::Write),
+            Ok(Err(e)) => self.route(g, e, origin, Kind::Write, true),
         }
     }
 
@@ -462,7 +467,7 @@ impl Ctx {
                 wait.limit.as_millis()
             ))),
             Ok(Ok(voters)) => Ok(Leader::Here(voters)),
-            Ok(Err(e)) => self.route(&self.meta(), e, origin, Kind::Write),
+            Ok(Err(e)) => self.route(&self.meta(), e, origin, Kind::Write, false),
         }
     }
 
@@ -485,7 +490,7 @@ impl Ctx {
                 wait.limit.as_millis()
             ))),
             Ok(Ok(())) => Ok(Leader::Here(())),
-            Ok(Err(e)) => self.route(g, e, origin, Kind::Read),
+            Ok(Err(e)) => self.route(g, e, origin, Kind::Read, true),
         }
     }
 
