@@ -9,6 +9,9 @@
 //! A leader that moves while a request is forwarded is a race of milliseconds; the fail
 //! point `forwarded-stale-route` (docs/TESTING.md) makes the node a request is forwarded to
 //! answer its first tries as a stale route, deterministically, for every data call.
+//!
+//! Checked to fail: with `STALE_ROUTE_TRIES_MAX` at 1 (no retry), the first call through
+//! the follower fails with the fail point's answer.
 
 use std::time::Duration;
 

@@ -351,8 +351,8 @@ impl Ctx {
             )),
             ProposeError::ForwardToLeader { leader_id, .. } if origin.forwarded => {
                 let mut stale = RouteError::new(StaleRoute::NotLeader).leader(leader_id.filter(|l| *l != self.node.id));
-                if g.id != kho_raft::META_GROUP {
-                    stale = stale.shard(g.id);
+                if let Some(st) = g.state.shard() {
+                    stale = stale.shard(g.id).epoch(st.desc.epoch);
                 }
                 let leader = stale.leader_hint.map_or_else(|| "no leader is known yet".to_string(), |l| format!("the leader is node {l}"));
                 Err(stale.status(format!(

@@ -155,7 +155,8 @@ impl RouteError {
 /// The last stale-route answer of a request whose tries are used up (or whose deadline
 /// came): the same code and metadata, the message saying so.
 pub fn exhausted(last: Status, node: u64, tries: u32) -> Status {
-    let message = format!("{} (node {node} tried {tries} times, looking the route up again each time)", last.message());
+    let times = if tries == 1 { "once".to_string() } else { format!("{tries} times") };
+    let message = format!("{} (node {node} tried {times}, looking the route up again each time)", last.message());
     Status::with_metadata(last.code(), message, last.metadata().clone())
 }
 
