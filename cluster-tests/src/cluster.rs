@@ -121,6 +121,18 @@ pub struct ClusterOptions {
     /// cluster's directory (outside every node's data directory), unless `master_key_file`
     /// names one.
     pub encrypted: bool,
+    /// The `[sharding]` section of every node; `None` keeps the server defaults (splits
+    /// at 256 MiB, no automatic merge within an hour of a split).
+    pub sharding: Option<ShardingOptions>,
+}
+
+/// `[sharding]` settings for tests: tiny sizes and short intervals.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardingOptions {
+    pub split_size_bytes: u64,
+    pub merge_size_bytes: u64,
+    pub split_merge_interval_ms: u64,
+    pub check_interval_ms: u64,
 }
 
 impl Default for ClusterOptions {
@@ -144,6 +156,7 @@ impl Default for ClusterOptions {
             follower_reads: None,
             master_key_file: None,
             encrypted: false,
+            sharding: None,
         }
     }
 }
@@ -882,6 +895,12 @@ fn node_config(
         text.push_str(&format!("scan_duration_max_ms = {ms}\n"));
     }
     text.push_str(&encryption);
+    if let Some(s) = &opts.sharding {
+        text.push_str(&format!(
+            "\n[sharding]\nsplit_size_bytes = {}\nmerge_size_bytes = {}\nsplit_merge_interval_ms = {}\ncheck_interval_ms = {}\n",
+            s.split_size_bytes, s.merge_size_bytes, s.split_merge_interval_ms, s.check_interval_ms
+        ));
+    }
     text
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use kho_proto::v1::{AddNodeRequest, RemoveNodeRequest};
+use kho_proto::v1::{AddNodeRequest, ListShardsRequest, MergeShardRequest, RemoveNodeRequest, ShardInfo, SplitShardRequest};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
@@ -42,7 +42,23 @@ pub enum Fault {
     /// Remove a random member (the leader included) with RemoveNode, stop it, and add a
     /// fresh node with a new id and an empty data directory in its place.
     ReplaceNode,
+    /// Split a random shard of the workload's tenant at the middle of its keys
+    /// (`SplitShard` through a random member).
+    SplitShard,
+    /// Merge a random shard of the workload's tenant with its right-hand neighbour
+    /// (`MergeShard` through a random member).
+    MergeShard,
+    /// Ask for a split of a random shard and SIGKILL that shard's leader right after (the
+    /// split may or may not be applied); restart it when healed.
+    SplitKillLeader,
+    /// Partition a random minority from the majority, then split or merge a random shard
+    /// through a node of the majority.
+    ReshardDuringPartition,
 }
+
+/// Longest wait for one split or merge the nemesis asks for, milliseconds (it may be
+/// refused or time out under faults: logged, not a failure).
+const RESHARD_TIMEOUT_MS: u64 = 15_000;
 
 /// A named group of faults; a test runs one family, a soak all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,10 +67,13 @@ pub enum FaultFamily {
     Pause,
     Partition,
     Membership,
+    /// Splits and merges of the workload's shards, alone and during kills and partitions.
+    Reshard,
 }
 
 impl FaultFamily {
-    pub const ALL: [FaultFamily; 4] = [FaultFamily::Kill, FaultFamily::Pause, FaultFamily::Partition, FaultFamily::Membership];
+    pub const ALL: [FaultFamily; 5] =
+        [FaultFamily::Kill, FaultFamily::Pause, FaultFamily::Partition, FaultFamily::Membership, FaultFamily::Reshard];
 
     pub fn faults(self) -> &'static [Fault] {
         match self {
@@ -62,6 +81,14 @@ impl FaultFamily {
             FaultFamily::Pause => &[Fault::PauseOne, Fault::PauseLeader],
             FaultFamily::Partition => &[Fault::IsolateLeader, Fault::SplitMinority, Fault::Bridge, Fault::SlowLinks],
             FaultFamily::Membership => &[Fault::ReplaceNode],
+            FaultFamily::Reshard => &[
+                Fault::SplitShard,
+                Fault::SplitShard,
+                Fault::MergeShard,
+                Fault::SplitKillLeader,
+                Fault::ReshardDuringPartition,
+                Fault::KillOne,
+            ],
         }
     }
 
@@ -71,6 +98,7 @@ impl FaultFamily {
             FaultFamily::Pause => "pause",
             FaultFamily::Partition => "partition",
             FaultFamily::Membership => "membership",
+            FaultFamily::Reshard => "reshard",
         }
     }
 
@@ -106,6 +134,16 @@ pub struct FaultEvent {
 impl fmt::Display for FaultEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:>8} ms  {}", self.at_ms, self.what)
+    }
+}
+
+/// A split's or merge's answer, for the schedule.
+fn describe_answer<T>(answer: Option<Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>>) -> String {
+    match answer {
+        None => "its task failed".to_string(),
+        Some(Err(_)) => format!("no answer within {RESHARD_TIMEOUT_MS} ms"),
+        Some(Ok(Ok(_))) => "done".to_string(),
+        Some(Ok(Err(s))) => format!("{:?}: {}", s.code(), s.message()),
     }
 }
 
@@ -256,7 +294,89 @@ impl<'a> Nemesis<'a> {
                 self.replace_node(&members).await;
                 Active::Nothing
             }
+            Fault::SplitShard => {
+                let via = *members.choose(&mut self.rng).expect("members");
+                self.reshard(via, true).await;
+                Active::Nothing
+            }
+            Fault::MergeShard => {
+                let via = *members.choose(&mut self.rng).expect("members");
+                self.reshard(via, false).await;
+                Active::Nothing
+            }
+            Fault::SplitKillLeader => {
+                let via = *members.choose(&mut self.rng).expect("members");
+                let Some(shard) = self.pick_shard(via, true).await else {
+                    self.log("split and kill: no shard listed, skipped".to_string());
+                    return Active::Nothing;
+                };
+                let leader = if shard.leader_id != 0 && members.contains(&shard.leader_id) { shard.leader_id } else { via };
+                let mut admin = self.cluster.admin_client(via);
+                let id = shard.id;
+                // The split runs on while its shard's leader is killed: its outcome is
+                // whatever the cluster decides, checked only through the workload.
+                let split = tokio::spawn(async move {
+                    let asked = admin.split_shard(SplitShardRequest { shard_id: id, at: String::new() });
+                    tokio::time::timeout(Duration::from_millis(RESHARD_TIMEOUT_MS), asked).await
+                });
+                tokio::time::sleep(Duration::from_millis(self.rng.random_range(0..=30))).await;
+                let active = self.kill(vec![leader], &format!("shard {id}'s leader right after asking to split it via node {via}"));
+                let answer = split.await;
+                self.log(format!("split of shard {id} (its leader killed): {}", describe_answer(answer.ok())));
+                active
+            }
+            Fault::ReshardDuringPartition => {
+                let mut ids = members.clone();
+                ids.shuffle(&mut self.rng);
+                let minority_len = self.rng.random_range(1..=(members.len() - 1) / 2);
+                let (minority, majority) = ids.split_at(minority_len);
+                self.cluster.network().partition(minority, majority);
+                self.log(format!("partition minority {minority:?} | majority {majority:?}"));
+                let via = majority[0];
+                let split = self.rng.random_bool(0.5);
+                self.reshard(via, split).await;
+                Active::Network
+            }
         }
+    }
+
+    /// A random shard of the workload's tenant as node `via` lists it (for a merge: not the
+    /// tenant's last one); None when it does not answer.
+    async fn pick_shard(&mut self, via: u64, split: bool) -> Option<ShardInfo> {
+        let mut admin = self.cluster.admin_client(via);
+        let listed = admin.list_shards(ListShardsRequest { tenant: crate::setup::TENANT.to_string() });
+        let shards = tokio::time::timeout(Duration::from_secs(5), listed).await.ok()?.ok()?.into_inner().shards;
+        let candidates = if split { &shards[..] } else { &shards[..shards.len().saturating_sub(1)] };
+        candidates.choose(&mut self.rng).cloned()
+    }
+
+    /// Splits (at its middle) or merges (with its right-hand neighbour) a random shard of
+    /// the workload's tenant through node `via`, and logs the answer.
+    async fn reshard(&mut self, via: u64, split: bool) {
+        // A tenant of one shard has nothing to merge: it is split instead.
+        let (split, shard) = match self.pick_shard(via, split).await {
+            Some(shard) => (split, Some(shard)),
+            None if !split => (true, self.pick_shard(via, true).await),
+            None => (split, None),
+        };
+        let what = if split { "split" } else { "merge" };
+        let Some(shard) = shard else {
+            self.log(format!("{what}: no shard listed via node {via}, skipped"));
+            return;
+        };
+        let mut admin = self.cluster.admin_client(via);
+        let id = shard.id;
+        let answer = if split {
+            let asked = admin.split_shard(SplitShardRequest { shard_id: id, at: String::new() });
+            tokio::time::timeout(Duration::from_millis(RESHARD_TIMEOUT_MS), asked).await.map(|r| r.map(|_| ()))
+        } else {
+            let asked = admin.merge_shard(MergeShardRequest { shard_id: id });
+            tokio::time::timeout(Duration::from_millis(RESHARD_TIMEOUT_MS), asked).await.map(|r| r.map(|_| ()))
+        };
+        self.log(format!(
+            "{what} shard {id} via node {via}: {}",
+            describe_answer(Some(answer.map(|r| r.map(|_| tonic::Response::new(())))))
+        ));
     }
 
     fn kill(&mut self, ids: Vec<u64>, which: &str) -> Active {

@@ -68,6 +68,7 @@ pub async fn create_table_with(
             name: name.to_string(),
             families: families.iter().map(|f| ColumnFamily { name: f.to_string() }).collect(),
             hashed_row_keys,
+            ..Default::default()
         };
         async move { admin.create_table(req).await.map(|r| r.into_inner().revision) }
     })

@@ -71,6 +71,32 @@ async fn repeated_sigkill_cycles_lose_no_acknowledged_write() {
                 let writers = Writers::spawn(&cluster, &ids, CLIENTS, &template);
                 writers.wait_acknowledged(&cluster, ACKNOWLEDGED_PER_PHASE, PHASE_WAIT_MS).await;
 
+                // Every other cycle, a split (or, every fourth, a merge) of a random shard of
+                // the table is asked for right before the kill: the kill may land at any
+                // instant of it.
+                if cycle % 2 == 1 {
+                    let via = *ids.choose(&mut rng).expect("non-empty");
+                    let mut admin = cluster.admin_client(via);
+                    let listed = admin.list_shards(kho_proto::v1::ListShardsRequest { tenant: target.tenant.clone() }).await;
+                    let shards = listed.map(|r| r.into_inner().shards).unwrap_or_default();
+                    let merge = cycle % 4 == 3 && shards.len() > 1;
+                    let candidates = if merge { &shards[..shards.len() - 1] } else { &shards[..] };
+                    if let Some(shard) = candidates.choose(&mut rng) {
+                        let id = shard.id;
+                        tokio::spawn(async move {
+                            let asked = async {
+                                if merge {
+                                    admin.merge_shard(kho_proto::v1::MergeShardRequest { shard_id: id }).await.map(|_| ())
+                                } else {
+                                    admin.split_shard(kho_proto::v1::SplitShardRequest { shard_id: id, at: String::new() }).await.map(|_| ())
+                                }
+                            };
+                            let answer = tokio::time::timeout(Duration::from_secs(10), asked).await;
+                            println!("{} of shard {id} via node {via} before the kill: {answer:?}", if merge { "merge" } else { "split" });
+                        });
+                        tokio::time::sleep(Duration::from_millis(rng.random_range(0..=20))).await;
+                    }
+                }
                 // One node, a majority, or every node, chosen at random, killed mid-write.
                 let mut victims = ids.clone();
                 victims.shuffle(&mut rng);

@@ -100,3 +100,43 @@ async fn a_joining_node_gets_the_catalog_and_a_leaving_node_s_replicas_move() {
         })
         .await;
 }
+
+/// The meta group keeps at most 5 voters: a sixth node joins it as a learner (it has the
+/// catalog and the shard map like every node, and takes shard replicas), and when a voter
+/// leaves, the learner is promoted first, so the group keeps 5 voters.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sixth_node_follows_the_meta_group_as_a_learner_until_a_voter_leaves() {
+    let cluster = Cluster::start(5, ClusterOptions { spare_nodes: 1, ..Default::default() }).await;
+    cluster
+        .bounded("meta learners", Duration::from_secs(TEST_TIMEOUT_S), async {
+            setup_kv(&cluster, 1).await;
+            put_keys(&cluster, 2, "before/").await;
+            cluster.restart(6).await;
+            let add = AddNodeRequest { node_id: 6, address: cluster.advertise_addr(6).to_string() };
+            let added =
+                cluster.admin_client(3).add_node(add).await.unwrap_or_else(|e| cluster.fail(format!("AddNode 6: {e}"))).into_inner();
+            assert_eq!(added.voters, vec![1, 2, 3, 4, 5], "the meta group keeps 5 voters");
+            let status =
+                cluster.admin_client(6).cluster_status(ClusterStatusRequest {}).await.expect("ClusterStatus via node 6").into_inner();
+            let six =
+                status.nodes.iter().find(|n| n.node_id == 6).unwrap_or_else(|| cluster.fail(format!("node 6 not listed: {status:?}")));
+            assert_eq!(six.role, "learner", "{status:?}");
+            let sums = cluster.wait_applied_equal(Duration::from_secs(60)).await;
+            assert_eq!(sums.len(), 6, "six nodes answer NodeChecksum");
+            assert_checksums_equal(&cluster, &sums);
+
+            let removed = cluster
+                .admin_client(6)
+                .remove_node(RemoveNodeRequest { node_id: 2 })
+                .await
+                .unwrap_or_else(|e| cluster.fail(format!("RemoveNode 2 via node 6: {e}")))
+                .into_inner();
+            assert_eq!(removed.voters, vec![1, 3, 4, 5, 6], "the learner took the leaving voter's place");
+            cluster.stop(2).await;
+            put_keys(&cluster, 6, "after/").await;
+            let sums = cluster.wait_applied_equal(Duration::from_secs(60)).await;
+            assert_eq!(sums.len(), 5);
+            assert_checksums_equal(&cluster, &sums);
+        })
+        .await;
+}

@@ -54,6 +54,13 @@ async fn nemesis_membership() {
     family("nemesis_membership", FaultFamily::Membership, 12).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nemesis_reshard() {
+    // Splits and merges of the workload's shards, alone, right before a leader kill, and
+    // during partitions; kills of a random member between them.
+    family("nemesis_reshard", FaultFamily::Reshard, 0).await;
+}
+
 /// The partition faults of the stale-read proof: a node cut off keeps answering STALE reads
 /// from its own old state while the others move on.
 const PROOF_FAULTS: [Fault; 2] = [Fault::IsolateLeader, Fault::SplitMinority];

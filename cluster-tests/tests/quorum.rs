@@ -63,3 +63,37 @@ async fn without_quorum_requests_get_unavailable_then_recover() {
         })
         .await;
 }
+
+/// Pre-Vote: a follower that stops hearing the leader (the leader's link to it drops
+/// everything, its own link to the others still works) does not raise its term and depose
+/// the healthy leader, neither while cut off nor when the link heals: every group the
+/// leader led keeps its leader and term.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_cut_off_one_way_does_not_depose_the_leader() {
+    let cluster = Cluster::start(3, ClusterOptions { network_faults: true, ..ClusterOptions::default() }).await;
+    cluster
+        .bounded("pre-vote", Duration::from_secs(120), async {
+            setup_kv(&cluster, 1).await;
+            let leader = cluster.leader().await;
+            let follower = cluster.ids().into_iter().find(|id| *id != leader).expect("a follower");
+            // Every group the leader leads, with its term, as the leader reports them.
+            let led = |s: &kho_proto::v1::NodeStatus| {
+                let mut groups = vec![(0u64, s.term)];
+                groups.extend(s.shards.iter().filter(|g| g.role == "leader").map(|g| (g.shard_id, g.term)));
+                groups
+            };
+            let before = cluster.node_status(leader).await.unwrap_or_else(|e| cluster.fail(format!("NodeStatus: {e:?}")));
+            assert_eq!(before.role, "leader");
+            let before = led(&before);
+            cluster.network().set(leader, follower, kho_cluster_tests::netproxy::LinkMode::Drop);
+            // Several election timeouts (500–1000 ms) without a word from the leader.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            cluster.network().heal();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = cluster.node_status(leader).await.unwrap_or_else(|e| cluster.fail(format!("NodeStatus: {e:?}")));
+            assert_eq!(after.role, "leader", "node {leader} was deposed: {after:?}");
+            let after = led(&after);
+            assert_eq!(after, before, "the groups node {leader} led, with their terms, before and after node {follower} was cut off");
+        })
+        .await;
+}

@@ -117,6 +117,60 @@ pub enum Command {
     RecordSplit {
         pieces: Vec<crate::shard::ShardDesc>,
     },
+    /// Data shard (the right-hand side of a merge, the source): freezes the shard for a
+    /// merge into its left neighbour `target` (whose epoch is `target_epoch` and whose
+    /// voters are `voters`): from this entry on it takes no write, split or re-encryption
+    /// step. Refused unless routed with the shard's epoch `version`, with the same voters,
+    /// no learner and no change of replicas in progress. The outcome is the entry's index
+    /// ([`Outcome::MergePrepared`]).
+    PrepareMerge {
+        shard: u64,
+        epoch: u64,
+        target: u64,
+        target_epoch: crate::shard::Epoch,
+        voters: Vec<u64>,
+    },
+    /// Data shard (the left-hand side, the target): takes the range of `source` (its right
+    /// neighbour, frozen by `PrepareMerge` at `prepare_index`): every replica waits until
+    /// its replica of the source has applied `prepare_index`, then in one batch extends its
+    /// range to the source's end, takes epoch `(max conf_ver, max version + 1)` and removes
+    /// the source's state. Refused unless routed with the shard's epoch (conf_ver and
+    /// version) and the source's state is as prepared. No data moves.
+    CommitMerge {
+        shard: u64,
+        epoch: crate::shard::Epoch,
+        source: crate::shard::ShardDesc,
+        prepare_index: u64,
+    },
+    /// Data shard (a merge's source): ends a merge that can no longer be committed (the
+    /// target's epoch changed since `PrepareMerge`): the shard takes writes again.
+    RollbackMerge {
+        shard: u64,
+        target_epoch: crate::shard::Epoch,
+    },
+    /// Meta group: the descriptors that now tile a range of the shard map, as a replica
+    /// reports them after a merge: they replace the map's shards of that range when each
+    /// is newer than the map's shards it overlaps ([`crate::shard::ShardMap::record_tiling`]).
+    /// An older or repeated report is ignored.
+    RecordShards {
+        pieces: Vec<crate::shard::ShardDesc>,
+    },
+}
+
+impl Command {
+    /// Whether the command is a data shard's (applied by a shard, not by the meta group).
+    pub fn is_data_command(&self) -> bool {
+        matches!(
+            self,
+            Command::Write(_)
+                | Command::ClearTable { .. }
+                | Command::Reseal { .. }
+                | Command::Split { .. }
+                | Command::PrepareMerge { .. }
+                | Command::CommitMerge { .. }
+                | Command::RollbackMerge { .. }
+        )
+    }
 }
 
 /// Most shard ids one [`Command::AllocShardIds`] hands out, count.
@@ -297,6 +351,14 @@ pub enum Outcome {
         left: crate::shard::ShardDesc,
         right: crate::shard::ShardDesc,
     },
+    /// A merge's source was frozen by the entry at `index`.
+    MergePrepared {
+        index: u64,
+    },
+    /// A merge's target took its source's range: its descriptor now.
+    Merged {
+        desc: crate::shard::ShardDesc,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -335,6 +397,20 @@ impl std::fmt::Display for Command {
             }
             Command::Split { shard, epoch, at, new_id } => {
                 write!(f, "split shard {shard} (version {epoch}) at {} into {new_id}", crate::shard::printable_key(at))
+            }
+            Command::PrepareMerge { shard, epoch, target, .. } => {
+                write!(f, "prepare-merge of shard {shard} (version {epoch}) into {target}")
+            }
+            Command::CommitMerge { shard, source, prepare_index, .. } => {
+                write!(f, "commit-merge of shard {} into {shard} (prepared at {prepare_index})", source.id)
+            }
+            Command::RollbackMerge { shard, .. } => write!(f, "rollback-merge of shard {shard}"),
+            Command::RecordShards { pieces } => {
+                write!(f, "record-shards")?;
+                for p in pieces {
+                    write!(f, " {}", p.id)?;
+                }
+                Ok(())
             }
             Command::Write(w) => write!(
                 f,

@@ -93,10 +93,14 @@ async fn report_shards(node: &RaftNode) {
     for id in node.group_ids() {
         let Some(g) = node.group(id).filter(|g| g.state.kind == crate::GroupKind::Data && g.is_leader()) else { continue };
         let Some(st) = g.state.shard() else { continue };
-        let recorded = node.meta().state.catalog().shards.get(id).map(|d| d.epoch);
+        let recorded = node.meta().state.catalog().shards.get(id).map(|d| (d.epoch, d.end.clone()));
         let report = match recorded {
-            Some(e) if e.version < st.desc.epoch.version => crate::shard_split::split_report(node, &g),
-            Some(e) if e.version == st.desc.epoch.version && e.conf_ver < st.desc.epoch.conf_ver => {
+            // A merge the map has not recorded: the shard reaches past the map's end of it.
+            Some((e, end)) if e.version < st.desc.epoch.version && end < st.desc.end => {
+                Some(Command::RecordShards { pieces: vec![st.desc] })
+            }
+            Some((e, _)) if e.version < st.desc.epoch.version => crate::shard_split::split_report(node, &g),
+            Some((e, _)) if e.version == st.desc.epoch.version && e.conf_ver < st.desc.epoch.conf_ver => {
                 Some(Command::UpdateShard { desc: st.desc })
             }
             _ => None,

@@ -40,6 +40,17 @@ pub enum MessageKind {
     ChangeReplicas,
     /// A node asks a data shard's leader to split it ([`crate::RaftNode::split_shard`]).
     SplitShard,
+    /// A node asks a data shard's leader to merge it with its right-hand neighbour
+    /// ([`crate::RaftNode::merge_shard`]).
+    MergeShard,
+    /// A node asks whether this node's replica of a group has applied an index, waiting a
+    /// bounded time ([`crate::shard_merge`]): the payload is `(index, wait ms)`, the reply
+    /// the applied index.
+    WaitApplied,
+    /// A Pre-Vote request: answered like a vote, persisting nothing (openraft's
+    /// `enable_pre_vote`), so a node that was cut off does not raise its term and depose a
+    /// healthy leader when it is back.
+    PreVote,
 }
 
 /// Why a message did not get an answer.
@@ -177,6 +188,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 
     async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(MessageKind::Vote, &rpc, &option).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(MessageKind::PreVote, &rpc, &option).await
     }
 
     async fn full_snapshot(

@@ -40,7 +40,13 @@ pub struct RaftSettings {
     /// Serve linearizable reads on followers (a read index from the leader, then the local
     /// apply wait) instead of forwarding them to the leader.
     pub follower_reads: bool,
+    /// Automatic splits and merges ([`crate::shard_size`]).
+    pub sharding: crate::shard_size::ShardingSettings,
 }
+
+/// Most voters of the meta group, count; further nodes follow it as learners
+/// ([`Group::add_node`]).
+pub const META_VOTERS_MAX: usize = 5;
 
 /// Largest snapshot stream a node accepts from a peer, bytes.
 pub const SNAPSHOT_RECEIVE_BYTES_MAX: u64 = 256 << 30;
@@ -244,6 +250,7 @@ impl RaftNode {
         });
         let meta = node.opener.open(META_GROUP, GroupKind::Meta).await?;
         node.groups.write().expect("groups lock").insert(META_GROUP, Arc::new(meta));
+        remove_leftover_groups(&engine, &node.opener.shared_log, &node.opener.snapshots_dir)?;
         for shard in local_shards(&engine)? {
             let g = node.opener.open(shard, GroupKind::Data).await?;
             node.groups.write().expect("groups lock").insert(shard, Arc::new(g));
@@ -254,7 +261,8 @@ impl RaftNode {
         node.reindex_ranges();
         let driver = crate::key_jobs::spawn(Arc::downgrade(&node));
         let registry = spawn_registry(Arc::downgrade(&node));
-        node.tasks.lock().expect("tasks lock").extend([driver, registry]);
+        let sizes = crate::shard_size::spawn(Arc::downgrade(&node), settings.sharding.clone());
+        node.tasks.lock().expect("tasks lock").extend([driver, registry, sizes]);
         Ok(node)
     }
 
@@ -267,10 +275,56 @@ impl RaftNode {
     /// of the node's data groups again.
     pub async fn ensure_shard_groups(&self) -> Result<(), RaftNodeError> {
         let _one_at_a_time = self.opening.lock().await;
+        let retired = self.retire_merged_groups().await;
         let opened = self.open_stored_groups().await;
         let from_map = self.open_groups_of_the_map().await;
         self.reindex_ranges();
-        opened.and(from_map)
+        retired.and(opened).and(from_map)
+    }
+
+    /// Retires every open data group whose shard state is gone from storage: the source of
+    /// a merge whose commit applied here (`CommitMerge` removed its state in the target's
+    /// batch). Makes that batch durable first (a flush), then stops the group and removes
+    /// its Raft state, log stream and snapshot files.
+    async fn retire_merged_groups(&self) -> Result<(), RaftNodeError> {
+        let open: Vec<Arc<Group>> = self.groups.read().expect("groups lock").values().cloned().collect();
+        let stored: std::collections::BTreeSet<GroupId> = local_shards(&self.engine)?.into_iter().collect();
+        let gone: Vec<Arc<Group>> =
+            open.into_iter().filter(|g| g.state.kind == GroupKind::Data && g.state.shard().is_some() && !stored.contains(&g.id)).collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.flush_all()).await.map_err(|e| RaftNodeError::Raft(e.to_string()))??;
+        for g in gone {
+            self.groups.write().expect("groups lock").remove(&g.id);
+            g.snapshot_policy.abort();
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(group = g.id, error = %e, "raft shutdown of a merged shard");
+            }
+            let (engine, log, id, dir) = (self.engine.clone(), self.opener.shared_log.clone(), g.id, g.snapshot_dir.clone());
+            tokio::task::spawn_blocking(move || -> Result<(), RaftNodeError> {
+                let mut batch = engine.batch();
+                batch.delete_range(
+                    kho_engine::Cf::RaftMeta,
+                    &crate::log_store::meta_key::key(id, 0),
+                    &crate::log_store::meta_key::key(id + 1, 0),
+                );
+                engine.write(batch, true)?;
+                log.remove_stream(id)?;
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(group = id, dir = %dir.display(), error = %e, "could not remove a merged shard's snapshot files");
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| RaftNodeError::Raft(e.to_string()))??;
+            self.uninitialized.lock().expect("uninitialized lock").remove(&g.id);
+            tracing::info!(shard = g.id, "retired the group of a shard merged into its left neighbour");
+        }
+        Ok(())
     }
 
     /// Opens every data group with a stored shard state that is not open yet.
@@ -582,6 +636,10 @@ impl RaftNode {
                 let req = network::decode("vote", payload).map_err(RaftNodeError::BadMessage)?;
                 network::encode_reply(g.raft.vote(req).await.map_err(|e| e.to_string()))
             }
+            MessageKind::PreVote => {
+                let req = network::decode("pre-vote", payload).map_err(RaftNodeError::BadMessage)?;
+                network::encode_reply(g.raft.pre_vote(req).await.map_err(|e| e.to_string()))
+            }
             MessageKind::ReadIndex => {
                 if !payload.is_empty() {
                     return Err(RaftNodeError::BadMessage(format!("read-index: {} payload bytes, expected none", payload.len())));
@@ -602,6 +660,15 @@ impl RaftNode {
                 Ok(reply) => reply,
                 Err(refused) => network::encode_reply::<crate::shard_split::SplitReply>(Err(refused)),
             },
+            MessageKind::MergeShard => match self.handle_merge(group, payload).await {
+                Ok(reply) => reply,
+                Err(refused) => network::encode_reply::<crate::shard_merge::MergeReply>(Err(refused)),
+            },
+            MessageKind::WaitApplied => {
+                let (index, wait_ms): (u64, u64) = network::decode("wait-applied", payload).map_err(RaftNodeError::BadMessage)?;
+                let wait = Duration::from_millis(wait_ms.min(crate::shard_merge::WAIT_APPLIED_MAX_MS));
+                network::encode_reply::<u64>(Ok(crate::shard_merge::wait_applied(&g, index, wait).await))
+            }
             MessageKind::ChangeReplicas => {
                 let change: ReplicaChange = network::decode("change-replicas", payload).map_err(RaftNodeError::BadMessage)?;
                 if !g.is_leader() {
@@ -798,12 +865,32 @@ impl Group {
     /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
     pub async fn add_node(&self, id: NodeId, addr: String) -> Result<Vec<NodeId>, ProposeError> {
         self.raft.add_learner(id, BasicNode { addr }, true).await.map_err(write_error)?;
+        let voters: BTreeSet<NodeId> = self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+        if voters.contains(&id) || voters.len() >= META_VOTERS_MAX {
+            // Beyond META_VOTERS_MAX voters a node follows the group as a learner: every
+            // node has the catalog and the shard map, quorums stay small.
+            return Ok(voters.into_iter().collect());
+        }
         let r = self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map_err(write_error)?;
         Ok(r.membership.map(|m| m.voter_ids().collect()).unwrap_or_default())
     }
 
-    /// Removes a node from the voters and the learners.
+    /// Removes a node from the voters and the learners. A voter that leaves while learners
+    /// follow is replaced by one of them (the lowest id), promoted first.
     pub async fn remove_node(&self, id: NodeId) -> Result<Vec<NodeId>, ProposeError> {
+        let (voters, learners): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
+            let m = self.raft.metrics().borrow_watched().membership_config.membership().clone();
+            (m.voter_ids().collect(), m.learner_ids().collect())
+        };
+        if learners.contains(&id) {
+            let r = self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await.map_err(write_error)?;
+            return Ok(r.membership.map(|m| m.voter_ids().collect()).unwrap_or_default());
+        }
+        if voters.contains(&id) {
+            if let Some(&promoted) = learners.iter().next() {
+                self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([promoted])), false).await.map_err(write_error)?;
+            }
+        }
         let r = self.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await.map_err(write_error)?;
         Ok(r.membership.map(|m| m.voter_ids().collect()).unwrap_or_default())
     }
@@ -887,6 +974,25 @@ pub const PROPOSE_HOPS_MAX: usize = 3;
 pub const PROPOSE_TIMEOUT_MS: u64 = 10_000;
 
 /// The data shards this node holds: every group with a stored shard state.
+/// Removes what a crash left of groups retired here (the source of a merge whose commit
+/// was durable when the node stopped, before its registry removed the group): a log stream
+/// without a shard state, and its Raft state in `raft_meta`.
+fn remove_leftover_groups(engine: &Engine, log: &kho_engine::shared_log::SharedLog, snapshots_dir: &Path) -> Result<(), RaftNodeError> {
+    let shards: std::collections::BTreeSet<GroupId> = local_shards(engine)?.into_iter().collect();
+    for id in log.streams() {
+        if id == META_GROUP || shards.contains(&id) {
+            continue;
+        }
+        tracing::info!(group = id, "removing the log and Raft state of a group retired before the node stopped");
+        let mut batch = engine.batch();
+        batch.delete_range(kho_engine::Cf::RaftMeta, &crate::log_store::meta_key::key(id, 0), &crate::log_store::meta_key::key(id + 1, 0));
+        engine.write(batch, true)?;
+        log.remove_stream(id)?;
+        let _ = std::fs::remove_dir_all(snapshots_dir.join(id.to_string()));
+    }
+    Ok(())
+}
+
 fn local_shards(engine: &Engine) -> Result<Vec<GroupId>, RaftNodeError> {
     let mut out = Vec::new();
     engine.snapshot().for_each(kho_engine::Cf::RaftMeta, &[], None, |k, _| {

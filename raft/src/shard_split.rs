@@ -29,6 +29,9 @@ pub const SPLIT_TIMEOUT_MS: u64 = 30_000;
 /// Most keys the choice of a middle key reads, count: a shard holding more is split at the
 /// middle of its first `SPLIT_MIDDLE_SCAN_KEYS_MAX` keys.
 pub const SPLIT_MIDDLE_SCAN_KEYS_MAX: usize = 4_000_000;
+/// Pause before the next try of a request its target did not lead, times the tries so
+/// far, milliseconds.
+const HOP_PAUSE_MS: u64 = 100;
 /// Longest wait of a split request for the shard's replica here to know a leader, ms.
 const LEADER_WAIT_MS: u64 = 3_000;
 /// Longest wait for the new sibling's group to open on the leader, milliseconds.
@@ -50,7 +53,11 @@ impl RaftNode {
     /// descriptor (the left side, same id) and its new sibling's.
     pub async fn split_shard(&self, shard: GroupId, at: Option<Vec<u8>>) -> Result<(ShardDesc, ShardDesc), ProposeError> {
         let mut last = None;
-        for _ in 0..PROPOSE_HOPS_MAX {
+        for hop in 0..PROPOSE_HOPS_MAX {
+            if hop > 0 {
+                // The leader moved, or a new shard is still electing its first: a moment.
+                tokio::time::sleep(Duration::from_millis(HOP_PAUSE_MS * hop as u64)).await;
+            }
             let target = match self.group(shard).filter(|g| g.state.shard().is_some()) {
                 Some(g) => {
                     g.wait_for_leader(Duration::from_millis(LEADER_WAIT_MS)).await;

@@ -63,6 +63,9 @@ pub(crate) fn execute_split(
             "a split was routed to shard {group} at version {epoch} with a stale route: the shard is now {parent}"
         ))));
     }
+    if let Some(m) = &st.merging {
+        return Ok(Err(AppError::wrong_shard(format!("shard {group} is merging into shard {}: it takes no split; retry", m.target))));
+    }
     if new_id == 0 || new_id == group {
         return Ok(Err(AppError::invalid(format!("new_id: {new_id} cannot be the id of shard {group}'s new sibling"))));
     }
@@ -78,10 +81,15 @@ pub(crate) fn execute_split(
         return Ok(Err(AppError::invalid(format!("shard {group}'s epoch version is exhausted"))));
     };
     let epoch = Epoch { conf_ver: parent.epoch.conf_ver, version };
-    let left = ShardState { desc: ShardDesc { end: at.clone(), epoch, ..parent.clone() }, dropped_tables: st.dropped_tables.clone() };
+    let left = ShardState {
+        desc: ShardDesc { end: at.clone(), epoch, ..parent.clone() },
+        dropped_tables: st.dropped_tables.clone(),
+        merging: None,
+    };
     let right = ShardState {
         desc: ShardDesc { id: new_id, start: at.clone(), epoch, ..parent.clone() },
         dropped_tables: st.dropped_tables.clone(),
+        merging: None,
     };
     // A split point lies strictly inside the range: both sides are non-empty and meet at it.
     assert!(parent.start < at && at < parent.end, "split point outside shard {group}'s range");

@@ -81,9 +81,26 @@ pub struct SmState {
     /// state (a split) or changed its own range (a snapshot install), so that it opens
     /// groups and indexes ranges again. Shared by every group of the node.
     pub(crate) local_groups_changed: Arc<tokio::sync::Notify>,
+    /// Bytes of cells written by applied writes since the shard's size was last measured
+    /// after a flush ([`crate::shard_size`]): what RocksDB's size estimate, which counts
+    /// only SST files, may be missing. A hint, not replicated state.
+    pub(crate) written_bytes: std::sync::atomic::AtomicU64,
+    /// Whether the shard's data changed (writes, deletes, a cleared table, a split or
+    /// merge) since the size checker last looked at it.
+    pub(crate) size_changed: std::sync::atomic::AtomicBool,
+    /// When the group opened here or last split or merged: automatic merges wait
+    /// `sharding.split_merge_interval_ms` after it. A hint, not replicated state.
+    pub(crate) reshaped_at: std::sync::Mutex<std::time::Instant>,
 }
 
 impl SmState {
+    /// Records that the shard's range changed (a split or merge applied): its size is
+    /// measured again, and it is not merged automatically for a while.
+    fn reshaped(&self) {
+        *self.reshaped_at.lock().expect("reshaped_at lock poisoned") = std::time::Instant::now();
+        self.size_changed.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Waits until no snapshot install is running and keeps one from starting while the
     /// guard lives. A reader takes its engine snapshot (or makes its point read) under it;
     /// it may drop the guard once it has its snapshot.
@@ -269,6 +286,9 @@ impl StateMachine {
             log_cipher,
             install_gate: Arc::new(tokio::sync::RwLock::new(())),
             local_groups_changed,
+            written_bytes: std::sync::atomic::AtomicU64::new(0),
+            size_changed: std::sync::atomic::AtomicBool::new(true),
+            reshaped_at: std::sync::Mutex::new(std::time::Instant::now()),
         });
         let sm = StateMachine { state, log, snapshot_dir, snapshot_chunk_bytes };
         // Nothing reads yet: the node serves no request before its groups are open.
@@ -428,9 +448,9 @@ impl StateMachine {
     /// Applies one command into `batch`; returns the outcome and a catalog change to make
     /// visible once the batch is written.
     fn execute(&self, cmd: Command, revision: u64, batch: &mut kho_engine::WriteBatch) -> io::Result<(Outcome, Option<CatalogChange>)> {
-        let data_command = matches!(cmd, Command::Write(_) | Command::ClearTable { .. } | Command::Reseal { .. } | Command::Split { .. });
+        let data_command = cmd.is_data_command();
         match (self.state.kind, data_command) {
-            (GroupKind::Data, true) => return self.execute_data(cmd, batch),
+            (GroupKind::Data, true) => return self.execute_data(cmd, revision, batch),
             (GroupKind::Meta, false) => {}
             (kind, _) => {
                 return Ok((
@@ -580,6 +600,23 @@ impl StateMachine {
                     Err(e) => Ok((Outcome::Rejected(e.into()), None)),
                 }
             }
+            Command::RecordShards { pieces } => {
+                let mut map = cat.shards.clone();
+                match map.record_tiling(&pieces) {
+                    Ok(true) => {
+                        let (start, end) = (&pieces[0].start, &pieces[pieces.len() - 1].end);
+                        for gone in cat.shards.covering(start, end).iter().filter(|c| !pieces.iter().any(|p| p.id == c.id)) {
+                            batch.delete(Cf::Data, &catalog::shard_key(gone.id));
+                        }
+                        for p in &pieces {
+                            batch.put_value(&catalog::shard_key(p.id), &p.encode());
+                        }
+                        Ok((Outcome::Done, Some(CatalogChange::Tiling(pieces))))
+                    }
+                    Ok(false) => Ok((Outcome::Done, None)),
+                    Err(e) => Ok((Outcome::Rejected(e.into()), None)),
+                }
+            }
             Command::AllocShardIds { count } => {
                 if count == 0 || count > crate::command::SHARD_IDS_ALLOC_MAX {
                     return Ok((
@@ -655,7 +692,13 @@ impl StateMachine {
                 batch.put_value(&catalog::dropped_table_key(meta.tenant_id, meta.id), b"");
                 Ok((Outcome::Done, Some(CatalogChange::DropTable(tenant, name, meta.tenant_id, meta.id))))
             }
-            Command::Write(_) | Command::ClearTable { .. } | Command::Reseal { .. } | Command::Split { .. } => {
+            Command::Write(_)
+            | Command::ClearTable { .. }
+            | Command::Reseal { .. }
+            | Command::Split { .. }
+            | Command::PrepareMerge { .. }
+            | Command::CommitMerge { .. }
+            | Command::RollbackMerge { .. } => {
                 unreachable!("dispatched to execute_data")
             }
         }
@@ -663,7 +706,7 @@ impl StateMachine {
 
     /// Applies a data shard's command: only after checking that it was routed to this
     /// shard, at its current epoch, for keys in its range.
-    fn execute_data(&self, cmd: Command, batch: &mut kho_engine::WriteBatch) -> io::Result<(Outcome, Option<CatalogChange>)> {
+    fn execute_data(&self, cmd: Command, index: u64, batch: &mut kho_engine::WriteBatch) -> io::Result<(Outcome, Option<CatalogChange>)> {
         let engine = &self.state.engine;
         let guard = self.state.shard.read().expect("shard state lock poisoned");
         let group = self.state.group;
@@ -679,6 +722,18 @@ impl StateMachine {
                 None,
             ))
         };
+        if let Some(m) = &st.merging {
+            // A merge's source takes nothing that changes its data or range.
+            if matches!(cmd, Command::Write(_) | Command::ClearTable { .. } | Command::Reseal { .. } | Command::Split { .. }) {
+                return Ok((
+                    Outcome::Rejected(AppError::wrong_shard(format!(
+                        "shard {group} is merging into shard {}: `{cmd}` is refused; it is routed again once the merge is done",
+                        m.target
+                    ))),
+                    None,
+                ));
+            }
+        }
         match cmd {
             Command::Write(w) => {
                 if w.shard != group || w.epoch != st.desc.epoch.version || !crate::cells::within(&w, &st.desc.start, &st.desc.end) {
@@ -697,6 +752,16 @@ impl StateMachine {
                     return Ok((Outcome::Rejected(e), None));
                 }
                 drop(guard);
+                let written: usize = w
+                    .ops
+                    .iter()
+                    .map(|op| match op {
+                        CellOp::Put { key, stored } => key.len() + stored.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                self.state.written_bytes.fetch_add(written as u64, std::sync::atomic::Ordering::Relaxed);
+                self.state.size_changed.store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok((execute_write(engine, w, batch)?, None))
             }
             Command::ClearTable { shard, tenant, table } => {
@@ -712,6 +777,7 @@ impl StateMachine {
                 if start < end {
                     batch.delete_range(Cf::Data, &start, &end);
                 }
+                self.state.size_changed.store(true, std::sync::atomic::Ordering::Relaxed);
                 let mut next = st.clone();
                 next.dropped_tables.insert(table);
                 batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::SHARD_STATE), &next.encode());
@@ -747,6 +813,51 @@ impl StateMachine {
                         Some(CatalogChange::ShardSplit(s.left, s.left_range)),
                     )),
                     Err(e) => Ok((Outcome::Rejected(e), None)),
+                }
+            }
+            Command::PrepareMerge { shard, epoch, target, target_epoch, voters } => {
+                if shard != group || epoch != st.desc.epoch.version {
+                    return stale("a merge's prepare");
+                }
+                let membership = read_applied_state(engine, group)?.1;
+                match crate::merge_apply::check_prepare(group, st, &membership, target, target_epoch, &voters) {
+                    Err(e) => Ok((Outcome::Rejected(e), None)),
+                    Ok(Some(prepared_at)) => Ok((Outcome::MergePrepared { index: prepared_at }, None)),
+                    Ok(None) => {
+                        let mut next = st.clone();
+                        next.merging = Some(crate::shard::MergeState { target, target_epoch, prepare_index: index });
+                        batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::SHARD_STATE), &next.encode());
+                        tracing::info!(shard = group, target, index, "a merge's prepare applied: the shard takes no more writes");
+                        Ok((Outcome::MergePrepared { index }, Some(CatalogChange::ShardState(next))))
+                    }
+                }
+            }
+            Command::CommitMerge { shard, epoch, source, prepare_index } => {
+                if shard != group || epoch != st.desc.epoch {
+                    return stale("a merge's commit");
+                }
+                let st = st.clone();
+                drop(guard);
+                match crate::merge_apply::execute_commit(engine, group, &st, &source, prepare_index, batch)? {
+                    Ok((merged, range)) => {
+                        Ok((Outcome::Merged { desc: merged.desc.clone() }, Some(CatalogChange::ShardMerged(merged, range))))
+                    }
+                    Err(e) => Ok((Outcome::Rejected(e), None)),
+                }
+            }
+            Command::RollbackMerge { shard, target_epoch } => {
+                if shard != group {
+                    return stale("a merge's rollback");
+                }
+                match &st.merging {
+                    Some(m) if m.target_epoch == target_epoch => {
+                        let mut next = st.clone();
+                        next.merging = None;
+                        batch.put(Cf::RaftMeta, &meta_key::key(group, meta_key::SHARD_STATE), &next.encode());
+                        tracing::info!(shard = group, target = m.target, "a merge was rolled back: the shard takes writes again");
+                        Ok((Outcome::Done, Some(CatalogChange::ShardState(next))))
+                    }
+                    _ => Ok((Outcome::Done, None)),
                 }
             }
             other => Ok((Outcome::Rejected(AppError::wrong_shard(format!("`{other}` reached data shard {group}"))), None)),
@@ -800,6 +911,24 @@ impl StateMachine {
                     panic!("shard {id}'s report, checked before, was refused: {e}");
                 }
             }
+            CatalogChange::Tiling(pieces) => {
+                if let Err(e) = cat.shards.record_tiling(&pieces) {
+                    panic!("shard {}'s report, checked before, was refused: {e}", pieces[0].id);
+                }
+            }
+            CatalogChange::ShardMerged(merged, range) => {
+                drop(cat);
+                {
+                    let _readers_excluded = self.state.install_gate.blocking_write();
+                    *self.state.shard.write().expect("shard state lock poisoned") = Some(merged);
+                    *self.state.range.write().expect("range lock poisoned") = range;
+                }
+                self.state.reshaped();
+                self.state.changed();
+                // The node's registry retires the merged source's group.
+                self.state.local_groups_changed.notify_one();
+                return;
+            }
             CatalogChange::Split(pieces) => {
                 if let Err(e) = cat.shards.record_split(&pieces) {
                     panic!("shard {}'s split report, checked before, was refused: {e}", pieces[0].id);
@@ -820,6 +949,7 @@ impl StateMachine {
                     *self.state.shard.write().expect("shard state lock poisoned") = Some(left);
                     *self.state.range.write().expect("range lock poisoned") = range;
                 }
+                self.state.reshaped();
                 self.state.changed();
                 // The node's registry opens the new sibling ([`crate::node::RaftNode::ensure_shard_groups`]).
                 self.state.local_groups_changed.notify_one();
@@ -951,6 +1081,11 @@ enum CatalogChange {
     ShardSplit(ShardState, KeyRange),
     /// The meta group recorded a split report in the shard map.
     Split(Vec<ShardDesc>),
+    /// The meta group recorded a report of the shards tiling a range (a merge).
+    Tiling(Vec<ShardDesc>),
+    /// A data shard took its right neighbour's range: its new state and range; the
+    /// neighbour's state is removed from storage, its group retired by the registry.
+    ShardMerged(ShardState, KeyRange),
 }
 
 /// The key range of every value of a tenant: `[tenant u32 BE, tenant + 1 u32 BE)`.
@@ -1020,7 +1155,7 @@ fn next_id(engine: &Engine, batch: &mut kho_engine::WriteBatch, name: &[u8]) -> 
 }
 
 /// The applied log id and membership of `group` stored in `engine`.
-fn read_applied_state(engine: &Engine, group: GroupId) -> io::Result<(Option<LogId>, StoredMembership)> {
+pub(crate) fn read_applied_state(engine: &Engine, group: GroupId) -> io::Result<(Option<LogId>, StoredMembership)> {
     let applied = match engine.get(Cf::RaftMeta, &meta_key::key(group, meta_key::APPLIED)).map_err(io_err)? {
         None => None,
         Some(b) => codec::decode_opt_log_id(&b).map_err(io_err)?,

@@ -25,12 +25,13 @@ pub struct AdminService {
     pub ctx: Arc<Ctx>,
 }
 
-/// The node's status: the meta group's Raft fields, follower read counters summed over every
-/// group of the node, and its data shards.
+/// The node's status: the meta group's Raft fields, follower read counters summed over the
+/// node's data shards (`raft.follower_reads` is about data reads: the meta group's own
+/// reads on followers are not counted), and its data shards.
 fn node_status(node: &kho_raft::RaftNode, s: &GroupStatus, address: &str, shards: Vec<pb::ShardStatus>) -> pb::NodeStatus {
     let (mut served, mut forwarded) = (0, 0);
     for id in node.group_ids() {
-        if let Some(g) = node.group(id) {
+        if let Some(g) = node.group(id).filter(|g| g.state.kind == kho_raft::GroupKind::Data) {
             let st = g.status();
             served += st.follower_reads;
             forwarded += st.follower_reads_forwarded;
@@ -98,7 +99,95 @@ const SHARD_REPLICAS_DEFAULT: usize = 3;
 /// Longest wait of `CreateTenant` for its first shard to elect a leader, milliseconds.
 const SHARD_READY_WAIT_MS: u64 = 10_000;
 
+/// Most shards `CreateTable` splits a new table into (`split_rows` + 1, `initial_shards`).
+pub const CREATE_TABLE_SHARDS_MAX: usize = 64;
+
 impl AdminService {
+    /// The rows (as stored: plain, or first bytes of hashed keys) a new table is split at,
+    /// from `split_rows` or `initial_shards`, sorted; INVALID_ARGUMENT naming the field.
+    fn split_rows_of(&self, r: &pb::CreateTableRequest) -> Result<Vec<Vec<u8>>, Status> {
+        if !r.split_rows.is_empty() && r.initial_shards > 1 {
+            return Err(Status::invalid_argument("split_rows: give either split_rows or initial_shards, not both"));
+        }
+        if r.split_rows.len() >= CREATE_TABLE_SHARDS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "split_rows: {} rows; at most {} (a table starts in at most {CREATE_TABLE_SHARDS_MAX} shards)",
+                r.split_rows.len(),
+                CREATE_TABLE_SHARDS_MAX - 1
+            )));
+        }
+        if !r.split_rows.is_empty() && r.hashed_row_keys {
+            return Err(Status::invalid_argument(
+                "split_rows: the row keys of a table with hashed row keys are stored hashed, so a row does not say where it is stored; use initial_shards",
+            ));
+        }
+        for (i, row) in r.split_rows.iter().enumerate() {
+            crate::validate::key(&self.ctx.limits, &format!("split_rows[{i}]"), row)?;
+        }
+        let n = r.initial_shards as usize;
+        if n > CREATE_TABLE_SHARDS_MAX {
+            return Err(Status::invalid_argument(format!("initial_shards: {n}; at most {CREATE_TABLE_SHARDS_MAX}")));
+        }
+        let mut rows: Vec<Vec<u8>> = if n > 1 { (1..n).map(|i| vec![(i * 256 / n) as u8]).collect() } else { r.split_rows.clone() };
+        rows.sort();
+        rows.dedup();
+        Ok(rows)
+    }
+
+    /// Splits the new table `tenant/name` at `rows` (as stored), one shard after the other
+    /// from the left (each split's right side holds the rows after it), and returns the
+    /// table's shards. UNAVAILABLE naming the row when a split fails: the table exists, its
+    /// range split up to there.
+    async fn pre_split(&self, tenant: &str, name: &str, rows: Vec<Vec<u8>>, origin: &Origin) -> Result<Vec<pb::ShardInfo>, Status> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let meta = self.ctx.meta().state.catalog().table(tenant, name).map_err(status::app_error)?.clone();
+        let points: Vec<Vec<u8>> = rows.iter().map(|row| kho_engine::keys::row_prefix(meta.tenant_id, meta.id, row)).collect();
+        let first = self.ctx.node.local_group_for(&points[0]).and_then(|g| g.state.shard()).map(|s| s.desc.id);
+        let first = first.or_else(|| self.ctx.meta().state.catalog().shards.lookup(&points[0]).map(|d| d.id));
+        let Some(mut shard) = first else {
+            return Err(Status::unavailable(format!(
+                "table `{tenant}/{name}` was created, but no shard holds its range yet; split it with `kho shard split`"
+            )));
+        };
+        let mut out = Vec::new();
+        for (row, point) in rows.iter().zip(&points) {
+            let Some(remaining) = origin.deadline.remaining(std::time::SystemTime::now()) else {
+                return Err(Status::deadline_exceeded(format!(
+                    "table `{tenant}/{name}` was created; the deadline passed before its split at row {}",
+                    kho_raft::shard::printable_key(row)
+                )));
+            };
+            let budget = crate::deadline::wait_budget(remaining);
+            match tokio::time::timeout(budget, self.ctx.node.split_shard(shard, Some(point.clone()))).await {
+                Ok(Ok((left, right))) => {
+                    out.push(self.shard_info(&left));
+                    shard = right.id;
+                    if out.len() == rows.len() {
+                        out.push(self.shard_info(&right));
+                    }
+                }
+                Ok(Err(e)) => {
+                    let s = status::propose_error(e);
+                    return Err(Status::unavailable(format!(
+                        "table `{tenant}/{name}` was created, but its split at {} failed ({}: {}); split it with `kho shard split`",
+                        kho_raft::shard::printable_key(point),
+                        s.code(),
+                        s.message()
+                    )));
+                }
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "table `{tenant}/{name}` was created; its split at {} was not done before the deadline (it may or may not have been applied)",
+                        kho_raft::shard::printable_key(point)
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// A shard as this node knows it: the descriptor given, its tenant's name, and the
     /// leader and term of its replica here (0 when this node holds none).
     fn shard_info(&self, d: &kho_raft::shard::ShardDesc) -> pb::ShardInfo {
@@ -165,7 +254,8 @@ impl Admin for AdminService {
             let meta = self.ctx.meta();
             let status = meta.status();
             let cat = meta.state.catalog();
-            let mut load: Vec<(u64, usize)> = status.members.iter().filter(|m| m.voter).map(|m| (m.id, 0)).collect();
+            // Every member holds shards, learners of the meta group (beyond its 5 voters) too.
+            let mut load: Vec<(u64, usize)> = status.members.iter().map(|m| (m.id, 0)).collect();
             for d in cat.shards.iter() {
                 for r in &d.replicas {
                     if let Some(e) = load.iter_mut().find(|(n, _)| *n == r.node) {
@@ -208,6 +298,7 @@ impl Admin for AdminService {
         for (i, f) in r.families.iter().enumerate() {
             validate::name(&format!("families[{i}].name"), &f.name)?;
         }
+        let split_rows = self.split_rows_of(&r)?;
         let cmd = Command::CreateTable {
             tenant: r.tenant.clone(),
             name: r.name.clone(),
@@ -215,7 +306,11 @@ impl Admin for AdminService {
             hashed_row_keys: r.hashed_row_keys,
         };
         match self.ctx.propose(cmd, &origin).await? {
-            Leader::Here(resp) => Ok(Response::new(pb::CreateTableResponse { revision: admin_outcome(resp)? })),
+            Leader::Here(resp) => {
+                let revision = admin_outcome(resp)?;
+                let shards = self.pre_split(&r.tenant, &r.name, split_rows, &origin).await?;
+                Ok(Response::new(pb::CreateTableResponse { revision, shards }))
+            }
             Leader::There(to) => forward!(self.ctx, admin_client, to, create_table, r),
         }
     }
@@ -360,6 +455,32 @@ impl Admin for AdminService {
             Ok(Ok(sides)) => sides,
         };
         Ok(Response::new(pb::SplitShardResponse { left: Some(self.shard_info(&left)), right: Some(self.shard_info(&right)) }))
+    }
+
+    async fn merge_shard(&self, req: Request<pb::MergeShardRequest>) -> Result<Response<pb::MergeShardResponse>, Status> {
+        let origin = origin_of(&req, Duration::from_millis(kho_raft::shard_merge::MERGE_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
+        let r = req.into_inner();
+        if r.shard_id == 0 {
+            return Err(Status::invalid_argument("shard_id: must be > 0 (group 0 is the meta group, which is not merged)"));
+        }
+        // As a split: the node hands the merge to the shard's leader over the peer
+        // connection; the deadline bounds the whole of it.
+        let Some(remaining) = origin.deadline.remaining(std::time::SystemTime::now()) else {
+            return Err(Status::deadline_exceeded("the request's deadline passed before the merge began: nothing was merged"));
+        };
+        let budget = crate::deadline::wait_budget(remaining);
+        let merged = match tokio::time::timeout(budget, self.ctx.node.merge_shard(r.shard_id)).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "the merge of shard {} was not done within {} ms, before the request's deadline; it may or may not have been applied (a merge left prepared is finished by the shard's leader): see `kho shard list`",
+                    r.shard_id,
+                    budget.as_millis()
+                )))
+            }
+            Ok(Err(e)) => return Err(status::propose_error(e)),
+            Ok(Ok(desc)) => desc,
+        };
+        Ok(Response::new(pb::MergeShardResponse { merged: Some(self.shard_info(&merged)) }))
     }
 
     async fn cluster_status(&self, _req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {
@@ -752,7 +873,7 @@ impl AdminService {
                 let cat = meta.state.catalog();
                 let Some(desc) = cat.shards.iter().find(|d| d.replicas.iter().any(|r| r.node == node)).cloned() else { break };
                 let mut load: Vec<(u64, usize, String)> =
-                    status.members.iter().filter(|m| m.voter && m.id != node).map(|m| (m.id, 0, m.addr.clone())).collect();
+                    status.members.iter().filter(|m| m.id != node).map(|m| (m.id, 0, m.addr.clone())).collect();
                 for d in cat.shards.iter() {
                     for r in &d.replicas {
                         if let Some(e) = load.iter_mut().find(|(n, _, _)| *n == r.node) {

@@ -44,6 +44,41 @@ pub struct Config {
     pub raft: RaftConfig,
     pub limits: Limits,
     pub encryption: EncryptionConfig,
+    pub sharding: ShardingConfig,
+}
+
+/// Automatic splits and merges of data shards (docs/SHARDING.md, "Split and merge").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardingConfig {
+    /// A shard whose size (RocksDB's estimate) passes it is split at its middle key, bytes.
+    /// Default 268435456 (256 MiB, TiKV's default); 0: never automatically.
+    pub split_size_bytes: u64,
+    /// Two adjacent shards on the same replicas, each smaller than it, are merged, bytes.
+    /// Default 20971520 (20 MiB, TiKV's `max-merge-region-size`); 0: only empty shards
+    /// merge. At most a quarter of `split_size_bytes`, so a merge is never split again.
+    pub merge_size_bytes: u64,
+    /// Whether shards merge automatically. Default true.
+    pub auto_merge: bool,
+    /// How long after a shard split, merged or opened on the node it is not merged
+    /// automatically, milliseconds. Default 3600000 (1 h, PD's `split-merge-interval`).
+    pub split_merge_interval_ms: u64,
+    /// How often each node looks at the sizes of the shards it leads, milliseconds.
+    /// Default 5000.
+    pub check_interval_ms: u64,
+}
+
+impl Default for ShardingConfig {
+    fn default() -> Self {
+        let d = kho_raft::shard_size::ShardingSettings::default();
+        ShardingConfig {
+            split_size_bytes: d.split_size_bytes,
+            merge_size_bytes: d.merge_size_bytes,
+            auto_merge: d.auto_merge,
+            split_merge_interval_ms: d.split_merge_interval_ms,
+            check_interval_ms: d.check_interval_ms,
+        }
+    }
 }
 
 /// Where the cluster's master key comes from (docs/SECURITY.md). Neither: no encryption.
@@ -144,6 +179,7 @@ impl Default for Config {
             raft: RaftConfig::default(),
             limits: Limits::default(),
             encryption: EncryptionConfig::default(),
+            sharding: ShardingConfig::default(),
         }
     }
 }
@@ -202,6 +238,13 @@ impl Config {
             rpc_timeout_ms: r.rpc_timeout_ms,
             snapshot_timeout_ms: r.snapshot_timeout_ms,
             follower_reads: r.follower_reads,
+            sharding: kho_raft::shard_size::ShardingSettings {
+                split_size_bytes: self.sharding.split_size_bytes,
+                merge_size_bytes: self.sharding.merge_size_bytes,
+                auto_merge: self.sharding.auto_merge,
+                split_merge_interval_ms: self.sharding.split_merge_interval_ms,
+                check_interval_ms: self.sharding.check_interval_ms,
+            },
         }
     }
 
@@ -314,6 +357,17 @@ impl Config {
         in_range("limits.read_queue_max", l.read_queue_max, 1, 1_000_000)?;
         in_range("limits.scan_stall_timeout_ms", l.scan_stall_timeout_ms, 100, 3_600_000)?;
         in_range("limits.scan_duration_max_ms", l.scan_duration_max_ms, 100, 86_400_000)?;
+        let sh = &self.sharding;
+        if sh.split_size_bytes > 0 && sh.merge_size_bytes > sh.split_size_bytes / 4 {
+            return Err(invalid(
+                "sharding.merge_size_bytes",
+                format!(
+                    "must be at most a quarter of sharding.split_size_bytes ({}), so that a merge is never split again",
+                    sh.split_size_bytes
+                ),
+            ));
+        }
+        in_range("sharding.check_interval_ms", sh.check_interval_ms, 100, 3_600_000)?;
         let e = &self.encryption;
         if e.master_key_file.is_some() && e.master_key_command.is_some() {
             return Err(invalid(

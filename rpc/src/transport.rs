@@ -35,6 +35,9 @@ fn kind_to_proto(k: MessageKind) -> RaftMessageKind {
         MessageKind::Propose => RaftMessageKind::Propose,
         MessageKind::ChangeReplicas => RaftMessageKind::ChangeReplicas,
         MessageKind::SplitShard => RaftMessageKind::SplitShard,
+        MessageKind::MergeShard => RaftMessageKind::MergeShard,
+        MessageKind::WaitApplied => RaftMessageKind::WaitApplied,
+        MessageKind::PreVote => RaftMessageKind::PreVote,
     }
 }
 
@@ -145,6 +148,9 @@ impl RaftTransport for RaftService {
             Ok(RaftMessageKind::Propose) => MessageKind::Propose,
             Ok(RaftMessageKind::ChangeReplicas) => MessageKind::ChangeReplicas,
             Ok(RaftMessageKind::SplitShard) => MessageKind::SplitShard,
+            Ok(RaftMessageKind::MergeShard) => MessageKind::MergeShard,
+            Ok(RaftMessageKind::WaitApplied) => MessageKind::WaitApplied,
+            Ok(RaftMessageKind::PreVote) => MessageKind::PreVote,
             _ => return Err(Status::invalid_argument(format!("kind: unsupported raft message kind {}", m.kind))),
         };
         let payload = self.node.handle_call(m.group_id, kind, &m.payload).await.map_err(|e| match e {

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand, ValueEnum};
 use kho_proto::v1::{
     AddNodeRequest, ClusterStatusRequest, ColumnFamily, CompactNodeRequest, CreateTableRequest, CreateTenantRequest, DropTableRequest,
-    ListShardsRequest, ListTablesRequest, ListTenantsRequest, RemoveNodeRequest, ShardInfo, SplitShardRequest, TenantEncryption,
+    ListShardsRequest, ListTablesRequest, ListTenantsRequest, MergeShardRequest, RemoveNodeRequest, ShardInfo, SplitShardRequest,
+    TenantEncryption,
 };
 use serde::{Deserialize, Serialize};
 
@@ -116,6 +117,14 @@ pub enum TableOp {
         /// tenant). Point reads and writes work as usual; scans of the table are refused.
         #[arg(long)]
         hashed_row_keys: bool,
+        /// Split the new table's range into shards at these row keys (comma-separated; a
+        /// table with plain row keys): each row and those after it go to the next shard.
+        #[arg(long, value_delimiter = ',')]
+        split_rows: Vec<String>,
+        /// Split the new table's range into this many shards (2 to 64) at evenly spaced
+        /// first bytes of the stored row keys (even for hashed row keys).
+        #[arg(long, default_value_t = 0)]
+        initial_shards: u32,
     },
     /// Lists tables (of one tenant, or of all).
     List {
@@ -166,10 +175,20 @@ pub enum ShardOp {
         #[arg(long)]
         json: bool,
     },
+    /// Merges a shard with its right-hand neighbour (same tenant, same replicas), on its
+    /// leader: the shard keeps its id and takes both ranges. No data moves. Prints it.
+    Merge {
+        /// The left shard's id (`kho shard list`).
+        #[arg(long)]
+        shard: u64,
+        /// One JSON object `{"shards": [merged]}` instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-/// Longest wait of `kho shard split` for its answer, seconds: the node's own bound on a
-/// split (30 s) and the time to reach it.
+/// Longest wait of `kho shard split` and `kho shard merge` for their answer, seconds: the
+/// node's own bound on a split or merge (30 s) and the time to reach it.
 pub const SHARD_SPLIT_TIMEOUT_SECS: u64 = 40;
 
 /// One shard in `kho shard list --json`.
@@ -226,7 +245,9 @@ impl From<&ShardInfo> for ShardJson {
 /// `kho shard`.
 pub async fn shard(cmd: ShardCmd) -> anyhow::Result<ExitCode> {
     let timeouts = match cmd.op {
-        ShardOp::Split { .. } => Timeouts { request: Duration::from_secs(SHARD_SPLIT_TIMEOUT_SECS), ..Timeouts::default() },
+        ShardOp::Split { .. } | ShardOp::Merge { .. } => {
+            Timeouts { request: Duration::from_secs(SHARD_SPLIT_TIMEOUT_SECS), ..Timeouts::default() }
+        }
         _ => Timeouts::default(),
     };
     let mut admin = client::connect(&cmd.conn.endpoints, timeouts).await?.admin();
@@ -241,6 +262,17 @@ pub async fn shard(cmd: ShardCmd) -> anyhow::Result<ExitCode> {
                 writeln!(out)?;
             } else {
                 write!(out, "{}", display::shard_list(&sides))?;
+            }
+        }
+        ShardOp::Merge { shard, json } => {
+            let r = admin.merge_shard(MergeShardRequest { shard_id: shard }).await?.into_inner();
+            let merged: Vec<ShardInfo> = r.merged.into_iter().collect();
+            if json {
+                let list = ShardListJson { shards: merged.iter().map(ShardJson::from).collect() };
+                serde_json::to_writer(&mut out, &list)?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", display::shard_list(&merged))?;
             }
         }
         ShardOp::List { tenant, json } => {
@@ -339,7 +371,7 @@ pub async fn table(cmd: TableCmd) -> anyhow::Result<ExitCode> {
     let mut admin = client::connect(&cmd.conn.endpoints, Timeouts::default()).await?.admin();
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match cmd.op {
-        TableOp::Create { tenant, name, families, hashed_row_keys } => {
+        TableOp::Create { tenant, name, families, hashed_row_keys, split_rows, initial_shards } => {
             let families = families
                 .into_iter()
                 .map(|f| f.trim().to_string())
@@ -349,10 +381,16 @@ pub async fn table(cmd: TableCmd) -> anyhow::Result<ExitCode> {
             if families.is_empty() {
                 anyhow::bail!("--families: give at least one column family name");
             }
-            let req = CreateTableRequest { tenant: tenant.clone(), name: name.clone(), families, hashed_row_keys };
+            let split_rows = split_rows.into_iter().map(String::into_bytes).collect();
+            let req =
+                CreateTableRequest { tenant: tenant.clone(), name: name.clone(), families, hashed_row_keys, split_rows, initial_shards };
             let r = admin.create_table(req).await?.into_inner();
             let how = if hashed_row_keys { " with hashed row keys" } else { "" };
             writeln!(out, "created table {tenant}/{name}{how} (revision {})", r.revision)?;
+            if !r.shards.is_empty() {
+                writeln!(out, "split into {} shards:", r.shards.len())?;
+                write!(out, "{}", display::shard_list(&r.shards))?;
+            }
         }
         TableOp::List { tenant } => {
             let r = admin.list_tables(ListTablesRequest { tenant: tenant.unwrap_or_default() }).await?.into_inner();

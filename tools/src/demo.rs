@@ -355,6 +355,10 @@ where
 /// Creates the tenant (default encryption: encrypted when the nodes have a master key) and
 /// the table (with hashed row keys when `encrypted`). Returns whether the table has hashed
 /// row keys.
+/// Shards the demo's table starts in (`CreateTable.initial_shards`): `kho shard list` shows
+/// them, each with its share of the sample rows.
+const DEMO_SHARDS: u32 = 4;
+
 async fn create_schema(admin: &mut AdminClient<Channel>, encrypted: bool) -> anyhow::Result<bool> {
     let r = with_retry(|| {
         let mut a = admin.clone();
@@ -374,11 +378,13 @@ async fn create_schema(admin: &mut AdminClient<Channel>, encrypted: bool) -> any
             name: TABLE.into(),
             families: FAMILIES.iter().map(|f| ColumnFamily { name: (*f).into() }).collect(),
             hashed_row_keys: encrypted,
+            split_rows: Vec::new(),
+            initial_shards: DEMO_SHARDS,
         };
         async move { a.create_table(req).await }
     })
     .await;
-    let how = if encrypted { ", hashed row keys" } else { "" };
+    let how = if encrypted { format!(", hashed row keys, {DEMO_SHARDS} shards") } else { format!(", {DEMO_SHARDS} shards") };
     match r {
         Ok(_) => say!("kho demo: created table {TENANT}/{TABLE} (families {}{how})", FAMILIES.join(", ")),
         Err(s) if s.code() == tonic::Code::AlreadyExists => say!("kho demo: table {TENANT}/{TABLE} exists"),

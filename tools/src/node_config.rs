@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use kho_rpc::config::{ConfigError, EncryptionConfig, Limits, RaftConfig};
+use kho_rpc::config::{ConfigError, EncryptionConfig, Limits, RaftConfig, ShardingConfig};
 use kho_rpc::Config;
 
 use crate::parse::{parse_members, MemberList};
@@ -99,7 +99,7 @@ pub fn toml_str(s: &str) -> String {
 /// The structs are destructured without `..` on purpose: a field added to the config
 /// does not compile here until it is printed (and documented in docs/CONFIG.md).
 pub fn render(c: &Config) -> String {
-    let Config { node_id, listen_addr, advertise_addr, peer_source_ip, data_dir, initial_members, raft, limits, encryption } = c;
+    let Config { node_id, listen_addr, advertise_addr, peer_source_ip, data_dir, initial_members, raft, limits, encryption, sharding } = c;
     let RaftConfig {
         heartbeat_interval_ms,
         election_timeout_min_ms,
@@ -130,6 +130,7 @@ pub fn render(c: &Config) -> String {
         scan_duration_max_ms,
     } = limits;
     let EncryptionConfig { master_key_file, master_key_command } = encryption;
+    let ShardingConfig { split_size_bytes, merge_size_bytes, auto_merge, split_merge_interval_ms, check_interval_ms } = sharding;
     let mut o = String::new();
     let _ = writeln!(o, "node_id = {node_id}");
     let _ = writeln!(o, "listen_addr = {}", toml_str(listen_addr));
@@ -199,6 +200,12 @@ pub fn render(c: &Config) -> String {
             let _ = writeln!(o, "# master_key_command is not set");
         }
     }
+    let _ = writeln!(o, "\n[sharding]");
+    let _ = writeln!(o, "split_size_bytes = {split_size_bytes}");
+    let _ = writeln!(o, "merge_size_bytes = {merge_size_bytes}");
+    let _ = writeln!(o, "auto_merge = {auto_merge}");
+    let _ = writeln!(o, "split_merge_interval_ms = {split_merge_interval_ms}");
+    let _ = writeln!(o, "check_interval_ms = {check_interval_ms}");
     o
 }
 

@@ -267,7 +267,7 @@ impl Admin for Fake {
                 m.hashed.insert(key.clone());
             }
             m.tables.insert(key, r.families.into_iter().map(|f| f.name).collect());
-            Ok(Response::new(CreateTableResponse { revision: m.bump().map(|h| h.revision).unwrap_or(0) }))
+            Ok(Response::new(CreateTableResponse { revision: m.bump().map(|h| h.revision).unwrap_or(0), shards: vec![] }))
         })
     }
 
@@ -298,6 +298,10 @@ impl Admin for Fake {
                 .collect();
             Ok(Response::new(ListShardsResponse { shards }))
         })
+    }
+
+    async fn merge_shard(&self, r: Request<MergeShardRequest>) -> Result<Response<MergeShardResponse>, Status> {
+        Err(Status::not_found(format!("shard {} does not exist", r.into_inner().shard_id)))
     }
 
     async fn split_shard(&self, r: Request<SplitShardRequest>) -> Result<Response<SplitShardResponse>, Status> {

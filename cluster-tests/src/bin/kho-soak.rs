@@ -30,8 +30,8 @@ struct Args {
     /// Seed of every random choice (keys, values, fault schedule); default: random.
     #[arg(long)]
     seed: Option<u64>,
-    /// Fault families, comma-separated: kill, pause, partition, membership.
-    #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition,membership")]
+    /// Fault families, comma-separated: kill, pause, partition, membership, reshard.
+    #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition,membership,reshard")]
     families: Vec<String>,
     /// Voting members of the cluster.
     #[arg(long, default_value_t = 3)]
@@ -60,7 +60,7 @@ async fn main() -> ExitCode {
         match FaultFamily::parse(name.trim()) {
             Some(f) => faults.extend_from_slice(f.faults()),
             None => {
-                eprintln!("--families: unknown family `{name}`; use kill, pause, partition, membership");
+                eprintln!("--families: unknown family `{name}`; use kill, pause, partition, membership, reshard");
                 return ExitCode::from(2);
             }
         }

@@ -197,6 +197,64 @@ impl ShardMap {
         Ok(true)
     }
 
+    /// Records `pieces`, contiguous descriptors of one tenant, as the shards of their range
+    /// `[pieces[0].start, last.end)` (a merge's report: the merged shard; or any tiling a
+    /// replica knows): the map's shards in that range are replaced, provided they tile the
+    /// same range and every piece is newer (a higher `version`) than each map shard it
+    /// overlaps and differs from. Returns false, changing nothing, for an older or repeated
+    /// report; an error for a malformed one.
+    pub fn record_tiling(&mut self, pieces: &[ShardDesc]) -> Result<bool, ShardError> {
+        let Some(first) = pieces.first() else {
+            return Err(ShardError::InvalidDescriptor { id: 0, reason: "a report with no descriptor".into() });
+        };
+        let refuse = |id: ShardId, reason: String| Err(ShardError::InvalidDescriptor { id, reason });
+        if pieces.len() > SPLIT_REPORT_PIECES_MAX {
+            return refuse(first.id, format!("a report has {} pieces; at most {SPLIT_REPORT_PIECES_MAX}", pieces.len()));
+        }
+        for (i, p) in pieces.iter().enumerate() {
+            p.validate().map_err(|reason| ShardError::InvalidDescriptor { id: p.id, reason })?;
+            if p.tenant != first.tenant || (i > 0 && pieces[i - 1].end != p.start) || pieces[..i].iter().any(|q| q.id == p.id) {
+                return refuse(p.id, format!("piece {i} is of another tenant, does not follow piece {}, or repeats an id", i.max(1) - 1));
+            }
+        }
+        let (start, end) = (first.start.clone(), pieces.last().expect("one piece").end.clone());
+        let current: Vec<ShardDesc> = self.covering(&start, &end).into_iter().cloned().collect();
+        let tiles = current.first().is_some_and(|c| c.start == start) && current.last().is_some_and(|c| c.end == end);
+        if !tiles {
+            // The map cuts the range elsewhere (a split of a neighbour not reported yet):
+            // a later report, once the map caught up, applies.
+            return Ok(false);
+        }
+        let mut changed = false;
+        for p in pieces {
+            for c in current.iter().filter(|c| c.start < p.end && p.start < c.end) {
+                if c == p {
+                    continue;
+                }
+                if p.epoch.version <= c.epoch.version {
+                    return Ok(false);
+                }
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(false);
+        }
+        let mut next = self.clone();
+        for c in &current {
+            next.remove(c.id);
+        }
+        for p in pieces {
+            if let Some(other) = next.get(p.id) {
+                return refuse(p.id, format!("shard {} is in the map elsewhere, at {}", p.id, printable_key(&other.start)));
+            }
+            next.insert(p.clone());
+        }
+        next.debug_check();
+        *self = next;
+        Ok(true)
+    }
+
     /// Merges shard `right_id` into shard `left_id`: they must be adjacent (left's end is
     /// right's start), of the same tenant, with the same replica set (nodes and roles), so
     /// no data moves. The result keeps the left id, spans both ranges, and has version
@@ -506,6 +564,40 @@ mod tests {
         assert_eq!(behind.shards_of_tenant(5).map(|d| (d.id, d.epoch.version)).collect::<Vec<_>>(), vec![(1, 3), (11, 3), (10, 2)]);
         assert_eq!(behind.record_split(&first), Ok(false), "an overtaken report");
         assert!(behind.check_invariants().is_ok());
+    }
+
+    /// Merge reports: the merged shard replaces the pieces it covers when newer than each;
+    /// a repeated or stale report, or one the map does not tile alike, changes nothing.
+    #[test]
+    fn merge_reports_replace_the_shards_they_cover() {
+        let mut map = two_tenants();
+        let at = |r: &[u8]| row_prefix(5, 3, r);
+        let piece = |id, start: Vec<u8>, end: Vec<u8>, version| ShardDesc {
+            id,
+            tenant: 5,
+            start,
+            end,
+            replicas: voters(&[1, 2, 3]),
+            epoch: Epoch { conf_ver: 1, version },
+        };
+        let (t5, t6) = (vec![0, 0, 0, 5], vec![0, 0, 0, 6]);
+        let split = [piece(1, t5.clone(), at(b"f"), 2), piece(10, at(b"f"), at(b"m"), 3), piece(11, at(b"m"), t6.clone(), 3)];
+        assert_eq!(map.record_tiling(&split), Ok(true));
+        // 1 and 10 merged (version max(2, 3) + 1).
+        let merged = [piece(1, t5.clone(), at(b"m"), 4)];
+        let before = map.clone();
+        assert_eq!(map.record_tiling(&[piece(1, t5.clone(), at(b"m"), 3)]), Ok(false), "not newer than shard 10");
+        assert_eq!(map.record_tiling(&[piece(1, t5.clone(), at(b"g"), 4)]), Ok(false), "the map cuts elsewhere");
+        assert_eq!(map, before);
+        assert!(map.record_tiling(&[piece(1, t5.clone(), at(b"m"), 4), piece(1, at(b"m"), t6.clone(), 4)]).is_err());
+        assert_eq!(map.record_tiling(&merged), Ok(true));
+        assert_eq!(map.record_tiling(&merged), Ok(false), "a repeated report");
+        assert_eq!(map.shards_of_tenant(5).map(|d| (d.id, d.epoch.version)).collect::<Vec<_>>(), vec![(1, 4), (11, 3)]);
+        assert!(map.get(10).is_none());
+        // Everything back into one shard.
+        assert_eq!(map.record_tiling(&[piece(1, t5.clone(), t6.clone(), 5)]), Ok(true));
+        assert_eq!(map.shards_of_tenant(5).count(), 1);
+        assert!(map.check_invariants().is_ok());
     }
 
     #[test]

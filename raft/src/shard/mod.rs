@@ -37,4 +37,4 @@ pub use map::ShardMap;
 pub use placement::{choose_merge_candidates, choose_replicas};
 pub use route_cache::{CacheUpdate, RouteCache};
 pub use split::{choose_split_point, is_valid_split_point, row_boundary, table_split_points};
-pub use state::ShardState;
+pub use state::{MergeState, ShardState};

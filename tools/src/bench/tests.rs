@@ -368,7 +368,7 @@ impl kv1::admin_server::Admin for FakeKho {
             return Err(Status::already_exists("table exists"));
         }
         s.tables.insert(key, r.families.into_iter().map(|f| f.name).collect());
-        Ok(Response::new(kv1::CreateTableResponse { revision: 2 }))
+        Ok(Response::new(kv1::CreateTableResponse { revision: 2, shards: vec![] }))
     }
 
     async fn list_shards(&self, r: Request<kv1::ListShardsRequest>) -> Result<Response<kv1::ListShardsResponse>, Status> {
@@ -380,6 +380,10 @@ impl kv1::admin_server::Admin for FakeKho {
 
     async fn split_shard(&self, _r: Request<kv1::SplitShardRequest>) -> Result<Response<kv1::SplitShardResponse>, Status> {
         Err(Status::unimplemented("the bench does not split shards"))
+    }
+
+    async fn merge_shard(&self, _r: Request<kv1::MergeShardRequest>) -> Result<Response<kv1::MergeShardResponse>, Status> {
+        Err(Status::unimplemented("the bench does not merge shards"))
     }
 
     async fn list_tables(&self, r: Request<kv1::ListTablesRequest>) -> Result<Response<kv1::ListTablesResponse>, Status> {

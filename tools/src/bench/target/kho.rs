@@ -412,6 +412,7 @@ pub async fn prepare(channel: &Channel, tenant: &str, encryption: TenantEncrypti
             families: vec![ColumnFamily { name: family.to_string() }],
             // The benchmark scans (workload E): plain row keys.
             hashed_row_keys: false,
+            ..Default::default()
         };
         async move { admin.create_table(request(req)).await.map(|_| ()) }
     })
