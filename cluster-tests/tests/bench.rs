@@ -78,3 +78,29 @@ async fn kho_bench_runs_workloads_against_a_cluster_and_reports() {
         })
         .await;
 }
+
+/// `--route leader` sends each key to its own shard's leader (`LocateShards`): after the
+/// benchmark's table is split, a run over the loaded keys still sees no error and finds
+/// every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kho_bench_routes_each_key_to_its_shard_after_a_split() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await;
+    cluster
+        .bounded("kho bench after a split", Duration::from_secs(3 * RUN_TIMEOUT_S), async {
+            let (_, report) = bench(&cluster, &["--workload", "a", "--phase", "load"]).await;
+            assert_eq!(phase(&report, "load")["errors"], 0);
+            let mut admin = cluster.admin_client(1);
+            let list = kho_proto::v1::ListShardsRequest { tenant: "bench".into() };
+            let shards = admin.list_shards(list.clone()).await.expect("ListShards").into_inner().shards;
+            assert_eq!(shards.len(), 1, "{shards:?}");
+            let split = kho_proto::v1::SplitShardRequest { shard_id: shards[0].id, at: String::new() };
+            admin.split_shard(split).await.unwrap_or_else(|e| cluster.fail(format!("split the bench shard: {e:?}")));
+            let (_, report) = bench(&cluster, &["--workload", "a", "--phase", "run"]).await;
+            let run = phase(&report, "run");
+            assert_eq!(run["errors"], 0, "{run}");
+            assert_eq!(op(run, "READ")["not_found"], 0, "every key read was loaded: {run}");
+            let shards = admin.list_shards(list).await.expect("ListShards").into_inner().shards;
+            assert_eq!(shards.len(), 2, "{shards:?}");
+        })
+        .await;
+}

@@ -18,6 +18,7 @@ use crate::channels::Channels;
 use crate::config::Limits;
 use crate::deadline::{self, Deadline, DEADLINE_HEADER};
 use crate::pool::BlockingPool;
+use crate::route::{self, RouteError, StaleRoute, STALE_ROUTE_TRIES_MAX};
 use crate::status;
 
 /// Metadata key set on a request forwarded by a node to the leader. A forwarded request
@@ -76,7 +77,30 @@ pub struct Origin {
     /// none): it may forward once more, to the shard's leader, but not to another replica.
     pub via_replica: bool,
     pub deadline: Deadline,
+    /// Which try of the node that received the request from its client this is (1 for a
+    /// request from a client; a forwarded request's [`ROUTE_TRY_HEADER`]).
+    pub try_no: u32,
 }
+
+impl Origin {
+    /// The node that received the request from its client: the one that retries stale routes.
+    pub fn from_client(&self) -> bool {
+        !self.forwarded && !self.via_replica
+    }
+}
+
+/// Metadata key set on a forwarded request: which try of the node that received it from
+/// its client this is (1, 2, …, at most [`STALE_ROUTE_TRIES_MAX`]), decimal. For logs and
+/// the `forwarded-stale-route` fail point.
+pub const ROUTE_TRY_HEADER: &str = "kho-route-try";
+
+/// Pause before the next try of a request whose route was stale, milliseconds, doubled on
+/// each further try (when no leader to wait for is known).
+pub const STALE_ROUTE_BACKOFF_MS: u64 = 20;
+
+/// Longest wait, before the next try, for this node's replica of a shard to learn the
+/// leader a stale answer named, milliseconds.
+pub const STALE_ROUTE_LEADER_WAIT_MS: u64 = 500;
 
 /// The [`FORWARDED`] value of a request forwarded to a replica rather than to the leader.
 pub const FORWARDED_TO_REPLICA: &str = "replica";
@@ -99,6 +123,8 @@ pub struct Forward {
     /// The node is a replica of the request's shard, not (as far as this node knows) its
     /// leader: this node holds no replica of it.
     pub to_replica: bool,
+    /// The try of the request ([`Origin::try_no`]), sent as [`ROUTE_TRY_HEADER`].
+    pub try_no: u32,
 }
 
 /// Where the data of a key is served from this node.
@@ -147,6 +173,8 @@ impl Forward {
         req.metadata_mut().insert(FORWARDED, MetadataValue::from_static(if self.to_replica { FORWARDED_TO_REPLICA } else { "1" }));
         let unix_ms = MetadataValue::try_from(self.deadline.unix_ms().to_string()).expect("digits are a valid header value");
         req.metadata_mut().insert(DEADLINE_HEADER, unix_ms);
+        let try_no = MetadataValue::try_from(self.try_no.to_string()).expect("digits are a valid header value");
+        req.metadata_mut().insert(ROUTE_TRY_HEADER, try_no);
         // The leader also gets the time left as grpc-timeout; it keeps the earlier of the two.
         req.set_timeout(remaining);
         Ok((req, deadline::wait_budget(remaining)))
@@ -228,7 +256,33 @@ pub fn origin_of<T>(req: &Request<T>, default: Duration) -> Result<Origin, Statu
     let deadline = Deadline::of_request(req.metadata(), SystemTime::now(), default)?;
     let hop = req.metadata().get(FORWARDED);
     let via_replica = hop.is_some_and(|v| v == FORWARDED_TO_REPLICA);
-    Ok(Origin { forwarded: hop.is_some() && !via_replica, via_replica, deadline })
+    // Only a node sets it; a malformed or missing one counts as a first try.
+    let try_no = match hop {
+        None => 1,
+        Some(_) => req.metadata().get(ROUTE_TRY_HEADER).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1),
+    };
+    Ok(Origin { forwarded: hop.is_some() && !via_replica, via_replica, deadline, try_no })
+}
+
+/// What [`Ctx::routed`] does with a failed try.
+#[derive(Debug, PartialEq, Eq)]
+enum NextTry {
+    /// The failure is the answer: not a typed stale route, or the request was forwarded
+    /// (the node that forwarded it retries).
+    Answer,
+    /// A typed stale route, and tries are left: look the route up again.
+    After(RouteError),
+    /// A typed stale route on the last try: the answer, saying so.
+    Exhausted,
+}
+
+fn next_try(last: &Status, origin: &Origin) -> NextTry {
+    match RouteError::of(last) {
+        None => NextTry::Answer,
+        Some(_) if !origin.from_client() => NextTry::Answer,
+        Some(_) if origin.try_no >= STALE_ROUTE_TRIES_MAX => NextTry::Exhausted,
+        Some(stale) => NextTry::After(stale),
+    }
 }
 
 /// How long a wait for a quorum may take, and whether the deadline set it.
@@ -265,13 +319,46 @@ impl Ctx {
         Ok(if budget < limit { Wait { limit: budget, by_deadline: true } } else { Wait { limit, by_deadline: false } })
     }
 
-    fn route<T>(&self, e: ProposeError, origin: &Origin, kind: Kind) -> Result<Leader<T>, Status> {
+    /// Where a request goes after group `g` refused it (`e`). For one proposal or a read
+    /// barrier (`one_step`), `ForwardToLeader` comes before anything was appended (openraft's
+    /// `ClientWriteError::ForwardToLeader`; a read barrier applies nothing), so a forwarded
+    /// request gets the typed stale-route answer `not-leader`, naming the leader when this
+    /// node knows it. A membership change takes several entries, and may have applied some
+    /// before it found it no longer leads: its answer is untyped.
+    fn route<T>(&self, g: &Group, e: ProposeError, origin: &Origin, kind: Kind, one_step: bool) -> Result<Leader<T>, Status> {
+        // A replica that knows the leader before it has the group's membership (a shard just
+        // created: the leader's first entries are on their way) finds its address in the
+        // meta group's, which has every node's.
+        let e = match e {
+            ProposeError::ForwardToLeader { leader_id: Some(id), leader_addr: None } => {
+                ProposeError::ForwardToLeader { leader_id: Some(id), leader_addr: self.node.node_addr(id) }
+            }
+            other => other,
+        };
         match e {
             ProposeError::ForwardToLeader { leader_id: Some(id), leader_addr: Some(addr) } if !origin.forwarded && id != self.node.id => {
-                Ok(Leader::There(Forward { leader_id: id, addr, kind, deadline: origin.deadline, to_replica: false }))
+                Ok(Leader::There(Forward {
+                    leader_id: id,
+                    addr,
+                    kind,
+                    deadline: origin.deadline,
+                    to_replica: false,
+                    try_no: origin.try_no,
+                }))
             }
-            ProposeError::ForwardToLeader { .. } if origin.forwarded => {
-                Err(Status::unavailable("the leader changed while the request was forwarded; retry"))
+            ProposeError::ForwardToLeader { .. } if origin.forwarded && !one_step => Err(Status::unavailable(
+                "the leader changed while the membership change was forwarded; it may have been partly done: check `kho cluster status`, then retry",
+            )),
+            ProposeError::ForwardToLeader { leader_id, .. } if origin.forwarded => {
+                let mut stale = RouteError::new(StaleRoute::NotLeader).leader(leader_id.filter(|l| *l != self.node.id));
+                if let Some(st) = g.state.shard() {
+                    stale = stale.shard(g.id).epoch(st.desc.epoch);
+                }
+                let leader = stale.leader_hint.map_or_else(|| "no leader is known yet".to_string(), |l| format!("the leader is node {l}"));
+                Err(stale.status(format!(
+                    "node {} does not lead group {} (the leader changed while the request was forwarded; {leader}); nothing was applied; retry",
+                    self.node.id, g.id
+                )))
             }
             other => Err(status::propose_error(other)),
         }
@@ -288,8 +375,8 @@ impl Ctx {
         if leader == self.node.id {
             return None;
         }
-        let addr = g.member_addr(leader)?;
-        Some(Forward { leader_id: leader, addr, kind, deadline: origin.deadline, to_replica: false })
+        let addr = g.member_addr(leader).or_else(|| self.node.node_addr(leader))?;
+        Some(Forward { leader_id: leader, addr, kind, deadline: origin.deadline, to_replica: false, try_no: origin.try_no })
     }
 
     /// Where the data of storage key `key` is served: this node's replica of its shard, or
@@ -303,7 +390,7 @@ impl Ctx {
             return Ok(ShardRoute::Local(g));
         }
         let desc = self.meta().state.catalog().shards.lookup(key).cloned().ok_or_else(|| {
-            Status::unavailable(format!(
+            RouteError::new(StaleRoute::ShardNotFound).status(format!(
                 "no shard holds key {} in node {}'s shard map (its tenant is being created?); retry",
                 kho_raft::shard::printable_key(key),
                 self.node.id
@@ -323,9 +410,9 @@ impl Ctx {
                 return Ok(ShardRoute::Local(g));
             }
         }
-        if origin.forwarded || origin.via_replica {
-            return Err(Status::unavailable(format!(
-                "node {} holds no replica of shard {} (its replicas moved); retry",
+        if !origin.from_client() {
+            return Err(RouteError::new(StaleRoute::NoReplica).shard(desc.id).epoch(desc.epoch).status(format!(
+                "node {} holds no replica of shard {} (its replicas moved); nothing was applied; retry",
                 self.node.id, desc.id
             )));
         }
@@ -333,7 +420,7 @@ impl Ctx {
         let Some((node, addr)) = to else {
             return Err(Status::unavailable(format!("no address known for any replica of shard {}; retry", desc.id)));
         };
-        Ok(ShardRoute::Remote(Forward { leader_id: node, addr, kind, deadline: origin.deadline, to_replica: true }))
+        Ok(ShardRoute::Remote(Forward { leader_id: node, addr, kind, deadline: origin.deadline, to_replica: true, try_no: origin.try_no }))
     }
 
     /// Proposes a command on the leader, waiting at most `raft.proposal_timeout_ms` (or
@@ -358,7 +445,7 @@ impl Ctx {
                 wait.limit.as_millis()
             ))),
             Ok(Ok(r)) => Ok(Leader::Here(r)),
-            Ok(Err(e)) => self.route(e, origin, Kind::Write),
+            Ok(Err(e)) => self.route(g, e, origin, Kind::Write, true),
         }
     }
 
@@ -380,7 +467,7 @@ impl Ctx {
                 wait.limit.as_millis()
             ))),
             Ok(Ok(voters)) => Ok(Leader::Here(voters)),
-            Ok(Err(e)) => self.route(e, origin, Kind::Write),
+            Ok(Err(e)) => self.route(&self.meta(), e, origin, Kind::Write, false),
         }
     }
 
@@ -403,7 +490,7 @@ impl Ctx {
                 wait.limit.as_millis()
             ))),
             Ok(Ok(())) => Ok(Leader::Here(())),
-            Ok(Err(e)) => self.route(e, origin, Kind::Read),
+            Ok(Err(e)) => self.route(g, e, origin, Kind::Read, true),
         }
     }
 
@@ -417,6 +504,88 @@ impl Ctx {
                 "consistency: unknown value {consistency}; use 0 (READ_CONSISTENCY_LINEARIZABLE) or 1 (READ_CONSISTENCY_STALE)"
             ))),
         }
+    }
+
+    /// Runs `once`, a data handler's route-and-serve step (look the route up, then serve
+    /// here or forward), again while it fails with a typed stale route ([`crate::route`]),
+    /// on the node that received the request from its client only: at most
+    /// [`STALE_ROUTE_TRIES_MAX`] tries in all, none started after the deadline. A forwarded
+    /// request is tried once (one hop: its answer goes back to the node that forwarded it,
+    /// which retries). A typed answer means nothing was applied, so trying again cannot
+    /// apply a write twice; any other failure is the answer. A streaming call's step ends
+    /// when its stream starts, so a stream is retried only before its first item.
+    pub async fn routed<F, Fut, R>(&self, origin: &Origin, mut once: F) -> Result<R, Status>
+    where
+        F: FnMut(Origin) -> Fut,
+        Fut: std::future::Future<Output = Result<R, Status>>,
+    {
+        let mut this = *origin;
+        loop {
+            #[cfg(feature = "failpoints")]
+            if let Some(stale) = self.stale_route_fail_point(&this) {
+                return Err(stale);
+            }
+            let last = match once(this).await {
+                Err(s) => s,
+                ok => return ok,
+            };
+            let stale = match next_try(&last, &this) {
+                NextTry::Answer => return Err(last),
+                NextTry::Exhausted => return Err(route::exhausted(last, self.node.id, this.try_no)),
+                NextTry::After(stale) => stale,
+            };
+            if !self.before_next_try(&stale, &this).await {
+                return Err(route::exhausted(last, self.node.id, this.try_no));
+            }
+            tracing::debug!(try_no = this.try_no, kind = stale.kind.as_str(), shard = ?stale.shard, leader = ?stale.leader_hint, "stale route; looking it up again");
+            this.try_no += 1;
+        }
+    }
+
+    /// Waits before the next try of a stale route: until this node's replica of the shard
+    /// knows the leader the answer named (at most [`STALE_ROUTE_LEADER_WAIT_MS`]), else a
+    /// short pause ([`STALE_ROUTE_BACKOFF_MS`], doubled per try); never past the deadline.
+    /// False when the deadline leaves no time for another try.
+    async fn before_next_try(&self, stale: &RouteError, origin: &Origin) -> bool {
+        let Some(remaining) = origin.deadline.remaining(SystemTime::now()) else { return false };
+        let budget = deadline::wait_budget(remaining);
+        let local = stale.shard.and_then(|id| self.node.group(id));
+        match (stale.kind, stale.leader_hint, local) {
+            (StaleRoute::NotLeader, Some(leader), Some(g)) => {
+                let limit = budget.min(Duration::from_millis(STALE_ROUTE_LEADER_WAIT_MS));
+                use openraft::type_config::async_runtime::WatchReceiver as _;
+                let mut rx = g.raft.metrics();
+                let knows = async {
+                    while rx.borrow_watched().current_leader != Some(leader) {
+                        if rx.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(limit, knows).await;
+            }
+            _ => {
+                let pause = Duration::from_millis(STALE_ROUTE_BACKOFF_MS << (origin.try_no.saturating_sub(1)).min(8));
+                tokio::time::sleep(pause.min(budget)).await;
+            }
+        }
+        origin.deadline.remaining(SystemTime::now()).is_some()
+    }
+
+    /// Fail point `forwarded-stale-route` (docs/TESTING.md): a forwarded data request whose
+    /// try is at most the fail point's argument (every try without one) is answered with
+    /// the typed stale route `not-leader`, as if the leader had moved while it was forwarded.
+    #[cfg(feature = "failpoints")]
+    fn stale_route_fail_point(&self, origin: &Origin) -> Option<Status> {
+        if origin.from_client() {
+            return None;
+        }
+        let tries = fail::eval("forwarded-stale-route", |arg| arg.and_then(|a| a.parse::<u32>().ok()).unwrap_or(u32::MAX))?;
+        (origin.try_no <= tries).then(|| {
+            let why = format!("fail point forwarded-stale-route: node {} answers try {} as a stale route", self.node.id, origin.try_no);
+            tracing::info!("{why}");
+            RouteError::new(StaleRoute::NotLeader).status(why)
+        })
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
@@ -502,7 +671,7 @@ mod tests {
     use super::*;
 
     fn to(kind: Kind, deadline: Deadline) -> Forward {
-        Forward { leader_id: 2, addr: "10.0.0.2:7001".into(), kind, deadline, to_replica: false }
+        Forward { leader_id: 2, addr: "10.0.0.2:7001".into(), kind, deadline, to_replica: false, try_no: 1 }
     }
 
     fn in_a_minute() -> Deadline {
@@ -556,11 +725,58 @@ mod tests {
             Status::not_found("table `t/x` does not exist"),
             Status::resource_exhausted("this node is serving 4096 client requests"),
             Status::unavailable("the leader changed while the request was forwarded; retry"),
+            RouteError::new(StaleRoute::NotLeader).leader(Some(3)).shard(4).status("node 2 does not lead group 4"),
             Status::deadline_exceeded("the request's deadline passed before it was proposed: the write was not applied"),
         ] {
-            let (code, message) = (leaders.code(), leaders.message().to_string());
+            let (code, message, typed) = (leaders.code(), leaders.message().to_string(), RouteError::of(&leaders));
             let s = f.map_status(leaders);
             assert_eq!((s.code(), s.message()), (code, message.as_str()));
+            assert_eq!(RouteError::of(&s), typed, "a typed stale route reaches the forwarding node typed");
         }
+    }
+
+    fn from(forwarded: bool, via_replica: bool, try_no: u32) -> Origin {
+        Origin { forwarded, via_replica, deadline: in_a_minute(), try_no }
+    }
+
+    #[test]
+    fn only_the_node_that_received_the_request_tries_a_stale_route_again_and_a_bounded_number_of_times() {
+        let stale = RouteError::new(StaleRoute::NotLeader).leader(Some(3)).shard(4);
+        let typed = stale.status("node 2 does not lead shard 4");
+        for try_no in 1..STALE_ROUTE_TRIES_MAX {
+            assert_eq!(next_try(&typed, &from(false, false, try_no)), NextTry::After(stale.clone()), "try {try_no}");
+        }
+        assert_eq!(next_try(&typed, &from(false, false, STALE_ROUTE_TRIES_MAX)), NextTry::Exhausted);
+        // One hop: a forwarded request's stale route goes back to the node that forwarded it.
+        assert_eq!(next_try(&typed, &from(true, false, 1)), NextTry::Answer);
+        assert_eq!(next_try(&typed, &from(false, true, 1)), NextTry::Answer);
+        // What may have been applied, or what another try cannot fix, is the answer at once.
+        for other in [
+            Status::unavailable(
+                "not committed within 5000 ms (raft.proposal_timeout_ms): no quorum reachable; the write may or may not have been applied",
+            ),
+            to(Kind::Write, in_a_minute()).failed(&Status::unavailable("tcp connect error")),
+            Status::deadline_exceeded("the leader (node 2 at 10.0.0.2:7001) did not answer within 950 ms"),
+            Status::not_found("table `t/x` does not exist"),
+        ] {
+            assert_eq!(next_try(&other, &from(false, false, 1)), NextTry::Answer, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_forwarded_request_names_its_try_and_the_receiving_node_reads_it() {
+        let mut f = to(Kind::Read, in_a_minute());
+        f.try_no = 2;
+        let (req, _) = f.request(()).unwrap();
+        assert_eq!(req.metadata().get(ROUTE_TRY_HEADER).unwrap(), "2");
+        let o = origin_of(&req, Duration::from_secs(1)).unwrap();
+        assert!(o.forwarded && !o.from_client());
+        assert_eq!(o.try_no, 2);
+        // A client's request is a first try, whatever it sends.
+        let mut client = Request::new(());
+        client.metadata_mut().insert(ROUTE_TRY_HEADER, MetadataValue::from_static("3"));
+        let o = origin_of(&client, Duration::from_secs(1)).unwrap();
+        assert!(o.from_client());
+        assert_eq!(o.try_no, 1);
     }
 }

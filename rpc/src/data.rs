@@ -18,6 +18,8 @@ use kho_raft::{AppErrorKind, Command, Group, WriteOp};
 use tonic::{Request, Response, Status};
 
 use crate::ctx::{written, Ctx, Kind, Leader, Origin, ShardRoute, Written};
+use crate::locate::{self, LOCATE_KEYS_MAX, LOCATE_RANGE_SHARDS_MAX};
+use crate::route::{RouteError, StaleRoute};
 use crate::{forward, status, validate};
 
 /// Most chunks a scan buffers ahead of a slow client, count.
@@ -59,12 +61,23 @@ impl DataService {
 
     /// [`DataService::access`]; a name this node's catalog does not know is looked up again
     /// after a read barrier of the meta group, so that a table created (and acknowledged)
-    /// through another node is found.
-    async fn table_access(&self, tenant: &str, table: &str, origin: &Origin) -> Result<(TableMeta, Option<Arc<TenantKeys>>), Status> {
+    /// through another node is found. When that barrier fails (the deadline passed, no
+    /// quorum), its failure is the answer, not NOT_FOUND: the table may well exist.
+    async fn table_access(
+        &self,
+        tenant: &str,
+        table: &str,
+        origin: &Origin,
+        kind: Kind,
+    ) -> Result<(TableMeta, Option<Arc<TenantKeys>>), Status> {
         match self.access(tenant, table) {
             Err(s) if s.code() == tonic::Code::NotFound => match self.ctx.read_barrier(origin).await {
                 Ok(Leader::Here(())) => self.access(tenant, table),
-                _ => Err(s),
+                Ok(Leader::There(_)) => Err(s),
+                Err(e) if e.code() == tonic::Code::DeadlineExceeded && kind == Kind::Write => Err(Status::deadline_exceeded(format!(
+                    "the request's deadline passed before `{tenant}/{table}` could be looked up in the catalog: the write was not applied"
+                ))),
+                Err(e) => Err(e),
             },
             other => other,
         }
@@ -84,7 +97,7 @@ impl DataService {
     /// (as the client sent it: it is resolved again there) when the leader is another node.
     /// A write whose keys fall in several shards is refused (no cross-shard atomicity yet).
     async fn propose_write(&self, tenant: &str, table: &str, ops: Vec<WriteOp>, origin: &Origin) -> Result<Leader<Written>, Status> {
-        let (meta, keys) = self.table_access(tenant, table, origin).await?;
+        let (meta, keys) = self.table_access(tenant, table, origin, Kind::Write).await?;
         let mut w = TableAccess { meta: &meta, keys: keys.as_deref() }.resolve(ops, None).map_err(status::app_error)?;
         self.propose_cells(&mut w, origin).await
     }
@@ -93,6 +106,7 @@ impl DataService {
     /// the shard up again (at most [`ROUTE_ATTEMPTS_MAX`] times) when the shard refuses it
     /// as misrouted (a split or merge since the lookup).
     async fn propose_cells(&self, w: &mut kho_raft::CellWrite, origin: &Origin) -> Result<Leader<Written>, Status> {
+        let mut last = None;
         for _ in 0..ROUTE_ATTEMPTS_MAX {
             let first = kho_raft::cells::first_key(w).ok_or_else(|| Status::invalid_argument("ops: no operation"))?.to_vec();
             let g = match self.ctx.shard_route(&first, origin, Kind::Write).await? {
@@ -103,6 +117,7 @@ impl DataService {
                 return Ok(Leader::There(to));
             }
             let desc = g.state.shard().ok_or_else(|| status::internal("a data key routed to a group that is not a data shard"))?.desc;
+            last = Some((desc.id, desc.epoch));
             if !desc.contains(&first) {
                 continue; // the shard split since the lookup: look the key up again
             }
@@ -124,9 +139,13 @@ impl DataService {
                 },
             }
         }
-        Err(Status::unavailable(format!(
-            "the shard map kept changing under the write ({ROUTE_ATTEMPTS_MAX} lookups); nothing was written; retry"
-        )))
+        // Every lookup found a shard that no longer held the key, or the shard refused the
+        // write at apply (`WrongShard`, writing nothing): nothing was written.
+        let mut stale = RouteError::new(StaleRoute::EpochMismatch);
+        if let Some((id, epoch)) = last {
+            stale = stale.shard(id).epoch(epoch);
+        }
+        Err(stale.status(format!("the shard map kept changing under the write ({ROUTE_ATTEMPTS_MAX} lookups); nothing was written; retry")))
     }
 
     /// The local replica of the shard holding `key` for a read at `consistency`, after its
@@ -148,8 +167,12 @@ impl DataService {
             }
             attempts += 1;
             if attempts == ROUTE_ATTEMPTS_MAX {
-                return Err(Status::unavailable(format!(
-                    "shard {} no longer holds the key (it split or merged), {ROUTE_ATTEMPTS_MAX} lookups in a row; retry",
+                let mut stale = RouteError::new(StaleRoute::KeyNotInShard).shard(g.id);
+                if let Some(st) = g.state.shard() {
+                    stale = stale.epoch(st.desc.epoch);
+                }
+                return Err(stale.status(format!(
+                    "shard {} no longer holds the key (it split or merged), {ROUTE_ATTEMPTS_MAX} lookups in a row; nothing was read; retry",
                     g.id
                 )));
             }
@@ -185,7 +208,8 @@ impl DataService {
             }
             lookups += 1;
             if lookups > SCAN_SHARDS_MAX + ROUTE_ATTEMPTS_MAX {
-                return Err(Status::unavailable("the shards of the range kept splitting under the scan; nothing was read; retry"));
+                return Err(RouteError::new(StaleRoute::KeyNotInShard)
+                    .status("the shards of the range kept splitting under the scan; nothing was read; retry"));
             }
             let g = match self.read_shard(&at, consistency, origin).await? {
                 Leader::Here(g) => g,
@@ -223,6 +247,280 @@ impl DataService {
             })
             .await?
             .map_err(status::engine_error)
+    }
+
+    /// One try of `BatchGet` ([`Ctx::routed`]).
+    async fn batch_get_once(&self, r: &pb::BatchGetRequest, origin: Origin) -> Result<Response<pb::BatchGetResponse>, Status> {
+        let origin = &origin;
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
+        let fam = family_of(&meta, &r.family)?;
+        // One linearizable read per shard that holds a key (its read barrier), then one
+        // point-in-time view of this node's replicas of them all.
+        let mut groups: Vec<Arc<Group>> = Vec::new();
+        for k in &r.keys {
+            let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), k)?, fam, b"");
+            if groups.iter().any(|g| g.state.bounds().0 <= key && key < g.state.bounds().1) {
+                continue;
+            }
+            match self.read_shard(&key, r.consistency, origin).await? {
+                Leader::There(to) => return forward!(self.ctx, data_client, to, batch_get, r.clone()),
+                Leader::Here(g) => groups.push(g),
+            }
+        }
+        let engine = self.engine();
+        let reply_max = self.limits().grpc_message_bytes_max;
+        let states = gate_order(&groups);
+        let keys_asked = r.keys.clone();
+        let items = self
+            .ctx
+            .reads
+            .run(move || -> Result<Vec<pb::BatchGetItem>, Status> {
+                let gates: Vec<_> = states.iter().map(|s| s.blocking_read_gate()).collect();
+                let snap = engine.snapshot();
+                drop(gates);
+                let mut items = Vec::with_capacity(keys_asked.len());
+                let mut bytes = 0u64;
+                for k in keys_asked {
+                    let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &k)?, fam, b"");
+                    let v = match snap.get(Cf::Data, &key).map_err(status::engine_error)? {
+                        None => None,
+                        Some(stored) => Some(open(tenant_keys.as_deref(), &key, &stored)?),
+                    };
+                    bytes += (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
+                    if bytes > reply_max {
+                        return Err(Status::resource_exhausted(format!(
+                            "keys: the values found exceed {reply_max} bytes (limits.grpc_message_bytes_max); ask for fewer keys"
+                        )));
+                    }
+                    items.push(pb::BatchGetItem { key: k, found: v.is_some(), value: v.unwrap_or_default() });
+                }
+                Ok(items)
+            })
+            .await??;
+        Ok(Response::new(pb::BatchGetResponse { items }))
+    }
+
+    /// One try of `Scan` ([`Ctx::routed`]): a stream that has started is not tried again.
+    async fn scan_once(&self, r: &pb::ScanRequest, limit: usize, origin: Origin) -> Result<Response<ScanStream>, Status> {
+        let origin = &origin;
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
+        refuse_scan_of_hashed(&meta)?;
+        let fam = family_of(&meta, &r.family)?;
+        let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_key, end_bound(&r.end_key), &r.prefix);
+        let groups = match self.read_shards(&start, &end, r.consistency, origin).await? {
+            Leader::There(to) => {
+                let resp = forward!(self.ctx, data_client, to.clone(), scan, r.clone())?;
+                return Ok(Response::new(Box::pin(to.stream(resp.into_inner())) as ScanStream));
+            }
+            Leader::Here(groups) => groups,
+        };
+        let engine = self.engine();
+        let (tx, stream) = ChunkSender::channel(self.ctx.limits.scan_stall_timeout_ms, self.ctx.limits.scan_duration_max_ms);
+        let states = gate_order(&groups);
+        self.ctx.scans.spawn(move || {
+            let mut chunk = Vec::new();
+            let mut chunk_bytes = 0usize;
+            let mut sent = 0usize;
+            let res = scan_cells(&engine, &states, tenant_keys.as_deref(), &start, &end, |dk, payload| {
+                if dk.family != fam || !dk.qualifier.is_empty() {
+                    return Ok(true);
+                }
+                chunk_bytes += dk.row.len() + payload.len();
+                chunk.push(pb::KeyValue { key: dk.row, value: payload.to_vec() });
+                sent += 1;
+                if chunk.len() >= SCAN_CHUNK_ITEMS_MAX || chunk_bytes >= SCAN_CHUNK_BYTES_MAX {
+                    chunk_bytes = 0;
+                    let kvs = std::mem::take(&mut chunk);
+                    if !tx.send(Ok(pb::ScanResponse { kvs })) {
+                        return Ok(false); // the client went away or stalled
+                    }
+                }
+                Ok(sent < limit)
+            });
+            match res {
+                Ok(()) if !chunk.is_empty() => tx.finish(Some(Ok(pb::ScanResponse { kvs: chunk }))),
+                Ok(()) => tx.finish(None),
+                Err(s) => tx.finish(Some(Err(s))),
+            }
+        })?;
+        Ok(Response::new(Box::pin(stream) as ScanStream))
+    }
+
+    /// One try of `CompareAndSwap` ([`Ctx::routed`]).
+    async fn compare_and_swap_once(
+        &self,
+        r: &pb::CompareAndSwapRequest,
+        origin: Origin,
+    ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        let origin = &origin;
+        // The shard's leader reads the cell (a linearizable read) and compares its value with
+        // the expected one; if they match, it proposes the write on condition that the cell
+        // is still stored as it read it. A write in between fails that condition at apply,
+        // and the comparison starts again, at most CAS_ATTEMPTS_MAX times.
+        for _ in 0..CAS_ATTEMPTS_MAX {
+            let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Write).await?;
+            let access = TableAccess { meta: &meta, keys: tenant_keys.as_deref() };
+            let key = access.cell_key(&r.key, &r.family, b"").map_err(status::app_error)?;
+            let g = match self.ctx.shard_route(&key, origin, Kind::Write).await? {
+                ShardRoute::Remote(to) => return forward!(self.ctx, data_client, to, compare_and_swap, r.clone()),
+                ShardRoute::Local(g) => g,
+            };
+            if let Some(to) = self.ctx.leader_elsewhere(&g, origin, Kind::Write) {
+                return forward!(self.ctx, data_client, to, compare_and_swap, r.clone());
+            }
+            if let Leader::There(to) = self.ctx.read_barrier_in(&g, origin).await? {
+                return forward!(self.ctx, data_client, to.as_write(), compare_and_swap, r.clone());
+            }
+            let stored = self.read_stored(&g, &key).await?;
+            let current = match &stored {
+                None => None,
+                Some(s) => Some(open(tenant_keys.as_deref(), &key, s)?),
+            };
+            if current != r.expected_value {
+                let revision = g.status().applied_index;
+                return Ok(Response::new(pb::CompareAndSwapResponse {
+                    header: Some(pb::WriteHeader { revision, shard_id: g.id }),
+                    succeeded: false,
+                    current_found: current.is_some(),
+                    current_value: current.unwrap_or_default(),
+                }));
+            }
+            let op = match &r.new_value {
+                Some(v) => WriteOp::Put { row: r.key.clone(), family: r.family.clone(), qualifier: vec![], value: v.clone() },
+                None => WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] },
+            };
+            let mut w = access.resolve(vec![op], Some(RawCondition { key, expected: stored })).map_err(status::app_error)?;
+            match self.propose_cells(&mut w, origin).await? {
+                Leader::There(to) => return forward!(self.ctx, data_client, to, compare_and_swap, r.clone()),
+                Leader::Here(w) => {
+                    let cas = w.cas.as_ref().ok_or_else(|| status::internal("conditional write returned no comparison outcome"))?;
+                    if cas.succeeded {
+                        return Ok(Response::new(pb::CompareAndSwapResponse {
+                            header: Some(w.header()),
+                            succeeded: true,
+                            current_found: current.is_some(),
+                            current_value: current.unwrap_or_default(),
+                        }));
+                    }
+                    // The cell changed between the read and the write: compare again.
+                }
+            }
+        }
+        Err(Status::aborted(format!(
+            "compare_and_swap: the cell changed between its read and its conditional write {CAS_ATTEMPTS_MAX} times in a row; nothing was written; retry"
+        )))
+    }
+
+    /// One try of `ReadRow` ([`Ctx::routed`]).
+    async fn read_row_once(&self, r: &pb::ReadRowRequest, origin: Origin) -> Result<Response<pb::ReadRowResponse>, Status> {
+        let origin = &origin;
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
+        let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
+        let prefix = keys::row_prefix(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.row_key)?);
+        let end = keys::prefix_end(&prefix).expect("a row prefix has an end");
+        let g = match self.read_shard(&prefix, r.consistency, origin).await? {
+            Leader::There(to) => return forward!(self.ctx, data_client, to, read_row, r.clone()),
+            Leader::Here(g) => g,
+        };
+        let engine = self.engine();
+        let reply_max = self.limits().grpc_message_bytes_max as usize;
+        let row_key = r.row_key.clone();
+        let states = gate_order(&[g]);
+        let qualifiers = r.qualifiers.clone();
+        let cells = self
+            .ctx
+            .reads
+            .run(move || -> Result<Vec<pb::Cell>, Status> {
+                let mut cells = Vec::new();
+                let mut bytes = 0usize;
+                scan_cells(&engine, &states, tenant_keys.as_deref(), &prefix, &end, |dk, payload| {
+                    if (!fams.is_empty() && !fams.contains(&dk.family)) || (!qualifiers.is_empty() && !qualifiers.contains(&dk.qualifier)) {
+                        return Ok(true);
+                    }
+                    bytes += dk.qualifier.len() + payload.len();
+                    if bytes > reply_max {
+                        return Err(Status::resource_exhausted(format!(
+                            "row_key: the row exceeds {reply_max} bytes (limits.grpc_message_bytes_max); filter by family or qualifier"
+                        )));
+                    }
+                    let family = meta.family_name(dk.family).unwrap_or_default().to_string();
+                    cells.push(pb::Cell { family, qualifier: dk.qualifier, value: payload.to_vec() });
+                    Ok(true)
+                })?;
+                Ok(cells)
+            })
+            .await??;
+        let found = !cells.is_empty();
+        Ok(Response::new(pb::ReadRowResponse { found, row: found.then_some(pb::Row { key: row_key, cells }) }))
+    }
+
+    /// One try of `ScanRows` ([`Ctx::routed`]): a stream that has started is not tried again.
+    async fn scan_rows_once(&self, r: &pb::ScanRowsRequest, limit: usize, origin: Origin) -> Result<Response<ScanRowsStream>, Status> {
+        let origin = &origin;
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
+        refuse_scan_of_hashed(&meta)?;
+        let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
+        let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_row, end_bound(&r.end_row), &r.prefix);
+        let groups = match self.read_shards(&start, &end, r.consistency, origin).await? {
+            Leader::There(to) => {
+                let resp = forward!(self.ctx, data_client, to.clone(), scan_rows, r.clone())?;
+                return Ok(Response::new(Box::pin(to.stream(resp.into_inner())) as ScanRowsStream));
+            }
+            Leader::Here(groups) => groups,
+        };
+        let engine = self.engine();
+        let row_bytes_max = self.limits().grpc_message_bytes_max as usize;
+        let (tx, stream) = ChunkSender::channel(self.ctx.limits.scan_stall_timeout_ms, self.ctx.limits.scan_duration_max_ms);
+        let states = gate_order(&groups);
+        self.ctx.scans.spawn(move || {
+            let mut rows: Vec<pb::Row> = Vec::new();
+            let mut chunk_bytes = 0usize;
+            let mut row_bytes = 0usize;
+            let mut done_rows = 0usize;
+            let res = scan_cells(&engine, &states, tenant_keys.as_deref(), &start, &end, |dk, payload| {
+                if !fams.is_empty() && !fams.contains(&dk.family) {
+                    return Ok(true);
+                }
+                let new_row = rows.last().is_none_or(|last| last.key != dk.row);
+                if new_row {
+                    if done_rows == limit {
+                        return Ok(false);
+                    }
+                    done_rows += 1;
+                    row_bytes = 0;
+                    // Send full chunks only at row boundaries: a row is never split.
+                    if rows.len() >= SCAN_CHUNK_ITEMS_MAX || chunk_bytes >= SCAN_CHUNK_BYTES_MAX {
+                        chunk_bytes = 0;
+                        let out = std::mem::take(&mut rows);
+                        if !tx.send(Ok(pb::ScanRowsResponse { rows: out })) {
+                            return Ok(false); // the client went away or stalled
+                        }
+                    }
+                    rows.push(pb::Row { key: dk.row.clone(), cells: Vec::new() });
+                }
+                let n = dk.qualifier.len() + payload.len();
+                row_bytes += n;
+                chunk_bytes += n;
+                if row_bytes > row_bytes_max {
+                    return Err(Status::resource_exhausted(format!(
+                        "a row exceeds {row_bytes_max} bytes (limits.grpc_message_bytes_max); filter by family"
+                    )));
+                }
+                let family = meta.family_name(dk.family).unwrap_or_default().to_string();
+                rows.last_mut().expect("a row was pushed").cells.push(pb::Cell {
+                    family,
+                    qualifier: dk.qualifier,
+                    value: payload.to_vec(),
+                });
+                Ok(true)
+            });
+            match res {
+                Ok(()) if !rows.is_empty() => tx.finish(Some(Ok(pb::ScanRowsResponse { rows }))),
+                Ok(()) => tx.finish(None),
+                Err(s) => tx.finish(Some(Err(s))),
+            }
+        })?;
+        Ok(Response::new(Box::pin(stream) as ScanRowsStream))
     }
 }
 
@@ -419,11 +717,16 @@ impl Data for DataService {
         validate::family("family", &r.family)?;
         validate::key(self.limits(), "key", &r.key)?;
         validate::value(self.limits(), "value", &r.value)?;
-        let ops = vec![WriteOp::Put { row: r.key.clone(), family: r.family.clone(), qualifier: vec![], value: r.value.clone() }];
-        match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
-            Leader::Here(w) => Ok(Response::new(pb::PutResponse { header: Some(w.header()) })),
-            Leader::There(to) => forward!(self.ctx, data_client, to, put, r),
-        }
+        let r = &r;
+        self.ctx
+            .routed(&origin, |origin| async move {
+                let ops = vec![WriteOp::Put { row: r.key.clone(), family: r.family.clone(), qualifier: vec![], value: r.value.clone() }];
+                match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
+                    Leader::Here(w) => Ok(Response::new(pb::PutResponse { header: Some(w.header()) })),
+                    Leader::There(to) => forward!(self.ctx, data_client, to, put, r.clone()),
+                }
+            })
+            .await
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
@@ -432,20 +735,25 @@ impl Data for DataService {
         self.check_table_names(&r.tenant, &r.table)?;
         validate::family("family", &r.family)?;
         validate::key(self.limits(), "key", &r.key)?;
-        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin).await?;
-        let fam = family_of(&meta, &r.family)?;
-        let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.key)?, fam, b"");
-        let g = match self.read_shard(&key, r.consistency, &origin).await? {
-            Leader::There(to) => return forward!(self.ctx, data_client, to, get, r),
-            Leader::Here(g) => g,
-        };
-        // Memtables and the block cache answer most reads in microseconds: they are read
-        // here, and only reads that need the disk go to a read thread.
-        let v = match self.read_stored(&g, &key).await? {
-            None => None,
-            Some(stored) => Some(open(tenant_keys.as_deref(), &key, &stored)?),
-        };
-        Ok(Response::new(pb::GetResponse { found: v.is_some(), value: v.unwrap_or_default() }))
+        let r = &r;
+        self.ctx
+            .routed(&origin, |origin| async move {
+                let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin, Kind::Read).await?;
+                let fam = family_of(&meta, &r.family)?;
+                let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.key)?, fam, b"");
+                let g = match self.read_shard(&key, r.consistency, &origin).await? {
+                    Leader::There(to) => return forward!(self.ctx, data_client, to, get, r.clone()),
+                    Leader::Here(g) => g,
+                };
+                // Memtables and the block cache answer most reads in microseconds: they are
+                // read here, and only reads that need the disk go to a read thread.
+                let v = match self.read_stored(&g, &key).await? {
+                    None => None,
+                    Some(stored) => Some(open(tenant_keys.as_deref(), &key, &stored)?),
+                };
+                Ok(Response::new(pb::GetResponse { found: v.is_some(), value: v.unwrap_or_default() }))
+            })
+            .await
     }
 
     async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
@@ -454,11 +762,16 @@ impl Data for DataService {
         self.check_table_names(&r.tenant, &r.table)?;
         validate::family("family", &r.family)?;
         validate::key(self.limits(), "key", &r.key)?;
-        let ops = vec![WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] }];
-        match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
-            Leader::Here(w) => Ok(Response::new(pb::DeleteResponse { header: Some(w.header()), existed: w.existed })),
-            Leader::There(to) => forward!(self.ctx, data_client, to, delete, r),
-        }
+        let r = &r;
+        self.ctx
+            .routed(&origin, |origin| async move {
+                let ops = vec![WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] }];
+                match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
+                    Leader::Here(w) => Ok(Response::new(pb::DeleteResponse { header: Some(w.header()), existed: w.existed })),
+                    Leader::There(to) => forward!(self.ctx, data_client, to, delete, r.clone()),
+                }
+            })
+            .await
     }
 
     async fn batch_get(&self, req: Request<pb::BatchGetRequest>) -> Result<Response<pb::BatchGetResponse>, Status> {
@@ -471,51 +784,7 @@ impl Data for DataService {
         for k in &r.keys {
             validate::key(self.limits(), "keys", k)?;
         }
-        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin).await?;
-        let fam = family_of(&meta, &r.family)?;
-        // One linearizable read per shard that holds a key (its read barrier), then one
-        // point-in-time view of this node's replicas of them all.
-        let mut groups: Vec<Arc<Group>> = Vec::new();
-        for k in &r.keys {
-            let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), k)?, fam, b"");
-            if groups.iter().any(|g| g.state.bounds().0 <= key && key < g.state.bounds().1) {
-                continue;
-            }
-            match self.read_shard(&key, r.consistency, &origin).await? {
-                Leader::There(to) => return forward!(self.ctx, data_client, to, batch_get, r),
-                Leader::Here(g) => groups.push(g),
-            }
-        }
-        let engine = self.engine();
-        let reply_max = self.limits().grpc_message_bytes_max;
-        let states = gate_order(&groups);
-        let items = self
-            .ctx
-            .reads
-            .run(move || -> Result<Vec<pb::BatchGetItem>, Status> {
-                let gates: Vec<_> = states.iter().map(|s| s.blocking_read_gate()).collect();
-                let snap = engine.snapshot();
-                drop(gates);
-                let mut items = Vec::with_capacity(r.keys.len());
-                let mut bytes = 0u64;
-                for k in r.keys {
-                    let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &k)?, fam, b"");
-                    let v = match snap.get(Cf::Data, &key).map_err(status::engine_error)? {
-                        None => None,
-                        Some(stored) => Some(open(tenant_keys.as_deref(), &key, &stored)?),
-                    };
-                    bytes += (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
-                    if bytes > reply_max {
-                        return Err(Status::resource_exhausted(format!(
-                            "keys: the values found exceed {reply_max} bytes (limits.grpc_message_bytes_max); ask for fewer keys"
-                        )));
-                    }
-                    items.push(pb::BatchGetItem { key: k, found: v.is_some(), value: v.unwrap_or_default() });
-                }
-                Ok(items)
-            })
-            .await??;
-        Ok(Response::new(pb::BatchGetResponse { items }))
+        self.ctx.routed(&origin, |origin| self.batch_get_once(&r, origin)).await
     }
 
     type ScanStream = ScanStream;
@@ -529,47 +798,7 @@ impl Data for DataService {
         validate::optional_key(self.limits(), "end_key", &r.end_key)?;
         validate::optional_key(self.limits(), "prefix", &r.prefix)?;
         let limit = validate::scan_limit(self.limits(), r.limit)?;
-        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin).await?;
-        refuse_scan_of_hashed(&meta)?;
-        let fam = family_of(&meta, &r.family)?;
-        let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_key, end_bound(&r.end_key), &r.prefix);
-        let groups = match self.read_shards(&start, &end, r.consistency, &origin).await? {
-            Leader::There(to) => {
-                let resp = forward!(self.ctx, data_client, to.clone(), scan, r)?;
-                return Ok(Response::new(Box::pin(to.stream(resp.into_inner())) as ScanStream));
-            }
-            Leader::Here(groups) => groups,
-        };
-        let engine = self.engine();
-        let (tx, stream) = ChunkSender::channel(self.ctx.limits.scan_stall_timeout_ms, self.ctx.limits.scan_duration_max_ms);
-        let states = gate_order(&groups);
-        self.ctx.scans.spawn(move || {
-            let mut chunk = Vec::new();
-            let mut chunk_bytes = 0usize;
-            let mut sent = 0usize;
-            let res = scan_cells(&engine, &states, tenant_keys.as_deref(), &start, &end, |dk, payload| {
-                if dk.family != fam || !dk.qualifier.is_empty() {
-                    return Ok(true);
-                }
-                chunk_bytes += dk.row.len() + payload.len();
-                chunk.push(pb::KeyValue { key: dk.row, value: payload.to_vec() });
-                sent += 1;
-                if chunk.len() >= SCAN_CHUNK_ITEMS_MAX || chunk_bytes >= SCAN_CHUNK_BYTES_MAX {
-                    chunk_bytes = 0;
-                    let kvs = std::mem::take(&mut chunk);
-                    if !tx.send(Ok(pb::ScanResponse { kvs })) {
-                        return Ok(false); // the client went away or stalled
-                    }
-                }
-                Ok(sent < limit)
-            });
-            match res {
-                Ok(()) if !chunk.is_empty() => tx.finish(Some(Ok(pb::ScanResponse { kvs: chunk }))),
-                Ok(()) => tx.finish(None),
-                Err(s) => tx.finish(Some(Err(s))),
-            }
-        })?;
-        Ok(Response::new(Box::pin(stream) as ScanStream))
+        self.ctx.routed(&origin, |origin| self.scan_once(&r, limit, origin)).await
     }
 
     async fn write(&self, req: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
@@ -598,10 +827,15 @@ impl Data for DataService {
             }
         }
         validate::batch(l, "ops", ops.len(), bytes)?;
-        match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
-            Leader::Here(w) => Ok(Response::new(pb::WriteResponse { header: Some(w.header()) })),
-            Leader::There(to) => forward!(self.ctx, data_client, to, write, r),
-        }
+        let (r, ops) = (&r, &ops);
+        self.ctx
+            .routed(&origin, |origin| async move {
+                match self.propose_write(&r.tenant, &r.table, ops.clone(), &origin).await? {
+                    Leader::Here(w) => Ok(Response::new(pb::WriteResponse { header: Some(w.header()) })),
+                    Leader::There(to) => forward!(self.ctx, data_client, to, write, r.clone()),
+                }
+            })
+            .await
     }
 
     async fn compare_and_swap(&self, req: Request<pb::CompareAndSwapRequest>) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
@@ -616,62 +850,7 @@ impl Data for DataService {
         if let Some(v) = &r.new_value {
             validate::value(self.limits(), "new_value", v)?;
         }
-        // The shard's leader reads the cell (a linearizable read) and compares its value with
-        // the expected one; if they match, it proposes the write on condition that the cell
-        // is still stored as it read it. A write in between fails that condition at apply,
-        // and the comparison starts again, at most CAS_ATTEMPTS_MAX times.
-        for _ in 0..CAS_ATTEMPTS_MAX {
-            let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin).await?;
-            let access = TableAccess { meta: &meta, keys: tenant_keys.as_deref() };
-            let key = access.cell_key(&r.key, &r.family, b"").map_err(status::app_error)?;
-            let g = match self.ctx.shard_route(&key, &origin, Kind::Write).await? {
-                ShardRoute::Remote(to) => return forward!(self.ctx, data_client, to, compare_and_swap, r),
-                ShardRoute::Local(g) => g,
-            };
-            if let Some(to) = self.ctx.leader_elsewhere(&g, &origin, Kind::Write) {
-                return forward!(self.ctx, data_client, to, compare_and_swap, r);
-            }
-            if let Leader::There(to) = self.ctx.read_barrier_in(&g, &origin).await? {
-                return forward!(self.ctx, data_client, to.as_write(), compare_and_swap, r);
-            }
-            let stored = self.read_stored(&g, &key).await?;
-            let current = match &stored {
-                None => None,
-                Some(s) => Some(open(tenant_keys.as_deref(), &key, s)?),
-            };
-            if current != r.expected_value {
-                let revision = g.status().applied_index;
-                return Ok(Response::new(pb::CompareAndSwapResponse {
-                    header: Some(pb::WriteHeader { revision, shard_id: g.id }),
-                    succeeded: false,
-                    current_found: current.is_some(),
-                    current_value: current.unwrap_or_default(),
-                }));
-            }
-            let op = match &r.new_value {
-                Some(v) => WriteOp::Put { row: r.key.clone(), family: r.family.clone(), qualifier: vec![], value: v.clone() },
-                None => WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] },
-            };
-            let mut w = access.resolve(vec![op], Some(RawCondition { key, expected: stored })).map_err(status::app_error)?;
-            match self.propose_cells(&mut w, &origin).await? {
-                Leader::There(to) => return forward!(self.ctx, data_client, to, compare_and_swap, r),
-                Leader::Here(w) => {
-                    let cas = w.cas.as_ref().ok_or_else(|| status::internal("conditional write returned no comparison outcome"))?;
-                    if cas.succeeded {
-                        return Ok(Response::new(pb::CompareAndSwapResponse {
-                            header: Some(w.header()),
-                            succeeded: true,
-                            current_found: current.is_some(),
-                            current_value: current.unwrap_or_default(),
-                        }));
-                    }
-                    // The cell changed between the read and the write: compare again.
-                }
-            }
-        }
-        Err(Status::aborted(format!(
-            "compare_and_swap: the cell changed between its read and its conditional write {CAS_ATTEMPTS_MAX} times in a row; nothing was written; retry"
-        )))
+        self.ctx.routed(&origin, |origin| self.compare_and_swap_once(&r, origin)).await
     }
 
     async fn mutate_row(&self, req: Request<pb::MutateRowRequest>) -> Result<Response<pb::MutateRowResponse>, Status> {
@@ -712,10 +891,15 @@ impl Data for DataService {
             }
         }
         validate::batch(l, "mutations", ops.len(), bytes)?;
-        match self.propose_write(&r.tenant, &r.table, ops, &origin).await? {
-            Leader::Here(w) => Ok(Response::new(pb::MutateRowResponse { header: Some(w.header()) })),
-            Leader::There(to) => forward!(self.ctx, data_client, to, mutate_row, r),
-        }
+        let (r, ops) = (&r, &ops);
+        self.ctx
+            .routed(&origin, |origin| async move {
+                match self.propose_write(&r.tenant, &r.table, ops.clone(), &origin).await? {
+                    Leader::Here(w) => Ok(Response::new(pb::MutateRowResponse { header: Some(w.header()) })),
+                    Leader::There(to) => forward!(self.ctx, data_client, to, mutate_row, r.clone()),
+                }
+            })
+            .await
     }
 
     async fn read_row(&self, req: Request<pb::ReadRowRequest>) -> Result<Response<pb::ReadRowResponse>, Status> {
@@ -729,45 +913,7 @@ impl Data for DataService {
         for q in &r.qualifiers {
             validate::qualifier(self.limits(), "qualifiers", q)?;
         }
-        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin).await?;
-        let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
-        let prefix = keys::row_prefix(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.row_key)?);
-        let end = keys::prefix_end(&prefix).expect("a row prefix has an end");
-        let g = match self.read_shard(&prefix, r.consistency, &origin).await? {
-            Leader::There(to) => return forward!(self.ctx, data_client, to, read_row, r),
-            Leader::Here(g) => g,
-        };
-        let engine = self.engine();
-        let reply_max = self.limits().grpc_message_bytes_max as usize;
-        let row_key = r.row_key.clone();
-        let states = gate_order(&[g]);
-        let cells = self
-            .ctx
-            .reads
-            .run(move || -> Result<Vec<pb::Cell>, Status> {
-                let mut cells = Vec::new();
-                let mut bytes = 0usize;
-                scan_cells(&engine, &states, tenant_keys.as_deref(), &prefix, &end, |dk, payload| {
-                    if (!fams.is_empty() && !fams.contains(&dk.family))
-                        || (!r.qualifiers.is_empty() && !r.qualifiers.contains(&dk.qualifier))
-                    {
-                        return Ok(true);
-                    }
-                    bytes += dk.qualifier.len() + payload.len();
-                    if bytes > reply_max {
-                        return Err(Status::resource_exhausted(format!(
-                            "row_key: the row exceeds {reply_max} bytes (limits.grpc_message_bytes_max); filter by family or qualifier"
-                        )));
-                    }
-                    let family = meta.family_name(dk.family).unwrap_or_default().to_string();
-                    cells.push(pb::Cell { family, qualifier: dk.qualifier, value: payload.to_vec() });
-                    Ok(true)
-                })?;
-                Ok(cells)
-            })
-            .await??;
-        let found = !cells.is_empty();
-        Ok(Response::new(pb::ReadRowResponse { found, row: found.then_some(pb::Row { key: row_key, cells }) }))
+        self.ctx.routed(&origin, |origin| self.read_row_once(&r, origin)).await
     }
 
     type ScanRowsStream = ScanRowsStream;
@@ -783,69 +929,51 @@ impl Data for DataService {
             validate::name("families", f)?;
         }
         let limit = validate::scan_limit(self.limits(), r.limit)?;
-        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin).await?;
-        refuse_scan_of_hashed(&meta)?;
-        let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
-        let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_row, end_bound(&r.end_row), &r.prefix);
-        let groups = match self.read_shards(&start, &end, r.consistency, &origin).await? {
-            Leader::There(to) => {
-                let resp = forward!(self.ctx, data_client, to.clone(), scan_rows, r)?;
-                return Ok(Response::new(Box::pin(to.stream(resp.into_inner())) as ScanRowsStream));
+        self.ctx.routed(&origin, |origin| self.scan_rows_once(&r, limit, origin)).await
+    }
+
+    async fn locate_shards(&self, req: Request<pb::LocateShardsRequest>) -> Result<Response<pb::LocateShardsResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        let r = req.into_inner();
+        self.check_table_names(&r.tenant, &r.table)?;
+        if r.keys.is_empty() && r.range.is_none() {
+            return Err(Status::invalid_argument("keys, range: nothing to locate; give keys, a range, or both"));
+        }
+        if r.keys.len() > LOCATE_KEYS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "keys: {} keys exceed the limit of {LOCATE_KEYS_MAX} per LocateShards request; ask in parts",
+                r.keys.len()
+            )));
+        }
+        for (i, k) in r.keys.iter().enumerate() {
+            validate::key(self.limits(), &format!("keys[{i}]"), k)?;
+        }
+        if let Some(range) = &r.range {
+            validate::optional_key(self.limits(), "range.start_row", &range.start_row)?;
+            validate::optional_key(self.limits(), "range.end_row", &range.end_row)?;
+            if range.limit as usize > LOCATE_RANGE_SHARDS_MAX {
+                return Err(Status::invalid_argument(format!(
+                    "range.limit: {} exceeds the limit of {LOCATE_RANGE_SHARDS_MAX} shards per LocateShards request",
+                    range.limit
+                )));
             }
-            Leader::Here(groups) => groups,
-        };
-        let engine = self.engine();
-        let row_bytes_max = self.limits().grpc_message_bytes_max as usize;
-        let (tx, stream) = ChunkSender::channel(self.ctx.limits.scan_stall_timeout_ms, self.ctx.limits.scan_duration_max_ms);
-        let states = gate_order(&groups);
-        self.ctx.scans.spawn(move || {
-            let mut rows: Vec<pb::Row> = Vec::new();
-            let mut chunk_bytes = 0usize;
-            let mut row_bytes = 0usize;
-            let mut done_rows = 0usize;
-            let res = scan_cells(&engine, &states, tenant_keys.as_deref(), &start, &end, |dk, payload| {
-                if !fams.is_empty() && !fams.contains(&dk.family) {
-                    return Ok(true);
-                }
-                let new_row = rows.last().is_none_or(|last| last.key != dk.row);
-                if new_row {
-                    if done_rows == limit {
-                        return Ok(false);
-                    }
-                    done_rows += 1;
-                    row_bytes = 0;
-                    // Send full chunks only at row boundaries: a row is never split.
-                    if rows.len() >= SCAN_CHUNK_ITEMS_MAX || chunk_bytes >= SCAN_CHUNK_BYTES_MAX {
-                        chunk_bytes = 0;
-                        let out = std::mem::take(&mut rows);
-                        if !tx.send(Ok(pb::ScanRowsResponse { rows: out })) {
-                            return Ok(false); // the client went away or stalled
-                        }
-                    }
-                    rows.push(pb::Row { key: dk.row.clone(), cells: Vec::new() });
-                }
-                let n = dk.qualifier.len() + payload.len();
-                row_bytes += n;
-                chunk_bytes += n;
-                if row_bytes > row_bytes_max {
-                    return Err(Status::resource_exhausted(format!(
-                        "a row exceeds {row_bytes_max} bytes (limits.grpc_message_bytes_max); filter by family"
+        }
+        let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin, Kind::Read).await?;
+        let stored = r.keys.iter().map(|k| stored_row(&meta, tenant_keys.as_deref(), k)).collect::<Result<Vec<_>, _>>()?;
+        let range = match &r.range {
+            None => None,
+            Some(range) => {
+                if meta.hashed_row_keys {
+                    return Err(Status::failed_precondition(format!(
+                        "range: table `{}/{}` has hashed row keys: its rows are stored in hash order, so a row range has no shards; locate rows by key",
+                        meta.tenant, meta.name
                     )));
                 }
-                let family = meta.family_name(dk.family).unwrap_or_default().to_string();
-                rows.last_mut().expect("a row was pushed").cells.push(pb::Cell {
-                    family,
-                    qualifier: dk.qualifier,
-                    value: payload.to_vec(),
-                });
-                Ok(true)
-            });
-            match res {
-                Ok(()) if !rows.is_empty() => tx.finish(Some(Ok(pb::ScanRowsResponse { rows }))),
-                Ok(()) => tx.finish(None),
-                Err(s) => tx.finish(Some(Err(s))),
+                let (start, end) = keys::row_range(meta.tenant_id, meta.id, &range.start_row, end_bound(&range.end_row), b"");
+                let limit = if range.limit == 0 { LOCATE_RANGE_SHARDS_MAX } else { range.limit as usize };
+                Some((start, end, limit))
             }
-        })?;
-        Ok(Response::new(Box::pin(stream) as ScanRowsStream))
+        };
+        Ok(Response::new(locate::answer(&self.ctx, &meta, &stored, range)?))
     }
 }

@@ -10,8 +10,10 @@ pub fn app_error(e: AppError) -> Status {
         AppErrorKind::InvalidArgument => Status::invalid_argument(e.message),
         AppErrorKind::Corruption => Status::data_loss(e.message),
         AppErrorKind::FailedPrecondition => Status::failed_precondition(e.message),
-        // A stale route (a split since the lookup): looking the key up again finds the shard.
-        AppErrorKind::WrongShard => Status::unavailable(format!("{}; retry", e.message)),
+        // A stale route (a split since the lookup), refused at apply, which wrote nothing:
+        // looking the key up again finds the shard.
+        AppErrorKind::WrongShard => crate::route::RouteError::new(crate::route::StaleRoute::EpochMismatch)
+            .status(format!("{}; nothing was applied; retry", e.message)),
         _ => Status::internal(e.message),
     }
 }

@@ -194,6 +194,13 @@ impl Data for Fake {
 
     type ScanRowsStream = BoxStream<ScanRowsResponse>;
 
+    async fn locate_shards(
+        &self,
+        _: Request<kho_proto::v1::LocateShardsRequest>,
+    ) -> Result<Response<kho_proto::v1::LocateShardsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn scan_rows(&self, r: Request<ScanRowsRequest>) -> Result<Response<Self::ScanRowsStream>, Status> {
         let r = r.into_inner();
         let rows = self.with(|m| {

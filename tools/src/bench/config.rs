@@ -191,8 +191,9 @@ pub struct BenchArgs {
     /// cluster has a master key), encrypted, or plaintext. An existing tenant must match.
     #[arg(long, value_enum, default_value_t = TenantEncryptionArg::Default)]
     pub tenant_encryption: TenantEncryptionArg,
-    /// Kho target: `leader` sends every request to the Raft leader (asked once with
-    /// ClusterStatus), as a leader-aware client does; `any` spreads workers over all
+    /// Kho target: `leader` sends each request to the leader of its key's shard (located
+    /// with LocateShards, again after a stale-route answer), as a leader-aware client
+    /// does; `any` spreads workers over all
     /// endpoints: followers forward writes to the leader and serve linearizable reads
     /// themselves (follower reads, `raft.follower_reads`).
     #[arg(long, value_enum, default_value_t = Route::Leader)]

@@ -216,6 +216,10 @@ struct KhoState {
     /// (tenant, table, family) -> key -> value.
     cells: BTreeMap<(String, String, String), Cells>,
     stale_reads: u64,
+    /// LocateShards calls (the bench's `--route leader` routing).
+    locates: u64,
+    /// Puts still to answer with a typed stale route (`kho-route-error: not-leader`).
+    stale_puts: u64,
 }
 
 #[derive(Clone, Default)]
@@ -256,6 +260,14 @@ const FAKE_SCAN_CHUNK: usize = 16;
 impl kv1::data_server::Data for FakeKho {
     async fn put(&self, r: Request<kv1::PutRequest>) -> Result<Response<kv1::PutResponse>, Status> {
         let r = r.into_inner();
+        {
+            let mut s = lock(&self.state);
+            if s.stale_puts > 0 {
+                s.stale_puts -= 1;
+                let stale = kho_rpc::route::RouteError::new(kho_rpc::route::StaleRoute::NotLeader).shard(1);
+                return Err(stale.status("fake: the leader moved"));
+            }
+        }
         self.with_cells(&r.tenant, &r.table, &r.family, |m| m.insert(r.key, r.value))?;
         Ok(Response::new(kv1::PutResponse { header: Some(kv1::WriteHeader { revision: 1, shard_id: 1 }) }))
     }
@@ -306,6 +318,28 @@ impl kv1::data_server::Data for FakeKho {
     type ScanRowsStream = BoxStream<kv1::ScanRowsResponse>;
     async fn scan_rows(&self, _: Request<kv1::ScanRowsRequest>) -> Result<Response<Self::ScanRowsStream>, Status> {
         Err(Status::unimplemented("fake"))
+    }
+    async fn locate_shards(&self, req: Request<kv1::LocateShardsRequest>) -> Result<Response<kv1::LocateShardsResponse>, Status> {
+        // One shard, the whole table, led by node 1 (the only node of the fake).
+        let address = req.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let r = req.into_inner();
+        lock(&self.state).locates += 1;
+        let shard = kv1::ShardLocation {
+            id: 1,
+            epoch_conf_ver: 1,
+            epoch_version: 1,
+            replicas: vec![kv1::ShardReplica { node_id: 1, address: address.clone(), learner: false }],
+            leader_id: 1,
+            leader_address: address,
+            ..Default::default()
+        };
+        Ok(Response::new(kv1::LocateShardsResponse {
+            shards: vec![shard],
+            key_shard_ids: vec![1; r.keys.len()],
+            range_shard_ids: if r.range.is_some() { vec![1] } else { vec![] },
+            range_resume_row: vec![],
+            node_id: 1,
+        }))
     }
 }
 
@@ -525,6 +559,25 @@ impl FakeServer {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kho_target_locates_shards_again_after_a_stale_route_and_the_operation_succeeds() {
+    let fake = FakeKho::default();
+    let server = FakeServer::kho(fake.clone()).await;
+    let args = BenchArgs { endpoints: vec![server.addr.to_string()], phase: Phase::Load, ..small_args(WorkloadName::A) };
+    // The first two puts are answered with a stale route: each is located again and retried.
+    lock(&fake.state).stale_puts = 2;
+    let r = super::run(&args).await.unwrap();
+    assert_clean(&r, &args);
+    assert_eq!(phase(&r, PhaseName::Load).errors, 0, "the client saw no error");
+    let (stale_left, locates) = {
+        let s = lock(&fake.state);
+        (s.stale_puts, s.locates)
+    };
+    assert_eq!(stale_left, 0);
+    assert!(locates >= 2, "located at start and again after a stale route: {locates}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kho_target_end_to_end() {
     let fake = FakeKho::default();
     let server = FakeServer::kho(fake.clone()).await;
@@ -554,6 +607,7 @@ async fn kho_target_end_to_end() {
         assert_eq!(after, before.max(300 + inserts), "{w:?}");
     }
     assert_eq!(lock(&fake.state).stale_reads, 0);
+    assert!(lock(&fake.state).locates > 0, "--route leader locates the shards");
 
     // An explicit encryption mode gets its own tenant, created with that mode.
     for (mode, tenant) in [(TenantEncryptionArg::Encrypted, "bench_enc"), (TenantEncryptionArg::Plaintext, "bench_plain")] {

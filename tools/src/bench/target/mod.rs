@@ -114,11 +114,17 @@ pub async fn connect(config: &Config) -> anyhow::Result<Vec<Arc<dyn Target>>> {
         };
         kho::prepare(&setup, &config.tenant, config.tenant_encryption, &config.table, &config.family).await?;
     }
-    let endpoints = match (config.target, config.route) {
-        (TargetKind::Kho, crate::bench::config::Route::Leader) => vec![kho::leader_endpoint(&config.endpoints, &config.tenant).await?],
-        _ => config.endpoints.clone(),
-    };
-    let channels = connect_channels(&endpoints, config.concurrency, config.workers_per_connection).await?;
+    if (config.target, config.route) == (TargetKind::Kho, crate::bench::config::Route::Leader) {
+        // Each key to its shard's leader, over the connections of the plan for one endpoint.
+        let plan = channel_plan(1, config.concurrency, config.workers_per_connection);
+        let slots = plan.iter().map(|(_, c)| c + 1).max().unwrap_or(1);
+        let router = kho::ShardRouter::new(config, slots).await?;
+        return Ok(plan
+            .into_iter()
+            .map(|(_, slot)| Arc::new(kho::KhoTarget::routed(router.clone(), slot, config)) as Arc<dyn Target>)
+            .collect());
+    }
+    let channels = connect_channels(&config.endpoints, config.concurrency, config.workers_per_connection).await?;
     match config.target {
         TargetKind::Kho => Ok(channels.into_iter().map(|ch| Arc::new(kho::KhoTarget::new(ch, config)) as Arc<dyn Target>).collect()),
         TargetKind::Etcd => Ok(channels.into_iter().map(|ch| Arc::new(etcd::EtcdTarget::new(ch)) as Arc<dyn Target>).collect()),
@@ -151,7 +157,7 @@ pub async fn connect_channels(endpoints: &[String], workers: usize, per_connecti
 }
 
 /// One HTTP/2 connection to `host:port`.
-async fn connect_one(endpoint: &str) -> anyhow::Result<Channel> {
+pub(crate) async fn connect_one(endpoint: &str) -> anyhow::Result<Channel> {
     let ep = Endpoint::from_shared(format!("http://{endpoint}"))
         .with_context(|| format!("--endpoints: bad endpoint `{endpoint}`"))?
         .connect_timeout(CONNECT_TIMEOUT)
