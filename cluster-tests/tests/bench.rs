@@ -53,7 +53,16 @@ async fn kho_bench_runs_workloads_against_a_cluster_and_reports() {
     cluster
         .bounded("kho bench smoke", Duration::from_secs(4 * RUN_TIMEOUT_S), async {
             // Workload A: load, then reads and updates, table and JSON.
-            let (stdout, report) = bench(&cluster, &["--workload", "a"]).await;
+            let (stdout, report) = bench(&cluster, &["--workload", "a", "--shards", "4"]).await;
+            let shards = cluster
+                .admin_client(1)
+                .list_shards(kho_proto::v1::ListShardsRequest { tenant: "bench".into() })
+                .await
+                .unwrap_or_else(|e| cluster.fail(format!("ListShards: {e}")))
+                .into_inner()
+                .shards;
+            assert_eq!(shards.len(), 4, "--shards 4 started the table in 4 shards: {shards:?}");
+            assert!(shards.iter().all(|s| s.approximate_keys > 0 || s.approximate_bytes == 0), "{shards:?}");
             for needle in ["[load]", "[run]", "INSERT", "READ", "UPDATE", "p99.9"] {
                 assert!(stdout.contains(needle), "`{needle}` missing from:\n{stdout}");
             }

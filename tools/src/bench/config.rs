@@ -41,6 +41,13 @@ pub const WARMUP_SECS_MAX: u64 = 3600;
 pub const KEY_BYTES_DEFAULT: usize = 24;
 /// Smallest key, bytes: `user` and 4 digits (10,000 distinct keys).
 pub const KEY_BYTES_MIN: usize = 8;
+/// Most shards `--shards` starts the table in (`CreateTable`'s limit).
+pub const SHARDS_MAX: u64 = 64;
+
+fn one_shard() -> u64 {
+    1
+}
+
 /// Largest key, bytes (Kho's `limits.key_bytes_max` default and hard limit).
 pub const KEY_BYTES_MAX: usize = 4096;
 /// Default value size, bytes (YCSB: 10 fields of 100 bytes; here one value of 1 KiB).
@@ -201,6 +208,11 @@ pub struct BenchArgs {
     /// Kho table; created when missing, with the one family --family.
     #[arg(long, default_value = "usertable")]
     pub table: String,
+    /// Kho: shards the table starts in when the bench creates it (1 to 64), split at
+    /// evenly spaced key numbers so that every shard gets its share of the keys. An
+    /// existing table keeps its shards.
+    #[arg(long, default_value_t = 1, value_name = "SHARDS")]
+    pub shards: u64,
     /// Kho column family of the key-value cells; must be a family of the table.
     #[arg(long, default_value = "f")]
     pub family: String,
@@ -240,6 +252,7 @@ impl Default for BenchArgs {
             tenant_encryption: TenantEncryptionArg::Default,
             route: Route::Leader,
             table: "usertable".to_string(),
+            shards: 1,
             family: "f".to_string(),
             warmup_secs: 0,
             seed: None,
@@ -283,6 +296,9 @@ pub struct Config {
     #[serde(default = "route_any")]
     pub route: Route,
     pub table: String,
+    /// Absent in reports written before shards existed: 1.
+    #[serde(default = "one_shard")]
+    pub shards: u64,
     pub family: String,
     pub warmup_secs: u64,
     pub seed: u64,
@@ -304,6 +320,7 @@ impl BenchArgs {
             );
         }
         check_range("--key-bytes", self.key_bytes, KEY_BYTES_MIN, KEY_BYTES_MAX, "bytes")?;
+        check_range("--shards", self.shards as usize, 1, SHARDS_MAX as usize, "shards")?;
         let key_format = KeyFormat::new(self.key_bytes);
         if let Some(capacity) = key_format.distinct_keys() {
             if self.record_count > capacity {
@@ -370,6 +387,7 @@ impl BenchArgs {
             tenant_encryption: self.tenant_encryption,
             route: self.route,
             table: self.table.clone(),
+            shards: self.shards,
             family: self.family.clone(),
             warmup_secs: self.warmup_secs,
             seed: self.seed.unwrap_or_else(clock_seed),

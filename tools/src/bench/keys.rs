@@ -48,6 +48,22 @@ impl KeyFormat {
         }
     }
 
+    /// The keys that cut the key space into `shards` ranges holding equal shares of the
+    /// keys (the numbers are uniform over `0..2^63`, or `0..10^digits` for short keys):
+    /// `shards - 1` keys, in order.
+    pub fn split_keys(&self, shards: u64) -> Vec<Vec<u8>> {
+        let space: u128 = match self.distinct_keys() {
+            None => 1u128 << 63,
+            Some(modulus) => u128::from(modulus),
+        };
+        (1..shards.max(1))
+            .map(|i| {
+                let number = (space * u128::from(i) / u128::from(shards)) as u64;
+                format!("{KEY_PREFIX}{number:0width$}", width = self.digits).into_bytes()
+            })
+            .collect()
+    }
+
     /// The key of key number `n`.
     pub fn key(&self, n: u64) -> Vec<u8> {
         let number = match self.distinct_keys() {
@@ -130,5 +146,23 @@ mod tests {
             assert_eq!((a.len(), b.len()), (size, size));
             assert_ne!(a, b, "size {size}");
         }
+    }
+
+    #[test]
+    fn split_keys_cut_the_keys_into_equal_shares() {
+        for key_bytes in [24, 10] {
+            let f = KeyFormat::new(key_bytes);
+            let splits = f.split_keys(16);
+            assert_eq!(splits.len(), 15);
+            assert!(splits.windows(2).all(|w| w[0] < w[1]), "in order");
+            let mut counts = [0usize; 16];
+            for n in 0..16_000u64 {
+                let k = f.key(n);
+                counts[splits.iter().filter(|s| **s <= k).count()] += 1;
+            }
+            // 1,000 keys each on average; every share within 20% of it.
+            assert!(counts.iter().all(|c| (800..=1_200).contains(c)), "{key_bytes} bytes: {counts:?}");
+        }
+        assert!(KeyFormat::new(24).split_keys(1).is_empty());
     }
 }

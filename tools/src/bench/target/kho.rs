@@ -376,7 +376,14 @@ impl Target for KhoTarget {
 /// missing, and checks that the table has the family and, for an explicit encryption mode,
 /// that the tenant has it (an existing tenant keeps the mode it was created with).
 /// `ALREADY_EXISTS` is fine; `UNAVAILABLE` (an election) is retried.
-pub async fn prepare(channel: &Channel, tenant: &str, encryption: TenantEncryptionArg, table: &str, family: &str) -> anyhow::Result<()> {
+pub async fn prepare(
+    channel: &Channel,
+    tenant: &str,
+    encryption: TenantEncryptionArg,
+    table: &str,
+    family: &str,
+    split_rows: Vec<Vec<u8>>,
+) -> anyhow::Result<()> {
     let admin = AdminClient::new(channel.clone());
     retry_unavailable("CreateTenant", || {
         let mut admin = admin.clone();
@@ -412,6 +419,7 @@ pub async fn prepare(channel: &Channel, tenant: &str, encryption: TenantEncrypti
             families: vec![ColumnFamily { name: family.to_string() }],
             // The benchmark scans (workload E): plain row keys.
             hashed_row_keys: false,
+            split_rows: split_rows.clone(),
             ..Default::default()
         };
         async move { admin.create_table(request(req)).await.map(|_| ()) }

@@ -112,7 +112,8 @@ pub async fn connect(config: &Config) -> anyhow::Result<Vec<Arc<dyn Target>>> {
         let Some(setup) = setup else {
             return Err(first_error.unwrap_or_else(|| anyhow::anyhow!("--endpoints: none given")));
         };
-        kho::prepare(&setup, &config.tenant, config.tenant_encryption, &config.table, &config.family).await?;
+        let split_rows = crate::bench::keys::KeyFormat::new(config.key_bytes).split_keys(config.shards);
+        kho::prepare(&setup, &config.tenant, config.tenant_encryption, &config.table, &config.family, split_rows).await?;
     }
     if (config.target, config.route) == (TargetKind::Kho, crate::bench::config::Route::Leader) {
         // Each key to its shard's leader, over the connections of the plan for one endpoint.
