@@ -251,8 +251,13 @@ impl RaftNode {
         let meta = node.opener.open(META_GROUP, GroupKind::Meta).await?;
         node.groups.write().expect("groups lock").insert(META_GROUP, Arc::new(meta));
         remove_leftover_groups(&engine, &node.opener.shared_log, &node.opener.snapshots_dir)?;
-        for shard in local_shards(&engine)? {
-            let g = node.opener.open(shard, GroupKind::Data).await?;
+        // The data groups open together: a merge's commit that a group re-applies at start
+        // waits for another group of this node (the merge's source) to re-apply its
+        // prepare, which it can only do once it is open too.
+        let shards = local_shards(&engine)?;
+        let opened = futures::future::join_all(shards.iter().map(|&shard| node.opener.open(shard, GroupKind::Data))).await;
+        for (shard, g) in shards.into_iter().zip(opened) {
+            let g = g?;
             node.groups.write().expect("groups lock").insert(shard, Arc::new(g));
             // Checked once by the registry: a replica created just before a crash may not
             // have been started yet.

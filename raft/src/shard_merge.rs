@@ -19,8 +19,12 @@
 //! A merge stopped between 2 and 4 (a crash, a replica behind, the target changed) is
 //! finished by the target leader's size checker ([`finish_prepared_merges`]): it commits
 //! while the target's epoch is the one the prepare recorded, and rolls the source back
-//! ([`Command::RollbackMerge`]) only once the target's epoch has moved on, when no commit
-//! can apply any more.
+//! ([`Command::RollbackMerge`]) only once the target's epoch has moved on **and**, after
+//! the target's read barrier on its leader, the source's state is still on that node: no
+//! commit was applied (the leader applies every committed entry before the barrier ends,
+//! and a commit's apply removes the source's state) and none can apply any more. A commit
+//! refused because the same merge committed already (proposed twice) is therefore never
+//! rolled back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,9 +186,10 @@ impl RaftNode {
             Outcome::Merged { desc } => desc,
             Outcome::Rejected(e) => {
                 if e.kind == crate::command::AppErrorKind::WrongShard {
-                    let rollback = Command::RollbackMerge { shard: src.id, target_epoch: target.epoch };
-                    if let Err(re) = self.propose_anywhere(src.id, rollback).await {
-                        tracing::info!(source = src.id, error = %re, "rolling back a merge: not done yet (the size checker retries)");
+                    // The target moved on: by this merge's own commit (proposed twice, by
+                    // the request and the size checker), or by another change.
+                    if let Some(merged) = self.rollback_if_uncommitted(g, src.id, target.epoch).await? {
+                        return Ok(merged);
                     }
                 }
                 return Err(ProposeError::Rejected(e));
@@ -200,6 +205,38 @@ impl RaftNode {
         }
         tracing::info!(shard = target.id, source = src.id, merged = %merged, "merged a shard");
         Ok(merged)
+    }
+
+    /// Rolls back the prepared merge of `source` into `g` (this node leads `g`) when no
+    /// `CommitMerge` of it was applied nor can be: after `g`'s read barrier this node has
+    /// applied every committed entry of `g`, so if the source's state is still here no
+    /// commit was committed, and `g`'s epoch differing from `target_epoch` means none can
+    /// ever apply (epochs only grow). Returns the target's descriptor when the commit was
+    /// applied (the source's state is gone here): nothing to roll back.
+    async fn rollback_if_uncommitted(
+        &self,
+        g: &Arc<Group>,
+        source: GroupId,
+        target_epoch: crate::shard::Epoch,
+    ) -> Result<Option<ShardDesc>, ProposeError> {
+        g.read_barrier().await?;
+        let now = g.state.shard().map(|s| s.desc).ok_or_else(|| ProposeError::Unavailable(format!("group {} has no shard state", g.id)))?;
+        let engine = g.state.engine.clone();
+        let source_here = tokio::task::spawn_blocking(move || crate::state_machine::read_shard_state(&engine, source))
+            .await
+            .map_err(|e| ProposeError::Unavailable(e.to_string()))?
+            .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+        if source_here.is_none() {
+            return Ok(Some(now)); // the commit applied here: merged
+        }
+        if now.epoch == target_epoch {
+            return Ok(None); // a commit may still apply: no rollback
+        }
+        let rollback = Command::RollbackMerge { shard: source, target_epoch };
+        if let Err(e) = self.propose_anywhere(source, rollback).await {
+            tracing::info!(source, error = %e, "rolling back a merge: not done yet (the size checker retries)");
+        }
+        Ok(None)
     }
 
     /// Waits until every voter of `src` has applied `index` (at most [`MERGE_CATCH_UP_MS`]).
@@ -272,8 +309,7 @@ pub(crate) async fn finish_prepared_merges(node: &RaftNode, seen_before: &[(Grou
             if now.epoch == m.target_epoch {
                 node.commit_prepared(&g, &now, &src.desc, m.prepare_index).await.map(|_| ())
             } else {
-                let rollback = Command::RollbackMerge { shard: src.desc.id, target_epoch: m.target_epoch };
-                node.propose_anywhere(src.desc.id, rollback).await.map(|_| ())
+                node.rollback_if_uncommitted(&g, src.desc.id, m.target_epoch).await.map(|_| ())
             }
         };
         match tokio::time::timeout(Duration::from_millis(MERGE_TIMEOUT_MS), step).await {
