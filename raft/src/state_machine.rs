@@ -810,7 +810,7 @@ impl StateMachine {
                 match crate::split_apply::execute_split(engine, group, st, &membership, shard, epoch, at, new_id, batch)? {
                     Ok(s) => Ok((
                         Outcome::Split { left: s.left.desc.clone(), right: s.right.clone() },
-                        Some(CatalogChange::ShardSplit(s.left, s.left_range)),
+                        Some(CatalogChange::Reshaped(s.left, s.left_range)),
                     )),
                     Err(e) => Ok((Outcome::Rejected(e), None)),
                 }
@@ -840,7 +840,7 @@ impl StateMachine {
                 drop(guard);
                 match crate::merge_apply::execute_commit(engine, group, &st, &source, prepare_index, batch)? {
                     Ok((merged, range)) => {
-                        Ok((Outcome::Merged { desc: merged.desc.clone() }, Some(CatalogChange::ShardMerged(merged, range))))
+                        Ok((Outcome::Merged { desc: merged.desc.clone() }, Some(CatalogChange::Reshaped(merged, range))))
                     }
                     Err(e) => Ok((Outcome::Rejected(e), None)),
                 }
@@ -916,19 +916,6 @@ impl StateMachine {
                     panic!("shard {}'s report, checked before, was refused: {e}", pieces[0].id);
                 }
             }
-            CatalogChange::ShardMerged(merged, range) => {
-                drop(cat);
-                {
-                    let _readers_excluded = self.state.install_gate.blocking_write();
-                    *self.state.shard.write().expect("shard state lock poisoned") = Some(merged);
-                    *self.state.range.write().expect("range lock poisoned") = range;
-                }
-                self.state.reshaped();
-                self.state.changed();
-                // The node's registry retires the merged source's group.
-                self.state.local_groups_changed.notify_one();
-                return;
-            }
             CatalogChange::Split(pieces) => {
                 if let Err(e) = cat.shards.record_split(&pieces) {
                     panic!("shard {}'s split report, checked before, was refused: {e}", pieces[0].id);
@@ -940,18 +927,19 @@ impl StateMachine {
                 self.state.changed();
                 return;
             }
-            CatalogChange::ShardSplit(left, range) => {
+            CatalogChange::Reshaped(st, range) => {
                 drop(cat);
                 {
                     // Readers take their view under the gate: none sees the state and the
                     // range of two different epochs.
                     let _readers_excluded = self.state.install_gate.blocking_write();
-                    *self.state.shard.write().expect("shard state lock poisoned") = Some(left);
+                    *self.state.shard.write().expect("shard state lock poisoned") = Some(st);
                     *self.state.range.write().expect("range lock poisoned") = range;
                 }
                 self.state.reshaped();
                 self.state.changed();
-                // The node's registry opens the new sibling ([`crate::node::RaftNode::ensure_shard_groups`]).
+                // The node's registry opens a split's new sibling, or retires a merge's
+                // source ([`crate::node::RaftNode::ensure_shard_groups`]).
                 self.state.local_groups_changed.notify_one();
                 return;
             }
@@ -1077,15 +1065,14 @@ enum CatalogChange {
     DropTable(String, String, TenantId, kho_engine::keys::TableId),
     Shard(ShardDesc),
     ShardState(ShardState),
-    /// A data shard split: its new state and range; the child's state is stored only.
-    ShardSplit(ShardState, KeyRange),
+    /// A data shard's range changed: a split (its left side; the child's state is stored
+    /// only) or a merge (the neighbour's state is removed from storage, its group retired
+    /// by the registry). Its new state and range.
+    Reshaped(ShardState, KeyRange),
     /// The meta group recorded a split report in the shard map.
     Split(Vec<ShardDesc>),
     /// The meta group recorded a report of the shards tiling a range (a merge).
     Tiling(Vec<ShardDesc>),
-    /// A data shard took its right neighbour's range: its new state and range; the
-    /// neighbour's state is removed from storage, its group retired by the registry.
-    ShardMerged(ShardState, KeyRange),
 }
 
 /// The key range of every value of a tenant: `[tenant u32 BE, tenant + 1 u32 BE)`.
