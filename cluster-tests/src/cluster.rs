@@ -113,6 +113,9 @@ pub struct ClusterOptions {
     pub proposal_timeout_ms: Option<u64>,
     /// `raft.follower_reads`; `None` keeps the server default (on).
     pub follower_reads: Option<bool>,
+    /// `raft.sleep_after_idle_ms`; `None` keeps the server default (2 s; 0: shards never
+    /// sleep).
+    pub sleep_after_idle_ms: Option<u64>,
     /// `encryption.master_key_file` of every node (encryption at rest); `None` writes no
     /// `[encryption]` section. The file must stay outside every node's data directory and
     /// outlive the cluster (see [`crate::MasterKey::write_file`]).
@@ -154,6 +157,7 @@ impl Default for ClusterOptions {
             network_faults: false,
             proposal_timeout_ms: None,
             follower_reads: None,
+            sleep_after_idle_ms: None,
             master_key_file: None,
             encrypted: false,
             sharding: None,
@@ -856,6 +860,9 @@ fn node_config(
     }
     if let Some(v) = opts.proposal_timeout_ms {
         raft.push_str(&format!("proposal_timeout_ms = {v}\n"));
+    }
+    if let Some(v) = opts.sleep_after_idle_ms {
+        raft.push_str(&format!("sleep_after_idle_ms = {v}\n"));
     }
     let source = source_ip.map(|ip| format!("peer_source_ip = \"{ip}\"\n")).unwrap_or_default();
     let encryption = match &opts.master_key_file {

@@ -24,6 +24,7 @@ pub mod shard;
 pub mod shard_merge;
 pub mod shard_size;
 pub mod shard_split;
+pub mod sleep;
 pub mod snapshot;
 pub mod snapshot_store;
 pub mod split_apply;

@@ -386,6 +386,8 @@ pub struct LogStore {
     /// The group's flushed applied index, which no purge may pass (None: not checked, for
     /// a log store tested without its state machine).
     purge_bound: Option<Arc<FlushedApplied>>,
+    /// The group's sleep state: an append wakes it ([`crate::sleep`]).
+    sleep: Option<Arc<crate::sleep::Sleep>>,
 }
 
 /// Entries moved per batch from the `raft_log` column family of an older data directory.
@@ -430,7 +432,7 @@ impl LogStore {
         max_bytes: usize,
     ) -> Self {
         let cache = Arc::new(std::sync::Mutex::new(EntryCache::new(max_entries, max_bytes)));
-        LogStore { group, engine, log, syncer, cipher, cache, purge_bound: None }
+        LogStore { group, engine, log, syncer, cipher, cache, purge_bound: None, sleep: None }
     }
 
     /// Checks every purge against the group's flushed applied index (its state machine's
@@ -439,6 +441,12 @@ impl LogStore {
     /// machine applied, so its stores go without.
     pub fn with_purge_bound(mut self, flushed: Arc<FlushedApplied>) -> Self {
         self.purge_bound = Some(flushed);
+        self
+    }
+
+    /// The store wakes `sleep` whenever it appends entries ([`crate::sleep`]).
+    pub fn with_sleep(mut self, sleep: Arc<crate::sleep::Sleep>) -> Self {
+        self.sleep = Some(sleep);
         self
     }
 
@@ -646,6 +654,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             stored.push(self.encode(&entry));
             appended.push(entry);
+        }
+        if let (Some(sleep), false) = (&self.sleep, appended.is_empty()) {
+            sleep.wake("an append");
         }
         {
             let records: Vec<(u64, &[u8])> = appended.iter().zip(&stored).map(|(e, b)| (e.log_id.index, b.as_slice())).collect();

@@ -51,6 +51,12 @@ pub enum MessageKind {
     /// `enable_pre_vote`), so a node that was cut off does not raise its term and depose a
     /// healthy leader when it is back.
     PreVote,
+    /// A shard's leader asks a replica to sleep ([`crate::sleep`]): the payload is the
+    /// leader, its term and last log index; the reply whether the replica sleeps.
+    Sleep,
+    /// The node liveness probe ([`crate::sleep`]): empty payload (any group id); the reply
+    /// is the answering process's boot id.
+    Probe,
 }
 
 /// Why a message did not get an answer.

@@ -42,6 +42,9 @@ pub struct RaftSettings {
     pub follower_reads: bool,
     /// Automatic splits and merges ([`crate::shard_size`]).
     pub sharding: crate::shard_size::ShardingSettings,
+    /// How long a data shard's leader waits with no new entry before it puts the shard to
+    /// sleep ([`crate::sleep`]), milliseconds; 0: shards never sleep.
+    pub sleep_after_idle_ms: u64,
 }
 
 /// Most voters of the meta group, count; further nodes follow it as learners
@@ -66,6 +69,8 @@ pub struct RaftNode {
     /// Data shards opened here whose Raft state is not known to be initialized yet, with
     /// when they were opened ([`RaftNode::ensure_shard_groups`]).
     uninitialized: std::sync::Mutex<BTreeMap<GroupId, std::time::Instant>>,
+    /// Which other nodes answer the liveness probe ([`crate::sleep`]).
+    liveness: Arc<crate::sleep::Liveness>,
     /// Background tasks (the re-encryption and table-clearing driver, [`crate::key_jobs`];
     /// the group registry), stopped at shutdown.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -87,7 +92,8 @@ struct GroupOpener {
 }
 
 impl GroupOpener {
-    async fn open(&self, id: GroupId, kind: GroupKind) -> Result<Group, RaftNodeError> {
+    /// Opens group `id`; `asleep`: with its ticker stopped ([`crate::sleep`]).
+    async fn open(&self, id: GroupId, kind: GroupKind, asleep: bool) -> Result<Group, RaftNodeError> {
         let dir = self.snapshots_dir.join(id.to_string());
         Group::open(
             self.node_id,
@@ -101,6 +107,7 @@ impl GroupOpener {
             self.transport.clone(),
             self.master.clone(),
             self.local_groups_changed.clone(),
+            asleep,
         )
         .await
     }
@@ -118,7 +125,12 @@ const REGISTRY_POLL_MS: u64 = 1_000;
 pub struct Group {
     pub id: GroupId,
     /// This node's id.
-    node_id: NodeId,
+    pub(crate) node_id: NodeId,
+    /// Whether the group sleeps, and what wakes it ([`crate::sleep`]).
+    pub sleep: Arc<crate::sleep::Sleep>,
+    /// How long after it woke a leader may still lack a quorum lease (the longest election
+    /// timeout, openraft's lease), for [`Group::lease_for_write`].
+    lease_window: Duration,
     pub raft: Raft,
     pub state: Arc<SmState>,
     log: LogStore,
@@ -145,12 +157,19 @@ const SNAPSHOT_BUILD_WAIT_MS: u64 = 60_000;
 /// its cost does not grow with the data set; only sending one to a follower reads the
 /// whole group. Each build lets openraft purge the log up to it, less
 /// `logs_to_keep_after_snapshot`.
+///
+/// It looks at the log at most every [`SNAPSHOT_POLICY_POLL_MS`], and only after the
+/// group's metrics changed: an idle group's policy costs nothing.
 fn snapshot_policy(raft: Raft, logs_since_last: u64) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut triggered: Option<(Option<u64>, std::time::Instant)> = None;
+        let mut metrics = raft.metrics();
         loop {
             tokio::time::sleep(Duration::from_millis(SNAPSHOT_POLICY_POLL_MS)).await;
-            let m = raft.metrics().borrow_watched().clone();
+            if triggered.is_none() && metrics.changed().await.is_err() {
+                return;
+            }
+            let m = metrics.borrow_watched().clone();
             if m.state == ServerState::Shutdown {
                 return;
             }
@@ -199,6 +218,8 @@ pub struct GroupStatus {
     /// Linearizable reads this node, as a follower, handed to the leader instead since it
     /// started: it was too far behind, or the leader it asked had changed.
     pub follower_reads_forwarded: u64,
+    /// Whether the group sleeps here ([`crate::sleep`]).
+    pub asleep: bool,
 }
 
 impl RaftNode {
@@ -246,16 +267,20 @@ impl RaftNode {
             opening: tokio::sync::Mutex::new(()),
             ranges: Default::default(),
             uninitialized: std::sync::Mutex::new(BTreeMap::new()),
+            liveness: Default::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
-        let meta = node.opener.open(META_GROUP, GroupKind::Meta).await?;
+        let meta = node.opener.open(META_GROUP, GroupKind::Meta, false).await?;
         node.groups.write().expect("groups lock").insert(META_GROUP, Arc::new(meta));
         remove_leftover_groups(&engine, &node.opener.shared_log, &node.opener.snapshots_dir)?;
         // The data groups open together: a merge's commit that a group re-applies at start
         // waits for another group of this node (the merge's source) to re-apply its
         // prepare, which it can only do once it is open too.
         let shards = local_shards(&engine)?;
-        let opened = futures::future::join_all(shards.iter().map(|&shard| node.opener.open(shard, GroupKind::Data))).await;
+        // They start asleep when shards sleep: the probe's first round wakes those whose
+        // leader is not another node that answers ([`crate::sleep`]).
+        let asleep = crate::sleep::enabled(settings.sleep_after_idle_ms);
+        let opened = futures::future::join_all(shards.iter().map(|&shard| node.opener.open(shard, GroupKind::Data, asleep))).await;
         for (shard, g) in shards.into_iter().zip(opened) {
             let g = g?;
             node.groups.write().expect("groups lock").insert(shard, Arc::new(g));
@@ -268,6 +293,16 @@ impl RaftNode {
         let registry = spawn_registry(Arc::downgrade(&node));
         let sizes = crate::shard_size::spawn(Arc::downgrade(&node), settings.sharding.clone());
         node.tasks.lock().expect("tasks lock").extend([driver, registry, sizes]);
+        if asleep {
+            let sleeper = crate::sleep::spawn_sleeper(Arc::downgrade(&node), settings.sleep_after_idle_ms);
+            let probe = crate::sleep::spawn_probe(
+                Arc::downgrade(&node),
+                node.liveness.clone(),
+                settings.heartbeat_interval_ms,
+                settings.election_timeout_min_ms,
+            );
+            node.tasks.lock().expect("tasks lock").extend([sleeper, probe]);
+        }
         Ok(node)
     }
 
@@ -338,7 +373,7 @@ impl RaftNode {
             if self.group(id).is_some() {
                 continue;
             }
-            let g = Arc::new(self.opener.open(id, GroupKind::Data).await?);
+            let g = Arc::new(self.opener.open(id, GroupKind::Data, false).await?);
             self.groups.write().expect("groups lock").insert(id, g.clone());
             tracing::info!(shard = id, range = %g.state.range(), "opened a data shard this node holds state of");
         }
@@ -425,7 +460,7 @@ impl RaftNode {
             );
             self.engine.write(batch, true)?;
         }
-        let g = Arc::new(self.opener.open(desc.id, GroupKind::Data).await?);
+        let g = Arc::new(self.opener.open(desc.id, GroupKind::Data, false).await?);
         self.groups.write().expect("groups lock").insert(desc.id, g.clone());
         tracing::info!(shard = desc.id, range = %desc, "opened a data shard the shard map puts here");
         Ok(g)
@@ -601,6 +636,16 @@ impl RaftNode {
         self.groups.read().expect("groups lock").get(&id).cloned()
     }
 
+    /// The node's data groups.
+    pub fn data_groups(&self) -> Vec<Arc<Group>> {
+        self.groups.read().expect("groups lock").values().filter(|g| g.state.kind == GroupKind::Data).cloned().collect()
+    }
+
+    /// The node's Raft settings.
+    pub(crate) fn settings(&self) -> &RaftSettings {
+        &self.opener.settings
+    }
+
     /// The meta group (catalog, shard map), opened with the node.
     pub fn meta(&self) -> Arc<Group> {
         self.group(META_GROUP).expect("the meta group is opened with the node")
@@ -631,18 +676,32 @@ impl RaftNode {
 
     /// Serves one request/response Raft message from a peer.
     pub async fn handle_call(&self, group: GroupId, kind: MessageKind, payload: &[u8]) -> Result<Bytes, RaftNodeError> {
+        if kind == MessageKind::Probe {
+            return Ok(crate::sleep::answer_probe());
+        }
         let g = self.group_or_err(group)?;
         Ok(match kind {
+            MessageKind::Probe => crate::sleep::answer_probe(),
+            MessageKind::Sleep => {
+                let req = network::decode("sleep", payload).map_err(RaftNodeError::BadMessage)?;
+                network::encode_reply(crate::sleep::answer_sleep(&g, req))
+            }
             MessageKind::AppendEntries => {
                 let req = network::decode("append-entries", payload).map_err(RaftNodeError::BadMessage)?;
                 network::encode_reply(g.raft.append_entries(req).await.map_err(|e| e.to_string()))
             }
             MessageKind::Vote => {
                 let req = network::decode("vote", payload).map_err(RaftNodeError::BadMessage)?;
+                // An election is under way: this replica takes part, awake.
+                g.sleep.wake("a vote request");
                 network::encode_reply(g.raft.vote(req).await.map_err(|e| e.to_string()))
             }
             MessageKind::PreVote => {
                 let req = network::decode("pre-vote", payload).map_err(RaftNodeError::BadMessage)?;
+                if let Some(refusal) = crate::sleep::refuse_pre_vote(&self.liveness, &g, &req) {
+                    return Ok(network::encode_reply::<openraft::raft::VoteResponse<TypeConfig>>(Ok(refusal)));
+                }
+                g.sleep.wake("a Pre-Vote request");
                 network::encode_reply(g.raft.pre_vote(req).await.map_err(|e| e.to_string()))
             }
             MessageKind::ReadIndex => {
@@ -697,6 +756,7 @@ impl RaftNode {
         E: std::fmt::Display,
     {
         let g = self.group_or_err(group)?;
+        g.sleep.wake("a snapshot");
         let (vote, meta) = network::decode_snapshot_header(header).map_err(RaftNodeError::BadMessage)?;
         static INCOMING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = INCOMING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -767,6 +827,7 @@ impl Group {
         transport: Arc<dyn Transport>,
         master: Option<Arc<MasterKey>>,
         local_groups_changed: Arc<tokio::sync::Notify>,
+        asleep: bool,
     ) -> Result<Group, RaftNodeError> {
         // The state machine readies `snapshot_dir` (leftovers of interrupted transfers and
         // of the previous build's snapshot files are removed there).
@@ -798,7 +859,8 @@ impl Group {
         )?;
         let state = sm.state();
         // The purge rule: the log is never purged past the state machine's flushed applied index.
-        let log = log.with_purge_bound(state.flushed_applied());
+        let sleep = Arc::new(crate::sleep::Sleep::new(id));
+        let log = log.with_purge_bound(state.flushed_applied()).with_sleep(sleep.clone());
         let follower_transport = transport.clone();
         let net = NetworkFactory {
             group: id,
@@ -808,6 +870,10 @@ impl Group {
             snapshot_chunk_bytes: s.snapshot_chunk_bytes as usize,
         };
         let raft = Raft::new(node_id, config, net, log.clone(), sm).await.map_err(|e| RaftNodeError::Raft(e.to_string()))?;
+        sleep.attach(raft.clone());
+        if asleep {
+            sleep.try_sleep(sleep.activity());
+        }
         let policy = snapshot_policy(raft.clone(), s.snapshot_logs_since_last);
         let reads = ReadBatcher::new(raft.clone());
         // The meta group always serves reads on followers: a node resolves names in its own
@@ -818,6 +884,8 @@ impl Group {
         Ok(Group {
             id,
             node_id,
+            sleep,
+            lease_window: Duration::from_millis(s.election_timeout_max_ms),
             raft,
             state,
             log,
@@ -832,6 +900,7 @@ impl Group {
 
     /// Proposes a command and waits until it is applied here (the leader).
     pub async fn propose(&self, cmd: Command) -> Result<Response, ProposeError> {
+        self.lease_for_write().await;
         match self.raft.client_write(cmd).await {
             Ok(r) => Ok(r.data),
             Err(e) => Err(write_error(e)),
@@ -867,8 +936,22 @@ impl Group {
         }
     }
 
+    /// Before a write on a leader that sleeps or just woke: wakes it and confirms its
+    /// leadership with one heartbeat round. openraft refuses writes on a leader whose
+    /// quorum lease has expired (`ForwardReason::LeaseExpired`, with no leader named), and a
+    /// sleeping leader sends no heartbeats that would renew it ([`crate::sleep`]). A
+    /// follower is not woken: its election timer would fire at once.
+    async fn lease_for_write(&self) {
+        if self.sleep.asleep_within(self.lease_window) && self.is_leader() {
+            self.sleep.wake("a write");
+            // Its outcome does not matter: the write that follows reports any failure.
+            let _ = self.reads.barrier().await;
+        }
+    }
+
     /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
     pub async fn add_node(&self, id: NodeId, addr: String) -> Result<Vec<NodeId>, ProposeError> {
+        self.lease_for_write().await;
         self.raft.add_learner(id, BasicNode { addr }, true).await.map_err(write_error)?;
         let voters: BTreeSet<NodeId> = self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
         if voters.contains(&id) || voters.len() >= META_VOTERS_MAX {
@@ -883,6 +966,7 @@ impl Group {
     /// Removes a node from the voters and the learners. A voter that leaves while learners
     /// follow is replaced by one of them (the lowest id), promoted first.
     pub async fn remove_node(&self, id: NodeId) -> Result<Vec<NodeId>, ProposeError> {
+        self.lease_for_write().await;
         let (voters, learners): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
             let m = self.raft.metrics().borrow_watched().membership_config.membership().clone();
             (m.voter_ids().collect(), m.learner_ids().collect())
@@ -952,7 +1036,15 @@ impl Group {
             members,
             follower_reads: self.follower_reads_served.load(Ordering::Relaxed),
             follower_reads_forwarded: self.follower_reads_forwarded.load(Ordering::Relaxed),
+            asleep: self.sleep.is_asleep(),
         }
+    }
+
+    /// The members of the group (voters and learners) with their addresses.
+    pub fn members(&self) -> Vec<(NodeId, String)> {
+        let m = self.raft.metrics().borrow_watched().membership_config.clone();
+        let members = m.membership().nodes().map(|(n, node)| (*n, node.addr.clone())).collect();
+        members
     }
 
     /// The address of a member, if it is in the membership.
@@ -1036,6 +1128,11 @@ fn spawn_registry(node: std::sync::Weak<RaftNode>) -> tokio::task::JoinHandle<()
 
 fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ProposeError {
     match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) if f.reason == openraft::errors::ForwardReason::LeaseExpired => {
+            ProposeError::Unavailable(
+                "this node leads the group but has not heard from a quorum of it within its lease; nothing was written".into(),
+            )
+        }
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             ProposeError::ForwardToLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) }
         }

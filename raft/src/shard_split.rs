@@ -196,6 +196,7 @@ impl RaftNode {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         if g.status_leader().is_none() {
+            g.sleep.wake("a new shard's first election");
             g.raft.trigger().elect(true).await.map_err(|e| e.to_string())?;
         }
         Ok(())

@@ -87,6 +87,7 @@ fn shard_statuses(node: &kho_raft::RaftNode) -> Vec<pb::ShardStatus> {
             first_log_index: s.first_log_index,
             approximate_keys,
             approximate_bytes,
+            asleep: s.asleep,
         });
     }
     out
@@ -146,13 +147,17 @@ impl AdminService {
         let points: Vec<Vec<u8>> = rows.iter().map(|row| kho_engine::keys::row_prefix(meta.tenant_id, meta.id, row)).collect();
         let first = self.ctx.node.local_group_for(&points[0]).and_then(|g| g.state.shard()).map(|s| s.desc.id);
         let first = first.or_else(|| self.ctx.meta().state.catalog().shards.lookup(&points[0]).map(|d| d.id));
-        let Some(mut shard) = first else {
+        let Some(shard) = first else {
             return Err(Status::unavailable(format!(
                 "table `{tenant}/{name}` was created, but no shard holds its range yet; split it with `kho shard split`"
             )));
         };
-        let mut out = Vec::new();
-        for (row, point) in rows.iter().zip(&points) {
+        // From the last point to the first, always in the same shard (the left side keeps
+        // the shard id and its leader): each split is one entry in a group that has a
+        // leader, never the first command of a child still electing one.
+        let mut rights = Vec::new();
+        let mut left = None;
+        for (row, point) in rows.iter().zip(&points).rev() {
             let Some(remaining) = origin.deadline.remaining(std::time::SystemTime::now()) else {
                 return Err(Status::deadline_exceeded(format!(
                     "table `{tenant}/{name}` was created; the deadline passed before its split at row {}",
@@ -161,12 +166,9 @@ impl AdminService {
             };
             let budget = crate::deadline::wait_budget(remaining);
             match tokio::time::timeout(budget, self.ctx.node.split_shard(shard, Some(point.clone()))).await {
-                Ok(Ok((left, right))) => {
-                    out.push(self.shard_info(&left));
-                    shard = right.id;
-                    if out.len() == rows.len() {
-                        out.push(self.shard_info(&right));
-                    }
+                Ok(Ok((l, right))) => {
+                    rights.push(self.shard_info(&right));
+                    left = Some(l);
                 }
                 Ok(Err(e)) => {
                     let s = status::propose_error(e);
@@ -185,6 +187,8 @@ impl AdminService {
                 }
             }
         }
+        let mut out: Vec<pb::ShardInfo> = left.iter().map(|l| self.shard_info(l)).collect();
+        out.extend(rights.into_iter().rev());
         Ok(out)
     }
 
@@ -358,13 +362,16 @@ impl Admin for AdminService {
                     for shard in shards {
                         let cmd = Command::ClearTable { shard, tenant: t.tenant_id, table: t.id };
                         let cleared = tokio::time::timeout(self.ctx.proposal_timeout, self.ctx.node.propose_anywhere(shard, cmd)).await;
-                        if !matches!(cleared, Ok(Ok(_))) {
-                            return Err(Status::unavailable(format!(
-                                "table `{}/{}` was dropped from the catalog, but shard {shard} did not confirm clearing its cells in time; \
-                                 it clears them once it has a leader",
-                                r.tenant, r.name
-                            )));
-                        }
+                        let why = match cleared {
+                            Ok(Ok(_)) => continue,
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => format!("no answer within {} ms", self.ctx.proposal_timeout.as_millis()),
+                        };
+                        return Err(Status::unavailable(format!(
+                            "table `{}/{}` was dropped from the catalog, but shard {shard} did not confirm clearing its cells ({why}); \
+                             it clears them once it has a leader",
+                            r.tenant, r.name
+                        )));
                     }
                 }
                 Ok(Response::new(pb::DropTableResponse { revision }))

@@ -123,6 +123,10 @@ pub struct RaftConfig {
     /// Serve linearizable reads on followers (a read index from the leader, then the local
     /// apply wait) instead of forwarding them to the leader. Default true.
     pub follower_reads: bool,
+    /// How long a data shard's leader waits with no new log entry before the shard sleeps
+    /// (no heartbeats, no election timers until something wakes it), milliseconds; 0: shards
+    /// never sleep. Default 2000.
+    pub sleep_after_idle_ms: u64,
 }
 
 /// Limits on client requests, checked before anything reaches Raft.
@@ -198,6 +202,7 @@ impl Default for RaftConfig {
             snapshot_timeout_ms: 600_000,
             proposal_timeout_ms: 5_000,
             follower_reads: true,
+            sleep_after_idle_ms: 2_000,
         }
     }
 }
@@ -238,6 +243,7 @@ impl Config {
             rpc_timeout_ms: r.rpc_timeout_ms,
             snapshot_timeout_ms: r.snapshot_timeout_ms,
             follower_reads: r.follower_reads,
+            sleep_after_idle_ms: r.sleep_after_idle_ms,
             sharding: kho_raft::shard_size::ShardingSettings {
                 split_size_bytes: self.sharding.split_size_bytes,
                 merge_size_bytes: self.sharding.merge_size_bytes,

@@ -38,6 +38,8 @@ fn kind_to_proto(k: MessageKind) -> RaftMessageKind {
         MessageKind::MergeShard => RaftMessageKind::MergeShard,
         MessageKind::WaitApplied => RaftMessageKind::WaitApplied,
         MessageKind::PreVote => RaftMessageKind::PreVote,
+        MessageKind::Sleep => RaftMessageKind::Sleep,
+        MessageKind::Probe => RaftMessageKind::Probe,
     }
 }
 
@@ -151,6 +153,8 @@ impl RaftTransport for RaftService {
             Ok(RaftMessageKind::MergeShard) => MessageKind::MergeShard,
             Ok(RaftMessageKind::WaitApplied) => MessageKind::WaitApplied,
             Ok(RaftMessageKind::PreVote) => MessageKind::PreVote,
+            Ok(RaftMessageKind::Sleep) => MessageKind::Sleep,
+            Ok(RaftMessageKind::Probe) => MessageKind::Probe,
             _ => return Err(Status::invalid_argument(format!("kind: unsupported raft message kind {}", m.kind))),
         };
         let payload = self.node.handle_call(m.group_id, kind, &m.payload).await.map_err(|e| match e {

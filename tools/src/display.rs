@@ -101,7 +101,7 @@ pub fn cluster_status(s: &ClusterStatusResponse) -> String {
     }
     let mut nodes: Vec<_> = s.nodes.iter().collect();
     nodes.sort_by_key(|n| n.node_id);
-    let mut table = vec![["", "NODE", "ADDRESS", "ROLE", "TERM", "LAST LOG", "COMMIT", "APPLIED", "SHARDS", "LEADS"]
+    let mut table = vec![["", "NODE", "ADDRESS", "ROLE", "TERM", "LAST LOG", "COMMIT", "APPLIED", "SHARDS", "LEADS", "ASLEEP"]
         .iter()
         .map(|h| h.to_string())
         .collect::<Vec<_>>()];
@@ -120,6 +120,7 @@ pub fn cluster_status(s: &ClusterStatusResponse) -> String {
             num(n.applied_index),
             num(n.shards.len() as u64),
             num(n.shards.iter().filter(|s| s.role == "leader").count() as u64),
+            num(n.shards.iter().filter(|s| s.asleep).count() as u64),
         ]);
     }
     out.push_str(&columns(&table));

@@ -112,6 +112,7 @@ pub fn render(c: &Config) -> String {
         snapshot_timeout_ms,
         proposal_timeout_ms,
         follower_reads,
+        sleep_after_idle_ms,
     } = raft;
     let Limits {
         key_bytes_max,
@@ -165,6 +166,7 @@ pub fn render(c: &Config) -> String {
     let _ = writeln!(o, "snapshot_timeout_ms = {snapshot_timeout_ms}");
     let _ = writeln!(o, "proposal_timeout_ms = {proposal_timeout_ms}");
     let _ = writeln!(o, "follower_reads = {follower_reads}");
+    let _ = writeln!(o, "sleep_after_idle_ms = {sleep_after_idle_ms}");
     let _ = writeln!(o, "\n[limits]");
     let _ = writeln!(o, "key_bytes_max = {key_bytes_max}");
     let _ = writeln!(o, "qualifier_bytes_max = {qualifier_bytes_max}");

@@ -115,6 +115,10 @@ pub struct CompareArgs {
     /// The etcd binary.
     #[arg(long, default_value = "etcd")]
     pub etcd_bin: PathBuf,
+    /// Shards Kho's benchmark tables start in (`kho bench --shards`: split at evenly spaced
+    /// key numbers, 1 to 64).
+    #[arg(long, default_value_t = 1)]
+    pub shards: u64,
     /// Skip etcd (when it cannot be installed); Kho and RocksDB still run.
     #[arg(long)]
     pub no_etcd: bool,
@@ -254,6 +258,7 @@ fn base_args(args: &CompareArgs, target: TargetKind, endpoints: &[String]) -> Be
         concurrency: args.concurrency,
         workers_per_connection: args.workers_per_connection,
         progress_secs: 0,
+        shards: if target == TargetKind::Kho { args.shards } else { 1 },
         ..BenchArgs::default()
     }
 }
