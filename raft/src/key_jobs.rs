@@ -37,11 +37,17 @@ const STEP_TIMEOUT_MS: u64 = 10_000;
 /// aborts it.
 pub fn spawn(node: Weak<RaftNode>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut round: u64 = 0;
         loop {
             let Some(n) = node.upgrade() else { return };
-            let cleared = clear_dropped_tables(&n).await;
-            report_shards(&n).await;
-            repair_replicas(&n).await;
+            // Sleeping shards changed nothing since they slept: they are looked at in one
+            // round of FULL_PASS_ROUNDS only (a report or a repair that failed while they
+            // were awake, a node removed since), so ten thousand idle shards cost little.
+            let full = round % FULL_PASS_ROUNDS == 0;
+            round += 1;
+            let cleared = clear_dropped_tables(&n, full).await;
+            report_shards(&n, full).await;
+            repair_replicas(&n, full).await;
             let pause = match next_job(&n) {
                 None => IDLE_POLL_MS,
                 Some(job) => step(&n, job).await,
@@ -57,17 +63,25 @@ pub fn spawn(node: Weak<RaftNode>) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// One round in this many looks at sleeping shards too, count (2 s at [`IDLE_POLL_MS`]).
+const FULL_PASS_ROUNDS: u64 = 10;
+
+/// Whether a round looks at group `g`: a data shard this node leads, awake unless `full`.
+fn looked_at(g: &crate::node::Group, full: bool) -> bool {
+    g.state.kind == crate::GroupKind::Data && (full || !g.sleep.is_asleep()) && g.is_leader()
+}
+
 /// On every data shard this node leads, clears the cells of the tables the catalog lists
 /// as dropped and the shard has not cleared yet (one `ClearTable` per table). Returns
 /// whether it proposed anything.
-async fn clear_dropped_tables(node: &RaftNode) -> bool {
+async fn clear_dropped_tables(node: &RaftNode, full: bool) -> bool {
     let dropped = node.meta().state.catalog().dropped_tables.clone();
     if dropped.is_empty() {
         return false;
     }
     let mut proposed = false;
     for id in node.group_ids() {
-        let Some(g) = node.group(id).filter(|g| g.state.kind == crate::GroupKind::Data && g.is_leader()) else { continue };
+        let Some(g) = node.group(id).filter(|g| looked_at(g, full)) else { continue };
         let Some(st) = g.state.shard() else { continue };
         for (_, table) in dropped.range((st.desc.tenant, 0)..=(st.desc.tenant, u32::MAX)) {
             if st.dropped_tables.contains(table) {
@@ -90,9 +104,9 @@ async fn clear_dropped_tables(node: &RaftNode) -> bool {
 /// now tile the map's range, [`crate::shard_split::split_report`]), or with other replicas
 /// (its `conf_ver` is lower). A report after a split or replica change that was lost, or
 /// not yet made.
-async fn report_shards(node: &RaftNode) {
+async fn report_shards(node: &RaftNode, full: bool) {
     for id in node.group_ids() {
-        let Some(g) = node.group(id).filter(|g| g.state.kind == crate::GroupKind::Data && g.is_leader()) else { continue };
+        let Some(g) = node.group(id).filter(|g| looked_at(g, full)) else { continue };
         let Some(st) = g.state.shard() else { continue };
         let recorded = node.meta().state.catalog().shards.get(id).map(|d| (d.epoch, d.end.clone()));
         let report = match recorded {
@@ -126,10 +140,10 @@ pub const SHARD_REPLICAS: usize = 3;
 /// while the cluster has more members, gets a replica on the member holding the fewest
 /// that the shard is not on; then the replica of the removed node is removed. At most one
 /// shard per round.
-async fn repair_replicas(node: &RaftNode) {
+async fn repair_replicas(node: &RaftNode, full: bool) {
     let members: Vec<(u64, String)> = node.meta().status().members.iter().map(|m| (m.id, m.addr.clone())).collect();
     for id in node.group_ids() {
-        let Some(g) = node.group(id).filter(|g| g.state.kind == crate::GroupKind::Data && g.is_leader()) else { continue };
+        let Some(g) = node.group(id).filter(|g| looked_at(g, full)) else { continue };
         let Some(st) = g.state.shard() else { continue };
         if st.merging.is_some() {
             continue;

@@ -202,7 +202,8 @@ pub fn spawn_sleeper(node: Weak<RaftNode>, idle_ms: u64) -> tokio::task::JoinHan
             let Some(n) = node.upgrade() else { return };
             let mut candidates = Vec::new();
             let groups = n.data_groups();
-            seen.retain(|id, _| groups.iter().any(|g| g.id == *id));
+            let open: std::collections::BTreeSet<GroupId> = groups.iter().map(|g| g.id).collect();
+            seen.retain(|id, _| open.contains(id));
             for g in groups {
                 if g.sleep.is_asleep() || !g.is_leader() {
                     seen.remove(&g.id);
