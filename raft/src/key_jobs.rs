@@ -16,7 +16,7 @@
 //! applied after the step passed its key stays under that version; `DestroyKey` refuses
 //! while any value uses a version, and running the re-encryption again rewrites it.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use kho_engine::keys::TenantId;
@@ -24,7 +24,7 @@ use kho_engine::{crypto, value, Cf};
 
 use crate::command::{Command, Outcome, Replacement};
 use crate::keyring::{self, Job, TenantKeys};
-use crate::node::RaftNode;
+use crate::node::{Group, RaftNode};
 
 /// How often an idle driver looks for work, milliseconds.
 const IDLE_POLL_MS: u64 = 200;
@@ -43,11 +43,12 @@ pub fn spawn(node: Weak<RaftNode>) -> tokio::task::JoinHandle<()> {
             // Sleeping shards changed nothing since they slept: they are looked at in one
             // round of FULL_PASS_ROUNDS only (a report or a repair that failed while they
             // were awake, a node removed since), so ten thousand idle shards cost little.
-            let full = round % FULL_PASS_ROUNDS == 0;
+            let full = round.is_multiple_of(FULL_PASS_ROUNDS);
             round += 1;
-            let cleared = clear_dropped_tables(&n, full).await;
-            report_shards(&n, full).await;
-            repair_replicas(&n, full).await;
+            let led: Vec<Arc<Group>> = n.data_groups().into_iter().filter(|g| looked_at(g, full)).collect();
+            let cleared = clear_dropped_tables(&n, &led).await;
+            report_shards(&n, &led).await;
+            repair_replicas(&n, &led).await;
             let pause = match next_job(&n) {
                 None => IDLE_POLL_MS,
                 Some(job) => step(&n, job).await,
@@ -67,21 +68,21 @@ pub fn spawn(node: Weak<RaftNode>) -> tokio::task::JoinHandle<()> {
 const FULL_PASS_ROUNDS: u64 = 10;
 
 /// Whether a round looks at group `g`: a data shard this node leads, awake unless `full`.
-fn looked_at(g: &crate::node::Group, full: bool) -> bool {
+fn looked_at(g: &Group, full: bool) -> bool {
     g.state.kind == crate::GroupKind::Data && (full || !g.sleep.is_asleep()) && g.is_leader()
 }
 
 /// On every data shard this node leads, clears the cells of the tables the catalog lists
 /// as dropped and the shard has not cleared yet (one `ClearTable` per table). Returns
 /// whether it proposed anything.
-async fn clear_dropped_tables(node: &RaftNode, full: bool) -> bool {
+async fn clear_dropped_tables(node: &RaftNode, led: &[Arc<Group>]) -> bool {
     let dropped = node.meta().state.catalog().dropped_tables.clone();
     if dropped.is_empty() {
         return false;
     }
     let mut proposed = false;
-    for id in node.group_ids() {
-        let Some(g) = node.group(id).filter(|g| looked_at(g, full)) else { continue };
+    for g in led {
+        let id = g.id;
         let Some(st) = g.state.shard() else { continue };
         for (_, table) in dropped.range((st.desc.tenant, 0)..=(st.desc.tenant, u32::MAX)) {
             if st.dropped_tables.contains(table) {
@@ -104,9 +105,9 @@ async fn clear_dropped_tables(node: &RaftNode, full: bool) -> bool {
 /// now tile the map's range, [`crate::shard_split::split_report`]), or with other replicas
 /// (its `conf_ver` is lower). A report after a split or replica change that was lost, or
 /// not yet made.
-async fn report_shards(node: &RaftNode, full: bool) {
-    for id in node.group_ids() {
-        let Some(g) = node.group(id).filter(|g| looked_at(g, full)) else { continue };
+async fn report_shards(node: &RaftNode, led: &[Arc<Group>]) {
+    for g in led {
+        let id = g.id;
         let Some(st) = g.state.shard() else { continue };
         let recorded = node.meta().state.catalog().shards.get(id).map(|d| (d.epoch, d.end.clone()));
         let report = match recorded {
@@ -114,7 +115,7 @@ async fn report_shards(node: &RaftNode, full: bool) {
             Some((e, end)) if e.version < st.desc.epoch.version && end < st.desc.end => {
                 Some(Command::RecordShards { pieces: vec![st.desc] })
             }
-            Some((e, _)) if e.version < st.desc.epoch.version => crate::shard_split::split_report(node, &g),
+            Some((e, _)) if e.version < st.desc.epoch.version => crate::shard_split::split_report(node, g),
             Some((e, _)) if e.version == st.desc.epoch.version && e.conf_ver < st.desc.epoch.conf_ver => {
                 Some(Command::UpdateShard { desc: st.desc })
             }
@@ -140,10 +141,10 @@ pub const SHARD_REPLICAS: usize = 3;
 /// while the cluster has more members, gets a replica on the member holding the fewest
 /// that the shard is not on; then the replica of the removed node is removed. At most one
 /// shard per round.
-async fn repair_replicas(node: &RaftNode, full: bool) {
+async fn repair_replicas(node: &RaftNode, led: &[Arc<Group>]) {
     let members: Vec<(u64, String)> = node.meta().status().members.iter().map(|m| (m.id, m.addr.clone())).collect();
-    for id in node.group_ids() {
-        let Some(g) = node.group(id).filter(|g| looked_at(g, full)) else { continue };
+    for g in led {
+        let id = g.id;
         let Some(st) = g.state.shard() else { continue };
         if st.merging.is_some() {
             continue;

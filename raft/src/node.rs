@@ -71,6 +71,9 @@ pub struct RaftNode {
     uninitialized: std::sync::Mutex<BTreeMap<GroupId, std::time::Instant>>,
     /// Which other nodes answer the liveness probe ([`crate::sleep`]).
     liveness: Arc<crate::sleep::Liveness>,
+    /// Set by a registry round that left a shard of the map unopened (a local group still
+    /// holds part of its range): the registry polls again soon.
+    registry_deferred: std::sync::atomic::AtomicBool,
     /// Background tasks (the re-encryption and table-clearing driver, [`crate::key_jobs`];
     /// the group registry), stopped at shutdown.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -120,6 +123,8 @@ const SHARD_INIT_FALLBACK_MS: u64 = 5_000;
 /// How often the group registry checks the shard map even without a change, milliseconds
 /// (a group whose creation failed, or whose members' addresses were unknown, is retried).
 const REGISTRY_POLL_MS: u64 = 1_000;
+/// How often the registry checks when its last round left nothing to do, milliseconds.
+const REGISTRY_IDLE_POLL_MS: u64 = 30_000;
 
 /// One Raft group hosted on this node.
 pub struct Group {
@@ -268,6 +273,7 @@ impl RaftNode {
             ranges: Default::default(),
             uninitialized: std::sync::Mutex::new(BTreeMap::new()),
             liveness: Default::default(),
+            registry_deferred: Default::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         let meta = node.opener.open(META_GROUP, GroupKind::Meta, false).await?;
@@ -315,6 +321,7 @@ impl RaftNode {
     /// of the node's data groups again.
     pub async fn ensure_shard_groups(&self) -> Result<(), RaftNodeError> {
         let _one_at_a_time = self.opening.lock().await;
+        self.registry_deferred.store(false, Ordering::Relaxed);
         let retired = self.retire_merged_groups().await;
         let opened = self.open_stored_groups().await;
         let from_map = self.open_groups_of_the_map().await;
@@ -397,6 +404,7 @@ impl RaftNode {
                     // Until then, ranges on this node never overlap.
                     if let Some(holder) = self.local_overlap(&desc.start, &desc.end) {
                         tracing::debug!(shard = desc.id, holder, "a local group still holds part of the shard's range; opening it later");
+                        self.registry_deferred.store(true, Ordering::Relaxed);
                         continue;
                     }
                     let g = self.open_from_the_map(&desc).await?;
@@ -1111,16 +1119,23 @@ fn spawn_registry(node: std::sync::Weak<RaftNode>) -> tokio::task::JoinHandle<()
         };
         loop {
             let Some(n) = node.upgrade() else { return };
-            if let Err(e) = n.ensure_shard_groups().await {
+            let failed = n.ensure_shard_groups().await.map_err(|e| {
                 tracing::warn!(error = %e, "could not open the groups of this node's shards; retrying");
-            }
+            });
+            // Something left to do (a failure, a shard not opened or not initialized yet):
+            // look again soon; else only on a change. A round reads every shard state of
+            // the node, so ten thousand idle shards must not pay it every second.
+            let pending = failed.is_err()
+                || n.registry_deferred.load(Ordering::Relaxed)
+                || !n.uninitialized.lock().expect("uninitialized lock").is_empty();
             drop(n);
+            let poll = if pending { REGISTRY_POLL_MS } else { REGISTRY_IDLE_POLL_MS };
             // A change of the shard map, a group's apply that created a group or changed a
             // range, or the poll, whichever comes first.
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = local.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(REGISTRY_POLL_MS)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(poll)) => {}
             }
         }
     })
