@@ -48,6 +48,10 @@ use crate::network::{self, MessageKind};
 use crate::node::{Group, RaftNode};
 use crate::{GroupId, NodeId, Raft, META_GROUP};
 
+/// Most shards the probe wakes per round (one heartbeat interval), count; the others wait
+/// for the next rounds.
+const PROBE_WAKES_PER_ROUND_MAX: usize = 128;
+
 /// How often a node looks for idle groups it leads, milliseconds.
 const SLEEP_CHECK_MS: u64 = 250;
 /// Most groups a node puts to sleep per check, count (each asks every replica).
@@ -334,6 +338,8 @@ pub fn spawn_probe(node: Weak<RaftNode>, liveness: Arc<Liveness>, interval_ms: u
         let mut peers: BTreeMap<NodeId, Peer> = BTreeMap::new();
         let mut first = true;
         let started = Instant::now();
+        let mut to_wake: std::collections::VecDeque<(Arc<Group>, &'static str)> = std::collections::VecDeque::new();
+        let mut queued: std::collections::BTreeSet<GroupId> = std::collections::BTreeSet::new();
         loop {
             let Some(n) = node.upgrade() else { return };
             let targets: Vec<(NodeId, String)> = n.meta().members().into_iter().filter(|(id, _)| *id != n.id).collect();
@@ -387,9 +393,17 @@ pub fn spawn_probe(node: Weak<RaftNode>, liveness: Arc<Liveness>, interval_ms: u
                     (g.sleep.is_asleep() && leader.is_some_and(|l| dead.contains(&l)))
                         || (!back.is_empty() && g.is_leader() && g.status().members.iter().any(|m| back.contains(&m.id)))
                 };
-                if wake {
-                    g.sleep.wake(if first { "the node started" } else { "the probe" });
+                if wake && queued.insert(g.id) {
+                    to_wake.push_back((g, if first { "the node started" } else { "the probe" }));
                 }
+            }
+            // At most PROBE_WAKES_PER_ROUND_MAX per round: thousands of shards electing at
+            // once (their leader's node died, or the whole cluster restarted) would bury
+            // the node in votes and heartbeats.
+            for _ in 0..PROBE_WAKES_PER_ROUND_MAX {
+                let Some((g, why)) = to_wake.pop_front() else { break };
+                queued.remove(&g.id);
+                g.sleep.wake(why);
             }
             if !back.is_empty() {
                 tracing::info!(nodes = ?back, "nodes answer again (or restarted): the shards led here that they hold are awake");
