@@ -56,8 +56,9 @@ const PROBE_WAKES_PER_ROUND_MAX: usize = 128;
 const SLEEP_CHECK_MS: u64 = 250;
 /// Most groups a node puts to sleep per check, count (each asks every replica).
 const SLEEP_GROUPS_PER_CHECK_MAX: usize = 256;
-/// Most `SLEEP` requests a node has in flight, count.
-const SLEEP_REQUESTS_IN_FLIGHT_MAX: usize = 64;
+/// Most shards a node asks to sleep at once, count (each asks its other replicas: 2
+/// `SLEEP` requests with 3 replicas).
+const SLEEP_GROUPS_IN_FLIGHT_MAX: usize = 32;
 
 /// A group's sleep state, shared by its log store (which wakes it) and the node.
 pub struct Sleep {
@@ -225,7 +226,7 @@ pub fn spawn_sleeper(node: Weak<RaftNode>, idle_ms: u64) -> tokio::task::JoinHan
             }
             let n2 = n.clone();
             futures::stream::iter(candidates)
-                .for_each_concurrent(SLEEP_REQUESTS_IN_FLIGHT_MAX / 2, |(g, act)| {
+                .for_each_concurrent(SLEEP_GROUPS_IN_FLIGHT_MAX, |(g, act)| {
                     let n = n2.clone();
                     async move {
                         put_to_sleep(&n, &g, act).await;
