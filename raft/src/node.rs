@@ -272,7 +272,7 @@ impl RaftNode {
             opening: tokio::sync::Mutex::new(()),
             ranges: Default::default(),
             uninitialized: std::sync::Mutex::new(BTreeMap::new()),
-            liveness: Default::default(),
+            liveness: Arc::new(crate::sleep::Liveness::new(Duration::from_millis(settings.election_timeout_min_ms))),
             registry_deferred: Default::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
@@ -301,12 +301,7 @@ impl RaftNode {
         node.tasks.lock().expect("tasks lock").extend([driver, registry, sizes]);
         if asleep {
             let sleeper = crate::sleep::spawn_sleeper(Arc::downgrade(&node), settings.sleep_after_idle_ms);
-            let probe = crate::sleep::spawn_probe(
-                Arc::downgrade(&node),
-                node.liveness.clone(),
-                settings.heartbeat_interval_ms,
-                settings.election_timeout_min_ms,
-            );
+            let probe = crate::sleep::spawn_probe(Arc::downgrade(&node), node.liveness.clone(), settings.heartbeat_interval_ms);
             node.tasks.lock().expect("tasks lock").extend([sleeper, probe]);
         }
         Ok(node)

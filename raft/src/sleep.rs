@@ -67,9 +67,11 @@ pub struct Sleep {
     /// Bumped by every append and wake: a sleep decided on an older value is refused.
     activity: AtomicU64,
     asleep: AtomicBool,
-    /// Serializes the transitions (the flag and openraft's ticker switch together), and
-    /// holds when the group last woke.
-    transition: Mutex<Option<Instant>>,
+    /// When the group last woke: milliseconds since [`epoch`] plus one; 0 = never. Read on
+    /// every write ([`Sleep::asleep_within`]), so an atomic, not under the lock.
+    woke_at_ms: AtomicU64,
+    /// Serializes the transitions (the flag and openraft's ticker switch together).
+    transition: Mutex<()>,
 }
 
 impl std::fmt::Debug for Sleep {
@@ -80,7 +82,14 @@ impl std::fmt::Debug for Sleep {
 
 impl Sleep {
     pub(crate) fn new(group: GroupId) -> Sleep {
-        Sleep { group, raft: OnceLock::new(), activity: AtomicU64::new(0), asleep: AtomicBool::new(false), transition: Mutex::new(None) }
+        Sleep {
+            group,
+            raft: OnceLock::new(),
+            activity: AtomicU64::new(0),
+            asleep: AtomicBool::new(false),
+            woke_at_ms: AtomicU64::new(0),
+            transition: Mutex::new(()),
+        }
     }
 
     /// Hands the group's Raft to the sleep state, once, right after it was created.
@@ -108,9 +117,9 @@ impl Sleep {
     }
 
     fn wake_now(&self, why: &'static str) {
-        let mut woke = self.transition.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.transition.lock().unwrap_or_else(|p| p.into_inner());
         if self.asleep.swap(false, Ordering::SeqCst) {
-            *woke = Some(Instant::now());
+            self.woke_at_ms.store(since_epoch_ms() + 1, Ordering::SeqCst);
             if let Some(raft) = self.raft.get() {
                 raft.runtime_config().tick(true);
             }
@@ -120,8 +129,11 @@ impl Sleep {
 
     /// Whether the group is asleep, or woke less than `d` ago.
     pub(crate) fn asleep_within(&self, d: Duration) -> bool {
-        let woke = self.transition.lock().unwrap_or_else(|p| p.into_inner());
-        self.is_asleep() || woke.is_some_and(|t| t.elapsed() < d)
+        if self.is_asleep() {
+            return true;
+        }
+        let woke = self.woke_at_ms.load(Ordering::SeqCst);
+        woke != 0 && (since_epoch_ms() + 1).saturating_sub(woke) < d.as_millis() as u64
     }
 
     /// Puts the group to sleep unless something happened since `seen` was read from
@@ -139,6 +151,16 @@ impl Sleep {
         raft.runtime_config().tick(false);
         true
     }
+}
+
+/// The process's clock origin for [`Sleep`]'s wake times.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn since_epoch_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
 }
 
 /// `raft.sleep_after_idle_ms`'s meaning when 0: groups never sleep.
@@ -262,18 +284,22 @@ async fn put_to_sleep(n: &RaftNode, g: &Arc<Group>, act: u64) {
 
 /// Which other nodes answered the probe recently (shared by the probe and the Pre-Vote
 /// handler).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Liveness {
     last_ok: Mutex<BTreeMap<NodeId, Instant>>,
-    dead_after: Mutex<Duration>,
+    /// `raft.election_timeout_min_ms`: a node silent this long is dead to the probe.
+    dead_after: Duration,
 }
 
 impl Liveness {
+    pub fn new(dead_after: Duration) -> Liveness {
+        Liveness { last_ok: Mutex::new(BTreeMap::new()), dead_after }
+    }
+
     /// Whether node `id` answered a probe within the last `raft.election_timeout_min_ms`.
     pub fn answers(&self, id: NodeId) -> bool {
-        let dead_after = *self.dead_after.lock().unwrap_or_else(|p| p.into_inner());
         let last = self.last_ok.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied();
-        last.is_some_and(|t| t.elapsed() < dead_after)
+        last.is_some_and(|t| t.elapsed() < self.dead_after)
     }
 
     fn answered(&self, id: NodeId) {
@@ -292,8 +318,7 @@ pub(crate) fn refuse_pre_vote(
     req: &openraft::raft::VoteRequest<crate::TypeConfig>,
 ) -> Option<openraft::raft::VoteResponse<crate::TypeConfig>> {
     use openraft::vote::RaftLeaderId;
-    let dead_after = *liveness.dead_after.lock().unwrap_or_else(|p| p.into_inner());
-    if !g.sleep.asleep_within(dead_after) {
+    if !g.sleep.asleep_within(liveness.dead_after) {
         return None;
     }
     let candidate = *req.vote.leader_id().node_id();
@@ -331,10 +356,10 @@ pub(crate) fn boot_id() -> u64 {
     })
 }
 
-/// Starts the node liveness probe (see the module's documentation). `interval_ms` is the
-/// Raft heartbeat interval, `dead_after_ms` the minimum election timeout.
-pub fn spawn_probe(node: Weak<RaftNode>, liveness: Arc<Liveness>, interval_ms: u64, dead_after_ms: u64) -> tokio::task::JoinHandle<()> {
-    *liveness.dead_after.lock().unwrap_or_else(|p| p.into_inner()) = Duration::from_millis(dead_after_ms);
+/// Starts the node liveness probe (see the module's documentation), every `interval_ms`
+/// (the Raft heartbeat interval); a node silent for `liveness.dead_after` is dead.
+pub fn spawn_probe(node: Weak<RaftNode>, liveness: Arc<Liveness>, interval_ms: u64) -> tokio::task::JoinHandle<()> {
+    let dead_after_ms = liveness.dead_after.as_millis() as u64;
     tokio::spawn(async move {
         let mut peers: BTreeMap<NodeId, Peer> = BTreeMap::new();
         let mut first = true;
