@@ -20,6 +20,7 @@ pub mod merge_apply;
 pub mod network;
 pub mod node;
 pub mod read_batch;
+pub mod registry_hints;
 pub mod shard;
 pub mod shard_merge;
 pub mod shard_size;

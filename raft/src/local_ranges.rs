@@ -10,7 +10,7 @@
 //! parent applied the split): the nearest start at or below the key wins, which is the
 //! newer, narrower shard.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::RwLock;
 
@@ -22,32 +22,76 @@ pub const LOOKUP_CANDIDATES_MAX: usize = 8;
 
 #[derive(Debug, Default)]
 pub struct LocalRanges {
-    by_start: RwLock<BTreeMap<Vec<u8>, GroupId>>,
+    index: RwLock<Index>,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    /// The groups starting at each key (more than one only while a stale, wider replica
+    /// has not applied what the newer one did).
+    by_start: BTreeMap<Vec<u8>, BTreeSet<GroupId>>,
+    /// Each group's start.
+    start_of: HashMap<GroupId, Vec<u8>>,
+}
+
+impl Index {
+    fn remove(&mut self, id: GroupId) {
+        let Some(start) = self.start_of.remove(&id) else { return };
+        if let Some(ids) = self.by_start.get_mut(&start) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_start.remove(&start);
+            }
+        }
+    }
+
+    fn set(&mut self, id: GroupId, start: Vec<u8>) {
+        if self.start_of.get(&id) == Some(&start) {
+            return;
+        }
+        self.remove(id);
+        self.by_start.entry(start.clone()).or_default().insert(id);
+        self.start_of.insert(id, start);
+    }
 }
 
 impl LocalRanges {
-    /// Replaces the index with `ranges` (every data group of the node and its range). Two
-    /// groups starting at the same key (only possible with merges, not built) keep the
-    /// higher id, the newer shard.
+    /// Replaces the index with `ranges` (every data group of the node and its range).
     pub fn rebuild(&self, ranges: impl IntoIterator<Item = (KeyRange, GroupId)>) {
-        let mut by_start = BTreeMap::new();
+        let mut index = Index::default();
         for (range, id) in ranges {
-            let slot = by_start.entry(range.start).or_insert(id);
-            *slot = (*slot).max(id);
+            index.set(id, range.start);
         }
-        *self.by_start.write().expect("local ranges lock poisoned") = by_start;
+        *self.index.write().expect("local ranges lock poisoned") = index;
     }
 
-    /// The groups that may hold `key`: those starting at or below it, nearest first, at
-    /// most [`LOOKUP_CANDIDATES_MAX`]. The caller checks each group's current range.
+    /// Indexes group `id` as starting at `start` (a group opened, or its range changed).
+    pub fn set(&self, id: GroupId, start: Vec<u8>) {
+        self.index.write().expect("local ranges lock poisoned").set(id, start);
+    }
+
+    /// Drops group `id` from the index (a group retired or gone).
+    pub fn remove(&self, id: GroupId) {
+        self.index.write().expect("local ranges lock poisoned").remove(id);
+    }
+
+    /// The groups that may hold `key`: those starting at or below it, nearest start first
+    /// (at one start, the higher id, the newer shard, first), at most
+    /// [`LOOKUP_CANDIDATES_MAX`]. The caller checks each group's current range.
     pub fn candidates(&self, key: &[u8]) -> Vec<GroupId> {
-        let by_start = self.by_start.read().expect("local ranges lock poisoned");
-        by_start.range::<[u8], _>((Bound::Unbounded, Bound::Included(key))).rev().take(LOOKUP_CANDIDATES_MAX).map(|(_, id)| *id).collect()
+        let index = self.index.read().expect("local ranges lock poisoned");
+        index
+            .by_start
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .rev()
+            .flat_map(|(_, ids)| ids.iter().rev().copied())
+            .take(LOOKUP_CANDIDATES_MAX)
+            .collect()
     }
 
-    /// The group whose range starts exactly at `start`, if any.
+    /// The group whose range starts exactly at `start`, if any (the higher id if two do).
     pub fn starting_at(&self, start: &[u8]) -> Option<GroupId> {
-        self.by_start.read().expect("local ranges lock poisoned").get(start).copied()
+        self.index.read().expect("local ranges lock poisoned").by_start.get(start).and_then(|ids| ids.last().copied())
     }
 }
 
@@ -71,9 +115,32 @@ mod tests {
         assert_eq!(idx.starting_at(b"n"), None);
         // A stale, wider parent and its child: the child (nearer start) first.
         idx.rebuild([(r(b"a", b"z"), 1), (r(b"m", b"z"), 9), (r(b"m", b"q"), 12)]);
-        assert_eq!(idx.candidates(b"p"), vec![12, 1]);
+        assert_eq!(idx.candidates(b"p"), vec![12, 9, 1]);
         let many: Vec<_> = (0..20u8).map(|i| (r(&[i], &[i + 1]), u64::from(i) + 1)).collect();
         idx.rebuild(many);
         assert_eq!(idx.candidates(&[19]).len(), LOOKUP_CANDIDATES_MAX);
+    }
+
+    #[test]
+    fn groups_are_indexed_and_dropped_one_at_a_time() {
+        let idx = LocalRanges::default();
+        idx.rebuild([(r(b"a", b"z"), 1)]);
+        // A split: the child is indexed, the parent keeps its start.
+        idx.set(9, b"m".to_vec());
+        assert_eq!(idx.candidates(b"p"), vec![9, 1]);
+        // A stale replica starting at the same key: the newer (higher) id first, and back
+        // to the other once it is dropped.
+        idx.set(12, b"m".to_vec());
+        assert_eq!(idx.candidates(b"p"), vec![12, 9, 1]);
+        assert_eq!(idx.starting_at(b"m"), Some(12));
+        idx.remove(12);
+        assert_eq!(idx.starting_at(b"m"), Some(9));
+        // A group that moved its start (never happens to a shard, but the index follows).
+        idx.set(9, b"n".to_vec());
+        assert_eq!(idx.starting_at(b"m"), None);
+        assert_eq!(idx.candidates(b"p"), vec![9, 1]);
+        idx.remove(9);
+        idx.remove(9);
+        assert_eq!(idx.candidates(b"p"), vec![1]);
     }
 }

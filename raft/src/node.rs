@@ -71,9 +71,9 @@ pub struct RaftNode {
     uninitialized: std::sync::Mutex<BTreeMap<GroupId, std::time::Instant>>,
     /// Which other nodes answer the liveness probe ([`crate::sleep`]).
     liveness: Arc<crate::sleep::Liveness>,
-    /// Set by a registry round that left a shard of the map unopened (a local group still
-    /// holds part of its range): the registry polls again soon.
-    registry_deferred: std::sync::atomic::AtomicBool,
+    /// Shards of the map a registry round left unopened (a local group still holds part of
+    /// its range): the registry looks at them again soon.
+    deferred: std::sync::Mutex<std::collections::BTreeSet<GroupId>>,
     /// Background tasks (the re-encryption and table-clearing driver, [`crate::key_jobs`];
     /// the group registry), stopped at shutdown.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -89,9 +89,9 @@ struct GroupOpener {
     settings: RaftSettings,
     transport: Arc<dyn Transport>,
     master: Option<Arc<MasterKey>>,
-    /// Told by a group's apply that a group's state was created or a range changed
-    /// ([`crate::state_machine::SmState`]); the registry waits on it.
-    local_groups_changed: Arc<tokio::sync::Notify>,
+    /// Told by the groups' apply which groups changed ([`crate::registry_hints`]); the
+    /// registry waits on them.
+    registry_hints: Arc<crate::registry_hints::RegistryHints>,
 }
 
 impl GroupOpener {
@@ -109,7 +109,7 @@ impl GroupOpener {
             &self.settings,
             self.transport.clone(),
             self.master.clone(),
-            self.local_groups_changed.clone(),
+            self.registry_hints.clone(),
             asleep,
         )
         .await
@@ -120,11 +120,14 @@ impl GroupOpener {
 /// it starts it itself, milliseconds.
 const SHARD_INIT_FALLBACK_MS: u64 = 5_000;
 
-/// How often the group registry checks the shard map even without a change, milliseconds
-/// (a group whose creation failed, or whose members' addresses were unknown, is retried).
+/// How soon the group registry looks again at what its last round left pending (a group not
+/// initialized yet, a shard deferred), milliseconds; after a failed round, it looks at
+/// everything again this soon.
 const REGISTRY_POLL_MS: u64 = 1_000;
-/// How often the registry checks when its last round left nothing to do, milliseconds.
-const REGISTRY_IDLE_POLL_MS: u64 = 30_000;
+/// How often the registry looks at every shard of the node and of the map even without a
+/// change (a round otherwise looks only at the groups hinted, [`crate::registry_hints`]),
+/// milliseconds.
+const REGISTRY_FULL_ROUND_MS: u64 = 30_000;
 
 /// One Raft group hosted on this node.
 pub struct Group {
@@ -261,7 +264,7 @@ impl RaftNode {
             settings: settings.clone(),
             transport,
             master,
-            local_groups_changed: Arc::new(tokio::sync::Notify::new()),
+            registry_hints: Default::default(),
         };
         let node = Arc::new(RaftNode {
             id,
@@ -273,7 +276,7 @@ impl RaftNode {
             ranges: Default::default(),
             uninitialized: std::sync::Mutex::new(BTreeMap::new()),
             liveness: Arc::new(crate::sleep::Liveness::new(Duration::from_millis(settings.election_timeout_min_ms))),
-            registry_deferred: Default::default(),
+            deferred: Default::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         let meta = node.opener.open(META_GROUP, GroupKind::Meta, false).await?;
@@ -312,25 +315,93 @@ impl RaftNode {
     /// the map that has a replica on this node; initializes a tenant's first shard when new
     /// (epoch (1, 1)), never any other (a split's child elsewhere, a replica being added:
     /// their leader brings them up to date, by a snapshot). A first shard whose members'
-    /// addresses are not known yet is initialized in a later round. Then indexes the ranges
-    /// of the node's data groups again.
+    /// addresses are not known yet is initialized in a later round. Retires the groups of
+    /// shards merged away. Then indexes the ranges of the node's data groups again.
+    ///
+    /// A full round: it reads every shard state of the node and looks at every shard of the
+    /// map. The registry runs one every [`REGISTRY_FULL_ROUND_MS`]; between them it looks
+    /// only at the groups the apply hinted ([`RaftNode::ensure_shard_group`]).
     pub async fn ensure_shard_groups(&self) -> Result<(), RaftNodeError> {
+        self.registry_round(true, None).await
+    }
+
+    /// [`RaftNode::ensure_shard_groups`] for shard `id`, the groups the apply hinted since
+    /// the last round ([`crate::registry_hints`]) and the ones earlier rounds left pending
+    /// only: time proportional to those, not to the node's shards.
+    pub async fn ensure_shard_group(&self, id: GroupId) -> Result<(), RaftNodeError> {
+        self.registry_round(false, Some(id)).await
+    }
+
+    /// One registry round: over everything (`full`, or the hints ask for it), or over the
+    /// hinted and pending groups and `also`.
+    async fn registry_round(&self, full: bool, also: Option<GroupId>) -> Result<(), RaftNodeError> {
         let _one_at_a_time = self.opening.lock().await;
-        self.registry_deferred.store(false, Ordering::Relaxed);
-        let retired = self.retire_merged_groups().await;
-        let opened = self.open_stored_groups().await;
-        let from_map = self.open_groups_of_the_map().await;
-        self.reindex_ranges();
-        retired.and(opened).and(from_map)
+        let hinted = self.opener.registry_hints.take();
+        let scope: Option<std::collections::BTreeSet<GroupId>> = match full || hinted.everything {
+            false => {
+                let mut ids = hinted.groups;
+                ids.extend(also);
+                ids.extend(self.uninitialized.lock().expect("uninitialized lock").keys().copied());
+                ids.extend(std::mem::take(&mut *self.deferred.lock().expect("deferred lock")));
+                ids.remove(&META_GROUP);
+                Some(ids)
+            }
+            true => {
+                self.deferred.lock().expect("deferred lock").clear();
+                None
+            }
+        };
+        let round = async {
+            let stored: std::collections::BTreeSet<GroupId> = match &scope {
+                None => local_shards(&self.engine)?.into_iter().collect(),
+                Some(ids) => {
+                    let mut stored = std::collections::BTreeSet::new();
+                    for &id in ids {
+                        if crate::state_machine::read_shard_state(&self.engine, id)?.is_some() {
+                            stored.insert(id);
+                        }
+                    }
+                    stored
+                }
+            };
+            let retired = self.retire_merged_groups(&stored, scope.as_ref()).await;
+            let opened = self.open_stored_groups(&stored).await;
+            let from_map = self.open_groups_of_the_map(scope.as_ref()).await;
+            match &scope {
+                None => self.reindex_ranges(),
+                Some(ids) => {
+                    for &id in ids {
+                        match self.group(id).filter(|g| g.state.kind == GroupKind::Data) {
+                            Some(g) => self.ranges.set(id, g.state.range().start),
+                            None => self.ranges.remove(id),
+                        }
+                    }
+                }
+            }
+            retired.and(opened).and(from_map)
+        };
+        let result = round.await;
+        if result.is_err() {
+            // What this round was told may be lost with it: the next one looks at everything.
+            self.opener.registry_hints.everything();
+        }
+        result
     }
 
     /// Retires every open data group whose shard state is gone from storage: the source of
     /// a merge whose commit applied here (`CommitMerge` removed its state in the target's
-    /// batch). Makes that batch durable first (a flush), then stops the group and removes
-    /// its Raft state, log stream and snapshot files.
-    async fn retire_merged_groups(&self) -> Result<(), RaftNodeError> {
-        let open: Vec<Arc<Group>> = self.groups.read().expect("groups lock").values().cloned().collect();
-        let stored: std::collections::BTreeSet<GroupId> = local_shards(&self.engine)?.into_iter().collect();
+    /// batch). Looks at the groups of `scope` only, when given; `stored` holds the ones
+    /// with a stored state among them. Makes that batch durable first (a flush), then stops
+    /// the group and removes its Raft state, log stream and snapshot files.
+    async fn retire_merged_groups(
+        &self,
+        stored: &std::collections::BTreeSet<GroupId>,
+        scope: Option<&std::collections::BTreeSet<GroupId>>,
+    ) -> Result<(), RaftNodeError> {
+        let open: Vec<Arc<Group>> = match scope {
+            None => self.groups.read().expect("groups lock").values().cloned().collect(),
+            Some(ids) => ids.iter().filter_map(|&id| self.group(id)).collect(),
+        };
         let gone: Vec<Arc<Group>> =
             open.into_iter().filter(|g| g.state.kind == GroupKind::Data && g.state.shard().is_some() && !stored.contains(&g.id)).collect();
         if gone.is_empty() {
@@ -369,9 +440,9 @@ impl RaftNode {
         Ok(())
     }
 
-    /// Opens every data group with a stored shard state that is not open yet.
-    async fn open_stored_groups(&self) -> Result<(), RaftNodeError> {
-        for id in local_shards(&self.engine)? {
+    /// Opens every data group with a stored shard state (`stored`) that is not open yet.
+    async fn open_stored_groups(&self, stored: &std::collections::BTreeSet<GroupId>) -> Result<(), RaftNodeError> {
+        for &id in stored {
             if self.group(id).is_some() {
                 continue;
             }
@@ -383,11 +454,25 @@ impl RaftNode {
     }
 
     /// See [`RaftNode::ensure_shard_groups`]: the groups the shard map puts on this node.
-    async fn open_groups_of_the_map(&self) -> Result<(), RaftNodeError> {
+    /// Looks at the shards of `scope` only, when given.
+    async fn open_groups_of_the_map(&self, scope: Option<&std::collections::BTreeSet<GroupId>>) -> Result<(), RaftNodeError> {
+        // The shards of the map on this node not open yet, or not known to be initialized.
+        // (One lock at a time: the catalog's is taken last, alone.)
+        let mut done: std::collections::HashSet<GroupId> = match scope {
+            None => self.groups.read().expect("groups lock").keys().copied().collect(),
+            Some(ids) => ids.iter().copied().filter(|&id| self.group(id).is_some()).collect(),
+        };
+        for id in self.uninitialized.lock().expect("uninitialized lock").keys() {
+            done.remove(id);
+        }
         let wanted: Vec<ShardDesc> = {
             let meta = self.meta();
             let cat = meta.state.catalog();
-            cat.shards.iter().filter(|d| d.replicas.iter().any(|r| r.node == self.id)).cloned().collect()
+            let on_this_node = |d: &&ShardDesc| !done.contains(&d.id) && d.replicas.iter().any(|r| r.node == self.id);
+            match scope {
+                None => cat.shards.iter().filter(on_this_node).cloned().collect(),
+                Some(ids) => ids.iter().filter_map(|&id| cat.shards.get(id)).filter(on_this_node).cloned().collect(),
+            }
         };
         for desc in wanted {
             let g = match self.group(desc.id) {
@@ -399,7 +484,7 @@ impl RaftNode {
                     // Until then, ranges on this node never overlap.
                     if let Some(holder) = self.local_overlap(&desc.start, &desc.end) {
                         tracing::debug!(shard = desc.id, holder, "a local group still holds part of the shard's range; opening it later");
-                        self.registry_deferred.store(true, Ordering::Relaxed);
+                        self.deferred.lock().expect("deferred lock").insert(desc.id);
                         continue;
                     }
                     let g = self.open_from_the_map(&desc).await?;
@@ -829,7 +914,7 @@ impl Group {
         s: &RaftSettings,
         transport: Arc<dyn Transport>,
         master: Option<Arc<MasterKey>>,
-        local_groups_changed: Arc<tokio::sync::Notify>,
+        registry_hints: Arc<crate::registry_hints::RegistryHints>,
         asleep: bool,
     ) -> Result<Group, RaftNodeError> {
         // The state machine readies `snapshot_dir` (leftovers of interrupted transfers and
@@ -858,7 +943,7 @@ impl Group {
             snapshot_dir.to_path_buf(),
             s.snapshot_chunk_bytes as usize,
             master,
-            local_groups_changed,
+            registry_hints,
         )?;
         let state = sm.state();
         // The purge rule: the log is never purged past the state machine's flushed applied index.
@@ -1105,32 +1190,38 @@ fn local_shards(engine: &Engine) -> Result<Vec<GroupId>, RaftNodeError> {
 }
 
 /// Starts the group registry: opens the groups of this node's shards as the shard map
-/// names them (after every applied change of the meta group, and every
-/// [`REGISTRY_POLL_MS`]).
+/// names them, retires merged ones and indexes ranges: after every hint of the groups'
+/// apply (over the groups hinted), [`REGISTRY_POLL_MS`] after a round that left something
+/// pending, and over everything every [`REGISTRY_FULL_ROUND_MS`].
 fn spawn_registry(node: std::sync::Weak<RaftNode>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let Some((mut changes, local)) = node.upgrade().map(|n| (n.meta().state.subscribe(), n.opener.local_groups_changed.clone())) else {
+        let Some(hints) = node.upgrade().map(|n| n.opener.registry_hints.clone()) else {
             return;
         };
+        let mut next_full = tokio::time::Instant::now();
         loop {
             let Some(n) = node.upgrade() else { return };
-            let failed = n.ensure_shard_groups().await.map_err(|e| {
+            let full = tokio::time::Instant::now() >= next_full;
+            let started = std::time::Instant::now();
+            let failed = n.registry_round(full, None).await.map_err(|e| {
                 tracing::warn!(error = %e, "could not open the groups of this node's shards; retrying");
             });
+            tracing::debug!(full, took_ms = started.elapsed().as_millis() as u64, "registry round");
+            if full {
+                next_full = tokio::time::Instant::now() + Duration::from_millis(REGISTRY_FULL_ROUND_MS);
+            }
             // Something left to do (a failure, a shard not opened or not initialized yet):
-            // look again soon; else only on a change. A round reads every shard state of
-            // the node, so ten thousand idle shards must not pay it every second.
+            // look again soon (a failed round asked its successor to look at everything).
             let pending = failed.is_err()
-                || n.registry_deferred.load(Ordering::Relaxed)
+                || !n.deferred.lock().expect("deferred lock").is_empty()
                 || !n.uninitialized.lock().expect("uninitialized lock").is_empty();
             drop(n);
-            let poll = if pending { REGISTRY_POLL_MS } else { REGISTRY_IDLE_POLL_MS };
-            // A change of the shard map, a group's apply that created a group or changed a
-            // range, or the poll, whichever comes first.
+            let wait_until =
+                if pending { next_full.min(tokio::time::Instant::now() + Duration::from_millis(REGISTRY_POLL_MS)) } else { next_full };
+            // A hint (a group's apply changed a shard), the poll, or the full round's time.
             tokio::select! {
-                _ = changes.changed() => {}
-                _ = local.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(poll)) => {}
+                _ = hints.changed() => {}
+                _ = tokio::time::sleep_until(wait_until) => {}
             }
         }
     })

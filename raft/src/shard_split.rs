@@ -189,7 +189,7 @@ impl RaftNode {
             if let Some(g) = self.group(id) {
                 break g;
             }
-            self.ensure_shard_groups().await.map_err(|e| e.to_string())?;
+            self.ensure_shard_group(id).await.map_err(|e| e.to_string())?;
             if tokio::time::Instant::now() > deadline {
                 return Err(format!("not open after {SIBLING_OPEN_WAIT_MS} ms"));
             }

@@ -77,10 +77,12 @@ pub struct SmState {
     /// batch to its last, so no reader ever sees a half-installed group
     /// ([`SmState::read_gate`]).
     install_gate: Arc<tokio::sync::RwLock<()>>,
-    /// The node's group registry: told when this group's apply created another group's
-    /// state (a split) or changed its own range (a snapshot install), so that it opens
-    /// groups and indexes ranges again. Shared by every group of the node.
-    pub(crate) local_groups_changed: Arc<tokio::sync::Notify>,
+    /// The node's group registry: told which groups this group's apply changed (a data
+    /// shard: its own range by a split, a merge or a snapshot install, and the group its
+    /// batch created or removed; the meta group: the shards whose descriptor it recorded),
+    /// so that it opens and retires groups and indexes their ranges. Shared by every group
+    /// of the node.
+    pub(crate) registry_hints: Arc<crate::registry_hints::RegistryHints>,
     /// Bytes of cells written by applied writes since the shard's size was last measured
     /// after a flush ([`crate::shard_size`]): what RocksDB's size estimate, which counts
     /// only SST files, may be missing. A hint, not replicated state.
@@ -238,8 +240,8 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Opens the state machine of `group`, finishing a snapshot install that a crash
-    /// interrupted. `local_groups_changed` is the node's registry's notification
-    /// ([`SmState`]; a fresh one where no registry listens).
+    /// interrupted. `registry_hints` are the node's registry's ([`SmState`]; fresh
+    /// ones where no registry listens).
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         group: GroupId,
@@ -249,7 +251,7 @@ impl StateMachine {
         snapshot_dir: PathBuf,
         snapshot_chunk_bytes: usize,
         master: Option<Arc<MasterKey>>,
-        local_groups_changed: Arc<tokio::sync::Notify>,
+        registry_hints: Arc<crate::registry_hints::RegistryHints>,
     ) -> io::Result<Self> {
         let installing = engine.get(Cf::RaftMeta, &meta_key::key(group, meta_key::INSTALLING_SNAPSHOT)).map_err(io_err)?.is_some();
         snapshot_store::prepare_dir(&snapshot_dir, installing)?;
@@ -285,7 +287,7 @@ impl StateMachine {
             master,
             log_cipher,
             install_gate: Arc::new(tokio::sync::RwLock::new(())),
-            local_groups_changed,
+            registry_hints,
             written_bytes: std::sync::atomic::AtomicU64::new(0),
             size_changed: std::sync::atomic::AtomicBool::new(true),
             reshaped_at: std::sync::Mutex::new(std::time::Instant::now()),
@@ -435,6 +437,7 @@ impl StateMachine {
             GroupKind::Meta => {
                 let cat = Catalog::load(&self.state.engine, self.state.master.as_deref()).map_err(io_err)?;
                 *self.state.catalog.write().expect("catalog lock poisoned") = cat;
+                self.state.registry_hints.everything();
             }
             GroupKind::Data => {
                 let st = read_shard_state(&self.state.engine, self.state.group)?;
@@ -577,8 +580,7 @@ impl StateMachine {
                 Ok((Outcome::Job { target, resumed: true }, Some(CatalogChange::Job(tenant_id, job))))
             }
             Command::UpdateShard { desc } => {
-                let mut map = cat.shards.clone();
-                match map.record_report(desc.clone()) {
+                match cat.shards.check_report(&desc) {
                     Ok(true) => {
                         batch.put_value(&catalog::shard_key(desc.id), &desc.encode());
                         Ok((Outcome::Done, Some(CatalogChange::Shard(desc))))
@@ -588,8 +590,7 @@ impl StateMachine {
                 }
             }
             Command::RecordSplit { pieces } => {
-                let mut map = cat.shards.clone();
-                match map.record_split(&pieces) {
+                match cat.shards.check_split(&pieces) {
                     Ok(true) => {
                         for p in &pieces {
                             batch.put_value(&catalog::shard_key(p.id), &p.encode());
@@ -601,8 +602,7 @@ impl StateMachine {
                 }
             }
             Command::RecordShards { pieces } => {
-                let mut map = cat.shards.clone();
-                match map.record_tiling(&pieces) {
+                match cat.shards.check_tiling(&pieces) {
                     Ok(true) => {
                         let (start, end) = (&pieces[0].start, &pieces[pieces.len() - 1].end);
                         for gone in cat.shards.covering(start, end).iter().filter(|c| !pieces.iter().any(|p| p.id == c.id)) {
@@ -810,7 +810,7 @@ impl StateMachine {
                 match crate::split_apply::execute_split(engine, group, st, &membership, shard, epoch, at, new_id, batch)? {
                     Ok(s) => Ok((
                         Outcome::Split { left: s.left.desc.clone(), right: s.right.clone() },
-                        Some(CatalogChange::Reshaped(s.left, s.left_range)),
+                        Some(CatalogChange::Reshaped(s.left, s.left_range, s.right.id)),
                     )),
                     Err(e) => Ok((Outcome::Rejected(e), None)),
                 }
@@ -840,7 +840,7 @@ impl StateMachine {
                 drop(guard);
                 match crate::merge_apply::execute_commit(engine, group, &st, &source, prepare_index, batch)? {
                     Ok((merged, range)) => {
-                        Ok((Outcome::Merged { desc: merged.desc.clone() }, Some(CatalogChange::Reshaped(merged, range))))
+                        Ok((Outcome::Merged { desc: merged.desc.clone() }, Some(CatalogChange::Reshaped(merged, range, source.id))))
                     }
                     Err(e) => Ok((Outcome::Rejected(e), None)),
                 }
@@ -894,12 +894,15 @@ impl StateMachine {
 
     fn apply_catalog_change(&self, change: CatalogChange) {
         let mut cat = self.state.catalog.write().expect("catalog lock poisoned");
+        // The shards whose descriptor in the map changed: the node's registry looks at them.
+        let mut recorded: Vec<GroupId> = Vec::new();
         match change {
             CatalogChange::Tenant(name, id, keys, desc) => {
                 cat.tenants.insert(name, id);
                 if let Some(k) = keys {
                     cat.keys.insert(id, Arc::new(k));
                 }
+                recorded.push(desc.id);
                 if let Err(e) = cat.shards.create_tenant_shard(desc.id, desc.tenant, desc.replicas) {
                     // Checked before the batch was written: a failure here is a bug.
                     panic!("tenant {id}'s first shard, checked before, was refused: {e}");
@@ -907,16 +910,19 @@ impl StateMachine {
             }
             CatalogChange::Shard(desc) => {
                 let id = desc.id;
+                recorded.push(id);
                 if let Err(e) = cat.shards.record_report(desc) {
                     panic!("shard {id}'s report, checked before, was refused: {e}");
                 }
             }
             CatalogChange::Tiling(pieces) => {
+                recorded.extend(pieces.iter().map(|p| p.id));
                 if let Err(e) = cat.shards.record_tiling(&pieces) {
                     panic!("shard {}'s report, checked before, was refused: {e}", pieces[0].id);
                 }
             }
             CatalogChange::Split(pieces) => {
+                recorded.extend(pieces.iter().map(|p| p.id));
                 if let Err(e) = cat.shards.record_split(&pieces) {
                     panic!("shard {}'s split report, checked before, was refused: {e}", pieces[0].id);
                 }
@@ -927,7 +933,7 @@ impl StateMachine {
                 self.state.changed();
                 return;
             }
-            CatalogChange::Reshaped(st, range) => {
+            CatalogChange::Reshaped(st, range, other) => {
                 drop(cat);
                 {
                     // Readers take their view under the gate: none sees the state and the
@@ -940,7 +946,7 @@ impl StateMachine {
                 self.state.changed();
                 // The node's registry opens a split's new sibling, or retires a merge's
                 // source ([`crate::node::RaftNode::ensure_shard_groups`]).
-                self.state.local_groups_changed.notify_one();
+                self.state.registry_hints.groups([self.state.group, other]);
                 return;
             }
             CatalogChange::Keys(id, keys) => {
@@ -956,6 +962,9 @@ impl StateMachine {
             }
         }
         drop(cat);
+        if !recorded.is_empty() {
+            self.state.registry_hints.groups(recorded);
+        }
         self.state.changed();
     }
 }
@@ -1067,8 +1076,9 @@ enum CatalogChange {
     ShardState(ShardState),
     /// A data shard's range changed: a split (its left side; the child's state is stored
     /// only) or a merge (the neighbour's state is removed from storage, its group retired
-    /// by the registry). Its new state and range.
-    Reshaped(ShardState, KeyRange),
+    /// by the registry). Its new state and range, and the id of the other group (the
+    /// child, or the neighbour).
+    Reshaped(ShardState, KeyRange, GroupId),
     /// The meta group recorded a split report in the shard map.
     Split(Vec<ShardDesc>),
     /// The meta group recorded a report of the shards tiling a range (a merge).
@@ -1223,7 +1233,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let reloaded = sm.reload_catalog();
             drop(exclusive);
             // The range may have changed: the registry indexes it again.
-            sm.state.local_groups_changed.notify_one();
+            sm.state.registry_hints.groups([sm.state.group]);
             reloaded
         })
         .await

@@ -837,7 +837,7 @@ impl AdminService {
         let Some(desc) = shard.filter(|d| d.replicas.iter().any(|r| r.node == self.ctx.node.id)) else { return };
         while std::time::Instant::now() < deadline {
             if self.ctx.node.group(desc.id).is_none() {
-                let _ = self.ctx.node.ensure_shard_groups().await;
+                let _ = self.ctx.node.ensure_shard_group(desc.id).await;
             }
             if self.ctx.node.group(desc.id).is_some_and(|g| g.status_leader().is_some()) {
                 return;

@@ -17,8 +17,9 @@ pub const SPLIT_REPORT_PIECES_MAX: usize = 1_024;
 
 /// The data shards of the cluster: descriptors keyed by range start, and an index by id.
 ///
-/// **Invariants** ([`ShardMap::check_invariants`], checked after every mutation in debug
-/// builds): ranges never overlap; every tenant that has shards is covered exactly, without
+/// **Invariants** ([`ShardMap::check_invariants`]; after every mutation, in every build,
+/// [`ShardMap::check_around`] checks them where the map changed, and panics if broken):
+/// ranges never overlap; every tenant that has shards is covered exactly, without
 /// gap, from the start to the end of its [`tenant_range`]; ids are unique and none is
 /// [`META_SHARD`]; every descriptor validates ([`ShardDesc::validate`]). A mutation that
 /// would break one is refused with a [`ShardError`] and changes nothing.
@@ -121,7 +122,7 @@ impl ShardMap {
         let desc = ShardDesc { id, tenant, start, end, replicas, epoch: Epoch::INITIAL };
         desc.validate().map_err(|reason| ShardError::InvalidDescriptor { id, reason })?;
         self.insert(desc.clone());
-        self.debug_check();
+        self.assert_around(&desc.start, &desc.end);
         Ok(desc)
     }
 
@@ -140,7 +141,7 @@ impl ShardMap {
         assert!(left.end == right.start && parent.start == left.start && parent.end == right.end);
         self.insert(left.clone());
         self.insert(right.clone());
-        self.debug_check();
+        self.assert_around(&left.start, &right.end);
         Ok((left, right))
     }
 
@@ -155,13 +156,32 @@ impl ShardMap {
     /// replicas). Returns false, changing nothing, when the map's shard is already at that
     /// version or newer (a report repeated or overtaken).
     pub fn record_split(&mut self, pieces: &[ShardDesc]) -> Result<bool, ShardError> {
+        let Some(current) = self.plan_split(pieces)? else { return Ok(false) };
+        self.remove(current.id);
+        for p in pieces {
+            self.insert(p.clone());
+        }
+        self.assert_around(&current.start, &current.end);
+        Ok(true)
+    }
+
+    /// Whether [`ShardMap::record_split`] would record `pieces` (true), ignore them (false)
+    /// or refuse them; changes nothing. Time: logarithmic in the map's size, linear in the
+    /// pieces.
+    pub fn check_split(&self, pieces: &[ShardDesc]) -> Result<bool, ShardError> {
+        Ok(self.plan_split(pieces)?.is_some())
+    }
+
+    /// The map's shard that `pieces` (a split report) replace; None for a report repeated
+    /// or overtaken. Every cut is checked as [`ShardMap::split`] checks it.
+    fn plan_split(&self, pieces: &[ShardDesc]) -> Result<Option<ShardDesc>, ShardError> {
         let Some(first) = pieces.first() else {
             return Err(ShardError::InvalidDescriptor { id: 0, reason: "a split report with no descriptor".into() });
         };
         let id = first.id;
         let current = self.get(id).ok_or(ShardError::UnknownShard(id))?.clone();
         if first.epoch.version <= current.epoch.version {
-            return Ok(false);
+            return Ok(None);
         }
         let refuse = |reason: String| Err(ShardError::InvalidDescriptor { id, reason });
         if pieces.len() < 2 || pieces.len() > SPLIT_REPORT_PIECES_MAX {
@@ -185,16 +205,15 @@ impl ShardMap {
                 return refuse(format!("piece {i} (shard {}) does not follow piece {} or repeats an id", p.id, i - 1));
             }
         }
-        let mut next = self.clone();
+        // Each cut as `split` checks it: a new id, a valid point of what is left to cut.
         for pair in pieces.windows(2) {
-            next.split(pair[0].id, &pair[1].start, pair[1].id)?;
+            let (left, right) = (&pair[0], &pair[1]);
+            self.check_new_id(right.id)?;
+            let rest = ShardDesc { start: left.start.clone(), ..current.clone() };
+            is_valid_split_point(&rest, &right.start)
+                .map_err(|reason| ShardError::BadSplitPoint { id: left.id, at: printable_key(&right.start), reason })?;
         }
-        for p in pieces {
-            next.insert(p.clone());
-        }
-        next.debug_check();
-        *self = next;
-        Ok(true)
+        Ok(Some(current))
     }
 
     /// Records `pieces`, contiguous descriptors of one tenant, as the shards of their range
@@ -204,6 +223,27 @@ impl ShardMap {
     /// overlaps and differs from. Returns false, changing nothing, for an older or repeated
     /// report; an error for a malformed one.
     pub fn record_tiling(&mut self, pieces: &[ShardDesc]) -> Result<bool, ShardError> {
+        let Some(replaced) = self.plan_tiling(pieces)? else { return Ok(false) };
+        for id in replaced {
+            self.remove(id);
+        }
+        for p in pieces {
+            self.insert(p.clone());
+        }
+        self.assert_around(&pieces[0].start, &pieces[pieces.len() - 1].end);
+        Ok(true)
+    }
+
+    /// Whether [`ShardMap::record_tiling`] would record `pieces` (true), ignore them (false)
+    /// or refuse them; changes nothing. Time: logarithmic in the map's size, linear in the
+    /// shards of the range.
+    pub fn check_tiling(&self, pieces: &[ShardDesc]) -> Result<bool, ShardError> {
+        Ok(self.plan_tiling(pieces)?.is_some())
+    }
+
+    /// The ids of the map's shards that `pieces` replace; None for an older or repeated
+    /// report, or one the map cannot place yet.
+    fn plan_tiling(&self, pieces: &[ShardDesc]) -> Result<Option<Vec<ShardId>>, ShardError> {
         let Some(first) = pieces.first() else {
             return Err(ShardError::InvalidDescriptor { id: 0, reason: "a report with no descriptor".into() });
         };
@@ -217,42 +257,35 @@ impl ShardMap {
                 return refuse(p.id, format!("piece {i} is of another tenant, does not follow piece {}, or repeats an id", i.max(1) - 1));
             }
         }
-        let (start, end) = (first.start.clone(), pieces.last().expect("one piece").end.clone());
-        let current: Vec<ShardDesc> = self.covering(&start, &end).into_iter().cloned().collect();
-        let tiles = current.first().is_some_and(|c| c.start == start) && current.last().is_some_and(|c| c.end == end);
+        let (start, end) = (&first.start, &pieces.last().expect("one piece").end);
+        let current = self.covering(start, end);
+        let tiles = current.first().is_some_and(|c| &c.start == start) && current.last().is_some_and(|c| &c.end == end);
         if !tiles {
             // The map cuts the range elsewhere (a split of a neighbour not reported yet):
             // a later report, once the map caught up, applies.
-            return Ok(false);
+            return Ok(None);
         }
         let mut changed = false;
         for p in pieces {
             for c in current.iter().filter(|c| c.start < p.end && p.start < c.end) {
-                if c == p {
+                if *c == p {
                     continue;
                 }
                 if p.epoch.version <= c.epoch.version {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 changed = true;
             }
         }
         if !changed {
-            return Ok(false);
-        }
-        let mut next = self.clone();
-        for c in &current {
-            next.remove(c.id);
+            return Ok(None);
         }
         for p in pieces {
-            if let Some(other) = next.get(p.id) {
+            if let Some(other) = self.get(p.id).filter(|other| !current.iter().any(|c| c.id == other.id)) {
                 return refuse(p.id, format!("shard {} is in the map elsewhere, at {}", p.id, printable_key(&other.start)));
             }
-            next.insert(p.clone());
         }
-        next.debug_check();
-        *self = next;
-        Ok(true)
+        Ok(Some(current.iter().map(|c| c.id).collect()))
     }
 
     /// Merges shard `right_id` into shard `left_id`: they must be adjacent (left's end is
@@ -283,7 +316,7 @@ impl ShardMap {
         let removed = self.remove(right_id);
         assert!(removed.is_some(), "right shard vanished");
         self.insert(merged.clone());
-        self.debug_check();
+        self.assert_around(&merged.start, &merged.end);
         Ok(merged)
     }
 
@@ -295,7 +328,7 @@ impl ShardMap {
         let desc = ShardDesc { replicas, epoch: Epoch { conf_ver, version: current.epoch.version }, ..current.clone() };
         desc.validate().map_err(|reason| ShardError::InvalidDescriptor { id, reason })?;
         self.insert(desc.clone());
-        self.debug_check();
+        self.assert_around(&desc.start, &desc.end);
         Ok(desc)
     }
 
@@ -303,6 +336,18 @@ impl ShardMap {
     /// tenant and range as the map's, and a newer `conf_ver` (an older or equal report is
     /// ignored: returns false).
     pub fn record_report(&mut self, desc: ShardDesc) -> Result<bool, ShardError> {
+        if !self.check_report(&desc)? {
+            return Ok(false);
+        }
+        let (start, end) = (desc.start.clone(), desc.end.clone());
+        self.insert(desc);
+        self.assert_around(&start, &end);
+        Ok(true)
+    }
+
+    /// Whether [`ShardMap::record_report`] would record `desc` (true), ignore it (false) or
+    /// refuse it; changes nothing.
+    pub fn check_report(&self, desc: &ShardDesc) -> Result<bool, ShardError> {
         let id = desc.id;
         let current = self.get(id).ok_or(ShardError::UnknownShard(id))?;
         if (current.tenant, &current.start, &current.end, current.epoch.version)
@@ -314,8 +359,6 @@ impl ShardMap {
             return Ok(false);
         }
         desc.validate().map_err(|reason| ShardError::InvalidDescriptor { id, reason })?;
-        self.insert(desc);
-        self.debug_check();
         Ok(true)
     }
 
@@ -325,7 +368,9 @@ impl ShardMap {
         let ids: Vec<ShardId> = self.shards_of_tenant(tenant).map(|d| d.id).collect();
         let removed: Vec<ShardDesc> = ids.into_iter().map(|id| self.remove(id).expect("a listed shard is in the map")).collect();
         assert!(self.shards_of_tenant(tenant).next().is_none(), "tenant still has shards");
-        self.debug_check();
+        if let Some((start, end)) = tenant_range(tenant) {
+            self.assert_around(&start, &end);
+        }
         removed
     }
 
@@ -414,12 +459,79 @@ impl ShardMap {
         self.by_start.remove(&start)
     }
 
-    /// Every invariant, in debug builds (linear time, so not in release).
-    fn debug_check(&self) {
-        if cfg!(debug_assertions) {
-            if let Err(broken) = self.check_invariants() {
-                panic!("shard map invariant broken: {broken}");
+    /// Checks the invariants of [`ShardMap`] where a mutation changed the map: the shards
+    /// that start inside `[start, end)` and the two on each side, their order, the tenant
+    /// ends among them, and their id index. Time: logarithmic in the map's size, linear in
+    /// the shards of the range (so every mutation can afford it, in every build).
+    pub fn check_around(&self, start: &[u8], end: &[u8]) -> Result<(), String> {
+        if self.start_by_id.len() != self.by_start.len() {
+            return Err(format!("{} ids index {} shards", self.start_by_id.len(), self.by_start.len()));
+        }
+        let before: Vec<&ShardDesc> =
+            self.by_start.range::<[u8], _>((Bound::Unbounded, Bound::Excluded(start))).rev().take(2).map(|(_, d)| d).collect();
+        let inside = (start < end)
+            .then(|| self.by_start.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end))))
+            .into_iter()
+            .flatten()
+            .map(|(_, d)| d);
+        let after: Vec<&ShardDesc> = self.by_start.range::<[u8], _>((Bound::Included(end), Bound::Unbounded)).take(2).map(|(_, d)| d).collect();
+        let window: Vec<&ShardDesc> = before.iter().rev().copied().chain(inside).chain(after.iter().copied()).collect();
+        for desc in &window {
+            if desc.id == META_SHARD {
+                return Err("the meta group is in the map".to_owned());
             }
+            desc.validate().map_err(|reason| format!("shard {}: {reason}", desc.id))?;
+            if self.start_by_id.get(&desc.id) != Some(&desc.start) || self.by_start.get(&desc.start).map(|d| d.id) != Some(desc.id) {
+                return Err(format!("shard {} is filed under another start, or its id index is wrong", desc.id));
+            }
+        }
+        let starts_tenant = |desc: &ShardDesc| -> Result<(), String> {
+            let (tenant_start, _) = tenant_range(desc.tenant).expect("validated tenant");
+            if desc.start != tenant_start {
+                return Err(format!(
+                    "tenant {}'s first shard {} starts at {}, not at its range's start",
+                    desc.tenant,
+                    desc.id,
+                    printable_key(&desc.start)
+                ));
+            }
+            Ok(())
+        };
+        for pair in window.windows(2) {
+            let (prev, desc) = (pair[0], pair[1]);
+            if prev.tenant == desc.tenant {
+                if prev.end != desc.start {
+                    return Err(format!(
+                        "shards {} and {} of tenant {} {}: {} then {}",
+                        prev.id,
+                        desc.id,
+                        desc.tenant,
+                        if prev.end > desc.start { "overlap" } else { "leave a gap" },
+                        printable_key(&prev.end),
+                        printable_key(&desc.start)
+                    ));
+                }
+            } else {
+                check_tenant_ends(prev)?;
+                starts_tenant(desc)?;
+            }
+        }
+        // The window's ends, when nothing lies beyond them.
+        if let (true, Some(first)) = (before.len() < 2, window.first()) {
+            starts_tenant(first)?;
+        }
+        if let (true, Some(last)) = (after.len() < 2, window.last()) {
+            check_tenant_ends(last)?;
+        }
+        Ok(())
+    }
+
+    /// [`ShardMap::check_around`], panicking: the mutation that just ran checked its input,
+    /// so a broken invariant here is a bug, and serving a broken map would route writes to
+    /// the wrong shard.
+    fn assert_around(&self, start: &[u8], end: &[u8]) {
+        if let Err(broken) = self.check_around(start, end) {
+            panic!("shard map invariant broken: {broken}");
         }
     }
 }
@@ -660,6 +772,8 @@ mod tests {
             change(&mut bad);
             let err = bad.check_invariants().expect_err(reason);
             assert!(err.contains(reason), "{err:?} does not say {reason:?}");
+            // The local check, over a window that holds the whole map, catches it too.
+            assert!(bad.check_around(b"", &[0xff; 32]).is_err(), "check_around missed: {reason}");
             let loaded = ShardMap::from_descs(bad.by_start.values().cloned());
             if in_descs {
                 assert!(matches!(loaded, Err(ShardError::BrokenMap(_))), "{loaded:?}");
