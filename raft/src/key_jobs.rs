@@ -45,7 +45,8 @@ pub fn spawn(node: Weak<RaftNode>) -> tokio::task::JoinHandle<()> {
             // were awake, a node removed since), so ten thousand idle shards cost little.
             let full = round.is_multiple_of(FULL_PASS_ROUNDS);
             round += 1;
-            let led: Vec<Arc<Group>> = n.data_groups().into_iter().filter(|g| looked_at(g, full)).collect();
+            let groups = if full { n.data_groups() } else { n.awake_data_groups() };
+            let led: Vec<Arc<Group>> = groups.into_iter().filter(|g| looked_at(g, full)).collect();
             let cleared = clear_dropped_tables(&n, &led).await;
             report_shards(&n, &led).await;
             repair_replicas(&n, &led).await;

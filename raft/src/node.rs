@@ -729,6 +729,18 @@ impl RaftNode {
         self.groups.read().expect("groups lock").values().filter(|g| g.state.kind == GroupKind::Data).cloned().collect()
     }
 
+    /// The data groups of this node that are awake ([`crate::sleep`]): what the periodic
+    /// tasks look at, so that ten thousand sleeping shards cost them one atomic load each.
+    pub fn awake_data_groups(&self) -> Vec<Arc<Group>> {
+        self.groups
+            .read()
+            .expect("groups lock")
+            .values()
+            .filter(|g| g.state.kind == GroupKind::Data && !g.sleep.is_asleep())
+            .cloned()
+            .collect()
+    }
+
     /// The node's Raft settings.
     pub(crate) fn settings(&self) -> &RaftSettings {
         &self.opener.settings
@@ -1092,6 +1104,15 @@ impl Group {
     /// The group's leader, as far as this node knows.
     pub fn status_leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// The group's leader as far as this replica knows, or else the node its committed
+    /// vote names: the leader it followed before it restarted (a replica that restarts
+    /// knows no current leader until it hears one).
+    pub fn last_known_leader(&self) -> Option<NodeId> {
+        use openraft::vote::RaftLeaderId;
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.current_leader.or_else(|| m.vote.is_committed().then(|| *m.vote.leader_id().node_id()))
     }
 
     /// Whether this node is the group's leader, as far as it knows.

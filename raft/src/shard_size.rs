@@ -55,15 +55,28 @@ impl Default for ShardingSettings {
 /// round continues.
 pub const RESHAPES_PER_ROUND_MAX: usize = 16;
 
+/// How long a small shard that could not merge (its neighbour is not small, not settled,
+/// or on other replicas) waits before it is measured again, milliseconds. A write to it
+/// has it measured at the next round anyway.
+pub const MERGE_RECHECK_MS: u64 = 60_000;
+
+/// Small shards waiting to be looked at again for a merge, with when: at the end of their
+/// `split_merge_interval_ms`, or [`MERGE_RECHECK_MS`] after a merge that could not be
+/// done. Without it every small shard would be measured every round (ten thousand idle
+/// shards: thousands of RocksDB reads a second). At most one entry per shard this node
+/// leads.
+type MergeWaits = std::collections::BTreeMap<GroupId, std::time::Instant>;
+
 /// Starts the size checker of `node`. It ends when the node is dropped.
 pub fn spawn(node: Weak<RaftNode>, settings: ShardingSettings) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut prepared_before = Vec::new();
+        let mut waits = MergeWaits::new();
         loop {
             tokio::time::sleep(Duration::from_millis(settings.check_interval_ms.max(100))).await;
             let Some(n) = node.upgrade() else { return };
             prepared_before = crate::shard_merge::finish_prepared_merges(&n, &prepared_before).await;
-            round(&n, &settings).await;
+            round(&n, &settings, &mut waits).await;
         }
     })
 }
@@ -99,8 +112,20 @@ async fn flush_and_reset(groups: &[std::sync::Arc<Group>]) -> bool {
     true
 }
 
-/// One round: splits, then merges, on the shards this node leads whose data changed.
-async fn round(node: &RaftNode, s: &ShardingSettings) {
+/// One round: splits, then merges, on the shards this node leads whose data changed or
+/// whose wait in `waits` is over.
+async fn round(node: &RaftNode, s: &ShardingSettings, waits: &mut MergeWaits) {
+    let now = std::time::Instant::now();
+    let due: Vec<GroupId> = waits.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
+    for id in due {
+        waits.remove(&id);
+        if let Some(g) = node.group(id) {
+            g.state.size_changed.store(true, Ordering::Relaxed);
+        }
+    }
+    let recheck = |waits: &mut MergeWaits, id: GroupId| {
+        waits.insert(id, std::time::Instant::now() + Duration::from_millis(MERGE_RECHECK_MS));
+    };
     let mut flushed = false;
     let mut reshaped = 0usize;
     let leading: Vec<std::sync::Arc<Group>> = node
@@ -112,7 +137,7 @@ async fn round(node: &RaftNode, s: &ShardingSettings) {
     let mut small: Vec<GroupId> = Vec::new();
     for g in &leading {
         if reshaped >= RESHAPES_PER_ROUND_MAX {
-            return;
+            break;
         }
         if !g.state.size_changed.swap(false, Ordering::Relaxed) {
             continue;
@@ -144,33 +169,46 @@ async fn round(node: &RaftNode, s: &ShardingSettings) {
             continue;
         }
         if s.auto_merge && (empty || size < s.merge_size_bytes) && has_right_neighbour(node, g) {
-            small.push(g.id);
-            // Looked at again next round: a merge waits for its neighbour to be small too,
-            // and for both to be settled. (A tenant's last shard has nothing to merge
-            // with: an idle tenant's only shard is not looked at again.)
-            g.state.size_changed.store(true, Ordering::Relaxed);
+            // A merge waits for both shards to be settled and its neighbour to be small
+            // too. (A tenant's last shard has nothing to merge with: an idle tenant's only
+            // shard is not looked at again.)
+            match settles_at(g, s) {
+                Some(at) => {
+                    waits.insert(g.id, at);
+                }
+                None => small.push(g.id),
+            }
         }
     }
-    for id in small {
+    let mut small = small.into_iter();
+    for id in small.by_ref() {
         if reshaped >= RESHAPES_PER_ROUND_MAX {
-            return;
+            recheck(waits, id);
+            break;
         }
         let Some(g) = node.group(id).filter(|g| g.is_leader()) else { continue };
-        if !settled(&g, s) {
-            continue;
-        }
         let Some(target) = g.state.shard().map(|st| st.desc) else { continue };
         let Some(right) = node.local_group_starting_at(&target.end) else { continue };
         let Some(right_state) = right.state.shard() else { continue };
-        if right_state.desc.tenant != target.tenant || right_state.merging.is_some() || !settled(&right, s) {
+        if right_state.desc.tenant != target.tenant {
+            continue;
+        }
+        if right_state.merging.is_some() {
+            waits.insert(id, now);
+            continue;
+        }
+        if let Some(at) = settles_at(&right, s) {
+            waits.insert(id, at);
             continue;
         }
         let Some((right_disk, right_written, right_empty)) = measure(&right).await else { continue };
         if !(right_empty || right_disk.saturating_add(right_written) < s.merge_size_bytes) {
+            recheck(waits, id);
             continue;
         }
         if !right_state.desc.same_replica_set(&target) {
             tracing::debug!(shard = id, right = right_state.desc.id, "small neighbours on different replicas: not merged");
+            recheck(waits, id);
             continue;
         }
         reshaped += 1;
@@ -178,8 +216,15 @@ async fn round(node: &RaftNode, s: &ShardingSettings) {
             Ok(merged) => {
                 tracing::info!(shard = id, source = right_state.desc.id, merged = %merged, "merged small neighbours")
             }
-            Err(e) => tracing::info!(shard = id, source = right_state.desc.id, error = %e, "an automatic merge was not done"),
+            Err(e) => {
+                tracing::info!(shard = id, source = right_state.desc.id, error = %e, "an automatic merge was not done");
+                recheck(waits, id);
+            }
         }
+    }
+    // Left over by the bound on a round's work: looked at again next round.
+    for id in small {
+        waits.insert(id, now);
     }
 }
 
@@ -189,7 +234,11 @@ fn has_right_neighbour(node: &RaftNode, g: &Group) -> bool {
     node.local_group_starting_at(&desc.end).and_then(|r| r.state.shard()).is_some_and(|r| r.desc.tenant == desc.tenant)
 }
 
-/// Whether `g` opened, split or merged more than `split_merge_interval_ms` ago.
-fn settled(g: &Group, s: &ShardingSettings) -> bool {
-    g.state.reshaped_at.lock().expect("reshaped_at lock poisoned").elapsed() >= Duration::from_millis(s.split_merge_interval_ms)
+/// When `g` will have opened, split or merged `split_merge_interval_ms` ago; None if it has.
+fn settles_at(g: &Group, s: &ShardingSettings) -> Option<std::time::Instant> {
+    let now = std::time::Instant::now();
+    let reshaped_at = *g.state.reshaped_at.lock().expect("reshaped_at lock poisoned");
+    // An interval too long to add is "not in this process's lifetime": a day, then again.
+    let at = reshaped_at.checked_add(Duration::from_millis(s.split_merge_interval_ms)).unwrap_or(now + Duration::from_secs(86_400));
+    (at > now).then_some(at)
 }

@@ -26,10 +26,17 @@
 //! node's probe: a node that stops hearing a sleeping leader over one broken link must not
 //! win an election the awake replicas would refuse (their leader lease would still hold).
 //!
-//! A node starts its data groups asleep. After its first probe round it wakes those whose
-//! leader is itself, unknown, or a node that did not answer; the others wait for their
-//! leader, which learns of the restart from its own probe. A restarted node therefore does
-//! not start an election in every shard it holds while their leaders are alive.
+//! A node starts its data groups asleep. Once every other node answered its probe, or
+//! [`PROBE_START_GRACE_MS`] after it started, it wakes those whose leader is itself,
+//! unknown, or a node that did not answer; the others wait for their leader, which learns
+//! of the restart from its own probe. A restarted node therefore does not start an
+//! election in every shard it holds while their leaders are alive. Within that grace, a
+//! node that has not answered since this one started is not taken for dead: after a
+//! whole-cluster restart, nodes opening thousands of shards answer late, and their shards
+//! must not all elect elsewhere meanwhile.
+//!
+//! The probe wakes at most [`PROBE_WAKES_PER_ROUND_MAX`] shards per round and keeps at most
+//! [`PROBE_AWAKE_MAX`] of those it woke awake; the rest wait their turn.
 //!
 //! A replica that is down keeps its shards' leaders awake (a leader sleeps only when every
 //! replica agrees). The meta group never sleeps.
@@ -51,6 +58,18 @@ use crate::{GroupId, NodeId, Raft, META_GROUP};
 /// Most shards the probe wakes per round (one heartbeat interval), count; the others wait
 /// for the next rounds.
 const PROBE_WAKES_PER_ROUND_MAX: usize = 128;
+/// Most shards the probe has woken that are still awake, count: more wait until some sleep
+/// again. Each awake shard heartbeats and may elect; ten thousand at once (a whole-cluster
+/// restart, a node that led thousands dying) would bury the nodes in messages.
+const PROBE_AWAKE_MAX: usize = 512;
+/// How long a shard the probe woke counts against [`PROBE_AWAKE_MAX`] at most,
+/// milliseconds: one that stays awake (it is written to) stops counting after it.
+const PROBE_WAKE_SETTLE_MS: u64 = 10_000;
+
+/// How long after a node started a peer that has not answered its probe yet is presumed
+/// alive, milliseconds (see the module docs): a failed node's shards elect new leaders
+/// this much later when the other nodes restart too.
+pub const PROBE_START_GRACE_MS: u64 = 60_000;
 
 /// How often a node looks for idle groups it leads, milliseconds.
 const SLEEP_CHECK_MS: u64 = 250;
@@ -228,9 +247,10 @@ pub fn spawn_sleeper(node: Weak<RaftNode>, idle_ms: u64) -> tokio::task::JoinHan
             tokio::time::sleep(Duration::from_millis(SLEEP_CHECK_MS)).await;
             let Some(n) = node.upgrade() else { return };
             let mut candidates = Vec::new();
-            let groups = n.data_groups();
-            let open: std::collections::BTreeSet<GroupId> = groups.iter().map(|g| g.id).collect();
-            seen.retain(|id, _| open.contains(id));
+            // Only awake groups: a sleeping one has nothing to do here.
+            let groups = n.awake_data_groups();
+            let awake: std::collections::HashSet<GroupId> = groups.iter().map(|g| g.id).collect();
+            seen.retain(|id, _| awake.contains(id));
             for g in groups {
                 if g.sleep.is_asleep() || !g.is_leader() {
                     seen.remove(&g.id);
@@ -289,17 +309,28 @@ pub struct Liveness {
     last_ok: Mutex<BTreeMap<NodeId, Instant>>,
     /// `raft.election_timeout_min_ms`: a node silent this long is dead to the probe.
     dead_after: Duration,
+    /// When this node started: [`PROBE_START_GRACE_MS`] counts from it.
+    started: Instant,
 }
 
 impl Liveness {
     pub fn new(dead_after: Duration) -> Liveness {
-        Liveness { last_ok: Mutex::new(BTreeMap::new()), dead_after }
+        Liveness { last_ok: Mutex::new(BTreeMap::new()), dead_after, started: Instant::now() }
     }
 
-    /// Whether node `id` answered a probe within the last `raft.election_timeout_min_ms`.
+    /// Whether node `id` answered a probe within the last `raft.election_timeout_min_ms`,
+    /// or, having never answered, is within [`PROBE_START_GRACE_MS`] of this node's start.
     pub fn answers(&self, id: NodeId) -> bool {
         let last = self.last_ok.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied();
-        last.is_some_and(|t| t.elapsed() < self.dead_after)
+        match last {
+            Some(t) => t.elapsed() < self.dead_after,
+            None => self.in_start_grace(),
+        }
+    }
+
+    /// Whether this node started less than [`PROBE_START_GRACE_MS`] ago.
+    fn in_start_grace(&self) -> bool {
+        self.started.elapsed() < Duration::from_millis(PROBE_START_GRACE_MS)
     }
 
     fn answered(&self, id: NodeId) {
@@ -366,6 +397,8 @@ pub fn spawn_probe(node: Weak<RaftNode>, liveness: Arc<Liveness>, interval_ms: u
         let started = Instant::now();
         let mut to_wake: std::collections::VecDeque<(Arc<Group>, &'static str)> = std::collections::VecDeque::new();
         let mut queued: std::collections::BTreeSet<GroupId> = std::collections::BTreeSet::new();
+        // The shards this probe woke, with when, until they sleep again (or settle).
+        let mut woken: Vec<(Arc<Group>, Instant)> = Vec::new();
         loop {
             let Some(n) = node.upgrade() else { return };
             let targets: Vec<(NodeId, String)> = n.meta().members().into_iter().filter(|(id, _)| *id != n.id).collect();
@@ -393,7 +426,9 @@ pub fn spawn_probe(node: Weak<RaftNode>, liveness: Arc<Liveness>, interval_ms: u
                         *p = Peer { last_ok: Instant::now(), boot: Some(b), dead: false };
                     }
                     None => {
-                        if p.last_ok.elapsed() >= Duration::from_millis(dead_after_ms) {
+                        // One that never answered is presumed alive within the start grace.
+                        let never = p.boot.is_none() && liveness.in_start_grace();
+                        if !never && p.last_ok.elapsed() >= Duration::from_millis(dead_after_ms) {
                             p.dead = true;
                         }
                     }
@@ -402,11 +437,21 @@ pub fn spawn_probe(node: Weak<RaftNode>, liveness: Arc<Liveness>, interval_ms: u
                     dead.push(id);
                 }
             }
+            // The groups opened asleep at start are looked at once every peer answered or
+            // could have (a whole-cluster restart: the peers may not listen yet when this
+            // node's first round runs, and their shards are not leaderless for that).
+            let started_round =
+                first && (targets.iter().all(|(id, _)| peers.get(id).is_some_and(|p| p.boot.is_some())) || !liveness.in_start_grace());
+            if first && !started_round {
+                drop(n);
+                tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+                continue;
+            }
             // Most rounds change nothing: the groups are looked at only when a node was
             // found dead or back, and after the first round.
             let groups = if first || !dead.is_empty() || !back.is_empty() { n.data_groups() } else { Vec::new() };
             for g in groups {
-                let leader = g.status_leader();
+                let leader = if first { g.last_known_leader() } else { g.status_leader() };
                 let wake = if first {
                     // A group opened asleep at start: keep it asleep only while its leader
                     // is another node that answered.
@@ -423,13 +468,20 @@ pub fn spawn_probe(node: Weak<RaftNode>, liveness: Arc<Liveness>, interval_ms: u
                     to_wake.push_back((g, if first { "the node started" } else { "the probe" }));
                 }
             }
-            // At most PROBE_WAKES_PER_ROUND_MAX per round: thousands of shards electing at
-            // once (their leader's node died, or the whole cluster restarted) would bury
-            // the node in votes and heartbeats.
-            for _ in 0..PROBE_WAKES_PER_ROUND_MAX {
+            // At most PROBE_WAKES_PER_ROUND_MAX per round, and PROBE_AWAKE_MAX awake:
+            // thousands of shards electing at once (their leader's node died, or the whole
+            // cluster restarted) would bury the node in votes and heartbeats.
+            let settle = Duration::from_millis(PROBE_WAKE_SETTLE_MS);
+            woken.retain(|(g, at)| !g.sleep.is_asleep() && at.elapsed() < settle);
+            let room = PROBE_AWAKE_MAX.saturating_sub(woken.len()).min(PROBE_WAKES_PER_ROUND_MAX);
+            for _ in 0..room {
                 let Some((g, why)) = to_wake.pop_front() else { break };
                 queued.remove(&g.id);
                 g.sleep.wake(why);
+                woken.push((g, Instant::now()));
+            }
+            if !to_wake.is_empty() {
+                tracing::debug!(waiting = to_wake.len(), awake = woken.len(), "shards wait for the probe to wake them");
             }
             if !back.is_empty() {
                 tracing::info!(nodes = ?back, "nodes answer again (or restarted): the shards led here that they hold are awake");

@@ -579,44 +579,38 @@ impl StateMachine {
                 batch.put_value(&keyring::job_key(tenant_id), &job.encode());
                 Ok((Outcome::Job { target, resumed: true }, Some(CatalogChange::Job(tenant_id, job))))
             }
-            Command::UpdateShard { desc } => {
-                match cat.shards.check_report(&desc) {
-                    Ok(true) => {
-                        batch.put_value(&catalog::shard_key(desc.id), &desc.encode());
-                        Ok((Outcome::Done, Some(CatalogChange::Shard(desc))))
-                    }
-                    Ok(false) => Ok((Outcome::Done, None)),
-                    Err(e) => Ok((Outcome::Rejected(AppError::invalid(e.to_string())), None)),
+            Command::UpdateShard { desc } => match cat.shards.check_report(&desc) {
+                Ok(true) => {
+                    batch.put_value(&catalog::shard_key(desc.id), &desc.encode());
+                    Ok((Outcome::Done, Some(CatalogChange::Shard(desc))))
                 }
-            }
-            Command::RecordSplit { pieces } => {
-                match cat.shards.check_split(&pieces) {
-                    Ok(true) => {
-                        for p in &pieces {
-                            batch.put_value(&catalog::shard_key(p.id), &p.encode());
-                        }
-                        Ok((Outcome::Done, Some(CatalogChange::Split(pieces))))
+                Ok(false) => Ok((Outcome::Done, None)),
+                Err(e) => Ok((Outcome::Rejected(AppError::invalid(e.to_string())), None)),
+            },
+            Command::RecordSplit { pieces } => match cat.shards.check_split(&pieces) {
+                Ok(true) => {
+                    for p in &pieces {
+                        batch.put_value(&catalog::shard_key(p.id), &p.encode());
                     }
-                    Ok(false) => Ok((Outcome::Done, None)),
-                    Err(e) => Ok((Outcome::Rejected(e.into()), None)),
+                    Ok((Outcome::Done, Some(CatalogChange::Split(pieces))))
                 }
-            }
-            Command::RecordShards { pieces } => {
-                match cat.shards.check_tiling(&pieces) {
-                    Ok(true) => {
-                        let (start, end) = (&pieces[0].start, &pieces[pieces.len() - 1].end);
-                        for gone in cat.shards.covering(start, end).iter().filter(|c| !pieces.iter().any(|p| p.id == c.id)) {
-                            batch.delete(Cf::Data, &catalog::shard_key(gone.id));
-                        }
-                        for p in &pieces {
-                            batch.put_value(&catalog::shard_key(p.id), &p.encode());
-                        }
-                        Ok((Outcome::Done, Some(CatalogChange::Tiling(pieces))))
+                Ok(false) => Ok((Outcome::Done, None)),
+                Err(e) => Ok((Outcome::Rejected(e.into()), None)),
+            },
+            Command::RecordShards { pieces } => match cat.shards.check_tiling(&pieces) {
+                Ok(true) => {
+                    let (start, end) = (&pieces[0].start, &pieces[pieces.len() - 1].end);
+                    for gone in cat.shards.covering(start, end).iter().filter(|c| !pieces.iter().any(|p| p.id == c.id)) {
+                        batch.delete(Cf::Data, &catalog::shard_key(gone.id));
                     }
-                    Ok(false) => Ok((Outcome::Done, None)),
-                    Err(e) => Ok((Outcome::Rejected(e.into()), None)),
+                    for p in &pieces {
+                        batch.put_value(&catalog::shard_key(p.id), &p.encode());
+                    }
+                    Ok((Outcome::Done, Some(CatalogChange::Tiling(pieces))))
                 }
-            }
+                Ok(false) => Ok((Outcome::Done, None)),
+                Err(e) => Ok((Outcome::Rejected(e.into()), None)),
+            },
             Command::AllocShardIds { count } => {
                 if count == 0 || count > crate::command::SHARD_IDS_ALLOC_MAX {
                     return Ok((

@@ -405,7 +405,10 @@ impl Ctx {
         if listed_here {
             // The map names this node, but its registry has not opened the group yet (or a
             // split applied here made a group the registry has not opened yet).
-            self.node.ensure_shard_group(desc.id).await.map_err(|e| Status::unavailable(format!("opening shard {}: {e}; retry", desc.id)))?;
+            self.node
+                .ensure_shard_group(desc.id)
+                .await
+                .map_err(|e| Status::unavailable(format!("opening shard {}: {e}; retry", desc.id)))?;
             if let Some(g) = self.node.local_group_for(key).or_else(|| self.node.group(desc.id)) {
                 return Ok(ShardRoute::Local(g));
             }

@@ -210,8 +210,11 @@ impl ShardMap {
             let (left, right) = (&pair[0], &pair[1]);
             self.check_new_id(right.id)?;
             let rest = ShardDesc { start: left.start.clone(), ..current.clone() };
-            is_valid_split_point(&rest, &right.start)
-                .map_err(|reason| ShardError::BadSplitPoint { id: left.id, at: printable_key(&right.start), reason })?;
+            is_valid_split_point(&rest, &right.start).map_err(|reason| ShardError::BadSplitPoint {
+                id: left.id,
+                at: printable_key(&right.start),
+                reason,
+            })?;
         }
         Ok(Some(current))
     }
@@ -474,7 +477,8 @@ impl ShardMap {
             .into_iter()
             .flatten()
             .map(|(_, d)| d);
-        let after: Vec<&ShardDesc> = self.by_start.range::<[u8], _>((Bound::Included(end), Bound::Unbounded)).take(2).map(|(_, d)| d).collect();
+        let after: Vec<&ShardDesc> =
+            self.by_start.range::<[u8], _>((Bound::Included(end), Bound::Unbounded)).take(2).map(|(_, d)| d).collect();
         let window: Vec<&ShardDesc> = before.iter().rev().copied().chain(inside).chain(after.iter().copied()).collect();
         for desc in &window {
             if desc.id == META_SHARD {
