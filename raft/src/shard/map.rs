@@ -392,34 +392,9 @@ impl ShardMap {
                 return Err("the meta group is in the map".to_owned());
             }
             desc.validate().map_err(|reason| format!("shard {}: {reason}", desc.id))?;
-            let (tenant_start, _) = tenant_range(desc.tenant).expect("validated tenant");
             match previous {
-                Some(prev) if prev.tenant == desc.tenant => {
-                    if prev.end != desc.start {
-                        return Err(format!(
-                            "shards {} and {} of tenant {} {}: {} then {}",
-                            prev.id,
-                            desc.id,
-                            desc.tenant,
-                            if prev.end > desc.start { "overlap" } else { "leave a gap" },
-                            printable_key(&prev.end),
-                            printable_key(&desc.start)
-                        ));
-                    }
-                }
-                _ => {
-                    if let Some(prev) = previous {
-                        check_tenant_ends(prev)?;
-                    }
-                    if desc.start != tenant_start {
-                        return Err(format!(
-                            "tenant {}'s first shard {} starts at {}, not at its range's start",
-                            desc.tenant,
-                            desc.id,
-                            printable_key(&desc.start)
-                        ));
-                    }
-                }
+                Some(prev) => check_neighbours(prev, desc)?,
+                None => check_starts_tenant(desc)?,
             }
             previous = Some(desc);
         }
@@ -489,40 +464,12 @@ impl ShardMap {
                 return Err(format!("shard {} is filed under another start, or its id index is wrong", desc.id));
             }
         }
-        let starts_tenant = |desc: &ShardDesc| -> Result<(), String> {
-            let (tenant_start, _) = tenant_range(desc.tenant).expect("validated tenant");
-            if desc.start != tenant_start {
-                return Err(format!(
-                    "tenant {}'s first shard {} starts at {}, not at its range's start",
-                    desc.tenant,
-                    desc.id,
-                    printable_key(&desc.start)
-                ));
-            }
-            Ok(())
-        };
         for pair in window.windows(2) {
-            let (prev, desc) = (pair[0], pair[1]);
-            if prev.tenant == desc.tenant {
-                if prev.end != desc.start {
-                    return Err(format!(
-                        "shards {} and {} of tenant {} {}: {} then {}",
-                        prev.id,
-                        desc.id,
-                        desc.tenant,
-                        if prev.end > desc.start { "overlap" } else { "leave a gap" },
-                        printable_key(&prev.end),
-                        printable_key(&desc.start)
-                    ));
-                }
-            } else {
-                check_tenant_ends(prev)?;
-                starts_tenant(desc)?;
-            }
+            check_neighbours(pair[0], pair[1])?;
         }
         // The window's ends, when nothing lies beyond them.
         if let (true, Some(first)) = (before.len() < 2, window.first()) {
-            starts_tenant(first)?;
+            check_starts_tenant(first)?;
         }
         if let (true, Some(last)) = (after.len() < 2, window.last()) {
             check_tenant_ends(last)?;
@@ -538,6 +485,41 @@ impl ShardMap {
             panic!("shard map invariant broken: {broken}");
         }
     }
+}
+
+/// Whether `prev` and `desc`, next to each other in key order, meet: end to start within
+/// one tenant; else `prev` ends its tenant and `desc` starts its own.
+fn check_neighbours(prev: &ShardDesc, desc: &ShardDesc) -> Result<(), String> {
+    if prev.tenant != desc.tenant {
+        check_tenant_ends(prev)?;
+        return check_starts_tenant(desc);
+    }
+    if prev.end != desc.start {
+        return Err(format!(
+            "shards {} and {} of tenant {} {}: {} then {}",
+            prev.id,
+            desc.id,
+            desc.tenant,
+            if prev.end > desc.start { "overlap" } else { "leave a gap" },
+            printable_key(&prev.end),
+            printable_key(&desc.start)
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `desc`, the first shard of its tenant in key order, starts where the tenant does.
+fn check_starts_tenant(desc: &ShardDesc) -> Result<(), String> {
+    let (tenant_start, _) = tenant_range(desc.tenant).expect("validated tenant");
+    if desc.start != tenant_start {
+        return Err(format!(
+            "tenant {}'s first shard {} starts at {}, not at its range's start",
+            desc.tenant,
+            desc.id,
+            printable_key(&desc.start)
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `last`, the last shard of its tenant in key order, ends where the tenant does.
