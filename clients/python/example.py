@@ -7,6 +7,9 @@ row, writes key-value pairs and scans them. Exits non-zero on any mismatch.
 
     python3 -m pip install grpcio grpcio-tools
     python3 clients/python/example.py 127.0.0.1:7101
+
+With KHO_CA set (and KHO_CERT, KHO_KEY: the `export` line `kho demo` prints) it connects
+with TLS through grpc.ssl_channel_credentials; without it, in plaintext.
 """
 import os
 import subprocess
@@ -26,6 +29,27 @@ def generate(out):
     sys.path.insert(0, out)
 
 
+def open_channel(endpoint):
+    """TLS when KHO_CA names the cluster's CA (with a client certificate when KHO_CERT and
+    KHO_KEY are set, as `kho demo` prints them); plaintext otherwise."""
+    import grpc
+
+    ca = os.environ.get("KHO_CA")
+    if not ca:
+        return grpc.insecure_channel(endpoint)
+
+    def read(name):
+        path = os.environ.get(name)
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=read("KHO_CA"), private_key=read("KHO_KEY"), certificate_chain=read("KHO_CERT"))
+    return grpc.secure_channel(endpoint, creds)
+
+
 def main():
     endpoint = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:7101"
     tenant = sys.argv[2] if len(sys.argv) > 2 else "python_example"
@@ -34,7 +58,7 @@ def main():
         import grpc
         from kho.v1 import admin_pb2, admin_pb2_grpc, data_pb2, data_pb2_grpc
 
-        channel = grpc.insecure_channel(endpoint)
+        channel = open_channel(endpoint)
         admin = admin_pb2_grpc.AdminStub(channel)
         data = data_pb2_grpc.DataStub(channel)
         timeout = 20

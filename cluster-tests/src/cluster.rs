@@ -12,7 +12,7 @@ use kho_proto::v1::admin_client::AdminClient;
 use kho_proto::v1::data_client::DataClient;
 use kho_proto::v1::{ClusterStatusRequest, NodeChecksumRequest, NodeChecksumResponse, NodeStatus, NodeStatusRequest};
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::binary::kho_binary;
 use crate::netproxy::Network;
@@ -127,6 +127,15 @@ pub struct ClusterOptions {
     /// The `[sharding]` section of every node; `None` keeps the server defaults (splits
     /// at 256 MiB, no automatic merge within an hour of a split).
     pub sharding: Option<ShardingOptions>,
+    /// TLS on both listeners (default): the harness makes a CA, a certificate per node and
+    /// the client certificate of user `admin` with `kho cert` in `tls/` of the cluster's
+    /// directory, and its clients connect with them. `false`: `tls.plaintext = true`.
+    pub tls: bool,
+    /// `tls.reload_interval_ms`; `None` keeps the server default.
+    pub tls_reload_interval_ms: Option<u64>,
+    /// Give every node `tls.crl_file = tls/ca.crl`, a CRL of the CA that revokes one
+    /// throwaway client certificate (`kho cert revoke` adds to it).
+    pub tls_crl: bool,
 }
 
 /// `[sharding]` settings for tests: tiny sizes and short intervals.
@@ -161,6 +170,9 @@ impl Default for ClusterOptions {
             master_key_file: None,
             encrypted: false,
             sharding: None,
+            tls: true,
+            tls_reload_interval_ms: None,
+            tls_crl: false,
         }
     }
 }
@@ -169,9 +181,12 @@ impl Default for ClusterOptions {
 #[derive(Debug)]
 struct NodeInfo {
     id: u64,
-    /// `127.0.0.1:port` the node listens on; the harness's clients use it.
+    /// `127.0.0.1:port` the node's client listener binds; the harness's clients use it.
     addr: String,
-    /// The address other nodes use: `addr`, or its proxy's address with `network_faults`.
+    /// `127.0.0.1:port` the node's peer listener binds.
+    peer_addr: String,
+    /// The address other nodes use: `peer_addr`, or its proxy's address with
+    /// `network_faults`.
     advertise: String,
     config_path: PathBuf,
     log_path: PathBuf,
@@ -193,6 +208,8 @@ struct NodeInfo {
 /// When the thread is panicking, the tail of every node's log is printed first.
 pub struct Cluster {
     opts: ClusterOptions,
+    /// The CA and the admin's client certificate, with `opts.tls`.
+    tls: Option<TestTls>,
     kho: PathBuf,
     nodes: BTreeMap<u64, NodeInfo>,
     running: Mutex<BTreeMap<u64, NodeProcess>>,
@@ -234,9 +251,12 @@ impl Cluster {
 
         let total = n + opts.spare_nodes;
         assert!(total <= SOURCE_IP_NODES_MAX, "at most {SOURCE_IP_NODES_MAX} nodes in a test cluster");
-        // Node ports, then (with network faults) proxy ports, chosen together so all differ.
+        let tls = opts.tls.then(|| TestTls::create(&kho, &root.join("tls"), total, opts.tls_crl));
+        // Client ports, peer ports, then (with network faults) proxy ports, chosen together
+        // so all differ.
         let proxied = if opts.network_faults { total as usize } else { 0 };
-        let mut addrs = free_loopback_addrs(total as usize + proxied);
+        let mut client_addrs = free_loopback_addrs(2 * total as usize + proxied);
+        let mut addrs = client_addrs.split_off(total as usize);
         let proxy_addrs = addrs.split_off(total as usize);
         let sources: BTreeMap<u64, IpAddr> = (1..=total).map(|id| (id, IpAddr::V4(Ipv4Addr::new(127, 0, 1, id as u8)))).collect();
         let net = opts.network_faults.then(|| Network::new(sources.clone()));
@@ -255,25 +275,22 @@ impl Cluster {
         }
         let members: Vec<String> = (1..=n).zip(&advertised).map(|(id, addr)| format!("{id}={addr}")).collect();
         let mut nodes = BTreeMap::new();
-        for ((id, addr), advertise) in (1..=total).zip(addrs).zip(advertised) {
+        for (((id, peer_addr), advertise), addr) in (1..=total).zip(addrs).zip(advertised).zip(client_addrs) {
             let data_dir = root.join(format!("node-{id}-data"));
             let config_path = root.join(format!("node-{id}.toml"));
             let node_members: &[String] = if id <= n { &members } else { &[] };
             let source_ip = net.as_ref().map(|_| sources[&id]);
-            let config = node_config(&opts, id, &addr, &advertise, source_ip, &data_dir, node_members);
+            let a = NodeAddrs { addr: &addr, peer_addr: &peer_addr, advertise: &advertise };
+            let config = node_config(&opts, id, &a, source_ip, &data_dir, node_members, tls.as_ref().map(|t| t.dir.as_path()));
             std::fs::write(&config_path, config).expect("write a node config");
-            let endpoint = format!("http://{addr}");
-            let channel = Endpoint::from_shared(endpoint)
-                .expect("a valid endpoint URI")
-                .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-                .tcp_nodelay(true)
-                .connect_lazy();
+            let channel = client_endpoint(&addr, tls.as_ref()).connect_lazy();
             let log_path = root.join(format!("node-{id}.log"));
             let members = node_members.to_vec();
-            nodes.insert(id, NodeInfo { id, addr, advertise, config_path, log_path, data_dir, members, source_ip, channel });
+            nodes.insert(id, NodeInfo { id, addr, peer_addr, advertise, config_path, log_path, data_dir, members, source_ip, channel });
         }
         let cluster = Cluster {
             opts,
+            tls,
             kho,
             nodes,
             running: Mutex::new(BTreeMap::new()),
@@ -364,9 +381,30 @@ impl Cluster {
         process.signal(signal);
     }
 
-    /// `http://127.0.0.1:port` of node `id`.
+    /// `https://127.0.0.1:port` (or `http://` without TLS) of node `id`'s client listener.
     pub fn endpoint(&self, id: u64) -> String {
-        format!("http://{}", self.node(id).addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.node(id).addr)
+    }
+
+    /// The address of node `id`'s peer listener (not its proxy's).
+    pub fn peer_addr(&self, id: u64) -> &str {
+        &self.node(id).peer_addr
+    }
+
+    /// The cluster's TLS files, with `opts.tls`.
+    pub fn tls(&self) -> Option<&TestTls> {
+        self.tls.as_ref()
+    }
+
+    /// A `kho` command with the environment that makes it a client of this cluster as
+    /// user `admin` (`KHO_CA`, `KHO_CERT`, `KHO_KEY` with TLS; nothing without).
+    pub fn kho_command(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.kho);
+        if let Some(t) = &self.tls {
+            c.env("KHO_CA", t.ca_cert()).env("KHO_CERT", t.client_cert("admin")).env("KHO_KEY", t.client_key("admin"));
+        }
+        c
     }
 
     pub fn log_path(&self, id: u64) -> &Path {
@@ -389,7 +427,8 @@ impl Cluster {
     pub fn node_config_with_master_key(&self, id: u64, master_key_file: Option<&Path>) -> String {
         let node = self.node(id);
         let opts = ClusterOptions { master_key_file: master_key_file.map(Path::to_path_buf), ..self.opts.clone() };
-        node_config(&opts, id, &node.addr, &node.advertise, node.source_ip, &node.data_dir, &node.members)
+        let a = NodeAddrs { addr: &node.addr, peer_addr: &node.peer_addr, advertise: &node.advertise };
+        node_config(&opts, id, &a, node.source_ip, &node.data_dir, &node.members, self.tls.as_ref().map(|t| t.dir.as_path()))
     }
 
     /// Runs `kho server` for node `id` (which must not be running) with the config `config`
@@ -431,11 +470,7 @@ impl Cluster {
         self.nodes
             .values()
             .map(|node| {
-                let channel = Endpoint::from_shared(format!("http://{}", node.addr))
-                    .expect("a valid endpoint URI")
-                    .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                let channel = client_endpoint(&node.addr, self.tls.as_ref()).connect_lazy();
                 (node.id, DataClient::new(channel).max_decoding_message_size(CLIENT_DECODE_BYTES_MAX))
             })
             .collect()
@@ -832,16 +867,86 @@ fn free_loopback_addrs(n: usize) -> Vec<String> {
     held.iter().map(|l| l.local_addr().expect("local address").to_string()).collect()
 }
 
+/// The addresses of one node.
+struct NodeAddrs<'a> {
+    addr: &'a str,
+    peer_addr: &'a str,
+    /// Its peer address as other nodes reach it (a proxy's with network faults).
+    advertise: &'a str,
+}
+
+/// The files `kho cert` made for a test cluster: `ca.crt`, `node-<id>.crt`/`.key`, and
+/// `client-admin.crt`/`.key`.
+#[derive(Debug, Clone)]
+pub struct TestTls {
+    pub dir: PathBuf,
+}
+
+impl TestTls {
+    /// Runs `kho cert` to make a CA, `nodes` node certificates and user `admin`'s; with
+    /// `crl`, also a CRL revoking a throwaway certificate of user `revoked`.
+    fn create(kho: &Path, dir: &Path, nodes: u64, crl: bool) -> TestTls {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(kho).arg("cert").args(args).arg("--dir").arg(dir).output().expect("run kho cert");
+            assert!(out.status.success(), "kho cert {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&["ca"]);
+        for id in 1..=nodes {
+            run(&["node", "--id", &id.to_string()]);
+        }
+        run(&["client", "--name", "admin"]);
+        if crl {
+            run(&["client", "--name", "revoked"]);
+            let revoked = dir.join("client-revoked.crt");
+            run(&["revoke", revoked.to_str().expect("UTF-8 path")]);
+        }
+        TestTls { dir: dir.to_path_buf() }
+    }
+
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    pub fn client_cert(&self, user: &str) -> PathBuf {
+        self.dir.join(format!("client-{user}.crt"))
+    }
+
+    pub fn client_key(&self, user: &str) -> PathBuf {
+        self.dir.join(format!("client-{user}.key"))
+    }
+
+    /// The client TLS of user `admin`.
+    pub fn client_config(&self) -> ClientTlsConfig {
+        let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(self.ca_cert())))
+            .identity(Identity::from_pem(read(self.client_cert("admin")), read(self.client_key("admin"))))
+    }
+}
+
+/// An endpoint of a node's client listener, with the admin's TLS when there is TLS.
+fn client_endpoint(addr: &str, tls: Option<&TestTls>) -> Endpoint {
+    let ep = match tls {
+        Some(t) => Endpoint::from_shared(format!("https://{addr}"))
+            .expect("a valid endpoint URI")
+            .tls_config(t.client_config())
+            .expect("a valid client TLS configuration"),
+        None => Endpoint::from_shared(format!("http://{addr}")).expect("a valid endpoint URI"),
+    };
+    ep.connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS)).tcp_nodelay(true)
+}
+
 /// The TOML config of one node.
 fn node_config(
     opts: &ClusterOptions,
     id: u64,
-    addr: &str,
-    advertise: &str,
+    a: &NodeAddrs<'_>,
     source_ip: Option<IpAddr>,
     data_dir: &Path,
     members: &[String],
+    tls_dir: Option<&Path>,
 ) -> String {
+    let (addr, peer_addr, advertise) = (a.addr, a.peer_addr, a.advertise);
     let data_dir = data_dir.to_str().expect("temporary directory path is UTF-8");
     assert!(!data_dir.contains('\''), "data dir {data_dir} cannot be a TOML literal string");
     let members: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
@@ -878,7 +983,8 @@ fn node_config(
         "# Written by kho-cluster-tests.\n\
          node_id = {id}\n\
          listen_addr = \"{addr}\"\n\
-         advertise_addr = \"{advertise}\"\n\
+         peer_listen_addr = \"{peer_addr}\"\n\
+         peer_advertise_addr = \"{advertise}\"\n\
          {source}\
          data_dir = '{data_dir}'\n\
          initial_members = [{}]\n\
@@ -907,6 +1013,20 @@ fn node_config(
             "\n[sharding]\nsplit_size_bytes = {}\nmerge_size_bytes = {}\nsplit_merge_interval_ms = {}\ncheck_interval_ms = {}\n",
             s.split_size_bytes, s.merge_size_bytes, s.split_merge_interval_ms, s.check_interval_ms
         ));
+    }
+    match tls_dir {
+        Some(d) => {
+            let d = d.to_str().expect("TLS directory path is UTF-8");
+            assert!(!d.contains('\''), "TLS directory {d} cannot be a TOML literal string");
+            text.push_str(&format!("\n[tls]\nca_file = '{d}/ca.crt'\ncert_file = '{d}/node-{id}.crt'\nkey_file = '{d}/node-{id}.key'\n"));
+            if let Some(ms) = opts.tls_reload_interval_ms {
+                text.push_str(&format!("reload_interval_ms = {ms}\n"));
+            }
+            if opts.tls_crl {
+                text.push_str(&format!("crl_file = '{d}/ca.crl'\n"));
+            }
+        }
+        None => text.push_str("\n[tls]\nplaintext = true\n"),
     }
     text
 }
@@ -979,8 +1099,10 @@ mod tests {
         let opts = ClusterOptions { snapshot_logs_since_last: Some(500), logs_to_keep_after_snapshot: Some(100), ..Default::default() };
         let members = vec!["1=127.0.0.1:7001".to_string(), "2=127.0.0.1:7002".to_string()];
         let source = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 1, 2)));
-        let text = node_config(&opts, 2, "127.0.0.1:7002", "127.0.0.1:9002", source, Path::new("/tmp/x/node-2-data"), &members);
-        assert!(text.contains("advertise_addr = \"127.0.0.1:9002\"\n"), "{text}");
+        let a = NodeAddrs { addr: "127.0.0.1:7002", peer_addr: "127.0.0.1:8002", advertise: "127.0.0.1:9002" };
+        let text = node_config(&opts, 2, &a, source, Path::new("/tmp/x/node-2-data"), &members, Some(Path::new("/tmp/x/tls")));
+        assert!(text.contains("peer_listen_addr = \"127.0.0.1:8002\"\npeer_advertise_addr = \"127.0.0.1:9002\"\n"), "{text}");
+        assert!(text.contains("\n[tls]\nca_file = '/tmp/x/tls/ca.crt'\ncert_file = '/tmp/x/tls/node-2.crt'\n"), "{text}");
         assert!(text.contains("peer_source_ip = \"127.0.1.2\"\n"), "{text}");
         assert!(text.contains("node_id = 2\n"), "{text}");
         assert!(text.contains("initial_members = [\"1=127.0.0.1:7001\", \"2=127.0.0.1:7002\"]"), "{text}");
@@ -995,8 +1117,10 @@ mod tests {
     #[test]
     fn config_names_the_master_key_file() {
         let opts = ClusterOptions { master_key_file: Some(PathBuf::from("/tmp/keys/master.key")), ..Default::default() };
-        let text = node_config(&opts, 1, "127.0.0.1:7001", "127.0.0.1:7001", None, Path::new("/tmp/x/node-1-data"), &[]);
-        assert!(text.ends_with("\n[encryption]\nmaster_key_file = '/tmp/keys/master.key'\n"), "{text}");
+        let a = NodeAddrs { addr: "127.0.0.1:7001", peer_addr: "127.0.0.1:8001", advertise: "127.0.0.1:8001" };
+        let text = node_config(&opts, 1, &a, None, Path::new("/tmp/x/node-1-data"), &[], None);
+        assert!(text.contains("\n[encryption]\nmaster_key_file = '/tmp/keys/master.key'\n"), "{text}");
+        assert!(text.ends_with("\n[tls]\nplaintext = true\n"), "{text}");
     }
 
     #[test]

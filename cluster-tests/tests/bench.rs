@@ -25,6 +25,9 @@ async fn bench(cluster: &Cluster, args: &[&str]) -> (String, serde_json::Value) 
         .arg(&json)
         .args(args)
         .kill_on_drop(true);
+    if let Some(tls) = cluster.tls() {
+        cmd.arg("--ca").arg(tls.ca_cert()).arg("--cert").arg(tls.client_cert("admin")).arg("--key").arg(tls.client_key("admin"));
+    }
     let out = match tokio::time::timeout(Duration::from_secs(RUN_TIMEOUT_S), cmd.output()).await {
         Ok(out) => out.expect("run kho bench"),
         Err(_) => cluster.fail(format!("kho bench {args:?} did not finish within {RUN_TIMEOUT_S} s")),

@@ -15,14 +15,18 @@ const READY_TIMEOUT_S: u64 = 120;
 /// Longest wait for the demo to stop after SIGINT, seconds.
 const STOP_TIMEOUT_S: u64 = 30;
 
+/// The demo's peer ports are its client ports plus this (`kho demo`, docs/CLI.md).
+const PEER_PORT_OFFSET: u16 = 100;
+
 fn free_base_port() -> u16 {
-    // Three consecutive free ports: bind them all, then release them.
+    // Three consecutive free ports and the three peer ports: bind them all, then release them.
     for _ in 0..50 {
         let first = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         if first > 65_000 {
             continue;
         }
-        let all: Vec<_> = (0..3).map(|i| std::net::TcpListener::bind(("127.0.0.1", first + i))).collect();
+        let ports = (0..3).flat_map(|i| [first + i, first + PEER_PORT_OFFSET + i]);
+        let all: Vec<_> = ports.map(|p| std::net::TcpListener::bind(("127.0.0.1", p))).collect();
         if all.iter().all(Result::is_ok) {
             return first;
         }
@@ -37,6 +41,8 @@ struct RunningDemo {
     output: Vec<String>,
     citizen: Option<String>,
     endpoints: Option<String>,
+    /// The variables of the `export KHO_ENDPOINTS=… KHO_CA=…` line the demo prints.
+    env: Vec<(String, String)>,
 }
 
 impl RunningDemo {
@@ -60,7 +66,7 @@ impl RunningDemo {
                 }
             });
         }
-        RunningDemo { child, lines, output: Vec::new(), citizen: None, endpoints: None }
+        RunningDemo { child, lines, output: Vec::new(), citizen: None, endpoints: None, env: Vec::new() }
     }
 
     /// Waits at most READY_TIMEOUT_S for `kho demo: ready`, noting the endpoints and the
@@ -77,6 +83,10 @@ impl RunningDemo {
             }
             if let Some(e) = line.strip_prefix("kho demo: endpoints ") {
                 self.endpoints = Some(e.trim().to_string());
+            }
+            if let Some(vars) = line.trim().strip_prefix("export ") {
+                // The test's directories have no blanks or quotes: no shell unquoting needed.
+                self.env = vars.split_whitespace().filter_map(|v| v.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
             }
             let done = line.trim() == "kho demo: ready";
             self.output.push(line);
@@ -120,11 +130,26 @@ fn demo_starts_loads_and_serves_rows_then_stops_on_ctrl_c() {
     let citizen = demo.citizen.clone().expect("the demo prints the first citizen id");
     let endpoints = demo.endpoints.clone().expect("the demo prints its endpoints");
     assert_eq!(endpoints.split(',').count(), 3, "three endpoints: {endpoints}");
+    let names: Vec<&str> = demo.env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["KHO_ENDPOINTS", "KHO_CA", "KHO_CERT", "KHO_KEY"], "the export line: {:?}", demo.env);
+    // With the export line, a command needs no flags at all (TLS, the admin's certificate).
+    let out = Command::new(&kho).args(["tenant", "list"]).envs(demo.env.clone()).output().expect("run kho tenant list");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("dan_cu"),
+        "kho tenant list with the demo's export line: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the CA the TLS port refuses the plaintext client, and the error says why.
+    let out = Command::new(&kho).args(["tenant", "list", "--endpoints", &endpoints]).env_remove("KHO_CA").output().expect("run kho");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("KHO_CA"), "a plaintext client of the TLS demo: {err}");
     // Read the citizen through each node in turn: followers serve the linearizable read
     // themselves after the leader's read index (follower reads).
     for endpoint in endpoints.split(',') {
         let out = Command::new(&kho)
             .args(["row", "read", "--endpoints", endpoint, "--tenant", "dan_cu", "--table", "citizen", "--row", &citizen])
+            .envs(demo.env.clone())
             .output()
             .expect("run kho row read");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -189,11 +214,16 @@ fn demo_data_dirs_hold_no_citizen_name_or_id_after_restart_and_compaction() {
     let mut demo = RunningDemo::start(&kho, &["demo", "--rows", ROWS, "--base-port", &port], dir.path());
     demo.wait_ready();
     let endpoints = demo.endpoints.clone().expect("the demo prints its endpoints");
-    let compact = Command::new(&kho).args(["node", "compact", "--endpoints", &endpoints]).output().expect("run kho node compact");
+    let compact = Command::new(&kho)
+        .args(["node", "compact", "--endpoints", &endpoints])
+        .envs(demo.env.clone())
+        .output()
+        .expect("run kho node compact");
     let compact_ok = compact.status.success();
     let first = &rows[0];
     let read = Command::new(&kho)
         .args(["row", "read", "--endpoints", &endpoints, "--tenant", "dan_cu", "--table", "citizen", "--row", &field(first, "id")])
+        .envs(demo.env.clone())
         .output()
         .expect("run kho row read");
     let status = demo.stop();

@@ -13,8 +13,8 @@ use futures::StreamExt;
 use kho_cluster_tests::disk::{files_under, search_files, SearchReport, TreeState};
 use kho_cluster_tests::kv::{batch_get_all, scan_retry, scan_rows};
 use kho_cluster_tests::{
-    assert_checksums_equal, create_table_with, create_tenant_with_encryption, expect_status, is_retryable, kho_binary, ok, retry_call, rpc,
-    test_seed, Cluster, ClusterOptions, KvTarget, MasterKey, RetryPolicy, ServerRun,
+    assert_checksums_equal, create_table_with, create_tenant_with_encryption, expect_status, is_retryable, ok, retry_call, rpc, test_seed,
+    Cluster, ClusterOptions, KvTarget, MasterKey, RetryPolicy, ServerRun,
 };
 use kho_proto::v1::mutation::Mutation as M;
 use kho_proto::v1::write_op::Op;
@@ -549,7 +549,7 @@ async fn verify_model(cluster: &Cluster, via: u64, target: &KvTarget, model: &BT
 /// Runs the `kho` CLI with `args`, bounded by `CLI_TIMEOUT_S` (killed, by its own pid, if
 /// it takes longer).
 async fn run_cli(cluster: &Cluster, args: &[&str]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(kho_binary());
+    let mut cmd = tokio::process::Command::from(cluster.kho_command());
     cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
     match tokio::time::timeout(Duration::from_secs(CLI_TIMEOUT_S), cmd.output()).await {
         Ok(Ok(out)) => out,

@@ -68,8 +68,13 @@ async fn python_stock_grpc_client_works_against_every_node() {
     for id in cluster.ids() {
         let addr = cluster.addr(id).to_string();
         let (python, example) = (python.clone(), example.clone());
+        // TLS with the admin's client certificate: grpc.ssl_channel_credentials.
+        let tls = cluster.tls().expect("the cluster runs with TLS").clone();
         let (ok, out) = tokio::task::spawn_blocking(move || {
-            run(Command::new(&python).arg(&example).arg(&addr).arg("python_example"), Duration::from_secs(CLIENT_TIMEOUT_S))
+            let mut cmd = Command::new(&python);
+            cmd.arg(&example).arg(&addr).arg("python_example");
+            cmd.env("KHO_CA", tls.ca_cert()).env("KHO_CERT", tls.client_cert("admin")).env("KHO_KEY", tls.client_key("admin"));
+            run(&mut cmd, Duration::from_secs(CLIENT_TIMEOUT_S))
         })
         .await
         .expect("client task");

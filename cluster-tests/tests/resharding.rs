@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kho_cluster_tests::{
-    assert_checksums_equal, create_table, create_tenant, kho_binary, retry_call, Cluster, ClusterOptions, RetryPolicy, ShardingOptions,
+    assert_checksums_equal, create_table, create_tenant, retry_call, Cluster, ClusterOptions, RetryPolicy, ShardingOptions,
 };
 use kho_proto::v1::{DropTableRequest, GetRequest, PutRequest, ScanRowsRequest};
 
@@ -60,7 +60,7 @@ async fn put_row(cluster: &Cluster, via: u64, key: &str) {
 }
 
 fn kho(cluster: &Cluster, via: u64, args: &[&str]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(kho_binary());
+    let mut cmd = cluster.kho_command();
     cmd.args(args).args(["--endpoints", cluster.addr(via)]);
     cmd.output().unwrap_or_else(|e| cluster.fail(format!("run kho {args:?}: {e}")))
 }

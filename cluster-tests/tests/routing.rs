@@ -271,12 +271,20 @@ async fn locate_matches_writes(cluster: &Cluster, tenant: &str, table: &str, key
             assert_eq!(answer.node_id, id);
             for s in &answer.shards {
                 assert_eq!(s.replicas.len(), 3, "{s:?}");
-                assert!(s.replicas.iter().all(|r| !r.address.is_empty()), "{s:?}");
-                assert_eq!(s.leader_id == 0, s.leader_address.is_empty(), "{s:?}");
+                // An address is a node's client address, or empty until the answering node
+                // has heard it from that node (within a second of start).
+                for r in &s.replicas {
+                    assert!(r.address.is_empty() || r.address == cluster.addr(r.node_id), "{s:?}");
+                }
+                assert!(s.leader_address.is_empty() || s.leader_address == cluster.addr(s.leader_id), "{s:?}");
             }
             // Every node holds a replica of every shard: once a new shard's leader is
-            // elected and heard of, each node names it.
-            if answer.key_shard_ids == written && answer.shards.iter().all(|s| s.leader_id != 0) {
+            // elected and heard of, and the nodes' client addresses are known, each node
+            // names them.
+            let complete = |s: &kho_proto::v1::ShardLocation| {
+                s.leader_id != 0 && !s.leader_address.is_empty() && s.replicas.iter().all(|r| !r.address.is_empty())
+            };
+            if answer.key_shard_ids == written && answer.shards.iter().all(complete) {
                 break;
             }
             if std::time::Instant::now() > deadline {

@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kho_cluster_tests::{
-    assert_checksums_equal, create_table, create_tenant, kho_binary, retry_call, Cluster, ClusterOptions, KvTarget, RetryPolicy,
-};
+use kho_cluster_tests::{assert_checksums_equal, create_table, create_tenant, retry_call, Cluster, ClusterOptions, KvTarget, RetryPolicy};
 use kho_proto::v1::{DropTableRequest, GetRequest, PutRequest, ScanRequest, ScanRowsRequest};
 
 /// Keys written to each tenant, count.
@@ -46,7 +44,7 @@ async fn put_all(cluster: &Cluster, target: &KvTarget, prefix: &str) {
 
 /// `kho shard list --json` through node `via`, parsed.
 fn shard_list(cluster: &Cluster, via: u64, tenant: Option<&str>) -> serde_json::Value {
-    let mut cmd = std::process::Command::new(kho_binary());
+    let mut cmd = cluster.kho_command();
     cmd.args(["shard", "list", "--json", "--endpoints", cluster.addr(via)]);
     if let Some(t) = tenant {
         cmd.args(["--tenant", t]);
@@ -193,7 +191,7 @@ async fn put_row(cluster: &Cluster, via: u64, key: &str) -> Result<(), tonic::St
 
 /// Runs `kho` with `args` against node `via`.
 fn kho(cluster: &Cluster, via: u64, args: &[&str]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(kho_binary());
+    let mut cmd = cluster.kho_command();
     cmd.args(args).args(["--endpoints", cluster.addr(via)]);
     cmd.output().unwrap_or_else(|e| cluster.fail(format!("run kho {args:?}: {e}")))
 }

@@ -1052,7 +1052,31 @@ impl Group {
     /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
     pub async fn add_node(&self, id: NodeId, addr: String) -> Result<Vec<NodeId>, ProposeError> {
         self.lease_for_write().await;
-        self.raft.add_learner(id, BasicNode { addr }, true).await.map_err(write_error)?;
+        self.raft.add_learner(id, BasicNode { addr: addr.clone() }, true).await.map_err(write_error)?;
+        // openraft's blocking add_learner gives up waiting after a short while and returns
+        // Ok all the same: promoting then would make a voter of a node that has nothing (one
+        // that is down, unreachable, or whose certificate the cluster refuses).
+        let caught_up = self
+            .raft
+            .wait(Some(Duration::from_millis(LEARNER_CATCH_UP_WAIT_MS)))
+            .metrics(
+                |m| {
+                    let Some(repl) = &m.replication else { return false };
+                    let matched = match repl.get(&id) {
+                        Some(Some(l)) => l.index,
+                        _ => return false,
+                    };
+                    m.last_log_index.unwrap_or(0).saturating_sub(matched) <= LEARNER_LAG_MAX
+                },
+                "the new learner caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Err(ProposeError::Unavailable(format!(
+                "node {id} at {addr} did not catch up within {LEARNER_CATCH_UP_WAIT_MS} ms (is it running, reachable there, with a \
+                 certificate of the cluster's CA?); it stays a learner: remove it with RemoveNode, or fix it and add it again"
+            )));
+        }
         let voters: BTreeSet<NodeId> = self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
         if voters.contains(&id) || voters.len() >= META_VOTERS_MAX {
             // Beyond META_VOTERS_MAX voters a node follows the group as a learner: every
@@ -1170,6 +1194,12 @@ pub enum ReplicaChange {
     Add { node: NodeId, addr: String },
     Remove { node: NodeId },
 }
+
+/// Longest wait for a new learner to catch up before it is made a voter, milliseconds;
+/// past it the change fails and the node stays a learner.
+pub const LEARNER_CATCH_UP_WAIT_MS: u64 = 30_000;
+/// A learner this many entries or fewer behind the leader's last log has caught up.
+pub const LEARNER_LAG_MAX: u64 = 1_000;
 
 /// Longest wait for one replica change (a learner catching up included), milliseconds.
 pub const CHANGE_REPLICAS_TIMEOUT_MS: u64 = 60_000;

@@ -28,7 +28,8 @@ pub struct AdminService {
 /// The node's status: the meta group's Raft fields, follower read counters summed over the
 /// node's data shards (`raft.follower_reads` is about data reads: the meta group's own
 /// reads on followers are not counted), and its data shards.
-fn node_status(node: &kho_raft::RaftNode, s: &GroupStatus, address: &str, shards: Vec<pb::ShardStatus>) -> pb::NodeStatus {
+fn node_status(ctx: &Ctx, s: &GroupStatus, address: &str, shards: Vec<pb::ShardStatus>) -> pb::NodeStatus {
+    let node = &ctx.node;
     let (mut served, mut forwarded) = (0, 0);
     for id in node.group_ids() {
         if let Some(g) = node.group(id).filter(|g| g.state.kind == kho_raft::GroupKind::Data) {
@@ -38,7 +39,7 @@ fn node_status(node: &kho_raft::RaftNode, s: &GroupStatus, address: &str, shards
         }
     }
     let s = GroupStatus { follower_reads: served, follower_reads_forwarded: forwarded, ..s.clone() };
-    node_status_of(&s, address, shards)
+    pb::NodeStatus { client_address: ctx.client_addr.clone(), ..node_status_of(&s, address, shards) }
 }
 
 fn node_status_of(s: &GroupStatus, address: &str, shards: Vec<pb::ShardStatus>) -> pb::NodeStatus {
@@ -55,6 +56,7 @@ fn node_status_of(s: &GroupStatus, address: &str, shards: Vec<pb::ShardStatus>) 
         follower_reads: s.follower_reads,
         follower_reads_forwarded: s.follower_reads_forwarded,
         shards,
+        client_address: String::new(),
     }
 }
 
@@ -498,7 +500,7 @@ impl Admin for AdminService {
 
     async fn node_status(&self, _req: Request<pb::NodeStatusRequest>) -> Result<Response<pb::NodeStatus>, Status> {
         let s = self.ctx.meta().status();
-        Ok(Response::new(node_status(&self.ctx.node, &s, &self.ctx.node.addr, shard_statuses(&self.ctx.node))))
+        Ok(Response::new(node_status(&self.ctx, &s, &self.ctx.node.addr, shard_statuses(&self.ctx.node))))
     }
 
     async fn node_checksum(&self, _req: Request<pb::NodeChecksumRequest>) -> Result<Response<pb::NodeChecksumResponse>, Status> {
@@ -805,7 +807,7 @@ impl AdminService {
             let local = local.clone();
             async move {
                 if m.id == ctx.node.id {
-                    return node_status(&ctx.node, &local, &m.addr, shard_statuses(&ctx.node));
+                    return node_status(&ctx, &local, &m.addr, shard_statuses(&ctx.node));
                 }
                 let ask = async {
                     let mut c = ctx.admin_client(&m.addr)?;
@@ -814,6 +816,7 @@ impl AdminService {
                 match tokio::time::timeout(Duration::from_millis(MEMBER_STATUS_TIMEOUT_MS), ask).await {
                     Ok(Ok(mut s)) => {
                         s.address = m.addr.clone();
+                        ctx.note_client_addr(m.id, &s.client_address);
                         s
                     }
                     Ok(Err(e)) => unreachable_status(m.id, &m.addr, e.message()),

@@ -1,5 +1,6 @@
-//! One gRPC channel per peer address, created on first use and reused by every group's
-//! Raft messages and by request forwarding.
+//! One gRPC channel per peer address (another node's peer listener), created on first use
+//! and reused by every group's Raft messages and by request forwarding. Connections are
+//! opened by `tls::PeerConnector`: mutual TLS 1.3 with this node's certificate.
 //!
 //! A peer connection notices a dead link by HTTP/2 keepalive: when it has received nothing
 //! for [`PEER_KEEPALIVE_INTERVAL_MS`] it sends a PING, busy or idle, and closes the
@@ -11,10 +12,12 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::{PeerConnector, TlsState};
 
 /// Connect timeout for a peer channel, milliseconds.
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
@@ -31,16 +34,15 @@ pub const PEER_KEEPALIVE_TIMEOUT_MS: u64 = 1_000;
 /// timeout, milliseconds (docs/ARCHITECTURE.md, "Peer connections").
 pub const PEER_DEAD_AFTER_MS: u64 = PEER_KEEPALIVE_INTERVAL_MS + PEER_KEEPALIVE_TIMEOUT_MS;
 
-#[derive(Default)]
 pub struct Channels {
     map: Mutex<HashMap<String, Channel>>,
-    /// Source IP of every outgoing connection (`peer_source_ip`); `None` lets the OS pick.
-    source_ip: Option<IpAddr>,
+    /// Opens the connections: from `peer_source_ip`, with TLS unless the node is plaintext.
+    connector: PeerConnector,
 }
 
 impl Channels {
-    pub fn new(source_ip: Option<IpAddr>) -> Channels {
-        Channels { map: Mutex::default(), source_ip }
+    pub fn new(source_ip: Option<IpAddr>, tls: Option<Arc<TlsState>>) -> Channels {
+        Channels { map: Mutex::default(), connector: PeerConnector { tls, source_ip } }
     }
 
     pub fn get(&self, addr: &str) -> Result<Channel, String> {
@@ -54,9 +56,8 @@ impl Channels {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_millis(PEER_KEEPALIVE_INTERVAL_MS))
             .keep_alive_timeout(Duration::from_millis(PEER_KEEPALIVE_TIMEOUT_MS))
-            .keep_alive_while_idle(true)
-            .local_address(self.source_ip);
-        let channel = endpoint.connect_lazy();
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_with_connector_lazy(self.connector.clone());
         map.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }

@@ -27,10 +27,19 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 pub struct Config {
     /// This node's id; unique in the cluster, never reused. Required, > 0.
     pub node_id: u64,
-    /// Address the gRPC server binds (clients and peers). Default `127.0.0.1:7001`.
+    /// Address the client listener binds (the Data and Admin services, health,
+    /// reflection). Default `127.0.0.1:7001`.
     pub listen_addr: String,
-    /// Address other nodes and clients use to reach this node. Default: `listen_addr`.
+    /// Address clients use to reach this node, as `kho cluster status` shows it. Default:
+    /// `listen_addr`.
     pub advertise_addr: Option<String>,
+    /// Address the peer listener binds: Raft messages and requests forwarded by other
+    /// nodes, mutual TLS with node certificates only. Required; never the same port as
+    /// `listen_addr`.
+    pub peer_listen_addr: String,
+    /// Address other nodes use to reach this node's peer listener; the address in the
+    /// cluster's membership and in `initial_members`. Default: `peer_listen_addr`.
+    pub peer_advertise_addr: Option<String>,
     /// Source IP of this node's outgoing connections to other nodes (Raft messages and
     /// forwarded requests). Default: none, the operating system picks it. Set it on a
     /// multi-homed host so that peers and firewalls see the node by one address.
@@ -45,6 +54,67 @@ pub struct Config {
     pub limits: Limits,
     pub encryption: EncryptionConfig,
     pub sharding: ShardingConfig,
+    pub tls: TlsConfig,
+}
+
+/// TLS of both listeners and of the connections between nodes (docs/SECURITY.md, "TLS").
+/// Either the three files, or `plaintext = true`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// CA certificates (PEM) that node certificates, and client certificates unless
+    /// `client_ca_file` is set, must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// This node's certificate (PEM, leaf first), with the URI SAN `kho://node/<node_id>`
+    /// and the node's host names and addresses as DNS and IP SANs.
+    pub cert_file: Option<PathBuf>,
+    /// This node's private key (PEM); it must not be readable by group or others.
+    pub key_file: Option<PathBuf>,
+    /// Certificate revocation lists (PEM). Optional.
+    pub crl_file: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to, if not `ca_file`.
+    pub client_ca_file: Option<PathBuf>,
+    /// Clients must present a certificate (mutual TLS on the client listener). Default
+    /// false: a certificate is optional.
+    pub client_cert_required: bool,
+    /// How often the files are read again; a change of content reloads them, milliseconds.
+    /// Default 10000.
+    pub reload_interval_ms: u64,
+    /// Serve both listeners and connect to other nodes without TLS and without any
+    /// authentication of nodes. Default false. For tests and development only; the node
+    /// logs a warning at start.
+    pub plaintext: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            crl_file: None,
+            client_ca_file: None,
+            client_cert_required: false,
+            reload_interval_ms: 10_000,
+            plaintext: false,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The files, or `None` with `plaintext` (after `Config::validate`).
+    pub fn files(&self) -> Option<crate::tls::TlsFiles> {
+        if self.plaintext {
+            return None;
+        }
+        Some(crate::tls::TlsFiles {
+            ca: self.ca_file.clone()?,
+            cert: self.cert_file.clone()?,
+            key: self.key_file.clone()?,
+            crl: self.crl_file.clone(),
+            client_ca: self.client_ca_file.clone(),
+        })
+    }
 }
 
 /// Automatic splits and merges of data shards (docs/SHARDING.md, "Split and merge").
@@ -177,6 +247,8 @@ impl Default for Config {
             node_id: 0,
             listen_addr: "127.0.0.1:7001".to_string(),
             advertise_addr: None,
+            peer_listen_addr: String::new(),
+            peer_advertise_addr: None,
             peer_source_ip: None,
             data_dir: PathBuf::from("./kho-data"),
             initial_members: Vec::new(),
@@ -184,6 +256,7 @@ impl Default for Config {
             limits: Limits::default(),
             encryption: EncryptionConfig::default(),
             sharding: ShardingConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -268,9 +341,14 @@ impl Config {
         toml::from_str(text).map_err(|e| ConfigError::File { path: String::new(), reason: e.to_string() })
     }
 
-    /// The address peers and clients use for this node.
+    /// The address clients use for this node.
     pub fn advertise_addr(&self) -> &str {
         self.advertise_addr.as_deref().unwrap_or(&self.listen_addr)
+    }
+
+    /// The address other nodes use for this node (its address in the membership).
+    pub fn peer_advertise_addr(&self) -> &str {
+        self.peer_advertise_addr.as_deref().unwrap_or(&self.peer_listen_addr)
     }
 
     /// The parsed `peer_source_ip`.
@@ -309,6 +387,30 @@ impl Config {
             .map_err(|e| invalid("listen_addr", format!("`{}` is not ip:port ({e})", self.listen_addr)))?;
         if let Some(a) = &self.advertise_addr {
             check_host_port("advertise_addr", a)?;
+        }
+        if self.peer_listen_addr.is_empty() {
+            return Err(invalid(
+                "peer_listen_addr",
+                "must be set: the ip:port other nodes connect to (Raft messages, forwarded requests), not listen_addr's port",
+            ));
+        }
+        let peer = self
+            .peer_listen_addr
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("peer_listen_addr", format!("`{}` is not ip:port ({e})", self.peer_listen_addr)))?;
+        if let Ok(client) = self.listen_addr.parse::<SocketAddr>() {
+            if client.port() == peer.port()
+                && client.port() != 0
+                && (client.ip() == peer.ip() || client.ip().is_unspecified() || peer.ip().is_unspecified())
+            {
+                return Err(invalid(
+                    "peer_listen_addr",
+                    format!("`{}` is the client listener's address (listen_addr)", self.peer_listen_addr),
+                ));
+            }
+        }
+        if let Some(a) = &self.peer_advertise_addr {
+            check_host_port("peer_advertise_addr", a)?;
         }
         self.peer_source_ip()?;
         if self.data_dir.as_os_str().is_empty() {
@@ -387,6 +489,38 @@ impl Config {
         if e.master_key_command.as_ref().is_some_and(|c| c.trim().is_empty()) {
             return Err(invalid("encryption.master_key_command", "must not be empty"));
         }
+        let t = &self.tls;
+        let files = [
+            ("tls.ca_file", &t.ca_file),
+            ("tls.cert_file", &t.cert_file),
+            ("tls.key_file", &t.key_file),
+            ("tls.crl_file", &t.crl_file),
+            ("tls.client_ca_file", &t.client_ca_file),
+        ];
+        if t.plaintext {
+            if let Some((field, _)) = files.iter().find(|(_, v)| v.is_some()) {
+                return Err(invalid(field, "set together with tls.plaintext = true: choose TLS or plaintext"));
+            }
+            if t.client_cert_required {
+                return Err(invalid("tls.client_cert_required", "needs TLS, but tls.plaintext = true"));
+            }
+        } else {
+            for (field, v) in &files[..3] {
+                if v.is_none() {
+                    return Err(invalid(
+                        field,
+                        "not set: a node serves TLS with tls.ca_file, tls.cert_file and tls.key_file (`kho cert` makes them for development); \
+                         tls.plaintext = true serves without TLS and without authentication (tests only)",
+                    ));
+                }
+            }
+            for (field, v) in &files {
+                if v.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                    return Err(invalid(field, "must not be empty"));
+                }
+            }
+        }
+        in_range("tls.reload_interval_ms", t.reload_interval_ms, 100, 3_600_000)?;
         Ok(())
     }
 }
@@ -418,28 +552,55 @@ mod tests {
 
     #[test]
     fn defaults_with_node_id_are_valid() {
-        let c = Config::from_toml("node_id = 1").unwrap();
+        let c = Config::from_toml("node_id = 1\npeer_listen_addr = \"127.0.0.1:7101\"\n[tls]\nplaintext = true").unwrap();
         c.validate().unwrap();
         assert_eq!(c.limits.value_bytes_max, 1 << 20);
     }
+
+    /// The smallest valid config without TLS.
+    const PLAIN: &str = "peer_listen_addr = \"127.0.0.1:7101\"\n[tls]\nplaintext = true\n";
 
     #[test]
     fn errors_name_the_field() {
         let e = Config::from_toml("").unwrap().validate().unwrap_err().to_string();
         assert!(e.contains("node_id"), "{e}");
-        let c = Config::from_toml("node_id = 1\n[raft]\nelection_timeout_min_ms = 50\nheartbeat_interval_ms = 100").unwrap();
+        let c =
+            Config::from_toml(&format!("node_id = 1\n{PLAIN}[raft]\nelection_timeout_min_ms = 50\nheartbeat_interval_ms = 100")).unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("raft.election_timeout_min_ms"), "{e}");
         let e = Config::from_toml("node_id = 1\nbogus = 2").unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
-        let c = Config::from_toml("node_id = 2\ninitial_members = [\"1=127.0.0.1:7001\"]").unwrap();
+        let c = Config::from_toml(&format!("node_id = 2\ninitial_members = [\"1=127.0.0.1:7001\"]\n{PLAIN}")).unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("initial_members"), "{e}");
-        let c = Config::from_toml("node_id = 1\npeer_source_ip = \"127.0.0.300\"").unwrap();
+        let c = Config::from_toml(&format!("node_id = 1\npeer_source_ip = \"127.0.0.300\"\n{PLAIN}")).unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("peer_source_ip"), "{e}");
-        let c = Config::from_toml("node_id = 1\npeer_source_ip = \"127.0.1.3\"").unwrap();
+        let c = Config::from_toml(&format!("node_id = 1\npeer_source_ip = \"127.0.1.3\"\n{PLAIN}")).unwrap();
         c.validate().unwrap();
         assert_eq!(c.peer_source_ip().unwrap(), Some("127.0.1.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_peer_listener_and_tls_are_required() {
+        let e = Config::from_toml("node_id = 1\n[tls]\nplaintext = true").unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("peer_listen_addr"), "{e}");
+        let e = Config::from_toml("node_id = 1\npeer_listen_addr = \"127.0.0.1:7001\"\n[tls]\nplaintext = true")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("peer_listen_addr") && e.contains("listen_addr"), "{e}");
+        // No TLS files and no explicit plaintext: refused, naming the first missing file.
+        let e = Config::from_toml("node_id = 1\npeer_listen_addr = \"127.0.0.1:7101\"").unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("tls.ca_file") && e.contains("tls.plaintext"), "{e}");
+        let c = Config::from_toml(
+            "node_id = 1\npeer_listen_addr = \"127.0.0.1:7101\"\n[tls]\nca_file = 'ca.crt'\ncert_file = 'n.crt'\nkey_file = 'n.key'",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.tls.files().is_some());
+        let e = Config::from_toml(&format!("node_id = 1\n{PLAIN}ca_file = 'ca.crt'")).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("tls.ca_file") && e.contains("plaintext"), "{e}");
     }
 }

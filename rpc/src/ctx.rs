@@ -8,7 +8,7 @@ use futures::Stream;
 use kho_proto::v1::admin_client::AdminClient;
 use kho_proto::v1::data_client::DataClient;
 use kho_raft::command::Outcome;
-use kho_raft::{Command, Group, ProposeError, RaftNode};
+use kho_raft::{Command, Group, NodeId, ProposeError, RaftNode};
 use tokio::sync::Semaphore;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -59,6 +59,47 @@ pub struct Ctx {
     pub scans: Arc<BlockingPool>,
     /// Permits of forwarded calls that may stay open past their wait ([`FORWARDS_LINGERING_MAX`]).
     pub forwards_lingering: Arc<Semaphore>,
+    /// The address clients reach this node at (`advertise_addr`).
+    pub client_addr: String,
+    /// Other nodes' client addresses as they last reported them (the membership holds
+    /// peer addresses only): filled by `ClusterStatus` and by [`refresh_client_addrs`].
+    pub client_addrs: std::sync::RwLock<std::collections::HashMap<NodeId, String>>,
+}
+
+/// How often a node asks the members whose client address it does not know yet,
+/// milliseconds (every [`CLIENT_ADDR_UNKNOWN_RETRY_MS`] while one is unknown); every
+/// [`CLIENT_ADDR_FULL_REFRESH_ROUNDS`] rounds it asks them all.
+pub const CLIENT_ADDR_REFRESH_MS: u64 = 5_000;
+/// The pause between rounds while some member's client address is unknown, milliseconds.
+pub const CLIENT_ADDR_UNKNOWN_RETRY_MS: u64 = 500;
+/// Rounds between two refreshes of every member's client address (a node restarted with
+/// another `advertise_addr` is seen within this many rounds), count.
+pub const CLIENT_ADDR_FULL_REFRESH_ROUNDS: u64 = 12;
+/// Timeout of one member's answer, milliseconds.
+const CLIENT_ADDR_ASK_TIMEOUT_MS: u64 = 2_000;
+
+/// Learns the client address of every member of the cluster, forever (aborted at stop).
+pub async fn refresh_client_addrs(ctx: Arc<Ctx>) {
+    let mut round = 0u64;
+    loop {
+        let full = round.is_multiple_of(CLIENT_ADDR_FULL_REFRESH_ROUNDS);
+        round += 1;
+        let members = ctx.node.meta().status().members;
+        let mut unknown = false;
+        for m in members {
+            if m.id == ctx.node.id || (!full && !ctx.client_addr_of(m.id).is_empty()) {
+                continue;
+            }
+            let Ok(mut c) = ctx.admin_client(&m.addr) else { continue };
+            let ask = c.node_status(kho_proto::v1::NodeStatusRequest {});
+            match tokio::time::timeout(Duration::from_millis(CLIENT_ADDR_ASK_TIMEOUT_MS), ask).await {
+                Ok(Ok(r)) => ctx.note_client_addr(m.id, &r.into_inner().client_address),
+                _ => unknown |= ctx.client_addr_of(m.id).is_empty(),
+            }
+        }
+        let pause = if unknown { CLIENT_ADDR_UNKNOWN_RETRY_MS } else { CLIENT_ADDR_REFRESH_MS };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
 }
 
 /// Whether a request may change data: what a failed forward may have done.
@@ -292,6 +333,25 @@ struct Wait {
 }
 
 impl Ctx {
+    /// Node `id`'s client address as last learnt; empty when not known.
+    pub fn client_addr_of(&self, id: NodeId) -> String {
+        if id == self.node.id {
+            return self.client_addr.clone();
+        }
+        self.client_addrs.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Records what node `id` says its client address is.
+    pub fn note_client_addr(&self, id: NodeId, addr: &str) {
+        if addr.is_empty() {
+            return;
+        }
+        let mut m = self.client_addrs.write().unwrap_or_else(|p| p.into_inner());
+        if m.get(&id).map(String::as_str) != Some(addr) {
+            m.insert(id, addr.to_string());
+        }
+    }
+
     /// The meta group: catalog requests and cluster membership go there.
     pub fn meta(&self) -> Arc<Group> {
         self.node.meta()

@@ -14,6 +14,7 @@ mod pool;
 pub mod route;
 mod server;
 mod status;
+pub mod tls;
 mod transport;
 mod validate;
 

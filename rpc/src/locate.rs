@@ -82,14 +82,10 @@ fn location(ctx: &Ctx, meta: &TableMeta, d: &ShardDesc) -> pb::ShardLocation {
         replicas: d
             .replicas
             .iter()
-            .map(|r| pb::ShardReplica {
-                node_id: r.node,
-                address: ctx.node.node_addr(r.node).unwrap_or_default(),
-                learner: r.role == ReplicaRole::Learner,
-            })
+            .map(|r| pb::ShardReplica { node_id: r.node, address: ctx.client_addr_of(r.node), learner: r.role == ReplicaRole::Learner })
             .collect(),
         leader_id: leader.unwrap_or(0),
-        leader_address: leader.and_then(|l| ctx.node.node_addr(l)).unwrap_or_default(),
+        leader_address: leader.map(|l| ctx.client_addr_of(l)).unwrap_or_default(),
     }
 }
 

@@ -1,5 +1,7 @@
-//! Server assembly: opens the node, serves every gRPC service on one port, bootstraps a
-//! new cluster, and stops gracefully.
+//! Server assembly: opens the node, serves the client listener (`listen_addr`: Data,
+//! Admin, health, reflection) and the peer listener (`peer_listen_addr`: Raft messages
+//! and requests forwarded by other nodes, node certificates only), bootstraps a new
+//! cluster, and stops gracefully.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +10,6 @@ use kho_proto::v1::admin_server::AdminServer;
 use kho_proto::v1::data_server::DataServer;
 use kho_proto::v1::raft_transport_server::RaftTransportServer;
 use kho_raft::RaftNode;
-use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminService;
 use crate::admission::AdmissionLayer;
@@ -17,6 +18,7 @@ use crate::config::Config;
 use crate::ctx::Ctx;
 use crate::data::DataService;
 use crate::pool::BlockingPool;
+use crate::tls::{ListenerKind, TlsState};
 use crate::transport::{GrpcTransport, RaftService};
 use crate::ServerError;
 
@@ -51,17 +53,42 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
     }
     let master = master.map(|(k, _)| Arc::new(k));
     let members = config.initial_members()?;
-    let advertise = config.advertise_addr().to_string();
+    let advertise = config.peer_advertise_addr().to_string();
     let msg_max = config.limits.grpc_message_bytes_max as usize;
-    let listener = tokio::net::TcpListener::bind(&config.listen_addr)
-        .await
-        .map_err(|e| ServerError::Other(format!("listen_addr: cannot bind {}: {e}", config.listen_addr)))?;
-    let channels = Arc::new(Channels::new(config.peer_source_ip()?));
+    let tls = match config.tls.files() {
+        Some(files) => {
+            let state = TlsState::load(config.node_id, files, config.tls.client_cert_required)
+                .map_err(|e| ServerError::Other(format!("TLS: {e}")))?;
+            let leaf = state.leaf();
+            tracing::info!(certificate = %leaf.fingerprint, not_after_unix = leaf.not_after_unix, "TLS is on (both listeners, TLS 1.3 between nodes)");
+            Some(state)
+        }
+        None => {
+            tracing::warn!(
+                "tls.plaintext = true: both listeners and the connections between nodes are plaintext and nodes are not \
+                 authenticated; whoever reaches the peer port can send Raft messages. For tests and development only"
+            );
+            None
+        }
+    };
+    let bind = |field: &'static str, addr: String| async move {
+        tokio::net::TcpListener::bind(&addr).await.map_err(|e| ServerError::Other(format!("{field}: cannot bind {addr}: {e}")))
+    };
+    let listener = bind("listen_addr", config.listen_addr.clone()).await?;
+    let peer_listener = bind("peer_listen_addr", config.peer_listen_addr.clone()).await?;
+    let channels = Arc::new(Channels::new(config.peer_source_ip()?, tls.clone()));
     let transport = Arc::new(GrpcTransport { from: config.node_id, channels: channels.clone(), message_bytes_max: msg_max });
     let node = RaftNode::open(config.node_id, advertise.clone(), &config.data_dir, &config.raft_settings(), transport, master)
         .await
         .map_err(|e| ServerError::Other(format!("cannot open node storage in {}: {e}", config.data_dir.display())))?;
-    tracing::info!(node_id = config.node_id, listen = %config.listen_addr, advertise = %advertise, data_dir = %config.data_dir.display(), "node opened");
+    tracing::info!(
+        node_id = config.node_id,
+        listen = %config.listen_addr,
+        peer_listen = %config.peer_listen_addr,
+        peer_advertise = %advertise,
+        data_dir = %config.data_dir.display(),
+        "node opened"
+    );
 
     let l = &config.limits;
     let pool_error = |e: std::io::Error| ServerError::Other(format!("cannot start the read threads: {e}"));
@@ -75,7 +102,10 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
         reads,
         scans,
         forwards_lingering: Arc::new(tokio::sync::Semaphore::new(crate::ctx::FORWARDS_LINGERING_MAX)),
+        client_addr: config.advertise_addr().to_string(),
+        client_addrs: Default::default(),
     });
+    let addr_refresher = tokio::spawn(crate::ctx::refresh_client_addrs(ctx.clone()));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<DataServer<DataService>>().await;
     health_reporter.set_serving::<AdminServer<AdminService>>().await;
@@ -85,31 +115,44 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
         .build_v1()
         .map_err(|e| ServerError::Other(format!("reflection: {e}")))?;
 
-    let data = DataServer::new(DataService { ctx: ctx.clone() }).max_decoding_message_size(msg_max).max_encoding_message_size(msg_max);
-    let admin = AdminServer::new(AdminService { ctx: ctx.clone() }).max_decoding_message_size(msg_max).max_encoding_message_size(msg_max);
+    let data = || DataServer::new(DataService { ctx: ctx.clone() }).max_decoding_message_size(msg_max).max_encoding_message_size(msg_max);
+    let admin =
+        || AdminServer::new(AdminService { ctx: ctx.clone() }).max_decoding_message_size(msg_max).max_encoding_message_size(msg_max);
     let raft =
         RaftTransportServer::new(RaftService { node: node.clone() }).max_decoding_message_size(msg_max).max_encoding_message_size(msg_max);
+    // One admission limit over both listeners: a forwarded request counts like any other.
+    let admission = AdmissionLayer::new(config.limits.node_requests_max as usize);
+    let builder = || {
+        tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(config.limits.concurrent_requests_max as usize)
+            .http2_keepalive_interval(Some(Duration::from_millis(SERVER_KEEPALIVE_INTERVAL_MS)))
+            .http2_keepalive_timeout(Some(Duration::from_millis(SERVER_KEEPALIVE_TIMEOUT_MS)))
+            .http2_max_pending_accept_reset_streams(Some(HTTP2_PENDING_ACCEPT_RESET_STREAMS_MAX))
+            .layer(admission.clone())
+    };
+    let reloader = tls.as_ref().map(|t| t.spawn_reloader(Duration::from_millis(config.tls.reload_interval_ms)));
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(config.limits.concurrent_requests_max as usize)
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_millis(SERVER_KEEPALIVE_INTERVAL_MS)))
-        .http2_keepalive_timeout(Some(Duration::from_millis(SERVER_KEEPALIVE_TIMEOUT_MS)))
-        .http2_max_pending_accept_reset_streams(Some(HTTP2_PENDING_ACCEPT_RESET_STREAMS_MAX))
-        .layer(AdmissionLayer::new(config.limits.node_requests_max as usize))
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    // Accepted sockets get TCP_NODELAY in `tls::incoming`: without it a response written
+    // in two pieces waits for the client's delayed ACK (~40 ms per 1 KiB read).
+    let client_server = builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(data)
-        .add_service(admin)
+        .add_service(data())
+        .add_service(admin())
+        .serve_with_incoming_shutdown(crate::tls::incoming(listener, ListenerKind::Client, tls.clone()), stopped(stop_rx.clone()));
+    let peer_server = builder()
         .add_service(raft)
-        // `Server::tcp_nodelay` does not reach sockets of an incoming stream we pass in:
-        // without TCP_NODELAY on accepted sockets, a response written in two pieces waits
-        // for the client's delayed ACK (~40 ms per 1 KiB read).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
-            let _ = stop_rx.await;
-        });
-    let server = tokio::spawn(server);
+        .add_service(data())
+        .add_service(admin())
+        .serve_with_incoming_shutdown(crate::tls::incoming(peer_listener, ListenerKind::Peer, tls.clone()), stopped(stop_rx));
+    let server = tokio::spawn(async move {
+        let (a, b) = tokio::join!(client_server, peer_server);
+        a.and(b)
+    });
 
     if !members.is_empty() {
         match node.bootstrap(&members).await {
@@ -121,7 +164,11 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
 
     shutdown.await;
     tracing::info!("shutting down");
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
+    if let Some(r) = reloader {
+        r.abort();
+    }
+    addr_refresher.abort();
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server stopped with an error"),

@@ -17,6 +17,7 @@ use kho_raft::{GroupId, MessageKind, NodeId, RaftNode, Transport, TransportError
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::channels::Channels;
+use crate::tls::{ConnInfo, ListenerKind};
 
 /// Most snapshot chunks read ahead of the network, count.
 const SNAPSHOT_CHUNKS_IN_FLIGHT_MAX: usize = 4;
@@ -134,6 +135,37 @@ impl Transport for GrpcTransport {
     }
 }
 
+/// The node a Raft message's connection was authenticated as: `Some` with TLS (the peer
+/// listener admits node certificates only), `None` on a plaintext node.
+///
+/// Membership is not checked here: a node that lags (a learner catching up, a voter back
+/// from a long outage) does not know the members added since, and refusing them would
+/// keep it from ever catching up. A removed node is shut out by revoking its certificate
+/// (docs/SECURITY.md, "Removing a node").
+fn check_sender<T>(req: &Request<T>) -> Result<Option<NodeId>, Status> {
+    let Some(info) = req.extensions().get::<ConnInfo>() else {
+        return Err(Status::internal("a Raft message without connection information"));
+    };
+    if info.listener != ListenerKind::Peer {
+        return Err(Status::permission_denied("Raft messages are taken on the peer listener only"));
+    }
+    match (&info.cert, info.node()) {
+        (None, _) => Ok(None),
+        (Some(_), Some(id)) => Ok(Some(id)),
+        (Some(_), None) => Err(Status::permission_denied("Raft messages are taken from node certificates only")),
+    }
+}
+
+/// A message must say it is from the node its connection's certificate names.
+fn check_from(sender: Option<NodeId>, from: NodeId) -> Result<(), Status> {
+    match sender {
+        Some(id) if id != from => {
+            Err(Status::permission_denied(format!("from: the message says node {from}, the connection's certificate is node {id}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The receiving side of the Raft transport.
 pub struct RaftService {
     pub node: Arc<RaftNode>,
@@ -142,7 +174,9 @@ pub struct RaftService {
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
     async fn call(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let sender = check_sender(&req)?;
         let m = req.into_inner();
+        check_from(sender, m.from)?;
         let kind = match RaftMessageKind::try_from(m.kind) {
             Ok(RaftMessageKind::AppendEntries) => MessageKind::AppendEntries,
             Ok(RaftMessageKind::Vote) => MessageKind::Vote,
@@ -166,6 +200,7 @@ impl RaftTransport for RaftService {
     }
 
     async fn install_snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftMessage>, Status> {
+        let sender = check_sender(&req)?;
         let mut stream = req.into_inner();
         let first = stream
             .message()
@@ -174,6 +209,7 @@ impl RaftTransport for RaftService {
         if first.header.is_empty() {
             return Err(Status::invalid_argument("snapshot stream: the first chunk has no header"));
         }
+        check_from(sender, first.from)?;
         let group = first.group_id;
         let data: Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>> = Box::pin(stream.map(|c| c.map(|c| c.data)));
         let payload = self.node.receive_snapshot(group, &first.header, data).await.map_err(|e| match e {

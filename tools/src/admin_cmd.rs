@@ -70,6 +70,28 @@ pub struct ConnArgs {
         value_parser = crate::parse::parse_endpoints
     )]
     pub endpoints: EndpointList,
+    /// CA certificates (PEM) the nodes' certificates chain to; with it the connection is
+    /// TLS. Without it: plaintext (a cluster with `tls.plaintext = true`).
+    #[arg(id = "tls_ca", long = "ca", global = true, env = "KHO_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for mutual TLS; needs --key.
+    #[arg(id = "tls_cert", long = "cert", global = true, env = "KHO_CERT", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(id = "tls_key", long = "key", global = true, env = "KHO_KEY", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl ConnArgs {
+    /// The endpoints and, with --ca, the TLS files read.
+    pub fn target(&self) -> anyhow::Result<client::Target> {
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(client::ClientTls::load(ca, self.tls_cert.as_deref(), self.tls_key.as_deref())?),
+            None if self.tls_cert.is_some() || self.tls_key.is_some() => anyhow::bail!("--cert and --key need --ca (KHO_CA)"),
+            None => None,
+        };
+        Ok(client::Target { endpoints: self.endpoints.clone(), tls })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -250,7 +272,7 @@ pub async fn shard(cmd: ShardCmd) -> anyhow::Result<ExitCode> {
         }
         _ => Timeouts::default(),
     };
-    let mut admin = client::connect(&cmd.conn.endpoints, timeouts).await?.admin();
+    let mut admin = client::connect(&cmd.conn.target()?, timeouts).await?.admin();
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match cmd.op {
         ShardOp::Split { shard, at, json } => {
@@ -348,7 +370,7 @@ fn parse_address(s: &str) -> Result<String, String> {
 }
 
 pub async fn tenant(cmd: TenantCmd) -> anyhow::Result<ExitCode> {
-    let mut admin = client::connect(&cmd.conn.endpoints, Timeouts::default()).await?.admin();
+    let mut admin = client::connect(&cmd.conn.target()?, Timeouts::default()).await?.admin();
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match cmd.op {
         TenantOp::Create { name, encryption } => {
@@ -368,7 +390,7 @@ pub async fn tenant(cmd: TenantCmd) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn table(cmd: TableCmd) -> anyhow::Result<ExitCode> {
-    let mut admin = client::connect(&cmd.conn.endpoints, Timeouts::default()).await?.admin();
+    let mut admin = client::connect(&cmd.conn.target()?, Timeouts::default()).await?.admin();
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match cmd.op {
         TableOp::Create { tenant, name, families, hashed_row_keys, split_rows, initial_shards } => {
@@ -413,7 +435,7 @@ pub async fn table(cmd: TableCmd) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
-    let conn = client::connect(&cmd.conn.endpoints, Timeouts::default()).await?;
+    let conn = client::connect(&cmd.conn.target()?, Timeouts::default()).await?;
     let mut admin = conn.admin();
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match cmd.op {
@@ -444,10 +466,12 @@ pub async fn node(cmd: NodeCmd) -> anyhow::Result<ExitCode> {
     let NodeOp::Compact { timeout_secs } = cmd.op;
     let timeouts = Timeouts { connect: client::CONNECT_TIMEOUT, request: Duration::from_secs(timeout_secs) };
     let mut failed = 0usize;
-    for ep in &cmd.conn.endpoints.0 {
+    let target = cmd.conn.target()?;
+    for ep in &target.endpoints.0 {
         let started = Instant::now();
         let result = async {
-            let conn = client::connect(&EndpointList(vec![ep.clone()]), timeouts).await?;
+            let one = client::Target { endpoints: EndpointList(vec![ep.clone()]), tls: target.tls.clone() };
+            let conn = client::connect(&one, timeouts).await?;
             let r = conn.admin().compact_node(CompactNodeRequest {}).await?.into_inner();
             anyhow::Ok(r.node_id)
         }

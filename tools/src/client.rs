@@ -1,10 +1,13 @@
-//! Connecting to a cluster: try the endpoints in order, keep the first that connects.
+//! Connecting to a cluster: try the endpoints in order, keep the first that connects;
+//! with TLS when a CA is given (`--ca`/`KHO_CA`), presenting a client certificate when
+//! one is given (`--cert`, `--key`).
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use kho_proto::v1::{admin_client::AdminClient, data_client::DataClient};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::parse::EndpointList;
 
@@ -28,6 +31,63 @@ impl Default for Timeouts {
     }
 }
 
+/// TLS of a client connection.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    /// The CA certificates (PEM) node certificates must chain to.
+    pub ca: Vec<u8>,
+    /// A client certificate and its key (PEM), for mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ClientTls {
+    /// Reads the files; `cert` and `key` come together or not at all.
+    pub fn load(ca: &Path, cert: Option<&Path>, key: Option<&Path>) -> anyhow::Result<ClientTls> {
+        let read = |flag: &str, p: &Path| std::fs::read(p).with_context(|| format!("{flag} {}", p.display()));
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((read("--cert", c)?, read("--key", k)?)),
+            (None, None) => None,
+            (Some(_), None) => anyhow::bail!("--cert needs --key (KHO_KEY)"),
+            (None, Some(_)) => anyhow::bail!("--key needs --cert (KHO_CERT)"),
+        };
+        Ok(ClientTls { ca: read("--ca", ca)?, identity })
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
+        match &self.identity {
+            Some((cert, key)) => c.identity(Identity::from_pem(cert, key)),
+            None => c,
+        }
+    }
+}
+
+/// Where the cluster is and how to reach it.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub endpoints: EndpointList,
+    /// `None`: plaintext (a cluster with `tls.plaintext = true`).
+    pub tls: Option<ClientTls>,
+}
+
+/// An endpoint of `host:port`: `https://` with `tls`, else `http://`.
+pub fn endpoint(addr: &str, tls: Option<&ClientTls>) -> anyhow::Result<Endpoint> {
+    match tls {
+        Some(t) => Ok(Endpoint::from_shared(format!("https://{addr}"))
+            .with_context(|| format!("bad endpoint `{addr}`"))?
+            .tls_config(t.config())
+            .with_context(|| format!("TLS configuration for `{addr}`"))?),
+        None => Endpoint::from_shared(format!("http://{addr}")).with_context(|| format!("bad endpoint `{addr}`")),
+    }
+}
+
+/// Set once a command connected without TLS: a transport failure is then most likely a
+/// TLS port refusing a plaintext client, and the error says what to do (`main::report`).
+pub static PLAINTEXT_USED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The hint added to connection failures of a plaintext client.
+pub const TLS_HINT: &str = "a cluster with TLS needs its CA: --ca or KHO_CA";
+
 /// A connection to one node of the cluster, with the endpoint it reached.
 #[derive(Debug, Clone)]
 pub struct Conn {
@@ -47,10 +107,13 @@ impl Conn {
 
 /// Connects to the first endpoint of the list that accepts a connection, trying them in
 /// order. Any node serves any request (it forwards to the leader), so the first is enough.
-pub async fn connect(endpoints: &EndpointList, t: Timeouts) -> anyhow::Result<Conn> {
+pub async fn connect(target: &Target, t: Timeouts) -> anyhow::Result<Conn> {
+    if target.tls.is_none() {
+        PLAINTEXT_USED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut failures = Vec::new();
-    for ep in &endpoints.0 {
-        match connect_one(ep, t).await {
+    for ep in &target.endpoints.0 {
+        match connect_one(ep, target.tls.as_ref(), t).await {
             Ok(channel) => {
                 tracing::debug!(endpoint = %ep, "connected");
                 return Ok(Conn { endpoint: ep.clone(), channel });
@@ -62,7 +125,8 @@ pub async fn connect(endpoints: &EndpointList, t: Timeouts) -> anyhow::Result<Co
             }
         }
     }
-    Err(anyhow!("could not connect to any endpoint: {}", failures.join("; ")))
+    let hint = if target.tls.is_none() { format!(" ({TLS_HINT})") } else { String::new() };
+    Err(anyhow!("could not connect to any endpoint: {}{hint}", failures.join("; ")))
 }
 
 /// An error and its causes on one line, without the repeats tonic's transport errors have
@@ -79,12 +143,8 @@ fn error_text(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
-async fn connect_one(endpoint: &str, t: Timeouts) -> anyhow::Result<Channel> {
-    let ep = Endpoint::from_shared(format!("http://{endpoint}"))
-        .with_context(|| format!("bad endpoint `{endpoint}`"))?
-        .connect_timeout(t.connect)
-        .timeout(t.request)
-        .tcp_nodelay(true);
+async fn connect_one(addr: &str, tls: Option<&ClientTls>, t: Timeouts) -> anyhow::Result<Channel> {
+    let ep = endpoint(addr, tls)?.connect_timeout(t.connect).timeout(t.request).tcp_nodelay(true);
     // The connect timeout bounds the TCP connect; this bounds the HTTP/2 handshake too.
     match tokio::time::timeout(t.connect + Duration::from_millis(500), ep.connect()).await {
         Ok(Ok(ch)) => Ok(ch),

@@ -197,7 +197,7 @@ fn opt_bytes(s: Option<String>) -> Vec<u8> {
 }
 
 pub async fn kv(cmd: KvCmd) -> anyhow::Result<ExitCode> {
-    let mut data = client::connect(&cmd.conn.endpoints, Timeouts::default()).await?.data();
+    let mut data = client::connect(&cmd.conn.target()?, Timeouts::default()).await?.data();
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match cmd.op {
         KvOp::Put { t, key, value, family } => {
@@ -248,7 +248,7 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn row(cmd: RowCmd) -> anyhow::Result<ExitCode> {
-    let mut data = client::connect(&cmd.conn.endpoints, Timeouts::default()).await?.data();
+    let mut data = client::connect(&cmd.conn.target()?, Timeouts::default()).await?.data();
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match cmd.op {
         RowOp::Mutate { t, row, sets, deletes, delete_families, delete_row } => {

@@ -63,6 +63,11 @@ pub struct DemoArgs {
     /// start without its key).
     #[arg(long)]
     pub no_encryption: bool,
+    /// Serve without TLS (`tls.plaintext = true` on every node): no encryption on the
+    /// wire and no authentication of nodes. For measuring what TLS costs; never in
+    /// production.
+    #[arg(long)]
+    pub no_tls: bool,
     /// Print the rows the demo loads (`--rows` of them) as JSON lines and exit, without
     /// starting anything: to know what the data is, or to search the disk for it.
     #[arg(long)]
@@ -111,15 +116,19 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let Prepared { dir, layouts, _lock, exe, reused, master_key } = prepared;
+    let Prepared { dir, layouts, _lock, exe, reused, master_key, tls } = prepared;
     say!("kho demo: data directory {}", dir.display());
     if reused {
         say!("kho demo: reusing the data of a previous demo (no new bootstrap)");
     }
     say!("kho demo: {}", encryption_line(master_key.as_ref()));
+    match &tls {
+        Some(t) => say!("kho demo: TLS on both listeners; CA, node and admin certificates in {}", t.dir.display()),
+        None => say!("kho demo: WARNING: --no-tls: plaintext on both listeners, nodes not authenticated (tls.plaintext = true)"),
+    }
     let key_path = master_key.as_ref().map(|k| k.path.as_path());
     let mut cluster = tokio::select! {
-        r = LocalCluster::start(&exe, &layouts, key_path) => match r {
+        r = LocalCluster::start(&exe, &layouts, key_path, tls.as_ref().map(|t| t.dir.as_path())) => match r {
             Ok(c) => c,
             Err(e) => {
                 say_err!("error: {e:#}");
@@ -132,12 +141,20 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         }
     };
     for n in &cluster.nodes {
-        say!("kho demo: node {} (pid {}) on {}, log {}", n.layout.id, n.pid, n.layout.addr, n.layout.log.display());
+        say!(
+            "kho demo: node {} (pid {}) on {} (peers: {}), log {}",
+            n.layout.id,
+            n.pid,
+            n.layout.addr,
+            n.layout.peer_addr,
+            n.layout.log.display()
+        );
     }
     let endpoints = EndpointList(layouts.iter().map(|l| l.addr.clone()).collect());
+    let target = client::Target { endpoints: endpoints.clone(), tls: tls.as_ref().map(|t| t.client.clone()) };
 
     let setup = tokio::select! {
-        r = setup(&mut cluster, &endpoints, args.rows, master_key.is_some()) => Some(r),
+        r = setup(&mut cluster, &target, args.rows, master_key.is_some()) => Some(r),
         sig = &mut signals => {
             say_err!("kho demo: {sig} before the demo was ready; stopping the nodes");
             None
@@ -157,7 +174,8 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         Some(Ok(ready)) => ready,
     };
     let exe_text = shell_quote(&exe.to_string_lossy());
-    let usage = usage_text(&exe_text, &endpoints, &dir, ready.first.as_deref(), ready.hashed_row_keys);
+    let tls_env = tls.as_ref().map(|t| t.env()).unwrap_or_default();
+    let usage = usage_text(&exe_text, &endpoints, &tls_env, &dir, ready.first.as_deref(), ready.hashed_row_keys);
     say!("{}", usage.strip_suffix('\n').unwrap_or(&usage));
     say!("kho demo: ready");
 
@@ -193,7 +211,57 @@ struct Prepared {
     reused: bool,
     /// None with --no-encryption.
     master_key: Option<MasterKeyFile>,
+    /// None with --no-tls.
+    tls: Option<DemoTls>,
 }
+
+/// The demo's certificates: `DIR/tls`, made at the first start and kept.
+struct DemoTls {
+    dir: PathBuf,
+    /// The admin's client TLS: the CA and `client-admin.crt`.
+    client: client::ClientTls,
+}
+
+/// The name of the demo's admin (its client certificate's user).
+pub const DEMO_ADMIN: &str = "admin";
+
+impl DemoTls {
+    /// Makes whatever is missing in `dir`: the CA, each node's certificate, the admin's.
+    fn ensure(dir: &Path, layouts: &[NodeLayout]) -> anyhow::Result<DemoTls> {
+        use crate::cert_cmd::{self, Subject};
+        if !dir.join(cert_cmd::CA_KEY).exists() {
+            cert_cmd::create_ca(dir, Duration::from_secs(DEMO_CA_VALID_DAYS * 86_400))?;
+        }
+        let leaf = Duration::from_secs(DEMO_CERT_VALID_DAYS * 86_400);
+        for l in layouts {
+            if !dir.join(format!("node-{}.crt", l.id)).exists() {
+                cert_cmd::issue(dir, &Subject::Node { id: l.id, hosts: Vec::new() }, leaf)?;
+            }
+        }
+        let (cert, key) = (dir.join(format!("client-{DEMO_ADMIN}.crt")), dir.join(format!("client-{DEMO_ADMIN}.key")));
+        if !cert.exists() {
+            cert_cmd::issue(dir, &Subject::User(DEMO_ADMIN.to_string()), leaf)?;
+        }
+        let client = client::ClientTls::load(&dir.join(cert_cmd::CA_CERT), Some(&cert), Some(&key))?;
+        Ok(DemoTls { dir: dir.to_path_buf(), client })
+    }
+
+    /// `KHO_CA=… KHO_CERT=… KHO_KEY=…`, shell-quoted.
+    fn env(&self) -> String {
+        let q = |name: &str| shell_quote(&self.dir.join(name).to_string_lossy());
+        format!(
+            "KHO_CA={} KHO_CERT={} KHO_KEY={}",
+            q(crate::cert_cmd::CA_CERT),
+            q(&format!("client-{DEMO_ADMIN}.crt")),
+            q(&format!("client-{DEMO_ADMIN}.key"))
+        )
+    }
+}
+
+/// Validity of the demo's CA, days.
+const DEMO_CA_VALID_DAYS: u64 = 3_650;
+/// Validity of the demo's node and client certificates, days.
+const DEMO_CERT_VALID_DAYS: u64 = 365;
 
 /// The line that says how the demo's data is stored.
 pub fn encryption_line(key: Option<&MasterKeyFile>) -> String {
@@ -254,7 +322,8 @@ fn prepare(args: &DemoArgs) -> anyhow::Result<Prepared> {
     local_cluster::check_free(&layouts)?;
     // Outside every node's data_dir (DIR/node-<id>).
     let master_key = if args.no_encryption { None } else { Some(master_key::ensure(&dir.join("keys"))?) };
-    Ok(Prepared { dir, layouts, _lock: lock, exe, reused, master_key })
+    let tls = if args.no_tls { None } else { Some(DemoTls::ensure(&dir.join("tls"), &layouts)?) };
+    Ok(Prepared { dir, layouts, _lock: lock, exe, reused, master_key, tls })
 }
 
 fn dir_has_entries(p: &Path) -> bool {
@@ -287,22 +356,23 @@ struct Ready {
 }
 
 /// Waits for a leader, creates the schema, loads the rows.
-async fn setup(cluster: &mut LocalCluster, endpoints: &EndpointList, rows: u64, encrypted: bool) -> anyhow::Result<Ready> {
-    let status = wait_for_leader(cluster, endpoints).await?;
+async fn setup(cluster: &mut LocalCluster, target: &client::Target, rows: u64, encrypted: bool) -> anyhow::Result<Ready> {
+    let status = wait_for_leader(cluster, target).await?;
     say!("kho demo: node {} is the leader (term {})", status.leader_id, status.term);
     // Writes go to the leader directly when its address is known; any node would forward.
-    let leader_addr = status.nodes.iter().find(|n| n.node_id == status.leader_id).map(|n| n.address.clone());
+    let leader_addr =
+        status.nodes.iter().find(|n| n.node_id == status.leader_id).map(|n| n.client_address.clone()).filter(|a| !a.is_empty());
     let mut order = Vec::new();
     order.extend(leader_addr);
-    order.extend(endpoints.0.iter().cloned());
-    let conn = client::connect(&EndpointList(order), Timeouts::default()).await?;
+    order.extend(target.endpoints.0.iter().cloned());
+    let conn = client::connect(&client::Target { endpoints: EndpointList(order), tls: target.tls.clone() }, Timeouts::default()).await?;
     let hashed_row_keys = create_schema(&mut conn.admin(), encrypted).await?;
     load(&conn.data(), rows).await?;
     let first = CitizenGen::new(DEMO_SEED).take(usize::try_from(rows)?).next().map(|c| c.id);
     Ok(Ready { first, hashed_row_keys })
 }
 
-async fn wait_for_leader(cluster: &mut LocalCluster, endpoints: &EndpointList) -> anyhow::Result<ClusterStatusResponse> {
+async fn wait_for_leader(cluster: &mut LocalCluster, endpoints: &client::Target) -> anyhow::Result<ClusterStatusResponse> {
     let start = Instant::now();
     let quick = Timeouts { connect: Duration::from_secs(1), request: Duration::from_secs(3) };
     let mut last_error = String::from("no answer yet");
@@ -475,7 +545,7 @@ pub fn shell_quote(s: &str) -> String {
 
 /// What the demo prints when it is ready: where things are and commands to try. A table
 /// with hashed row keys cannot be scanned, so scans are suggested only without them.
-pub fn usage_text(exe: &str, endpoints: &EndpointList, dir: &Path, first: Option<&str>, hashed_row_keys: bool) -> String {
+pub fn usage_text(exe: &str, endpoints: &EndpointList, tls_env: &str, dir: &Path, first: Option<&str>, hashed_row_keys: bool) -> String {
     let eps = endpoints.0.join(",");
     let t = format!("--tenant {TENANT} --table {TABLE}");
     let mut s = String::new();
@@ -485,15 +555,15 @@ pub fn usage_text(exe: &str, endpoints: &EndpointList, dir: &Path, first: Option
         Some(id) => s.push_str(&format!("kho demo: first citizen id {id}\n")),
         None => s.push_str("kho demo: no rows loaded\n"),
     }
-    s.push_str("\nTry (or `export KHO_ENDPOINTS=");
-    s.push_str(&eps);
-    s.push_str("` and drop --endpoints):\n");
+    s.push_str("\nEvery kho command then works as the demo's admin without flags:\n");
+    s.push_str(&format!("  export {}\n", format!("KHO_ENDPOINTS={eps} {tls_env}").trim_end()));
+    s.push_str("Try:\n");
     let mut cmd = |c: String| {
         s.push_str("  ");
         s.push_str(&c);
         s.push('\n');
     };
-    let with = |command: &str, rest: &str| format!("{exe} {command} --endpoints {eps} {rest}").trim_end().to_string();
+    let with = |command: &str, rest: &str| format!("{exe} {command} {rest}").trim_end().to_string();
     if let Some(id) = first {
         cmd(with("row read", &format!("{t} --row {id}")));
     }
@@ -528,25 +598,24 @@ mod tests {
     #[test]
     fn usage_has_the_promised_commands() {
         let eps = EndpointList(vec!["127.0.0.1:7101".into(), "127.0.0.1:7102".into()]);
-        let s = usage_text("/opt/kho", &eps, Path::new("/tmp/d"), Some("001085012345"), true);
-        let eps = "--endpoints 127.0.0.1:7101,127.0.0.1:7102";
-        assert!(s.contains(&format!("/opt/kho row read {eps} --tenant dan_cu --table citizen --row 001085012345\n")), "{s}");
+        let s = usage_text("/opt/kho", &eps, "KHO_CA=/d/ca.crt", Path::new("/tmp/d"), Some("001085012345"), true);
+        assert!(s.contains("\n  export KHO_ENDPOINTS=127.0.0.1:7101,127.0.0.1:7102 KHO_CA=/d/ca.crt\n"), "{s}");
+        assert!(s.contains("/opt/kho row read --tenant dan_cu --table citizen --row 001085012345\n"), "{s}");
         // The table has hashed row keys: scans are refused, so none is suggested.
         assert!(!s.contains("row scan") && !s.contains("kv scan"), "{s}");
-        assert!(s.contains(&format!("/opt/kho keys status {eps} --tenant dan_cu\n")), "{s}");
-        assert!(s.contains(&format!("/opt/kho cluster status {eps}\n")), "{s}");
-        assert!(s.contains(&format!("/opt/kho shard list {eps}\n")), "{s}");
-        assert!(s.contains(&format!("/opt/kho kv get {eps}")) && s.contains(&format!("/opt/kho table list {eps}")), "{s}");
+        assert!(s.contains("/opt/kho keys status --tenant dan_cu\n"), "{s}");
+        assert!(s.contains("/opt/kho cluster status\n"), "{s}");
+        assert!(s.contains("/opt/kho shard list\n"), "{s}");
+        assert!(s.contains("/opt/kho kv get") && s.contains("/opt/kho table list"), "{s}");
         assert!(s.contains("first citizen id 001085012345"));
     }
 
     #[test]
     fn usage_without_hashed_row_keys_suggests_scans() {
         let eps = EndpointList(vec!["127.0.0.1:7101".into()]);
-        let s = usage_text("/opt/kho", &eps, Path::new("/tmp/d"), None, false);
-        let eps = "--endpoints 127.0.0.1:7101";
-        assert!(s.contains(&format!("/opt/kho row scan {eps} --tenant dan_cu --table citizen --limit 5\n")), "{s}");
-        assert!(s.contains(&format!("/opt/kho keys status {eps} --tenant dan_cu\n")), "{s}");
+        let s = usage_text("/opt/kho", &eps, "KHO_CA=/d/ca.crt", Path::new("/tmp/d"), None, false);
+        assert!(s.contains("/opt/kho row scan --tenant dan_cu --table citizen --limit 5\n"), "{s}");
+        assert!(s.contains("/opt/kho keys status --tenant dan_cu\n"), "{s}");
         assert!(s.contains("no rows loaded") && !s.contains("row read"), "{s}");
     }
 

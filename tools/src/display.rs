@@ -101,10 +101,11 @@ pub fn cluster_status(s: &ClusterStatusResponse) -> String {
     }
     let mut nodes: Vec<_> = s.nodes.iter().collect();
     nodes.sort_by_key(|n| n.node_id);
-    let mut table = vec![["", "NODE", "ADDRESS", "ROLE", "TERM", "LAST LOG", "COMMIT", "APPLIED", "SHARDS", "LEADS", "ASLEEP"]
-        .iter()
-        .map(|h| h.to_string())
-        .collect::<Vec<_>>()];
+    let mut table =
+        vec![["", "NODE", "ADDRESS", "PEER ADDRESS", "ROLE", "TERM", "LAST LOG", "COMMIT", "APPLIED", "SHARDS", "LEADS", "ASLEEP"]
+            .iter()
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>()];
     for n in &nodes {
         let is_leader = (s.leader_id != 0 && n.node_id == s.leader_id) || n.role == "leader";
         let unreachable = n.role == "unreachable";
@@ -112,6 +113,7 @@ pub fn cluster_status(s: &ClusterStatusResponse) -> String {
         table.push(vec![
             if is_leader { "*".into() } else { String::new() },
             n.node_id.to_string(),
+            if n.client_address.is_empty() { "-".to_string() } else { n.client_address.clone() },
             n.address.clone(),
             n.role.clone(),
             num(n.term),
@@ -239,6 +241,7 @@ mod tests {
         let node = |id: u64, role: &str| NodeStatus {
             node_id: id,
             address: format!("127.0.0.1:710{id}"),
+            client_address: if role == "unreachable" { String::new() } else { format!("127.0.0.1:700{id}") },
             role: role.into(),
             term: 3,
             leader_id: 1,
@@ -254,7 +257,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "leader: 1  term: 3");
         assert!(lines[1].starts_with("   NODE  ADDRESS"), "{text}");
-        assert!(lines[2].starts_with("*  1     127.0.0.1:7101  leader"), "{text}");
+        assert!(lines[2].starts_with("*  1     127.0.0.1:7001  127.0.0.1:7101  leader"), "{text}");
         assert!(lines[3].starts_with("   2 "), "{text}");
         assert!(lines[3].contains(" 119 ") && lines[3].ends_with('0'), "{text}");
         assert!(lines[4].contains("unreachable") && lines[4].ends_with('-'), "{text}");

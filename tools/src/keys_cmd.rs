@@ -14,7 +14,6 @@ use kho_proto::v1::{
 use crate::admin_cmd::ConnArgs;
 use crate::client::{self, Conn, Timeouts};
 use crate::display;
-use crate::parse::EndpointList;
 
 /// How long one keys request may take until its answer starts. Counting a tenant's values
 /// (TenantKeyStatus, DestroyTenantKey) scans the tenant's data on the leader.
@@ -83,7 +82,7 @@ fn timeouts() -> Timeouts {
 }
 
 pub async fn keys(cmd: KeysCmd) -> anyhow::Result<ExitCode> {
-    let endpoints = cmd.conn.endpoints;
+    let endpoints = cmd.conn.target()?;
     match cmd.op {
         KeysOp::Status { tenant } => {
             let mut admin = client::connect(&endpoints, timeouts()).await?.admin();
@@ -165,7 +164,7 @@ fn retryable(e: &anyhow::Error) -> bool {
 /// One TenantKeyStatus of `tenant`, connecting first when there is no connection.
 async fn poll_once(
     conn: &mut Option<Conn>,
-    endpoints: &EndpointList,
+    endpoints: &client::Target,
     tenant: &str,
     counts: bool,
 ) -> anyhow::Result<TenantKeyStatusResponse> {
@@ -184,7 +183,7 @@ async fn poll_once(
 
 /// `kho keys reencrypt`: StartReencryption, then (unless `no_wait`) TenantKeyStatus every
 /// [`POLL_INTERVAL`] until the job is done, bounded by `timeout` in all.
-async fn reencrypt(endpoints: &EndpointList, tenant: &str, no_wait: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
+async fn reencrypt(endpoints: &client::Target, tenant: &str, no_wait: bool, timeout: Duration) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let first = client::connect(endpoints, timeouts()).await?;

@@ -44,6 +44,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin_cmd;
 mod bench;
+mod cert_cmd;
 mod client;
 mod data_cmd;
 mod datagen;
@@ -96,6 +97,9 @@ enum Command {
     /// Kho, etcd and an embedded RocksDB side by side: starts the clusters, runs the same
     /// workloads in alternating rounds, writes a table and chart (docs/BENCHMARKS.md).
     BenchCompare(bench::compare::CompareArgs),
+    /// A local certificate authority for development and tests: CA, node and client
+    /// certificates, revocation (docs/SECURITY.md, "TLS").
+    Cert(cert_cmd::CertCmd),
     /// Node config files.
     Config {
         #[command(subcommand)]
@@ -125,6 +129,8 @@ fn init_logging(default: &str) {
 
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
+    // The one TLS crypto provider (ring), before anything builds a TLS configuration.
+    kho_rpc::tls::install_provider();
     let cli = Cli::parse();
     init_logging(match cli.command {
         // openraft logs every election step at info; its warnings and errors are enough.
@@ -161,6 +167,7 @@ async fn run(command: Command) -> ExitCode {
             println!("kho {} (API kho.v1)", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
+        Command::Cert(cmd) => cert_cmd::run(cmd).map(|()| ExitCode::SUCCESS),
         Command::Tenant(cmd) => admin_cmd::tenant(cmd).await,
         Command::Table(cmd) => admin_cmd::table(cmd).await,
         Command::Shard(cmd) => admin_cmd::shard(cmd).await,
@@ -190,7 +197,21 @@ fn report(e: &anyhow::Error) -> ExitCode {
         }
     }
     match e.downcast_ref::<tonic::Status>() {
-        Some(status) => eprintln!("{}", display::status_line(status)),
+        Some(status) => {
+            // A TLS node closes a plaintext client's connection at its first byte, which
+            // tonic reports on the first call as `UNKNOWN: transport error` or `CANCELLED:
+            // operation was canceled`, depending on timing.
+            let transport = match status.code() {
+                tonic::Code::Unknown | tonic::Code::Cancelled => true,
+                tonic::Code::Unavailable => status.message().contains("transport error") || status.message().contains("connection"),
+                _ => false,
+            };
+            if transport && client::PLAINTEXT_USED.load(std::sync::atomic::Ordering::Relaxed) {
+                eprintln!("{} ({})", display::status_line(status), client::TLS_HINT);
+            } else {
+                eprintln!("{}", display::status_line(status));
+            }
+        }
         None => eprintln!("error: {e:#}"),
     }
     ExitCode::from(1)
@@ -316,6 +337,20 @@ mod tests {
             assert_eq!(cmd.conn.endpoints.0, ["a:1", "b:2"]);
         }
         assert!(parse(&["kv", "get", "--tenant", "t", "--table", "x", "k", "--endpoints", "nope"]).is_err());
+    }
+
+    #[test]
+    fn tls_flags_anywhere_after_the_group_and_the_key_argument_is_not_the_key_flag() {
+        let args = ["kv", "--ca", "/ca.crt", "get", "--tenant", "t", "--table", "x", "k", "--cert", "/c.crt", "--key", "/c.key"];
+        let Command::Kv(cmd) = parse(&args).unwrap().command else { panic!() };
+        assert_eq!(cmd.conn.tls_ca.as_deref(), Some(std::path::Path::new("/ca.crt")));
+        assert_eq!(cmd.conn.tls_cert.as_deref(), Some(std::path::Path::new("/c.crt")));
+        assert_eq!(cmd.conn.tls_key.as_deref(), Some(std::path::Path::new("/c.key")));
+        let Command::Kv(cmd) = parse(&["kv", "get", "--tenant", "t", "--table", "x", "k", "--cert", "/c.crt"]).unwrap().command else {
+            panic!()
+        };
+        let e = cmd.conn.target().unwrap_err().to_string();
+        assert!(e.contains("--ca"), "{e}");
     }
 
     #[test]

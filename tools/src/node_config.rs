@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use kho_rpc::config::{ConfigError, EncryptionConfig, Limits, RaftConfig, ShardingConfig};
+use kho_rpc::config::{ConfigError, EncryptionConfig, Limits, RaftConfig, ShardingConfig, TlsConfig};
 use kho_rpc::Config;
 
 use crate::parse::{parse_members, MemberList};
@@ -21,9 +21,15 @@ pub struct Overrides {
     /// Overrides `listen_addr` (ip:port the gRPC server binds).
     #[arg(long = "listen", value_name = "IP:PORT")]
     pub listen_addr: Option<String>,
-    /// Overrides `advertise_addr` (host:port peers and clients use to reach this node).
+    /// Overrides `advertise_addr` (host:port clients use to reach this node).
     #[arg(long = "advertise", value_name = "HOST:PORT")]
     pub advertise_addr: Option<String>,
+    /// Overrides `peer_listen_addr` (ip:port the peer listener binds).
+    #[arg(long = "peer-listen", value_name = "IP:PORT")]
+    pub peer_listen_addr: Option<String>,
+    /// Overrides `peer_advertise_addr` (host:port other nodes use to reach this node).
+    #[arg(long = "peer-advertise", value_name = "HOST:PORT")]
+    pub peer_advertise_addr: Option<String>,
     /// Overrides `peer_source_ip` (source IP of connections to other nodes).
     #[arg(long, value_name = "IP")]
     pub peer_source_ip: Option<String>,
@@ -55,6 +61,12 @@ impl Overrides {
         }
         if let Some(v) = &self.advertise_addr {
             c.advertise_addr = Some(v.clone());
+        }
+        if let Some(v) = &self.peer_listen_addr {
+            c.peer_listen_addr = v.clone();
+        }
+        if let Some(v) = &self.peer_advertise_addr {
+            c.peer_advertise_addr = Some(v.clone());
         }
         if let Some(v) = &self.peer_source_ip {
             c.peer_source_ip = Some(v.clone());
@@ -99,7 +111,21 @@ pub fn toml_str(s: &str) -> String {
 /// The structs are destructured without `..` on purpose: a field added to the config
 /// does not compile here until it is printed (and documented in docs/CONFIG.md).
 pub fn render(c: &Config) -> String {
-    let Config { node_id, listen_addr, advertise_addr, peer_source_ip, data_dir, initial_members, raft, limits, encryption, sharding } = c;
+    let Config {
+        node_id,
+        listen_addr,
+        advertise_addr,
+        peer_listen_addr,
+        peer_advertise_addr,
+        peer_source_ip,
+        data_dir,
+        initial_members,
+        raft,
+        limits,
+        encryption,
+        sharding,
+        tls,
+    } = c;
     let RaftConfig {
         heartbeat_interval_ms,
         election_timeout_min_ms,
@@ -132,6 +158,7 @@ pub fn render(c: &Config) -> String {
     } = limits;
     let EncryptionConfig { master_key_file, master_key_command } = encryption;
     let ShardingConfig { split_size_bytes, merge_size_bytes, auto_merge, split_merge_interval_ms, check_interval_ms } = sharding;
+    let TlsConfig { ca_file, cert_file, key_file, crl_file, client_ca_file, client_cert_required, reload_interval_ms, plaintext } = tls;
     let mut o = String::new();
     let _ = writeln!(o, "node_id = {node_id}");
     let _ = writeln!(o, "listen_addr = {}", toml_str(listen_addr));
@@ -140,7 +167,16 @@ pub fn render(c: &Config) -> String {
             let _ = writeln!(o, "advertise_addr = {}", toml_str(a));
         }
         None => {
-            let _ = writeln!(o, "# advertise_addr is not set: peers and clients use listen_addr");
+            let _ = writeln!(o, "# advertise_addr is not set: clients use listen_addr");
+        }
+    }
+    let _ = writeln!(o, "peer_listen_addr = {}", toml_str(peer_listen_addr));
+    match peer_advertise_addr {
+        Some(a) => {
+            let _ = writeln!(o, "peer_advertise_addr = {}", toml_str(a));
+        }
+        None => {
+            let _ = writeln!(o, "# peer_advertise_addr is not set: other nodes use peer_listen_addr");
         }
     }
     match peer_source_ip {
@@ -208,6 +244,25 @@ pub fn render(c: &Config) -> String {
     let _ = writeln!(o, "auto_merge = {auto_merge}");
     let _ = writeln!(o, "split_merge_interval_ms = {split_merge_interval_ms}");
     let _ = writeln!(o, "check_interval_ms = {check_interval_ms}");
+    let _ = writeln!(o, "\n[tls]");
+    if *plaintext {
+        let _ = writeln!(o, "# plaintext: no TLS and no authentication of nodes (tests and development only)");
+    }
+    for (name, v) in
+        [("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file), ("crl_file", crl_file), ("client_ca_file", client_ca_file)]
+    {
+        match v {
+            Some(p) => {
+                let _ = writeln!(o, "{name} = {}", toml_str(&p.to_string_lossy()));
+            }
+            None => {
+                let _ = writeln!(o, "# {name} is not set");
+            }
+        }
+    }
+    let _ = writeln!(o, "client_cert_required = {client_cert_required}");
+    let _ = writeln!(o, "reload_interval_ms = {reload_interval_ms}");
+    let _ = writeln!(o, "plaintext = {plaintext}");
     o
 }
 
@@ -218,10 +273,13 @@ mod tests {
     const FILE: &str = r#"
 node_id = 1
 listen_addr = "127.0.0.1:7001"
+peer_listen_addr = "127.0.0.1:7101"
 data_dir = "/var/lib/kho"
-initial_members = ["1=127.0.0.1:7001", "2=127.0.0.1:7002"]
+initial_members = ["1=127.0.0.1:7101", "2=127.0.0.1:7102"]
 [raft]
 heartbeat_interval_ms = 50
+[tls]
+plaintext = true
 "#;
 
     #[test]
@@ -231,6 +289,8 @@ heartbeat_interval_ms = 50
             node_id: Some(2),
             listen_addr: Some("0.0.0.0:7002".into()),
             advertise_addr: Some("node-2.dc1:7002".into()),
+            peer_listen_addr: Some("0.0.0.0:7102".into()),
+            peer_advertise_addr: None,
             peer_source_ip: Some("10.0.0.2".into()),
             data_dir: None,
             initial_members: None,
@@ -285,7 +345,12 @@ heartbeat_interval_ms = 50
         let e = load(None, &Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("node_id"), "{e}");
         let o = Overrides { node_id: Some(7), ..Overrides::default() };
-        let c = load(None, &o).unwrap();
+        let e = load(None, &o).unwrap_err().to_string();
+        assert!(e.contains("peer_listen_addr"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plain.toml");
+        std::fs::write(&path, "peer_listen_addr = \"127.0.0.1:7101\"\n[tls]\nplaintext = true\n").unwrap();
+        let c = load(Some(&path), &o).unwrap();
         assert_eq!(c.node_id, 7);
         assert_eq!(c.listen_addr, Config::default().listen_addr);
     }
@@ -312,7 +377,7 @@ heartbeat_interval_ms = 50
         let with_command = format!("{FILE}[encryption]\nmaster_key_command = \"sh -c 'cat \\\"/k\\\"'\"\n");
         for text in [
             FILE,
-            "node_id = 4\nadvertise_addr = \"kho-4.example:7001\"\ndata_dir = 'C:\\kho \"x\"'",
+            "node_id = 4\nadvertise_addr = \"kho-4.example:7001\"\ndata_dir = 'C:\\kho \"x\"'\n[tls]\nca_file = '/etc/kho/ca.crt'\ncert_file = 'n.crt'\nkey_file = 'n.key'\ncrl_file = 'c.crl'",
             with_file.as_str(),
             with_command.as_str(),
         ] {

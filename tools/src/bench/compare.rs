@@ -106,7 +106,7 @@ pub struct CompareArgs {
     /// Value size, bytes (etcd's "l" shape: 1024).
     #[arg(long, default_value_t = 1024)]
     pub value_bytes: usize,
-    /// First port of the Kho nodes (3 consecutive ports).
+    /// First port of the Kho nodes (3 consecutive client ports; peers from this + 100).
     #[arg(long, default_value_t = 7301)]
     pub kho_base_port: u16,
     /// First port of the etcd members (6 consecutive ports: clients, then peers).
@@ -172,7 +172,9 @@ pub async fn command(args: CompareArgs) -> anyhow::Result<std::process::ExitCode
     local_cluster::check_free(&layouts)?;
     // Outside the nodes' data directories (DIR/kho/node-<id>).
     let key = master_key::ensure(&dir.join("keys"))?;
-    let mut kho = LocalCluster::start(&exe, &layouts, Some(key.path.as_path())).await?;
+    // Plaintext: the side-by-side runs measure storage and Raft; a TLS run is to come
+    // (docs/BENCHMARKS.md).
+    let mut kho = LocalCluster::start(&exe, &layouts, Some(key.path.as_path()), None).await?;
     let kho_endpoints: Vec<String> = layouts.iter().map(|l| l.addr.clone()).collect();
     let mut etcd = match &etcd_bin {
         Some(bin) => match Etcd::start(bin, &dir.join("etcd"), args.etcd_base_port) {

@@ -226,6 +226,34 @@ pub struct BenchArgs {
     /// Seconds between progress lines on stderr; 0 = none.
     #[arg(long, default_value_t = PROGRESS_SECS_DEFAULT, value_name = "SECONDS")]
     pub progress_secs: u64,
+    /// Kho: the CA certificates (PEM) of a cluster with TLS; the connections are then TLS.
+    /// Flags only (not KHO_CA): a benchmark says what it measures on its command line.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Kho: a client certificate (PEM) for mutual TLS; needs --key and --ca.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Kho: the client certificate's key (PEM).
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// The TLS files of a Kho benchmark's connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchTls {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl BenchTls {
+    /// Reads the files.
+    pub fn load(&self) -> anyhow::Result<crate::client::ClientTls> {
+        crate::client::ClientTls::load(&self.ca, self.cert.as_deref(), self.key.as_deref())
+    }
 }
 
 impl Default for BenchArgs {
@@ -257,6 +285,9 @@ impl Default for BenchArgs {
             warmup_secs: 0,
             seed: None,
             progress_secs: PROGRESS_SECS_DEFAULT,
+            ca: None,
+            cert: None,
+            key: None,
         }
     }
 }
@@ -303,6 +334,9 @@ pub struct Config {
     pub warmup_secs: u64,
     pub seed: u64,
     pub progress_secs: u64,
+    /// Kho over TLS; absent in reports written before TLS existed: plaintext.
+    #[serde(default)]
+    pub tls: Option<BenchTls>,
 }
 
 impl BenchArgs {
@@ -361,6 +395,15 @@ impl BenchArgs {
         if let Some(path) = &self.json {
             check_json_path(path)?;
         }
+        let tls = match (&self.ca, &self.cert, &self.key) {
+            (None, None, None) => None,
+            (Some(_), _, _) if self.target != TargetKind::Kho => bail!("--ca: TLS is for the kho target only"),
+            (Some(ca), cert, key) if cert.is_some() == key.is_some() => {
+                Some(BenchTls { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
+            }
+            (Some(_), _, _) => bail!("--cert and --key: give both or neither"),
+            (None, _, _) => bail!("--cert and --key need --ca"),
+        };
         if self.target == TargetKind::Rocksdb && self.data_dir.is_none() {
             bail!("--data-dir: required with --target rocksdb (the directory of the embedded database)");
         }
@@ -392,6 +435,7 @@ impl BenchArgs {
             warmup_secs: self.warmup_secs,
             seed: self.seed.unwrap_or_else(clock_seed),
             progress_secs: self.progress_secs,
+            tls,
         })
     }
 

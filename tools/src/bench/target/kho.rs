@@ -163,6 +163,8 @@ pub struct ShardRouter {
     table: String,
     /// Connections per leader (`--workers-per-connection` workers share one).
     slots: usize,
+    /// TLS of every connection (`--ca`).
+    tls: Option<crate::client::ClientTls>,
     routes: RwLock<Routes>,
     /// One refresh at a time.
     refreshing: tokio::sync::Mutex<()>,
@@ -185,6 +187,7 @@ impl ShardRouter {
             tenant: config.tenant.clone(),
             table: config.table.clone(),
             slots: slots.max(1),
+            tls: config.tls.as_ref().map(|t| t.load()).transpose()?,
             routes: RwLock::new(Routes { shards: Vec::new(), generation: 0, channels: HashMap::new() }),
             refreshing: tokio::sync::Mutex::new(()),
         });
@@ -245,7 +248,7 @@ impl ShardRouter {
     }
 
     async fn locate_at(&self, endpoint: &str) -> anyhow::Result<(Vec<Route>, bool)> {
-        let mut client = data_client(super::connect_one(endpoint).await?);
+        let mut client = data_client(super::connect_one(endpoint, self.tls.as_ref()).await?);
         let (mut shards, mut all_led) = (Vec::new(), true);
         let mut start_row = Vec::new();
         for _ in 0..LOCATE_PAGES_MAX {
@@ -295,10 +298,10 @@ impl ShardRouter {
             }
             let mut channels = Vec::with_capacity(self.slots);
             for _ in 0..self.slots {
-                channels.push(match super::connect_one(&addr).await {
+                channels.push(match super::connect_one(&addr, self.tls.as_ref()).await {
                     Ok(c) => c,
                     // A node that does not answer now: its requests fail (and relocate) later.
-                    Err(_) => lazy_channel(&addr),
+                    Err(_) => lazy_channel(&addr, self.tls.as_ref()),
                 });
             }
             opened.push((addr, channels));
@@ -311,8 +314,8 @@ impl ShardRouter {
 }
 
 /// A connection opened at its first call.
-fn lazy_channel(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
+fn lazy_channel(addr: &str, tls: Option<&crate::client::ClientTls>) -> Channel {
+    crate::client::endpoint(addr, tls)
         .unwrap_or_else(|_| Endpoint::from_static("http://0.0.0.0:0"))
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::config::{Config, TargetKind};
 use crate::display::code_name;
@@ -98,8 +98,9 @@ pub async fn connect(config: &Config) -> anyhow::Result<Vec<Arc<dyn Target>>> {
         // to route to is the leader of the tenant's shard.
         let mut setup = None;
         let mut first_error = None;
+        let tls = config.tls.as_ref().map(|t| t.load()).transpose()?;
         for e in &config.endpoints {
-            match connect_one(e).await {
+            match connect_one(e, tls.as_ref()).await {
                 Ok(ch) => {
                     setup = Some(ch);
                     break;
@@ -125,7 +126,8 @@ pub async fn connect(config: &Config) -> anyhow::Result<Vec<Arc<dyn Target>>> {
             .map(|(_, slot)| Arc::new(kho::KhoTarget::routed(router.clone(), slot, config)) as Arc<dyn Target>)
             .collect());
     }
-    let channels = connect_channels(&config.endpoints, config.concurrency, config.workers_per_connection).await?;
+    let tls = config.tls.as_ref().map(|t| t.load()).transpose()?;
+    let channels = connect_channels(&config.endpoints, tls.as_ref(), config.concurrency, config.workers_per_connection).await?;
     match config.target {
         TargetKind::Kho => Ok(channels.into_iter().map(|ch| Arc::new(kho::KhoTarget::new(ch, config)) as Arc<dyn Target>).collect()),
         TargetKind::Etcd => Ok(channels.into_iter().map(|ch| Arc::new(etcd::EtcdTarget::new(ch)) as Arc<dyn Target>).collect()),
@@ -143,12 +145,17 @@ pub fn channel_plan(endpoints: usize, workers: usize, per_connection: usize) -> 
 }
 
 /// Opens the connections of [`channel_plan`] (all at once) and returns each worker's.
-pub async fn connect_channels(endpoints: &[String], workers: usize, per_connection: usize) -> anyhow::Result<Vec<Channel>> {
+pub async fn connect_channels(
+    endpoints: &[String],
+    tls: Option<&crate::client::ClientTls>,
+    workers: usize,
+    per_connection: usize,
+) -> anyhow::Result<Vec<Channel>> {
     let plan = channel_plan(endpoints.len(), workers, per_connection);
     let mut wanted: Vec<(usize, usize)> = plan.clone();
     wanted.sort_unstable();
     wanted.dedup();
-    let opened = futures::future::try_join_all(wanted.iter().map(|&(e, _)| connect_one(&endpoints[e]))).await?;
+    let opened = futures::future::try_join_all(wanted.iter().map(|&(e, _)| connect_one(&endpoints[e], tls))).await?;
     let mut out = Vec::with_capacity(workers);
     for slot in &plan {
         let at = wanted.binary_search(slot).map_err(|_| anyhow::anyhow!("connection {slot:?} not opened"))?;
@@ -157,9 +164,9 @@ pub async fn connect_channels(endpoints: &[String], workers: usize, per_connecti
     Ok(out)
 }
 
-/// One HTTP/2 connection to `host:port`.
-pub(crate) async fn connect_one(endpoint: &str) -> anyhow::Result<Channel> {
-    let ep = Endpoint::from_shared(format!("http://{endpoint}"))
+/// One HTTP/2 connection to `host:port`, TLS with `tls`.
+pub(crate) async fn connect_one(endpoint: &str, tls: Option<&crate::client::ClientTls>) -> anyhow::Result<Channel> {
+    let ep = crate::client::endpoint(endpoint, tls)
         .with_context(|| format!("--endpoints: bad endpoint `{endpoint}`"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
