@@ -464,6 +464,29 @@ impl Cluster {
         AdminClient::new(self.node(id).channel.clone()).max_decoding_message_size(CLIENT_DECODE_BYTES_MAX)
     }
 
+    /// A client of node `id` that presents no client certificate (only the CA, with TLS),
+    /// on a connection of its own, sending `token` (`kho_…`) as its bearer token when given:
+    /// a principal other than the admin.
+    pub fn clients_as(&self, id: u64, token: Option<&str>) -> (DataClient<TokenSvc>, AdminClient<TokenSvc>) {
+        let node = self.node(id);
+        let ep = match &self.tls {
+            Some(t) => {
+                let ca = std::fs::read(t.ca_cert()).expect("read the test CA");
+                Endpoint::from_shared(format!("https://{}", node.addr))
+                    .expect("a valid endpoint URI")
+                    .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+                    .expect("a valid client TLS configuration")
+            }
+            None => Endpoint::from_shared(format!("http://{}", node.addr)).expect("a valid endpoint URI"),
+        };
+        let channel = ep.connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS)).tcp_nodelay(true).connect_lazy();
+        let header = TokenHeader(token.map(|t| format!("Bearer {t}").parse().expect("a token is ASCII")));
+        (
+            DataClient::with_interceptor(channel.clone(), header.clone()).max_decoding_message_size(CLIENT_DECODE_BYTES_MAX),
+            AdminClient::with_interceptor(channel, header).max_decoding_message_size(CLIENT_DECODE_BYTES_MAX),
+        )
+    }
+
     /// Data clients of every node, each over a new connection of its own, as an independent
     /// client process would have; paired with the node id.
     pub fn new_data_clients(&self) -> Vec<(u64, DataClient<Channel>)> {
@@ -924,6 +947,22 @@ impl TestTls {
     }
 }
 
+/// Sets `authorization` on every request when it holds a value ([`Cluster::clients_as`]).
+#[derive(Clone, Debug)]
+pub struct TokenHeader(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for TokenHeader {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel whose requests carry a [`TokenHeader`].
+pub type TokenSvc = tonic::service::interceptor::InterceptedService<Channel, TokenHeader>;
+
 /// An endpoint of a node's client listener, with the admin's TLS when there is TLS.
 fn client_endpoint(addr: &str, tls: Option<&TestTls>) -> Endpoint {
     let ep = match tls {
@@ -1025,8 +1064,9 @@ fn node_config(
             if opts.tls_crl {
                 text.push_str(&format!("crl_file = '{d}/ca.crl'\n"));
             }
+            text.push_str("\n[auth]\ncluster_admins = ['admin']\n");
         }
-        None => text.push_str("\n[tls]\nplaintext = true\n"),
+        None => text.push_str("\n[tls]\nplaintext = true\n\n[auth]\nenabled = false\n"),
     }
     text
 }
@@ -1120,7 +1160,7 @@ mod tests {
         let a = NodeAddrs { addr: "127.0.0.1:7001", peer_addr: "127.0.0.1:8001", advertise: "127.0.0.1:8001" };
         let text = node_config(&opts, 1, &a, None, Path::new("/tmp/x/node-1-data"), &[], None);
         assert!(text.contains("\n[encryption]\nmaster_key_file = '/tmp/keys/master.key'\n"), "{text}");
-        assert!(text.ends_with("\n[tls]\nplaintext = true\n"), "{text}");
+        assert!(text.ends_with("\n[tls]\nplaintext = true\n\n[auth]\nenabled = false\n"), "{text}");
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub mod workload;
 pub mod writes;
 
 pub use binary::{kho_binary, KHO_BIN_ENV};
-pub use cluster::{describe_checksums, Cluster, ClusterOptions, Limits, ShardingOptions, TestTls, KEEP_DIR_ENV};
+pub use cluster::{describe_checksums, Cluster, ClusterOptions, Limits, ShardingOptions, TestTls, TokenHeader, TokenSvc, KEEP_DIR_ENV};
 pub use keys::MasterKey;
 pub use kv::KvTarget;
 pub use process::ServerRun;

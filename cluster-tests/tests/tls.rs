@@ -17,12 +17,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kho_cluster_tests::{kho_binary, setup_kv, Cluster, ClusterOptions, RetryPolicy};
+use kho_cluster_tests::{kho_binary, setup_kv, Cluster, ClusterOptions, RetryPolicy, TokenHeader, TokenSvc};
 use kho_proto::v1::admin_client::AdminClient;
 use kho_proto::v1::data_client::DataClient;
 use kho_proto::v1::raft_transport_client::RaftTransportClient;
-use kho_proto::v1::{ClusterStatusRequest, PutRequest, RaftMessage, RaftMessageKind};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use kho_proto::v1::{
+    ClusterStatusRequest, CreateGrantRequest, CreateTokenRequest, Grant, Permission, PutRequest, RaftMessage, RaftMessageKind,
+};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
 /// Longest any one test body runs, seconds.
@@ -179,7 +181,14 @@ async fn only_node_certificates_speak_raft_and_plaintext_clients_fail_cleanly() 
                 assert!(r.is_err(), "plaintext to the TLS port {addr} answered: {r:?}");
                 assert!(started.elapsed() < Duration::from_millis(CALL_TIMEOUT_MS + 1_000), "plaintext to {addr} hung");
             }
-            let leader = cluster_status(tls_endpoint(cluster.addr(1), &ca, None)).await.expect("a TLS client without a certificate");
+            // A TLS client without a certificate completes the handshake; without a token it
+            // is no principal.
+            let r = cluster_status(tls_endpoint(cluster.addr(1), &ca, None)).await;
+            assert_eq!(r.map_err(|s| s.code()), Err(Code::Unauthenticated), "a TLS client without credentials");
+            let admin = tls.client_cert("admin");
+            let leader = cluster_status(tls_endpoint(cluster.addr(1), &ca, Some((&admin, &tls.client_key("admin")))))
+                .await
+                .expect("the admin's TLS client");
             assert_ne!(leader, 0, "the cluster has a leader");
             cluster.check_alive();
         })
@@ -263,9 +272,13 @@ fn node_files(dir: &Path, id: u64) -> (PathBuf, PathBuf) {
     (dir.join(format!("node-{id}.crt")), dir.join(format!("node-{id}.key")))
 }
 
-/// Whether a new connection to `addr` trusting `ca`, presenting `id`, gets an answer.
+/// Whether a new connection to `addr` trusting `ca`, presenting `id`, gets an answer
+/// from the node (without a certificate: that it names no principal).
 async fn accepted(addr: &str, ca: &[u8], id: Option<&(PathBuf, PathBuf)>) -> bool {
-    cluster_status(tls_endpoint(addr, ca, id.map(|(c, k)| (c.as_path(), k.as_path())))).await.is_ok()
+    match cluster_status(tls_endpoint(addr, ca, id.map(|(c, k)| (c.as_path(), k.as_path())))).await {
+        Ok(_) => true,
+        Err(s) => id.is_none() && s.code() == Code::Unauthenticated,
+    }
 }
 
 /// Waits at most RELOAD_WAIT_MS until `accepted` says `want`.
@@ -277,6 +290,26 @@ async fn wait_accepted(cluster: &Cluster, what: &str, addr: &str, ca: &[u8], id:
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A token for principal `writer`, with read and write on `target`'s tenant, usable on
+/// every node (each node confirms its grants within a second or so of the grant).
+async fn writer_token(cluster: &Cluster, target: &kho_cluster_tests::KvTarget) -> String {
+    let mut admin = cluster.admin_client(1);
+    let t = admin
+        .create_token(CreateTokenRequest { principal: "writer".into(), ttl_seconds: 3_600, note: String::new() })
+        .await
+        .unwrap_or_else(|e| cluster.fail(format!("CreateToken: {e}")))
+        .into_inner()
+        .token;
+    let grant = Grant {
+        principal: "writer".into(),
+        tenant: target.tenant.clone(),
+        permissions: vec![Permission::Read as i32, Permission::Write as i32],
+        ..Default::default()
+    };
+    admin.create_grant(CreateGrantRequest { grant: Some(grant) }).await.unwrap_or_else(|e| cluster.fail(format!("CreateGrant: {e}")));
+    t
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -301,13 +334,18 @@ async fn certificates_ca_and_crl_reload_by_content_under_load() {
             let bundle = [ca1.clone(), ca2.clone()].concat();
 
             // A writer through every node for the whole test, on connections of its own that
-            // trust both CAs and present no certificate; it reconnects as connections end. It
-            // must never fail beyond retries.
+            // trust both CAs and present no certificate (a token names its principal); it
+            // reconnects as connections end. It must never fail beyond retries.
+            let token = writer_token(&cluster, &target).await;
             let stop = Arc::new(AtomicBool::new(false));
             let (written, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
             let writer = {
-                let clients: Vec<DataClient<Channel>> =
-                    cluster.ids().iter().map(|&id| DataClient::new(tls_endpoint(cluster.addr(id), &bundle, None).connect_lazy())).collect();
+                let header = TokenHeader(Some(format!("Bearer {token}").parse().unwrap()));
+                let clients: Vec<DataClient<TokenSvc>> = cluster
+                    .ids()
+                    .iter()
+                    .map(|&id| DataClient::with_interceptor(tls_endpoint(cluster.addr(id), &bundle, None).connect_lazy(), header.clone()))
+                    .collect();
                 let (stop, written, failed, target) = (stop.clone(), written.clone(), failed.clone(), target.clone());
                 tokio::spawn(async move {
                     let mut i = 0u64;

@@ -5,7 +5,8 @@
 //! System tables (tenant 0): table 1 `tenants` (row = tenant name → tenant id u32 BE, then
 //! optionally a flags byte: bit 0 = created encrypted), table 2 `tables` (row = tenant id
 //! u32 BE ++ table name → table record), table 3 `counters` (row = counter name → u32 BE),
-//! tables 4 and 5: tenant keys and re-encryption jobs ([`crate::keyring`]). Ids are never
+//! tables 4 and 5: tenant keys and re-encryption jobs ([`crate::keyring`]), 6 and 7: the
+//! shard map and dropped tables, 8 and 9: grants and tokens ([`crate::access`]). Ids are never
 //! reused, so a dropped table's data can never reappear under a new table of the same name.
 
 use std::collections::BTreeMap;
@@ -115,6 +116,8 @@ pub struct Catalog {
     pub shards: ShardMap,
     /// (tenant id, table id) of every dropped table, whose cells the shards clear.
     pub dropped_tables: std::collections::BTreeSet<(TenantId, TableId)>,
+    /// Grants and tokens ([`crate::access`]).
+    pub access: crate::access::Access,
 }
 
 impl Catalog {
@@ -219,6 +222,15 @@ impl Catalog {
             };
             cat.dropped_tables
                 .insert((u32::from_be_bytes(t.try_into().expect("4 bytes")), u32::from_be_bytes(x.try_into().expect("4 bytes"))));
+        }
+        let (start, end) = keys::row_range(SYSTEM_TENANT, crate::access::SYS_GRANTS, b"", None, b"");
+        for (_, v) in engine.scan_values(&start, &end, usize::MAX)? {
+            cat.access.insert_grant(crate::access::Grant::decode(&v).map_err(|e| corrupt(&e))?);
+        }
+        let (start, end) = keys::row_range(SYSTEM_TENANT, crate::access::SYS_TOKENS, b"", None, b"");
+        for (_, v) in engine.scan_values(&start, &end, usize::MAX)? {
+            let t = crate::access::Token::decode(&v).map_err(|e| corrupt(&e))?;
+            cat.access.tokens.insert(t.id.clone(), t);
         }
         Ok(cat)
     }

@@ -155,6 +155,25 @@ pub enum Command {
     RecordShards {
         pieces: Vec<crate::shard::ShardDesc>,
     },
+    /// Meta group: adds a grant ([`crate::access`]); its id is drawn at apply
+    /// ([`Outcome::Granted`]), its version is the entry's index. Refused unless the tenant
+    /// exists, and the table and family when named.
+    CreateGrant {
+        grant: crate::access::Grant,
+    },
+    /// Meta group: removes a grant.
+    RevokeGrant {
+        id: u64,
+    },
+    /// Meta group: records a token (its id and secret drawn by the proposer; the record
+    /// holds the secret's SHA-256 only). Refused if the id exists.
+    CreateToken {
+        token: crate::access::Token,
+    },
+    /// Meta group: marks a token revoked.
+    RevokeToken {
+        id: String,
+    },
 }
 
 impl Command {
@@ -359,6 +378,10 @@ pub enum Outcome {
     Merged {
         desc: crate::shard::ShardDesc,
     },
+    /// A grant was added with this id.
+    Granted {
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -405,6 +428,10 @@ impl std::fmt::Display for Command {
                 write!(f, "commit-merge of shard {} into {shard} (prepared at {prepare_index})", source.id)
             }
             Command::RollbackMerge { shard, .. } => write!(f, "rollback-merge of shard {shard}"),
+            Command::CreateGrant { grant } => write!(f, "create-grant to {} on {}", grant.principal, grant.scope()),
+            Command::RevokeGrant { id } => write!(f, "revoke-grant {id}"),
+            Command::CreateToken { token } => write!(f, "create-token {} for {}", token.id, token.principal),
+            Command::RevokeToken { id } => write!(f, "revoke-token {id}"),
             Command::RecordShards { pieces } => {
                 write!(f, "record-shards")?;
                 for p in pieces {

@@ -14,6 +14,9 @@ pub enum RaftNodeError {
     BadMessage(String),
     #[error("raft: {0}")]
     Raft(String),
+    /// The message is not the sender's to send (another node's vote).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// Why a proposal or a linearizable read did not complete here.

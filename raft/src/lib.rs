@@ -4,6 +4,7 @@
 //! This crate knows nothing of tonic: it defines the [`Transport`] trait that the `rpc`
 //! crate implements, and it encodes every Raft message it sends as opaque bytes.
 
+pub mod access;
 pub mod catalog;
 pub mod cells;
 pub mod codec;

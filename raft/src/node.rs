@@ -774,8 +774,16 @@ impl RaftNode {
         }
     }
 
-    /// Serves one request/response Raft message from a peer.
-    pub async fn handle_call(&self, group: GroupId, kind: MessageKind, payload: &[u8]) -> Result<Bytes, RaftNodeError> {
+    /// Serves one request/response Raft message from a peer. `sender`: the node the
+    /// connection's certificate names (None without TLS); a vote, pre-vote or
+    /// append-entries request must be that node's own (its vote's node).
+    pub async fn handle_call(
+        &self,
+        group: GroupId,
+        kind: MessageKind,
+        payload: &[u8],
+        sender: Option<NodeId>,
+    ) -> Result<Bytes, RaftNodeError> {
         if kind == MessageKind::Probe {
             return Ok(crate::sleep::answer_probe());
         }
@@ -787,17 +795,22 @@ impl RaftNode {
                 network::encode_reply(crate::sleep::answer_sleep(&g, req))
             }
             MessageKind::AppendEntries => {
-                let req = network::decode("append-entries", payload).map_err(RaftNodeError::BadMessage)?;
+                let req: openraft::raft::AppendEntriesRequest<TypeConfig> =
+                    network::decode("append-entries", payload).map_err(RaftNodeError::BadMessage)?;
+                check_sender("append-entries", sender, req.vote.leader_id().node_id)?;
                 network::encode_reply(g.raft.append_entries(req).await.map_err(|e| e.to_string()))
             }
             MessageKind::Vote => {
-                let req = network::decode("vote", payload).map_err(RaftNodeError::BadMessage)?;
+                let req: openraft::raft::VoteRequest<TypeConfig> = network::decode("vote", payload).map_err(RaftNodeError::BadMessage)?;
+                check_sender("vote", sender, req.vote.leader_id().node_id)?;
                 // An election is under way: this replica takes part, awake.
                 g.sleep.wake("a vote request");
                 network::encode_reply(g.raft.vote(req).await.map_err(|e| e.to_string()))
             }
             MessageKind::PreVote => {
-                let req = network::decode("pre-vote", payload).map_err(RaftNodeError::BadMessage)?;
+                let req: openraft::raft::VoteRequest<TypeConfig> =
+                    network::decode("pre-vote", payload).map_err(RaftNodeError::BadMessage)?;
+                check_sender("pre-vote", sender, req.vote.leader_id().node_id)?;
                 if let Some(refusal) = crate::sleep::refuse_pre_vote(&self.liveness, &g, &req) {
                     return Ok(network::encode_reply::<openraft::raft::VoteResponse<TypeConfig>>(Ok(refusal)));
                 }
@@ -850,7 +863,13 @@ impl RaftNode {
     }
 
     /// Receives a snapshot stream into a durable file, then installs it.
-    pub async fn receive_snapshot<S, E>(&self, group: GroupId, header: &[u8], mut chunks: S) -> Result<Bytes, RaftNodeError>
+    pub async fn receive_snapshot<S, E>(
+        &self,
+        group: GroupId,
+        header: &[u8],
+        mut chunks: S,
+        sender: Option<NodeId>,
+    ) -> Result<Bytes, RaftNodeError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -858,6 +877,7 @@ impl RaftNode {
         let g = self.group_or_err(group)?;
         g.sleep.wake("a snapshot");
         let (vote, meta) = network::decode_snapshot_header(header).map_err(RaftNodeError::BadMessage)?;
+        check_sender("snapshot", sender, vote.leader_id().node_id)?;
         static INCOMING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = INCOMING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = g.snapshot_dir.join(format!("incoming-{}-{n}.tmp", std::process::id()));
@@ -1052,15 +1072,27 @@ impl Group {
     /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
     pub async fn add_node(&self, id: NodeId, addr: String) -> Result<Vec<NodeId>, ProposeError> {
         self.lease_for_write().await;
-        self.raft.add_learner(id, BasicNode { addr: addr.clone() }, true).await.map_err(write_error)?;
-        // openraft's blocking add_learner gives up waiting after a short while and returns
-        // Ok all the same: promoting then would make a voter of a node that has nothing (one
-        // that is down, unreachable, or whose certificate the cluster refuses).
-        let caught_up = self
+        // Not openraft's blocking add_learner: its wait has no bound of its own, and it
+        // counts a learner as caught up while the log is short, whether it has anything or
+        // not. Promoting such a node would make a voter of one that is down, unreachable,
+        // or refused for its certificate.
+        self.raft.add_learner(id, BasicNode { addr: addr.clone() }, false).await.map_err(write_error)?;
+        let voters: BTreeSet<NodeId> = self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+        if voters.contains(&id) || voters.len() >= META_VOTERS_MAX {
+            // Beyond META_VOTERS_MAX voters a node follows the group as a learner: every
+            // node has the catalog and the shard map, quorums stay small.
+            return Ok(voters.into_iter().collect());
+        }
+        let me = self.node_id;
+        let waited = self
             .raft
             .wait(Some(Duration::from_millis(LEARNER_CATCH_UP_WAIT_MS)))
             .metrics(
                 |m| {
+                    // Leadership lost: stop waiting, the check below says so.
+                    if m.current_leader != Some(me) {
+                        return true;
+                    }
                     let Some(repl) = &m.replication else { return false };
                     let matched = match repl.get(&id) {
                         Some(Some(l)) => l.index,
@@ -1071,17 +1103,18 @@ impl Group {
                 "the new learner caught up",
             )
             .await;
-        if caught_up.is_err() {
-            return Err(ProposeError::Unavailable(format!(
-                "node {id} at {addr} did not catch up within {LEARNER_CATCH_UP_WAIT_MS} ms (is it running, reachable there, with a \
-                 certificate of the cluster's CA?); it stays a learner: remove it with RemoveNode, or fix it and add it again"
-            )));
-        }
-        let voters: BTreeSet<NodeId> = self.raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
-        if voters.contains(&id) || voters.len() >= META_VOTERS_MAX {
-            // Beyond META_VOTERS_MAX voters a node follows the group as a learner: every
-            // node has the catalog and the shard map, quorums stay small.
-            return Ok(voters.into_iter().collect());
+        match waited {
+            Ok(m) if m.current_leader != Some(me) => {
+                return Err(ProposeError::ForwardToLeader { leader_id: m.current_leader, leader_addr: None });
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(ProposeError::Unavailable(format!(
+                    "node {id} at {addr} did not catch up within {LEARNER_CATCH_UP_WAIT_MS} ms (is it running, reachable there, \
+                     with a certificate of the cluster's CA?); it stays a learner: remove it with RemoveNode, or fix it and add it \
+                     again"
+                )));
+            }
         }
         let r = self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map_err(write_error)?;
         Ok(r.membership.map(|m| m.voter_ids().collect()).unwrap_or_default())
@@ -1185,6 +1218,17 @@ impl Group {
         let m = self.raft.metrics().borrow_watched().membership_config.clone();
         let addr = m.membership().nodes().find(|(n, _)| **n == id).map(|(_, node)| node.addr.clone());
         addr
+    }
+}
+
+/// A Raft request must be the request of the node its connection's certificate names
+/// (`sender`): its vote names the candidate or the leader that sends it.
+fn check_sender(what: &str, sender: Option<NodeId>, claimed: NodeId) -> Result<(), RaftNodeError> {
+    match sender {
+        Some(s) if s != claimed => {
+            Err(RaftNodeError::Forbidden(format!("{what}: the request is node {claimed}'s, the connection's certificate is node {s}'s")))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -26,6 +26,7 @@ use kho_engine::{value, Cf, Engine};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
+use crate::access;
 use crate::catalog::{self, Catalog, TableMeta};
 use crate::codec;
 use crate::command::{AppError, CasOutcome, CellOp, CellWrite, Command, NewTenantKeys, Outcome, Replacement, Response};
@@ -686,6 +687,92 @@ impl StateMachine {
                 batch.put_value(&catalog::dropped_table_key(meta.tenant_id, meta.id), b"");
                 Ok((Outcome::Done, Some(CatalogChange::DropTable(tenant, name, meta.tenant_id, meta.id))))
             }
+            Command::CreateGrant { grant } => {
+                if let Err(e) = grant.check() {
+                    return Ok((Outcome::Rejected(e), None));
+                }
+                if !cat.tenants.contains_key(&grant.tenant) {
+                    return Ok((
+                        Outcome::Rejected(AppError::not_found(format!("grant.tenant: tenant `{}` does not exist", grant.tenant))),
+                        None,
+                    ));
+                }
+                if !grant.table.is_empty() {
+                    let meta = match cat.table(&grant.tenant, &grant.table) {
+                        Ok(m) => m,
+                        Err(e) => return Ok((Outcome::Rejected(AppError::not_found(format!("grant.table: {}", e.message))), None)),
+                    };
+                    if !grant.family.is_empty() && meta.family_id(&grant.family).is_none() {
+                        return Ok((
+                            Outcome::Rejected(AppError::not_found(format!(
+                                "grant.family: column family `{}` does not exist in table `{}/{}`",
+                                grant.family, grant.tenant, grant.table
+                            ))),
+                            None,
+                        ));
+                    }
+                }
+                if cat.access.grants.len() >= access::GRANTS_MAX {
+                    return Ok((
+                        Outcome::Rejected(AppError::failed_precondition(format!(
+                            "the cluster holds {} grants, the limit (GRANTS_MAX): revoke some first",
+                            access::GRANTS_MAX
+                        ))),
+                        None,
+                    ));
+                }
+                if cat.access.grant_count_of(&grant.principal) >= access::GRANTS_PER_PRINCIPAL_MAX {
+                    return Ok((
+                        Outcome::Rejected(AppError::failed_precondition(format!(
+                            "principal `{}` holds {} grants, the limit (GRANTS_PER_PRINCIPAL_MAX): revoke some, or grant a wider scope",
+                            grant.principal,
+                            access::GRANTS_PER_PRINCIPAL_MAX
+                        ))),
+                        None,
+                    ));
+                }
+                let id = next_ids64(engine, batch, access::NEXT_GRANT_ID, 1)?;
+                let grant = access::Grant { id, version: revision, ..grant };
+                batch.put_value(&access::grant_key(id), &grant.encode());
+                Ok((Outcome::Granted { id }, Some(CatalogChange::Grant(grant))))
+            }
+            Command::RevokeGrant { id } => {
+                if !cat.access.grants.contains_key(&id) {
+                    return Ok((Outcome::Rejected(AppError::not_found(format!("grant {id} does not exist"))), None));
+                }
+                batch.delete(Cf::Data, &access::grant_key(id));
+                Ok((Outcome::Done, Some(CatalogChange::RevokeGrant(id))))
+            }
+            Command::CreateToken { token } => {
+                if let Err(e) = access::check_principal("principal", &token.principal) {
+                    return Ok((Outcome::Rejected(e), None));
+                }
+                if !access::is_token_id(&token.id) || token.note.len() > access::TOKEN_NOTE_BYTES_MAX {
+                    return Ok((Outcome::Rejected(AppError::invalid("token: malformed id or note")), None));
+                }
+                if cat.access.tokens.contains_key(&token.id) {
+                    return Ok((Outcome::Rejected(AppError::already_exists(format!("token {} exists", token.id))), None));
+                }
+                if cat.access.tokens.len() >= access::TOKENS_MAX {
+                    return Ok((
+                        Outcome::Rejected(AppError::failed_precondition(format!(
+                            "the cluster holds {} tokens, the limit (TOKENS_MAX)",
+                            access::TOKENS_MAX
+                        ))),
+                        None,
+                    ));
+                }
+                batch.put_value(&access::token_key(&token.id), &token.encode());
+                Ok((Outcome::Done, Some(CatalogChange::Token(token))))
+            }
+            Command::RevokeToken { id } => {
+                let Some(t) = cat.access.tokens.get(&id) else {
+                    return Ok((Outcome::Rejected(AppError::not_found(format!("token {id} does not exist"))), None));
+                };
+                let t = access::Token { revoked: true, ..t.clone() };
+                batch.put_value(&access::token_key(&id), &t.encode());
+                Ok((Outcome::Done, Some(CatalogChange::Token(t))))
+            }
             Command::Write(_)
             | Command::ClearTable { .. }
             | Command::Reseal { .. }
@@ -950,6 +1037,13 @@ impl StateMachine {
                 cat.jobs.insert(id, job);
             }
             CatalogChange::CreateTable(meta) => cat.insert_table(meta),
+            CatalogChange::Grant(g) => cat.access.insert_grant(g),
+            CatalogChange::RevokeGrant(id) => {
+                cat.access.remove_grant(id);
+            }
+            CatalogChange::Token(t) => {
+                cat.access.tokens.insert(t.id.clone(), t);
+            }
             CatalogChange::DropTable(tenant, name, tenant_id, table_id) => {
                 cat.remove_table(&tenant, &name);
                 cat.dropped_tables.insert((tenant_id, table_id));
@@ -1077,6 +1171,9 @@ enum CatalogChange {
     Split(Vec<ShardDesc>),
     /// The meta group recorded a report of the shards tiling a range (a merge).
     Tiling(Vec<ShardDesc>),
+    Grant(access::Grant),
+    RevokeGrant(u64),
+    Token(access::Token),
 }
 
 /// The key range of every value of a tenant: `[tenant u32 BE, tenant + 1 u32 BE)`.

@@ -13,7 +13,7 @@ use kho_raft::shard::printable_key;
 use kho_raft::{Command, GroupStatus};
 use tonic::{Request, Response, Status};
 
-use crate::ctx::{origin_of, Ctx, Kind, Leader, Origin, FORWARD_MARGIN_MS};
+use crate::ctx::{Ctx, Kind, Leader, Origin, FORWARD_MARGIN_MS};
 use crate::{forward, status, validate};
 
 /// How long ClusterStatus waits for each member's own status, milliseconds.
@@ -218,6 +218,56 @@ impl AdminService {
     }
 }
 
+/// Longest token lifetime, seconds (a year).
+pub const TOKEN_TTL_MAX_S: u64 = 31_536_000;
+/// Lifetime of a token that asks for none, seconds (30 days).
+pub const TOKEN_TTL_DEFAULT_S: u64 = 2_592_000;
+
+impl AdminService {
+    fn cluster_admin(&self, origin: &Origin, what: &str) -> Result<(), Status> {
+        self.ctx.auth.require_cluster_admin(&origin.caller, what)
+    }
+
+    /// A refusal is checked again after a read barrier of the meta group (a grant
+    /// acknowledged through another node is honoured at once).
+    async fn tenant_admin(&self, origin: &Origin, tenant: &str, what: &str) -> Result<(), Status> {
+        let now = || {
+            let meta = self.ctx.meta();
+            let cat = meta.state.catalog();
+            self.ctx.auth.require_tenant_admin(&origin.caller, &cat, tenant, what)
+        };
+        match now() {
+            Err(s) if s.code() == tonic::Code::PermissionDenied => match self.ctx.read_barrier(origin).await {
+                Ok(Leader::Here(())) => now(),
+                _ => Err(s),
+            },
+            other => other,
+        }
+    }
+}
+
+fn grant_to_pb(g: &kho_raft::access::Grant) -> pb::Grant {
+    use kho_raft::access::Perm;
+    let permissions = [(Perm::Read, pb::Permission::Read), (Perm::Write, pb::Permission::Write), (Perm::Admin, pb::Permission::Admin)]
+        .into_iter()
+        .filter(|(p, _)| g.has(*p))
+        .map(|(_, q)| q as i32)
+        .collect();
+    pb::Grant {
+        grant_id: g.id,
+        principal: g.principal.clone(),
+        tenant: g.tenant.clone(),
+        table: g.table.clone(),
+        family: g.family.clone(),
+        qualifiers: g.qualifiers.iter().map(|q| q.to_vec()).collect(),
+        permissions,
+        expires_at_ms: g.expires_at_ms,
+        created_at_ms: g.created_at_ms,
+        version: g.version,
+        granted_by: g.granted_by.clone(),
+    }
+}
+
 fn admin_outcome(r: kho_raft::Response) -> Result<u64, Status> {
     match r.outcome {
         Outcome::Rejected(e) => Err(status::app_error(e)),
@@ -230,6 +280,7 @@ impl Admin for AdminService {
     async fn create_tenant(&self, req: Request<pb::CreateTenantRequest>) -> Result<Response<pb::CreateTenantResponse>, Status> {
         let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
+        self.cluster_admin(&origin, "create tenants")?;
         validate::name("name", &r.name)?;
         let master = self.ctx.meta().state.master.clone();
         let encrypt = match pb::TenantEncryption::try_from(r.encryption) {
@@ -289,13 +340,21 @@ impl Admin for AdminService {
         if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
             return forward!(self.ctx, admin_client, to, list_tenants, r);
         }
-        let tenants = self.ctx.meta().state.catalog().tenants.keys().cloned().collect();
+        // A cluster admin sees every tenant; anyone else the tenants its grants touch.
+        let caller = &origin.caller;
+        self.ctx.auth.check_current(caller)?;
+        let now = crate::auth::now_ms();
+        let meta = self.ctx.meta();
+        let cat = meta.state.catalog();
+        let tenants =
+            cat.tenants.keys().filter(|t| caller.cluster_admin || cat.access.touches_tenant(&caller.name, now, t)).cloned().collect();
         Ok(Response::new(pb::ListTenantsResponse { tenants }))
     }
 
     async fn create_table(&self, req: Request<pb::CreateTableRequest>) -> Result<Response<pb::CreateTableResponse>, Status> {
         let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
+        self.tenant_admin(&origin, &r.tenant, "create tables").await?;
         validate::name("tenant", &r.tenant)?;
         validate::name("name", &r.name)?;
         if r.families.is_empty() {
@@ -329,13 +388,29 @@ impl Admin for AdminService {
         }
         let g = self.ctx.meta();
         let cat = g.state.catalog();
+        // A cluster admin sees every table, a tenant's admin its tables; anyone else the
+        // tables its grants cover. Who may see nothing of a tenant does not learn whether
+        // it exists.
+        let caller = &origin.caller;
+        let now = crate::auth::now_ms();
+        self.ctx.auth.check_current(caller)?;
+        if !caller.cluster_admin && !r.tenant.is_empty() && !cat.access.touches_tenant(&caller.name, now, &r.tenant) {
+            return Err(Status::permission_denied(format!("principal `{}` has no grant on tenant `{}`", caller.name, r.tenant)));
+        }
         if !r.tenant.is_empty() && !cat.tenants.contains_key(&r.tenant) {
             return Err(Status::not_found(format!("tenant `{}` does not exist", r.tenant)));
         }
+        let sees = |t: &kho_raft::catalog::TableMeta| {
+            use kho_raft::access::Perm;
+            caller.cluster_admin
+                || cat.access.on_tenant(&caller.name, now, Perm::Admin, &t.tenant)
+                || [Perm::Read, Perm::Write].into_iter().any(|p| !cat.access.view(&caller.name, now, p, &t.tenant, &t.name).is_empty())
+        };
         let tables = cat
             .tables
             .values()
             .filter(|t| r.tenant.is_empty() || t.tenant == r.tenant)
+            .filter(|t| sees(t))
             .map(|t| pb::TableInfo {
                 tenant: t.tenant.clone(),
                 name: t.name.clone(),
@@ -349,6 +424,7 @@ impl Admin for AdminService {
     async fn drop_table(&self, req: Request<pb::DropTableRequest>) -> Result<Response<pb::DropTableResponse>, Status> {
         let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
+        self.tenant_admin(&origin, &r.tenant, "drop tables").await?;
         validate::name("tenant", &r.tenant)?;
         validate::name("name", &r.name)?;
         let table = self.ctx.meta().state.resolve(&r.tenant, &r.name).ok();
@@ -385,6 +461,7 @@ impl Admin for AdminService {
     async fn list_shards(&self, req: Request<pb::ListShardsRequest>) -> Result<Response<pb::ListShardsResponse>, Status> {
         let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
+        self.cluster_admin(&origin, "list shards")?;
         if !r.tenant.is_empty() {
             validate::name("tenant", &r.tenant)?;
         }
@@ -436,8 +513,9 @@ impl Admin for AdminService {
     }
 
     async fn split_shard(&self, req: Request<pb::SplitShardRequest>) -> Result<Response<pb::SplitShardResponse>, Status> {
-        let origin = origin_of(&req, Duration::from_millis(kho_raft::shard_split::SPLIT_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
+        let origin = self.ctx.origin_with(&req, Duration::from_millis(kho_raft::shard_split::SPLIT_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
         let r = req.into_inner();
+        self.cluster_admin(&origin, "split shards")?;
         if r.shard_id == 0 {
             return Err(Status::invalid_argument("shard_id: must be > 0 (group 0 is the meta group, which is not split)"));
         }
@@ -467,8 +545,9 @@ impl Admin for AdminService {
     }
 
     async fn merge_shard(&self, req: Request<pb::MergeShardRequest>) -> Result<Response<pb::MergeShardResponse>, Status> {
-        let origin = origin_of(&req, Duration::from_millis(kho_raft::shard_merge::MERGE_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
+        let origin = self.ctx.origin_with(&req, Duration::from_millis(kho_raft::shard_merge::MERGE_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
         let r = req.into_inner();
+        self.cluster_admin(&origin, "merge shards")?;
         if r.shard_id == 0 {
             return Err(Status::invalid_argument("shard_id: must be > 0 (group 0 is the meta group, which is not merged)"));
         }
@@ -492,18 +571,24 @@ impl Admin for AdminService {
         Ok(Response::new(pb::MergeShardResponse { merged: Some(self.shard_info(&merged)) }))
     }
 
-    async fn cluster_status(&self, _req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+    async fn cluster_status(&self, req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        self.cluster_admin(&origin, "read the cluster's status")?;
         let local = self.ctx.meta().status();
         let nodes = self.member_statuses().await;
         Ok(Response::new(pb::ClusterStatusResponse { leader_id: local.leader_id.unwrap_or(0), term: local.term, nodes }))
     }
 
-    async fn node_status(&self, _req: Request<pb::NodeStatusRequest>) -> Result<Response<pb::NodeStatus>, Status> {
+    async fn node_status(&self, req: Request<pb::NodeStatusRequest>) -> Result<Response<pb::NodeStatus>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        self.cluster_admin(&origin, "read a node's status")?;
         let s = self.ctx.meta().status();
         Ok(Response::new(node_status(&self.ctx, &s, &self.ctx.node.addr, shard_statuses(&self.ctx.node))))
     }
 
-    async fn node_checksum(&self, _req: Request<pb::NodeChecksumRequest>) -> Result<Response<pb::NodeChecksumResponse>, Status> {
+    async fn node_checksum(&self, req: Request<pb::NodeChecksumRequest>) -> Result<Response<pb::NodeChecksumResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        self.cluster_admin(&origin, "read node checksums")?;
         let node = self.ctx.node.clone();
         let me = node.id;
         let states: Vec<_> = node
@@ -541,8 +626,9 @@ impl Admin for AdminService {
     }
 
     async fn add_node(&self, req: Request<pb::AddNodeRequest>) -> Result<Response<pb::AddNodeResponse>, Status> {
-        let origin = origin_of(&req, Duration::from_millis(ADD_NODE_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
+        let origin = self.ctx.origin_with(&req, Duration::from_millis(ADD_NODE_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
         let r = req.into_inner();
+        self.cluster_admin(&origin, "add nodes")?;
         if r.node_id == 0 {
             return Err(Status::invalid_argument("node_id: must be > 0"));
         }
@@ -564,6 +650,7 @@ impl Admin for AdminService {
     async fn rotate_tenant_key(&self, req: Request<pb::RotateTenantKeyRequest>) -> Result<Response<pb::RotateTenantKeyResponse>, Status> {
         let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
+        self.tenant_admin(&origin, &r.tenant, "rotate tenant keys").await?;
         validate::name("tenant", &r.tenant)?;
         let (version, has_hasher) = {
             let g = self.ctx.meta();
@@ -594,6 +681,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::StartReencryptionResponse>, Status> {
         let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
+        self.tenant_admin(&origin, &r.tenant, "re-encrypt tenants").await?;
         validate::name("tenant", &r.tenant)?;
         match self.ctx.propose(Command::StartReencrypt { tenant: r.tenant.clone() }, &origin).await? {
             Leader::Here(resp) => {
@@ -611,8 +699,9 @@ impl Admin for AdminService {
     }
 
     async fn tenant_key_status(&self, req: Request<pb::TenantKeyStatusRequest>) -> Result<Response<pb::TenantKeyStatusResponse>, Status> {
-        let origin = origin_of(&req, Duration::from_millis(KEY_STATUS_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
+        let origin = self.ctx.origin_with(&req, Duration::from_millis(KEY_STATUS_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
         let r = req.into_inner();
+        self.tenant_admin(&origin, &r.tenant, "read key status").await?;
         if !r.tenant.is_empty() {
             validate::name("tenant", &r.tenant)?;
         }
@@ -626,8 +715,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DestroyTenantKeyRequest>,
     ) -> Result<Response<pb::DestroyTenantKeyResponse>, Status> {
-        let origin = origin_of(&req, Duration::from_millis(KEY_STATUS_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
+        let origin = self.ctx.origin_with(&req, Duration::from_millis(KEY_STATUS_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
         let r = req.into_inner();
+        self.tenant_admin(&origin, &r.tenant, "destroy tenant keys").await?;
         validate::name("tenant", &r.tenant)?;
         if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
             return forward!(self.ctx, admin_client, to.as_write(), destroy_tenant_key, r);
@@ -657,7 +747,9 @@ impl Admin for AdminService {
         }
     }
 
-    async fn compact_node(&self, _req: Request<pb::CompactNodeRequest>) -> Result<Response<pb::CompactNodeResponse>, Status> {
+    async fn compact_node(&self, req: Request<pb::CompactNodeRequest>) -> Result<Response<pb::CompactNodeResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        self.cluster_admin(&origin, "compact a node")?;
         let engine = self.ctx.node.engine().clone();
         // No snapshot keeps SST files of its own (a snapshot is a view of the live DB, held
         // only while one is sent), so nothing but the compaction is needed.
@@ -665,9 +757,210 @@ impl Admin for AdminService {
         Ok(Response::new(pb::CompactNodeResponse { node_id: self.ctx.node.id }))
     }
 
-    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        let origin = origin_of(&req, Duration::from_millis(ADD_NODE_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
+    async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        let c = &origin.caller;
+        let token_id = match &c.by {
+            crate::auth::AuthBy::Token { id } => id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::WhoAmIResponse {
+            principal: c.name.clone(),
+            authenticated_by: c.by_name().to_string(),
+            cluster_admin: c.cluster_admin,
+            token_id,
+        }))
+    }
+
+    async fn create_token(&self, req: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
         let r = req.into_inner();
+        self.cluster_admin(&origin, "create tokens")?;
+        kho_raft::access::check_principal("principal", &r.principal).map_err(status::app_error)?;
+        if r.ttl_seconds > TOKEN_TTL_MAX_S {
+            return Err(Status::invalid_argument(format!(
+                "ttl_seconds: {} exceeds the limit of {TOKEN_TTL_MAX_S} s (a year)",
+                r.ttl_seconds
+            )));
+        }
+        if r.note.len() > kho_raft::access::TOKEN_NOTE_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "note: {} bytes exceed the limit of {} bytes",
+                r.note.len(),
+                kho_raft::access::TOKEN_NOTE_BYTES_MAX
+            )));
+        }
+        let ttl = if r.ttl_seconds == 0 { TOKEN_TTL_DEFAULT_S } else { r.ttl_seconds };
+        let (id, secret) = crate::auth::new_token_secret();
+        let now = crate::auth::now_ms();
+        let token = kho_raft::access::Token {
+            id: id.clone(),
+            principal: r.principal.clone(),
+            secret_sha256: crate::auth::secret_hash(&secret),
+            created_at_ms: now,
+            expires_at_ms: now + ttl * 1_000,
+            revoked: false,
+            note: r.note.clone(),
+        };
+        let expires_at_ms = token.expires_at_ms;
+        match self.ctx.propose(Command::CreateToken { token }, &origin).await? {
+            Leader::Here(resp) => {
+                admin_outcome(resp)?;
+                Ok(Response::new(pb::CreateTokenResponse { token: crate::auth::token_text(&id, &secret), token_id: id, expires_at_ms }))
+            }
+            Leader::There(to) => forward!(self.ctx, admin_client, to, create_token, r),
+        }
+    }
+
+    async fn revoke_token(&self, req: Request<pb::RevokeTokenRequest>) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        let r = req.into_inner();
+        if !kho_raft::access::is_token_id(&r.token_id) {
+            return Err(Status::invalid_argument(format!("token_id: `{}` is not 16 lowercase hex digits", r.token_id)));
+        }
+        // A principal may revoke its own tokens; anyone else's takes a cluster admin.
+        let own = {
+            let meta = self.ctx.meta();
+            let cat = meta.state.catalog();
+            cat.access.tokens.get(&r.token_id).is_some_and(|t| t.principal == origin.caller.name)
+        };
+        if !own {
+            self.cluster_admin(&origin, "revoke another principal's token")?;
+        }
+        match self.ctx.propose(Command::RevokeToken { id: r.token_id.clone() }, &origin).await? {
+            Leader::Here(resp) => {
+                admin_outcome(resp)?;
+                Ok(Response::new(pb::RevokeTokenResponse {}))
+            }
+            Leader::There(to) => forward!(self.ctx, admin_client, to, revoke_token, r),
+        }
+    }
+
+    async fn list_tokens(&self, req: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        let r = req.into_inner();
+        if r.principal != origin.caller.name {
+            self.cluster_admin(&origin, "list other principals' tokens")?;
+        }
+        if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
+            return forward!(self.ctx, admin_client, to, list_tokens, r);
+        }
+        let meta = self.ctx.meta();
+        let cat = meta.state.catalog();
+        let tokens = cat
+            .access
+            .tokens
+            .values()
+            .filter(|t| r.principal.is_empty() || t.principal == r.principal)
+            .map(|t| pb::TokenInfo {
+                token_id: t.id.clone(),
+                principal: t.principal.clone(),
+                created_at_ms: t.created_at_ms,
+                expires_at_ms: t.expires_at_ms,
+                revoked: t.revoked,
+                note: t.note.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn create_grant(&self, req: Request<pb::CreateGrantRequest>) -> Result<Response<pb::CreateGrantResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        let r = req.into_inner();
+        let g = r.grant.clone().ok_or_else(|| Status::invalid_argument("grant: not set"))?;
+        let mut perms = 0u8;
+        for p in &g.permissions {
+            perms |= match pb::Permission::try_from(*p) {
+                Ok(pb::Permission::Read) => kho_raft::access::Perm::Read as u8,
+                Ok(pb::Permission::Write) => kho_raft::access::Perm::Write as u8,
+                Ok(pb::Permission::Admin) => kho_raft::access::Perm::Admin as u8,
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "grant.permissions: unknown value {p}; use 1 (READ), 2 (WRITE) or 3 (ADMIN)"
+                    )))
+                }
+            };
+        }
+        let now = crate::auth::now_ms();
+        if g.expires_at_ms != 0 && g.expires_at_ms <= now {
+            return Err(Status::invalid_argument(format!("grant.expires_at_ms: {} is in the past", g.expires_at_ms)));
+        }
+        let grant = kho_raft::access::Grant {
+            id: 0,
+            principal: g.principal.clone(),
+            tenant: g.tenant.clone(),
+            table: g.table.clone(),
+            family: g.family.clone(),
+            qualifiers: g.qualifiers.iter().map(|q| serde_bytes::ByteBuf::from(q.clone())).collect(),
+            perms,
+            expires_at_ms: g.expires_at_ms,
+            created_at_ms: now,
+            version: 0,
+            granted_by: origin.caller.name.clone(),
+        };
+        grant.check().map_err(status::app_error)?;
+        self.tenant_admin(&origin, &grant.tenant, "grant on it").await?;
+        match self.ctx.propose(Command::CreateGrant { grant }, &origin).await? {
+            Leader::Here(resp) => match resp.outcome {
+                Outcome::Granted { id } => Ok(Response::new(pb::CreateGrantResponse { grant_id: id, version: resp.revision })),
+                Outcome::Rejected(e) => Err(status::app_error(e)),
+                other => Err(status::internal(format!("CreateGrant answered {other:?}"))),
+            },
+            Leader::There(to) => forward!(self.ctx, admin_client, to, create_grant, r),
+        }
+    }
+
+    async fn revoke_grant(&self, req: Request<pb::RevokeGrantRequest>) -> Result<Response<pb::RevokeGrantResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        let r = req.into_inner();
+        let tenant = {
+            let meta = self.ctx.meta();
+            let cat = meta.state.catalog();
+            cat.access.grants.get(&r.grant_id).map(|g| g.tenant.clone())
+        };
+        match tenant {
+            Some(t) => self.tenant_admin(&origin, &t, "revoke grants on it").await?,
+            None => self.cluster_admin(&origin, "revoke a grant this node does not know")?,
+        }
+        match self.ctx.propose(Command::RevokeGrant { id: r.grant_id }, &origin).await? {
+            Leader::Here(resp) => Ok(Response::new(pb::RevokeGrantResponse { version: admin_outcome(resp)? })),
+            Leader::There(to) => forward!(self.ctx, admin_client, to, revoke_grant, r),
+        }
+    }
+
+    async fn list_grants(&self, req: Request<pb::ListGrantsRequest>) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        let r = req.into_inner();
+        if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
+            return forward!(self.ctx, admin_client, to, list_grants, r);
+        }
+        let caller = &origin.caller;
+        self.ctx.auth.check_current(caller)?;
+        let now = crate::auth::now_ms();
+        let meta = self.ctx.meta();
+        let cat = meta.state.catalog();
+        // A cluster admin sees every grant, a tenant's admin the grants on its tenant,
+        // anyone its own.
+        let grants = cat
+            .access
+            .grants
+            .values()
+            .filter(|g| r.tenant.is_empty() || g.tenant == r.tenant)
+            .filter(|g| r.principal.is_empty() || g.principal == r.principal)
+            .filter(|g| {
+                caller.cluster_admin
+                    || g.principal == caller.name
+                    || cat.access.on_tenant(&caller.name, now, kho_raft::access::Perm::Admin, &g.tenant)
+            })
+            .map(grant_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListGrantsResponse { grants }))
+    }
+
+    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let origin = self.ctx.origin_with(&req, Duration::from_millis(ADD_NODE_TIMEOUT_MS + FORWARD_MARGIN_MS))?;
+        let r = req.into_inner();
+        self.cluster_admin(&origin, "remove nodes")?;
         if r.node_id == 0 {
             return Err(Status::invalid_argument("node_id: must be > 0"));
         }

@@ -55,6 +55,26 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     pub sharding: ShardingConfig,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
+}
+
+/// Who may do what (docs/SECURITY.md, "Principals and grants").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Every request must name a principal (a client certificate or a token) that holds a
+    /// grant for it. Default true. `false` makes every caller a cluster admin, without
+    /// credentials: for development only; the node logs a warning at start.
+    pub enabled: bool,
+    /// Users that are cluster admins by configuration (the same list on every node):
+    /// they may do everything, including granting. Default: none.
+    pub cluster_admins: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { enabled: true, cluster_admins: Vec::new() }
+    }
 }
 
 /// TLS of both listeners and of the connections between nodes (docs/SECURITY.md, "TLS").
@@ -68,7 +88,8 @@ pub struct TlsConfig {
     /// This node's certificate (PEM, leaf first), with the URI SAN `kho://node/<node_id>`
     /// and the node's host names and addresses as DNS and IP SANs.
     pub cert_file: Option<PathBuf>,
-    /// This node's private key (PEM); it must not be readable by group or others.
+    /// This node's private key (PEM). Keep it readable by the node's user only (the node
+    /// does not check the file's mode).
     pub key_file: Option<PathBuf>,
     /// Certificate revocation lists (PEM). Optional.
     pub crl_file: Option<PathBuf>,
@@ -257,6 +278,7 @@ impl Default for Config {
             encryption: EncryptionConfig::default(),
             sharding: ShardingConfig::default(),
             tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -382,6 +404,9 @@ impl Config {
         if self.node_id == 0 {
             return Err(invalid("node_id", "must be set to a number > 0"));
         }
+        for a in &self.auth.cluster_admins {
+            kho_raft::access::check_principal("auth.cluster_admins", a).map_err(|e| invalid("auth.cluster_admins", e.message))?;
+        }
         self.listen_addr
             .parse::<SocketAddr>()
             .map_err(|e| invalid("listen_addr", format!("`{}` is not ip:port ({e})", self.listen_addr)))?;
@@ -409,8 +434,23 @@ impl Config {
                 ));
             }
         }
-        if let Some(a) = &self.peer_advertise_addr {
-            check_host_port("peer_advertise_addr", a)?;
+        match &self.peer_advertise_addr {
+            Some(a) => {
+                check_host_port("peer_advertise_addr", a)?;
+                if is_wildcard(a) {
+                    return Err(invalid("peer_advertise_addr", format!("`{a}` is a wildcard address: other nodes cannot dial it")));
+                }
+            }
+            None if is_wildcard(&self.peer_listen_addr) => {
+                return Err(invalid(
+                    "peer_advertise_addr",
+                    format!(
+                        "not set while peer_listen_addr `{}` is a wildcard address: set the address other nodes reach this node at",
+                        self.peer_listen_addr
+                    ),
+                ));
+            }
+            None => {}
         }
         self.peer_source_ip()?;
         if self.data_dir.as_os_str().is_empty() {
@@ -539,6 +579,11 @@ fn in_range(field: &'static str, v: u64, min: u64, max: u64) -> Result<(), Confi
     Ok(())
 }
 
+/// `0.0.0.0:p`, `[::]:p`: an address to bind, not one to dial.
+fn is_wildcard(s: &str) -> bool {
+    s.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified())
+}
+
 fn check_host_port(field: &'static str, s: &str) -> Result<(), ConfigError> {
     match s.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
@@ -559,6 +604,23 @@ mod tests {
 
     /// The smallest valid config without TLS.
     const PLAIN: &str = "peer_listen_addr = \"127.0.0.1:7101\"\n[tls]\nplaintext = true\n";
+
+    #[test]
+    fn a_wildcard_peer_listener_needs_an_address_to_advertise() {
+        let c = Config::from_toml("node_id = 1\npeer_listen_addr = \"0.0.0.0:7101\"\n[tls]\nplaintext = true").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("peer_advertise_addr") && e.contains("wildcard"), "{e}");
+        let c = Config::from_toml(
+            "node_id = 1\npeer_listen_addr = \"0.0.0.0:7101\"\npeer_advertise_addr = \"10.0.0.1:7101\"\n[tls]\nplaintext = true",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let c = Config::from_toml(
+            "node_id = 1\npeer_listen_addr = \"127.0.0.1:7101\"\npeer_advertise_addr = \"[::]:7101\"\n[tls]\nplaintext = true",
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("peer_advertise_addr"));
+    }
 
     #[test]
     fn errors_name_the_field() {

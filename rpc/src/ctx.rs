@@ -14,6 +14,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::channels::Channels;
 use crate::config::Limits;
 use crate::deadline::{self, Deadline, DEADLINE_HEADER};
@@ -64,6 +65,8 @@ pub struct Ctx {
     /// Other nodes' client addresses as they last reported them (the membership holds
     /// peer addresses only): filled by `ClusterStatus` and by [`refresh_client_addrs`].
     pub client_addrs: std::sync::RwLock<std::collections::HashMap<NodeId, String>>,
+    /// Authentication and authorization ([`crate::auth`]).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// How often a node asks the members whose client address it does not know yet,
@@ -109,8 +112,9 @@ pub enum Kind {
     Read,
 }
 
-/// How a request arrived: from a client or forwarded by a node, and its deadline.
-#[derive(Debug, Clone, Copy)]
+/// How a request arrived: from a client or forwarded by a node, its deadline, and who
+/// sent it.
+#[derive(Debug, Clone)]
 pub struct Origin {
     /// Forwarded to this node as the leader: never forwarded again.
     pub forwarded: bool,
@@ -121,6 +125,8 @@ pub struct Origin {
     /// Which try of the node that received the request from its client this is (1 for a
     /// request from a client; a forwarded request's [`ROUTE_TRY_HEADER`]).
     pub try_no: u32,
+    /// The request's principal ([`crate::auth`]).
+    pub caller: Arc<Caller>,
 }
 
 impl Origin {
@@ -166,6 +172,8 @@ pub struct Forward {
     pub to_replica: bool,
     /// The try of the request ([`Origin::try_no`]), sent as [`ROUTE_TRY_HEADER`].
     pub try_no: u32,
+    /// Sent as [`crate::auth::PRINCIPAL_HEADER`].
+    pub caller: Arc<Caller>,
 }
 
 /// Where the data of a key is served from this node.
@@ -216,6 +224,7 @@ impl Forward {
         req.metadata_mut().insert(DEADLINE_HEADER, unix_ms);
         let try_no = MetadataValue::try_from(self.try_no.to_string()).expect("digits are a valid header value");
         req.metadata_mut().insert(ROUTE_TRY_HEADER, try_no);
+        self.caller.forward_into(req.metadata_mut());
         // The leader also gets the time left as grpc-timeout; it keeps the earlier of the two.
         req.set_timeout(remaining);
         Ok((req, deadline::wait_budget(remaining)))
@@ -293,16 +302,20 @@ fn with_causes(s: &Status) -> String {
 }
 
 /// How `req` arrived and its deadline; `default` from now when it has none.
-pub fn origin_of<T>(req: &Request<T>, default: Duration) -> Result<Origin, Status> {
+pub fn origin_of<T>(req: &Request<T>, default: Duration, caller: Arc<Caller>) -> Result<Origin, Status> {
     let deadline = Deadline::of_request(req.metadata(), SystemTime::now(), default)?;
-    let hop = req.metadata().get(FORWARDED);
+    // Only a node sets the forwarding header, and only the peer listener (node
+    // certificates) believes it: a client that sets it is a client.
+    let from_client_listener =
+        req.extensions().get::<crate::tls::ConnInfo>().is_some_and(|i| i.listener == crate::tls::ListenerKind::Client);
+    let hop = if from_client_listener { None } else { req.metadata().get(FORWARDED) };
     let via_replica = hop.is_some_and(|v| v == FORWARDED_TO_REPLICA);
-    // Only a node sets it; a malformed or missing one counts as a first try.
+    // A malformed or missing try number counts as a first try.
     let try_no = match hop {
         None => 1,
         Some(_) => req.metadata().get(ROUTE_TRY_HEADER).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1),
     };
-    Ok(Origin { forwarded: hop.is_some() && !via_replica, via_replica, deadline, try_no })
+    Ok(Origin { forwarded: hop.is_some() && !via_replica, via_replica, deadline, try_no, caller })
 }
 
 /// What [`Ctx::routed`] does with a failed try.
@@ -359,8 +372,20 @@ impl Ctx {
 
     /// How `req` arrived and its deadline (without one: `raft.proposal_timeout_ms` plus
     /// [`FORWARD_MARGIN_MS`] from now). INVALID_ARGUMENT for a malformed deadline header.
+    /// The request's principal is authenticated here: `UNAUTHENTICATED` without valid
+    /// credentials ([`crate::auth::Auth::authenticate`]).
     pub fn origin<T>(&self, req: &Request<T>) -> Result<Origin, Status> {
-        origin_of(req, self.proposal_timeout + Duration::from_millis(FORWARD_MARGIN_MS))
+        self.origin_with(req, self.proposal_timeout + Duration::from_millis(FORWARD_MARGIN_MS))
+    }
+
+    /// [`Ctx::origin`] with `default` as the deadline of a request that has none.
+    pub fn origin_with<T>(&self, req: &Request<T>, default: Duration) -> Result<Origin, Status> {
+        let caller = {
+            let meta = self.meta();
+            let cat = meta.state.catalog();
+            self.auth.authenticate(req, &cat)?
+        };
+        origin_of(req, default, caller)
     }
 
     /// How long a wait for a quorum may take: `raft.proposal_timeout_ms`, or the time left
@@ -404,6 +429,7 @@ impl Ctx {
                     deadline: origin.deadline,
                     to_replica: false,
                     try_no: origin.try_no,
+                    caller: origin.caller.clone(),
                 }))
             }
             ProposeError::ForwardToLeader { .. } if origin.forwarded && !one_step => Err(Status::unavailable(
@@ -436,7 +462,15 @@ impl Ctx {
             return None;
         }
         let addr = g.member_addr(leader).or_else(|| self.node.node_addr(leader))?;
-        Some(Forward { leader_id: leader, addr, kind, deadline: origin.deadline, to_replica: false, try_no: origin.try_no })
+        Some(Forward {
+            leader_id: leader,
+            addr,
+            kind,
+            deadline: origin.deadline,
+            to_replica: false,
+            try_no: origin.try_no,
+            caller: origin.caller.clone(),
+        })
     }
 
     /// Where the data of storage key `key` is served: this node's replica of its shard, or
@@ -483,7 +517,15 @@ impl Ctx {
         let Some((node, addr)) = to else {
             return Err(Status::unavailable(format!("no address known for any replica of shard {}; retry", desc.id)));
         };
-        Ok(ShardRoute::Remote(Forward { leader_id: node, addr, kind, deadline: origin.deadline, to_replica: true, try_no: origin.try_no }))
+        Ok(ShardRoute::Remote(Forward {
+            leader_id: node,
+            addr,
+            kind,
+            deadline: origin.deadline,
+            to_replica: true,
+            try_no: origin.try_no,
+            caller: origin.caller.clone(),
+        }))
     }
 
     /// Proposes a command on the leader, waiting at most `raft.proposal_timeout_ms` (or
@@ -582,13 +624,13 @@ impl Ctx {
         F: FnMut(Origin) -> Fut,
         Fut: std::future::Future<Output = Result<R, Status>>,
     {
-        let mut this = *origin;
+        let mut this = origin.clone();
         loop {
             #[cfg(feature = "failpoints")]
             if let Some(stale) = self.stale_route_fail_point(&this) {
                 return Err(stale);
             }
-            let last = match once(this).await {
+            let last = match once(this.clone()).await {
                 Err(s) => s,
                 ok => return ok,
             };
@@ -733,8 +775,12 @@ macro_rules! forward {
 mod tests {
     use super::*;
 
+    fn admin() -> Arc<Caller> {
+        Arc::new(Caller { name: "admin".into(), by: crate::auth::AuthBy::Certificate { fingerprint: String::new() }, cluster_admin: true })
+    }
+
     fn to(kind: Kind, deadline: Deadline) -> Forward {
-        Forward { leader_id: 2, addr: "10.0.0.2:7001".into(), kind, deadline, to_replica: false, try_no: 1 }
+        Forward { leader_id: 2, addr: "10.0.0.2:7001".into(), kind, deadline, to_replica: false, try_no: 1, caller: admin() }
     }
 
     fn in_a_minute() -> Deadline {
@@ -799,7 +845,7 @@ mod tests {
     }
 
     fn from(forwarded: bool, via_replica: bool, try_no: u32) -> Origin {
-        Origin { forwarded, via_replica, deadline: in_a_minute(), try_no }
+        Origin { forwarded, via_replica, deadline: in_a_minute(), try_no, caller: admin() }
     }
 
     #[test]
@@ -832,13 +878,13 @@ mod tests {
         f.try_no = 2;
         let (req, _) = f.request(()).unwrap();
         assert_eq!(req.metadata().get(ROUTE_TRY_HEADER).unwrap(), "2");
-        let o = origin_of(&req, Duration::from_secs(1)).unwrap();
+        let o = origin_of(&req, Duration::from_secs(1), admin()).unwrap();
         assert!(o.forwarded && !o.from_client());
         assert_eq!(o.try_no, 2);
         // A client's request is a first try, whatever it sends.
         let mut client = Request::new(());
         client.metadata_mut().insert(ROUTE_TRY_HEADER, MetadataValue::from_static("3"));
-        let o = origin_of(&client, Duration::from_secs(1)).unwrap();
+        let o = origin_of(&client, Duration::from_secs(1), admin()).unwrap();
         assert!(o.from_client());
         assert_eq!(o.try_no, 1);
     }

@@ -17,10 +17,12 @@ use kho_raft::state_machine::SmState;
 use kho_raft::{AppErrorKind, Command, Group, WriteOp};
 use tonic::{Request, Response, Status};
 
+use crate::auth;
 use crate::ctx::{written, Ctx, Kind, Leader, Origin, ShardRoute, Written};
 use crate::locate::{self, LOCATE_KEYS_MAX, LOCATE_RANGE_SHARDS_MAX};
 use crate::route::{RouteError, StaleRoute};
 use crate::{forward, status, validate};
+use kho_raft::access::{Perm, TableView};
 
 /// Most chunks a scan buffers ahead of a slow client, count.
 const SCAN_CHANNEL_CHUNKS_MAX: usize = 4;
@@ -44,7 +46,72 @@ fn family_of(meta: &TableMeta, name: &str) -> Result<FamilyId, Status> {
         .ok_or_else(|| Status::not_found(format!("column family `{name}` does not exist in table `{}/{}`", meta.tenant, meta.name)))
 }
 
+/// The family a request names: its own name, or the table's first family for "".
+fn family_name<'a>(meta: &'a TableMeta, name: &'a str) -> &'a str {
+    if name.is_empty() {
+        meta.families.first().map_or("", String::as_str)
+    } else {
+        name
+    }
+}
+
+/// `PERMISSION_DENIED` unless `view` holds the cell (`family`, `qualifier`).
+fn need_cell(origin: &Origin, view: &TableView, perm: Perm, meta: &TableMeta, family: &str, qualifier: &[u8]) -> Result<(), Status> {
+    let family = family_name(meta, family);
+    if view.cell(family, qualifier) {
+        return Ok(());
+    }
+    let q = if view.any_of_family(family) || !qualifier.is_empty() { Some(qualifier) } else { None };
+    Err(auth::missing(&origin.caller, perm, &meta.tenant, &meta.name, Some(family), q))
+}
+
+/// `PERMISSION_DENIED` unless the write's every op is within `view`: a cell's family and
+/// qualifier, a whole family for `DeleteFamily`, the whole table for `DeleteRow`.
+fn need_ops(origin: &Origin, view: &TableView, meta: &TableMeta, ops: &[WriteOp]) -> Result<(), Status> {
+    for op in ops {
+        match op {
+            WriteOp::Put { family, qualifier, .. } | WriteOp::Delete { family, qualifier, .. } => {
+                need_cell(origin, view, Perm::Write, meta, family, qualifier)?
+            }
+            WriteOp::DeleteFamily { family, .. } => {
+                let family = family_name(meta, family);
+                if !view.whole_family(family) {
+                    return Err(auth::missing(&origin.caller, Perm::Write, &meta.tenant, &meta.name, Some(family), None));
+                }
+            }
+            WriteOp::DeleteRow { .. } => {
+                if !view.whole_table() {
+                    return Err(Status::permission_denied(format!(
+                        "principal `{}` has no write grant on all of `{}/{}` (every family): DeleteRow needs it; delete the cells or families granted instead",
+                        origin.caller.name, meta.tenant, meta.name
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl DataService {
+    /// What the caller may do with `perm` in `tenant/table` ([`auth::Auth::view`]):
+    /// decided from the names before the table is looked up.
+    /// A refusal is checked again after a read barrier of the meta group, so that a grant
+    /// acknowledged through another node is honoured here at once.
+    async fn view(&self, origin: &Origin, perm: Perm, tenant: &str, table: &str) -> Result<TableView, Status> {
+        let now = || {
+            let meta = self.ctx.meta();
+            let cat = meta.state.catalog();
+            self.ctx.auth.view(&origin.caller, &cat, perm, tenant, table)
+        };
+        match now() {
+            Err(s) if s.code() == tonic::Code::PermissionDenied => match self.ctx.read_barrier(origin).await {
+                Ok(Leader::Here(())) => now(),
+                _ => Err(s),
+            },
+            other => other,
+        }
+    }
+
     fn limits(&self) -> &crate::config::Limits {
         &self.ctx.limits
     }
@@ -97,7 +164,9 @@ impl DataService {
     /// (as the client sent it: it is resolved again there) when the leader is another node.
     /// A write whose keys fall in several shards is refused (no cross-shard atomicity yet).
     async fn propose_write(&self, tenant: &str, table: &str, ops: Vec<WriteOp>, origin: &Origin) -> Result<Leader<Written>, Status> {
+        let view = self.view(origin, Perm::Write, tenant, table).await?;
         let (meta, keys) = self.table_access(tenant, table, origin, Kind::Write).await?;
+        need_ops(origin, &view, &meta, &ops)?;
         let mut w = TableAccess { meta: &meta, keys: keys.as_deref() }.resolve(ops, None).map_err(status::app_error)?;
         self.propose_cells(&mut w, origin).await
     }
@@ -252,8 +321,10 @@ impl DataService {
     /// One try of `BatchGet` ([`Ctx::routed`]).
     async fn batch_get_once(&self, r: &pb::BatchGetRequest, origin: Origin) -> Result<Response<pb::BatchGetResponse>, Status> {
         let origin = &origin;
+        let view = self.view(origin, Perm::Read, &r.tenant, &r.table).await?;
         let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
         let fam = family_of(&meta, &r.family)?;
+        need_cell(origin, &view, Perm::Read, &meta, &r.family, b"")?;
         // One linearizable read per shard that holds a key (its read barrier), then one
         // point-in-time view of this node's replicas of them all.
         let mut groups: Vec<Arc<Group>> = Vec::new();
@@ -303,9 +374,11 @@ impl DataService {
     /// One try of `Scan` ([`Ctx::routed`]): a stream that has started is not tried again.
     async fn scan_once(&self, r: &pb::ScanRequest, limit: usize, origin: Origin) -> Result<Response<ScanStream>, Status> {
         let origin = &origin;
+        let view = self.view(origin, Perm::Read, &r.tenant, &r.table).await?;
         let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
         refuse_scan_of_hashed(&meta)?;
         let fam = family_of(&meta, &r.family)?;
+        need_cell(origin, &view, Perm::Read, &meta, &r.family, b"")?;
         let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_key, end_bound(&r.end_key), &r.prefix);
         let groups = match self.read_shards(&start, &end, r.consistency, origin).await? {
             Leader::There(to) => {
@@ -357,8 +430,13 @@ impl DataService {
         // the expected one; if they match, it proposes the write on condition that the cell
         // is still stored as it read it. A write in between fails that condition at apply,
         // and the comparison starts again, at most CAS_ATTEMPTS_MAX times.
+        // It returns the current value: it needs read as well as write.
+        let read = self.view(origin, Perm::Read, &r.tenant, &r.table).await?;
+        let write = self.view(origin, Perm::Write, &r.tenant, &r.table).await?;
         for _ in 0..CAS_ATTEMPTS_MAX {
             let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Write).await?;
+            need_cell(origin, &read, Perm::Read, &meta, &r.family, b"")?;
+            need_cell(origin, &write, Perm::Write, &meta, &r.family, b"")?;
             let access = TableAccess { meta: &meta, keys: tenant_keys.as_deref() };
             let key = access.cell_key(&r.key, &r.family, b"").map_err(status::app_error)?;
             let g = match self.ctx.shard_route(&key, origin, Kind::Write).await? {
@@ -414,8 +492,10 @@ impl DataService {
     /// One try of `ReadRow` ([`Ctx::routed`]).
     async fn read_row_once(&self, r: &pb::ReadRowRequest, origin: Origin) -> Result<Response<pb::ReadRowResponse>, Status> {
         let origin = &origin;
+        let view = self.view(origin, Perm::Read, &r.tenant, &r.table).await?;
         let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
         let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
+        need_named(origin, &view, &meta, &r.families, &r.qualifiers)?;
         let prefix = keys::row_prefix(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.row_key)?);
         let end = keys::prefix_end(&prefix).expect("a row prefix has an end");
         let g = match self.read_shard(&prefix, r.consistency, origin).await? {
@@ -430,11 +510,16 @@ impl DataService {
         let cells = self
             .ctx
             .reads
-            .run(move || -> Result<Vec<pb::Cell>, Status> {
+            .run(move || -> Result<(Vec<pb::Cell>, bool), Status> {
                 let mut cells = Vec::new();
                 let mut bytes = 0usize;
+                let mut withheld = false;
                 scan_cells(&engine, &states, tenant_keys.as_deref(), &prefix, &end, |dk, payload| {
                     if (!fams.is_empty() && !fams.contains(&dk.family)) || (!qualifiers.is_empty() && !qualifiers.contains(&dk.qualifier)) {
+                        return Ok(true);
+                    }
+                    if !view.cell(meta.family_name(dk.family).unwrap_or_default(), &dk.qualifier) {
+                        withheld = true;
                         return Ok(true);
                     }
                     bytes += dk.qualifier.len() + payload.len();
@@ -447,19 +532,23 @@ impl DataService {
                     cells.push(pb::Cell { family, qualifier: dk.qualifier, value: payload.to_vec() });
                     Ok(true)
                 })?;
-                Ok(cells)
+                Ok((cells, withheld))
             })
             .await??;
-        let found = !cells.is_empty();
-        Ok(Response::new(pb::ReadRowResponse { found, row: found.then_some(pb::Row { key: row_key, cells }) }))
+        let (cells, cells_withheld) = cells;
+        // A row whose every cell was withheld is found, empty, and says so.
+        let found = !cells.is_empty() || cells_withheld;
+        Ok(Response::new(pb::ReadRowResponse { found, row: found.then_some(pb::Row { key: row_key, cells, cells_withheld }) }))
     }
 
     /// One try of `ScanRows` ([`Ctx::routed`]): a stream that has started is not tried again.
     async fn scan_rows_once(&self, r: &pb::ScanRowsRequest, limit: usize, origin: Origin) -> Result<Response<ScanRowsStream>, Status> {
         let origin = &origin;
+        let view = self.view(origin, Perm::Read, &r.tenant, &r.table).await?;
         let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
         refuse_scan_of_hashed(&meta)?;
         let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
+        need_named(origin, &view, &meta, &r.families, &[])?;
         let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_row, end_bound(&r.end_row), &r.prefix);
         let groups = match self.read_shards(&start, &end, r.consistency, origin).await? {
             Leader::There(to) => {
@@ -496,7 +585,11 @@ impl DataService {
                             return Ok(false); // the client went away or stalled
                         }
                     }
-                    rows.push(pb::Row { key: dk.row.clone(), cells: Vec::new() });
+                    rows.push(pb::Row { key: dk.row.clone(), cells: Vec::new(), cells_withheld: false });
+                }
+                if !view.cell(meta.family_name(dk.family).unwrap_or_default(), &dk.qualifier) {
+                    rows.last_mut().expect("a row was pushed").cells_withheld = true;
+                    return Ok(true);
                 }
                 let n = dk.qualifier.len() + payload.len();
                 row_bytes += n;
@@ -522,6 +615,28 @@ impl DataService {
         })?;
         Ok(Response::new(Box::pin(stream) as ScanRowsStream))
     }
+}
+
+/// `PERMISSION_DENIED` when a read names a family or a qualifier the caller may read
+/// nothing of: each named family must be readable in part at least; a named qualifier must
+/// be readable in each named family (in some family, when none is named). What is only
+/// partly readable is filtered, and the row says so (`cells_withheld`).
+fn need_named(origin: &Origin, view: &TableView, meta: &TableMeta, families: &[String], qualifiers: &[Vec<u8>]) -> Result<(), Status> {
+    for f in families {
+        if !view.any_of_family(f) {
+            return Err(auth::missing(&origin.caller, Perm::Read, &meta.tenant, &meta.name, Some(f), None));
+        }
+    }
+    for q in qualifiers {
+        if families.is_empty() {
+            if !meta.families.iter().any(|f| view.cell(f, q)) {
+                return Err(auth::missing(&origin.caller, Perm::Read, &meta.tenant, &meta.name, None, Some(q)));
+            }
+        } else if let Some(f) = families.iter().find(|f| !view.cell(f, q)) {
+            return Err(auth::missing(&origin.caller, Perm::Read, &meta.tenant, &meta.name, Some(f), Some(q)));
+        }
+    }
+    Ok(())
 }
 
 /// The states of `groups` in the order their install gates are taken: by group id, so that
@@ -738,8 +853,10 @@ impl Data for DataService {
         let r = &r;
         self.ctx
             .routed(&origin, |origin| async move {
+                let view = self.view(&origin, Perm::Read, &r.tenant, &r.table).await?;
                 let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin, Kind::Read).await?;
                 let fam = family_of(&meta, &r.family)?;
+                need_cell(&origin, &view, Perm::Read, &meta, &r.family, b"")?;
                 let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.key)?, fam, b"");
                 let g = match self.read_shard(&key, r.consistency, &origin).await? {
                     Leader::There(to) => return forward!(self.ctx, data_client, to, get, r.clone()),
@@ -957,6 +1074,10 @@ impl Data for DataService {
                     range.limit
                 )));
             }
+        }
+        // Where a table's rows are is for those who may read or write some of it.
+        if let Err(denied) = self.view(&origin, Perm::Read, &r.tenant, &r.table).await {
+            self.view(&origin, Perm::Write, &r.tenant, &r.table).await.map_err(|_| denied)?;
         }
         let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin, Kind::Read).await?;
         let stored = r.keys.iter().map(|k| stored_row(&meta, tenant_keys.as_deref(), k)).collect::<Result<Vec<_>, _>>()?;

@@ -3,6 +3,7 @@
 
 mod admin;
 mod admission;
+pub mod auth;
 mod channels;
 pub mod config;
 pub mod ctx;

@@ -41,6 +41,11 @@ const SERVER_KEEPALIVE_TIMEOUT_MS: u64 = crate::channels::PEER_KEEPALIVE_TIMEOUT
 /// stream holds its request headers (at most 16 KiB) until it is accepted.
 pub const HTTP2_PENDING_ACCEPT_RESET_STREAMS_MAX: usize = 1_024;
 
+/// A connection this old is closed gracefully (GOAWAY; calls in flight finish) and its
+/// client opens a new one, milliseconds. Bounds how long a certificate revoked or
+/// replaced since the connection's handshake stays in use (docs/SECURITY.md, "TLS").
+pub const CONNECTION_AGE_MAX_MS: u64 = 600_000;
+
 /// Runs a node until `shutdown` completes, then stops gracefully.
 pub async fn run_server(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
     config.validate()?;
@@ -94,6 +99,15 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
     let pool_error = |e: std::io::Error| ServerError::Other(format!("cannot start the read threads: {e}"));
     let reads = BlockingPool::new("read", "limits.read_threads", l.read_threads as usize, l.read_queue_max as usize).map_err(pool_error)?;
     let scans = BlockingPool::new("scan", "limits.scan_threads", l.scan_threads as usize, l.read_queue_max as usize).map_err(pool_error)?;
+    let auth = Arc::new(crate::auth::Auth::new(config.auth.clone()));
+    if !config.auth.enabled {
+        tracing::warn!(
+            "auth.enabled = false: every caller is a cluster admin, without credentials; grants and tokens are not checked \
+             (development only: docs/SECURITY.md)"
+        );
+    } else if config.auth.cluster_admins.is_empty() {
+        tracing::warn!("auth.cluster_admins is empty: no principal can create tenants or grants on this node");
+    }
     let ctx = Arc::new(Ctx {
         node: node.clone(),
         limits: config.limits.clone(),
@@ -104,8 +118,10 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
         forwards_lingering: Arc::new(tokio::sync::Semaphore::new(crate::ctx::FORWARDS_LINGERING_MAX)),
         client_addr: config.advertise_addr().to_string(),
         client_addrs: Default::default(),
+        auth: auth.clone(),
     });
     let addr_refresher = tokio::spawn(crate::ctx::refresh_client_addrs(ctx.clone()));
+    let grants_confirmer = tokio::spawn(auth.clone().confirm_grants(node.meta()));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<DataServer<DataService>>().await;
     health_reporter.set_serving::<AdminServer<AdminService>>().await;
@@ -128,6 +144,7 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
             .http2_keepalive_interval(Some(Duration::from_millis(SERVER_KEEPALIVE_INTERVAL_MS)))
             .http2_keepalive_timeout(Some(Duration::from_millis(SERVER_KEEPALIVE_TIMEOUT_MS)))
             .http2_max_pending_accept_reset_streams(Some(HTTP2_PENDING_ACCEPT_RESET_STREAMS_MAX))
+            .max_connection_age(Duration::from_millis(CONNECTION_AGE_MAX_MS))
             .layer(admission.clone())
     };
     let reloader = tls.as_ref().map(|t| t.spawn_reloader(Duration::from_millis(config.tls.reload_interval_ms)));
@@ -154,21 +171,26 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
         a.and(b)
     });
 
+    let mut failed = None;
     if !members.is_empty() {
         match node.bootstrap(&members).await {
             Ok(true) => tracing::info!(?members, "bootstrapped a new cluster"),
             Ok(false) => tracing::info!("node has Raft state; initial_members ignored"),
-            Err(e) => return Err(ServerError::Other(format!("bootstrap: {e}"))),
+            Err(e) => failed = Some(ServerError::Other(format!("bootstrap: {e}"))),
         }
     }
 
-    shutdown.await;
+    // A failed bootstrap stops the node the same way as a shutdown: listeners, tasks, node.
+    if failed.is_none() {
+        shutdown.await;
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     if let Some(r) = reloader {
         r.abort();
     }
     addr_refresher.abort();
+    grants_confirmer.abort();
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server stopped with an error"),
@@ -177,5 +199,8 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
     }
     node.shutdown().await;
     tracing::info!("stopped");
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

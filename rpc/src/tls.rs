@@ -41,15 +41,23 @@ use tokio_stream::wrappers::ReceiverStream;
 pub const NODE_URI_PREFIX: &str = "kho://node/";
 /// The URI SAN prefix of a client certificate's principal: `kho://user/<name>`.
 pub const USER_URI_PREFIX: &str = "kho://user/";
-/// A TLS handshake not finished within this long closes the connection, milliseconds.
+/// A TLS handshake not finished within this long of the connection's arrival closes it,
+/// milliseconds (the wait for its first byte included).
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// A connection that sends nothing within this long is closed, milliseconds.
+pub const FIRST_BYTE_TIMEOUT_MS: u64 = 2_000;
 /// Most TLS handshakes one listener runs at once; a connection beyond it is closed at once,
 /// so a flood of slow handshakes cannot take the node's memory, count.
 pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 256;
+/// Most TLS handshakes one listener runs at once for one source IP address, count: one
+/// host that opens connections and sends nothing cannot take every slot.
+pub const HANDSHAKES_PER_IP_MAX: usize = 16;
 /// Accepted connections waiting for the gRPC server to take them, per listener, count.
 const ACCEPTED_QUEUE_MAX: usize = 64;
 /// Largest certificate, key, CA or CRL file read, bytes: a larger file is refused.
 pub const TLS_FILE_BYTES_MAX: u64 = 1 << 20;
+/// Most addresses of a peer host tried for one connection, count.
+const PEER_ADDRS_TRIED_MAX: usize = 8;
 /// Pause after a failed `accept` (out of file descriptors), milliseconds.
 const ACCEPT_ERROR_PAUSE_MS: u64 = 100;
 
@@ -117,6 +125,9 @@ pub fn cert_identity(der: &[u8]) -> Result<CertIdentity, String> {
         for name in &san.value.general_names {
             if let x509_parser::extensions::GeneralName::URI(uri) = name {
                 if let Some(id) = uri.strip_prefix(NODE_URI_PREFIX) {
+                    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(format!("URI SAN `{uri}`: the node id is not a number"));
+                    }
                     let id: u64 = id.parse().map_err(|_| format!("URI SAN `{uri}`: the node id is not a number"))?;
                     if id == 0 {
                         return Err(format!("URI SAN `{uri}`: node id 0 is not a node"));
@@ -125,8 +136,11 @@ pub fn cert_identity(der: &[u8]) -> Result<CertIdentity, String> {
                         return Err("the certificate names two different nodes".into());
                     }
                 } else if let Some(u) = uri.strip_prefix(USER_URI_PREFIX) {
-                    if user.is_none() && !u.is_empty() {
-                        user = Some(u.to_string());
+                    if u.is_empty() {
+                        return Err(format!("URI SAN `{uri}`: no user name"));
+                    }
+                    if user.replace(u.to_string()).is_some_and(|other| other != u) {
+                        return Err("the certificate names two different users".into());
                     }
                 }
             }
@@ -411,6 +425,15 @@ fn build(node_id: u64, files: &TlsFiles, contents: &Contents, digest: [u8; 32], 
         .only_check_end_entity_revocation()
         .build()
         .map_err(|e| format!("node certificate verifier: {e}"))?;
+    // This node's own certificate must pass the checks its peers make of it (chain to the
+    // CA bundle, in its validity, not revoked): a file that would cut the node off from the
+    // cluster is refused, and a reload keeps the last good configuration instead.
+    peer_verifier.verify_client_cert(&chain[0], &chain[1..], rustls::pki_types::UnixTime::now()).map_err(|e| {
+        format!(
+            "tls.cert_file {}: this node's certificate does not verify against tls.ca_file and tls.crl_file ({e})",
+            files.cert.display()
+        )
+    })?;
     let server_verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(node_roots, provider.clone())
         .with_crls(crls)
         .allow_unknown_revocation_status()
@@ -547,6 +570,7 @@ impl tonic::transport::server::Connected for Accepted {
 pub fn incoming(listener: TcpListener, kind: ListenerKind, tls: Option<Arc<TlsState>>) -> ReceiverStream<Result<Accepted, io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE_MAX);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX));
+    let per_ip: Arc<Mutex<std::collections::HashMap<IpAddr, usize>>> = Arc::default();
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -572,6 +596,10 @@ pub fn incoming(listener: TcpListener, kind: ListenerKind, tls: Option<Arc<TlsSt
                 tracing::warn!(listener = ?kind, %remote, "{HANDSHAKES_IN_FLIGHT_MAX} TLS handshakes in flight (HANDSHAKES_IN_FLIGHT_MAX): connection closed");
                 continue;
             };
+            let Some(ip_slot) = IpSlot::take(&per_ip, remote.ip()) else {
+                tracing::warn!(listener = ?kind, %remote, "{HANDSHAKES_PER_IP_MAX} TLS handshakes in flight from this address (HANDSHAKES_PER_IP_MAX): connection closed");
+                continue;
+            };
             let config = match kind {
                 ListenerKind::Client => tls.material().client_listener.clone(),
                 ListenerKind::Peer => tls.material().peer_listener.clone(),
@@ -579,7 +607,13 @@ pub fn incoming(listener: TcpListener, kind: ListenerKind, tls: Option<Arc<TlsSt
             let tx = tx.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                match handshake(tcp, remote, kind, config).await {
+                let handshake = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), handshake(tcp, remote, kind, config));
+                let result = match handshake.await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("TLS handshake not finished within {HANDSHAKE_TIMEOUT_MS} ms")),
+                };
+                drop(ip_slot);
+                match result {
                     Ok(a) => {
                         let _ = tx.send(Ok(a)).await;
                     }
@@ -595,18 +629,14 @@ async fn handshake(tcp: TcpStream, remote: SocketAddr, kind: ListenerKind, confi
     // A client that speaks plaintext HTTP/2 to a TLS port: say so in the log instead of
     // a bare handshake error (its first byte is not a TLS handshake record, 0x16).
     let mut first = [0u8; 1];
-    match tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), tcp.peek(&mut first)).await {
+    match tokio::time::timeout(Duration::from_millis(FIRST_BYTE_TIMEOUT_MS), tcp.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] != 0x16 => return Err("not a TLS handshake (a plaintext client? this listener requires TLS)".into()),
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err(format!("no data within {HANDSHAKE_TIMEOUT_MS} ms")),
+        Err(_) => return Err(format!("no data within {FIRST_BYTE_TIMEOUT_MS} ms")),
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let tls = match tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("TLS handshake: {e}")),
-        Err(_) => return Err(format!("TLS handshake not finished within {HANDSHAKE_TIMEOUT_MS} ms")),
-    };
+    let tls = acceptor.accept(tcp).await.map_err(|e| format!("TLS handshake: {e}"))?;
     let cert = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
         Some(der) => Some(Arc::new(cert_identity(der)?)),
         None => None,
@@ -624,6 +654,36 @@ async fn handshake(tcp: TcpStream, remote: SocketAddr, kind: ListenerKind, confi
     }
     let info = ConnInfo { listener: kind, remote: Some(remote), cert };
     Ok(Accepted { io: Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))), info })
+}
+
+/// One source address's share of a listener's handshakes; given back when dropped.
+struct IpSlot {
+    map: Arc<Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(map: &Arc<Mutex<std::collections::HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<IpSlot> {
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= HANDSHAKES_PER_IP_MAX {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { map: map.clone(), ip })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Opens this node's connections to other nodes' peer listeners (tonic's
@@ -651,15 +711,28 @@ impl tower::Service<http::Uri> for PeerConnector {
             let host = uri.host().ok_or_else(|| io::Error::other(format!("peer address `{uri}` has no host")))?;
             let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
             let port = uri.port_u16().ok_or_else(|| io::Error::other(format!("peer address `{uri}` has no port")))?;
-            let addr = tokio::net::lookup_host((host.as_str(), port))
+            // Every address of the host (of the source IP's family when one is set), in turn.
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
                 .await?
-                .next()
-                .ok_or_else(|| io::Error::other(format!("peer host `{host}` has no address")))?;
-            let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-            if let Some(ip) = source_ip {
-                socket.bind(SocketAddr::new(ip, 0))?;
+                .filter(|a| source_ip.is_none_or(|ip| ip.is_ipv4() == a.is_ipv4()))
+                .take(PEER_ADDRS_TRIED_MAX)
+                .collect();
+            let mut last = io::Error::other(format!("peer host `{host}` has no usable address"));
+            let mut connected = None;
+            for addr in addrs {
+                let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                if let Some(ip) = source_ip {
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                }
+                match socket.connect(addr).await {
+                    Ok(s) => {
+                        connected = Some(s);
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
             }
-            let tcp = socket.connect(addr).await?;
+            let tcp = connected.ok_or(last)?;
             tcp.set_nodelay(true)?;
             let Some(tls) = tls else {
                 return Ok(hyper_util::rt::TokioIo::new(Stream::Plain(tcp)));

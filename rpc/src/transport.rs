@@ -191,9 +191,10 @@ impl RaftTransport for RaftService {
             Ok(RaftMessageKind::Probe) => MessageKind::Probe,
             _ => return Err(Status::invalid_argument(format!("kind: unsupported raft message kind {}", m.kind))),
         };
-        let payload = self.node.handle_call(m.group_id, kind, &m.payload).await.map_err(|e| match e {
+        let payload = self.node.handle_call(m.group_id, kind, &m.payload, sender).await.map_err(|e| match e {
             kho_raft::RaftNodeError::UnknownGroup(_) => Status::not_found(e.to_string()),
             kho_raft::RaftNodeError::BadMessage(_) => Status::invalid_argument(e.to_string()),
+            kho_raft::RaftNodeError::Forbidden(_) => Status::permission_denied(e.to_string()),
             other => Status::internal(other.to_string()),
         })?;
         Ok(Response::new(RaftMessage { group_id: m.group_id, kind: m.kind, payload, from: self.node.id }))
@@ -212,9 +213,10 @@ impl RaftTransport for RaftService {
         check_from(sender, first.from)?;
         let group = first.group_id;
         let data: Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>> = Box::pin(stream.map(|c| c.map(|c| c.data)));
-        let payload = self.node.receive_snapshot(group, &first.header, data).await.map_err(|e| match e {
+        let payload = self.node.receive_snapshot(group, &first.header, data, sender).await.map_err(|e| match e {
             kho_raft::RaftNodeError::UnknownGroup(_) => Status::not_found(e.to_string()),
             kho_raft::RaftNodeError::BadMessage(_) => Status::invalid_argument(e.to_string()),
+            kho_raft::RaftNodeError::Forbidden(_) => Status::permission_denied(e.to_string()),
             other => Status::internal(other.to_string()),
         })?;
         Ok(Response::new(RaftMessage { group_id: group, kind: RaftMessageKind::Snapshot as i32, payload, from: self.node.id }))

@@ -80,6 +80,10 @@ pub struct ConnArgs {
     /// The client certificate's private key (PEM).
     #[arg(id = "tls_key", long = "key", global = true, env = "KHO_KEY", value_name = "FILE")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// A bearer token (`kho_<id>_<secret>`, from `kho token create`) sent with every
+    /// request; with a client certificate too, both must name the same principal.
+    #[arg(long, global = true, env = "KHO_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl ConnArgs {
@@ -90,7 +94,7 @@ impl ConnArgs {
             None if self.tls_cert.is_some() || self.tls_key.is_some() => anyhow::bail!("--cert and --key need --ca (KHO_CA)"),
             None => None,
         };
-        Ok(client::Target { endpoints: self.endpoints.clone(), tls })
+        Ok(client::Target { endpoints: self.endpoints.clone(), tls, token: self.token.clone() })
     }
 }
 
@@ -470,7 +474,7 @@ pub async fn node(cmd: NodeCmd) -> anyhow::Result<ExitCode> {
     for ep in &target.endpoints.0 {
         let started = Instant::now();
         let result = async {
-            let one = client::Target { endpoints: EndpointList(vec![ep.clone()]), tls: target.tls.clone() };
+            let one = client::Target { endpoints: EndpointList(vec![ep.clone()]), ..target.clone() };
             let conn = client::connect(&one, timeouts).await?;
             let r = conn.admin().compact_node(CompactNodeRequest {}).await?.into_inner();
             anyhow::Ok(r.node_id)

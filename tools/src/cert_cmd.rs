@@ -210,6 +210,9 @@ pub fn issue(dir: &Path, subject: &Subject, valid_for: Duration) -> anyhow::Resu
             for h in hosts {
                 match h.parse::<IpAddr>() {
                     Ok(ip) => p.subject_alt_names.push(SanType::IpAddress(ip)),
+                    Err(_) if h.is_empty() || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') => {
+                        bail!("--host `{h}`: a DNS name or an IP address, without a port or brackets");
+                    }
                     Err(_) => p.subject_alt_names.push(SanType::DnsName(ia5(h.clone())?)),
                 }
             }
@@ -257,10 +260,18 @@ pub fn revoke(dir: &Path, certs: &[PathBuf]) -> anyhow::Result<(PathBuf, usize)>
         }
         number = crl.crl_number().map(|n| n.to_u64_digits().first().copied().unwrap_or(0) + 1).unwrap_or(1);
     }
+    // Only certificates this CA issued: a CRL entry for another CA's certificate revokes
+    // nothing (verifiers look for a certificate's CRL by its issuer).
+    let ca_pem = std::fs::read(dir.join(CA_CERT)).with_context(|| format!("read {}", dir.join(CA_CERT).display()))?;
+    let (_, ca_pem) = x509_parser::pem::parse_x509_pem(&ca_pem).map_err(|e| anyhow!("{}: not PEM ({e})", dir.join(CA_CERT).display()))?;
+    let ca = ca_pem.parse_x509().map_err(|e| anyhow!("{}: not a certificate ({e})", dir.join(CA_CERT).display()))?;
     for c in certs {
         let pem = std::fs::read(c).with_context(|| format!("read {}", c.display()))?;
         let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).map_err(|e| anyhow!("{}: not PEM ({e})", c.display()))?;
         let cert = pem.parse_x509().map_err(|e| anyhow!("{}: not a certificate ({e})", c.display()))?;
+        if cert.issuer().as_raw() != ca.subject().as_raw() || cert.verify_signature(Some(ca.public_key())).is_err() {
+            bail!("{}: not issued by the CA in {} (issuer: {})", c.display(), dir.display(), cert.issuer());
+        }
         let serial = cert.raw_serial().to_vec();
         if !serials.contains(&serial) {
             serials.push(serial);
@@ -321,5 +332,76 @@ mod tests {
         assert_eq!(revoke(dir.path(), &[node_crt, user_crt]).unwrap().1, 2, "the CRL keeps what it revoked and adds no duplicate");
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.path().join(CA_KEY)).unwrap().permissions());
         assert_eq!(mode & 0o077, 0, "the CA key is readable by its owner only");
+    }
+
+    fn der_of(cert: &rcgen::Certificate) -> Vec<u8> {
+        cert.der().to_vec()
+    }
+
+    #[test]
+    fn identity_rule_cn_fallback_and_conflicts() {
+        use kho_rpc::tls::{cert_identity, CertName};
+        let key = KeyPair::generate().unwrap();
+        let with = |cn: Option<&str>, uris: &[&str]| {
+            let mut p = CertificateParams::default();
+            let mut dn = DistinguishedName::new();
+            if let Some(cn) = cn {
+                dn.push(DnType::CommonName, cn);
+            }
+            p.distinguished_name = dn;
+            p.subject_alt_names = uris.iter().map(|u| SanType::URI(rcgen::string::Ia5String::try_from(u.to_string()).unwrap())).collect();
+            cert_identity(&der_of(&p.self_signed(&key).unwrap()))
+        };
+        // No kho URI: the CN names the user; a CN never names a node.
+        assert_eq!(with(Some("ops"), &[]).unwrap().name, Some(CertName::User("ops".into())));
+        assert_eq!(with(Some("node"), &["https://example.org/x"]).unwrap().name, Some(CertName::User("node".into())));
+        assert_eq!(with(None, &[]).unwrap().name, None);
+        // The URI SAN wins over the CN.
+        assert_eq!(with(Some("ops"), &["kho://user/alice"]).unwrap().name, Some(CertName::User("alice".into())));
+        assert_eq!(with(Some("x"), &["kho://node/3"]).unwrap().name, Some(CertName::Node(3)));
+        // Refused: node 0, a non-number, two nodes, a node and a user.
+        for uris in [&["kho://node/0"][..], &["kho://node/x"], &["kho://node/1", "kho://node/2"], &["kho://node/1", "kho://user/a"]] {
+            assert!(with(None, uris).is_err(), "{uris:?} accepted");
+        }
+        assert!(cert_identity(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn a_node_refuses_another_node_s_certificate_a_wrong_key_and_keeps_the_last_good_files() {
+        use kho_rpc::tls::{Reload, TlsFiles, TlsState};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        create_ca(d, Duration::from_secs(3_600)).unwrap();
+        let (c1, k1) = issue(d, &Subject::Node { id: 1, hosts: vec![] }, Duration::from_secs(600)).unwrap();
+        let (_, k2) = issue(d, &Subject::Node { id: 2, hosts: vec![] }, Duration::from_secs(600)).unwrap();
+        let files = |cert: &Path, key: &Path| TlsFiles {
+            ca: d.join(CA_CERT),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            crl: None,
+            client_ca: None,
+        };
+        kho_rpc::tls::install_provider();
+        // Node 2 with node 1's certificate, and node 1 with node 2's key: refused, naming the file.
+        let e = TlsState::load(2, files(&c1, &k1), false).err().expect("another node's certificate is refused");
+        assert!(e.contains("tls.cert_file") && e.contains("kho://node/2"), "{e}");
+        let e = TlsState::load(1, files(&c1, &k2), false).err().expect("a key of another certificate is refused");
+        assert!(e.contains("tls.key_file"), "{e}");
+        // A loaded node keeps its configuration when its certificate turns bad, and takes a
+        // good new one.
+        let state = TlsState::load(1, files(&c1, &k1), false).unwrap();
+        let before = state.leaf().fingerprint;
+        assert_eq!(state.reload_if_changed(), Reload::Unchanged);
+        let good = std::fs::read(&c1).unwrap();
+        std::fs::write(&c1, &good[..good.len() / 2]).unwrap();
+        assert!(matches!(state.reload_if_changed(), Reload::Failed(e) if e.contains("tls.cert_file")));
+        assert_eq!(state.leaf().fingerprint, before, "the last good certificate stays in use");
+        issue(d, &Subject::Node { id: 1, hosts: vec!["kho-1.example".into()] }, Duration::from_secs(600)).unwrap();
+        assert_eq!(state.reload_if_changed(), Reload::Reloaded);
+        assert_ne!(state.leaf().fingerprint, before, "the new certificate is in use");
+        // A change of the CA bundle alone is a change.
+        let ca = std::fs::read(d.join(CA_CERT)).unwrap();
+        std::fs::write(d.join(CA_CERT), [ca.clone(), ca].concat()).unwrap();
+        assert_eq!(state.reload_if_changed(), Reload::Reloaded);
     }
 }

@@ -68,7 +68,38 @@ pub struct Target {
     pub endpoints: EndpointList,
     /// `None`: plaintext (a cluster with `tls.plaintext = true`).
     pub tls: Option<ClientTls>,
+    /// A bearer token (`kho_…`) sent with every request (`--token`, `KHO_TOKEN`).
+    pub token: Option<String>,
 }
+
+/// Adds `authorization: Bearer <token>` to every request, when there is a token.
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> anyhow::Result<Bearer> {
+        match token {
+            None => Ok(Bearer(None)),
+            Some(t) => Ok(Bearer(Some(
+                format!("Bearer {}", t.trim())
+                    .parse()
+                    .map_err(|_| anyhow!("--token: not printable ASCII (a token is kho_<id>_<secret>)"))?,
+            ))),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A connection with the caller's token on every request.
+pub type Svc = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
 /// An endpoint of `host:port`: `https://` with `tls`, else `http://`.
 pub fn endpoint(addr: &str, tls: Option<&ClientTls>) -> anyhow::Result<Endpoint> {
@@ -93,15 +124,16 @@ pub const TLS_HINT: &str = "a cluster with TLS needs its CA: --ca or KHO_CA";
 pub struct Conn {
     pub endpoint: String,
     pub channel: Channel,
+    pub bearer: Bearer,
 }
 
 impl Conn {
-    pub fn data(&self) -> DataClient<Channel> {
-        DataClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
+    pub fn data(&self) -> DataClient<Svc> {
+        DataClient::with_interceptor(self.channel.clone(), self.bearer.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
     }
 
-    pub fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::new(self.channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
+    pub fn admin(&self) -> AdminClient<Svc> {
+        AdminClient::with_interceptor(self.channel.clone(), self.bearer.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
     }
 }
 
@@ -111,12 +143,13 @@ pub async fn connect(target: &Target, t: Timeouts) -> anyhow::Result<Conn> {
     if target.tls.is_none() {
         PLAINTEXT_USED.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+    let bearer = Bearer::new(target.token.as_deref())?;
     let mut failures = Vec::new();
     for ep in &target.endpoints.0 {
         match connect_one(ep, target.tls.as_ref(), t).await {
             Ok(channel) => {
                 tracing::debug!(endpoint = %ep, "connected");
-                return Ok(Conn { endpoint: ep.clone(), channel });
+                return Ok(Conn { endpoint: ep.clone(), channel, bearer });
             }
             Err(e) => {
                 let text = error_text(&e);

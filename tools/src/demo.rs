@@ -17,7 +17,6 @@ use kho_proto::v1::{
     admin_client::AdminClient, data_client::DataClient, mutation, ClusterStatusRequest, ClusterStatusResponse, ColumnFamily,
     CreateTableRequest, CreateTenantRequest, ListTablesRequest, MutateRowRequest, Mutation, SetCell, TenantEncryption,
 };
-use tonic::transport::Channel;
 
 use crate::client::{self, Timeouts};
 use crate::datagen::{Citizen, CitizenGen, DEMO_SEED, ROWS_MAX};
@@ -151,7 +150,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         );
     }
     let endpoints = EndpointList(layouts.iter().map(|l| l.addr.clone()).collect());
-    let target = client::Target { endpoints: endpoints.clone(), tls: tls.as_ref().map(|t| t.client.clone()) };
+    let target = client::Target { endpoints: endpoints.clone(), tls: tls.as_ref().map(|t| t.client.clone()), token: None };
 
     let setup = tokio::select! {
         r = setup(&mut cluster, &target, args.rows, master_key.is_some()) => Some(r),
@@ -365,7 +364,7 @@ async fn setup(cluster: &mut LocalCluster, target: &client::Target, rows: u64, e
     let mut order = Vec::new();
     order.extend(leader_addr);
     order.extend(target.endpoints.0.iter().cloned());
-    let conn = client::connect(&client::Target { endpoints: EndpointList(order), tls: target.tls.clone() }, Timeouts::default()).await?;
+    let conn = client::connect(&client::Target { endpoints: EndpointList(order), ..target.clone() }, Timeouts::default()).await?;
     let hashed_row_keys = create_schema(&mut conn.admin(), encrypted).await?;
     load(&conn.data(), rows).await?;
     let first = CitizenGen::new(DEMO_SEED).take(usize::try_from(rows)?).next().map(|c| c.id);
@@ -429,7 +428,7 @@ where
 /// them, each with its share of the sample rows.
 const DEMO_SHARDS: u32 = 4;
 
-async fn create_schema(admin: &mut AdminClient<Channel>, encrypted: bool) -> anyhow::Result<bool> {
+async fn create_schema(admin: &mut AdminClient<client::Svc>, encrypted: bool) -> anyhow::Result<bool> {
     let r = with_retry(|| {
         let mut a = admin.clone();
         let req = CreateTenantRequest { name: TENANT.into(), encryption: TenantEncryption::Default as i32 };
@@ -495,7 +494,7 @@ pub fn citizen_request(c: &Citizen) -> MutateRowRequest {
     }
 }
 
-async fn load(data: &DataClient<Channel>, rows: u64) -> anyhow::Result<()> {
+async fn load(data: &DataClient<client::Svc>, rows: u64) -> anyhow::Result<()> {
     if rows == 0 {
         say!("kho demo: --rows 0: nothing to load");
         return Ok(());

@@ -57,6 +57,9 @@ pub fn row(r: &Row) -> String {
     for c in &r.cells {
         let _ = writeln!(out, "  {}:{} = {}", c.family, bytes(&c.qualifier), bytes(&c.value));
     }
+    if r.cells_withheld {
+        out.push_str("  (cells withheld: your grants do not cover every cell of this row)\n");
+    }
     out
 }
 
@@ -232,6 +235,7 @@ mod tests {
                 Cell { family: "identity".into(), qualifier: b"ho_ten".to_vec(), value: "Lê Thị Lan".into() },
                 Cell { family: "identity".into(), qualifier: vec![], value: vec![0xfe] },
             ],
+            cells_withheld: false,
         };
         assert_eq!(row(&r), "001085012345\n  identity:ho_ten = Lê Thị Lan\n  identity: = 0xfe\n");
     }

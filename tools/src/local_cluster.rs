@@ -108,8 +108,10 @@ pub fn node_config_text(node: &NodeLayout, all: &[NodeLayout], master_key: Optio
                 f(format!("node-{}.crt", node.id)),
                 f(format!("node-{}.key", node.id)),
             ));
+            // The demo's admin is a cluster admin by configuration; everyone else needs grants.
+            text.push_str(&format!("\n[auth]\ncluster_admins = [{}]\n", toml_str(crate::demo::DEMO_ADMIN)));
         }
-        None => text.push_str("\n[tls]\nplaintext = true\n"),
+        None => text.push_str("\n[tls]\nplaintext = true\n\n[auth]\nenabled = false\n"),
     }
     text
 }

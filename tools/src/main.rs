@@ -42,6 +42,7 @@ fn disable_transparent_huge_pages() {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod access_cmd;
 mod admin_cmd;
 mod bench;
 mod cert_cmd;
@@ -88,6 +89,12 @@ enum Command {
     Cluster(admin_cmd::ClusterCmd),
     /// Per-tenant encryption keys: status, rotation, re-encryption, destruction.
     Keys(keys_cmd::KeysCmd),
+    /// Prints the caller's principal as the cluster sees it.
+    Whoami(access_cmd::WhoAmICmd),
+    /// Bearer tokens of principals: create, list, revoke.
+    Token(access_cmd::TokenCmd),
+    /// Grants: read, write or admin on a tenant, table, family or qualifiers.
+    Grant(access_cmd::GrantCmd),
     /// Operations on single nodes (each request served by the node it reaches).
     Node(admin_cmd::NodeCmd),
     /// Starts a local cluster of real `kho server` processes and loads demo data.
@@ -173,6 +180,9 @@ async fn run(command: Command) -> ExitCode {
         Command::Shard(cmd) => admin_cmd::shard(cmd).await,
         Command::Cluster(cmd) => admin_cmd::cluster(cmd).await,
         Command::Keys(cmd) => keys_cmd::keys(cmd).await,
+        Command::Whoami(cmd) => access_cmd::whoami(cmd).await,
+        Command::Token(cmd) => access_cmd::token(cmd).await,
+        Command::Grant(cmd) => access_cmd::grant(cmd).await,
         Command::Node(cmd) => admin_cmd::node(cmd).await,
         Command::Kv(cmd) => data_cmd::kv(cmd).await,
         Command::Row(cmd) => data_cmd::row(cmd).await,

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use kho_rpc::config::{ConfigError, EncryptionConfig, Limits, RaftConfig, ShardingConfig, TlsConfig};
+use kho_rpc::config::{AuthConfig, ConfigError, EncryptionConfig, Limits, RaftConfig, ShardingConfig, TlsConfig};
 use kho_rpc::Config;
 
 use crate::parse::{parse_members, MemberList};
@@ -125,6 +125,7 @@ pub fn render(c: &Config) -> String {
         encryption,
         sharding,
         tls,
+        auth,
     } = c;
     let RaftConfig {
         heartbeat_interval_ms,
@@ -263,6 +264,14 @@ pub fn render(c: &Config) -> String {
     let _ = writeln!(o, "client_cert_required = {client_cert_required}");
     let _ = writeln!(o, "reload_interval_ms = {reload_interval_ms}");
     let _ = writeln!(o, "plaintext = {plaintext}");
+    let AuthConfig { enabled, cluster_admins } = auth;
+    let _ = writeln!(o, "\n[auth]");
+    if !*enabled {
+        let _ = writeln!(o, "# authorization off: every caller is a cluster admin (development only)");
+    }
+    let _ = writeln!(o, "enabled = {enabled}");
+    let admins: Vec<String> = cluster_admins.iter().map(|a| toml_str(a)).collect();
+    let _ = writeln!(o, "cluster_admins = [{}]", admins.join(", "));
     o
 }
 
@@ -290,7 +299,7 @@ plaintext = true
             listen_addr: Some("0.0.0.0:7002".into()),
             advertise_addr: Some("node-2.dc1:7002".into()),
             peer_listen_addr: Some("0.0.0.0:7102".into()),
-            peer_advertise_addr: None,
+            peer_advertise_addr: Some("node-2.dc1:7102".into()),
             peer_source_ip: Some("10.0.0.2".into()),
             data_dir: None,
             initial_members: None,

@@ -188,7 +188,7 @@ impl Data for Fake {
                 .filter(|((rk, f, _), _)| *rk == r.row_key && (r.families.is_empty() || r.families.contains(f)))
                 .map(|((_, f, q), v)| Cell { family: f.clone(), qualifier: q.clone(), value: v.clone() })
                 .collect();
-            Ok(Response::new(ReadRowResponse { found: !cells.is_empty(), row: Some(Row { key: r.row_key, cells }) }))
+            Ok(Response::new(ReadRowResponse { found: !cells.is_empty(), row: Some(Row { key: r.row_key, cells, cells_withheld: false }) }))
         })
     }
 
@@ -213,7 +213,7 @@ impl Data for Fake {
                 let cell = Cell { family: f.clone(), qualifier: q.clone(), value: v.clone() };
                 match rows.last_mut() {
                     Some(last) if last.key == *rk => last.cells.push(cell),
-                    _ => rows.push(Row { key: rk.clone(), cells: vec![cell] }),
+                    _ => rows.push(Row { key: rk.clone(), cells: vec![cell], cells_withheld: false }),
                 }
             }
             if r.limit > 0 {
@@ -522,6 +522,59 @@ impl Admin for Fake {
     async fn compact_node(&self, _: Request<CompactNodeRequest>) -> Result<Response<CompactNodeResponse>, Status> {
         Ok(Response::new(CompactNodeResponse { node_id: 2 }))
     }
+
+    /// Echoes the bearer token the CLI sent as the principal (the fake checks nothing).
+    async fn who_am_i(&self, r: Request<kho_proto::v1::WhoAmIRequest>) -> Result<Response<kho_proto::v1::WhoAmIResponse>, Status> {
+        let token = r.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        Ok(Response::new(kho_proto::v1::WhoAmIResponse {
+            principal: token,
+            authenticated_by: "token".into(),
+            cluster_admin: false,
+            token_id: String::new(),
+        }))
+    }
+
+    async fn create_token(
+        &self,
+        _: Request<kho_proto::v1::CreateTokenRequest>,
+    ) -> Result<Response<kho_proto::v1::CreateTokenResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn revoke_token(
+        &self,
+        _: Request<kho_proto::v1::RevokeTokenRequest>,
+    ) -> Result<Response<kho_proto::v1::RevokeTokenResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn list_tokens(
+        &self,
+        _: Request<kho_proto::v1::ListTokensRequest>,
+    ) -> Result<Response<kho_proto::v1::ListTokensResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn create_grant(
+        &self,
+        _: Request<kho_proto::v1::CreateGrantRequest>,
+    ) -> Result<Response<kho_proto::v1::CreateGrantResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn revoke_grant(
+        &self,
+        _: Request<kho_proto::v1::RevokeGrantRequest>,
+    ) -> Result<Response<kho_proto::v1::RevokeGrantResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn list_grants(
+        &self,
+        _: Request<kho_proto::v1::ListGrantsRequest>,
+    ) -> Result<Response<kho_proto::v1::ListGrantsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 async fn start_fake() -> SocketAddr {
@@ -815,4 +868,25 @@ async fn bad_command_lines_exit_2() {
     let o = kho("127.0.0.1:1", &["server"]).await;
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("node_id"), "{}", o.stderr);
+}
+
+#[tokio::test]
+async fn the_token_flag_and_kho_token_reach_the_server_as_a_bearer_token() {
+    let addr = start_fake().await;
+    let eps = addr.to_string();
+    let o = kho(&eps, &["whoami", "--token", "kho_0123456789abcdef_00"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout, "Bearer kho_0123456789abcdef_00 (by token; grants only)\n");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kho"))
+        .args(["whoami"])
+        .env("KHO_ENDPOINTS", &eps)
+        .env("KHO_TOKEN", "kho_fedcba9876543210_11")
+        .env_remove("KHO_LOG")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Bearer kho_fedcba9876543210_11 (by token; grants only)\n");
+    // Without one, nothing is sent.
+    let o = kho(&eps, &["whoami"]).await;
+    assert_eq!(o.stdout, "(authorization off) (by token; grants only)\n");
 }

@@ -463,6 +463,33 @@ impl kv1::admin_server::Admin for FakeKho {
     async fn compact_node(&self, _: Request<kv1::CompactNodeRequest>) -> Result<Response<kv1::CompactNodeResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn who_am_i(&self, _: Request<kv1::WhoAmIRequest>) -> Result<Response<kv1::WhoAmIResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn create_token(&self, _: Request<kv1::CreateTokenRequest>) -> Result<Response<kv1::CreateTokenResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn revoke_token(&self, _: Request<kv1::RevokeTokenRequest>) -> Result<Response<kv1::RevokeTokenResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn list_tokens(&self, _: Request<kv1::ListTokensRequest>) -> Result<Response<kv1::ListTokensResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn create_grant(&self, _: Request<kv1::CreateGrantRequest>) -> Result<Response<kv1::CreateGrantResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn revoke_grant(&self, _: Request<kv1::RevokeGrantRequest>) -> Result<Response<kv1::RevokeGrantResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn list_grants(&self, _: Request<kv1::ListGrantsRequest>) -> Result<Response<kv1::ListGrantsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
