@@ -1064,7 +1064,7 @@ fn node_config(
             if opts.tls_crl {
                 text.push_str(&format!("crl_file = '{d}/ca.crl'\n"));
             }
-            text.push_str("\n[auth]\ncluster_admins = ['admin']\n");
+            text.push_str("\n[auth]\ncluster_admins = ['admin']\nauditors = ['admin', 'auditor']\n");
         }
         None => text.push_str("\n[tls]\nplaintext = true\n\n[auth]\nenabled = false\n"),
     }

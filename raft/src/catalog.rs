@@ -6,7 +6,8 @@
 //! optionally a flags byte: bit 0 = created encrypted), table 2 `tables` (row = tenant id
 //! u32 BE ++ table name → table record), table 3 `counters` (row = counter name → u32 BE),
 //! tables 4 and 5: tenant keys and re-encryption jobs ([`crate::keyring`]), 6 and 7: the
-//! shard map and dropped tables, 8 and 9: grants and tokens ([`crate::access`]). Ids are never
+//! shard map and dropped tables, 8 and 9: grants and tokens ([`crate::access`]), 10: the
+//! audit log ([`crate::audit`]). Ids are never
 //! reused, so a dropped table's data can never reappear under a new table of the same name.
 
 use std::collections::BTreeMap;
@@ -118,6 +119,8 @@ pub struct Catalog {
     pub dropped_tables: std::collections::BTreeSet<(TenantId, TableId)>,
     /// Grants and tokens ([`crate::access`]).
     pub access: crate::access::Access,
+    /// The audit log's last record ([`crate::audit`]).
+    pub audit_head: crate::audit::Head,
 }
 
 impl Catalog {
@@ -222,6 +225,9 @@ impl Catalog {
             };
             cat.dropped_tables
                 .insert((u32::from_be_bytes(t.try_into().expect("4 bytes")), u32::from_be_bytes(x.try_into().expect("4 bytes"))));
+        }
+        if let Some(v) = engine.get_value(&counter_key(crate::audit::AUDIT_HEAD))? {
+            cat.audit_head = crate::audit::Head::decode(&v).map_err(|e| corrupt(&e))?;
         }
         let (start, end) = keys::row_range(SYSTEM_TENANT, crate::access::SYS_GRANTS, b"", None, b"");
         for (_, v) in engine.scan_values(&start, &end, usize::MAX)? {

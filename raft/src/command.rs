@@ -174,6 +174,19 @@ pub enum Command {
     RevokeToken {
         id: String,
     },
+    /// Meta group: appends encoded audit records ([`crate::audit::Record`]) to the audit
+    /// log, in order (at most [`crate::audit::AUDIT_RECORDS_PER_COMMAND_MAX`]).
+    Audit {
+        records: Vec<serde_bytes::ByteBuf>,
+    },
+    /// Meta group: applies `cmd` (a catalog command) and appends `record` with its outcome
+    /// in the same batch: the change and its audit record are applied together or not at
+    /// all. A rejected `cmd` writes nothing but the record.
+    Audited {
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+        cmd: Box<Command>,
+    },
 }
 
 impl Command {
@@ -432,6 +445,8 @@ impl std::fmt::Display for Command {
             Command::RevokeGrant { id } => write!(f, "revoke-grant {id}"),
             Command::CreateToken { token } => write!(f, "create-token {} for {}", token.id, token.principal),
             Command::RevokeToken { id } => write!(f, "revoke-token {id}"),
+            Command::Audit { records } => write!(f, "audit {} records", records.len()),
+            Command::Audited { cmd, .. } => write!(f, "audited {cmd}"),
             Command::RecordShards { pieces } => {
                 write!(f, "record-shards")?;
                 for p in pieces {

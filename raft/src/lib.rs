@@ -5,6 +5,7 @@
 //! crate implements, and it encodes every Raft message it sends as opaque bytes.
 
 pub mod access;
+pub mod audit;
 pub mod catalog;
 pub mod cells;
 pub mod codec;

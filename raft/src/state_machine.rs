@@ -27,6 +27,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 
 use crate::access;
+use crate::audit;
 use crate::catalog::{self, Catalog, TableMeta};
 use crate::codec;
 use crate::command::{AppError, CasOutcome, CellOp, CellWrite, Command, NewTenantKeys, Outcome, Replacement, Response};
@@ -385,8 +386,10 @@ impl StateMachine {
                 }
                 EntryPayload::Normal(cmd) => {
                     let mut batch = self.state.engine.batch();
+                    // A rejected audited command keeps its audit record.
+                    let audited = matches!(cmd, Command::Audited { .. });
                     let (outcome, c) = self.execute(cmd, index, &mut batch)?;
-                    if matches!(outcome, Outcome::Rejected(_)) {
+                    if matches!(outcome, Outcome::Rejected(_)) && !audited {
                         // Nothing of a rejected command is written, only the applied index.
                         batch = self.state.engine.batch();
                     }
@@ -463,6 +466,58 @@ impl StateMachine {
                 ))
             }
         }
+        let engine = &self.state.engine;
+        match cmd {
+            Command::Audited { record, cmd } => {
+                if cmd.is_data_command() || matches!(*cmd, Command::Audit { .. } | Command::Audited { .. }) {
+                    return Ok((Outcome::Rejected(AppError::invalid("an audited command must be a catalog command")), None));
+                }
+                let (outcome, change) = self.execute(*cmd, revision, batch)?;
+                let result = match &outcome {
+                    Outcome::Rejected(e) => {
+                        // Nothing of a rejected command is written, only its record.
+                        *batch = engine.batch();
+                        format!("rejected: {}", e.message)
+                    }
+                    _ => "done".to_string(),
+                };
+                let head = self.state.catalog().audit_head;
+                let (seq, entry, head) = head.append(revision, record, result);
+                batch.put_value(&audit::entry_key(seq), &entry.encode());
+                batch.put_value(&catalog::counter_key(audit::AUDIT_HEAD), &head.encode());
+                let audit = CatalogChange::AuditHead(head);
+                let change = match change {
+                    Some(c) => CatalogChange::Many(vec![c, audit]),
+                    None => audit,
+                };
+                Ok((outcome, Some(change)))
+            }
+            Command::Audit { records } => {
+                if records.len() > audit::AUDIT_RECORDS_PER_COMMAND_MAX
+                    || records.iter().any(|r| r.len() > audit::AUDIT_RECORD_BYTES_MAX || audit::Record::decode(r).is_err())
+                {
+                    return Ok((Outcome::Rejected(AppError::invalid("audit: too many, oversized or malformed records")), None));
+                }
+                let mut head = self.state.catalog().audit_head;
+                for r in records {
+                    let (seq, entry, next) = head.append(revision, r.into_vec(), String::new());
+                    batch.put_value(&audit::entry_key(seq), &entry.encode());
+                    head = next;
+                }
+                batch.put_value(&catalog::counter_key(audit::AUDIT_HEAD), &head.encode());
+                Ok((Outcome::Done, Some(CatalogChange::AuditHead(head))))
+            }
+            cmd => self.execute_catalog(cmd, revision, batch),
+        }
+    }
+
+    /// A catalog command of the meta group ([`StateMachine::execute`]).
+    fn execute_catalog(
+        &self,
+        cmd: Command,
+        revision: u64,
+        batch: &mut kho_engine::WriteBatch,
+    ) -> io::Result<(Outcome, Option<CatalogChange>)> {
         let engine = &self.state.engine;
         let cat = self.state.catalog();
         match cmd {
@@ -782,6 +837,7 @@ impl StateMachine {
             | Command::RollbackMerge { .. } => {
                 unreachable!("dispatched to execute_data")
             }
+            Command::Audit { .. } | Command::Audited { .. } => unreachable!("dispatched in execute"),
         }
     }
 
@@ -1038,6 +1094,14 @@ impl StateMachine {
             }
             CatalogChange::CreateTable(meta) => cat.insert_table(meta),
             CatalogChange::Grant(g) => cat.access.insert_grant(g),
+            CatalogChange::AuditHead(h) => cat.audit_head = h,
+            CatalogChange::Many(changes) => {
+                drop(cat);
+                for c in changes {
+                    self.apply_catalog_change(c);
+                }
+                return;
+            }
             CatalogChange::RevokeGrant(id) => {
                 cat.access.remove_grant(id);
             }
@@ -1174,6 +1238,9 @@ enum CatalogChange {
     Grant(access::Grant),
     RevokeGrant(u64),
     Token(access::Token),
+    AuditHead(audit::Head),
+    /// Several changes, in order (a catalog command and its audit record).
+    Many(Vec<CatalogChange>),
 }
 
 /// The key range of every value of a tenant: `[tenant u32 BE, tenant + 1 u32 BE)`.

@@ -218,6 +218,11 @@ impl AdminService {
     }
 }
 
+/// Records in a `ReadAudit` answer without a limit, count.
+pub const READ_AUDIT_LIMIT_DEFAULT: usize = 1_000;
+/// Most records in one `ReadAudit` answer, count.
+pub const READ_AUDIT_LIMIT_MAX: usize = 10_000;
+
 /// Longest token lifetime, seconds (a year).
 pub const TOKEN_TTL_MAX_S: u64 = 31_536_000;
 /// Lifetime of a token that asks for none, seconds (30 days).
@@ -225,7 +230,11 @@ pub const TOKEN_TTL_DEFAULT_S: u64 = 2_592_000;
 
 impl AdminService {
     fn cluster_admin(&self, origin: &Origin, what: &str) -> Result<(), Status> {
-        self.ctx.auth.require_cluster_admin(&origin.caller, what)
+        self.ctx.auth.require_cluster_admin(&origin.caller, what).map_err(|s| self.ctx.deny(origin, "", "", s))
+    }
+
+    fn auditor(&self, origin: &Origin) -> Result<(), Status> {
+        self.ctx.auth.require_auditor(&origin.caller).map_err(|s| self.ctx.deny(origin, "", "", s))
     }
 
     /// A refusal is checked again after a read barrier of the meta group (a grant
@@ -236,13 +245,14 @@ impl AdminService {
             let cat = meta.state.catalog();
             self.ctx.auth.require_tenant_admin(&origin.caller, &cat, tenant, what)
         };
-        match now() {
+        let r = match now() {
             Err(s) if s.code() == tonic::Code::PermissionDenied => match self.ctx.read_barrier(origin).await {
                 Ok(Leader::Here(())) => now(),
                 _ => Err(s),
             },
             other => other,
-        }
+        };
+        r.map_err(|s| self.ctx.deny(origin, tenant, "", s))
     }
 }
 
@@ -324,7 +334,7 @@ impl Admin for AdminService {
             kho_raft::shard::choose_replicas(&load, n)
                 .map_err(|e| Status::unavailable(format!("placing tenant `{}`'s first shard: {e}", r.name)))?
         };
-        match self.ctx.propose(Command::CreateTenant { name: r.name.clone(), keys, replicas }, &origin).await? {
+        match self.ctx.propose_audited(Command::CreateTenant { name: r.name.clone(), keys, replicas }, &origin, &r.name, "").await? {
             Leader::Here(resp) => {
                 let revision = admin_outcome(resp)?;
                 self.wait_first_shard_led(&r.name).await;
@@ -370,7 +380,7 @@ impl Admin for AdminService {
             families: r.families.iter().map(|f| f.name.clone()).collect(),
             hashed_row_keys: r.hashed_row_keys,
         };
-        match self.ctx.propose(cmd, &origin).await? {
+        match self.ctx.propose_audited(cmd, &origin, &r.tenant, &r.name).await? {
             Leader::Here(resp) => {
                 let revision = admin_outcome(resp)?;
                 let shards = self.pre_split(&r.tenant, &r.name, split_rows, &origin).await?;
@@ -428,7 +438,11 @@ impl Admin for AdminService {
         validate::name("tenant", &r.tenant)?;
         validate::name("name", &r.name)?;
         let table = self.ctx.meta().state.resolve(&r.tenant, &r.name).ok();
-        match self.ctx.propose(Command::DropTable { tenant: r.tenant.clone(), name: r.name.clone() }, &origin).await? {
+        match self
+            .ctx
+            .propose_audited(Command::DropTable { tenant: r.tenant.clone(), name: r.name.clone() }, &origin, &r.tenant, &r.name)
+            .await?
+        {
             Leader::Here(resp) => {
                 let revision = admin_outcome(resp)?;
                 // Answered once every shard of the tenant has cleared the table: a read or a
@@ -669,7 +683,7 @@ impl Admin for AdminService {
             data_key: keyring::new_wrapped_key(&m, &r.tenant, version),
             hash_key: (!has_hasher).then(|| keyring::new_wrapped_key(&m, &r.tenant, keyring::HASH_KEY_VERSION)),
         };
-        match self.ctx.propose(cmd, &origin).await? {
+        match self.ctx.propose_audited(cmd, &origin, &r.tenant, "").await? {
             Leader::Here(resp) => Ok(Response::new(pb::RotateTenantKeyResponse { revision: admin_outcome(resp)?, version })),
             Leader::There(to) => forward!(self.ctx, admin_client, to, rotate_tenant_key, r),
         }
@@ -683,7 +697,7 @@ impl Admin for AdminService {
         let r = req.into_inner();
         self.tenant_admin(&origin, &r.tenant, "re-encrypt tenants").await?;
         validate::name("tenant", &r.tenant)?;
-        match self.ctx.propose(Command::StartReencrypt { tenant: r.tenant.clone() }, &origin).await? {
+        match self.ctx.propose_audited(Command::StartReencrypt { tenant: r.tenant.clone() }, &origin, &r.tenant, "").await? {
             Leader::Here(resp) => {
                 let revision = resp.revision;
                 match resp.outcome {
@@ -741,7 +755,7 @@ impl Admin for AdminService {
         }
         // Proposed here or not at all: the check above was made on this node's state.
         let here = Origin { forwarded: true, ..origin };
-        match self.ctx.propose(Command::DestroyKey { tenant: r.tenant.clone(), version: r.version }, &here).await? {
+        match self.ctx.propose_audited(Command::DestroyKey { tenant: r.tenant.clone(), version: r.version }, &here, &r.tenant, "").await? {
             Leader::Here(resp) => Ok(Response::new(pb::DestroyTenantKeyResponse { revision: admin_outcome(resp)? })),
             Leader::There(_) => Err(Status::unavailable("the leader changed during the check; retry")),
         }
@@ -803,7 +817,7 @@ impl Admin for AdminService {
             note: r.note.clone(),
         };
         let expires_at_ms = token.expires_at_ms;
-        match self.ctx.propose(Command::CreateToken { token }, &origin).await? {
+        match self.ctx.propose_audited(Command::CreateToken { token }, &origin, "", "").await? {
             Leader::Here(resp) => {
                 admin_outcome(resp)?;
                 Ok(Response::new(pb::CreateTokenResponse { token: crate::auth::token_text(&id, &secret), token_id: id, expires_at_ms }))
@@ -827,7 +841,7 @@ impl Admin for AdminService {
         if !own {
             self.cluster_admin(&origin, "revoke another principal's token")?;
         }
-        match self.ctx.propose(Command::RevokeToken { id: r.token_id.clone() }, &origin).await? {
+        match self.ctx.propose_audited(Command::RevokeToken { id: r.token_id.clone() }, &origin, "", "").await? {
             Leader::Here(resp) => {
                 admin_outcome(resp)?;
                 Ok(Response::new(pb::RevokeTokenResponse {}))
@@ -900,7 +914,8 @@ impl Admin for AdminService {
         };
         grant.check().map_err(status::app_error)?;
         self.tenant_admin(&origin, &grant.tenant, "grant on it").await?;
-        match self.ctx.propose(Command::CreateGrant { grant }, &origin).await? {
+        let tenant = grant.tenant.clone();
+        match self.ctx.propose_audited(Command::CreateGrant { grant }, &origin, &tenant, "").await? {
             Leader::Here(resp) => match resp.outcome {
                 Outcome::Granted { id } => Ok(Response::new(pb::CreateGrantResponse { grant_id: id, version: resp.revision })),
                 Outcome::Rejected(e) => Err(status::app_error(e)),
@@ -922,7 +937,7 @@ impl Admin for AdminService {
             Some(t) => self.tenant_admin(&origin, &t, "revoke grants on it").await?,
             None => self.cluster_admin(&origin, "revoke a grant this node does not know")?,
         }
-        match self.ctx.propose(Command::RevokeGrant { id: r.grant_id }, &origin).await? {
+        match self.ctx.propose_audited(Command::RevokeGrant { id: r.grant_id }, &origin, "", "").await? {
             Leader::Here(resp) => Ok(Response::new(pb::RevokeGrantResponse { version: admin_outcome(resp)? })),
             Leader::There(to) => forward!(self.ctx, admin_client, to, revoke_grant, r),
         }
@@ -955,6 +970,77 @@ impl Admin for AdminService {
             .map(grant_to_pb)
             .collect();
         Ok(Response::new(pb::ListGrantsResponse { grants }))
+    }
+
+    async fn read_audit(&self, req: Request<pb::ReadAuditRequest>) -> Result<Response<pb::ReadAuditResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        let r = req.into_inner();
+        self.auditor(&origin)?;
+        let limit = match r.limit as usize {
+            0 => READ_AUDIT_LIMIT_DEFAULT,
+            n if n > READ_AUDIT_LIMIT_MAX => {
+                return Err(Status::invalid_argument(format!("limit: {n} exceeds the limit of {READ_AUDIT_LIMIT_MAX} records per request")))
+            }
+            n => n,
+        };
+        if !r.local {
+            if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
+                return forward!(self.ctx, admin_client, to, read_audit, r);
+            }
+        }
+        let head = self.ctx.meta().state.catalog().audit_head;
+        let engine = self.ctx.node.engine().clone();
+        let from = r.from_seq.max(1);
+        let (prev, entries) = self
+            .ctx
+            .reads
+            .run(move || -> Result<(Vec<u8>, Vec<pb::AuditEntry>), Status> {
+                use kho_raft::audit;
+                let prev = if from == 1 {
+                    audit::GENESIS.to_vec()
+                } else {
+                    match engine.get_value(&audit::entry_key(from - 1)).map_err(status::engine_error)? {
+                        Some(v) => audit::Entry::decode(&v).map_err(status::internal)?.hash.to_vec(),
+                        None => Vec::new(),
+                    }
+                };
+                let start = audit::entry_key(from);
+                let end = audit::entry_key(u64::MAX);
+                let mut out = Vec::new();
+                for (k, v) in engine.scan_values(&start, &end, limit).map_err(status::engine_error)? {
+                    let dk = kho_engine::keys::decode_data_key(&k).map_err(status::engine_error)?;
+                    let seq = u64::from_be_bytes(dk.row.as_slice().try_into().map_err(|_| status::internal("audit row is not 8 bytes"))?);
+                    let e = audit::Entry::decode(&v).map_err(status::internal)?;
+                    let rec = audit::Record::decode(&e.record).unwrap_or_default();
+                    out.push(pb::AuditEntry {
+                        seq,
+                        index: e.index,
+                        raw: e.record,
+                        outcome: e.outcome,
+                        hash: e.hash.to_vec(),
+                        time_ms: rec.time_ms,
+                        node: rec.node,
+                        principal: rec.principal,
+                        auth: rec.auth,
+                        action: rec.action,
+                        tenant: rec.tenant,
+                        table: rec.table,
+                        families: rec.families,
+                        fields: rec.fields,
+                        keys: rec.keys,
+                        rows: rec.rows,
+                        bytes: rec.bytes,
+                        session: rec.session,
+                        purpose: rec.purpose,
+                        decision: rec.decision,
+                        reason: rec.reason,
+                        request_id: rec.request_id,
+                    });
+                }
+                Ok((prev, out))
+            })
+            .await??;
+        Ok(Response::new(pb::ReadAuditResponse { entries, head_seq: head.seq, head_hash: head.hash.to_vec(), prev_hash: prev }))
     }
 
     async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {

@@ -46,6 +46,10 @@ pub struct Admission<S> {
     max: usize,
 }
 
+/// The gRPC method a request calls (`Put`, `ReadRow`, …), put in its extensions.
+#[derive(Clone, Debug)]
+pub struct RpcMethod(pub String);
+
 type BoxFuture<T, E> = Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
 
 impl<S, ReqBody> tower_service::Service<http::Request<ReqBody>> for Admission<S>
@@ -62,7 +66,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        // The method's name, for the audit log (tonic keeps a request's extensions).
+        let method = RpcMethod(req.uri().path().rsplit('/').next().unwrap_or_default().to_string());
+        req.extensions_mut().insert(method);
         let path = req.uri().path();
         if EXEMPT_PREFIXES.iter().any(|p| path.starts_with(p)) {
             let fut = self.inner.call(req);

@@ -303,6 +303,24 @@ impl Auth {
         )))
     }
 
+    /// `PERMISSION_DENIED` unless the caller is an auditor (`auth.auditors`; everyone with
+    /// authorization off).
+    pub fn require_auditor(&self, caller: &Caller) -> Result<(), Status> {
+        if caller.by == AuthBy::Off {
+            return Ok(());
+        }
+        if self.config.auditors.contains(&caller.name) {
+            if matches!(caller.by, AuthBy::Token { .. }) {
+                self.check_current(caller)?;
+            }
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "principal `{}` may not read the audit log: that needs the auditor role (auth.auditors)",
+            caller.name
+        )))
+    }
+
     /// `PERMISSION_DENIED` unless the caller is a cluster admin or holds `admin` on the tenant.
     pub fn require_tenant_admin(&self, caller: &Caller, cat: &Catalog, tenant: &str, what: &str) -> Result<(), Status> {
         self.check_current(caller)?;

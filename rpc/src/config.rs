@@ -69,11 +69,14 @@ pub struct AuthConfig {
     /// Users that are cluster admins by configuration (the same list on every node):
     /// they may do everything, including granting. Default: none.
     pub cluster_admins: Vec<String>,
+    /// Users that may read the audit log (`ReadAudit`, `kho audit`). Being a cluster
+    /// admin does not make one an auditor. Default: none.
+    pub auditors: Vec<String>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { enabled: true, cluster_admins: Vec::new() }
+        AuthConfig { enabled: true, cluster_admins: Vec::new(), auditors: Vec::new() }
     }
 }
 
@@ -406,6 +409,9 @@ impl Config {
         }
         for a in &self.auth.cluster_admins {
             kho_raft::access::check_principal("auth.cluster_admins", a).map_err(|e| invalid("auth.cluster_admins", e.message))?;
+        }
+        for a in &self.auth.auditors {
+            kho_raft::access::check_principal("auth.auditors", a).map_err(|e| invalid("auth.auditors", e.message))?;
         }
         self.listen_addr
             .parse::<SocketAddr>()

@@ -67,6 +67,13 @@ pub struct Ctx {
     pub client_addrs: std::sync::RwLock<std::collections::HashMap<NodeId, String>>,
     /// Authentication and authorization ([`crate::auth`]).
     pub auth: Arc<crate::auth::Auth>,
+    /// The audit log ([`crate::audit`]).
+    pub audit: Arc<crate::audit::AuditLog>,
+}
+
+/// The `x-request-id` a client sent, if any (at most 128 bytes kept).
+pub fn request_id<T>(req: &Request<T>) -> String {
+    req.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).map(|v| v.chars().take(128).collect()).unwrap_or_default()
 }
 
 /// How often a node asks the members whose client address it does not know yet,
@@ -127,6 +134,8 @@ pub struct Origin {
     pub try_no: u32,
     /// The request's principal ([`crate::auth`]).
     pub caller: Arc<Caller>,
+    /// The gRPC method called (`ReadRow`), for the audit log.
+    pub action: Arc<str>,
 }
 
 impl Origin {
@@ -315,7 +324,13 @@ pub fn origin_of<T>(req: &Request<T>, default: Duration, caller: Arc<Caller>) ->
         None => 1,
         Some(_) => req.metadata().get(ROUTE_TRY_HEADER).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1),
     };
-    Ok(Origin { forwarded: hop.is_some() && !via_replica, via_replica, deadline, try_no, caller })
+    let action = action_of(req);
+    Ok(Origin { forwarded: hop.is_some() && !via_replica, via_replica, deadline, try_no, caller, action })
+}
+
+/// The gRPC method of `req` (from the admission layer), or `?`.
+fn action_of<T>(req: &Request<T>) -> Arc<str> {
+    req.extensions().get::<crate::admission::RpcMethod>().map_or_else(|| Arc::from("?"), |m| Arc::from(m.0.as_str()))
 }
 
 /// What [`Ctx::routed`] does with a failed try.
@@ -383,9 +398,44 @@ impl Ctx {
         let caller = {
             let meta = self.meta();
             let cat = meta.state.catalog();
-            self.auth.authenticate(req, &cat)?
+            self.auth.authenticate(req, &cat)
         };
-        origin_of(req, default, caller)
+        match caller {
+            Ok(caller) => origin_of(req, default, caller),
+            Err(s) => {
+                let nobody = Caller { name: String::new(), by: crate::auth::AuthBy::Off, cluster_admin: false };
+                let mut r = self.audit.record(&nobody, &action_of(req));
+                r.auth = "none".into();
+                r.request_id = request_id(req);
+                self.audit.denied(r, &s);
+                Err(s)
+            }
+        }
+    }
+
+    /// Records a refused request in the audit log and returns its status.
+    pub fn deny(&self, origin: &Origin, tenant: &str, table: &str, s: Status) -> Status {
+        let mut r = self.audit.record(&origin.caller, &origin.action);
+        r.tenant = tenant.to_string();
+        r.table = table.to_string();
+        self.audit.denied(r, &s);
+        s
+    }
+
+    /// Proposes a catalog command to the meta group with its audit record
+    /// (`Command::Audited`): the change and its record are applied together.
+    pub async fn propose_audited(
+        &self,
+        cmd: Command,
+        origin: &Origin,
+        tenant: &str,
+        table: &str,
+    ) -> Result<Leader<kho_raft::Response>, Status> {
+        let mut r = self.audit.record(&origin.caller, &origin.action);
+        r.tenant = tenant.to_string();
+        r.table = table.to_string();
+        r.reason = cmd.to_string();
+        self.propose(Command::Audited { record: r.encode(), cmd: Box::new(cmd) }, origin).await
     }
 
     /// How long a wait for a quorum may take: `raft.proposal_timeout_ms`, or the time left
@@ -845,7 +895,7 @@ mod tests {
     }
 
     fn from(forwarded: bool, via_replica: bool, try_no: u32) -> Origin {
-        Origin { forwarded, via_replica, deadline: in_a_minute(), try_no, caller: admin() }
+        Origin { forwarded, via_replica, deadline: in_a_minute(), try_no, caller: admin(), action: Arc::from("Put") }
     }
 
     #[test]

@@ -103,12 +103,23 @@ impl DataService {
             let cat = meta.state.catalog();
             self.ctx.auth.view(&origin.caller, &cat, perm, tenant, table)
         };
-        match now() {
+        let r = match now() {
             Err(s) if s.code() == tonic::Code::PermissionDenied => match self.ctx.read_barrier(origin).await {
                 Ok(Leader::Here(())) => now(),
                 _ => Err(s),
             },
             other => other,
+        };
+        r.map_err(|s| self.deny(origin, tenant, table, s))
+    }
+
+    /// Records a refusal in the audit log (only `PERMISSION_DENIED`: other failures of a
+    /// check are not denials).
+    fn deny(&self, origin: &Origin, tenant: &str, table: &str, s: Status) -> Status {
+        if s.code() == tonic::Code::PermissionDenied {
+            self.ctx.deny(origin, tenant, table, s)
+        } else {
+            s
         }
     }
 
@@ -166,7 +177,7 @@ impl DataService {
     async fn propose_write(&self, tenant: &str, table: &str, ops: Vec<WriteOp>, origin: &Origin) -> Result<Leader<Written>, Status> {
         let view = self.view(origin, Perm::Write, tenant, table).await?;
         let (meta, keys) = self.table_access(tenant, table, origin, Kind::Write).await?;
-        need_ops(origin, &view, &meta, &ops)?;
+        need_ops(origin, &view, &meta, &ops).map_err(|s| self.deny(origin, &meta.tenant, &meta.name, s))?;
         let mut w = TableAccess { meta: &meta, keys: keys.as_deref() }.resolve(ops, None).map_err(status::app_error)?;
         self.propose_cells(&mut w, origin).await
     }
@@ -324,7 +335,7 @@ impl DataService {
         let view = self.view(origin, Perm::Read, &r.tenant, &r.table).await?;
         let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
         let fam = family_of(&meta, &r.family)?;
-        need_cell(origin, &view, Perm::Read, &meta, &r.family, b"")?;
+        need_cell(origin, &view, Perm::Read, &meta, &r.family, b"").map_err(|s| self.deny(origin, &meta.tenant, &meta.name, s))?;
         // One linearizable read per shard that holds a key (its read barrier), then one
         // point-in-time view of this node's replicas of them all.
         let mut groups: Vec<Arc<Group>> = Vec::new();
@@ -378,7 +389,7 @@ impl DataService {
         let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
         refuse_scan_of_hashed(&meta)?;
         let fam = family_of(&meta, &r.family)?;
-        need_cell(origin, &view, Perm::Read, &meta, &r.family, b"")?;
+        need_cell(origin, &view, Perm::Read, &meta, &r.family, b"").map_err(|s| self.deny(origin, &meta.tenant, &meta.name, s))?;
         let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_key, end_bound(&r.end_key), &r.prefix);
         let groups = match self.read_shards(&start, &end, r.consistency, origin).await? {
             Leader::There(to) => {
@@ -435,8 +446,8 @@ impl DataService {
         let write = self.view(origin, Perm::Write, &r.tenant, &r.table).await?;
         for _ in 0..CAS_ATTEMPTS_MAX {
             let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Write).await?;
-            need_cell(origin, &read, Perm::Read, &meta, &r.family, b"")?;
-            need_cell(origin, &write, Perm::Write, &meta, &r.family, b"")?;
+            need_cell(origin, &read, Perm::Read, &meta, &r.family, b"").map_err(|s| self.deny(origin, &meta.tenant, &meta.name, s))?;
+            need_cell(origin, &write, Perm::Write, &meta, &r.family, b"").map_err(|s| self.deny(origin, &meta.tenant, &meta.name, s))?;
             let access = TableAccess { meta: &meta, keys: tenant_keys.as_deref() };
             let key = access.cell_key(&r.key, &r.family, b"").map_err(status::app_error)?;
             let g = match self.ctx.shard_route(&key, origin, Kind::Write).await? {
@@ -495,7 +506,7 @@ impl DataService {
         let view = self.view(origin, Perm::Read, &r.tenant, &r.table).await?;
         let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
         let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
-        need_named(origin, &view, &meta, &r.families, &r.qualifiers)?;
+        need_named(origin, &view, &meta, &r.families, &r.qualifiers).map_err(|s| self.deny(origin, &meta.tenant, &meta.name, s))?;
         let prefix = keys::row_prefix(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.row_key)?);
         let end = keys::prefix_end(&prefix).expect("a row prefix has an end");
         let g = match self.read_shard(&prefix, r.consistency, origin).await? {
@@ -548,7 +559,7 @@ impl DataService {
         let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, origin, Kind::Read).await?;
         refuse_scan_of_hashed(&meta)?;
         let fams = r.families.iter().map(|f| family_of(&meta, f)).collect::<Result<Vec<_>, _>>()?;
-        need_named(origin, &view, &meta, &r.families, &[])?;
+        need_named(origin, &view, &meta, &r.families, &[]).map_err(|s| self.deny(origin, &meta.tenant, &meta.name, s))?;
         let (start, end) = keys::row_range(meta.tenant_id, meta.id, &r.start_row, end_bound(&r.end_row), &r.prefix);
         let groups = match self.read_shards(&start, &end, r.consistency, origin).await? {
             Leader::There(to) => {
@@ -856,7 +867,8 @@ impl Data for DataService {
                 let view = self.view(&origin, Perm::Read, &r.tenant, &r.table).await?;
                 let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin, Kind::Read).await?;
                 let fam = family_of(&meta, &r.family)?;
-                need_cell(&origin, &view, Perm::Read, &meta, &r.family, b"")?;
+                need_cell(&origin, &view, Perm::Read, &meta, &r.family, b"")
+                    .map_err(|s| self.deny(&origin, &meta.tenant, &meta.name, s))?;
                 let key = keys::data_key(meta.tenant_id, meta.id, &stored_row(&meta, tenant_keys.as_deref(), &r.key)?, fam, b"");
                 let g = match self.read_shard(&key, r.consistency, &origin).await? {
                     Leader::There(to) => return forward!(self.ctx, data_client, to, get, r.clone()),

@@ -3,6 +3,7 @@
 
 mod admin;
 mod admission;
+mod audit;
 pub mod auth;
 mod channels;
 pub mod config;

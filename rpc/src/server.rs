@@ -108,6 +108,7 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
     } else if config.auth.cluster_admins.is_empty() {
         tracing::warn!("auth.cluster_admins is empty: no principal can create tenants or grants on this node");
     }
+    let (audit, audit_task) = crate::audit::AuditLog::start(node.clone());
     let ctx = Arc::new(Ctx {
         node: node.clone(),
         limits: config.limits.clone(),
@@ -119,6 +120,7 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
         client_addr: config.advertise_addr().to_string(),
         client_addrs: Default::default(),
         auth: auth.clone(),
+        audit,
     });
     let addr_refresher = tokio::spawn(crate::ctx::refresh_client_addrs(ctx.clone()));
     let grants_confirmer = tokio::spawn(auth.clone().confirm_grants(node.meta()));
@@ -191,6 +193,7 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
     }
     addr_refresher.abort();
     grants_confirmer.abort();
+    audit_task.abort();
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server stopped with an error"),

@@ -105,7 +105,7 @@ pub enum GrantOp {
 const DURATION_MAX_S: u64 = 31_536_000;
 
 /// `90s`, `30m`, `12h`, `30d` → seconds (1 ..= a year).
-fn parse_duration_s(s: &str) -> Result<u64, String> {
+pub fn parse_duration_s(s: &str) -> Result<u64, String> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a duration like 90s, 30m, 12h or 30d"))?;
     let secs = match unit {
@@ -126,7 +126,7 @@ fn now_ms() -> u64 {
 }
 
 /// Unix milliseconds as UTC `YYYY-MM-DD HH:MM:SS`.
-fn utc(ms: u64) -> String {
+pub fn utc(ms: u64) -> String {
     let secs = ms / 1_000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -109,7 +109,9 @@ pub fn node_config_text(node: &NodeLayout, all: &[NodeLayout], master_key: Optio
                 f(format!("node-{}.key", node.id)),
             ));
             // The demo's admin is a cluster admin by configuration; everyone else needs grants.
-            text.push_str(&format!("\n[auth]\ncluster_admins = [{}]\n", toml_str(crate::demo::DEMO_ADMIN)));
+            // Also its auditor, for the demo's sake: a production cluster keeps the roles apart.
+            let admin = toml_str(crate::demo::DEMO_ADMIN);
+            text.push_str(&format!("\n[auth]\ncluster_admins = [{admin}]\nauditors = [{admin}]\n"));
         }
         None => text.push_str("\n[tls]\nplaintext = true\n\n[auth]\nenabled = false\n"),
     }

@@ -44,6 +44,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod access_cmd;
 mod admin_cmd;
+mod audit_cmd;
 mod bench;
 mod cert_cmd;
 mod client;
@@ -95,6 +96,8 @@ enum Command {
     Token(access_cmd::TokenCmd),
     /// Grants: read, write or admin on a tenant, table, family or qualifiers.
     Grant(access_cmd::GrantCmd),
+    /// The audit log (auditors): tail, search, verify the hash chain.
+    Audit(audit_cmd::AuditCmd),
     /// Operations on single nodes (each request served by the node it reaches).
     Node(admin_cmd::NodeCmd),
     /// Starts a local cluster of real `kho server` processes and loads demo data.
@@ -183,6 +186,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Whoami(cmd) => access_cmd::whoami(cmd).await,
         Command::Token(cmd) => access_cmd::token(cmd).await,
         Command::Grant(cmd) => access_cmd::grant(cmd).await,
+        Command::Audit(cmd) => audit_cmd::audit(cmd).await,
         Command::Node(cmd) => admin_cmd::node(cmd).await,
         Command::Kv(cmd) => data_cmd::kv(cmd).await,
         Command::Row(cmd) => data_cmd::row(cmd).await,

@@ -264,7 +264,7 @@ pub fn render(c: &Config) -> String {
     let _ = writeln!(o, "client_cert_required = {client_cert_required}");
     let _ = writeln!(o, "reload_interval_ms = {reload_interval_ms}");
     let _ = writeln!(o, "plaintext = {plaintext}");
-    let AuthConfig { enabled, cluster_admins } = auth;
+    let AuthConfig { enabled, cluster_admins, auditors } = auth;
     let _ = writeln!(o, "\n[auth]");
     if !*enabled {
         let _ = writeln!(o, "# authorization off: every caller is a cluster admin (development only)");
@@ -272,6 +272,8 @@ pub fn render(c: &Config) -> String {
     let _ = writeln!(o, "enabled = {enabled}");
     let admins: Vec<String> = cluster_admins.iter().map(|a| toml_str(a)).collect();
     let _ = writeln!(o, "cluster_admins = [{}]", admins.join(", "));
+    let auditors: Vec<String> = auditors.iter().map(|a| toml_str(a)).collect();
+    let _ = writeln!(o, "auditors = [{}]", auditors.join(", "));
     o
 }
 

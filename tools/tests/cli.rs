@@ -575,6 +575,10 @@ impl Admin for Fake {
     ) -> Result<Response<kho_proto::v1::ListGrantsResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn read_audit(&self, _: Request<kho_proto::v1::ReadAuditRequest>) -> Result<Response<kho_proto::v1::ReadAuditResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 async fn start_fake() -> SocketAddr {

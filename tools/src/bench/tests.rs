@@ -490,6 +490,10 @@ impl kv1::admin_server::Admin for FakeKho {
     async fn list_grants(&self, _: Request<kv1::ListGrantsRequest>) -> Result<Response<kv1::ListGrantsResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn read_audit(&self, _: Request<kv1::ReadAuditRequest>) -> Result<Response<kv1::ReadAuditResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+//! Appending to the audit log ([`kho_raft::audit`]) from the node that sees a request:
+//! records of denied requests go through a bounded queue, proposed to the meta group in
+//! batches; an audited admin change is proposed with its record in one command
+//! (`Command::Audited`), so the change and its record are applied together or not at all.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kho_raft::audit::{Record, AUDIT_RECORDS_PER_COMMAND_MAX};
+use kho_raft::{Command, RaftNode, META_GROUP};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::auth::{now_ms, AuthBy, Caller};
+
+/// Records of denied requests waiting to be proposed, count. Past it, records are dropped
+/// and counted; the next batch says how many.
+pub const AUDIT_QUEUE_MAX: usize = 10_000;
+/// How long the queue collects records before proposing them, milliseconds.
+pub const AUDIT_FLUSH_MS: u64 = 100;
+/// Timeout of one batch's proposal, milliseconds; a batch that fails is tried again at
+/// most [`AUDIT_BATCH_TRIES_MAX`] times, then dropped and counted.
+const AUDIT_PROPOSE_TIMEOUT_MS: u64 = 5_000;
+const AUDIT_BATCH_TRIES_MAX: u32 = 3;
+
+/// The node's side of the audit log.
+pub struct AuditLog {
+    node: u64,
+    tx: mpsc::Sender<Record>,
+    /// Records dropped since the last batch (queue full, or a batch that failed).
+    dropped: Arc<AtomicU64>,
+}
+
+impl AuditLog {
+    /// The log and the task that proposes its batches (run until aborted).
+    pub fn start(node: Arc<RaftNode>) -> (Arc<AuditLog>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(AUDIT_QUEUE_MAX);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let log = Arc::new(AuditLog { node: node.id, tx, dropped: dropped.clone() });
+        let task = tokio::spawn(run(node, rx, dropped));
+        (log, task)
+    }
+
+    /// A record of `action` by `caller`, stamped with this node and the time.
+    pub fn record(&self, caller: &Caller, action: &str) -> Record {
+        Record {
+            time_ms: now_ms(),
+            node: self.node,
+            principal: caller.name.clone(),
+            auth: auth_text(caller),
+            action: action.to_string(),
+            decision: "allowed".into(),
+            ..Record::default()
+        }
+    }
+
+    /// Queues a record of a refused request; never waits.
+    pub fn denied(&self, mut r: Record, why: &Status) {
+        r.decision = "denied".into();
+        r.reason = format!("{:?}: {}", why.code(), why.message());
+        if self.tx.try_send(r).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn auth_text(c: &Caller) -> String {
+    match &c.by {
+        AuthBy::Certificate { fingerprint } if fingerprint.is_empty() => "certificate (forwarded)".into(),
+        AuthBy::Certificate { fingerprint } => format!("certificate {fingerprint}"),
+        AuthBy::Token { id } => format!("token {id}"),
+        AuthBy::Node { id } => id.map_or_else(|| "node".to_string(), |n| format!("node {n}")),
+        AuthBy::Off => "none".into(),
+    }
+}
+
+async fn run(node: Arc<RaftNode>, mut rx: mpsc::Receiver<Record>, dropped: Arc<AtomicU64>) {
+    loop {
+        let Some(first) = rx.recv().await else { return };
+        let mut batch = vec![first];
+        let until = tokio::time::Instant::now() + Duration::from_millis(AUDIT_FLUSH_MS);
+        while batch.len() < AUDIT_RECORDS_PER_COMMAND_MAX - 1 {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(r)) => batch.push(r),
+                _ => break,
+            }
+        }
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            batch.push(Record {
+                time_ms: now_ms(),
+                node: node.id,
+                action: "AuditQueue".into(),
+                decision: "failed".into(),
+                reason: format!(
+                    "{lost} records of denied requests were not recorded (AUDIT_QUEUE_MAX {AUDIT_QUEUE_MAX}, or their batch failed)"
+                ),
+                ..Record::default()
+            });
+        }
+        let n = batch.len() as u64;
+        let cmd = Command::Audit { records: batch.iter().map(|r| serde_bytes::ByteBuf::from(r.encode())).collect() };
+        let mut done = false;
+        for _ in 0..AUDIT_BATCH_TRIES_MAX {
+            match tokio::time::timeout(Duration::from_millis(AUDIT_PROPOSE_TIMEOUT_MS), node.propose_anywhere(META_GROUP, cmd.clone()))
+                .await
+            {
+                Ok(Ok(_)) => {
+                    done = true;
+                    break;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, records = n, "audit batch not appended; trying again"),
+                Err(_) => tracing::warn!(records = n, "audit batch not appended within {AUDIT_PROPOSE_TIMEOUT_MS} ms; trying again"),
+            }
+        }
+        if !done {
+            dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
