@@ -9,7 +9,14 @@ row, writes key-value pairs and scans them. Exits non-zero on any mismatch.
     python3 clients/python/example.py 127.0.0.1:7101
 
 With KHO_CA set (and KHO_CERT, KHO_KEY: the `export` line `kho demo` prints) it connects
-with TLS through grpc.ssl_channel_credentials; without it, in plaintext.
+with TLS through grpc.ssl_channel_credentials; without it, in plaintext. With KHO_TOKEN
+set (a token from `kho token create`) it sends it as `authorization: Bearer …` with every
+call (grpc.access_token_call_credentials) and, being no cluster admin, does not create the
+tenant: the token's principal needs an admin, read and write grant on it.
+
+    python3 clients/python/example.py 127.0.0.1:7101 TENANT [OTHER_TENANT]
+
+With OTHER_TENANT, a read of that tenant must be refused (PERMISSION_DENIED).
 """
 import os
 import subprocess
@@ -47,12 +54,17 @@ def open_channel(endpoint):
 
     creds = grpc.ssl_channel_credentials(
         root_certificates=read("KHO_CA"), private_key=read("KHO_KEY"), certificate_chain=read("KHO_CERT"))
+    token = os.environ.get("KHO_TOKEN")
+    if token:
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
     return grpc.secure_channel(endpoint, creds)
 
 
 def main():
     endpoint = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:7101"
     tenant = sys.argv[2] if len(sys.argv) > 2 else "python_example"
+    other = sys.argv[3] if len(sys.argv) > 3 else None
+    by_token = bool(os.environ.get("KHO_TOKEN"))
     with tempfile.TemporaryDirectory() as out:
         generate(out)
         import grpc
@@ -63,8 +75,8 @@ def main():
         data = data_pb2_grpc.DataStub(channel)
         timeout = 20
 
-        for call, req in [
-            (admin.CreateTenant, admin_pb2.CreateTenantRequest(name=tenant)),
+        calls = [] if by_token else [(admin.CreateTenant, admin_pb2.CreateTenantRequest(name=tenant))]
+        for call, req in calls + [
             (admin.CreateTable, admin_pb2.CreateTableRequest(
                 tenant=tenant, name="people",
                 families=[admin_pb2.ColumnFamily(name="identity"), admin_pb2.ColumnFamily(name="residence")])),
@@ -98,7 +110,16 @@ def main():
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.NOT_FOUND, e
 
-        print(f"python client: table created, row written and read, {len(kvs)} keys scanned via {endpoint}")
+        if other:
+            try:
+                data.ReadRow(data_pb2.ReadRowRequest(tenant=other, table="people", row_key=row), timeout=timeout)
+                raise AssertionError(f"reading tenant {other} succeeded")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.PERMISSION_DENIED, e
+                print(f"python client: a read of tenant {other} was refused: {e.details()}")
+
+        who = admin.WhoAmI(admin_pb2.WhoAmIRequest(), timeout=timeout)
+        print(f"python client: table created, row written and read, {len(kvs)} keys scanned via {endpoint} as {who.principal} ({who.authenticated_by})")
 
 
 if __name__ == "__main__":

@@ -83,4 +83,40 @@ async fn python_stock_grpc_client_works_against_every_node() {
         }
         println!("node {id}: {}", out.trim());
     }
+
+    // A token's principal (no client certificate; grpc.access_token_call_credentials), with
+    // grants on its own tenant only: it works there and is refused the admin's tenant.
+    let mut admin = cluster.admin_client(1);
+    kho_cluster_tests::create_tenant(&mut admin, "python_token").await.expect("create tenant python_token");
+    let token = admin
+        .create_token(kho_proto::v1::CreateTokenRequest { principal: "py_app".into(), ttl_seconds: 600, note: "python test".into() })
+        .await
+        .expect("create a token")
+        .into_inner()
+        .token;
+    let grant = kho_proto::v1::Grant {
+        principal: "py_app".into(),
+        tenant: "python_token".into(),
+        permissions: vec![
+            kho_proto::v1::Permission::Read as i32,
+            kho_proto::v1::Permission::Write as i32,
+            kho_proto::v1::Permission::Admin as i32,
+        ],
+        ..Default::default()
+    };
+    admin.create_grant(kho_proto::v1::CreateGrantRequest { grant: Some(grant) }).await.expect("grant py_app its tenant");
+    let addr = cluster.addr(2).to_string();
+    let tls = cluster.tls().expect("the cluster runs with TLS").clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(&python);
+        cmd.arg(&example).arg(&addr).arg("python_token").arg("python_example");
+        cmd.env("KHO_CA", tls.ca_cert()).env("KHO_TOKEN", token).env_remove("KHO_CERT").env_remove("KHO_KEY");
+        run(&mut cmd, Duration::from_secs(CLIENT_TIMEOUT_S))
+    })
+    .await
+    .expect("client task");
+    if !ok || !out.contains("as py_app (token)") || !out.contains("a read of tenant python_example was refused") {
+        cluster.fail(format!("python client with a token failed:\n{out}"));
+    }
+    println!("token: {}", out.trim());
 }
