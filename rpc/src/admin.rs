@@ -237,22 +237,15 @@ impl AdminService {
         self.ctx.auth.require_auditor(&origin.caller).map_err(|s| self.ctx.deny(origin, "", "", s))
     }
 
-    /// A refusal is checked again after a read barrier of the meta group (a grant
-    /// acknowledged through another node is honoured at once).
+    /// [`Ctx::authorize`] of an admin grant on `tenant`.
     async fn tenant_admin(&self, origin: &Origin, tenant: &str, what: &str) -> Result<(), Status> {
-        let now = || {
-            let meta = self.ctx.meta();
-            let cat = meta.state.catalog();
-            self.ctx.auth.require_tenant_admin(&origin.caller, &cat, tenant, what)
-        };
-        let r = match now() {
-            Err(s) if s.code() == tonic::Code::PermissionDenied => match self.ctx.read_barrier(origin).await {
-                Ok(Leader::Here(())) => now(),
-                _ => Err(s),
-            },
-            other => other,
-        };
-        r.map_err(|s| self.ctx.deny(origin, tenant, "", s))
+        self.ctx
+            .authorize(origin, tenant, "", || {
+                let meta = self.ctx.meta();
+                let cat = meta.state.catalog();
+                self.ctx.auth.require_tenant_admin(&origin.caller, &cat, tenant, what)
+            })
+            .await
     }
 }
 

@@ -139,6 +139,12 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// A request to hand to node `leader_id` at `addr`, carrying this request's deadline,
+    /// try and principal.
+    pub fn forward_to(&self, leader_id: NodeId, addr: String, kind: Kind, to_replica: bool) -> Forward {
+        Forward { leader_id, addr, kind, deadline: self.deadline, to_replica, try_no: self.try_no, caller: self.caller.clone() }
+    }
+
     /// The node that received the request from its client: the one that retries stale routes.
     pub fn from_client(&self) -> bool {
         !self.forwarded && !self.via_replica
@@ -413,6 +419,26 @@ impl Ctx {
         }
     }
 
+    /// Runs an authorization `check`; a `PERMISSION_DENIED` is checked again after a read
+    /// barrier of the meta group (a grant acknowledged through another node is honoured at
+    /// once). A refusal that stands is recorded in the audit log.
+    pub async fn authorize<T>(
+        &self,
+        origin: &Origin,
+        tenant: &str,
+        table: &str,
+        check: impl Fn() -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        let r = match check() {
+            Err(s) if s.code() == Code::PermissionDenied => match self.read_barrier(origin).await {
+                Ok(Leader::Here(())) => check(),
+                _ => Err(s),
+            },
+            other => other,
+        };
+        r.map_err(|s| if s.code() == Code::PermissionDenied { self.deny(origin, tenant, table, s) } else { s })
+    }
+
     /// Records a refused request in the audit log and returns its status.
     pub fn deny(&self, origin: &Origin, tenant: &str, table: &str, s: Status) -> Status {
         let mut r = self.audit.record(&origin.caller, &origin.action);
@@ -472,15 +498,7 @@ impl Ctx {
         };
         match e {
             ProposeError::ForwardToLeader { leader_id: Some(id), leader_addr: Some(addr) } if !origin.forwarded && id != self.node.id => {
-                Ok(Leader::There(Forward {
-                    leader_id: id,
-                    addr,
-                    kind,
-                    deadline: origin.deadline,
-                    to_replica: false,
-                    try_no: origin.try_no,
-                    caller: origin.caller.clone(),
-                }))
+                Ok(Leader::There(origin.forward_to(id, addr, kind, false)))
             }
             ProposeError::ForwardToLeader { .. } if origin.forwarded && !one_step => Err(Status::unavailable(
                 "the leader changed while the membership change was forwarded; it may have been partly done: check `kho cluster status`, then retry",
@@ -512,15 +530,7 @@ impl Ctx {
             return None;
         }
         let addr = g.member_addr(leader).or_else(|| self.node.node_addr(leader))?;
-        Some(Forward {
-            leader_id: leader,
-            addr,
-            kind,
-            deadline: origin.deadline,
-            to_replica: false,
-            try_no: origin.try_no,
-            caller: origin.caller.clone(),
-        })
+        Some(origin.forward_to(leader, addr, kind, false))
     }
 
     /// Where the data of storage key `key` is served: this node's replica of its shard, or
@@ -567,15 +577,7 @@ impl Ctx {
         let Some((node, addr)) = to else {
             return Err(Status::unavailable(format!("no address known for any replica of shard {}; retry", desc.id)));
         };
-        Ok(ShardRoute::Remote(Forward {
-            leader_id: node,
-            addr,
-            kind,
-            deadline: origin.deadline,
-            to_replica: true,
-            try_no: origin.try_no,
-            caller: origin.caller.clone(),
-        }))
+        Ok(ShardRoute::Remote(origin.forward_to(node, addr, kind, true)))
     }
 
     /// Proposes a command on the leader, waiting at most `raft.proposal_timeout_ms` (or

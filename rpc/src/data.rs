@@ -94,23 +94,15 @@ fn need_ops(origin: &Origin, view: &TableView, meta: &TableMeta, ops: &[WriteOp]
 
 impl DataService {
     /// What the caller may do with `perm` in `tenant/table` ([`auth::Auth::view`]):
-    /// decided from the names before the table is looked up.
-    /// A refusal is checked again after a read barrier of the meta group, so that a grant
-    /// acknowledged through another node is honoured here at once.
+    /// decided from the names before the table is looked up ([`Ctx::authorize`]).
     async fn view(&self, origin: &Origin, perm: Perm, tenant: &str, table: &str) -> Result<TableView, Status> {
-        let now = || {
-            let meta = self.ctx.meta();
-            let cat = meta.state.catalog();
-            self.ctx.auth.view(&origin.caller, &cat, perm, tenant, table)
-        };
-        let r = match now() {
-            Err(s) if s.code() == tonic::Code::PermissionDenied => match self.ctx.read_barrier(origin).await {
-                Ok(Leader::Here(())) => now(),
-                _ => Err(s),
-            },
-            other => other,
-        };
-        r.map_err(|s| self.deny(origin, tenant, table, s))
+        self.ctx
+            .authorize(origin, tenant, table, || {
+                let meta = self.ctx.meta();
+                let cat = meta.state.catalog();
+                self.ctx.auth.view(&origin.caller, &cat, perm, tenant, table)
+            })
+            .await
     }
 
     /// Records a refusal in the audit log (only `PERMISSION_DENIED`: other failures of a

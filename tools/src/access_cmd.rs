@@ -106,23 +106,7 @@ const DURATION_MAX_S: u64 = 31_536_000;
 
 /// `90s`, `30m`, `12h`, `30d` → seconds (1 ..= a year).
 pub fn parse_duration_s(s: &str) -> Result<u64, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a duration like 90s, 30m, 12h or 30d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3_600),
-        "d" => n.saturating_mul(86_400),
-        _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
-    };
-    if secs == 0 || secs > DURATION_MAX_S {
-        return Err(format!("`{s}` must be between 1s and 365d"));
-    }
-    Ok(secs)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    crate::parse::parse_duration_secs(s, DURATION_MAX_S)
 }
 
 /// Unix milliseconds as UTC `YYYY-MM-DD HH:MM:SS`.
@@ -169,7 +153,7 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<ExitCode> {
         }
         TokenOp::List { principal } => {
             let r = admin.list_tokens(pb::ListTokensRequest { principal: principal.unwrap_or_default() }).await?.into_inner();
-            let now = now_ms();
+            let now = kho_rpc::auth::now_ms();
             writeln!(out, "{:<16}  {:<24}  {:<19}  {:<8}  note", "token id", "principal", "expires (UTC)", "state")?;
             for t in r.tokens {
                 let state = if t.revoked {
@@ -212,7 +196,7 @@ pub async fn grant(cmd: GrantCmd) -> anyhow::Result<ExitCode> {
                 family: family.unwrap_or_default(),
                 qualifiers: qualifiers.into_iter().map(String::into_bytes).collect(),
                 permissions,
-                expires_at_ms: expires_in.map_or(0, |s| now_ms() + s * 1_000),
+                expires_at_ms: expires_in.map_or(0, |s| kho_rpc::auth::now_ms() + s * 1_000),
                 ..Default::default()
             };
             let r = admin.create_grant(pb::CreateGrantRequest { grant: Some(grant) }).await?.into_inner();

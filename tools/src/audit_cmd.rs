@@ -73,7 +73,7 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             }
         }
         AuditOp::Search { tenant, principal, session, since, decision } => {
-            let since_ms = since.map(|s| now_ms().saturating_sub(s * 1_000));
+            let since_ms = since.map(|s| kho_rpc::auth::now_ms().saturating_sub(s * 1_000));
             let mut from = 1;
             loop {
                 let r = admin.read_audit(pb::ReadAuditRequest { from_seq: from, limit: PAGE, local: false }).await?.into_inner();
@@ -164,10 +164,6 @@ fn parse_digest(s: &str) -> anyhow::Result<(u64, [u8; 32])> {
         *b = u8::from_str_radix(&hash[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
     }
     Ok((seq, out))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One record on one line: seq, time, node, principal, action, scope, decision, the rest.

@@ -78,22 +78,9 @@ pub enum CertOp {
     },
 }
 
-/// Parses `<n>s`, `<n>m`, `<n>h` or `<n>d`.
+/// Parses `<n>s`, `<n>m`, `<n>h` or `<n>d`, at most [`VALID_DAYS_MAX`] days.
 pub fn parse_validity(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().map_err(|_| format!("`{s}`: expected a number and a unit, like 365d, 12h, 10m or 30s"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3_600),
-        "d" => n.saturating_mul(86_400),
-        _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
-    };
-    if secs == 0 || secs > VALID_DAYS_MAX * 86_400 {
-        return Err(format!("`{s}`: must be more than 0 and at most {VALID_DAYS_MAX}d"));
-    }
-    Ok(Duration::from_secs(secs))
+    crate::parse::parse_duration_secs(s, VALID_DAYS_MAX * 86_400).map(Duration::from_secs)
 }
 
 pub fn run(cmd: CertCmd) -> anyhow::Result<()> {

@@ -104,6 +104,24 @@ pub fn parse_cell(s: &str) -> Result<CellSpec, String> {
     Ok(CellSpec { family: family.to_string(), qualifier: qualifier.to_string() })
 }
 
+/// Parses `<n>s`, `<n>m`, `<n>h` or `<n>d` into seconds, from 1 to `max_secs`.
+pub fn parse_duration_secs(s: &str, max_secs: u64) -> Result<u64, String> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| format!("`{s}`: expected a number and a unit, like 365d, 12h, 10m or 30s"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3_600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
+    };
+    if secs == 0 || secs > max_secs {
+        return Err(format!("`{s}`: must be more than 0 and at most {}d", max_secs / 86_400));
+    }
+    Ok(secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
