@@ -487,6 +487,28 @@ impl Cluster {
         )
     }
 
+    /// Waits (at most 15 s) until every running node serves a request of `token`'s
+    /// principal that depends on grants: a node refuses those (`UNAVAILABLE`) until it has
+    /// confirmed its copy of the grants once since it started (docs/SECURITY.md, "How soon
+    /// a revoke holds"), which a node that lagged at start may take seconds to do.
+    pub async fn wait_grants_current(&self, token: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for id in self.running_ids() {
+            let (_, mut admin) = self.clients_as(id, Some(token));
+            loop {
+                match admin.list_tenants(kho_proto::v1::ListTenantsRequest {}).await {
+                    Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        self.fail(format!("node {id} did not confirm its copy of the grants within 15 s: {s}"))
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+
     /// Data clients of every node, each over a new connection of its own, as an independent
     /// client process would have; paired with the node id.
     pub fn new_data_clients(&self) -> Vec<(u64, DataClient<Channel>)> {

@@ -220,6 +220,7 @@ async fn grants_decide_every_read_and_write_and_a_revoke_holds_on_every_node_wit
             // bhxh_app: a principal of tenant bhxh.
             let (_, bhxh_token) = token(&mut admin, "bhxh_app", 0).await;
             admin.create_grant(grant("bhxh_app", BHXH, "", "", &[], &[pb::Permission::Read, pb::Permission::Write])).await.unwrap();
+            cluster.wait_grants_current(&bhxh_token).await;
             let (mut b_data, mut b_admin) = cluster.clients_as(2, Some(&bhxh_token));
             let who = b_admin.who_am_i(pb::WhoAmIRequest {}).await.unwrap().into_inner();
             assert_eq!((who.principal.as_str(), who.authenticated_by.as_str(), who.cluster_admin), ("bhxh_app", "token", false));

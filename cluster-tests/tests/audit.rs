@@ -58,6 +58,7 @@ async fn admin_changes_and_denials_are_recorded_and_verify_finds_each_kind_of_ta
                 pb::Grant { principal: "bhxh_app".into(), tenant: "no_such_tenant".into(), permissions: vec![1], ..Default::default() };
             assert_eq!(admin.create_grant(pb::CreateGrantRequest { grant: Some(bad) }).await.unwrap_err().code(), Code::NotFound);
 
+            cluster.wait_grants_current(&token).await;
             // bhxh_app reads a family it has no grant on, and tries the audit log.
             let (mut data, mut b_admin) = cluster.clients_as(2, Some(&token));
             let started = Instant::now();

@@ -105,6 +105,7 @@ async fn python_stock_grpc_client_works_against_every_node() {
         ..Default::default()
     };
     admin.create_grant(kho_proto::v1::CreateGrantRequest { grant: Some(grant) }).await.expect("grant py_app its tenant");
+    cluster.wait_grants_current(&token).await;
     let addr = cluster.addr(2).to_string();
     let tls = cluster.tls().expect("the cluster runs with TLS").clone();
     let (ok, out) = tokio::task::spawn_blocking(move || {

@@ -337,6 +337,7 @@ async fn certificates_ca_and_crl_reload_by_content_under_load() {
             // trust both CAs and present no certificate (a token names its principal); it
             // reconnects as connections end. It must never fail beyond retries.
             let token = writer_token(&cluster, &target).await;
+            cluster.wait_grants_current(&token).await;
             let stop = Arc::new(AtomicBool::new(false));
             let (written, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
             let writer = {
