@@ -43,6 +43,9 @@ struct RunningDemo {
     endpoints: Option<String>,
     /// The variables of the `export KHO_ENDPOINTS=… KHO_CA=…` line the demo prints.
     env: Vec<(String, String)>,
+    /// The demo's `--dir`, where it keeps `node-<id>.pid`.
+    dir: std::path::PathBuf,
+    stopped: bool,
 }
 
 impl RunningDemo {
@@ -66,7 +69,16 @@ impl RunningDemo {
                 }
             });
         }
-        RunningDemo { child, lines, output: Vec::new(), citizen: None, endpoints: None, env: Vec::new() }
+        RunningDemo {
+            child,
+            lines,
+            output: Vec::new(),
+            citizen: None,
+            endpoints: None,
+            env: Vec::new(),
+            dir: dir.to_path_buf(),
+            stopped: false,
+        }
     }
 
     /// Waits at most READY_TIMEOUT_S for `kho demo: ready`, noting the endpoints and the
@@ -99,6 +111,7 @@ impl RunningDemo {
     /// SIGINT, as Ctrl-C sends, to the demo's own pid; waits at most STOP_TIMEOUT_S, then
     /// kills it. Returns its exit status if it stopped by itself; keeps its last output.
     fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.stopped = true;
         // SAFETY: kill(2) on the demo's own positive pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(STOP_TIMEOUT_S);
@@ -113,10 +126,29 @@ impl RunningDemo {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
+        if status.is_none() {
+            // The demo did not stop its nodes: kill them by the pids it wrote.
+            for id in 1..=3 {
+                let pid = std::fs::read_to_string(self.dir.join(format!("node-{id}.pid"))).ok();
+                if let Some(pid) = pid.and_then(|p| p.trim().parse::<i32>().ok()).filter(|p| *p > 0) {
+                    // SAFETY: kill(2) on a positive pid this demo started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
         while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
             self.output.push(line);
         }
         status
+    }
+}
+
+/// A test that fails half-way still stops the demo and its nodes.
+impl Drop for RunningDemo {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.stop();
+        }
     }
 }
 
@@ -143,7 +175,12 @@ fn demo_starts_loads_and_serves_rows_then_stops_on_ctrl_c() {
     // Without the CA the TLS port refuses the plaintext client, and the error says why.
     let out = Command::new(&kho).args(["tenant", "list", "--endpoints", &endpoints]).env_remove("KHO_CA").output().expect("run kho");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("KHO_CA"), "a plaintext client of the TLS demo: {err}");
+    assert!(
+        !out.status.success() && err.contains("KHO_CA"),
+        "a plaintext client of the TLS demo: {} {err} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Read the citizen through each node in turn: followers serve the linearizable read
     // themselves after the leader's read index (follower reads).
     for endpoint in endpoints.split(',') {

@@ -203,12 +203,8 @@ async fn run(command: Command) -> ExitCode {
 /// else with its causes. Output cut short by a closed pipe (`kho kv scan | head`) is not
 /// an error.
 fn report(e: &anyhow::Error) -> ExitCode {
-    for cause in e.chain() {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::BrokenPipe {
-                return ExitCode::SUCCESS;
-            }
-        }
+    if output_closed(e) {
+        return ExitCode::SUCCESS;
     }
     match e.downcast_ref::<tonic::Status>() {
         Some(status) => {
@@ -231,9 +227,37 @@ fn report(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// Whether the error is our own output's reader going away (`kho kv scan | head`): a
+/// broken pipe that is not inside a gRPC status or a transport error. A TLS node closing a
+/// plaintext client's connection is a broken pipe too, but under a status: a failure.
+fn output_closed(e: &anyhow::Error) -> bool {
+    for cause in e.chain() {
+        if cause.is::<tonic::Status>() || cause.is::<tonic::transport::Error>() {
+            return false;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::BrokenPipe {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_pipe_is_a_closed_output_only_outside_a_status() {
+        let pipe = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        assert!(output_closed(&anyhow::Error::new(pipe())));
+        assert!(output_closed(&anyhow::Error::new(pipe()).context("writing the rows")));
+        // What a plaintext client gets when a TLS node closes its connection.
+        let status = tonic::Status::from_error(Box::new(pipe()));
+        assert!(!output_closed(&anyhow::Error::new(status)));
+        assert!(!output_closed(&anyhow::Error::new(std::io::Error::other("connection reset"))));
+    }
     use clap::CommandFactory as _;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
