@@ -238,6 +238,11 @@ impl Catalog {
             let t = crate::access::Token::decode(&v).map_err(|e| corrupt(&e))?;
             cat.access.tokens.insert(t.id.clone(), t);
         }
+        let (start, end) = keys::row_range(SYSTEM_TENANT, crate::access::SYS_SESSIONS, b"", None, b"");
+        for (_, v) in engine.scan_values(&start, &end, usize::MAX)? {
+            let s = crate::access::Session::decode(&v).map_err(|e| corrupt(&e))?;
+            cat.access.sessions.insert(s.id.clone(), s);
+        }
         Ok(cat)
     }
 }

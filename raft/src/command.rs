@@ -187,6 +187,20 @@ pub enum Command {
         record: Vec<u8>,
         cmd: Box<Command>,
     },
+    /// Meta group: opens an access session ([`crate::access::Session`], its id drawn by
+    /// the proposer, its version the entry's index). Refused unless a live grant of its
+    /// principal that requires a session covers its scope and allows its duration (checked
+    /// at its `opened_at_ms`). Ended sessions beyond [`crate::access::SESSIONS_MAX`] are
+    /// pruned, oldest first.
+    OpenSession {
+        session: crate::access::Session,
+    },
+    /// Meta group: closes an open access session.
+    CloseSession {
+        id: String,
+        closed_at_ms: u64,
+        closed_by: String,
+    },
 }
 
 impl Command {
@@ -447,6 +461,10 @@ impl std::fmt::Display for Command {
             Command::RevokeToken { id } => write!(f, "revoke-token {id}"),
             Command::Audit { records } => write!(f, "audit {} records", records.len()),
             Command::Audited { cmd, .. } => write!(f, "audited {cmd}"),
+            Command::OpenSession { session } => {
+                write!(f, "open-session {} for {} on {} until {}", session.id, session.principal, session.scope(), session.expires_at_ms)
+            }
+            Command::CloseSession { id, .. } => write!(f, "close-session {id}"),
             Command::RecordShards { pieces } => {
                 write!(f, "record-shards")?;
                 for p in pieces {

@@ -828,6 +828,74 @@ impl StateMachine {
                 batch.put_value(&access::token_key(&id), &t.encode());
                 Ok((Outcome::Done, Some(CatalogChange::Token(t))))
             }
+            Command::OpenSession { session } => {
+                if let Err(e) = session.check() {
+                    return Ok((Outcome::Rejected(e), None));
+                }
+                if cat.access.sessions.contains_key(&session.id) {
+                    return Ok((Outcome::Rejected(AppError::already_exists(format!("access session {} exists", session.id))), None));
+                }
+                let now = session.opened_at_ms;
+                let limit = cat.access.session_limit(
+                    &session.principal,
+                    now,
+                    &session.tenant,
+                    &session.table,
+                    &session.family,
+                    &session.qualifiers,
+                );
+                let Some(limit) = limit else {
+                    return Ok((
+                        Outcome::Rejected(AppError::failed_precondition(format!(
+                            "principal `{}` holds no live grant that requires an access session and covers {}",
+                            session.principal,
+                            session.scope()
+                        ))),
+                        None,
+                    ));
+                };
+                let asked = session.expires_at_ms - session.opened_at_ms;
+                if asked > limit {
+                    return Ok((
+                        Outcome::Rejected(AppError::invalid(format!(
+                            "duration_ms: {asked} ms exceeds the {limit} ms its grant allows (session_duration_max_ms)"
+                        ))),
+                        None,
+                    ));
+                }
+                let mut changes = Vec::new();
+                if cat.access.sessions.len() >= access::SESSIONS_MAX {
+                    let gone = cat.access.sessions_to_prune(now, access::SESSIONS_MAX - 1);
+                    if gone.is_empty() {
+                        return Ok((
+                            Outcome::Rejected(AppError::failed_precondition(format!(
+                                "{} access sessions are open, the limit (SESSIONS_MAX): close some first",
+                                access::SESSIONS_MAX
+                            ))),
+                            None,
+                        ));
+                    }
+                    for id in &gone {
+                        batch.delete(Cf::Data, &access::session_key(id));
+                    }
+                    changes.push(CatalogChange::SessionsPruned(gone));
+                }
+                let session = access::Session { version: revision, ..session };
+                batch.put_value(&access::session_key(&session.id), &session.encode());
+                changes.push(CatalogChange::Session(session));
+                Ok((Outcome::Done, Some(CatalogChange::Many(changes))))
+            }
+            Command::CloseSession { id, closed_at_ms, closed_by } => {
+                let Some(s) = cat.access.sessions.get(&id) else {
+                    return Ok((Outcome::Rejected(AppError::not_found(format!("access session {id} does not exist"))), None));
+                };
+                if s.closed_at_ms != 0 {
+                    return Ok((Outcome::Rejected(AppError::failed_precondition(format!("access session {id} is already closed"))), None));
+                }
+                let s = access::Session { closed_at_ms: closed_at_ms.max(1), closed_by, ..s.clone() };
+                batch.put_value(&access::session_key(&id), &s.encode());
+                Ok((Outcome::Done, Some(CatalogChange::Session(s))))
+            }
             Command::Write(_)
             | Command::ClearTable { .. }
             | Command::Reseal { .. }
@@ -1108,6 +1176,14 @@ impl StateMachine {
             CatalogChange::Token(t) => {
                 cat.access.tokens.insert(t.id.clone(), t);
             }
+            CatalogChange::Session(session) => {
+                cat.access.sessions.insert(session.id.clone(), session);
+            }
+            CatalogChange::SessionsPruned(ids) => {
+                for id in ids {
+                    cat.access.sessions.remove(&id);
+                }
+            }
             CatalogChange::DropTable(tenant, name, tenant_id, table_id) => {
                 cat.remove_table(&tenant, &name);
                 cat.dropped_tables.insert((tenant_id, table_id));
@@ -1238,6 +1314,9 @@ enum CatalogChange {
     Grant(access::Grant),
     RevokeGrant(u64),
     Token(access::Token),
+    Session(access::Session),
+    /// Ended access sessions removed to stay within SESSIONS_MAX.
+    SessionsPruned(Vec<String>),
     AuditHead(audit::Head),
     /// Several changes, in order (a catalog command and its audit record).
     Many(Vec<CatalogChange>),

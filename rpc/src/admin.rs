@@ -268,6 +268,29 @@ fn grant_to_pb(g: &kho_raft::access::Grant) -> pb::Grant {
         created_at_ms: g.created_at_ms,
         version: g.version,
         granted_by: g.granted_by.clone(),
+        session_required: g.session_required,
+        session_duration_max_ms: g.session_duration_max_ms,
+    }
+}
+
+/// Most sessions one ListAccessSessions answer holds, count (the oldest ids first).
+const LIST_SESSIONS_MAX: usize = 10_000;
+
+fn session_to_pb(s: &kho_raft::access::Session, now_ms: u64) -> pb::AccessSession {
+    pb::AccessSession {
+        session_id: s.id.clone(),
+        principal: s.principal.clone(),
+        tenant: s.tenant.clone(),
+        table: s.table.clone(),
+        family: s.family.clone(),
+        qualifiers: s.qualifiers.iter().map(|q| q.to_vec()).collect(),
+        purpose: s.purpose.clone(),
+        opened_at_ms: s.opened_at_ms,
+        expires_at_ms: s.expires_at_ms,
+        closed_at_ms: s.closed_at_ms,
+        closed_by: s.closed_by.clone(),
+        version: s.version,
+        open: s.open_at(now_ms),
     }
 }
 
@@ -904,6 +927,8 @@ impl Admin for AdminService {
             created_at_ms: now,
             version: 0,
             granted_by: origin.caller.name.clone(),
+            session_required: g.session_required,
+            session_duration_max_ms: g.session_duration_max_ms,
         };
         grant.check().map_err(status::app_error)?;
         self.tenant_admin(&origin, &grant.tenant, "grant on it").await?;
@@ -963,6 +988,137 @@ impl Admin for AdminService {
             .map(grant_to_pb)
             .collect();
         Ok(Response::new(pb::ListGrantsResponse { grants }))
+    }
+
+    async fn open_access_session(
+        &self,
+        req: Request<pb::OpenAccessSessionRequest>,
+    ) -> Result<Response<pb::OpenAccessSessionResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        let r = req.into_inner();
+        let caller = origin.caller.clone();
+        if caller.by == crate::auth::AuthBy::Off {
+            return Err(Status::failed_precondition("access sessions need authorization on (auth.enabled): there is no principal"));
+        }
+        let now = crate::auth::now_ms();
+        if r.duration_ms == 0 || r.duration_ms > kho_raft::access::SESSION_DURATION_MAX_MS {
+            return Err(Status::invalid_argument(format!(
+                "duration_ms: {} ms; a session lasts 1 ms to its grant's session_duration_max_ms (at most {} ms, 24 hours)",
+                r.duration_ms,
+                kho_raft::access::SESSION_DURATION_MAX_MS
+            )));
+        }
+        let session = kho_raft::access::Session {
+            id: crate::auth::new_session_id(),
+            principal: caller.name.clone(),
+            tenant: r.tenant.clone(),
+            table: r.table.clone(),
+            family: r.family.clone(),
+            qualifiers: r.qualifiers.iter().map(|q| serde_bytes::ByteBuf::from(q.clone())).collect(),
+            purpose: r.purpose.clone(),
+            opened_at_ms: now,
+            expires_at_ms: now + r.duration_ms,
+            closed_at_ms: 0,
+            closed_by: String::new(),
+            version: 0,
+        };
+        session.check().map_err(status::app_error)?;
+        // The grant behind it, from this node's copy (again after a read barrier when it
+        // has none), and again by the meta group at apply.
+        let limit = self
+            .ctx
+            .authorize(&origin, &r.tenant, &r.table, || {
+                self.ctx.auth.check_current(&caller)?;
+                let meta = self.ctx.meta();
+                let cat = meta.state.catalog();
+                cat.access
+                    .session_limit(&caller.name, now, &session.tenant, &session.table, &session.family, &session.qualifiers)
+                    .ok_or_else(|| {
+                        Status::permission_denied(format!(
+                            "principal `{}` holds no live grant that requires an access session and covers {}",
+                            caller.name,
+                            session.scope()
+                        ))
+                    })
+            })
+            .await?;
+        if r.duration_ms > limit {
+            return Err(Status::invalid_argument(format!(
+                "duration_ms: {} ms exceeds the {limit} ms its grant allows (session_duration_max_ms)",
+                r.duration_ms
+            )));
+        }
+        let tenant = r.tenant.clone();
+        let table = r.table.clone();
+        match self.ctx.propose_audited(Command::OpenSession { session: session.clone() }, &origin, &tenant, &table).await? {
+            Leader::Here(resp) => {
+                let version = admin_outcome(resp)?;
+                let session = kho_raft::access::Session { version, ..session };
+                Ok(Response::new(pb::OpenAccessSessionResponse { session: Some(session_to_pb(&session, now)) }))
+            }
+            Leader::There(to) => forward!(self.ctx, admin_client, to, open_access_session, r),
+        }
+    }
+
+    async fn close_access_session(
+        &self,
+        req: Request<pb::CloseAccessSessionRequest>,
+    ) -> Result<Response<pb::CloseAccessSessionResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        let r = req.into_inner();
+        if !kho_raft::access::is_session_id(&r.session_id) {
+            return Err(Status::invalid_argument(format!("session_id: `{}` is not 32 lowercase hex digits", r.session_id)));
+        }
+        // Its principal closes it; anyone else needs to be an admin of its tenant.
+        let known = {
+            let meta = self.ctx.meta();
+            let cat = meta.state.catalog();
+            cat.access.sessions.get(&r.session_id).map(|s| (s.principal.clone(), s.tenant.clone()))
+        };
+        match &known {
+            Some((principal, _)) if *principal == origin.caller.name => {}
+            Some((_, tenant)) => self.tenant_admin(&origin, tenant, "close another principal's access session").await?,
+            None => self.cluster_admin(&origin, "close an access session this node does not know")?,
+        }
+        let cmd =
+            Command::CloseSession { id: r.session_id.clone(), closed_at_ms: crate::auth::now_ms(), closed_by: origin.caller.name.clone() };
+        let tenant = known.map(|(_, t)| t).unwrap_or_default();
+        match self.ctx.propose_audited(cmd, &origin, &tenant, "").await? {
+            Leader::Here(resp) => Ok(Response::new(pb::CloseAccessSessionResponse { version: admin_outcome(resp)? })),
+            Leader::There(to) => forward!(self.ctx, admin_client, to, close_access_session, r),
+        }
+    }
+
+    async fn list_access_sessions(
+        &self,
+        req: Request<pb::ListAccessSessionsRequest>,
+    ) -> Result<Response<pb::ListAccessSessionsResponse>, Status> {
+        let origin = self.ctx.origin(&req)?;
+        let r = req.into_inner();
+        if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
+            return forward!(self.ctx, admin_client, to, list_access_sessions, r);
+        }
+        let caller = &origin.caller;
+        self.ctx.auth.check_current(caller)?;
+        let now = crate::auth::now_ms();
+        let meta = self.ctx.meta();
+        let cat = meta.state.catalog();
+        let sessions = cat
+            .access
+            .sessions
+            .values()
+            .filter(|s| r.tenant.is_empty() || s.tenant == r.tenant)
+            .filter(|s| r.principal.is_empty() || s.principal == r.principal)
+            .filter(|s| r.include_ended || s.open_at(now))
+            .filter(|s| {
+                caller.cluster_admin
+                    || s.principal == caller.name
+                    || cat.access.on_tenant(&caller.name, now, kho_raft::access::Perm::Admin, &s.tenant)
+            })
+            .take(LIST_SESSIONS_MAX)
+            .map(|s| session_to_pb(s, now))
+            .collect();
+        Ok(Response::new(pb::ListAccessSessionsResponse { sessions }))
     }
 
     async fn read_audit(&self, req: Request<pb::ReadAuditRequest>) -> Result<Response<pb::ReadAuditResponse>, Status> {

@@ -1,7 +1,10 @@
 //! Appending to the audit log ([`kho_raft::audit`]) from the node that sees a request:
 //! records of denied requests go through a bounded queue, proposed to the meta group in
 //! batches; an audited admin change is proposed with its record in one command
-//! (`Command::Audited`), so the change and its record are applied together or not at all.
+//! (`Command::Audited`), so the change and its record are applied together or not at all;
+//! a read in an access session waits until its record is committed ([`AuditLog::append`],
+//! fail closed: no record, no answer), its record grouped with those of concurrent reads
+//! into one proposal.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,11 +26,21 @@ pub const AUDIT_FLUSH_MS: u64 = 100;
 /// most [`AUDIT_BATCH_TRIES_MAX`] times, then dropped and counted.
 const AUDIT_PROPOSE_TIMEOUT_MS: u64 = 5_000;
 const AUDIT_BATCH_TRIES_MAX: u32 = 3;
+/// Reads waiting for their audit record to be committed, count. Past it, a read in an
+/// access session is refused (`UNAVAILABLE`) rather than answered unrecorded.
+pub const AUDIT_WAITING_MAX: usize = 4_096;
+/// Longest wait for a read's audit record to be committed, milliseconds; past it the read
+/// is refused.
+pub const AUDIT_APPEND_TIMEOUT_MS: u64 = 5_000;
+
+type Waiter = (Record, tokio::sync::oneshot::Sender<Result<(), String>>);
 
 /// The node's side of the audit log.
 pub struct AuditLog {
     node: u64,
     tx: mpsc::Sender<Record>,
+    /// Records whose request waits for their commit.
+    waiting: mpsc::Sender<Waiter>,
     /// Records dropped since the last batch (queue full, or a batch that failed).
     dropped: Arc<AtomicU64>,
 }
@@ -36,10 +49,44 @@ impl AuditLog {
     /// The log and the task that proposes its batches (run until aborted).
     pub fn start(node: Arc<RaftNode>) -> (Arc<AuditLog>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(AUDIT_QUEUE_MAX);
+        let (waiting, waiting_rx) = mpsc::channel(AUDIT_WAITING_MAX);
         let dropped = Arc::new(AtomicU64::new(0));
-        let log = Arc::new(AuditLog { node: node.id, tx, dropped: dropped.clone() });
-        let task = tokio::spawn(run(node, rx, dropped));
+        let log = Arc::new(AuditLog { node: node.id, tx, waiting, dropped: dropped.clone() });
+        let appender = tokio::spawn(run_waiting(node.clone(), waiting_rx));
+        let task = tokio::spawn(async move {
+            run(node, rx, dropped).await;
+            appender.abort();
+        });
         (log, task)
+    }
+
+    /// Appends `r` and returns once the meta group has committed it; `UNAVAILABLE` when it
+    /// could not be (the caller refuses the request it records: fail closed).
+    pub async fn append(&self, r: Record) -> Result<(), Status> {
+        let refuse = |why: &str| {
+            Status::unavailable(format!("the read was refused: its audit record could not be written ({why}); nothing was returned; retry"))
+        };
+        #[cfg(feature = "failpoints")]
+        if fail::eval("audit-append", |_| ()).is_some() {
+            return Err(refuse("fail point audit-append"));
+        }
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.waiting
+            .try_send((r, done))
+            .map_err(|_| refuse(&format!("{AUDIT_WAITING_MAX} reads are waiting for their records (AUDIT_WAITING_MAX)")))?;
+        match tokio::time::timeout(Duration::from_millis(AUDIT_APPEND_TIMEOUT_MS), wait).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(refuse(&e)),
+            Ok(Err(_)) => Err(refuse("the audit appender stopped")),
+            Err(_) => Err(refuse(&format!("not committed within {AUDIT_APPEND_TIMEOUT_MS} ms (AUDIT_APPEND_TIMEOUT_MS)"))),
+        }
+    }
+
+    /// Queues a record without waiting (what a stream returned, after it ended).
+    pub fn note(&self, r: Record) {
+        if self.tx.try_send(r).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A record of `action` by `caller`, stamped with this node and the time.
@@ -116,6 +163,35 @@ async fn run(node: Arc<RaftNode>, mut rx: mpsc::Receiver<Record>, dropped: Arc<A
         }
         if !done {
             dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Proposes waiting records: whatever is waiting when a proposal starts goes in it (at most
+/// AUDIT_RECORDS_PER_COMMAND_MAX), so concurrent reads share one commit. One try: a
+/// failure refuses the reads.
+async fn run_waiting(node: Arc<RaftNode>, mut rx: mpsc::Receiver<Waiter>) {
+    loop {
+        let Some(first) = rx.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < AUDIT_RECORDS_PER_COMMAND_MAX {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let cmd = Command::Audit { records: batch.iter().map(|(r, _)| serde_bytes::ByteBuf::from(r.encode())).collect() };
+        let outcome =
+            match tokio::time::timeout(Duration::from_millis(AUDIT_APPEND_TIMEOUT_MS), node.propose_anywhere(META_GROUP, cmd)).await {
+                Ok(Ok(resp)) => match resp.outcome {
+                    kho_raft::command::Outcome::Rejected(e) => Err(format!("the meta group refused the records: {}", e.message)),
+                    _ => Ok(()),
+                },
+                Ok(Err(e)) => Err(format!("the meta group: {e}")),
+                Err(_) => Err(format!("not committed within {AUDIT_APPEND_TIMEOUT_MS} ms")),
+            };
+        for (_, done) in batch {
+            let _ = done.send(outcome.clone());
         }
     }
 }

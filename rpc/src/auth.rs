@@ -24,6 +24,9 @@ use crate::tls::{CertName, ConnInfo, ListenerKind};
 pub const AUTHORIZATION: &str = "authorization";
 /// A forwarded request's principal (set by the forwarding node).
 pub const PRINCIPAL_HEADER: &str = "kho-principal";
+/// The access session a request is made in (`OpenAccessSession`): 32 hex digits. Sent by
+/// clients, and by a node with the requests it forwards.
+pub const SESSION_HEADER: &str = "kho-session";
 /// How the forwarding node authenticated it: `certificate` or `token:<token id>`.
 pub const PRINCIPAL_BY_HEADER: &str = "kho-principal-by";
 /// Longest `authorization` value looked at, bytes (a token is 86): a longer one is
@@ -66,6 +69,9 @@ pub struct Caller {
     pub by: AuthBy,
     /// A cluster admin by configuration (`auth.cluster_admins`), or authorization is off.
     pub cluster_admin: bool,
+    /// The access session the request names ([`SESSION_HEADER`]), well formed; whether it
+    /// is open and the caller's is decided where the request is authorized.
+    pub session: Option<String>,
 }
 
 impl Caller {
@@ -85,8 +91,11 @@ impl Caller {
         }
     }
 
-    /// Puts the principal into a request forwarded to another node.
+    /// Puts the principal and its session into a request forwarded to another node.
     pub fn forward_into(&self, md: &mut MetadataMap) {
+        if let Some(v) = self.session.as_deref().and_then(|s| MetadataValue::try_from(s).ok()) {
+            md.insert(SESSION_HEADER, v);
+        }
         if matches!(self.by, AuthBy::Off | AuthBy::Node { .. }) {
             return;
         }
@@ -175,8 +184,17 @@ impl Auth {
     /// credentials, with a bad token, or with a certificate and a token that name two
     /// principals.
     pub fn authenticate<T>(&self, req: &Request<T>, cat: &Catalog) -> Result<Arc<Caller>, Status> {
+        let session = session_of(req.metadata())?;
+        let mut caller = self.principal(req, cat)?;
+        if session.is_some() {
+            Arc::make_mut(&mut caller).session = session;
+        }
+        Ok(caller)
+    }
+
+    fn principal<T>(&self, req: &Request<T>, cat: &Catalog) -> Result<Arc<Caller>, Status> {
         if !self.config.enabled {
-            return Ok(Arc::new(Caller { name: String::new(), by: AuthBy::Off, cluster_admin: true }));
+            return Ok(Arc::new(Caller { name: String::new(), by: AuthBy::Off, cluster_admin: true, session: None }));
         }
         let info = req.extensions().get::<ConnInfo>();
         let md = req.metadata();
@@ -184,7 +202,7 @@ impl Auth {
             if md.get(PRINCIPAL_HEADER).is_none() {
                 let id = i.node();
                 let name = id.map_or_else(|| "node".to_string(), |n| format!("node-{n}"));
-                return Ok(Arc::new(Caller { name, by: AuthBy::Node { id }, cluster_admin: true }));
+                return Ok(Arc::new(Caller { name, by: AuthBy::Node { id }, cluster_admin: true, session: None }));
             }
             return self.forwarded(md, cat);
         }
@@ -227,7 +245,7 @@ impl Auth {
             (Some(_), Some((u, id))) => (u, AuthBy::Token { id }),
         };
         let cluster_admin = self.is_cluster_admin(&name);
-        Ok(Arc::new(Caller { name, by, cluster_admin }))
+        Ok(Arc::new(Caller { name, by, cluster_admin, session: None }))
     }
 
     /// A token's principal and id, if the token is known, its secret right, not revoked and
@@ -265,7 +283,7 @@ impl Auth {
                 None => return Err(unauthenticated(format!("{PRINCIPAL_BY_HEADER}: `{other}` is not certificate or token:<id>"))),
             },
         };
-        Ok(Arc::new(Caller { name: name.to_string(), cluster_admin: self.is_cluster_admin(name), by }))
+        Ok(Arc::new(Caller { name: name.to_string(), cluster_admin: self.is_cluster_admin(name), by, session: None }))
     }
 
     /// `UNAVAILABLE` when this node has not confirmed its copy of the grants within
@@ -336,16 +354,31 @@ impl Auth {
         )))
     }
 
-    /// What the caller may do with `perm` in `tenant/table`; `PERMISSION_DENIED` naming the
-    /// missing grant when nothing. Decided from names only, before the table is looked up,
-    /// so the answer never tells whether another tenant's table exists.
+    /// What the caller may do with `perm` in `tenant/table`, inside its access session
+    /// when it names one; `PERMISSION_DENIED` naming the missing grant (or session) when
+    /// nothing, or when the session named is not open or not the caller's. Decided from
+    /// names only, before the table is looked up, so the answer never tells whether
+    /// another tenant's table exists.
     pub fn view(&self, caller: &Caller, cat: &Catalog, perm: Perm, tenant: &str, table: &str) -> Result<TableView, Status> {
         self.check_current(caller)?;
+        let now = now_ms();
+        let session = match (&caller.session, &caller.by) {
+            (Some(id), by) if *by != AuthBy::Off => Some(cat.access.session_of(id, &caller.name, now).map_err(Status::permission_denied)?),
+            _ => None,
+        };
         if caller.cluster_admin {
             return Ok(TableView { all: true, ..TableView::default() });
         }
-        let v = cat.access.view(&caller.name, now_ms(), perm, tenant, table);
+        let v = cat.access.view_in(&caller.name, now, perm, tenant, table, session);
         if v.is_empty() {
+            if session.is_none_or(|s| s.tenant != tenant) && cat.access.needs_session(&caller.name, now, perm, tenant, table) {
+                return Err(Status::permission_denied(format!(
+                    "principal `{}`: its {} grant on `{tenant}/{table}` counts only inside an access session on `{tenant}`; open one \
+                     (OpenAccessSession, kho session open) and send its id as `{SESSION_HEADER}` metadata",
+                    caller.name,
+                    perm.name()
+                )));
+            }
             return Err(missing(caller, perm, tenant, table, None, None));
         }
         Ok(v)
@@ -379,6 +412,25 @@ pub fn missing(caller: &Caller, perm: Perm, tenant: &str, table: &str, family: O
         scope.push_str(&format!(" qualifier `{}`", String::from_utf8_lossy(q)));
     }
     Status::permission_denied(format!("principal `{}` has no {} grant on {scope}", caller.name, perm.name()))
+}
+
+/// The session a request names, when it names one: 32 lowercase hex digits.
+fn session_of(md: &MetadataMap) -> Result<Option<String>, Status> {
+    let Some(v) = md.get(SESSION_HEADER) else { return Ok(None) };
+    match v.to_str() {
+        Ok(id) if access::is_session_id(id) => Ok(Some(id.to_string())),
+        _ => Err(Status::invalid_argument(format!(
+            "{SESSION_HEADER}: not a session id (32 lowercase hex digits, as OpenAccessSession returns)"
+        ))),
+    }
+}
+
+/// A new access session's id: 16 random bytes, hex.
+pub fn new_session_id() -> String {
+    use rand::RngCore;
+    let mut id = [0u8; 16];
+    rand::rng().fill_bytes(&mut id);
+    hex(&id)
 }
 
 /// A new token's id and secret.

@@ -136,13 +136,25 @@ pub struct Origin {
     pub caller: Arc<Caller>,
     /// The gRPC method called (`ReadRow`), for the audit log.
     pub action: Arc<str>,
+    /// The client's `x-request-id` (at most 128 bytes; empty when none), for the audit log;
+    /// forwarded with the request.
+    pub request_id: Arc<str>,
 }
 
 impl Origin {
     /// A request to hand to node `leader_id` at `addr`, carrying this request's deadline,
     /// try and principal.
     pub fn forward_to(&self, leader_id: NodeId, addr: String, kind: Kind, to_replica: bool) -> Forward {
-        Forward { leader_id, addr, kind, deadline: self.deadline, to_replica, try_no: self.try_no, caller: self.caller.clone() }
+        Forward {
+            leader_id,
+            addr,
+            kind,
+            deadline: self.deadline,
+            to_replica,
+            try_no: self.try_no,
+            caller: self.caller.clone(),
+            request_id: self.request_id.clone(),
+        }
     }
 
     /// The node that received the request from its client: the one that retries stale routes.
@@ -189,6 +201,8 @@ pub struct Forward {
     pub try_no: u32,
     /// Sent as [`crate::auth::PRINCIPAL_HEADER`].
     pub caller: Arc<Caller>,
+    /// Sent as `x-request-id` when not empty.
+    pub request_id: Arc<str>,
 }
 
 /// Where the data of a key is served from this node.
@@ -240,6 +254,11 @@ impl Forward {
         let try_no = MetadataValue::try_from(self.try_no.to_string()).expect("digits are a valid header value");
         req.metadata_mut().insert(ROUTE_TRY_HEADER, try_no);
         self.caller.forward_into(req.metadata_mut());
+        if !self.request_id.is_empty() {
+            if let Ok(v) = MetadataValue::try_from(&*self.request_id) {
+                req.metadata_mut().insert("x-request-id", v);
+            }
+        }
         // The leader also gets the time left as grpc-timeout; it keeps the earlier of the two.
         req.set_timeout(remaining);
         Ok((req, deadline::wait_budget(remaining)))
@@ -331,7 +350,8 @@ pub fn origin_of<T>(req: &Request<T>, default: Duration, caller: Arc<Caller>) ->
         Some(_) => req.metadata().get(ROUTE_TRY_HEADER).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1),
     };
     let action = action_of(req);
-    Ok(Origin { forwarded: hop.is_some() && !via_replica, via_replica, deadline, try_no, caller, action })
+    let request_id = Arc::from(request_id(req));
+    Ok(Origin { forwarded: hop.is_some() && !via_replica, via_replica, deadline, try_no, caller, action, request_id })
 }
 
 /// The gRPC method of `req` (from the admission layer), or `?`.
@@ -409,7 +429,7 @@ impl Ctx {
         match caller {
             Ok(caller) => origin_of(req, default, caller),
             Err(s) => {
-                let nobody = Caller { name: String::new(), by: crate::auth::AuthBy::Off, cluster_admin: false };
+                let nobody = Caller { name: String::new(), by: crate::auth::AuthBy::Off, cluster_admin: false, session: None };
                 let mut r = self.audit.record(&nobody, &action_of(req));
                 r.auth = "none".into();
                 r.request_id = request_id(req);
@@ -441,7 +461,7 @@ impl Ctx {
 
     /// Records a refused request in the audit log and returns its status.
     pub fn deny(&self, origin: &Origin, tenant: &str, table: &str, s: Status) -> Status {
-        let mut r = self.audit.record(&origin.caller, &origin.action);
+        let mut r = self.record(origin);
         r.tenant = tenant.to_string();
         r.table = table.to_string();
         self.audit.denied(r, &s);
@@ -457,11 +477,33 @@ impl Ctx {
         tenant: &str,
         table: &str,
     ) -> Result<Leader<kho_raft::Response>, Status> {
-        let mut r = self.audit.record(&origin.caller, &origin.action);
+        let mut r = self.record(origin);
         r.tenant = tenant.to_string();
         r.table = table.to_string();
         r.reason = cmd.to_string();
+        if let Command::OpenSession { session } = &cmd {
+            r.session = session.id.clone();
+            r.purpose = session.purpose.clone();
+        }
         self.propose(Command::Audited { record: r.encode(), cmd: Box::new(cmd) }, origin).await
+    }
+
+    /// An audit record of `origin`'s request, stamped with this node, the time, the request
+    /// id and the access session it names (and that session's purpose).
+    pub fn record(&self, origin: &Origin) -> kho_raft::audit::Record {
+        let mut r = self.audit.record(&origin.caller, &origin.action);
+        r.request_id = origin.request_id.to_string();
+        if let Some(id) = &origin.caller.session {
+            r.session = id.clone();
+            r.purpose = self.meta().state.catalog().access.sessions.get(id).map(|s| s.purpose.clone()).unwrap_or_default();
+        }
+        r
+    }
+
+    /// Whether `origin`'s request is made in an access session (and authorization is on):
+    /// what it reads is audited, fail closed ([`crate::audit::AuditLog::append`]).
+    pub fn in_session(origin: &Origin) -> bool {
+        origin.caller.session.is_some() && origin.caller.by != crate::auth::AuthBy::Off
     }
 
     /// How long a wait for a quorum may take: `raft.proposal_timeout_ms`, or the time left
@@ -828,11 +870,25 @@ mod tests {
     use super::*;
 
     fn admin() -> Arc<Caller> {
-        Arc::new(Caller { name: "admin".into(), by: crate::auth::AuthBy::Certificate { fingerprint: String::new() }, cluster_admin: true })
+        Arc::new(Caller {
+            name: "admin".into(),
+            by: crate::auth::AuthBy::Certificate { fingerprint: String::new() },
+            cluster_admin: true,
+            session: None,
+        })
     }
 
     fn to(kind: Kind, deadline: Deadline) -> Forward {
-        Forward { leader_id: 2, addr: "10.0.0.2:7001".into(), kind, deadline, to_replica: false, try_no: 1, caller: admin() }
+        Forward {
+            leader_id: 2,
+            addr: "10.0.0.2:7001".into(),
+            kind,
+            deadline,
+            to_replica: false,
+            try_no: 1,
+            caller: admin(),
+            request_id: Arc::from(""),
+        }
     }
 
     fn in_a_minute() -> Deadline {
@@ -897,7 +953,15 @@ mod tests {
     }
 
     fn from(forwarded: bool, via_replica: bool, try_no: u32) -> Origin {
-        Origin { forwarded, via_replica, deadline: in_a_minute(), try_no, caller: admin(), action: Arc::from("Put") }
+        Origin {
+            forwarded,
+            via_replica,
+            deadline: in_a_minute(),
+            try_no,
+            caller: admin(),
+            action: Arc::from("Put"),
+            request_id: Arc::from(""),
+        }
     }
 
     #[test]

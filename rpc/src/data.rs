@@ -92,7 +92,88 @@ fn need_ops(origin: &Origin, view: &TableView, meta: &TableMeta, ops: &[WriteOp]
     Ok(())
 }
 
+/// Most row keys one audit record names, count; past it the record counts the rest.
+const AUDIT_KEYS_MAX: usize = 256;
+
+/// Row keys as the audit log names them: the first 8 bytes of each key's SHA-256, hex
+/// (never the key itself: a row key is often a citizen's id).
+fn hashed_keys<'a>(rows: impl ExactSizeIterator<Item = &'a [u8]>) -> String {
+    use sha2::{Digest, Sha256};
+    let n = rows.len();
+    let mut out: Vec<String> =
+        rows.take(AUDIT_KEYS_MAX).map(|k| Sha256::digest(k)[..8].iter().map(|b| format!("{b:02x}")).collect()).collect();
+    if n > AUDIT_KEYS_MAX {
+        out.push(format!("(+{} more)", n - AUDIT_KEYS_MAX));
+    }
+    format!("sha256/8: {}", out.join(","))
+}
+
+/// A scan's range as the audit log names it (a table with plain row keys: scans of hashed
+/// ones are refused), each bound at most 64 bytes shown.
+fn range_text(start: &[u8], end: &[u8], prefix: &[u8]) -> String {
+    let show = |k: &[u8]| if k.is_empty() { "-".to_string() } else { kho_raft::shard::printable_key(&k[..k.len().min(64)]) };
+    format!("rows [{}, {}) prefix {}", show(start), show(end), show(prefix))
+}
+
+/// Whether a stream in an access session may go on: its session is still open.
+type SessionWatch = Arc<dyn Fn() -> Result<(), Status> + Send + Sync>;
+
+/// Records what a stream in an access session returned (rows or items, bytes, how it ended).
+type StreamEnded = Box<dyn FnOnce(u64, u64, &str) + Send>;
+
 impl DataService {
+    /// A read in an access session: appends its record (principal, session, purpose, what
+    /// it names, how much it returns) and returns once the record is committed, before the
+    /// answer is sent; refuses the read when it cannot be (fail closed). Nothing for a read
+    /// outside a session.
+    async fn audit_read(&self, origin: &Origin, meta: &TableMeta, fill: impl FnOnce(&mut kho_raft::audit::Record)) -> Result<(), Status> {
+        if !Ctx::in_session(origin) {
+            return Ok(());
+        }
+        let mut r = self.ctx.record(origin);
+        r.tenant = meta.tenant.clone();
+        r.table = meta.name.clone();
+        fill(&mut r);
+        self.ctx.audit.append(r).await
+    }
+
+    /// For a stream in an access session: checks, at each chunk, that the session is still
+    /// open (closing it ends the stream), and records what the stream returned when it ends.
+    fn session_watch(&self, origin: &Origin) -> Option<SessionWatch> {
+        if !Ctx::in_session(origin) {
+            return None;
+        }
+        let id = origin.caller.session.clone()?;
+        let principal = origin.caller.name.clone();
+        let ctx = self.ctx.clone();
+        Some(Arc::new(move || {
+            let meta = ctx.meta();
+            let cat = meta.state.catalog();
+            match cat.access.session_of(&id, &principal, auth::now_ms()) {
+                Ok(_) => Ok(()),
+                Err(why) => Err(Status::permission_denied(format!("the stream was ended: {why}"))),
+            }
+        }))
+    }
+
+    /// The record of what a stream in an access session returned, queued when it ends.
+    fn stream_ended(&self, origin: &Origin, meta: &TableMeta, keys: String) -> Option<StreamEnded> {
+        if !Ctx::in_session(origin) {
+            return None;
+        }
+        let mut r = self.ctx.record(origin);
+        r.tenant = meta.tenant.clone();
+        r.table = meta.name.clone();
+        r.keys = keys;
+        let audit = self.ctx.audit.clone();
+        Some(Box::new(move |rows, bytes, how: &str| {
+            r.rows = rows;
+            r.bytes = bytes;
+            r.reason = format!("stream ended: {how}");
+            audit.note(r);
+        }))
+    }
+
     /// What the caller may do with `perm` in `tenant/table` ([`auth::Auth::view`]):
     /// decided from the names before the table is looked up ([`Ctx::authorize`]).
     async fn view(&self, origin: &Origin, perm: Perm, tenant: &str, table: &str) -> Result<TableView, Status> {
@@ -345,6 +426,7 @@ impl DataService {
         let reply_max = self.limits().grpc_message_bytes_max;
         let states = gate_order(&groups);
         let keys_asked = r.keys.clone();
+        let meta_audit = meta.clone();
         let items = self
             .ctx
             .reads
@@ -371,6 +453,13 @@ impl DataService {
                 Ok(items)
             })
             .await??;
+        self.audit_read(origin, &meta_audit, |a| {
+            a.families = vec![family_name(&meta_audit, &r.family).to_string()];
+            a.keys = hashed_keys(r.keys.iter().map(Vec::as_slice));
+            a.rows = items.iter().filter(|i| i.found).count() as u64;
+            a.bytes = items.iter().map(|i| i.value.len() as u64).sum();
+        })
+        .await?;
         Ok(Response::new(pb::BatchGetResponse { items }))
     }
 
@@ -390,6 +479,17 @@ impl DataService {
             }
             Leader::Here(groups) => groups,
         };
+        // In an access session: recorded before anything is read (fail closed), watched at
+        // each chunk, and recorded again with what it returned when it ends.
+        let range = range_text(&r.start_key, &r.end_key, &r.prefix);
+        self.audit_read(origin, &meta, |a| {
+            a.families = vec![family_name(&meta, &r.family).to_string()];
+            a.keys = range.clone();
+            a.reason = "stream started".into();
+        })
+        .await?;
+        let watch = self.session_watch(origin);
+        let ended = self.stream_ended(origin, &meta, range);
         let engine = self.engine();
         let (tx, stream) = ChunkSender::channel(self.ctx.limits.scan_stall_timeout_ms, self.ctx.limits.scan_duration_max_ms);
         let states = gate_order(&groups);
@@ -397,6 +497,8 @@ impl DataService {
             let mut chunk = Vec::new();
             let mut chunk_bytes = 0usize;
             let mut sent = 0usize;
+            let (mut items_out, mut bytes_out) = (0u64, 0u64);
+            let check = || watch.as_ref().map_or(Ok(()), |w| w());
             let res = scan_cells(&engine, &states, tenant_keys.as_deref(), &start, &end, |dk, payload| {
                 if dk.family != fam || !dk.qualifier.is_empty() {
                     return Ok(true);
@@ -405,6 +507,9 @@ impl DataService {
                 chunk.push(pb::KeyValue { key: dk.row, value: payload.to_vec() });
                 sent += 1;
                 if chunk.len() >= SCAN_CHUNK_ITEMS_MAX || chunk_bytes >= SCAN_CHUNK_BYTES_MAX {
+                    check()?;
+                    items_out += chunk.len() as u64;
+                    bytes_out += chunk_bytes as u64;
                     chunk_bytes = 0;
                     let kvs = std::mem::take(&mut chunk);
                     if !tx.send(Ok(pb::ScanResponse { kvs })) {
@@ -413,10 +518,22 @@ impl DataService {
                 }
                 Ok(sent < limit)
             });
+            let res = res.and_then(|()| if chunk.is_empty() { Ok(()) } else { check() });
+            let how = match &res {
+                Ok(()) => "complete".to_string(),
+                Err(s) => format!("{:?}: {}", s.code(), s.message()),
+            };
             match res {
-                Ok(()) if !chunk.is_empty() => tx.finish(Some(Ok(pb::ScanResponse { kvs: chunk }))),
+                Ok(()) if !chunk.is_empty() => {
+                    items_out += chunk.len() as u64;
+                    bytes_out += chunk_bytes as u64;
+                    tx.finish(Some(Ok(pb::ScanResponse { kvs: chunk })))
+                }
                 Ok(()) => tx.finish(None),
                 Err(s) => tx.finish(Some(Err(s))),
+            }
+            if let Some(ended) = ended {
+                ended(items_out, bytes_out, &how);
             }
         })?;
         Ok(Response::new(Box::pin(stream) as ScanStream))
@@ -457,6 +574,13 @@ impl DataService {
                 None => None,
                 Some(s) => Some(open(tenant_keys.as_deref(), &key, s)?),
             };
+            self.audit_read(origin, &meta, |a| {
+                a.families = vec![family_name(&meta, &r.family).to_string()];
+                a.keys = hashed_keys([r.key.as_slice()].into_iter());
+                a.rows = u64::from(current.is_some());
+                a.bytes = current.as_ref().map_or(0, |v| v.len() as u64);
+            })
+            .await?;
             if current != r.expected_value {
                 let revision = g.status().applied_index;
                 return Ok(Response::new(pb::CompareAndSwapResponse {
@@ -508,6 +632,7 @@ impl DataService {
         let engine = self.engine();
         let reply_max = self.limits().grpc_message_bytes_max as usize;
         let row_key = r.row_key.clone();
+        let meta_audit = meta.clone();
         let states = gate_order(&[g]);
         let qualifiers = r.qualifiers.clone();
         let cells = self
@@ -539,6 +664,17 @@ impl DataService {
             })
             .await??;
         let (cells, cells_withheld) = cells;
+        self.audit_read(origin, &meta_audit, |a| {
+            a.families = r.families.clone();
+            a.fields = r.qualifiers.iter().map(|q| String::from_utf8_lossy(q).into_owned()).collect();
+            a.keys = hashed_keys([r.row_key.as_slice()].into_iter());
+            a.rows = u64::from(!cells.is_empty());
+            a.bytes = cells.iter().map(|c| (c.qualifier.len() + c.value.len()) as u64).sum();
+            if cells_withheld {
+                a.reason = "cells withheld".into();
+            }
+        })
+        .await?;
         // A row whose every cell was withheld is found, empty, and says so.
         let found = !cells.is_empty() || cells_withheld;
         Ok(Response::new(pb::ReadRowResponse { found, row: found.then_some(pb::Row { key: row_key, cells, cells_withheld }) }))
@@ -560,6 +696,17 @@ impl DataService {
             }
             Leader::Here(groups) => groups,
         };
+        // In an access session: recorded before anything is read (fail closed), watched at
+        // each chunk, and recorded again with what it returned when it ends.
+        let range = range_text(&r.start_row, &r.end_row, &r.prefix);
+        self.audit_read(origin, &meta, |a| {
+            a.families = r.families.clone();
+            a.keys = range.clone();
+            a.reason = "stream started".into();
+        })
+        .await?;
+        let watch = self.session_watch(origin);
+        let ended = self.stream_ended(origin, &meta, range);
         let engine = self.engine();
         let row_bytes_max = self.limits().grpc_message_bytes_max as usize;
         let (tx, stream) = ChunkSender::channel(self.ctx.limits.scan_stall_timeout_ms, self.ctx.limits.scan_duration_max_ms);
@@ -569,6 +716,8 @@ impl DataService {
             let mut chunk_bytes = 0usize;
             let mut row_bytes = 0usize;
             let mut done_rows = 0usize;
+            let (mut rows_out, mut bytes_out) = (0u64, 0u64);
+            let check = || watch.as_ref().map_or(Ok(()), |w| w());
             let res = scan_cells(&engine, &states, tenant_keys.as_deref(), &start, &end, |dk, payload| {
                 if !fams.is_empty() && !fams.contains(&dk.family) {
                     return Ok(true);
@@ -582,6 +731,9 @@ impl DataService {
                     row_bytes = 0;
                     // Send full chunks only at row boundaries: a row is never split.
                     if rows.len() >= SCAN_CHUNK_ITEMS_MAX || chunk_bytes >= SCAN_CHUNK_BYTES_MAX {
+                        check()?;
+                        rows_out += rows.len() as u64;
+                        bytes_out += chunk_bytes as u64;
                         chunk_bytes = 0;
                         let out = std::mem::take(&mut rows);
                         if !tx.send(Ok(pb::ScanRowsResponse { rows: out })) {
@@ -610,10 +762,22 @@ impl DataService {
                 });
                 Ok(true)
             });
+            let res = res.and_then(|()| if rows.is_empty() { Ok(()) } else { check() });
+            let how = match &res {
+                Ok(()) => "complete".to_string(),
+                Err(s) => format!("{:?}: {}", s.code(), s.message()),
+            };
             match res {
-                Ok(()) if !rows.is_empty() => tx.finish(Some(Ok(pb::ScanRowsResponse { rows }))),
+                Ok(()) if !rows.is_empty() => {
+                    rows_out += rows.len() as u64;
+                    bytes_out += chunk_bytes as u64;
+                    tx.finish(Some(Ok(pb::ScanRowsResponse { rows })))
+                }
                 Ok(()) => tx.finish(None),
                 Err(s) => tx.finish(Some(Err(s))),
+            }
+            if let Some(ended) = ended {
+                ended(rows_out, bytes_out, &how);
             }
         })?;
         Ok(Response::new(Box::pin(stream) as ScanRowsStream))
@@ -872,6 +1036,13 @@ impl Data for DataService {
                     None => None,
                     Some(stored) => Some(open(tenant_keys.as_deref(), &key, &stored)?),
                 };
+                self.audit_read(&origin, &meta, |a| {
+                    a.families = vec![family_name(&meta, &r.family).to_string()];
+                    a.keys = hashed_keys([r.key.as_slice()].into_iter());
+                    a.rows = u64::from(v.is_some());
+                    a.bytes = v.as_ref().map_or(0, |v| v.len() as u64);
+                })
+                .await?;
                 Ok(Response::new(pb::GetResponse { found: v.is_some(), value: v.unwrap_or_default() }))
             })
             .await

@@ -1,5 +1,6 @@
-//! `kho whoami`, `kho token …`, `kho grant …`: principals' tokens and grants
-//! (docs/SECURITY.md, "Principals and grants"; docs/CLI.md).
+//! `kho whoami`, `kho token …`, `kho grant …`, `kho session …`: principals' tokens,
+//! grants and access sessions (docs/SECURITY.md, "Principals and grants", "Access
+//! sessions"; docs/CLI.md).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -88,6 +89,11 @@ pub enum GrantOp {
         /// The grant ends after this long: `90s`, `30m`, `12h`, `30d` (default: never).
         #[arg(long, value_parser = parse_duration_s, value_name = "DURATION")]
         expires_in: Option<u64>,
+        /// A cross-agency grant: it counts only inside an access session (`kho session
+        /// open`) of at most this long (`30m`, `8h`; at most 24h), and every read through
+        /// it is audited.
+        #[arg(long, value_parser = parse_session_duration_s, value_name = "DURATION")]
+        session_max: Option<u64>,
     },
     /// Lists grants: a cluster admin's of anyone, a tenant admin's of its tenant, anyone's
     /// own.
@@ -99,6 +105,60 @@ pub enum GrantOp {
     },
     /// Revokes one grant by its id.
     Revoke { grant_id: u64 },
+}
+
+#[derive(Debug, Args)]
+pub struct SessionCmd {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(subcommand)]
+    pub op: SessionOp,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionOp {
+    /// Opens an access session on another tenant's data, for a purpose, and prints its id
+    /// (send it with --session or KHO_SESSION).
+    Open {
+        /// Whose data.
+        #[arg(long)]
+        tenant: String,
+        /// Only this table (default: every table the grant reaches).
+        #[arg(long)]
+        table: Option<String>,
+        /// Only this column family of the table.
+        #[arg(long)]
+        family: Option<String>,
+        /// Only these qualifiers (fields) of the family, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        qualifiers: Vec<String>,
+        /// Why the data is read (kept in the audit log with every read), 1 to 512 bytes.
+        #[arg(long)]
+        purpose: String,
+        /// How long the session lasts: `90s`, `30m`, `8h` (at most the grant's maximum).
+        #[arg(long, value_parser = parse_session_duration_s, value_name = "DURATION")]
+        duration: u64,
+    },
+    /// Closes a session: requests that carry it are refused, its streams end.
+    Close { session_id: String },
+    /// Lists open sessions: a cluster admin's of anyone, a tenant admin's of its tenant,
+    /// anyone's own.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        principal: Option<String>,
+        /// Also sessions that ended (closed or expired).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Longest access session the flags take, seconds (24 hours, SESSION_DURATION_MAX_MS).
+const SESSION_DURATION_MAX_S: u64 = kho_raft::access::SESSION_DURATION_MAX_MS / 1_000;
+
+fn parse_session_duration_s(s: &str) -> Result<u64, String> {
+    crate::parse::parse_duration_secs(s, SESSION_DURATION_MAX_S)
 }
 
 /// Longest duration the flags take, seconds (a year).
@@ -179,7 +239,7 @@ pub async fn grant(cmd: GrantCmd) -> anyhow::Result<ExitCode> {
     let mut admin = client::connect(&cmd.conn.target()?, Timeouts::default()).await?.admin();
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match cmd.op {
-        GrantOp::Add { principal, tenant, table, family, qualifiers, read, write, admin: adm, expires_in } => {
+        GrantOp::Add { principal, tenant, table, family, qualifiers, read, write, admin: adm, expires_in, session_max } => {
             let mut permissions = Vec::new();
             for (on, p) in [(read, pb::Permission::Read), (write, pb::Permission::Write), (adm, pb::Permission::Admin)] {
                 if on {
@@ -197,6 +257,8 @@ pub async fn grant(cmd: GrantCmd) -> anyhow::Result<ExitCode> {
                 qualifiers: qualifiers.into_iter().map(String::into_bytes).collect(),
                 permissions,
                 expires_at_ms: expires_in.map_or(0, |s| kho_rpc::auth::now_ms() + s * 1_000),
+                session_required: session_max.is_some(),
+                session_duration_max_ms: session_max.map_or(0, |s| s * 1_000),
                 ..Default::default()
             };
             let r = admin.create_grant(pb::CreateGrantRequest { grant: Some(grant) }).await?.into_inner();
@@ -215,6 +277,11 @@ pub async fn grant(cmd: GrantCmd) -> anyhow::Result<ExitCode> {
                     perms(&g.permissions),
                     expiry(g.expires_at_ms),
                     scope(&g)
+                        + &if g.session_required {
+                            format!(" (in a session of at most {} s)", g.session_duration_max_ms / 1_000)
+                        } else {
+                            String::new()
+                        }
                 )?;
             }
         }
@@ -264,6 +331,76 @@ fn scope(g: &pb::Grant) -> String {
     s
 }
 
+pub async fn session(cmd: SessionCmd) -> anyhow::Result<ExitCode> {
+    let mut admin = client::connect(&cmd.conn.target()?, Timeouts::default()).await?.admin();
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    match cmd.op {
+        SessionOp::Open { tenant, table, family, qualifiers, purpose, duration } => {
+            let req = pb::OpenAccessSessionRequest {
+                tenant,
+                table: table.unwrap_or_default(),
+                family: family.unwrap_or_default(),
+                qualifiers: qualifiers.into_iter().map(String::into_bytes).collect(),
+                purpose,
+                duration_ms: duration * 1_000,
+            };
+            let s = admin.open_access_session(req).await?.into_inner().session.unwrap_or_default();
+            writeln!(out, "{}", s.session_id)?;
+            writeln!(
+                std::io::stderr(),
+                "access session {} on {}, until {} UTC; every read in it is audited (export KHO_SESSION={})",
+                s.session_id,
+                session_scope(&s),
+                utc(s.expires_at_ms),
+                s.session_id
+            )?;
+        }
+        SessionOp::Close { session_id } => {
+            let r = admin.close_access_session(pb::CloseAccessSessionRequest { session_id: session_id.clone() }).await?.into_inner();
+            writeln!(out, "closed access session {session_id} (version {})", r.version)?;
+        }
+        SessionOp::List { tenant, principal, all } => {
+            let req = pb::ListAccessSessionsRequest {
+                tenant: tenant.unwrap_or_default(),
+                principal: principal.unwrap_or_default(),
+                include_ended: all,
+            };
+            let r = admin.list_access_sessions(req).await?.into_inner();
+            writeln!(out, "{:<32}  {:<24}  {:<19}  {:<7}  {:<32}  purpose", "session id", "principal", "until (UTC)", "state", "scope")?;
+            for s in r.sessions {
+                let state = if s.open {
+                    "open"
+                } else if s.closed_at_ms != 0 {
+                    "closed"
+                } else {
+                    "expired"
+                };
+                writeln!(
+                    out,
+                    "{:<32}  {:<24}  {:<19}  {state:<7}  {:<32}  {}",
+                    s.session_id,
+                    s.principal,
+                    utc(s.expires_at_ms),
+                    session_scope(&s),
+                    s.purpose
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn session_scope(s: &pb::AccessSession) -> String {
+    scope(&pb::Grant {
+        tenant: s.tenant.clone(),
+        table: s.table.clone(),
+        family: s.family.clone(),
+        qualifiers: s.qualifiers.clone(),
+        ..Default::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,5 +415,7 @@ mod tests {
         assert!(parse_duration_s("h").is_err());
         assert_eq!(utc(0), "1970-01-01 00:00:00");
         assert_eq!(utc(1_700_000_000_000), "2023-11-14 22:13:20");
+        assert_eq!(parse_session_duration_s("24h"), Ok(86_400));
+        assert!(parse_session_duration_s("25h").is_err(), "a session lasts at most 24 hours");
     }
 }

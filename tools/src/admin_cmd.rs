@@ -84,6 +84,10 @@ pub struct ConnArgs {
     /// request; with a client certificate too, both must name the same principal.
     #[arg(long, global = true, env = "KHO_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// An access session (`kho session open`) every request is made in: needed to read
+    /// through a grant that requires one.
+    #[arg(long, global = true, env = "KHO_SESSION", value_name = "SESSION_ID")]
+    pub session: Option<String>,
 }
 
 impl ConnArgs {
@@ -94,7 +98,7 @@ impl ConnArgs {
             None if self.tls_cert.is_some() || self.tls_key.is_some() => anyhow::bail!("--cert and --key need --ca (KHO_CA)"),
             None => None,
         };
-        Ok(client::Target { endpoints: self.endpoints.clone(), tls, token: self.token.clone() })
+        Ok(client::Target { endpoints: self.endpoints.clone(), tls, token: self.token.clone(), session: self.session.clone() })
     }
 }
 

@@ -70,29 +70,44 @@ pub struct Target {
     pub tls: Option<ClientTls>,
     /// A bearer token (`kho_…`) sent with every request (`--token`, `KHO_TOKEN`).
     pub token: Option<String>,
+    /// An access session's id sent with every request (`--session`, `KHO_SESSION`).
+    pub session: Option<String>,
 }
 
-/// Adds `authorization: Bearer <token>` to every request, when there is a token.
+/// Adds `authorization: Bearer <token>` to every request when there is a token, and
+/// `kho-session: <id>` when there is an access session.
 #[derive(Clone, Debug, Default)]
-pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+pub struct Bearer {
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    session: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
 
 impl Bearer {
-    pub fn new(token: Option<&str>) -> anyhow::Result<Bearer> {
-        match token {
-            None => Ok(Bearer(None)),
-            Some(t) => Ok(Bearer(Some(
+    pub fn new(token: Option<&str>, session: Option<&str>) -> anyhow::Result<Bearer> {
+        let token = match token {
+            None => None,
+            Some(t) => Some(
                 format!("Bearer {}", t.trim())
                     .parse()
                     .map_err(|_| anyhow!("--token: not printable ASCII (a token is kho_<id>_<secret>)"))?,
-            ))),
-        }
+            ),
+        };
+        let session = match session.map(str::trim) {
+            None | Some("") => None,
+            Some(s) if kho_raft::access::is_session_id(s) => Some(s.parse().expect("hex digits are a valid header value")),
+            Some(s) => anyhow::bail!("--session: `{s}` is not a session id (32 lowercase hex digits, from `kho session open`)"),
+        };
+        Ok(Bearer { token, session })
     }
 }
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
+        if let Some(v) = &self.token {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        if let Some(v) = &self.session {
+            req.metadata_mut().insert(kho_rpc::auth::SESSION_HEADER, v.clone());
         }
         Ok(req)
     }
@@ -143,7 +158,7 @@ pub async fn connect(target: &Target, t: Timeouts) -> anyhow::Result<Conn> {
     if target.tls.is_none() {
         PLAINTEXT_USED.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    let bearer = Bearer::new(target.token.as_deref())?;
+    let bearer = Bearer::new(target.token.as_deref(), target.session.as_deref())?;
     let mut failures = Vec::new();
     for ep in &target.endpoints.0 {
         match connect_one(ep, target.tls.as_ref(), t).await {

@@ -150,7 +150,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         );
     }
     let endpoints = EndpointList(layouts.iter().map(|l| l.addr.clone()).collect());
-    let target = client::Target { endpoints: endpoints.clone(), tls: tls.as_ref().map(|t| t.client.clone()), token: None };
+    let target = client::Target { endpoints: endpoints.clone(), tls: tls.as_ref().map(|t| t.client.clone()), token: None, session: None };
 
     let setup = tokio::select! {
         r = setup(&mut cluster, &target, args.rows, master_key.is_some()) => Some(r),

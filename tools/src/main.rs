@@ -96,6 +96,8 @@ enum Command {
     Token(access_cmd::TokenCmd),
     /// Grants: read, write or admin on a tenant, table, family or qualifiers.
     Grant(access_cmd::GrantCmd),
+    /// Access sessions: open one to read through a grant that requires it.
+    Session(access_cmd::SessionCmd),
     /// The audit log (auditors): tail, search, verify the hash chain.
     Audit(audit_cmd::AuditCmd),
     /// Operations on single nodes (each request served by the node it reaches).
@@ -186,6 +188,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Whoami(cmd) => access_cmd::whoami(cmd).await,
         Command::Token(cmd) => access_cmd::token(cmd).await,
         Command::Grant(cmd) => access_cmd::grant(cmd).await,
+        Command::Session(cmd) => access_cmd::session(cmd).await,
         Command::Audit(cmd) => audit_cmd::audit(cmd).await,
         Command::Node(cmd) => admin_cmd::node(cmd).await,
         Command::Kv(cmd) => data_cmd::kv(cmd).await,

@@ -523,14 +523,15 @@ impl Admin for Fake {
         Ok(Response::new(CompactNodeResponse { node_id: 2 }))
     }
 
-    /// Echoes the bearer token the CLI sent as the principal (the fake checks nothing).
+    /// Echoes the bearer token the CLI sent as the principal, and its access session as the
+    /// token id (the fake checks nothing).
     async fn who_am_i(&self, r: Request<kho_proto::v1::WhoAmIRequest>) -> Result<Response<kho_proto::v1::WhoAmIResponse>, Status> {
-        let token = r.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let header = |k: &str| r.metadata().get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         Ok(Response::new(kho_proto::v1::WhoAmIResponse {
-            principal: token,
+            principal: header("authorization"),
             authenticated_by: "token".into(),
             cluster_admin: false,
-            token_id: String::new(),
+            token_id: header("kho-session"),
         }))
     }
 
@@ -576,6 +577,27 @@ impl Admin for Fake {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn open_access_session(
+        &self,
+        _: Request<kho_proto::v1::OpenAccessSessionRequest>,
+    ) -> Result<Response<kho_proto::v1::OpenAccessSessionResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn close_access_session(
+        &self,
+        _: Request<kho_proto::v1::CloseAccessSessionRequest>,
+    ) -> Result<Response<kho_proto::v1::CloseAccessSessionResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn list_access_sessions(
+        &self,
+        _: Request<kho_proto::v1::ListAccessSessionsRequest>,
+    ) -> Result<Response<kho_proto::v1::ListAccessSessionsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn read_audit(&self, _: Request<kho_proto::v1::ReadAuditRequest>) -> Result<Response<kho_proto::v1::ReadAuditResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
@@ -600,6 +622,7 @@ async fn start_fake_model() -> (SocketAddr, Fake) {
     (addr, fake)
 }
 
+#[derive(Debug)]
 struct Out {
     code: i32,
     stdout: String,
@@ -893,4 +916,10 @@ async fn the_token_flag_and_kho_token_reach_the_server_as_a_bearer_token() {
     // Without one, nothing is sent.
     let o = kho(&eps, &["whoami"]).await;
     assert_eq!(o.stdout, "(authorization off) (by token; grants only)\n");
+    // An access session goes as `kho-session`; a malformed one is refused before sending.
+    let session = "0123456789abcdef0123456789abcdef";
+    let o = kho(&eps, &["whoami", "--session", session]).await;
+    assert_eq!(o.stdout, format!("(authorization off) (by token {session}; grants only)\n"), "{}", o.stderr);
+    let o = kho(&eps, &["whoami", "--session", "nope"]).await;
+    assert!(o.code == 1 && o.stderr.contains("--session: `nope` is not a session id"), "{o:?}");
 }

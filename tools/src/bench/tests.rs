@@ -494,6 +494,27 @@ impl kv1::admin_server::Admin for FakeKho {
     async fn read_audit(&self, _: Request<kv1::ReadAuditRequest>) -> Result<Response<kv1::ReadAuditResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn open_access_session(
+        &self,
+        _: Request<kv1::OpenAccessSessionRequest>,
+    ) -> Result<Response<kv1::OpenAccessSessionResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn close_access_session(
+        &self,
+        _: Request<kv1::CloseAccessSessionRequest>,
+    ) -> Result<Response<kv1::CloseAccessSessionResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn list_access_sessions(
+        &self,
+        _: Request<kv1::ListAccessSessionsRequest>,
+    ) -> Result<Response<kv1::ListAccessSessionsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
