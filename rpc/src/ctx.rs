@@ -481,9 +481,16 @@ impl Ctx {
         r.tenant = tenant.to_string();
         r.table = table.to_string();
         r.reason = cmd.to_string();
-        if let Command::OpenSession { session } = &cmd {
-            r.session = session.id.clone();
-            r.purpose = session.purpose.clone();
+        match &cmd {
+            Command::OpenSession { session } => {
+                r.session = session.id.clone();
+                r.purpose = session.purpose.clone();
+            }
+            Command::CloseSession { id, .. } => {
+                r.purpose = self.meta().state.catalog().access.sessions.get(id).map(|s| s.purpose.clone()).unwrap_or_default();
+                r.session = id.clone();
+            }
+            _ => {}
         }
         self.propose(Command::Audited { record: r.encode(), cmd: Box::new(cmd) }, origin).await
     }
