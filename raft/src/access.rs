@@ -42,6 +42,8 @@ pub const TOKEN_NOTE_BYTES_MAX: usize = 256;
 pub const PRINCIPAL_BYTES_MAX: usize = 64;
 /// Most access sessions kept (open, and ended ones until they are pruned), count.
 pub const SESSIONS_MAX: usize = 100_000;
+/// Most open access sessions of one principal, count.
+pub const SESSIONS_PER_PRINCIPAL_MAX: usize = 64;
 /// Longest an access session may last, whatever a grant says, milliseconds (24 hours).
 pub const SESSION_DURATION_MAX_MS: u64 = 24 * 3_600_000;
 /// Longest purpose text of an access session, bytes.
@@ -94,20 +96,41 @@ pub struct Grant {
     pub session_duration_max_ms: u64,
 }
 
-/// A grant as format 1 stored it (before access sessions).
-#[derive(Deserialize)]
-struct GrantV1 {
-    id: u64,
-    principal: String,
-    tenant: String,
-    table: String,
-    family: String,
-    qualifiers: Vec<serde_bytes::ByteBuf>,
-    perms: u8,
-    expires_at_ms: u64,
-    created_at_ms: u64,
-    version: u64,
-    granted_by: String,
+/// A grant as format 1 stored it, and as `Command::CreateGrant` carries it (before access
+/// sessions): read as a grant that requires no session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantV1 {
+    pub id: u64,
+    pub principal: String,
+    pub tenant: String,
+    pub table: String,
+    pub family: String,
+    pub qualifiers: Vec<serde_bytes::ByteBuf>,
+    pub perms: u8,
+    pub expires_at_ms: u64,
+    pub created_at_ms: u64,
+    pub version: u64,
+    pub granted_by: String,
+}
+
+impl From<GrantV1> for Grant {
+    fn from(g: GrantV1) -> Grant {
+        Grant {
+            id: g.id,
+            principal: g.principal,
+            tenant: g.tenant,
+            table: g.table,
+            family: g.family,
+            qualifiers: g.qualifiers,
+            perms: g.perms,
+            expires_at_ms: g.expires_at_ms,
+            created_at_ms: g.created_at_ms,
+            version: g.version,
+            granted_by: g.granted_by,
+            session_required: false,
+            session_duration_max_ms: 0,
+        }
+    }
 }
 
 impl Grant {
@@ -208,21 +231,7 @@ impl Grant {
             Some((&GRANT_RECORD_V2, rest)) => postcard::from_bytes(rest).map_err(|e| format!("grant record: {e}")),
             Some((&ACCESS_RECORD_V1, rest)) => {
                 let g: GrantV1 = postcard::from_bytes(rest).map_err(|e| format!("grant record: {e}"))?;
-                Ok(Grant {
-                    id: g.id,
-                    principal: g.principal,
-                    tenant: g.tenant,
-                    table: g.table,
-                    family: g.family,
-                    qualifiers: g.qualifiers,
-                    perms: g.perms,
-                    expires_at_ms: g.expires_at_ms,
-                    created_at_ms: g.created_at_ms,
-                    version: g.version,
-                    granted_by: g.granted_by,
-                    session_required: false,
-                    session_duration_max_ms: 0,
-                })
+                Ok(g.into())
             }
             Some((v, _)) => Err(format!("grant record: unknown format {v}")),
             None => Err("grant record: empty".into()),
@@ -574,6 +583,11 @@ impl Access {
             .max()
     }
 
+    /// How many sessions of `principal` are open at `now_ms`.
+    pub fn open_sessions_of(&self, principal: &str, now_ms: u64) -> usize {
+        self.sessions.values().filter(|s| s.principal == principal && s.open_at(now_ms)).count()
+    }
+
     /// Sessions that ended (closed, or expired at `now_ms`), oldest first, to remove so
     /// that at most `keep` remain (fewer when not enough have ended).
     pub fn sessions_to_prune(&self, now_ms: u64, keep: usize) -> Vec<String> {
@@ -606,7 +620,10 @@ impl Access {
         let Some(s) = session.filter(|s| s.tenant == tenant && s.principal == principal && s.open_at(now_ms)) else {
             return base;
         };
-        let granted = self.grants_of(principal).filter(|g| g.live(now_ms) && g.has(p) && g.session_required);
+        // Only grants that allow a session as long as this one count in it.
+        let span = s.expires_at_ms.saturating_sub(s.opened_at_ms);
+        let granted =
+            self.grants_of(principal).filter(|g| g.live(now_ms) && g.has(p) && g.session_required && g.session_duration_max_ms >= span);
         let in_session = view_of(granted, tenant, table).intersect(s.scope_view(table));
         base.union(in_session)
     }
@@ -722,6 +739,16 @@ mod tests {
         assert_eq!(a.session_limit("bhxh_app", 10, "dan_cu", "citizen", "", &[]), None, "the grant is on one family");
         assert_eq!(a.session_limit("bhxh_app", 10, "dan_cu", "citizen", "residence", &q(&["tinh"])), None, "not a session grant");
         assert_eq!(a.session_limit("eve", 10, "dan_cu", "citizen", "identity", &[]), None);
+        // A session longer than a grant allows gets nothing from that grant, even when another
+        // grant (a write grant here) justified its length.
+        let mut long_write = grant(3, "bhxh_app", ("dan_cu", "citizen", "", &[]), Perm::Write as u8, 0);
+        long_write.session_required = true;
+        long_write.session_duration_max_ms = SESSION_DURATION_MAX_MS;
+        a.insert_grant(long_write);
+        let mut long = session(2, "bhxh_app", ("dan_cu", "citizen", "identity", &[]), 1 + 7_200_000);
+        long.opened_at_ms = 1;
+        assert!(!a.view_in("bhxh_app", 10, Perm::Read, "dan_cu", "citizen", Some(&long)).any_of_family("identity"));
+        assert!(a.view_in("bhxh_app", 10, Perm::Write, "dan_cu", "citizen", Some(&long)).whole_family("identity"));
     }
 
     #[test]

@@ -155,11 +155,10 @@ pub enum Command {
     RecordShards {
         pieces: Vec<crate::shard::ShardDesc>,
     },
-    /// Meta group: adds a grant ([`crate::access`]); its id is drawn at apply
-    /// ([`Outcome::Granted`]), its version is the entry's index. Refused unless the tenant
-    /// exists, and the table and family when named.
+    /// Meta group: adds a grant as entries written before access sessions carry it (a grant
+    /// that requires no session); [`Command::AddGrant`] is proposed now.
     CreateGrant {
-        grant: crate::access::Grant,
+        grant: crate::access::GrantV1,
     },
     /// Meta group: removes a grant.
     RevokeGrant {
@@ -200,6 +199,12 @@ pub enum Command {
         id: String,
         closed_at_ms: u64,
         closed_by: String,
+    },
+    /// Meta group: adds a grant ([`crate::access`]); its id is drawn at apply
+    /// ([`Outcome::Granted`]), its version is the entry's index. Refused unless the tenant
+    /// exists, and the table and family when named.
+    AddGrant {
+        grant: crate::access::Grant,
     },
 }
 
@@ -455,7 +460,17 @@ impl std::fmt::Display for Command {
                 write!(f, "commit-merge of shard {} into {shard} (prepared at {prepare_index})", source.id)
             }
             Command::RollbackMerge { shard, .. } => write!(f, "rollback-merge of shard {shard}"),
-            Command::CreateGrant { grant } => write!(f, "create-grant to {} on {}", grant.principal, grant.scope()),
+            Command::CreateGrant { grant } => {
+                let grant = crate::access::Grant::from(grant.clone());
+                write!(f, "create-grant to {} on {}", grant.principal, grant.scope())
+            }
+            Command::AddGrant { grant } => {
+                write!(f, "create-grant to {} on {}", grant.principal, grant.scope())?;
+                if grant.session_required {
+                    write!(f, " in sessions of at most {} ms", grant.session_duration_max_ms)?;
+                }
+                Ok(())
+            }
             Command::RevokeGrant { id } => write!(f, "revoke-grant {id}"),
             Command::CreateToken { token } => write!(f, "create-token {} for {}", token.id, token.principal),
             Command::RevokeToken { id } => write!(f, "revoke-token {id}"),

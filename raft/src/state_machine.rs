@@ -742,7 +742,8 @@ impl StateMachine {
                 batch.put_value(&catalog::dropped_table_key(meta.tenant_id, meta.id), b"");
                 Ok((Outcome::Done, Some(CatalogChange::DropTable(tenant, name, meta.tenant_id, meta.id))))
             }
-            Command::CreateGrant { grant } => {
+            Command::CreateGrant { grant } => self.execute(Command::AddGrant { grant: grant.into() }, revision, batch),
+            Command::AddGrant { grant } => {
                 if let Err(e) = grant.check() {
                     return Ok((Outcome::Rejected(e), None));
                 }
@@ -859,6 +860,16 @@ impl StateMachine {
                     return Ok((
                         Outcome::Rejected(AppError::invalid(format!(
                             "duration_ms: {asked} ms exceeds the {limit} ms its grant allows (session_duration_max_ms)"
+                        ))),
+                        None,
+                    ));
+                }
+                if cat.access.open_sessions_of(&session.principal, now) >= access::SESSIONS_PER_PRINCIPAL_MAX {
+                    return Ok((
+                        Outcome::Rejected(AppError::failed_precondition(format!(
+                            "principal `{}` has {} access sessions open, the limit (SESSIONS_PER_PRINCIPAL_MAX): close some first",
+                            session.principal,
+                            access::SESSIONS_PER_PRINCIPAL_MAX
                         ))),
                         None,
                     ));

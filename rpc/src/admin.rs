@@ -275,6 +275,8 @@ fn grant_to_pb(g: &kho_raft::access::Grant) -> pb::Grant {
 
 /// Most sessions one ListAccessSessions answer holds, count (the oldest ids first).
 const LIST_SESSIONS_MAX: usize = 10_000;
+/// Most bytes of sessions one ListAccessSessions answer holds.
+const LIST_SESSIONS_BYTES_MAX: usize = 4 << 20;
 
 fn session_to_pb(s: &kho_raft::access::Session, now_ms: u64) -> pb::AccessSession {
     pb::AccessSession {
@@ -933,7 +935,7 @@ impl Admin for AdminService {
         grant.check().map_err(status::app_error)?;
         self.tenant_admin(&origin, &grant.tenant, "grant on it").await?;
         let tenant = grant.tenant.clone();
-        match self.ctx.propose_audited(Command::CreateGrant { grant }, &origin, &tenant, "").await? {
+        match self.ctx.propose_audited(Command::AddGrant { grant }, &origin, &tenant, "").await? {
             Leader::Here(resp) => match resp.outcome {
                 Outcome::Granted { id } => Ok(Response::new(pb::CreateGrantResponse { grant_id: id, version: resp.revision })),
                 Outcome::Rejected(e) => Err(status::app_error(e)),
@@ -1069,12 +1071,20 @@ impl Admin for AdminService {
         if !kho_raft::access::is_session_id(&r.session_id) {
             return Err(Status::invalid_argument(format!("session_id: `{}` is not 32 lowercase hex digits", r.session_id)));
         }
-        // Its principal closes it; anyone else needs to be an admin of its tenant.
-        let known = {
+        // Its principal closes it; anyone else needs to be an admin of its tenant. A session
+        // this node does not know yet (opened through another node) is looked up again after
+        // a read barrier.
+        let lookup = || {
             let meta = self.ctx.meta();
             let cat = meta.state.catalog();
             cat.access.sessions.get(&r.session_id).map(|s| (s.principal.clone(), s.tenant.clone()))
         };
+        let mut known = lookup();
+        if known.is_none() {
+            if let Leader::Here(()) = self.ctx.read_barrier(&origin).await? {
+                known = lookup();
+            }
+        }
         match &known {
             Some((principal, _)) if *principal == origin.caller.name => {}
             Some((_, tenant)) => self.tenant_admin(&origin, tenant, "close another principal's access session").await?,
@@ -1103,7 +1113,7 @@ impl Admin for AdminService {
         let now = crate::auth::now_ms();
         let meta = self.ctx.meta();
         let cat = meta.state.catalog();
-        let sessions = cat
+        let matching = cat
             .access
             .sessions
             .values()
@@ -1114,11 +1124,18 @@ impl Admin for AdminService {
                 caller.cluster_admin
                     || s.principal == caller.name
                     || cat.access.on_tenant(&caller.name, now, kho_raft::access::Perm::Admin, &s.tenant)
-            })
-            .take(LIST_SESSIONS_MAX)
-            .map(|s| session_to_pb(s, now))
-            .collect();
-        Ok(Response::new(pb::ListAccessSessionsResponse { sessions }))
+            });
+        let (mut sessions, mut bytes, mut truncated) = (Vec::new(), 0usize, false);
+        for s in matching {
+            let one = session_to_pb(s, now);
+            bytes += prost::Message::encoded_len(&one);
+            if sessions.len() == LIST_SESSIONS_MAX || bytes > LIST_SESSIONS_BYTES_MAX {
+                truncated = true;
+                break;
+            }
+            sessions.push(one);
+        }
+        Ok(Response::new(pb::ListAccessSessionsResponse { sessions, truncated }))
     }
 
     async fn read_audit(&self, req: Request<pb::ReadAuditRequest>) -> Result<Response<pb::ReadAuditResponse>, Status> {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kho_raft::audit::{Record, AUDIT_RECORDS_PER_COMMAND_MAX};
+use kho_raft::audit::{Record, AUDIT_RECORDS_PER_COMMAND_MAX, AUDIT_RECORD_BYTES_MAX};
 use kho_raft::{Command, RaftNode, META_GROUP};
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -34,6 +34,51 @@ pub const AUDIT_WAITING_MAX: usize = 4_096;
 pub const AUDIT_APPEND_TIMEOUT_MS: u64 = 5_000;
 
 type Waiter = (Record, tokio::sync::oneshot::Sender<Result<(), String>>);
+
+/// Most families or fields one record names, count; past it the record says how many more.
+const RECORD_NAMES_MAX: usize = 32;
+/// Longest name (family, field), reason or key list a record keeps, bytes.
+const RECORD_TEXT_BYTES_MAX: usize = 64;
+const RECORD_REASON_BYTES_MAX: usize = 1_024;
+const RECORD_KEYS_BYTES_MAX: usize = 6 * 1024;
+const RECORD_PURPOSE_BYTES_MAX: usize = kho_raft::access::SESSION_PURPOSE_BYTES_MAX;
+
+/// `s` cut to at most `max` bytes, at a character boundary, marked `…` when cut.
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max.saturating_sub(3);
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+        s.push('…');
+    }
+}
+
+/// A record within the meta group's limit (AUDIT_RECORD_BYTES_MAX): what a request names
+/// (families, fields, keys, its reason) is cut to bounded lists of bounded names, so that
+/// no request can make a record, or the batch it joins, too large to append.
+pub fn bounded(mut r: Record) -> Record {
+    for list in [&mut r.families, &mut r.fields] {
+        if list.len() > RECORD_NAMES_MAX {
+            let more = list.len() - RECORD_NAMES_MAX;
+            list.truncate(RECORD_NAMES_MAX);
+            list.push(format!("(+{more} more)"));
+        }
+        for name in list.iter_mut() {
+            cut(name, RECORD_TEXT_BYTES_MAX);
+        }
+    }
+    cut(&mut r.tenant, RECORD_TEXT_BYTES_MAX);
+    cut(&mut r.table, RECORD_TEXT_BYTES_MAX);
+    cut(&mut r.keys, RECORD_KEYS_BYTES_MAX);
+    cut(&mut r.reason, RECORD_REASON_BYTES_MAX);
+    cut(&mut r.purpose, RECORD_PURPOSE_BYTES_MAX);
+    cut(&mut r.principal, RECORD_TEXT_BYTES_MAX);
+    cut(&mut r.request_id, RECORD_TEXT_BYTES_MAX);
+    debug_assert!(r.encode().len() <= AUDIT_RECORD_BYTES_MAX, "a bounded record fits");
+    r
+}
 
 /// The node's side of the audit log.
 pub struct AuditLog {
@@ -70,6 +115,10 @@ impl AuditLog {
         if fail::eval("audit-append", |_| ()).is_some() {
             return Err(refuse("fail point audit-append"));
         }
+        let r = bounded(r);
+        if r.encode().len() > AUDIT_RECORD_BYTES_MAX {
+            return Err(refuse(&format!("the record exceeds {AUDIT_RECORD_BYTES_MAX} bytes (AUDIT_RECORD_BYTES_MAX)")));
+        }
         let (done, wait) = tokio::sync::oneshot::channel();
         self.waiting
             .try_send((r, done))
@@ -84,7 +133,7 @@ impl AuditLog {
 
     /// Queues a record without waiting (what a stream returned, after it ended).
     pub fn note(&self, r: Record) {
-        if self.tx.try_send(r).is_err() {
+        if self.tx.try_send(bounded(r)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -106,7 +155,7 @@ impl AuditLog {
     pub fn denied(&self, mut r: Record, why: &Status) {
         r.decision = "denied".into();
         r.reason = format!("{:?}: {}", why.code(), why.message());
-        if self.tx.try_send(r).is_err() {
+        if self.tx.try_send(bounded(r)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -193,5 +242,31 @@ async fn run_waiting(node: Arc<RaftNode>, mut rx: mpsc::Receiver<Waiter>) {
         for (_, done) in batch {
             let _ = done.send(outcome.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_of_any_request_fits_the_limit() {
+        let big = Record {
+            families: vec!["f".repeat(300); 5_000],
+            fields: vec!["ngày_sinh".repeat(200); 5_000],
+            keys: "k".repeat(100_000),
+            reason: "lý do ".repeat(10_000),
+            tenant: "t".repeat(1_000),
+            request_id: "r".repeat(1_000),
+            purpose: "p".repeat(512),
+            ..Record::default()
+        };
+        let r = bounded(big);
+        assert!(r.encode().len() <= AUDIT_RECORD_BYTES_MAX, "{} bytes", r.encode().len());
+        assert_eq!(r.fields.len(), RECORD_NAMES_MAX + 1);
+        assert_eq!(r.fields.last().map(String::as_str), Some("(+4968 more)"));
+        assert!(r.reason.ends_with('…') && r.reason.len() <= RECORD_REASON_BYTES_MAX);
+        let small = Record { fields: vec!["ho_ten".into()], ..Record::default() };
+        assert_eq!(bounded(small.clone()), small);
     }
 }

@@ -492,6 +492,7 @@ impl Ctx {
             }
             _ => {}
         }
+        let r = crate::audit::bounded(r);
         self.propose(Command::Audited { record: r.encode(), cmd: Box::new(cmd) }, origin).await
     }
 
@@ -502,7 +503,11 @@ impl Ctx {
         r.request_id = origin.request_id.to_string();
         if let Some(id) = &origin.caller.session {
             r.session = id.clone();
-            r.purpose = self.meta().state.catalog().access.sessions.get(id).map(|s| s.purpose.clone()).unwrap_or_default();
+            // The purpose of the caller's own session only (not of one it tried to use).
+            let meta = self.meta();
+            let cat = meta.state.catalog();
+            r.purpose =
+                cat.access.sessions.get(id).filter(|s| s.principal == origin.caller.name).map(|s| s.purpose.clone()).unwrap_or_default();
         }
         r
     }

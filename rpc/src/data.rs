@@ -122,10 +122,10 @@ type SessionWatch = Arc<dyn Fn() -> Result<(), Status> + Send + Sync>;
 type StreamEnded = Box<dyn FnOnce(u64, u64, &str) + Send>;
 
 impl DataService {
-    /// A read in an access session: appends its record (principal, session, purpose, what
-    /// it names, how much it returns) and returns once the record is committed, before the
-    /// answer is sent; refuses the read when it cannot be (fail closed). Nothing for a read
-    /// outside a session.
+    /// A request in an access session (a read, a write, a shard lookup): appends its record
+    /// (principal, session, purpose, what it names, how much it returns) and returns once
+    /// the record is committed, before the answer is sent or the write proposed; refuses
+    /// the request when it cannot be (fail closed). Nothing outside a session.
     async fn audit_read(&self, origin: &Origin, meta: &TableMeta, fill: impl FnOnce(&mut kho_raft::audit::Record)) -> Result<(), Status> {
         if !Ctx::in_session(origin) {
             return Ok(());
@@ -145,8 +145,11 @@ impl DataService {
         }
         let id = origin.caller.session.clone()?;
         let principal = origin.caller.name.clone();
+        let caller = origin.caller.clone();
         let ctx = self.ctx.clone();
         Some(Arc::new(move || {
+            // A node cut off from the meta group stops too (its copy may miss the close).
+            ctx.auth.check_current(&caller)?;
             let meta = ctx.meta();
             let cat = meta.state.catalog();
             match cat.access.session_of(&id, &principal, auth::now_ms()) {
@@ -251,6 +254,37 @@ impl DataService {
         let view = self.view(origin, Perm::Write, tenant, table).await?;
         let (meta, keys) = self.table_access(tenant, table, origin, Kind::Write).await?;
         need_ops(origin, &view, &meta, &ops).map_err(|s| self.deny(origin, &meta.tenant, &meta.name, s))?;
+        // A write in an access session is recorded before it is proposed (fail closed).
+        self.audit_read(origin, &meta, |a| {
+            let (mut families, mut fields, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+            for op in &ops {
+                let (row, family, qualifier) = match op {
+                    WriteOp::Put { row, family, qualifier, .. } | WriteOp::Delete { row, family, qualifier } => {
+                        (row, family.as_str(), Some(qualifier))
+                    }
+                    WriteOp::DeleteFamily { row, family } => (row, family.as_str(), None),
+                    WriteOp::DeleteRow { row } => (row, "", None),
+                };
+                let family = family_name(&meta, family).to_string();
+                if !family.is_empty() && !families.contains(&family) {
+                    families.push(family);
+                }
+                if let Some(q) = qualifier.map(|q| String::from_utf8_lossy(q).into_owned()) {
+                    if !fields.contains(&q) {
+                        fields.push(q);
+                    }
+                }
+                if !rows.contains(&row.as_slice()) {
+                    rows.push(row.as_slice());
+                }
+            }
+            a.families = families;
+            a.fields = fields;
+            a.keys = hashed_keys(rows.iter().copied());
+            a.rows = rows.len() as u64;
+            a.reason = format!("write of {} operations", ops.len());
+        })
+        .await?;
         let mut w = TableAccess { meta: &meta, keys: keys.as_deref() }.resolve(ops, None).map_err(status::app_error)?;
         self.propose_cells(&mut w, origin).await
     }
@@ -1255,6 +1289,14 @@ impl Data for DataService {
             self.view(&origin, Perm::Write, &r.tenant, &r.table).await.map_err(|_| denied)?;
         }
         let (meta, tenant_keys) = self.table_access(&r.tenant, &r.table, &origin, Kind::Read).await?;
+        // Shard bounds are row keys: a lookup in an access session is recorded (fail closed).
+        self.audit_read(&origin, &meta, |a| {
+            a.keys = match &r.range {
+                Some(range) => range_text(&range.start_row, &range.end_row, b""),
+                None => hashed_keys(r.keys.iter().map(Vec::as_slice)),
+            };
+        })
+        .await?;
         let stored = r.keys.iter().map(|k| stored_row(&meta, tenant_keys.as_deref(), k)).collect::<Result<Vec<_>, _>>()?;
         let range = match &r.range {
             None => None,

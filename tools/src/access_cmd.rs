@@ -385,6 +385,9 @@ pub async fn session(cmd: SessionCmd) -> anyhow::Result<ExitCode> {
                     s.purpose
                 )?;
             }
+            if r.truncated {
+                writeln!(std::io::stderr(), "(more sessions match than one answer holds: narrow with --tenant or --principal)")?;
+            }
         }
     }
     out.flush()?;
