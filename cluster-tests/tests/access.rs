@@ -476,3 +476,118 @@ async fn grants_decide_every_read_and_write_and_a_revoke_holds_on_every_node_wit
         })
         .await;
 }
+
+/// Concurrent brute-force clients, each with its own connection.
+const FLOODERS: usize = 16;
+/// Reads of the good client in each phase, count.
+const GOOD_READS: usize = 200;
+
+/// The median of `v`, milliseconds.
+fn median_ms(v: &mut [Duration]) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1_000.0
+}
+
+/// Brute force: 16 clients send guessed tokens to one node as fast as it answers. Every
+/// guess is `UNAUTHENTICATED` (nothing else: no panic, no other status); a principal with
+/// a good token, on the same node, gets every read answered, its median latency within
+/// 10 times its median without the flood plus 50 ms; the audit log records the guesses
+/// (or, past its queue's bound, how many it could not record) and still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_guessed_tokens_is_refused_and_recorded_while_a_good_client_keeps_its_answers() {
+    let cluster = Cluster::start(3, ClusterOptions::default()).await;
+    cluster.wait_ready().await;
+    cluster
+        .bounded("token flood", Duration::from_secs(TEST_LIMIT_S), async {
+            let mut admin = cluster.admin_client(1);
+            create_tenant(&mut admin, BHXH).await.unwrap();
+            create_table(&mut admin, BHXH, "so_bhxh", &["info"]).await.unwrap();
+            cluster
+                .data_client(1)
+                .mutate_row(pb::MutateRowRequest {
+                    tenant: BHXH.into(),
+                    table: "so_bhxh".into(),
+                    row_key: b"001".to_vec(),
+                    mutations: vec![set("info", "ho_ten", "Lê Văn Cường")],
+                })
+                .await
+                .unwrap();
+            let (_, good) = token(&mut admin, "bhxh_app", 0).await;
+            admin.create_grant(grant("bhxh_app", BHXH, "", "", &[], &[pb::Permission::Read])).await.unwrap();
+            cluster.wait_grants_current(&good).await;
+            let (mut data, _) = cluster.clients_as(1, Some(&good));
+            let read =
+                || pb::ReadRowRequest { tenant: BHXH.into(), table: "so_bhxh".into(), row_key: b"001".to_vec(), ..Default::default() };
+            let mut quiet = Vec::with_capacity(GOOD_READS);
+            for _ in 0..GOOD_READS {
+                let t = Instant::now();
+                data.read_row(read()).await.expect("a good read");
+                quiet.push(t.elapsed());
+            }
+
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut flooders = Vec::new();
+            for f in 0..FLOODERS {
+                let guess = format!("kho_{:016x}_{}", 0xdead_0000 + f as u64, "ab".repeat(32));
+                let (_, mut bad) = cluster.clients_as(1, Some(&guess));
+                let stop = stop.clone();
+                flooders.push(tokio::spawn(async move {
+                    let mut refused = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match bad.list_tenants(pb::ListTenantsRequest {}).await {
+                            Err(s) if s.code() == Code::Unauthenticated => refused += 1,
+                            other => panic!("a guessed token got {other:?}"),
+                        }
+                    }
+                    refused
+                }));
+            }
+            // Let the flood reach its pace before measuring.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut flooded = Vec::with_capacity(GOOD_READS);
+            for _ in 0..GOOD_READS {
+                let t = Instant::now();
+                data.read_row(read()).await.expect("a good read during the flood");
+                flooded.push(t.elapsed());
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let mut guesses = 0;
+            for f in flooders {
+                guesses += f.await.expect("a flooder");
+            }
+            let (q, fl) = (median_ms(&mut quiet), median_ms(&mut flooded));
+            println!("{guesses} guessed tokens refused; the good client's median read: {q:.2} ms alone, {fl:.2} ms during the flood");
+            assert!(guesses > 1_000, "the flood was a flood: {guesses} guesses");
+            assert!(fl <= q * 10.0 + 50.0, "the good client's median read went from {q:.2} ms to {fl:.2} ms");
+
+            // The guesses are in the audit log, or the count of those it could not hold.
+            let started = Instant::now();
+            loop {
+                // The whole log, in pages of at most 10,000 records (ReadAudit's limit).
+                let (mut recorded, mut dropped, mut from) = (0usize, false, 1u64);
+                loop {
+                    let page = admin
+                        .read_audit(pb::ReadAuditRequest { from_seq: from, limit: 10_000, ..Default::default() })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    recorded += page.entries.iter().filter(|e| e.decision == "denied" && e.reason.contains("invalid token")).count();
+                    dropped |= page.entries.iter().any(|e| e.action == "AuditQueue" && e.reason.contains("were not recorded"));
+                    match page.entries.last() {
+                        Some(e) if e.seq < page.head_seq => from = e.seq + 1,
+                        _ => break,
+                    }
+                }
+                if recorded > 0 && (recorded as u64 >= guesses || dropped) {
+                    println!("audit: {recorded} guesses recorded, dropped ones counted: {dropped}");
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "audit: {recorded} of {guesses} guesses recorded, no count of the rest"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+}

@@ -99,6 +99,11 @@ impl Bearer {
         };
         Ok(Bearer { token, session })
     }
+
+    /// Whether requests carry a bearer token.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
 }
 
 impl tonic::service::Interceptor for Bearer {

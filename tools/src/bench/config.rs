@@ -239,6 +239,17 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// Kho: a bearer token sent with every request (`kho token create`): the benchmark runs
+    /// as that principal, within its grants (the tenant and table must then exist, made by
+    /// an admin). Never written to the report.
+    #[arg(long, value_name = "TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    pub token: Option<String>,
+    /// Kho: an access session (`kho session open`) every request is made in: each is
+    /// recorded in the audit log before it is answered, which this measures.
+    #[arg(long, value_name = "SESSION_ID")]
+    #[serde(default)]
+    pub session: Option<String>,
 }
 
 /// The TLS files of a Kho benchmark's connections.
@@ -288,6 +299,8 @@ impl Default for BenchArgs {
             ca: None,
             cert: None,
             key: None,
+            token: None,
+            session: None,
         }
     }
 }
@@ -337,6 +350,15 @@ pub struct Config {
     /// Kho over TLS; absent in reports written before TLS existed: plaintext.
     #[serde(default)]
     pub tls: Option<BenchTls>,
+    /// The bearer token of the run's principal (`--token`): never in the report.
+    #[serde(skip)]
+    pub token: Option<String>,
+    /// Whether the run used a token (the report's trace of `--token`).
+    #[serde(default)]
+    pub with_token: bool,
+    /// The access session the requests were made in (`--session`).
+    #[serde(default)]
+    pub session: Option<String>,
 }
 
 impl BenchArgs {
@@ -404,6 +426,11 @@ impl BenchArgs {
             (Some(_), _, _) => bail!("--cert and --key: give both or neither"),
             (None, _, _) => bail!("--cert and --key need --ca"),
         };
+        if (self.token.is_some() || self.session.is_some()) && self.target != TargetKind::Kho {
+            bail!("--token and --session: for the kho target only");
+        }
+        // Checked here, before anything is sent: the shapes the CLI checks.
+        crate::client::Bearer::new(self.token.as_deref(), self.session.as_deref())?;
         if self.target == TargetKind::Rocksdb && self.data_dir.is_none() {
             bail!("--data-dir: required with --target rocksdb (the directory of the embedded database)");
         }
@@ -436,6 +463,9 @@ impl BenchArgs {
             seed: self.seed.unwrap_or_else(clock_seed),
             progress_secs: self.progress_secs,
             tls,
+            token: self.token.clone(),
+            with_token: self.token.is_some(),
+            session: self.session.clone(),
         })
     }
 
@@ -578,6 +608,17 @@ mod tests {
         assert_eq!(c.workload.request_distribution, Distribution::Zipfian);
         let etcd = parse(&["--target", "etcd"]).unwrap().validate().unwrap();
         assert_eq!(etcd.endpoints, [ETCD_DEFAULT_ENDPOINT]);
+    }
+
+    #[test]
+    fn a_token_and_a_session_are_checked_and_the_token_never_reaches_the_report() {
+        let session = "0123456789abcdef0123456789abcdef";
+        let c = parse(&["--token", "kho_0123456789abcdef_00", "--session", session]).unwrap().validate().unwrap();
+        assert!(c.with_token && c.token.is_some() && c.session.as_deref() == Some(session));
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(!json.contains("kho_0123456789abcdef_00") && json.contains(session), "{json}");
+        assert!(error_of(&["--session", "nope"]).contains("--session: `nope` is not a session id"));
+        assert!(error_of(&["--target", "etcd", "--token", "kho_x"]).contains("for the kho target only"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::{request, OpError, OpResult, Target, CONNECT_TIMEOUT, OP_DEADLINE, RESPONSE_BYTES_MAX};
 use crate::admin_cmd::TenantEncryptionArg;
 use crate::bench::config::Config;
+use crate::client::{Bearer, Svc};
 
 /// Attempts of each setup call while the cluster answers `UNAVAILABLE` (no leader yet).
 const SETUP_ATTEMPTS: u32 = 20;
@@ -37,7 +38,7 @@ const LOCATE_PAGES_MAX: usize = 64;
 /// Where a worker sends its requests.
 enum Via {
     /// One connection, to one endpoint (`--route any`).
-    Endpoint(DataClient<Channel>),
+    Endpoint(Box<DataClient<Svc>>),
     /// The leader of each key's shard, connection `slot` of those to that leader (`--route leader`).
     Router { router: Arc<ShardRouter>, slot: usize },
 }
@@ -50,14 +51,20 @@ pub struct KhoTarget {
     family: String,
 }
 
-fn data_client(channel: Channel) -> DataClient<Channel> {
-    DataClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX)
+/// A client whose requests carry the run's token and session (`--token`, `--session`).
+fn data_client(channel: Channel, bearer: &Bearer) -> DataClient<Svc> {
+    DataClient::with_interceptor(channel, bearer.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX)
+}
+
+/// The run's token and session as request metadata (checked by `BenchArgs::validate`).
+pub fn bearer(config: &Config) -> anyhow::Result<Bearer> {
+    Bearer::new(config.token.as_deref(), config.session.as_deref())
 }
 
 impl KhoTarget {
     /// A worker that sends every request to `channel`'s endpoint.
-    pub fn new(channel: Channel, config: &Config) -> KhoTarget {
-        KhoTarget::with(Via::Endpoint(data_client(channel)), config)
+    pub fn new(channel: Channel, config: &Config, bearer: &Bearer) -> KhoTarget {
+        KhoTarget::with(Via::Endpoint(Box::new(data_client(channel, bearer))), config)
     }
 
     /// A worker that sends each request to its key's shard leader, over connection `slot`
@@ -75,7 +82,7 @@ impl KhoTarget {
     /// [`ROUTE_REFRESHES_MAX`] times).
     async fn call<T, F, Fut>(&self, key: &[u8], mut call: F) -> OpResult<T>
     where
-        F: FnMut(DataClient<Channel>, Duration) -> Fut,
+        F: FnMut(DataClient<Svc>, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let end = Instant::now() + OP_DEADLINE;
@@ -87,7 +94,7 @@ impl KhoTarget {
             }
             let (client, generation) = match &self.via {
                 // Clients are cheap handles on the shared connection.
-                Via::Endpoint(c) => (c.clone(), None),
+                Via::Endpoint(c) => (DataClient::clone(c), None),
                 Via::Router { router, slot } => {
                     let (c, g) = router.client(key, *slot);
                     (c, Some(g))
@@ -165,6 +172,8 @@ pub struct ShardRouter {
     slots: usize,
     /// TLS of every connection (`--ca`).
     tls: Option<crate::client::ClientTls>,
+    /// The run's token and session.
+    bearer: Bearer,
     routes: RwLock<Routes>,
     /// One refresh at a time.
     refreshing: tokio::sync::Mutex<()>,
@@ -188,6 +197,7 @@ impl ShardRouter {
             table: config.table.clone(),
             slots: slots.max(1),
             tls: config.tls.as_ref().map(|t| t.load()).transpose()?,
+            bearer: bearer(config)?,
             routes: RwLock::new(Routes { shards: Vec::new(), generation: 0, channels: HashMap::new() }),
             refreshing: tokio::sync::Mutex::new(()),
         });
@@ -214,11 +224,11 @@ impl ShardRouter {
 
     /// The client for `key` (connection `slot` to its shard's leader) and the routes'
     /// generation it came from.
-    fn client(&self, key: &[u8], slot: usize) -> (DataClient<Channel>, u64) {
+    fn client(&self, key: &[u8], slot: usize) -> (DataClient<Svc>, u64) {
         let routes = self.routes.read().expect("routes lock");
         let addr = route_of(&routes.shards, key).map_or(self.endpoints[0].as_str(), |r| r.addr.as_str());
         let channels = routes.channels.get(addr).expect("every routed address has connections");
-        (data_client(channels[slot % channels.len()].clone()), routes.generation)
+        (data_client(channels[slot % channels.len()].clone(), &self.bearer), routes.generation)
     }
 
     /// Locates the shards again, unless another worker did since `seen` (a generation).
@@ -248,7 +258,7 @@ impl ShardRouter {
     }
 
     async fn locate_at(&self, endpoint: &str) -> anyhow::Result<(Vec<Route>, bool)> {
-        let mut client = data_client(super::connect_one(endpoint, self.tls.as_ref()).await?);
+        let mut client = data_client(super::connect_one(endpoint, self.tls.as_ref()).await?, &self.bearer);
         let (mut shards, mut all_led) = (Vec::new(), true);
         let mut start_row = Vec::new();
         for _ in 0..LOCATE_PAGES_MAX {
@@ -381,13 +391,19 @@ impl Target for KhoTarget {
 /// `ALREADY_EXISTS` is fine; `UNAVAILABLE` (an election) is retried.
 pub async fn prepare(
     channel: &Channel,
+    bearer: &Bearer,
     tenant: &str,
     encryption: TenantEncryptionArg,
     table: &str,
     family: &str,
     split_rows: Vec<Vec<u8>>,
 ) -> anyhow::Result<()> {
-    let admin = AdminClient::new(channel.clone());
+    let admin = AdminClient::with_interceptor(channel.clone(), bearer.clone());
+    if bearer.has_token() {
+        // A principal's run (`--token`): the tenant and table are an admin's to make; check
+        // that they are there and that the principal's grants reach them.
+        return check_table(&admin, tenant, table, family).await;
+    }
     retry_unavailable("CreateTenant", || {
         let mut admin = admin.clone();
         let req = CreateTenantRequest { name: tenant.to_string(), encryption: encryption.to_proto() as i32 };
@@ -429,7 +445,11 @@ pub async fn prepare(
     })
     .await
     .with_context(|| format!("--table: cannot create table `{table}` of tenant `{tenant}`"))?;
-    // An existing table may have other families.
+    check_table(&admin, tenant, table, family).await
+}
+
+/// Whether `tenant/table` is listed, with `family` (an existing table may have others).
+async fn check_table(admin: &AdminClient<Svc>, tenant: &str, table: &str, family: &str) -> anyhow::Result<()> {
     let tables = retry_unavailable("ListTables", || {
         let mut admin = admin.clone();
         let req = ListTablesRequest { tenant: tenant.to_string() };
@@ -438,7 +458,7 @@ pub async fn prepare(
     .await
     .with_context(|| format!("cannot list the tables of tenant `{tenant}`"))?;
     let Some(t) = tables.iter().find(|t| t.name == table) else {
-        bail!("--table: table `{table}` of tenant `{tenant}` is not listed after its creation");
+        bail!("--table: table `{table}` of tenant `{tenant}` is not listed (not created, or no grant of the caller reaches it)");
     };
     if !t.families.iter().any(|f| f.name == family) {
         let names: Vec<&str> = t.families.iter().map(|f| f.name.as_str()).collect();

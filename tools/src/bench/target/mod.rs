@@ -114,7 +114,8 @@ pub async fn connect(config: &Config) -> anyhow::Result<Vec<Arc<dyn Target>>> {
             return Err(first_error.unwrap_or_else(|| anyhow::anyhow!("--endpoints: none given")));
         };
         let split_rows = crate::bench::keys::KeyFormat::new(config.key_bytes).split_keys(config.shards);
-        kho::prepare(&setup, &config.tenant, config.tenant_encryption, &config.table, &config.family, split_rows).await?;
+        let bearer = kho::bearer(config)?;
+        kho::prepare(&setup, &bearer, &config.tenant, config.tenant_encryption, &config.table, &config.family, split_rows).await?;
     }
     if (config.target, config.route) == (TargetKind::Kho, crate::bench::config::Route::Leader) {
         // Each key to its shard's leader, over the connections of the plan for one endpoint.
@@ -129,7 +130,10 @@ pub async fn connect(config: &Config) -> anyhow::Result<Vec<Arc<dyn Target>>> {
     let tls = config.tls.as_ref().map(|t| t.load()).transpose()?;
     let channels = connect_channels(&config.endpoints, tls.as_ref(), config.concurrency, config.workers_per_connection).await?;
     match config.target {
-        TargetKind::Kho => Ok(channels.into_iter().map(|ch| Arc::new(kho::KhoTarget::new(ch, config)) as Arc<dyn Target>).collect()),
+        TargetKind::Kho => {
+            let bearer = kho::bearer(config)?;
+            Ok(channels.into_iter().map(|ch| Arc::new(kho::KhoTarget::new(ch, config, &bearer)) as Arc<dyn Target>).collect())
+        }
         TargetKind::Etcd => Ok(channels.into_iter().map(|ch| Arc::new(etcd::EtcdTarget::new(ch)) as Arc<dyn Target>).collect()),
         TargetKind::Rocksdb => unreachable!("handled above"),
     }
