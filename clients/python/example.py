@@ -16,7 +16,11 @@ tenant: the token's principal needs an admin, read and write grant on it.
 
     python3 clients/python/example.py 127.0.0.1:7101 TENANT [OTHER_TENANT]
 
-With OTHER_TENANT, a read of that tenant must be refused (PERMISSION_DENIED).
+With OTHER_TENANT, a read of that tenant must be refused (PERMISSION_DENIED). With
+KHO_SESSION_PURPOSE set too, the principal holds a grant on OTHER_TENANT's `people` table,
+family `identity`, that requires an access session: the example opens one for that
+purpose, reads the row in it (the session's id as `kho-session` metadata) and sees only
+the identity cells, then closes it.
 """
 import os
 import subprocess
@@ -117,6 +121,24 @@ def main():
             except grpc.RpcError as e:
                 assert e.code() == grpc.StatusCode.PERMISSION_DENIED, e
                 print(f"python client: a read of tenant {other} was refused: {e.details()}")
+            purpose = os.environ.get("KHO_SESSION_PURPOSE")
+            if purpose:
+                session = admin.OpenAccessSession(admin_pb2.OpenAccessSessionRequest(
+                    tenant=other, table="people", family="identity", purpose=purpose, duration_ms=60_000), timeout=timeout).session
+                in_session = (("kho-session", session.session_id),)
+                got = data.ReadRow(data_pb2.ReadRowRequest(tenant=other, table="people", row_key=row),
+                                   metadata=in_session, timeout=timeout)
+                fams = sorted({c.family for c in got.row.cells})
+                assert got.found and fams == ["identity"] and got.row.cells_withheld, got
+                admin.CloseAccessSession(admin_pb2.CloseAccessSessionRequest(session_id=session.session_id), timeout=timeout)
+                try:
+                    data.ReadRow(data_pb2.ReadRowRequest(tenant=other, table="people", row_key=row),
+                                 metadata=in_session, timeout=timeout)
+                    raise AssertionError("a read in a closed session succeeded")
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.PERMISSION_DENIED, e
+                print(f"python client: in access session {session.session_id} of tenant {other}: {fams} cells, "
+                      f"cells withheld; refused once closed")
 
         who = admin.WhoAmI(admin_pb2.WhoAmIRequest(), timeout=timeout)
         print(f"python client: table created, row written and read, {len(kvs)} keys scanned via {endpoint} as {who.principal} ({who.authenticated_by})")

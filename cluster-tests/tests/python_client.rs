@@ -105,6 +105,18 @@ async fn python_stock_grpc_client_works_against_every_node() {
         ..Default::default()
     };
     admin.create_grant(kho_proto::v1::CreateGrantRequest { grant: Some(grant) }).await.expect("grant py_app its tenant");
+    // And a cross-agency grant on the admin's tenant, inside access sessions only.
+    let cross = kho_proto::v1::Grant {
+        principal: "py_app".into(),
+        tenant: "python_example".into(),
+        table: "people".into(),
+        family: "identity".into(),
+        permissions: vec![kho_proto::v1::Permission::Read as i32],
+        session_required: true,
+        session_duration_max_ms: 600_000,
+        ..Default::default()
+    };
+    admin.create_grant(kho_proto::v1::CreateGrantRequest { grant: Some(cross) }).await.expect("grant py_app a session field");
     cluster.wait_grants_current(&token).await;
     let addr = cluster.addr(2).to_string();
     let tls = cluster.tls().expect("the cluster runs with TLS").clone();
@@ -112,11 +124,13 @@ async fn python_stock_grpc_client_works_against_every_node() {
         let mut cmd = Command::new(&python);
         cmd.arg(&example).arg(&addr).arg("python_token").arg("python_example");
         cmd.env("KHO_CA", tls.ca_cert()).env("KHO_TOKEN", token).env_remove("KHO_CERT").env_remove("KHO_KEY");
+        cmd.env("KHO_SESSION_PURPOSE", "python test of a cross-agency read");
         run(&mut cmd, Duration::from_secs(CLIENT_TIMEOUT_S))
     })
     .await
     .expect("client task");
-    if !ok || !out.contains("as py_app (token)") || !out.contains("a read of tenant python_example was refused") {
+    let session_read = out.contains("in access session") && out.contains("['identity'] cells, cells withheld; refused once closed");
+    if !ok || !out.contains("as py_app (token)") || !out.contains("a read of tenant python_example was refused") || !session_read {
         cluster.fail(format!("python client with a token failed:\n{out}"));
     }
     println!("token: {}", out.trim());

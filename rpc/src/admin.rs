@@ -417,7 +417,7 @@ impl Admin for AdminService {
         let g = self.ctx.meta();
         let cat = g.state.catalog();
         // A cluster admin sees every table, a tenant's admin its tables; anyone else the
-        // tables its grants cover. Who may see nothing of a tenant does not learn whether
+        // tables its grants cover (those that require a session too). Who may see nothing of a tenant does not learn whether
         // it exists.
         let caller = &origin.caller;
         let now = crate::auth::now_ms();
@@ -432,7 +432,10 @@ impl Admin for AdminService {
             use kho_raft::access::Perm;
             caller.cluster_admin
                 || cat.access.on_tenant(&caller.name, now, Perm::Admin, &t.tenant)
-                || [Perm::Read, Perm::Write].into_iter().any(|p| !cat.access.view(&caller.name, now, p, &t.tenant, &t.name).is_empty())
+                || [Perm::Read, Perm::Write].into_iter().any(|p| {
+                    !cat.access.view(&caller.name, now, p, &t.tenant, &t.name).is_empty()
+                        || cat.access.needs_session(&caller.name, now, p, &t.tenant, &t.name)
+                })
         };
         let tables = cat
             .tables

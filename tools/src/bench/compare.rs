@@ -37,17 +37,18 @@ use tokio::process::{Child, Command};
 
 use super::config::{tenant_name, BenchArgs, Phase, TargetKind};
 use super::report::{BenchReport, LatencyUs, OpReport, PhaseName, PhaseReport};
+use super::security::{security_cost, security_markdown, Caller, SecureKho, SecurityCost, SECURITY_READ_WORKLOAD};
 use super::workload::{OpKind, WorkloadName};
 use crate::admin_cmd::TenantEncryptionArg;
 use crate::local_cluster::{self, LocalCluster};
 use crate::master_key;
 
 /// Members of each cluster.
-const NODES: u64 = 3;
+pub(super) const NODES: u64 = 3;
 /// Longest wait for a cluster to answer after its start, seconds.
 const READY_WAIT_S: u64 = 60;
 /// Grace between SIGTERM and SIGKILL when stopping, seconds.
-const STOP_GRACE_S: u64 = 20;
+pub(super) const STOP_GRACE_S: u64 = 20;
 /// Most rounds.
 const ROUNDS_MAX: u32 = 20;
 /// After each measured run (and before the first), the clusters must have used less than
@@ -122,6 +123,13 @@ pub struct CompareArgs {
     /// Skip etcd (when it cannot be installed); Kho and RocksDB still run.
     #[arg(long)]
     pub no_etcd: bool,
+    /// First port of the second Kho cluster, with TLS and authorization, of the security
+    /// cost (3 consecutive client ports; peers from this + 100).
+    #[arg(long, default_value_t = 7311)]
+    pub kho_tls_base_port: u16,
+    /// Skip the security cost (the TLS cluster and its runs).
+    #[arg(long)]
+    pub no_security: bool,
     /// Keep the data directories under --dir after a successful run (a failed run always
     /// keeps them, for inspection). They hold several GB after the default rounds.
     #[arg(long)]
@@ -130,14 +138,14 @@ pub struct CompareArgs {
 
 /// One measured run.
 #[derive(Debug, Clone, Serialize)]
-struct Sample {
-    round: u32,
-    /// `kho`, `etcd`, `rocksdb`, or for the encryption cost `kho-encrypted` and
-    /// `kho-plaintext`.
-    target: &'static str,
+pub(super) struct Sample {
+    pub(super) round: u32,
+    /// `kho`, `etcd`, `rocksdb`, for the encryption cost `kho-encrypted` and
+    /// `kho-plaintext`, for the security cost `kho-no-tls`, `kho-tls`, `kho-tls-session`.
+    pub(super) target: &'static str,
     /// `write` (the load phase) or a YCSB workload letter.
-    workload: String,
-    phase: PhaseReport,
+    pub(super) workload: String,
+    pub(super) phase: PhaseReport,
     /// CPU time of the run per successful operation; none when no operation succeeded.
     cpu: Option<CpuPerOp>,
 }
@@ -176,11 +184,25 @@ pub async fn command(args: CompareArgs) -> anyhow::Result<std::process::ExitCode
     // (docs/BENCHMARKS.md).
     let mut kho = LocalCluster::start(&exe, &layouts, Some(key.path.as_path()), None).await?;
     let kho_endpoints: Vec<String> = layouts.iter().map(|l| l.addr.clone()).collect();
+    let mut secure = None;
+    if !args.no_security {
+        let base = base_args(&args, TargetKind::Kho, &[]);
+        match SecureKho::start(&exe, &dir, &key.path, args.kho_tls_base_port, &base).await {
+            Ok(s) => secure = Some(s),
+            Err(e) => {
+                kho.stop(Duration::from_secs(STOP_GRACE_S)).await;
+                return Err(e);
+            }
+        }
+    }
     let mut etcd = match &etcd_bin {
         Some(bin) => match Etcd::start(bin, &dir.join("etcd"), args.etcd_base_port) {
             Ok(e) => Some(e),
             Err(e) => {
                 kho.stop(Duration::from_secs(STOP_GRACE_S)).await;
+                if let Some(s) = secure.as_mut() {
+                    s.cluster.stop(Duration::from_secs(STOP_GRACE_S)).await;
+                }
                 return Err(e);
             }
         },
@@ -188,9 +210,18 @@ pub async fn command(args: CompareArgs) -> anyhow::Result<std::process::ExitCode
     };
     let kho_pids: Vec<u32> = kho.nodes.iter().map(|n| n.pid).collect();
     let etcd_pids: Vec<u32> = etcd.iter().flat_map(|e| e.children.iter().map(|(pid, _)| *pid)).collect();
-    let pids = Pids { all: kho_pids.iter().chain(&etcd_pids).copied().collect(), kho: kho_pids, etcd: etcd_pids };
-    let result = rounds(&args, &workloads, &kho_endpoints, etcd.as_ref(), &dir, &pids).await;
+    let tls_pids: Vec<u32> = secure.iter().flat_map(|s| s.cluster.nodes.iter().map(|n| n.pid)).collect();
+    let pids = Pids {
+        all: kho_pids.iter().chain(&etcd_pids).chain(&tls_pids).copied().collect(),
+        kho: kho_pids,
+        etcd: etcd_pids,
+        kho_tls: tls_pids,
+    };
+    let result = rounds(&args, &workloads, &kho_endpoints, etcd.as_ref(), secure.as_ref(), &dir, &pids).await;
     kho.stop(Duration::from_secs(STOP_GRACE_S)).await;
+    if let Some(s) = secure.as_mut() {
+        s.cluster.stop(Duration::from_secs(STOP_GRACE_S)).await;
+    }
     if let Some(e) = etcd.as_mut() {
         e.stop(Duration::from_secs(STOP_GRACE_S)).await;
     }
@@ -224,7 +255,7 @@ fn parse_workload(w: &str) -> anyhow::Result<WorkloadName> {
     })
 }
 
-fn workload_label(w: WorkloadName) -> String {
+pub(super) fn workload_label(w: WorkloadName) -> String {
     format!("{w:?}").to_lowercase()
 }
 
@@ -320,6 +351,8 @@ fn phase_of(report: &BenchReport, name: PhaseName) -> anyhow::Result<PhaseReport
 struct Pids {
     kho: Vec<u32>,
     etcd: Vec<u32>,
+    /// The TLS cluster of the security cost.
+    kho_tls: Vec<u32>,
     all: Vec<u32>,
 }
 
@@ -338,6 +371,16 @@ impl Pids {
 /// starts on quiet clusters and does not pay for this one's background work.
 async fn measured(args: BenchArgs, name: PhaseName, pids: &Pids) -> anyhow::Result<(PhaseReport, Option<CpuPerOp>)> {
     let servers = pids.servers(args.target);
+    measured_on(args, name, servers, pids).await
+}
+
+/// [`measured`], counting the CPU of the processes `servers`.
+async fn measured_on(
+    args: BenchArgs,
+    name: PhaseName,
+    servers: Option<&[u32]>,
+    pids: &Pids,
+) -> anyhow::Result<(PhaseReport, Option<CpuPerOp>)> {
     let me = [std::process::id()];
     let (servers_before, client_before) = (servers.map(cpu_seconds), cpu_seconds(&me));
     let report = one(args).await?;
@@ -357,6 +400,7 @@ async fn rounds(
     workloads: &[WorkloadName],
     kho: &[String],
     etcd: Option<&Etcd>,
+    secure: Option<&SecureKho>,
     dir: &Path,
     pids: &Pids,
 ) -> anyhow::Result<Vec<Sample>> {
@@ -428,6 +472,29 @@ async fn rounds(
             eprintln!("round {round}: {target} workload {w}: {:.0} ops/s{}", phase.throughput_ops_per_sec, cpu_text(cpu));
             samples.push(Sample { round, target, workload: w, phase, cpu });
         }
+
+        // Security cost: the same shapes without TLS, with TLS and authorization, and in an
+        // audited access session (super::security).
+        if let Some(s) = secure {
+            let order = Caller::order(round);
+            for (phase_name, workload) in [(PhaseName::Load, None), (PhaseName::Run, Some(SECURITY_READ_WORKLOAD))] {
+                for &caller in &order {
+                    let mut base = BenchArgs { tenant_encryption: TenantEncryptionArg::Encrypted, ..base_args(args, TargetKind::Kho, kho) };
+                    base.phase = if workload.is_some() { Phase::Run } else { Phase::Load };
+                    if let Some(w) = workload {
+                        base.workload = w;
+                    }
+                    let (run, servers) = match caller {
+                        Caller::NoTls => (base, &pids.kho),
+                        _ => (s.args(caller, base), &pids.kho_tls),
+                    };
+                    let (phase, cpu) = measured_on(run, phase_name, Some(servers), pids).await?;
+                    let w = workload.map_or_else(|| "write".to_string(), workload_label);
+                    eprintln!("round {round}: {} {w}: {:.0} ops/s{}", caller.label(), phase.throughput_ops_per_sec, cpu_text(cpu));
+                    samples.push(Sample { round, target: caller.label(), workload: w, phase, cpu });
+                }
+            }
+        }
     }
     Ok(samples)
 }
@@ -453,18 +520,19 @@ fn label(t: TargetKind) -> &'static str {
 
 /// Waits until a tiny read succeeds (a leader is elected), bounded by `READY_WAIT_S`.
 async fn wait_ready(target: TargetKind, endpoints: &[String]) -> anyhow::Result<()> {
+    wait_ready_with(BenchArgs { target, endpoints: endpoints.to_vec(), ..BenchArgs::default() }, label(target)).await
+}
+
+/// A probe's arguments: one write with `base`'s target, endpoints and TLS.
+pub(super) fn probe(base: BenchArgs) -> BenchArgs {
+    BenchArgs { record_count: 1, operation_count: 1, duration_secs: 0, concurrency: 1, phase: Phase::Load, progress_secs: 0, ..base }
+}
+
+/// Waits until a probe write with `args`' target, endpoints and TLS succeeds, at most
+/// READY_WAIT_S.
+pub(super) async fn wait_ready_with(args: BenchArgs, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(READY_WAIT_S);
-    let probe = BenchArgs {
-        target,
-        endpoints: endpoints.to_vec(),
-        record_count: 1,
-        operation_count: 1,
-        duration_secs: 0,
-        concurrency: 1,
-        phase: Phase::Load,
-        progress_secs: 0,
-        ..BenchArgs::default()
-    };
+    let probe = probe(args);
     let mut last = String::new();
     while Instant::now() < deadline {
         match super::run(&probe).await {
@@ -474,7 +542,7 @@ async fn wait_ready(target: TargetKind, endpoints: &[String]) -> anyhow::Result<
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    bail!("{} did not answer within {READY_WAIT_S} s: {last}", label(target))
+    bail!("{what} did not answer within {READY_WAIT_S} s: {last}")
 }
 
 /// The etcd members this command started.
@@ -551,7 +619,7 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -696,6 +764,7 @@ fn encryption_markdown(c: &EncryptionCost) -> String {
 struct CompareJson<'a> {
     samples: &'a [Sample],
     encryption_cost: Option<EncryptionCost>,
+    security_cost: Option<SecurityCost>,
 }
 
 /// The "CPU per operation" section: medians over the rounds of each run's [`CpuPerOp`],
@@ -795,8 +864,13 @@ fn write_outputs(args: &CompareArgs, samples: &[Sample]) -> anyhow::Result<()> {
         Some(c) => md.push_str(&encryption_markdown(c)),
         None => md.push_str("\n## Encryption cost\n\nNot measured: a run of the encrypted or the plaintext tenant is missing.\n"),
     }
+    let security = security_cost(samples);
+    match &security {
+        Some(c) => md.push_str(&security_markdown(c)),
+        None => md.push_str("\n## Security cost\n\nNot measured (`--no-security`, or a caller's runs are missing).\n"),
+    }
     std::fs::write(args.out.join("compare.md"), md)?;
-    let json = CompareJson { samples, encryption_cost: cost };
+    let json = CompareJson { samples, encryption_cost: cost, security_cost: security };
     std::fs::write(args.out.join("compare.json"), serde_json::to_string_pretty(&json)?)?;
     let bars: Vec<(String, Vec<(&str, f64)>)> = workloads
         .iter()
@@ -981,6 +1055,31 @@ mod tests {
         // Without both tenants' runs there is no figure.
         assert_eq!(encryption_cost(&samples[..2]), None);
         assert_eq!(versus(1.0, 0.0).ratio, None);
+    }
+
+    #[test]
+    fn security_cost_is_medians_per_caller_in_a_b_c_c_b_a_order() {
+        use super::super::security::{KHO_NO_TLS, KHO_TLS, KHO_TLS_SESSION};
+        let labels = |r| Caller::order(r).map(Caller::label);
+        assert_eq!(labels(0), [KHO_NO_TLS, KHO_TLS, KHO_TLS_SESSION, KHO_TLS_SESSION, KHO_TLS, KHO_NO_TLS]);
+        assert_eq!(labels(1), [KHO_TLS_SESSION, KHO_TLS, KHO_NO_TLS, KHO_NO_TLS, KHO_TLS, KHO_TLS_SESSION]);
+        let mut samples = Vec::new();
+        for (round, scale) in [(0u32, 1.0), (1, 1.2), (2, 0.9)] {
+            for (target, w, r) in [(KHO_NO_TLS, 1000.0, 4000.0), (KHO_TLS, 900.0, 3600.0), (KHO_TLS_SESSION, 450.0, 1200.0)] {
+                samples.push(sample(round, target, "write", OpKind::Insert, w * scale, 2000));
+                samples.push(sample(round, target, "c", OpKind::Read, r * scale, (4_000_000.0 / r) as u64));
+            }
+        }
+        let c = security_cost(&samples).unwrap();
+        assert_eq!((c.writes_per_sec.no_tls, c.writes_per_sec.tls, c.writes_per_sec.session), (1000.0, 900.0, 450.0));
+        assert_eq!((c.reads_per_sec.no_tls, c.reads_per_sec.tls, c.reads_per_sec.session), (4000.0, 3600.0, 1200.0));
+        let md = security_markdown(&c);
+        assert!(md.contains("## Security cost"), "{md}");
+        assert!(md.contains("| writes/s | 1000 | 900 | 450 | 0.90 | 0.50 |"), "{md}");
+        assert!(md.contains("| reads/s (workload c) | 4000 | 3600 | 1200 | 0.90 | 0.33 |"), "{md}");
+        // The security runs stay out of the main table; without a caller's runs, no figure.
+        assert!(rows(&samples).is_empty());
+        assert_eq!(security_cost(&samples[..4]), None);
     }
 
     #[test]

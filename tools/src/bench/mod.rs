@@ -43,6 +43,7 @@ pub mod keys;
 pub mod measure;
 pub mod report;
 pub mod runner;
+pub mod security;
 pub mod target;
 pub mod workload;
 
