@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -131,12 +132,19 @@ def main():
                 fams = sorted({c.family for c in got.row.cells})
                 assert got.found and fams == ["identity"] and got.row.cells_withheld, got
                 admin.CloseAccessSession(admin_pb2.CloseAccessSessionRequest(session_id=session.session_id), timeout=timeout)
-                try:
-                    data.ReadRow(data_pb2.ReadRowRequest(tenant=other, table="people", row_key=row),
-                                 metadata=in_session, timeout=timeout)
-                    raise AssertionError("a read in a closed session succeeded")
-                except grpc.RpcError as e:
-                    assert e.code() == grpc.StatusCode.PERMISSION_DENIED, e
+                # A close holds on every node within 5 s (GRANTS_STALE_MAX_MS): the node
+                # answering may apply it a moment after the leader did.
+                deadline = time.monotonic() + 6
+                while True:
+                    try:
+                        data.ReadRow(data_pb2.ReadRowRequest(tenant=other, table="people", row_key=row),
+                                     metadata=in_session, timeout=timeout)
+                    except grpc.RpcError as e:
+                        assert e.code() == grpc.StatusCode.PERMISSION_DENIED, e
+                        break
+                    if time.monotonic() > deadline:
+                        raise AssertionError("a read in a closed session still succeeded after 6 s")
+                    time.sleep(0.05)
                 print(f"python client: in access session {session.session_id} of tenant {other}: {fams} cells, "
                       f"cells withheld; refused once closed")
 

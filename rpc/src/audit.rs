@@ -26,6 +26,9 @@ pub const AUDIT_FLUSH_MS: u64 = 100;
 /// most [`AUDIT_BATCH_TRIES_MAX`] times, then dropped and counted.
 const AUDIT_PROPOSE_TIMEOUT_MS: u64 = 5_000;
 const AUDIT_BATCH_TRIES_MAX: u32 = 3;
+/// Bytes of records one batch collects before it is proposed (a record is at most
+/// AUDIT_RECORD_BYTES_MAX): a batch stays well under the gRPC message limit between nodes.
+pub const AUDIT_BATCH_BYTES_MAX: usize = 1 << 20;
 /// Reads waiting for their audit record to be committed, count. Past it, a read in an
 /// access session is refused (`UNAVAILABLE`) rather than answered unrecorded.
 pub const AUDIT_WAITING_MAX: usize = 4_096;
@@ -173,12 +176,22 @@ fn auth_text(c: &Caller) -> String {
 
 async fn run(node: Arc<RaftNode>, mut rx: mpsc::Receiver<Record>, dropped: Arc<AtomicU64>) {
     loop {
-        let Some(first) = rx.recv().await else { return };
-        let mut batch = vec![first];
+        // An idle queue still reports records it dropped (a batch that failed), at most
+        // AUDIT_FLUSH_MS × 10 later.
+        let mut batch = match tokio::time::timeout(Duration::from_millis(AUDIT_FLUSH_MS * 10), rx.recv()).await {
+            Ok(Some(first)) => vec![first],
+            Ok(None) => return,
+            Err(_) if dropped.load(Ordering::Relaxed) > 0 => Vec::new(),
+            Err(_) => continue,
+        };
+        let mut bytes = batch.iter().map(|r| r.encode().len()).sum::<usize>();
         let until = tokio::time::Instant::now() + Duration::from_millis(AUDIT_FLUSH_MS);
-        while batch.len() < AUDIT_RECORDS_PER_COMMAND_MAX - 1 {
+        while batch.len() < AUDIT_RECORDS_PER_COMMAND_MAX - 1 && bytes < AUDIT_BATCH_BYTES_MAX {
             match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(r)) => batch.push(r),
+                Ok(Some(r)) => {
+                    bytes += r.encode().len();
+                    batch.push(r)
+                }
                 _ => break,
             }
         }
@@ -194,6 +207,9 @@ async fn run(node: Arc<RaftNode>, mut rx: mpsc::Receiver<Record>, dropped: Arc<A
                 ),
                 ..Record::default()
             });
+        }
+        if batch.is_empty() {
+            continue;
         }
         let n = batch.len() as u64;
         let cmd = Command::Audit { records: batch.iter().map(|r| serde_bytes::ByteBuf::from(r.encode())).collect() };
@@ -222,10 +238,14 @@ async fn run(node: Arc<RaftNode>, mut rx: mpsc::Receiver<Record>, dropped: Arc<A
 async fn run_waiting(node: Arc<RaftNode>, mut rx: mpsc::Receiver<Waiter>) {
     loop {
         let Some(first) = rx.recv().await else { return };
+        let mut bytes = first.0.encode().len();
         let mut batch = vec![first];
-        while batch.len() < AUDIT_RECORDS_PER_COMMAND_MAX {
+        while batch.len() < AUDIT_RECORDS_PER_COMMAND_MAX && bytes < AUDIT_BATCH_BYTES_MAX {
             match rx.try_recv() {
-                Ok(w) => batch.push(w),
+                Ok(w) => {
+                    bytes += w.0.encode().len();
+                    batch.push(w)
+                }
                 Err(_) => break,
             }
         }
