@@ -230,6 +230,40 @@ async fn a_session_reads_exactly_its_fields_every_read_is_audited_first_and_clos
             let eves = records.iter().find(|e| e.principal == "eve" && e.session == id);
             assert!(eves.is_none_or(|e| e.purpose.is_empty()), "another principal's try does not carry the session's purpose: {eves:?}");
 
+            // A write in a session (a grant that requires one for writing the phone field):
+            // recorded once, by the node that proposes it, though sent to a node that may
+            // forward it to the shard's leader.
+            let phone = pb::Grant {
+                principal: "bhxh_app".into(),
+                tenant: DAN_CU.into(),
+                table: CITIZEN.into(),
+                family: "contact".into(),
+                qualifiers: vec![b"phone".to_vec()],
+                permissions: vec![pb::Permission::Write as i32],
+                session_required: true,
+                session_duration_max_ms: 600_000,
+                ..Default::default()
+            };
+            admin.create_grant(pb::CreateGrantRequest { grant: Some(phone) }).await.unwrap();
+            cluster.wait_grants_current(&token).await;
+            let w = b_admin.open_access_session(open_request("contact", &["phone"], 600_000)).await.unwrap().into_inner().session.unwrap();
+            let update = pb::MutateRowRequest {
+                tenant: DAN_CU.into(),
+                table: CITIZEN.into(),
+                row_key: first.clone(),
+                mutations: vec![set("contact", "phone", b"0987654321")],
+            };
+            for node in 1..=3 {
+                let (mut d, _) = cluster.clients_as(node, Some(&token));
+                d.mutate_row(in_session(update.clone(), &w.session_id))
+                    .await
+                    .unwrap_or_else(|e| panic!("a write in the session via node {node}: {e}"));
+            }
+            let records = admin.read_audit(pb::ReadAuditRequest::default()).await.unwrap().into_inner().entries;
+            let writes: Vec<_> = records.iter().filter(|e| e.session == w.session_id && e.action == "MutateRow").collect();
+            assert_eq!(writes.len(), 3, "one record per write, whichever node it was sent to: {writes:?}");
+            assert!(writes.iter().all(|e| e.fields == ["phone"] && e.keys.starts_with("sha256/8: ")), "{writes:?}");
+
             // A stream in the session, then the session closed: the stream ends early, refused.
             let mut stream = data
                 .scan_rows(in_session(pb::ScanRowsRequest { tenant: DAN_CU.into(), table: CITIZEN.into(), ..Default::default() }, &id))

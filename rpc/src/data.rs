@@ -127,14 +127,27 @@ impl DataService {
     /// the record is committed, before the answer is sent or the write proposed; refuses
     /// the request when it cannot be (fail closed). Nothing outside a session.
     async fn audit_read(&self, origin: &Origin, meta: &TableMeta, fill: impl FnOnce(&mut kho_raft::audit::Record)) -> Result<(), Status> {
+        match self.session_record(origin, meta, fill) {
+            Some(r) => self.ctx.audit.append(r).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The audit record of a request in an access session (none outside one).
+    fn session_record(
+        &self,
+        origin: &Origin,
+        meta: &TableMeta,
+        fill: impl FnOnce(&mut kho_raft::audit::Record),
+    ) -> Option<kho_raft::audit::Record> {
         if !Ctx::in_session(origin) {
-            return Ok(());
+            return None;
         }
         let mut r = self.ctx.record(origin);
         r.tenant = meta.tenant.clone();
         r.table = meta.name.clone();
         fill(&mut r);
-        self.ctx.audit.append(r).await
+        Some(r)
     }
 
     /// For a stream in an access session: checks, at each chunk, that the session is still
@@ -254,8 +267,9 @@ impl DataService {
         let view = self.view(origin, Perm::Write, tenant, table).await?;
         let (meta, keys) = self.table_access(tenant, table, origin, Kind::Write).await?;
         need_ops(origin, &view, &meta, &ops).map_err(|s| self.deny(origin, &meta.tenant, &meta.name, s))?;
-        // A write in an access session is recorded before it is proposed (fail closed).
-        self.audit_read(origin, &meta, |a| {
+        // A write in an access session is recorded before it is proposed (fail closed), by
+        // the node that proposes it (not by one that forwards it).
+        let record = self.session_record(origin, &meta, |a| {
             let (mut families, mut fields, mut rows) = (Vec::new(), Vec::new(), Vec::new());
             for op in &ops {
                 let (row, family, qualifier) = match op {
@@ -283,16 +297,22 @@ impl DataService {
             a.keys = hashed_keys(rows.iter().copied());
             a.rows = rows.len() as u64;
             a.reason = format!("write of {} operations", ops.len());
-        })
-        .await?;
+        });
         let mut w = TableAccess { meta: &meta, keys: keys.as_deref() }.resolve(ops, None).map_err(status::app_error)?;
-        self.propose_cells(&mut w, origin).await
+        self.propose_cells(&mut w, origin, record).await
     }
 
     /// Routes and proposes a resolved write (see [`DataService::propose_write`]), looking
     /// the shard up again (at most [`ROUTE_ATTEMPTS_MAX`] times) when the shard refuses it
-    /// as misrouted (a split or merge since the lookup).
-    async fn propose_cells(&self, w: &mut kho_raft::CellWrite, origin: &Origin) -> Result<Leader<Written>, Status> {
+    /// as misrouted (a split or merge since the lookup). `record` (a write in an access
+    /// session) is appended to the audit log right before the first proposal, on the node
+    /// that proposes: a node that forwards the write records nothing.
+    async fn propose_cells(
+        &self,
+        w: &mut kho_raft::CellWrite,
+        origin: &Origin,
+        mut record: Option<kho_raft::audit::Record>,
+    ) -> Result<Leader<Written>, Status> {
         let mut last = None;
         for _ in 0..ROUTE_ATTEMPTS_MAX {
             let first = kho_raft::cells::first_key(w).ok_or_else(|| Status::invalid_argument("ops: no operation"))?.to_vec();
@@ -318,6 +338,10 @@ impl DataService {
             }
             w.shard = desc.id;
             w.epoch = desc.epoch.version;
+            // Its audit record first (a write in an access session): no record, no write.
+            if let Some(r) = record.take() {
+                self.ctx.audit.append(r).await?;
+            }
             match self.ctx.propose_in(&g, Command::Write(w.clone()), origin).await? {
                 Leader::There(to) => return Ok(Leader::There(to)),
                 Leader::Here(r) => match &r.outcome {
@@ -629,7 +653,7 @@ impl DataService {
                 None => WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] },
             };
             let mut w = access.resolve(vec![op], Some(RawCondition { key, expected: stored })).map_err(status::app_error)?;
-            match self.propose_cells(&mut w, origin).await? {
+            match self.propose_cells(&mut w, origin, None).await? {
                 Leader::There(to) => return forward!(self.ctx, data_client, to, compare_and_swap, r.clone()),
                 Leader::Here(w) => {
                     let cas = w.cas.as_ref().ok_or_else(|| status::internal("conditional write returned no comparison outcome"))?;
