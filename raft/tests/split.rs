@@ -132,11 +132,36 @@ impl Node {
     /// What a crash at this instant leaves: a copy of the files as they are now (RocksDB's
     /// WAL and SST files, the shared log), reopened. Writes applied without the WAL and not
     /// flushed are not in it.
+    /// A copy of the node's files as a crash would leave them. RocksDB's background work
+    /// (a flush, a compaction) may create or delete files while they are copied, and a
+    /// copy that mixes the before and after (a MANIFEST naming a table made after the
+    /// listing) is no state a crash leaves: the copy is made again until the files listed
+    /// before and after it are the same (at most COPY_TRIES_MAX times).
     fn crash_copy(&self) -> Node {
-        let to = TempDir::new().expect("temp dir");
-        copy_dir(self.dir.path(), to.path());
-        Node::at(to)
+        const COPY_TRIES_MAX: usize = 20;
+        for _ in 0..COPY_TRIES_MAX {
+            let to = TempDir::new().expect("temp dir");
+            let before = listing(self.dir.path());
+            copy_dir(self.dir.path(), to.path());
+            if listing(self.dir.path()) == before {
+                return Node::at(to);
+            }
+        }
+        panic!("the node's files kept changing during {COPY_TRIES_MAX} copies");
     }
+}
+
+/// Every file under `dir`, by path.
+fn listing(dir: &Path) -> BTreeSet<std::path::PathBuf> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        if e.path().is_dir() {
+            out.extend(listing(&e.path()));
+        } else {
+            out.insert(e.path());
+        }
+    }
+    out
 }
 
 fn copy_dir(from: &Path, to: &Path) {
