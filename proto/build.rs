@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("kho_descriptor.bin"))
         .bytes(".kho.v1.RaftMessage.payload")
         .bytes(".kho.v1.SnapshotChunk.data")
-        .compile_protos(&["kho/v1/data.proto", "kho/v1/admin.proto", "kho/v1/raft.proto"], &["."])?;
+        .compile_protos(&["kho/v1/data.proto", "kho/v1/admin.proto", "kho/v1/raft.proto", "kho/v1/load.proto"], &["."])?;
     println!("cargo:rerun-if-changed=kho");
     Ok(())
 }

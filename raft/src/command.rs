@@ -206,6 +206,12 @@ pub enum Command {
     AddGrant {
         grant: crate::access::Grant,
     },
+    /// Meta group: creates, takes over, updates or forgets a load job
+    /// ([`crate::load::LoadJob`]). An update is refused unless the job's run is `job.run`.
+    PutLoadJob {
+        job: crate::load::LoadJob,
+        op: crate::load::LoadJobOp,
+    },
 }
 
 impl Command {
@@ -480,6 +486,9 @@ impl std::fmt::Display for Command {
                 write!(f, "open-session {} for {} on {} until {}", session.id, session.principal, session.scope(), session.expires_at_ms)
             }
             Command::CloseSession { id, .. } => write!(f, "close-session {id}"),
+            Command::PutLoadJob { job, op } => {
+                write!(f, "load-job {op:?} {} on {}/{} ({})", job.id, job.tenant, job.table, job.state.name())
+            }
             Command::RecordShards { pieces } => {
                 write!(f, "record-shards")?;
                 for p in pieces {

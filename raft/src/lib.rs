@@ -16,6 +16,7 @@ pub mod flushed_applied;
 pub mod key_jobs;
 pub mod key_range;
 pub mod keyring;
+pub mod load;
 pub mod local_ranges;
 pub mod log_store;
 pub mod merge_apply;

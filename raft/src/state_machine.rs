@@ -33,6 +33,7 @@ use crate::codec;
 use crate::command::{AppError, CasOutcome, CellOp, CellWrite, Command, NewTenantKeys, Outcome, Replacement, Response};
 use crate::flushed_applied::FlushedApplied;
 use crate::keyring::{self, Job, KeyRecord, KeyState, TenantKeys};
+use crate::load;
 use crate::log_store::{meta_key, GroupLog};
 use crate::shard::{Epoch, Replica, ShardDesc, ShardState};
 use crate::snapshot::{SnapshotData, SnapshotReader, INSTALLING_FILE};
@@ -907,6 +908,7 @@ impl StateMachine {
                 batch.put_value(&access::session_key(&id), &s.encode());
                 Ok((Outcome::Done, Some(CatalogChange::Session(s))))
             }
+            Command::PutLoadJob { job, op } => Ok((self.put_load_job(job, op, batch)?, None)),
             Command::Write(_)
             | Command::ClearTable { .. }
             | Command::Reseal { .. }
@@ -918,6 +920,67 @@ impl StateMachine {
             }
             Command::Audit { .. } | Command::Audited { .. } => unreachable!("dispatched in execute"),
         }
+    }
+
+    /// Applies a [`Command::PutLoadJob`] (meta group; applied alone, so the engine holds
+    /// every entry before it).
+    fn put_load_job(&self, mut job: load::LoadJob, op: load::LoadJobOp, batch: &mut kho_engine::WriteBatch) -> io::Result<Outcome> {
+        use load::LoadJobOp;
+        if let Err(e) = job.check() {
+            return Ok(Outcome::Rejected(e));
+        }
+        let engine = &self.state.engine;
+        let key = load::job_key(&job.id);
+        let old = match engine.get_value(&key).map_err(io_err)? {
+            Some(v) => Some(load::LoadJob::decode(&v).map_err(|e| io_err(kho_engine::Error::Corruption { what: e }))?),
+            None => None,
+        };
+        let count_key = crate::catalog::counter_key(load::LOAD_JOBS_COUNTER);
+        let count = match engine.get_value(&count_key).map_err(io_err)? {
+            Some(v) => u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| io_err(kho_engine::Error::Corruption { what: "load job counter is not 8 bytes".into() }))?,
+            ),
+            None => 0,
+        };
+        let rejected = |e: AppError| Ok(Outcome::Rejected(e));
+        match (op, old) {
+            (LoadJobOp::Create, Some(_)) => return rejected(AppError::already_exists(format!("load job `{}` exists", job.id))),
+            (LoadJobOp::Create, None) => {
+                if count >= load::LOAD_JOBS_MAX {
+                    return rejected(AppError::failed_precondition(format!(
+                        "the cluster keeps {count} load jobs, the limit (LOAD_JOBS_MAX): forget finished ones with `kho load forget`"
+                    )));
+                }
+                job.created_at_ms = job.updated_at_ms;
+                batch.put_value(&count_key, &(count + 1).to_be_bytes());
+            }
+            (_, None) => return rejected(AppError::not_found(format!("load job `{}` does not exist", job.id))),
+            (_, Some(old)) if (old.tenant.as_str(), old.table.as_str()) != (job.tenant.as_str(), job.table.as_str()) => {
+                return rejected(AppError::invalid(format!(
+                    "load job `{}` loads {}/{}, not {}/{}",
+                    job.id, old.tenant, old.table, job.tenant, job.table
+                )));
+            }
+            (LoadJobOp::Update, Some(old)) if old.run != job.run => {
+                return rejected(AppError::failed_precondition(format!(
+                    "load job `{}` was taken over by another run ({}, at {} ms since the epoch): this loader stops",
+                    job.id, old.run, old.updated_at_ms
+                )));
+            }
+            (LoadJobOp::Delete, Some(_)) => {
+                batch.delete(kho_engine::Cf::Data, &key);
+                batch.put_value(&count_key, &count.saturating_sub(1).to_be_bytes());
+                return Ok(Outcome::Done);
+            }
+            (LoadJobOp::Takeover | LoadJobOp::Update, Some(old)) => {
+                job.owner = old.owner;
+                job.created_at_ms = old.created_at_ms;
+            }
+        }
+        batch.put_value(&key, &job.encode());
+        Ok(Outcome::Done)
     }
 
     /// Applies a data shard's command: only after checking that it was routed to this

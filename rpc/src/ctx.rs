@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use futures::Stream;
 use kho_proto::v1::admin_client::AdminClient;
 use kho_proto::v1::data_client::DataClient;
+use kho_proto::v1::load_client::LoadClient;
 use kho_raft::command::Outcome;
 use kho_raft::{Command, Group, NodeId, ProposeError, RaftNode};
 use tokio::sync::Semaphore;
@@ -806,6 +807,11 @@ impl Ctx {
     pub fn data_client(&self, addr: &str) -> Result<DataClient<Channel>, Status> {
         let n = self.limits.grpc_message_bytes_max as usize;
         Ok(DataClient::new(self.channel(addr)?).max_decoding_message_size(n).max_encoding_message_size(n))
+    }
+
+    pub fn load_client(&self, addr: &str) -> Result<LoadClient<Channel>, Status> {
+        let n = self.limits.grpc_message_bytes_max as usize;
+        Ok(LoadClient::new(self.channel(addr)?).max_decoding_message_size(n).max_encoding_message_size(n))
     }
 
     pub fn admin_client(&self, addr: &str) -> Result<AdminClient<Channel>, Status> {

@@ -47,7 +47,7 @@ fn family_of(meta: &TableMeta, name: &str) -> Result<FamilyId, Status> {
 }
 
 /// The family a request names: its own name, or the table's first family for "".
-fn family_name<'a>(meta: &'a TableMeta, name: &'a str) -> &'a str {
+pub(crate) fn family_name<'a>(meta: &'a TableMeta, name: &'a str) -> &'a str {
     if name.is_empty() {
         meta.families.first().map_or("", String::as_str)
     } else {
@@ -67,7 +67,7 @@ fn need_cell(origin: &Origin, view: &TableView, perm: Perm, meta: &TableMeta, fa
 
 /// `PERMISSION_DENIED` unless the write's every op is within `view`: a cell's family and
 /// qualifier, a whole family for `DeleteFamily`, the whole table for `DeleteRow`.
-fn need_ops(origin: &Origin, view: &TableView, meta: &TableMeta, ops: &[WriteOp]) -> Result<(), Status> {
+pub(crate) fn need_ops(origin: &Origin, view: &TableView, meta: &TableMeta, ops: &[WriteOp]) -> Result<(), Status> {
     for op in ops {
         match op {
             WriteOp::Put { family, qualifier, .. } | WriteOp::Delete { family, qualifier, .. } => {
@@ -126,7 +126,7 @@ impl DataService {
     /// (principal, session, purpose, what it names, how much it returns) and returns once
     /// the record is committed, before the answer is sent or the write proposed; refuses
     /// the request when it cannot be (fail closed). Nothing outside a session.
-    async fn audit_read(&self, origin: &Origin, meta: &TableMeta, fill: impl FnOnce(&mut kho_raft::audit::Record)) -> Result<(), Status> {
+    pub(crate) async fn audit_read(&self, origin: &Origin, meta: &TableMeta, fill: impl FnOnce(&mut kho_raft::audit::Record)) -> Result<(), Status> {
         match self.session_record(origin, meta, fill) {
             Some(r) => self.ctx.audit.append(r).await,
             None => Ok(()),
@@ -192,7 +192,7 @@ impl DataService {
 
     /// What the caller may do with `perm` in `tenant/table` ([`auth::Auth::view`]):
     /// decided from the names before the table is looked up ([`Ctx::authorize`]).
-    async fn view(&self, origin: &Origin, perm: Perm, tenant: &str, table: &str) -> Result<TableView, Status> {
+    pub(crate) async fn view(&self, origin: &Origin, perm: Perm, tenant: &str, table: &str) -> Result<TableView, Status> {
         self.ctx
             .authorize(origin, tenant, table, || {
                 let meta = self.ctx.meta();
@@ -204,7 +204,7 @@ impl DataService {
 
     /// Records a refusal in the audit log (only `PERMISSION_DENIED`: other failures of a
     /// check are not denials).
-    fn deny(&self, origin: &Origin, tenant: &str, table: &str, s: Status) -> Status {
+    pub(crate) fn deny(&self, origin: &Origin, tenant: &str, table: &str, s: Status) -> Status {
         if s.code() == tonic::Code::PermissionDenied {
             self.ctx.deny(origin, tenant, table, s)
         } else {
@@ -218,7 +218,7 @@ impl DataService {
 
     /// The table and its tenant's keys (None for a plaintext tenant), from this node's copy
     /// of the catalog.
-    fn access(&self, tenant: &str, table: &str) -> Result<(TableMeta, Option<Arc<TenantKeys>>), Status> {
+    pub(crate) fn access(&self, tenant: &str, table: &str) -> Result<(TableMeta, Option<Arc<TenantKeys>>), Status> {
         let g = self.ctx.meta();
         let cat = g.state.catalog();
         let meta = cat.table(tenant, table).map_err(status::app_error)?.clone();
@@ -230,7 +230,7 @@ impl DataService {
     /// after a read barrier of the meta group, so that a table created (and acknowledged)
     /// through another node is found. When that barrier fails (the deadline passed, no
     /// quorum), its failure is the answer, not NOT_FOUND: the table may well exist.
-    async fn table_access(
+    pub(crate) async fn table_access(
         &self,
         tenant: &str,
         table: &str,
@@ -254,7 +254,7 @@ impl DataService {
         self.ctx.node.engine().clone()
     }
 
-    fn check_table_names(&self, tenant: &str, table: &str) -> Result<(), Status> {
+    pub(crate) fn check_table_names(&self, tenant: &str, table: &str) -> Result<(), Status> {
         validate::name("tenant", tenant)?;
         validate::name("table", table)
     }
@@ -263,7 +263,7 @@ impl DataService {
     /// shard and proposes it there, on the shard's leader; says where to forward the request
     /// (as the client sent it: it is resolved again there) when the leader is another node.
     /// A write whose keys fall in several shards is refused (no cross-shard atomicity yet).
-    async fn propose_write(&self, tenant: &str, table: &str, ops: Vec<WriteOp>, origin: &Origin) -> Result<Leader<Written>, Status> {
+    pub(crate) async fn propose_write(&self, tenant: &str, table: &str, ops: Vec<WriteOp>, origin: &Origin) -> Result<Leader<Written>, Status> {
         let view = self.view(origin, Perm::Write, tenant, table).await?;
         let (meta, keys) = self.table_access(tenant, table, origin, Kind::Write).await?;
         need_ops(origin, &view, &meta, &ops).map_err(|s| self.deny(origin, &meta.tenant, &meta.name, s))?;
@@ -407,7 +407,7 @@ impl DataService {
     /// to `end`. The shards found cover `[start, end)` without gap, so one view of the
     /// node's engine taken after every barrier holds every row of the range exactly once,
     /// in key order, at least as new as the read.
-    async fn read_shards(&self, start: &[u8], end: &[u8], consistency: i32, origin: &Origin) -> Result<Leader<Vec<Arc<Group>>>, Status> {
+    pub(crate) async fn read_shards(&self, start: &[u8], end: &[u8], consistency: i32, origin: &Origin) -> Result<Leader<Vec<Arc<Group>>>, Status> {
         let mut groups: Vec<Arc<Group>> = Vec::new();
         let mut at = start.to_vec();
         let mut lookups = 0usize;
@@ -846,7 +846,7 @@ impl DataService {
 /// nothing of: each named family must be readable in part at least; a named qualifier must
 /// be readable in each named family (in some family, when none is named). What is only
 /// partly readable is filtered, and the row says so (`cells_withheld`).
-fn need_named(origin: &Origin, view: &TableView, meta: &TableMeta, families: &[String], qualifiers: &[Vec<u8>]) -> Result<(), Status> {
+pub(crate) fn need_named(origin: &Origin, view: &TableView, meta: &TableMeta, families: &[String], qualifiers: &[Vec<u8>]) -> Result<(), Status> {
     for f in families {
         if !view.any_of_family(f) {
             return Err(auth::missing(&origin.caller, Perm::Read, &meta.tenant, &meta.name, Some(f), None));
@@ -866,7 +866,7 @@ fn need_named(origin: &Origin, view: &TableView, meta: &TableMeta, families: &[S
 
 /// The states of `groups` in the order their install gates are taken: by group id, so that
 /// two readers of the same shards never wait for each other's gates.
-fn gate_order(groups: &[Arc<Group>]) -> Vec<Arc<SmState>> {
+pub(crate) fn gate_order(groups: &[Arc<Group>]) -> Vec<Arc<SmState>> {
     let mut states: Vec<_> = groups.iter().map(|g| g.state.clone()).collect();
     states.sort_by_key(|s| s.group);
     states.dedup_by_key(|s| s.group);
@@ -901,7 +901,7 @@ fn open(keys: Option<&TenantKeys>, key: &[u8], stored: &[u8]) -> Result<Vec<u8>,
 
 /// Reads every cell of `[start, end)` under one point-in-time view, in a blocking task,
 /// calling `visit` with the decoded key and verified value; `visit` returns false to stop.
-fn scan_cells(
+pub(crate) fn scan_cells(
     engine: &Engine,
     states: &[Arc<SmState>],
     tenant_keys: Option<&TenantKeys>,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use kho_proto::v1::admin_server::AdminServer;
 use kho_proto::v1::data_server::DataServer;
+use kho_proto::v1::load_server::LoadServer;
 use kho_proto::v1::raft_transport_server::RaftTransportServer;
 use kho_raft::RaftNode;
 
@@ -17,6 +18,7 @@ use crate::channels::Channels;
 use crate::config::Config;
 use crate::ctx::Ctx;
 use crate::data::DataService;
+use crate::load::LoadService;
 use crate::pool::BlockingPool;
 use crate::tls::{ListenerKind, TlsState};
 use crate::transport::{GrpcTransport, RaftService};
@@ -127,6 +129,7 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<DataServer<DataService>>().await;
     health_reporter.set_serving::<AdminServer<AdminService>>().await;
+    health_reporter.set_serving::<LoadServer<LoadService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kho_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -136,6 +139,7 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
     let data = || DataServer::new(DataService { ctx: ctx.clone() }).max_decoding_message_size(msg_max).max_encoding_message_size(msg_max);
     let admin =
         || AdminServer::new(AdminService { ctx: ctx.clone() }).max_decoding_message_size(msg_max).max_encoding_message_size(msg_max);
+    let load = || LoadServer::new(LoadService { ctx: ctx.clone() }).max_decoding_message_size(msg_max).max_encoding_message_size(msg_max);
     let raft =
         RaftTransportServer::new(RaftService { node: node.clone() }).max_decoding_message_size(msg_max).max_encoding_message_size(msg_max);
     // One admission limit over both listeners: a forwarded request counts like any other.
@@ -162,11 +166,13 @@ pub async fn run_server(config: Config, shutdown: impl std::future::Future<Outpu
         .add_service(reflection)
         .add_service(data())
         .add_service(admin())
+        .add_service(load())
         .serve_with_incoming_shutdown(crate::tls::incoming(listener, ListenerKind::Client, tls.clone()), stopped(stop_rx.clone()));
     let peer_server = builder()
         .add_service(raft)
         .add_service(data())
         .add_service(admin())
+        .add_service(load())
         .serve_with_incoming_shutdown(crate::tls::incoming(peer_listener, ListenerKind::Peer, tls.clone()), stopped(stop_rx));
     let server = tokio::spawn(async move {
         let (a, b) = tokio::join!(client_server, peer_server);
