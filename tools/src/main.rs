@@ -53,6 +53,7 @@ mod datagen;
 mod demo;
 mod display;
 mod keys_cmd;
+mod load;
 mod local_cluster;
 mod master_key;
 mod node_config;
