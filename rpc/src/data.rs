@@ -126,7 +126,12 @@ impl DataService {
     /// (principal, session, purpose, what it names, how much it returns) and returns once
     /// the record is committed, before the answer is sent or the write proposed; refuses
     /// the request when it cannot be (fail closed). Nothing outside a session.
-    pub(crate) async fn audit_read(&self, origin: &Origin, meta: &TableMeta, fill: impl FnOnce(&mut kho_raft::audit::Record)) -> Result<(), Status> {
+    pub(crate) async fn audit_read(
+        &self,
+        origin: &Origin,
+        meta: &TableMeta,
+        fill: impl FnOnce(&mut kho_raft::audit::Record),
+    ) -> Result<(), Status> {
         match self.session_record(origin, meta, fill) {
             Some(r) => self.ctx.audit.append(r).await,
             None => Ok(()),
@@ -263,7 +268,13 @@ impl DataService {
     /// shard and proposes it there, on the shard's leader; says where to forward the request
     /// (as the client sent it: it is resolved again there) when the leader is another node.
     /// A write whose keys fall in several shards is refused (no cross-shard atomicity yet).
-    pub(crate) async fn propose_write(&self, tenant: &str, table: &str, ops: Vec<WriteOp>, origin: &Origin) -> Result<Leader<Written>, Status> {
+    pub(crate) async fn propose_write(
+        &self,
+        tenant: &str,
+        table: &str,
+        ops: Vec<WriteOp>,
+        origin: &Origin,
+    ) -> Result<Leader<Written>, Status> {
         let view = self.view(origin, Perm::Write, tenant, table).await?;
         let (meta, keys) = self.table_access(tenant, table, origin, Kind::Write).await?;
         need_ops(origin, &view, &meta, &ops).map_err(|s| self.deny(origin, &meta.tenant, &meta.name, s))?;
@@ -407,7 +418,13 @@ impl DataService {
     /// to `end`. The shards found cover `[start, end)` without gap, so one view of the
     /// node's engine taken after every barrier holds every row of the range exactly once,
     /// in key order, at least as new as the read.
-    pub(crate) async fn read_shards(&self, start: &[u8], end: &[u8], consistency: i32, origin: &Origin) -> Result<Leader<Vec<Arc<Group>>>, Status> {
+    pub(crate) async fn read_shards(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        consistency: i32,
+        origin: &Origin,
+    ) -> Result<Leader<Vec<Arc<Group>>>, Status> {
         let mut groups: Vec<Arc<Group>> = Vec::new();
         let mut at = start.to_vec();
         let mut lookups = 0usize;
@@ -846,7 +863,13 @@ impl DataService {
 /// nothing of: each named family must be readable in part at least; a named qualifier must
 /// be readable in each named family (in some family, when none is named). What is only
 /// partly readable is filtered, and the row says so (`cells_withheld`).
-pub(crate) fn need_named(origin: &Origin, view: &TableView, meta: &TableMeta, families: &[String], qualifiers: &[Vec<u8>]) -> Result<(), Status> {
+pub(crate) fn need_named(
+    origin: &Origin,
+    view: &TableView,
+    meta: &TableMeta,
+    families: &[String],
+    qualifiers: &[Vec<u8>],
+) -> Result<(), Status> {
     for f in families {
         if !view.any_of_family(f) {
             return Err(auth::missing(&origin.caller, Perm::Read, &meta.tenant, &meta.name, Some(f), None));

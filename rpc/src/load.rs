@@ -87,7 +87,12 @@ fn import_ops(limits: &crate::config::Limits, r: &pb::ImportRowsRequest) -> Resu
                 )));
             }
             bytes += (c.qualifier.len() + c.value.len()) as u64;
-            ops.push(WriteOp::Put { row: row.key.clone(), family: c.family.clone(), qualifier: c.qualifier.clone(), value: c.value.clone() });
+            ops.push(WriteOp::Put {
+                row: row.key.clone(),
+                family: c.family.clone(),
+                qualifier: c.qualifier.clone(),
+                value: c.value.clone(),
+            });
         }
     }
     if bytes > limits.batch_bytes_max {
@@ -101,7 +106,11 @@ fn import_ops(limits: &crate::config::Limits, r: &pb::ImportRowsRequest) -> Resu
 
 /// The digest of a request's rows as they are (or would be) stored, and the rows of the
 /// listed buckets. Cells hash in stored order: family id, then qualifier.
-fn digest_rows(meta: &TableMeta, keys: Option<&TenantKeys>, r: &pb::ImportRowsRequest) -> Result<(TableDigest, Vec<pb::RowDigest>), Status> {
+fn digest_rows(
+    meta: &TableMeta,
+    keys: Option<&TenantKeys>,
+    r: &pb::ImportRowsRequest,
+) -> Result<(TableDigest, Vec<pb::RowDigest>), Status> {
     let access = TableAccess { meta, keys };
     let listed: HashSet<u32> = r.list_buckets.iter().copied().collect();
     let mut digest = TableDigest::default();
@@ -134,11 +143,7 @@ fn row_digest(stored_key: Vec<u8>, d: &jobs::RowDigest, index: u32) -> pb::RowDi
 
 pub fn digest_to_pb(d: &TableDigest) -> pb::TableDigest {
     pb::TableDigest {
-        buckets: d
-            .buckets
-            .iter()
-            .map(|b| pb::DigestBucket { rows: b.rows, cells: b.cells, sum: b.sum.to_le_bytes().to_vec() })
-            .collect(),
+        buckets: d.buckets.iter().map(|b| pb::DigestBucket { rows: b.rows, cells: b.cells, sum: b.sum.to_le_bytes().to_vec() }).collect(),
     }
 }
 
@@ -188,7 +193,12 @@ fn job_to_pb(j: LoadJob, full: bool) -> pb::LoadJob {
 impl LoadService {
     /// `ChecksumTable` where this node holds every shard of the table (after their read
     /// barriers), or forwarded to a node that does.
-    async fn checksum_once(&self, r: &pb::ChecksumTableRequest, rows_max: usize, origin: Origin) -> Result<Response<pb::ChecksumTableResponse>, Status> {
+    async fn checksum_once(
+        &self,
+        r: &pb::ChecksumTableRequest,
+        rows_max: usize,
+        origin: Origin,
+    ) -> Result<Response<pb::ChecksumTableResponse>, Status> {
         let d = self.data();
         let origin = &origin;
         let view = d.view(origin, Perm::Read, &r.tenant, &r.table).await?;
@@ -395,9 +405,7 @@ impl Load for LoadService {
                 engine
                     .snapshot()
                     .for_each(kho_engine::Cf::Data, &start, Some(&end), |k, v| {
-                        let job = kho_engine::value::decode_value(k, v)
-                            .map_err(|e| e.to_string())
-                            .and_then(|payload| LoadJob::decode(payload));
+                        let job = kho_engine::value::decode_value(k, v).map_err(|e| e.to_string()).and_then(LoadJob::decode);
                         match job {
                             Ok(j) if tenant.is_empty() || j.tenant == tenant => {
                                 out.push(LoadJob { spec: Vec::new(), checkpoint: Vec::new(), ..j });

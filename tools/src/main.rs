@@ -83,6 +83,9 @@ enum Command {
     Table(admin_cmd::TableCmd),
     /// The key-value view: one cell per key (family, empty qualifier).
     Kv(data_cmd::KvCmd),
+    /// Bulk loads from CSV, JSON Lines and PostgreSQL: verified, resumable jobs
+    /// (docs/MIGRATION.md).
+    Load(load::cmd::LoadCmd),
     /// Rows of cells: `family:qualifier = value`.
     Row(data_cmd::RowCmd),
     /// Data shards: their ranges, replicas and leaders.
@@ -194,6 +197,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Node(cmd) => admin_cmd::node(cmd).await,
         Command::Kv(cmd) => data_cmd::kv(cmd).await,
         Command::Row(cmd) => data_cmd::row(cmd).await,
+        Command::Load(cmd) => load::cmd::command(cmd).await,
         Command::Bench(args) => bench::command(args).await,
         Command::BenchCompare(args) => bench::compare::command(args).await,
     };

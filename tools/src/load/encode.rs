@@ -96,6 +96,7 @@ fn flip64(i: i64) -> [u8; 8] {
     ((i as u64) ^ (1 << 63)).to_be_bytes()
 }
 
+#[cfg(test)]
 fn unflip64(b: [u8; 8]) -> i64 {
     (u64::from_be_bytes(b) ^ (1 << 63)) as i64
 }
@@ -104,6 +105,7 @@ fn flip32(i: i32) -> [u8; 4] {
     ((i as u32) ^ (1 << 31)).to_be_bytes()
 }
 
+#[cfg(test)]
 fn unflip32(b: [u8; 4]) -> i32 {
     (u32::from_be_bytes(b) ^ (1 << 31)) as i32
 }
@@ -380,12 +382,14 @@ pub fn encode_value(ty: ColType, f: &Field) -> Result<Option<Vec<u8>>, String> {
     Ok(Some(bytes))
 }
 
+#[cfg(test)]
 fn fixed<const N: usize>(ty: ColType, bytes: &[u8]) -> Result<[u8; N], String> {
     bytes.try_into().map_err(|_| format!("a stored {ty} is {N} bytes, this one is {}", bytes.len()))
 }
 
 /// Renders a stored value as text (for messages and tests): the inverse of `encode_value`.
 /// Integers and dates as digits, timestamps as RFC 3339 in UTC, bytes as `\x` hex.
+#[cfg(test)]
 pub fn decode_value(ty: ColType, bytes: &[u8]) -> Result<String, String> {
     Ok(match ty {
         ColType::Text | ColType::Decimal | ColType::Json => utf8(bytes)?.to_string(),
@@ -451,6 +455,7 @@ pub fn encode_key_part(ty: ColType, f: &Field, composite: bool, out: &mut Vec<u8
 /// boolean 1, date 4, timestamptz 8 as their value encoding; text and bytes with 0x00
 /// written 0x00 0xFF and ended by 0x00 0x01. So ("a", 1) < ("ab", 0) and byte order is the
 /// order of the tuples. A reason names the part: `key part 2: is NULL`.
+#[cfg(test)]
 pub fn encode_key(parts: &[(ColType, &Field)]) -> Result<Vec<u8>, String> {
     let mut key = Vec::new();
     for (i, (ty, f)) in parts.iter().enumerate() {

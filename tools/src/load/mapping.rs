@@ -282,7 +282,7 @@ impl Mapping {
     /// The mapping as a mapping file, with comments; `parse_toml` reads it back equal.
     pub fn to_toml(&self) -> String {
         let mut s = String::new();
-        s.push_str("# kho load mapping: which source column becomes which cell (docs: `kho load --help`).\n");
+        s.push_str("# kho load mapping: which source column becomes which cell (docs/MIGRATION.md).\n");
         s.push_str(&format!("version = {MAPPING_VERSION}\n"));
         s.push_str("# The row key: these source columns, in this order.\n");
         s.push_str(&format!("key = [{}]\n", self.key.iter().map(|k| toml_str(k)).collect::<Vec<_>>().join(", ")));
@@ -394,7 +394,10 @@ pub fn infer_type_from_samples(values: &[&str]) -> ColType {
     if samples.is_empty() {
         return ColType::Text;
     }
-    if samples.iter().all(|v| parse_integer(v).is_ok()) {
+    // An integer only when storing it as one loses nothing: `007` and `+7` are ids or codes
+    // whose text matters (a citizen id keeps its leading zeros).
+    let canonical_integer = |v: &str| parse_integer(v).is_ok_and(|n| n.to_string() == v);
+    if samples.iter().all(|v| canonical_integer(v)) {
         ColType::Integer
     } else if samples.iter().all(|v| v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false")) {
         ColType::Boolean
@@ -446,6 +449,13 @@ skip = true
     /// A mapping file with the given key line and columns.
     fn with_columns(key: &str, columns: &str) -> String {
         format!("version = 1\nkey = {key}\n{columns}")
+    }
+
+    #[test]
+    fn numbers_with_leading_zeros_are_proposed_as_text() {
+        assert_eq!(infer_type_from_samples(&["000000000001", "123"]), ColType::Text);
+        assert_eq!(infer_type_from_samples(&["+5"]), ColType::Text);
+        assert_eq!(infer_type_from_samples(&["0", "-12", "40"]), ColType::Integer);
     }
 
     #[test]

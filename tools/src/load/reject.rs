@@ -50,6 +50,7 @@ pub struct RejectWriter {
 
 impl RejectWriter {
     /// Creates (or empties) the reject file.
+    #[cfg(test)]
     pub fn create(path: &Path, max_rejects: u64) -> anyhow::Result<RejectWriter> {
         let file = OpenOptions::new()
             .write(true)
@@ -117,6 +118,7 @@ impl RejectWriter {
         self.mark
     }
 
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }

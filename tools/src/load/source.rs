@@ -139,13 +139,6 @@ impl FileSource {
             FileSource::Jsonl(s) => Position { line: s.line, byte: s.byte, record: s.next_record },
         }
     }
-
-    pub fn path(&self) -> &Path {
-        match self {
-            FileSource::Csv(s) => &s.reader.path,
-            FileSource::Jsonl(s) => &s.path,
-        }
-    }
 }
 
 /// Opens `path` decompressed and buffered, at byte `start` of the decompressed stream (a
