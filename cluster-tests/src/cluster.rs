@@ -459,6 +459,11 @@ impl Cluster {
         DataClient::new(self.node(id).channel.clone()).max_decoding_message_size(CLIENT_DECODE_BYTES_MAX)
     }
 
+    /// A Load client of node `id` over the cluster's shared connection to it.
+    pub fn load_client(&self, id: u64) -> kho_proto::v1::load_client::LoadClient<Channel> {
+        kho_proto::v1::load_client::LoadClient::new(self.node(id).channel.clone()).max_decoding_message_size(CLIENT_DECODE_BYTES_MAX)
+    }
+
     /// An Admin client of node `id` over the cluster's shared connection to it.
     pub fn admin_client(&self, id: u64) -> AdminClient<Channel> {
         AdminClient::new(self.node(id).channel.clone()).max_decoding_message_size(CLIENT_DECODE_BYTES_MAX)

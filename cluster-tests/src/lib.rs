@@ -32,6 +32,7 @@ mod keys;
 pub mod kv;
 pub mod nemesis;
 pub mod netproxy;
+pub mod postgres;
 mod process;
 mod retry;
 pub mod scenario;

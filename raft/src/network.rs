@@ -99,6 +99,20 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Bytes {
     Bytes::from(postcard::to_stdvec(v).expect("encoding a Raft message into a Vec cannot fail"))
 }
 
+/// How many of `entries`, from the first, fit in `bytes_max` bytes encoded (at least one).
+fn entries_within(entries: &[crate::Entry], bytes_max: usize) -> usize {
+    let mut total = 0usize;
+    for (i, e) in entries.iter().enumerate() {
+        let n = postcard::serialize_with_flavor::<_, postcard::ser_flavors::Size, usize>(e, postcard::ser_flavors::Size::default())
+            .expect("sizing an entry cannot fail");
+        total += n;
+        if total > bytes_max && i > 0 {
+            return i;
+        }
+    }
+    entries.len()
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, String> {
     postcard::from_bytes(b).map_err(|e| format!("undecodable {what}: {e}"))
 }
@@ -143,6 +157,8 @@ pub struct NetworkFactory {
     pub(crate) rpc_timeout: Duration,
     pub(crate) snapshot_timeout: Duration,
     pub(crate) snapshot_chunk_bytes: usize,
+    /// Most bytes of entries one AppendEntries carries ([`crate::RaftSettings::append_bytes_max`]).
+    pub(crate) append_bytes_max: usize,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -184,12 +200,25 @@ impl PeerClient {
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = SnapshotData;
 
+    /// Sends at most [`NetworkFactory::append_bytes_max`] bytes of entries (at least one):
+    /// when openraft hands over more (`append_entries_max` entries of large writes can be
+    /// hundreds of MiB), only the prefix that fits is sent, and its success is a partial
+    /// one, so openraft sends the rest next.
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(MessageKind::AppendEntries, &rpc, &option).await
+        let keep = entries_within(&rpc.entries, self.factory.append_bytes_max);
+        if keep == rpc.entries.len() {
+            return self.call(MessageKind::AppendEntries, &rpc, &option).await;
+        }
+        rpc.entries.truncate(keep);
+        let last = rpc.entries.last().map(|e| e.log_id);
+        match self.call(MessageKind::AppendEntries, &rpc, &option).await? {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
+            other => Ok(other),
+        }
     }
 
     async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
@@ -311,5 +340,36 @@ impl std::io::Write for SliceSender {
             return Ok(());
         }
         self.send()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::{CellOp, CellWrite, Command, Entry};
+
+    fn write_of(index: u64, bytes: usize) -> Entry {
+        let cmd = Command::Write(CellWrite {
+            shard: 1,
+            epoch: 1,
+            tenant: 1,
+            table: 2,
+            ops: vec![CellOp::Put { key: b"r".to_vec(), stored: vec![7; bytes] }],
+            condition: None,
+        });
+        let leader = openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 };
+        Entry { log_id: openraft::LogId::new(leader, index), payload: EntryPayload::Normal(cmd) }
+    }
+
+    #[test]
+    fn an_append_carries_the_entries_that_fit_and_always_one() {
+        let entries: Vec<Entry> = (1..=10).map(|i| write_of(i, 100_000)).collect();
+        assert_eq!(entries_within(&entries, 350_000), 3);
+        assert_eq!(entries_within(&entries, 10 << 20), 10);
+        // A single entry above the bound still goes alone (the receiver's limit decides).
+        assert_eq!(entries_within(&entries, 1_000), 1);
+        assert_eq!(entries_within(&[], 1_000), 0);
     }
 }

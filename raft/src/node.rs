@@ -35,6 +35,10 @@ pub struct RaftSettings {
     pub logs_to_keep_after_snapshot: u64,
     pub snapshot_chunk_bytes: u64,
     pub append_entries_max: u64,
+    /// Most bytes of entries (encoded) one AppendEntries message carries: a longer run is
+    /// sent in parts (each at least one entry), so that no message passes the gRPC message
+    /// limit between nodes.
+    pub append_bytes_max: u64,
     pub rpc_timeout_ms: u64,
     pub snapshot_timeout_ms: u64,
     /// Serve linearizable reads on followers (a read index from the leader, then the local
@@ -988,6 +992,7 @@ impl Group {
             rpc_timeout: Duration::from_millis(s.rpc_timeout_ms),
             snapshot_timeout: Duration::from_millis(s.snapshot_timeout_ms),
             snapshot_chunk_bytes: s.snapshot_chunk_bytes as usize,
+            append_bytes_max: s.append_bytes_max as usize,
         };
         let raft = Raft::new(node_id, config, net, log.clone(), sm).await.map_err(|e| RaftNodeError::Raft(e.to_string()))?;
         sleep.attach(raft.clone());

@@ -338,6 +338,8 @@ impl Config {
             logs_to_keep_after_snapshot: r.logs_to_keep_after_snapshot,
             snapshot_chunk_bytes: r.snapshot_chunk_bytes,
             append_entries_max: r.append_entries_max,
+            // Half the message limit: room for the message's own fields and a large entry.
+            append_bytes_max: self.limits.grpc_message_bytes_max / 2,
             rpc_timeout_ms: r.rpc_timeout_ms,
             snapshot_timeout_ms: r.snapshot_timeout_ms,
             follower_reads: r.follower_reads,

@@ -155,8 +155,8 @@ pub struct RunOpts {
     #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
     /// Seconds between two progress lines (and two checkpoints at most).
-    #[arg(long, global = true, default_value_t = 5, value_name = "SECONDS")]
-    pub progress_secs: u64,
+    #[arg(long, global = true, default_value_t = 5.0, value_name = "SECONDS")]
+    pub progress_secs: f64,
     /// Batches written at once.
     #[arg(long, global = true, default_value_t = 4, value_name = "N")]
     pub concurrency: usize,
@@ -467,7 +467,7 @@ pub async fn run_job(cl: &Arc<Cluster>, id: &str, run_id: &str, spec: Spec, at: 
         let mut inflight = InFlight::new();
         let mut last_put = Instant::now();
         let mut last_line = Instant::now();
-        let interval = Duration::from_secs(opts.progress_secs.max(1));
+        let interval = Duration::from_secs_f64(opts.progress_secs.clamp(0.1, 3_600.0));
         let mut failure: Option<anyhow::Error> = None;
         let concurrency = opts.concurrency.max(1);
         while let Some(batch) = rx.recv().await {
