@@ -507,6 +507,9 @@ async fn a_load_killed_with_a_node_resumes_to_every_row_once_and_leaves_no_plain
                     && out.contains("verification: passed"),
                 "{out}"
             );
+            // The digest the job kept across the crash is the table's: it was not rescued
+            // by reading the source again.
+            assert!(!out.contains("recorded digest differed"), "{out}");
             // Every row is there once: the table holds exactly the source's rows.
             let mut load = cluster.load_client(1);
             let sum = load
