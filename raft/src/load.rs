@@ -306,6 +306,21 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_row_digest_example_holds() {
+        // docs/FORMATS.md, "Load digest": row `a`, one cell `p:name = x`.
+        let mut input = b"kho-load-digest-v1".to_vec();
+        for part in [&b"a"[..], b"p", b"name", b"x"] {
+            input.extend((part.len() as u32).to_be_bytes());
+            input.extend(part);
+        }
+        let sha = Sha256::digest(&input);
+        let d = row(b"a", &[("p", b"name", b"x")]);
+        assert_eq!(d.sum, u128::from_le_bytes(sha[..16].try_into().unwrap()));
+        assert_eq!(d.bucket, Sha256::digest(b"a")[0]);
+        assert_eq!(d.cells, 1);
+    }
+
+    #[test]
     fn merged_digests_equal_one_digest_of_all_rows() {
         let (a, b) = (row(b"x", &[("f", b"q", b"1")]), row(b"y", &[("f", b"q", b"2")]));
         let (mut one, mut left, mut right) = (TableDigest::default(), TableDigest::default(), TableDigest::default());

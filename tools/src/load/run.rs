@@ -409,9 +409,10 @@ fn synced_mark(rejects: Option<&mut RejectWriter>, synced: &mut u64) -> anyhow::
 }
 
 /// Where the reject file of a job goes by default: beside the (first) source file, or in
-/// the current directory.
+/// the current directory (as an absolute path: a resume from elsewhere writes to the same file).
 pub fn default_reject_file(spec_source: &SourceSpec, job: &str) -> PathBuf {
-    let dir = spec_source.files().first().and_then(|f| f.path.parent().map(|p| p.to_path_buf())).unwrap_or_else(|| PathBuf::from("."));
+    let cwd = || std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let dir = spec_source.files().first().and_then(|f| f.path.parent().map(|p| p.to_path_buf())).unwrap_or_else(cwd);
     dir.join(format!("{job}.rejects.jsonl"))
 }
 
