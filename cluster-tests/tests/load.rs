@@ -54,6 +54,16 @@ fn kho(cluster: &Cluster, args: &[&str]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Runs `kho` as the principal of `token`: TLS with the cluster's CA, no client certificate.
+fn kho_as(cluster: &Cluster, token: &str, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(kho_cluster_tests::kho_binary());
+    if let Some(t) = cluster.tls() {
+        cmd.env("KHO_CA", t.ca_cert());
+    }
+    let out = cmd.env("KHO_ENDPOINTS", endpoints(cluster)).env("KHO_TOKEN", token).args(args).output().expect("run kho");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 fn kho_ok(cluster: &Cluster, args: &[&str]) -> String {
     let (code, out, err) = kho(cluster, args);
     assert_eq!(code, 0, "kho {} failed:\n{out}\n{err}", args.join(" "));
@@ -273,6 +283,54 @@ cell = "doc:dien_tich"
             // Verifying again later reads the table again.
             let out = kho_ok(&cluster, &["load", "verify", "ho-so", "--from-source"]);
             assert!(out.contains("verification: passed"), "{out}");
+
+            // Another principal, even one that may write the whole table, neither sees nor
+            // resumes nor forgets the admin's job; with write on one family only it cannot
+            // start a load.
+            let token = admin
+                .create_token(pb::CreateTokenRequest { principal: "migrator".into(), ttl_seconds: 3_600, note: String::new() })
+                .await
+                .unwrap()
+                .into_inner()
+                .token;
+            for (table, family) in [("cong_dan", ""), ("ho_so", "doc")] {
+                let grant = pb::Grant {
+                    principal: "migrator".into(),
+                    tenant: "dan_cu".into(),
+                    table: table.into(),
+                    family: family.into(),
+                    permissions: vec![pb::Permission::Read as i32, pb::Permission::Write as i32],
+                    ..Default::default()
+                };
+                admin.create_grant(pb::CreateGrantRequest { grant: Some(grant) }).await.unwrap();
+            }
+            cluster.wait_grants_current(&token).await;
+            for args in
+                [&["load", "status", "cong-dan-csv"][..], &["load", "--resume", "cong-dan-csv"], &["load", "forget", "cong-dan-csv"]]
+            {
+                let (code, out, err) = kho_as(&cluster, &token, args);
+                assert_eq!(code, 1, "{args:?}: {out}{err}");
+                assert!(err.contains("does not exist (or is another principal's)"), "{args:?}: {out}{err}");
+            }
+            let status = kho_as(&cluster, &token, &["load", "status"]).1;
+            assert!(!status.contains("cong-dan-csv"), "{status}");
+            let (code, out, err) = kho_as(
+                &cluster,
+                &token,
+                &[
+                    "load",
+                    "jsonl",
+                    jsonl.to_str().unwrap(),
+                    "--into",
+                    "dan_cu/ho_so",
+                    "--mapping",
+                    mapping.to_str().unwrap(),
+                    "--allow-nonempty",
+                ],
+            );
+            assert_eq!(code, 1, "{out}{err}");
+            assert!(err.contains("PERMISSION_DENIED") && err.contains("needs write on the whole table"), "{out}{err}");
+            assert!(kho_ok(&cluster, &["load", "status"]).contains("cong-dan-csv"), "the admin still has its job");
         })
         .await;
 }
@@ -316,7 +374,8 @@ async fn a_postgresql_table_of_every_type_loads_and_verifies() {
                json_build_object('so', i, 'noi', 'Hà Nội'), jsonb_build_object('k', i),
                CASE WHEN i % 3 = 0 THEN NULL ELSE 'ghi chú ' || i END
         FROM generate_series(1, 20000) AS i;
-        INSERT INTO cong_dan (id) VALUES (999999);",
+        INSERT INTO cong_dan (id) VALUES (999999);
+        INSERT INTO cong_dan (id, ho_ten, ngay_sinh) VALUES (888888, 'Vô Hạn', 'infinity');",
     );
     let cluster = Cluster::start(3, ClusterOptions::default()).await;
     cluster.wait_ready().await;
@@ -361,7 +420,8 @@ async fn a_postgresql_table_of_every_type_loads_and_verifies() {
             let dir = tempfile::tempdir().unwrap();
             let file = dir.path().join("m.toml");
             std::fs::write(&file, &mapping).unwrap();
-            // Row 999999 has every column but the key NULL: rejected, so allow one.
+            // Row 999999 has every column but the key NULL, row 888888 an infinite date:
+            // both rejected, so allow two.
             let out = kho_ok(
                 &cluster,
                 &[
@@ -378,12 +438,14 @@ async fn a_postgresql_table_of_every_type_loads_and_verifies() {
                     "--job",
                     "pg",
                     "--max-rejects",
-                    "1",
+                    "2",
                     "--reject-file",
                     dir.path().join("r.jsonl").to_str().unwrap(),
                 ],
             );
-            assert!(out.contains("read 20001 rows, loaded 20000, rejected 1") && out.contains("verification: passed"), "{out}");
+            assert!(out.contains("read 20002 rows, loaded 20000, rejected 2") && out.contains("verification: passed"), "{out}");
+            let rejects = std::fs::read_to_string(dir.path().join("r.jsonl")).unwrap();
+            assert!(rejects.contains("ngay_sinh") && rejects.contains("NULL"), "{rejects}");
             let row = read_row(&cluster, "bhxh", "cong_dan", &flip64(2)).await.expect("row 2");
             assert_eq!(cell(&row, "p", "so_cccd"), Some(flip64(14).as_slice()));
             assert_eq!(cell(&row, "p", "ho_ten"), Some("Nguyễn Thị Ánh 2".as_bytes()));
@@ -406,13 +468,22 @@ async fn a_postgresql_table_of_every_type_loads_and_verifies() {
     drop(pg);
 }
 
-/// The rows of the resumed load: citizen id, name, birth year.
-fn write_citizens(path: &Path) {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    writeln!(f, "citizen_id,full_name,birth_year").unwrap();
-    for i in 0..RESUMED_ROWS {
-        writeln!(f, "{:012},{},{}", 10_000_000 + i, name(i), 1940 + i % 70).unwrap();
+/// The rows of the resumed load (citizen id, name, birth year) in two files, each with one
+/// row whose name is not UTF-8 (rejected) at line 1001 of its file.
+fn write_citizens(dir: &Path) -> [PathBuf; 2] {
+    let half = RESUMED_ROWS / 2;
+    let paths = [dir.join("citizens-1.csv"), dir.join("citizens-2.csv")];
+    for (part, path) in paths.iter().enumerate() {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+        writeln!(f, "citizen_id,full_name,birth_year").unwrap();
+        for i in part as u64 * half..(part as u64 + 1) * half {
+            if i % half == 999 {
+                f.write_all(&[format!("{:012},bad ", 20_000_000 + i).as_bytes(), &[0xff], b" name,1990\n"].concat()).unwrap();
+            }
+            writeln!(f, "{:012},{},{}", 10_000_000 + i, name(i), 1940 + i % 70).unwrap();
+        }
     }
+    paths
 }
 
 /// Starts a load in the background; its stderr (JSON progress lines) is read by a thread
@@ -449,12 +520,13 @@ async fn a_load_killed_with_a_node_resumes_to_every_row_once_and_leaves_no_plain
             create_tenant(&mut admin, "dan_cu").await.unwrap();
             create_table_with(&mut admin, "dan_cu", "cong_dan", &["person"], true).await.unwrap();
             let dir = tempfile::tempdir().unwrap();
-            let csv: PathBuf = dir.path().join("citizens.csv");
-            write_citizens(&csv);
+            let [csv1, csv2] = write_citizens(dir.path());
+            let rejects = dir.path().join("rejects.jsonl");
             let args = [
                 "load",
                 "csv",
-                csv.to_str().unwrap(),
+                csv1.to_str().unwrap(),
+                csv2.to_str().unwrap(),
                 "--into",
                 "dan_cu/cong_dan",
                 "--key",
@@ -463,12 +535,18 @@ async fn a_load_killed_with_a_node_resumes_to_every_row_once_and_leaves_no_plain
                 "person",
                 "--job",
                 "resumed",
+                "--max-rejects",
+                "2",
+                "--reject-file",
+                rejects.to_str().unwrap(),
                 "--batch-rows",
-                "2000",
+                "1000",
+                "--concurrency",
+                "2",
                 "--progress",
                 "json",
                 "--progress-secs",
-                "1",
+                "0.2",
             ];
             // Killed once at least this many rows are loaded (and checkpointed, a second later).
             let kill_at = rng.random_range(RESUMED_ROWS / 5..RESUMED_ROWS * 3 / 5);
@@ -503,10 +581,18 @@ async fn a_load_killed_with_a_node_resumes_to_every_row_once_and_leaves_no_plain
             assert!(status.contains("state:     running"), "{status}");
             let out = kho_ok(&cluster, &["load", "--resume", "resumed", "--progress", "none"]);
             assert!(
-                out.contains(&format!("read {RESUMED_ROWS} rows, loaded {RESUMED_ROWS}, rejected 0"))
+                out.contains(&format!("read {} rows, loaded {RESUMED_ROWS}, rejected 2", RESUMED_ROWS + 2))
                     && out.contains("verification: passed"),
                 "{out}"
             );
+            // The reject file holds each bad row once, though the rows after the last
+            // checkpoint were read twice.
+            let lines: Vec<serde_json::Value> =
+                std::fs::read_to_string(&rejects).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            let at: Vec<(String, u64)> =
+                lines.iter().map(|l| (l["source"].as_str().unwrap().to_string(), l["line"].as_u64().unwrap())).collect();
+            assert_eq!(at, [("citizens-1.csv".to_string(), 1001), ("citizens-2.csv".to_string(), 1001)], "{lines:?}");
+            assert!(lines.iter().all(|l| l["reason"].as_str().unwrap().contains("UTF-8")), "{lines:?}");
             // The digest the job kept across the crash is the table's: it was not rescued
             // by reading the source again.
             assert!(!out.contains("recorded digest differed"), "{out}");
@@ -528,7 +614,10 @@ async fn a_load_killed_with_a_node_resumes_to_every_row_once_and_leaves_no_plain
             );
             let (code, out, err) = kho(&cluster, &["load", "verify", "resumed"]);
             assert_eq!(code, 1, "{out}\n{err}");
-            assert!(out.contains("FAILED") && out.contains(&format!("row `{changed}` (citizens.csv:")) && out.contains("differs"), "{out}");
+            assert!(
+                out.contains("FAILED") && out.contains(&format!("row `{changed}` (citizens-1.csv:")) && out.contains("differs"),
+                "{out}"
+            );
 
             // No loaded name in plaintext anywhere under the nodes' data directories.
             for id in cluster.ids() {

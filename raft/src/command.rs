@@ -207,10 +207,14 @@ pub enum Command {
         grant: crate::access::Grant,
     },
     /// Meta group: creates, takes over, updates or forgets a load job
-    /// ([`crate::load::LoadJob`]). An update is refused unless the job's run is `job.run`.
+    /// ([`crate::load::LoadJob`]; `job.owner` is the caller, `by_admin` whether it is a
+    /// cluster admin, both set by the proposer). Refused for a job of another owner unless
+    /// `by_admin`, and an update unless the job's run is `job.run`; the spec is written at
+    /// creation only.
     PutLoadJob {
         job: crate::load::LoadJob,
         op: crate::load::LoadJobOp,
+        by_admin: bool,
     },
 }
 
@@ -486,7 +490,7 @@ impl std::fmt::Display for Command {
                 write!(f, "open-session {} for {} on {} until {}", session.id, session.principal, session.scope(), session.expires_at_ms)
             }
             Command::CloseSession { id, .. } => write!(f, "close-session {id}"),
-            Command::PutLoadJob { job, op } => {
+            Command::PutLoadJob { job, op, .. } => {
                 write!(f, "load-job {op:?} {} on {}/{} ({})", job.id, job.tenant, job.table, job.state.name())
             }
             Command::RecordShards { pieces } => {

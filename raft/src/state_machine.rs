@@ -908,7 +908,7 @@ impl StateMachine {
                 batch.put_value(&access::session_key(&id), &s.encode());
                 Ok((Outcome::Done, Some(CatalogChange::Session(s))))
             }
-            Command::PutLoadJob { job, op } => Ok((self.put_load_job(job, op, batch)?, None)),
+            Command::PutLoadJob { job, op, by_admin } => Ok((self.put_load_job(job, op, by_admin, batch)?, None)),
             Command::Write(_)
             | Command::ClearTable { .. }
             | Command::Reseal { .. }
@@ -924,7 +924,13 @@ impl StateMachine {
 
     /// Applies a [`Command::PutLoadJob`] (meta group; applied alone, so the engine holds
     /// every entry before it).
-    fn put_load_job(&self, mut job: load::LoadJob, op: load::LoadJobOp, batch: &mut kho_engine::WriteBatch) -> io::Result<Outcome> {
+    fn put_load_job(
+        &self,
+        mut job: load::LoadJob,
+        op: load::LoadJobOp,
+        by_admin: bool,
+        batch: &mut kho_engine::WriteBatch,
+    ) -> io::Result<Outcome> {
         use load::LoadJobOp;
         if let Err(e) = job.check() {
             return Ok(Outcome::Rejected(e));
@@ -957,6 +963,11 @@ impl StateMachine {
                 batch.put_value(&count_key, &(count + 1).to_be_bytes());
             }
             (_, None) => return rejected(AppError::not_found(format!("load job `{}` does not exist", job.id))),
+            // Only its owner (or a cluster admin) runs, resumes or forgets a job; to anyone
+            // else it does not exist.
+            (_, Some(old)) if old.owner != job.owner && !by_admin => {
+                return rejected(AppError::not_found(format!("load job `{}` does not exist (or is another principal's)", job.id)))
+            }
             (_, Some(old)) if (old.tenant.as_str(), old.table.as_str()) != (job.tenant.as_str(), job.table.as_str()) => {
                 return rejected(AppError::invalid(format!(
                     "load job `{}` loads {}/{}, not {}/{}",
@@ -975,8 +986,11 @@ impl StateMachine {
                 return Ok(Outcome::Done);
             }
             (LoadJobOp::Takeover | LoadJobOp::Update, Some(old)) => {
+                // What a job loads is fixed when it is created: a takeover or an update
+                // changes its run, state, checkpoint and summary only.
                 job.owner = old.owner;
                 job.created_at_ms = old.created_at_ms;
+                job.spec = old.spec;
             }
         }
         batch.put_value(&key, &job.encode());

@@ -10,7 +10,7 @@ pub mod config;
 pub mod ctx;
 mod data;
 pub mod deadline;
-mod load;
+pub mod load;
 mod locate;
 pub mod master_key;
 mod pool;

@@ -4,7 +4,9 @@
 //! by [`kho_raft::load`]; load jobs are meta-group records.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kho_engine::keys;
 use kho_proto::v1::load_server::Load;
@@ -27,6 +29,22 @@ pub const IMPORT_CELLS_MAX: usize = 100_000;
 pub const CHECKSUM_LIST_ROWS_DEFAULT: usize = 10_000;
 /// Most rows `ChecksumTable` lists, count.
 pub const CHECKSUM_LIST_ROWS_MAX: usize = 100_000;
+/// Longest a `ChecksumTable` reads, ms.
+pub const CHECKSUM_DURATION_MAX_MS: u64 = 3_600_000;
+/// How often (in cells) a `ChecksumTable` checks whether its client went away and its time.
+const CHECKSUM_CHECK_EVERY_CELLS: u64 = 4_096;
+/// A listed row's bytes beyond its key, for the listing's bound.
+const ROW_DIGEST_BYTES: usize = 48;
+
+/// Sets its flag when dropped: a blocking job sees that the request it serves is gone.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Most jobs `ListLoadJobs` answers, count (the cluster keeps at most
 /// [`jobs::LOAD_JOBS_MAX`]).
 pub const LIST_LOAD_JOBS_MAX: usize = 10_000;
@@ -74,7 +92,6 @@ fn import_ops(limits: &crate::config::Limits, r: &pb::ImportRowsRequest) -> Resu
         }
         seen.clear();
         let mut names: HashSet<(&str, &[u8])> = HashSet::with_capacity(row.cells.len());
-        bytes += row.key.len() as u64;
         for (k, c) in row.cells.iter().enumerate() {
             validate::family(&format!("rows[{i}].cells[{k}].family"), &c.family)?;
             validate::qualifier(limits, &format!("rows[{i}].cells[{k}].qualifier"), &c.qualifier)?;
@@ -86,7 +103,7 @@ fn import_ops(limits: &crate::config::Limits, r: &pb::ImportRowsRequest) -> Resu
                     String::from_utf8_lossy(&c.qualifier)
                 )));
             }
-            bytes += (c.qualifier.len() + c.value.len()) as u64;
+            bytes += stored_cell_bytes(&row.key, &c.qualifier, &c.value);
             ops.push(WriteOp::Put {
                 row: row.key.clone(),
                 family: c.family.clone(),
@@ -97,11 +114,43 @@ fn import_ops(limits: &crate::config::Limits, r: &pb::ImportRowsRequest) -> Resu
     }
     if bytes > limits.batch_bytes_max {
         return Err(Status::invalid_argument(format!(
-            "rows: {bytes} bytes of keys and values exceed the limit of {} bytes (limits.batch_bytes_max)",
+            "rows: {bytes} bytes as stored (each cell's key holds its row key; values carry a header or seal) exceed the limit of {} bytes \
+             (limits.batch_bytes_max): send fewer rows per request",
             limits.batch_bytes_max
         )));
     }
     Ok(ops)
+}
+
+/// A stored cell's bytes in the worst case, beyond its row key, qualifier and value: the
+/// data key's tenant, table and family ids and escape bytes, and the value's header or
+/// seal (key version, nonce, tag).
+pub const STORED_CELL_OVERHEAD_BYTES: u64 = 64;
+
+/// What one cell of a request costs in the write's Raft entry, at most: its row key
+/// (escaped: at most twice its length), qualifier, value and [`STORED_CELL_OVERHEAD_BYTES`].
+/// Bounding a request by this bounds its entry, so that it stays under the message limit
+/// between nodes.
+pub fn stored_cell_bytes(row: &[u8], qualifier: &[u8], value: &[u8]) -> u64 {
+    2 * row.len() as u64 + (qualifier.len() + value.len()) as u64 + STORED_CELL_OVERHEAD_BYTES
+}
+
+/// `INVALID_ARGUMENT` for a row that names one cell twice (a family by its name and as ""
+/// for the table's first family).
+fn no_cell_twice(meta: &TableMeta, r: &pb::ImportRowsRequest) -> Result<(), Status> {
+    for (i, row) in r.rows.iter().enumerate() {
+        let mut names: HashSet<(&str, &[u8])> = HashSet::with_capacity(row.cells.len());
+        for (k, c) in row.cells.iter().enumerate() {
+            if !names.insert((family_name(meta, &c.family), c.qualifier.as_slice())) {
+                return Err(Status::invalid_argument(format!(
+                    "rows[{i}].cells[{k}]: repeats the cell {}:{} of the row",
+                    family_name(meta, &c.family),
+                    String::from_utf8_lossy(&c.qualifier)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The digest of a request's rows as they are (or would be) stored, and the rows of the
@@ -238,11 +287,19 @@ impl LoadService {
         let engine = self.ctx.node.engine().clone();
         let listed: HashSet<u32> = r.list_buckets.iter().copied().collect();
         let node_id = self.ctx.node.id;
+        // The listing is bounded by bytes too: half the message limit.
+        let list_bytes_max = self.ctx.limits.grpc_message_bytes_max as usize / 2;
+        // The scan stops when the client goes away (this future is dropped) or after
+        // CHECKSUM_DURATION_MAX_MS: a scan thread is never held for nothing.
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _cancel_on_drop = CancelOnDrop(cancelled.clone());
+        let started = Instant::now();
         self.ctx
             .scans
             .run(move || -> Result<pb::ChecksumTableResponse, Status> {
                 let mut digest = TableDigest::default();
                 let mut rows = Vec::new();
+                let mut list_bytes = 0usize;
                 let mut truncated = false;
                 let mut current: Option<(Vec<u8>, RowHasher)> = None;
                 let mut finish = |cur: Option<(Vec<u8>, RowHasher)>, rows: &mut Vec<pb::RowDigest>| {
@@ -250,7 +307,8 @@ impl LoadService {
                         let d = h.finish();
                         digest.add_row(&d);
                         if listed.contains(&(d.bucket as u32)) {
-                            if rows.len() < rows_max {
+                            if rows.len() < rows_max && list_bytes + key.len() + ROW_DIGEST_BYTES <= list_bytes_max {
+                                list_bytes += key.len() + ROW_DIGEST_BYTES;
                                 rows.push(row_digest(key, &d, 0));
                             } else {
                                 truncated = true;
@@ -258,7 +316,19 @@ impl LoadService {
                         }
                     }
                 };
+                let mut cells = 0u64;
                 scan_cells(&engine, &states, tenant_keys.as_deref(), &start, &end, |dk, payload| {
+                    cells += 1;
+                    if cells.is_multiple_of(CHECKSUM_CHECK_EVERY_CELLS) {
+                        if cancelled.load(Ordering::Relaxed) {
+                            return Err(Status::cancelled("the client went away"));
+                        }
+                        if started.elapsed() > Duration::from_millis(CHECKSUM_DURATION_MAX_MS) {
+                            return Err(Status::deadline_exceeded(format!(
+                                "ChecksumTable read for more than {CHECKSUM_DURATION_MAX_MS} ms (CHECKSUM_DURATION_MAX_MS); nothing was answered"
+                            )));
+                        }
+                    }
                     if !fams.is_empty() && !fams.contains(&dk.family) {
                         return Ok(true);
                     }
@@ -276,6 +346,22 @@ impl LoadService {
             })
             .await?
             .map(Response::new)
+    }
+
+    /// The digest of a request's rows ([`digest_rows`]), on a read thread: hashing up to
+    /// 100,000 cells (and a keyed hash per row key) is no work for an async worker.
+    async fn digest(
+        &self,
+        meta: TableMeta,
+        keys: Option<Arc<TenantKeys>>,
+        r: Arc<pb::ImportRowsRequest>,
+    ) -> Result<(TableDigest, Vec<pb::RowDigest>), Status> {
+        self.ctx.reads.run(move || digest_rows(&meta, keys.as_deref(), &r)).await?
+    }
+
+    /// Whether the caller may see and run load job `job`: its owner, or a cluster admin.
+    fn owns(origin: &Origin, job: &LoadJob) -> bool {
+        origin.caller.cluster_admin || job.owner == origin.caller.name
     }
 
     /// The job `id` as this node's replica of the meta group holds it.
@@ -298,7 +384,7 @@ impl LoadService {
 impl Load for LoadService {
     async fn import_rows(&self, req: Request<pb::ImportRowsRequest>) -> Result<Response<pb::ImportRowsResponse>, Status> {
         let origin = self.ctx.origin(&req)?;
-        let r = req.into_inner();
+        let r = Arc::new(req.into_inner());
         let d = self.data();
         d.check_table_names(&r.tenant, &r.table)?;
         let ops = import_ops(&self.ctx.limits, &r)?;
@@ -306,19 +392,24 @@ impl Load for LoadService {
             let view = d.view(&origin, Perm::Write, &r.tenant, &r.table).await?;
             let (meta, keys) = d.table_access(&r.tenant, &r.table, &origin, Kind::Read).await?;
             need_ops(&origin, &view, &meta, &ops).map_err(|s| d.deny(&origin, &meta.tenant, &meta.name, s))?;
-            let (digest, rows) = digest_rows(&meta, keys.as_deref(), &r)?;
+            no_cell_twice(&meta, &r)?;
+            let (digest, rows) = self.digest(meta, keys, r.clone()).await?;
             return Ok(Response::new(pb::ImportRowsResponse { header: None, digest: Some(digest_to_pb(&digest)), rows }));
         }
         let (r, ops, d) = (&r, &ops, &d);
         self.ctx
             .routed(&origin, |origin| async move {
+                // Authorized from the names first, then the table looked up.
+                d.view(&origin, Perm::Write, &r.tenant, &r.table).await?;
+                let (meta, _) = d.table_access(&r.tenant, &r.table, &origin, Kind::Write).await?;
+                no_cell_twice(&meta, r)?;
                 match d.propose_write(&r.tenant, &r.table, ops.clone(), &origin).await? {
                     Leader::Here(w) => {
                         let (meta, keys) = d.access(&r.tenant, &r.table)?;
-                        let (digest, rows) = digest_rows(&meta, keys.as_deref(), r)?;
+                        let (digest, rows) = self.digest(meta, keys, r.clone()).await?;
                         Ok(Response::new(pb::ImportRowsResponse { header: Some(w.header()), digest: Some(digest_to_pb(&digest)), rows }))
                     }
-                    Leader::There(to) => forward!(self.ctx, load_client, to, import_rows, r.clone()),
+                    Leader::There(to) => forward!(self.ctx, load_client, to, import_rows, (**r).clone()),
                 }
             })
             .await
@@ -359,11 +450,19 @@ impl Load for LoadService {
         };
         let mut job = job_from_pb(j)?;
         job.check().map_err(status::app_error)?;
-        // Only a principal that may write the table runs or forgets a load into it.
-        self.data().view(&origin, Perm::Write, &job.tenant, &job.table).await?;
+        // A load writes and verifies the whole table: only a principal that may write all
+        // of it runs one (and the job's owner, checked at apply, or a cluster admin).
+        let view = self.data().view(&origin, Perm::Write, &job.tenant, &job.table).await?;
+        if !view.whole_table() {
+            return Err(Status::permission_denied(format!(
+                "principal `{}`: a load job needs write on the whole table `{}/{}` (a load is verified against the whole table)",
+                origin.caller.name, job.tenant, job.table
+            )));
+        }
         job.owner = origin.caller.name.clone();
         job.updated_at_ms = crate::auth::now_ms();
-        match self.ctx.propose(Command::PutLoadJob { job, op }, &origin).await? {
+        let by_admin = origin.caller.cluster_admin;
+        match self.ctx.propose(Command::PutLoadJob { job, op, by_admin }, &origin).await? {
             Leader::Here(resp) => match resp.outcome {
                 kho_raft::command::Outcome::Rejected(e) => Err(status::app_error(e)),
                 _ => Ok(Response::new(pb::PutLoadJobResponse {})),
@@ -379,8 +478,8 @@ impl Load for LoadService {
         if let Leader::There(to) = self.ctx.read_barrier(&origin).await? {
             return forward!(self.ctx, load_client, to, get_load_job, r);
         }
-        let job = self.read_job(&r.id).await?.ok_or_else(|| Status::not_found(format!("load job `{}` does not exist", r.id)))?;
-        self.data().view(&origin, Perm::Write, &job.tenant, &job.table).await?;
+        let job = self.read_job(&r.id).await?.filter(|j| Self::owns(&origin, j));
+        let job = job.ok_or_else(|| Status::not_found(format!("load job `{}` does not exist (or is another principal's)", r.id)))?;
         Ok(Response::new(pb::GetLoadJobResponse { job: Some(job_to_pb(job, true)) }))
     }
 
@@ -422,17 +521,8 @@ impl Load for LoadService {
                 failure.map_or(Ok(out), Err)
             })
             .await??;
-        // A job is listed to a principal that may write its table.
-        let mut jobs_out = Vec::with_capacity(all.len());
-        {
-            let meta = self.ctx.meta();
-            let cat = meta.state.catalog();
-            for j in all {
-                if self.ctx.auth.view(&origin.caller, &cat, Perm::Write, &j.tenant, &j.table).is_ok() {
-                    jobs_out.push(job_to_pb(j, false));
-                }
-            }
-        }
+        // A job is listed to its owner (and to cluster admins).
+        let jobs_out = all.into_iter().filter(|j| Self::owns(&origin, j)).map(|j| job_to_pb(j, false)).collect();
         Ok(Response::new(pb::ListLoadJobsResponse { jobs: jobs_out }))
     }
 }

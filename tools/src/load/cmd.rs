@@ -60,6 +60,11 @@ impl LoadConnArgs {
     }
 }
 
+/// Least time between two checkpoints of a job, ms.
+pub const CHECKPOINT_INTERVAL_MIN_MS: u64 = 1_000;
+/// Most batches written at once (`--concurrency`), count.
+pub const LOAD_CONCURRENCY_MAX: usize = 64;
+
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LoadCmd {
@@ -157,9 +162,9 @@ pub struct RunOpts {
     /// Seconds between two progress lines (and two checkpoints at most).
     #[arg(long, global = true, default_value_t = 5.0, value_name = "SECONDS")]
     pub progress_secs: f64,
-    /// Batches written at once.
-    #[arg(long, global = true, default_value_t = 4, value_name = "N")]
-    pub concurrency: usize,
+    /// Batches written at once (1 to 64).
+    #[arg(long, global = true, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub concurrency: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -218,6 +223,11 @@ pub async fn command(cmd: LoadCmd) -> anyhow::Result<ExitCode> {
                 d => anyhow::bail!("--delimiter: `{d}` is not one ASCII character"),
             };
             let files = a.files.iter().map(|f| FileId::of(f)).collect::<anyhow::Result<Vec<_>>>()?;
+            if !a.no_header && !a.columns.is_empty() {
+                anyhow::bail!(
+                    "--columns names the columns of files without a header: give --no-header too (a header names them otherwise)"
+                );
+            }
             let columns = if a.no_header { Some(a.columns.clone()) } else { None };
             let source = SourceSpec::Csv { files, delimiter, has_header: !a.no_header, null: a.null.clone(), columns };
             start(conn, source, a.target, cmd.run).await
@@ -296,7 +306,12 @@ pub async fn start_job(conn: ConnArgs, source: SourceSpec, mapping: Mapping, t: 
     let (tenant, table) = split_into(&t.into)?;
     let id = t.job.clone().unwrap_or_else(|| job::default_job_id(&table));
     kho_raft::load::check_job_id(&id).map_err(|e| anyhow::anyhow!("--job: {}", e.message))?;
-    let reject_file = t.reject_file.clone().unwrap_or_else(|| run::default_reject_file(&source, &id));
+    let reject_file = match &t.reject_file {
+        Some(p) => run::absolute(p),
+        // A dry run never writes over the reject file of a job.
+        None if t.dry_run => run::default_reject_file(&source, &format!("{id}.dry-run.rejects.jsonl")),
+        None => run::default_reject_file(&source, &format!("{id}.rejects.jsonl")),
+    };
     let spec = Spec {
         version: SPEC_VERSION,
         tenant,
@@ -366,7 +381,7 @@ async fn resume(cl: &Arc<Cluster>, id: &str, max_rejects: Option<u64>, opts: &Ru
     let record = pb::LoadJob {
         run: run_id.clone(),
         state: pb::LoadJobState::Running as i32,
-        spec: spec.to_bytes(),
+        spec: Vec::new(),
         checkpoint: j.checkpoint.clone(),
         ..j.clone()
     };
@@ -391,8 +406,9 @@ async fn put(
         table: spec.table.clone(),
         run: run.to_string(),
         state: state as i32,
-        summary: summary.to_string(),
-        spec: spec.to_bytes(),
+        // The summary is at most 4 KiB (LOAD_JOB_SUMMARY_BYTES_MAX); the spec stays as
+        // created (the cluster keeps it).
+        summary: truncate(summary, kho_raft::load::LOAD_JOB_SUMMARY_BYTES_MAX),
         checkpoint: at.to_bytes(),
         ..Default::default()
     };
@@ -412,6 +428,15 @@ async fn put(
         }
     }
     Err(anyhow::Error::new(last.expect("ten tries failed")).context(format!("recording load job {id}")))
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn truncate(text: &str, max: usize) -> String {
+    let mut cut = text.len().min(max);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text[..cut].to_string()
 }
 
 fn families_of(spec: &Spec) -> anyhow::Result<Vec<String>> {
@@ -436,6 +461,8 @@ pub async fn checksum(
         list_buckets: buckets.iter().map(|b| *b as u32).collect(),
         list_rows_max: if buckets.is_empty() { 0 } else { 100_000 },
     };
+    let mut req = tonic::Request::new(req);
+    req.set_timeout(Duration::from_millis(run::CHECKSUM_TIMEOUT_MS));
     Ok(cl.load().await.checksum_table(req).await.context("ChecksumTable")?.into_inner())
 }
 
@@ -468,8 +495,10 @@ pub async fn run_job(cl: &Arc<Cluster>, id: &str, run_id: &str, spec: Spec, at: 
         let mut last_put = Instant::now();
         let mut last_line = Instant::now();
         let interval = Duration::from_secs_f64(opts.progress_secs.clamp(0.1, 3_600.0));
+        // Checkpoints are meta-group proposals: at most one per CHECKPOINT_INTERVAL_MIN_MS.
+        let checkpoint_every = interval.max(Duration::from_millis(CHECKPOINT_INTERVAL_MIN_MS));
         let mut failure: Option<anyhow::Error> = None;
-        let concurrency = opts.concurrency.max(1);
+        let concurrency = (opts.concurrency as usize).clamp(1, LOAD_CONCURRENCY_MAX);
         while let Some(batch) = rx.recv().await {
             let (tenant, table) = (spec.tenant.clone(), spec.table.clone());
             let cl2 = cl.clone();
@@ -497,7 +526,7 @@ pub async fn run_job(cl: &Arc<Cluster>, id: &str, run_id: &str, spec: Spec, at: 
             if failure.is_some() {
                 break;
             }
-            if last_put.elapsed() >= interval {
+            if last_put.elapsed() >= checkpoint_every {
                 put(cl, id, run_id, &spec, &acked, pb::LoadJobState::Running, "").await?;
                 last_put = Instant::now();
             }
@@ -537,7 +566,10 @@ pub async fn run_job(cl: &Arc<Cluster>, id: &str, run_id: &str, spec: Spec, at: 
         }
         anyhow::ensure!(acked.finished, "the source ended without its last batch");
     }
-    let verdict = super::verify::verify(cl, &spec, &digest, false).await?;
+    // A resumed PostgreSQL load read its rest by OFFSET: rows deleted or added before the
+    // offset in between would go unnoticed by the job's digest; read the source again.
+    let from_source = at.rows_read > 0 && matches!(spec.source, SourceSpec::Postgres { .. });
+    let verdict = super::verify::verify(cl, &spec, &digest, from_source).await?;
     let summary = format!(
         "load job {id}: read {} rows, loaded {}, rejected {}{}; verification: {}",
         acked.rows_read,

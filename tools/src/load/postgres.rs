@@ -47,23 +47,57 @@ fn quote_ident(name: &str) -> String {
     name.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
 }
 
-/// The connection string without its password (what the job keeps).
-pub fn redact_dsn(dsn: &str) -> String {
-    if let Some(rest) = dsn.strip_prefix("postgresql://").or_else(|| dsn.strip_prefix("postgres://")) {
-        let scheme = &dsn[..dsn.len() - rest.len()];
-        if let Some((auth, host)) = rest.split_once('@') {
-            let user = auth.split(':').next().unwrap_or("");
-            return format!("{scheme}{user}@{host}");
-        }
-        return dsn.to_string();
+/// The password of this run's connection string (a resume has none: PGPASSWORD).
+static PG_PASSWORD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// A value of a `key=value` connection string, quoted when it must be.
+fn dsn_value(v: &str) -> String {
+    if !v.is_empty() && v.chars().all(|c| !c.is_whitespace() && c != '\'' && c != '\\') {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
     }
-    dsn.split_whitespace().filter(|kv| !kv.to_ascii_lowercase().starts_with("password=")).collect::<Vec<_>>().join(" ")
+}
+
+/// The connection string without its password (what the job keeps): parsed, and written
+/// again as `key=value` pairs of what it names (hosts, ports, user, database, options,
+/// application name, connect timeout); anything else is left out.
+pub fn redact_dsn(dsn: &str) -> anyhow::Result<String> {
+    let c: tokio_postgres::Config = dsn.parse().context("--dsn")?;
+    let mut parts = Vec::new();
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    if !hosts.is_empty() {
+        parts.push(format!("host={}", dsn_value(&hosts.join(","))));
+    }
+    if !c.get_ports().is_empty() {
+        parts.push(format!("port={}", c.get_ports().iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")));
+    }
+    for (key, value) in
+        [("user", c.get_user()), ("dbname", c.get_dbname()), ("options", c.get_options()), ("application_name", c.get_application_name())]
+    {
+        if let Some(v) = value {
+            parts.push(format!("{key}={}", dsn_value(v)));
+        }
+    }
+    if let Some(t) = c.get_connect_timeout() {
+        parts.push(format!("connect_timeout={}", t.as_secs().max(1)));
+    }
+    Ok(parts.join(" "))
 }
 
 async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
     let mut config: tokio_postgres::Config = dsn.parse().context("--dsn")?;
     if config.get_password().is_none() {
-        if let Ok(p) = std::env::var("PGPASSWORD") {
+        if let Some(p) = PG_PASSWORD.get() {
+            config.password(p.clone());
+        } else if let Ok(p) = std::env::var("PGPASSWORD") {
             config.password(p);
         }
     }
@@ -117,14 +151,10 @@ pub async fn command(conn: ConnArgs, a: PgArgs, opts: RunOpts) -> anyhow::Result
     let typed: Vec<(String, ColType)> = cols.iter().map(|(n, t)| (n.clone(), col_type(t).expect("checked"))).collect();
     let Some(mapping) = mapping_of(&a.target, &typed)? else { return Ok(ExitCode::SUCCESS) };
     let order_by = mapping.key.clone();
-    let source = SourceSpec::Postgres { dsn: redact_dsn(&a.dsn), query, order_by };
+    let source = SourceSpec::Postgres { dsn: redact_dsn(&a.dsn)?, query, order_by };
     // The password given now serves this run; a resume reads PGPASSWORD.
     if let Some(p) = a.dsn.parse::<tokio_postgres::Config>().ok().and_then(|c| c.get_password().map(|p| p.to_vec())) {
-        if std::env::var_os("PGPASSWORD").is_none() {
-            // SAFETY: set before any thread of ours reads the environment concurrently: the
-            // reader thread starts later, and nothing else reads PGPASSWORD.
-            unsafe { std::env::set_var("PGPASSWORD", String::from_utf8_lossy(&p).into_owned()) };
-        }
+        let _ = PG_PASSWORD.set(p);
     }
     start_job(conn, source, mapping, &a.target, opts).await
 }
@@ -133,8 +163,15 @@ pub async fn command(conn: ConnArgs, a: PgArgs, opts: RunOpts) -> anyhow::Result
 /// into fields, through a bounded channel; the reader thread takes them.
 pub struct PgSource {
     columns: Vec<String>,
-    rx: mpsc::Receiver<anyhow::Result<Vec<Field>>>,
+    rx: mpsc::Receiver<anyhow::Result<PgRow>>,
     next_record: u64,
+}
+
+/// A row of the COPY: its fields, or why one of them could not be read (a NaN numeric, an
+/// infinite date: rejected like a bad CSV record, so a resume goes past it).
+enum PgRow {
+    Fields(Vec<Field>),
+    Bad(String),
 }
 
 impl PgSource {
@@ -155,8 +192,9 @@ impl PgSource {
             anyhow::Ok((cols.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), cols.into_iter().map(|(_, t)| t).collect::<Vec<_>>()))
         })?;
         let (tx, rx) = mpsc::channel(PG_ROWS_AHEAD_MAX);
+        let names = columns.clone();
         rt.spawn(async move {
-            if let Err(e) = copy_rows(&dsn, &query, &order_by, skip, &types, &tx).await {
+            if let Err(e) = copy_rows(&dsn, &query, &order_by, skip, &names, &types, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -171,11 +209,16 @@ impl PgSource {
         match self.rx.blocking_recv() {
             None => Ok(Next::End),
             Some(Err(e)) => Err(e),
-            Some(Ok(fields)) => {
+            Some(Ok(row)) => {
                 let pos = Position { line: self.next_record + 1, byte: 0, record: self.next_record };
                 self.next_record += 1;
-                let raw = raw_text(&self.columns, &fields);
-                Ok(Next::Record(SourceRecord { pos, fields, raw }))
+                Ok(match row {
+                    PgRow::Fields(fields) => {
+                        let raw = raw_text(&self.columns, &fields);
+                        Next::Record(SourceRecord { pos, fields, raw })
+                    }
+                    PgRow::Bad(reason) => Next::Bad { pos, reason, raw: String::new() },
+                })
             }
         }
     }
@@ -190,8 +233,9 @@ async fn copy_rows(
     query: &str,
     order_by: &[String],
     skip: u64,
+    names: &[String],
     types: &[Type],
-    tx: &mpsc::Sender<anyhow::Result<Vec<Field>>>,
+    tx: &mpsc::Sender<anyhow::Result<PgRow>>,
 ) -> anyhow::Result<()> {
     let client = connect(dsn).await?;
     let order = order_by.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
@@ -202,10 +246,21 @@ async fn copy_rows(
     while let Some(row) = rows.next().await {
         let row = row.context("reading a row of the COPY")?;
         let mut fields = Vec::with_capacity(types.len());
+        let mut bad = None;
         for (i, t) in types.iter().enumerate() {
-            fields.push(field(&row, i, t).with_context(|| format!("column {i} ({t})"))?);
+            match field(&row, i, t) {
+                Ok(f) => fields.push(f),
+                Err(e) => {
+                    bad = Some(format!("column \"{}\" ({t}): {e:#}", names.get(i).map(String::as_str).unwrap_or("?")));
+                    break;
+                }
+            }
         }
-        if tx.send(Ok(fields)).await.is_err() {
+        let item = match bad {
+            Some(reason) => PgRow::Bad(reason),
+            None => PgRow::Fields(fields),
+        };
+        if tx.send(Ok(item)).await.is_err() {
             return Ok(()); // the reader stopped
         }
     }
@@ -372,14 +427,26 @@ mod tests {
         assert_eq!(numeric(2, 0, 0, 2, &[1, 5000]), "1.50");
         assert_eq!(numeric(2, 0, 0x4000, 4, &[123, 4500]), "-123.4500");
         assert_eq!(numeric(1, -1, 0, 5, &[12]), "0.00120");
-        assert_eq!(numeric(1, -2, 0, 6, &[5]), "0.000000");
+        assert_eq!(numeric(1, -2, 0, 8, &[5]), "0.00000005");
         assert_eq!(numeric(1, 2, 0, 0, &[7]), "700000000");
     }
 
     #[test]
     fn the_password_is_not_kept() {
-        assert_eq!(redact_dsn("postgresql://kho:secret@localhost:5432/db"), "postgresql://kho@localhost:5432/db");
-        assert_eq!(redact_dsn("host=/tmp user=kho password=secret dbname=x"), "host=/tmp user=kho dbname=x");
-        assert_eq!(redact_dsn("host=/tmp dbname=x"), "host=/tmp dbname=x");
+        for (dsn, want) in [
+            ("postgresql://kho:secret@localhost:5432/db", "host=localhost port=5432 user=kho dbname=db"),
+            ("host=/tmp user=kho password=secret dbname=x", "host=/tmp user=kho dbname=x"),
+            ("host=/tmp user=kho password = secret dbname=x", "host=/tmp user=kho dbname=x"),
+            ("host=/tmp user=kho password='a b' dbname=x", "host=/tmp user=kho dbname=x"),
+            ("postgresql://h/db?password=x&user=u", "host=h port=5432 user=u dbname=db"),
+            ("host=/tmp dbname='my db'", "host=/tmp dbname='my db'"),
+        ] {
+            let got = redact_dsn(dsn).unwrap();
+            assert_eq!(got, want, "{dsn}");
+            assert!(!got.contains("secret") && !got.contains("password"), "{got}");
+            // What is kept still parses, to the same place.
+            let c: tokio_postgres::Config = got.parse().unwrap();
+            assert!(c.get_password().is_none());
+        }
     }
 }

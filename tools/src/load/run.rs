@@ -115,6 +115,8 @@ pub async fn send_rows(cl: &Cluster, tenant: &str, table: &str, rows: Vec<Mapped
                     digest_only: false,
                     list_buckets: vec![],
                 };
+                let mut req = tonic::Request::new(req);
+                req.set_timeout(Duration::from_millis(IMPORT_TIMEOUT_MS));
                 let call = async { cl.load().await.import_rows(req).await };
                 let answer = match tokio::time::timeout(Duration::from_millis(IMPORT_TIMEOUT_MS), call).await {
                     Ok(a) => a,
@@ -170,6 +172,8 @@ async fn group_by_shard(
             range: None,
         };
         let mut data = cl.conn().await.data();
+        let mut req = tonic::Request::new(req);
+        req.set_timeout(Duration::from_millis(IMPORT_TIMEOUT_MS));
         match tokio::time::timeout(Duration::from_millis(IMPORT_TIMEOUT_MS), data.locate_shards(req)).await {
             Ok(Ok(resp)) => shard_of.extend(resp.into_inner().key_shard_ids),
             Ok(Err(e)) => return Err((rows, e)),
@@ -344,23 +348,12 @@ pub fn read_source(
                     match mapped {
                         Ok(row) => {
                             keys.insert(row.key.clone(), rec.pos.line);
-                            bytes += row.key.len() + row.cells.iter().map(|(_, q, v)| q.len() + v.len()).sum::<usize>();
+                            // Counted as the nodes count it (the row key in every cell's key).
+                            bytes +=
+                                row.cells.iter().map(|(_, q, v)| kho_rpc::load::stored_cell_bytes(&row.key, q, v) as usize).sum::<usize>();
                             cells += row.cells.len();
-                            if row.cells.is_empty() {
-                                // A row exists through its cells: nothing to store.
-                                if let Some(r) = rejects.as_mut() {
-                                    r.reject(
-                                        &name,
-                                        &rec.pos,
-                                        "every mapped column is NULL: a row with no cell cannot be stored",
-                                        &rec.raw,
-                                    )?;
-                                }
-                                at.rows_rejected += 1;
-                            } else {
-                                batch.origins.push((index, rec.pos.line));
-                                batch.rows.push(row);
-                            }
+                            batch.origins.push((index, rec.pos.line));
+                            batch.rows.push(row);
                         }
                         Err(reason) => {
                             if let Some(r) = rejects.as_mut() {
@@ -409,11 +402,22 @@ fn synced_mark(rejects: Option<&mut RejectWriter>, synced: &mut u64) -> anyhow::
 }
 
 /// Where the reject file of a job goes by default: beside the (first) source file, or in
-/// the current directory (as an absolute path: a resume from elsewhere writes to the same file).
-pub fn default_reject_file(spec_source: &SourceSpec, job: &str) -> PathBuf {
+/// the current directory (as an absolute path: a resume from elsewhere writes to the same
+/// file); `name` is `JOB.rejects.jsonl` (or `JOB.dry-run.rejects.jsonl`).
+pub fn default_reject_file(spec_source: &SourceSpec, name: &str) -> PathBuf {
     let cwd = || std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let dir = spec_source.files().first().and_then(|f| f.path.parent().map(|p| p.to_path_buf())).unwrap_or_else(cwd);
-    dir.join(format!("{job}.rejects.jsonl"))
+    dir.join(name)
+}
+
+/// `path` made absolute (against the current directory), so that a resume run elsewhere
+/// writes the same file.
+pub fn absolute(path: &std::path::Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+    }
 }
 
 /// Batches being written, in source order: the head's end is the next checkpoint.

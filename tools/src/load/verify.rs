@@ -79,18 +79,27 @@ pub async fn verify(cl: &Arc<Cluster>, spec: &Spec, loaded: &TableDigest, from_s
     let differing = source.differing(&table);
     let buckets: Vec<u8> = differing.iter().copied().take(SAMPLE_BUCKETS_MAX).collect();
     let listed = checksum(cl, &spec.tenant, &spec.table, &families, &buckets).await?;
-    let (_, source_rows) = read_source_digests(cl, spec, &buckets).await?;
+    let (_, listing) = read_source_digests(cl, spec, &buckets).await?;
+    // A listing cut short (the table's by the nodes' bounds, the source's by
+    // SOURCE_ROWS_LISTED_MAX) names rows only where both sides are complete: up to the
+    // table's last listed key, and no "not in the source" once the source's was cut.
+    let table_cut = listed.rows_truncated.then(|| listed.rows.last().map(|r| r.stored_key.clone()).unwrap_or_default());
     let mut stored: BTreeMap<Vec<u8>, Vec<u8>> = listed.rows.into_iter().map(|r| (r.stored_key, r.digest)).collect();
-    let mut samples = Vec::new();
-    for (stored_key, row) in &source_rows {
+    let mut samples = listing.duplicates.clone();
+    for (stored_key, row) in &listing.rows {
+        if table_cut.as_ref().is_some_and(|cut| stored_key > cut) {
+            continue;
+        }
         match stored.remove(stored_key) {
             None => samples.push(format!("row {} ({}) is missing from the table", show(&row.key), row.origin)),
             Some(d) if d != row.digest => samples.push(format!("row {} ({}) differs from the source", show(&row.key), row.origin)),
             Some(_) => {}
         }
     }
-    for k in stored.keys() {
-        samples.push(format!("row stored as {} is not in the source", show(k)));
+    if !listing.truncated {
+        for k in stored.keys() {
+            samples.push(format!("row stored as {} is not in the source", show(k)));
+        }
     }
     let named = samples.len();
     samples.truncate(SAMPLES_MAX);
@@ -121,14 +130,23 @@ fn show(k: &[u8]) -> String {
     }
 }
 
+/// The source's rows of the listed buckets, by stored key.
+#[derive(Default)]
+struct SourceListing {
+    rows: BTreeMap<Vec<u8>, SourceRow>,
+    /// Rows of the listed buckets whose key the source holds twice, as verdict lines.
+    duplicates: Vec<String>,
+    /// More rows of the listed buckets than [`SOURCE_ROWS_LISTED_MAX`]: the rest is not kept.
+    truncated: bool,
+}
+
+/// Most source rows kept to name the rows that differ, count.
+const SOURCE_ROWS_LISTED_MAX: usize = 100_000;
+
 /// Reads the whole source again and asks the nodes for the digest of its rows as they
 /// would be stored (`ImportRows` with `digest_only`: only the nodes can hash a table's
 /// hashed row keys), with the rows of `buckets` by stored key.
-async fn read_source_digests(
-    cl: &Arc<Cluster>,
-    spec: &Spec,
-    buckets: &[u8],
-) -> anyhow::Result<(TableDigest, BTreeMap<Vec<u8>, SourceRow>)> {
+async fn read_source_digests(cl: &Arc<Cluster>, spec: &Spec, buckets: &[u8]) -> anyhow::Result<(TableDigest, SourceListing)> {
     let (tx, mut rx) = mpsc::channel::<Batch>(run::READ_AHEAD_BATCHES_MAX);
     let reader = {
         let spec = spec.clone();
@@ -136,7 +154,7 @@ async fn read_source_digests(
         std::thread::spawn(move || run::read_source(rt, &spec, &Checkpoint::default(), ReadMode::Verify, Limits::default(), tx))
     };
     let mut digest = TableDigest::default();
-    let mut rows = BTreeMap::new();
+    let mut listing = SourceListing::default();
     let mut failure = None;
     while let Some(batch) = rx.recv().await {
         if batch.rows.is_empty() {
@@ -149,6 +167,8 @@ async fn read_source_digests(
             digest_only: true,
             list_buckets: buckets.iter().map(|b| *b as u32).collect(),
         };
+        let mut req = tonic::Request::new(req);
+        req.set_timeout(std::time::Duration::from_millis(run::CHECKSUM_TIMEOUT_MS));
         let resp = match cl.load().await.import_rows(req).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
@@ -164,7 +184,15 @@ async fn read_source_digests(
                 super::job::SourceSpec::Postgres { .. } => format!("source row {line}"),
                 _ => format!("{}:{line}", run::part_name(&spec.source, *file)),
             };
-            rows.insert(r.stored_key, SourceRow { key: row.key.clone(), origin, digest: r.digest });
+            if let Some(first) = listing.rows.get(&r.stored_key) {
+                listing.duplicates.push(format!("row {} appears twice in the source ({} and {})", show(&row.key), first.origin, origin));
+                continue;
+            }
+            if listing.rows.len() == SOURCE_ROWS_LISTED_MAX {
+                listing.truncated = true;
+                continue;
+            }
+            listing.rows.insert(r.stored_key, SourceRow { key: row.key.clone(), origin, digest: r.digest });
         }
     }
     drop(rx);
@@ -173,5 +201,5 @@ async fn read_source_digests(
         return Err(e);
     }
     read?;
-    Ok((digest, rows))
+    Ok((digest, listing))
 }
