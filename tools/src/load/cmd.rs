@@ -62,9 +62,8 @@ impl LoadConnArgs {
 
 /// Least time between two checkpoints of a job, ms.
 pub const CHECKPOINT_INTERVAL_MIN_MS: u64 = 1_000;
-/// Most batches written at once (`--concurrency`), count: the loader's memory is at most
-/// `(READ_AHEAD_BATCHES_MAX + LOAD_CONCURRENCY_MAX + 1) × BATCH_BYTES_MAX` of rows.
-pub const LOAD_CONCURRENCY_MAX: usize = 16;
+/// Most batches written at once (`--concurrency`), count.
+pub const LOAD_CONCURRENCY_MAX: usize = 64;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -146,9 +145,8 @@ pub struct TargetArgs {
     /// Most records rejected before the job stops; 0: the first bad record stops it.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub max_rejects: u64,
-    /// Rows per batch (a batch is also cut at 32 MiB as stored or 400,000 cells; its rows
-    /// go to their shards in requests of at most 4 MiB).
-    #[arg(long, default_value_t = 50_000, value_name = "N")]
+    /// Rows per batch.
+    #[arg(long, default_value_t = 5_000, value_name = "N")]
     pub batch_rows: usize,
     /// Load into a table that already holds rows (verification then compares the whole
     /// table, and fails unless the rows it held are the source's too).
@@ -164,8 +162,8 @@ pub struct RunOpts {
     /// Seconds between two progress lines (and two checkpoints at most).
     #[arg(long, global = true, default_value_t = 5.0, value_name = "SECONDS")]
     pub progress_secs: f64,
-    /// Batches written at once (1 to 16).
-    #[arg(long, global = true, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16))]
+    /// Batches written at once (1 to 64).
+    #[arg(long, global = true, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub concurrency: u64,
 }
 

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::StreamExt as _;
 use kho_proto::v1::{self as pb, load_client::LoadClient};
 use kho_raft::load::TableDigest;
 use tokio::sync::{mpsc, Mutex};
@@ -24,19 +23,10 @@ use super::reject::{RejectMark, RejectWriter};
 use super::source::{self, CsvOptions, FileSource, Next, Position};
 use crate::client::{self, Conn, Target, Timeouts};
 
-/// Most bytes of one batch of rows read, as stored (each cell counting its row key, see
-/// `kho_rpc::load::stored_cell_bytes`): the loader holds at most
-/// `READ_AHEAD_BATCHES_MAX + --concurrency + 1` batches.
-pub const BATCH_BYTES_MAX: usize = 32 << 20;
-/// Most cells in one batch, count.
-pub const BATCH_CELLS_MAX: usize = 400_000;
-/// Most bytes of one `ImportRows` request, as stored (the nodes take `limits.batch_bytes_max`,
-/// 8 MiB by default).
-pub const REQUEST_BYTES_MAX: usize = 4 << 20;
-/// Most cells of one `ImportRows` request, count (the nodes take at most 100,000).
-pub const REQUEST_CELLS_MAX: usize = 50_000;
-/// `ImportRows` requests of one batch in flight at once, count.
-pub const REQUESTS_IN_FLIGHT_MAX: usize = 8;
+/// Most bytes of keys and values in one batch (an `ImportRows` request is at most this).
+pub const BATCH_BYTES_MAX: usize = 4 << 20;
+/// Most cells in one batch, count (the nodes take at most 100,000 per request).
+pub const BATCH_CELLS_MAX: usize = 50_000;
 /// Batches read ahead of the sender, count.
 pub const READ_AHEAD_BATCHES_MAX: usize = 2;
 /// Keys per `LocateShards` request, count (the nodes' limit).
@@ -97,10 +87,9 @@ fn retryable(s: &tonic::Status) -> bool {
     }
 }
 
-/// Writes rows, grouped by shard, each shard's rows in `ImportRows` requests of at most
-/// [`REQUEST_BYTES_MAX`] (as stored) and [`REQUEST_CELLS_MAX`], [`REQUESTS_IN_FLIGHT_MAX`]
-/// at once, trying the failed ones again (after looking the shards up again) while the
-/// failures are retryable. Returns the digest the nodes answered for all of them.
+/// Writes rows, grouped by shard, one `ImportRows` per group, trying again (after looking
+/// the shards up again) while the failures are retryable. Returns the digest the nodes
+/// answered for all of them.
 pub async fn send_rows(cl: &Cluster, tenant: &str, table: &str, rows: Vec<MappedRow>) -> anyhow::Result<TableDigest> {
     let mut digest = TableDigest::default();
     let mut remaining = rows;
@@ -108,102 +97,62 @@ pub async fn send_rows(cl: &Cluster, tenant: &str, table: &str, rows: Vec<Mapped
     let mut backoff_ms = 50u64;
     loop {
         attempt += 1;
-        let failure = match group_by_shard(cl, tenant, table, std::mem::take(&mut remaining)).await {
-            Err((rows, e)) => {
-                remaining = rows;
-                e
-            }
-            Ok(groups) => {
-                let requests: Vec<Vec<MappedRow>> = groups.into_iter().flat_map(requests_of).collect();
-                let results: Vec<(Vec<MappedRow>, Result<TableDigest, tonic::Status>)> = futures::stream::iter(requests)
-                    .map(|rows| async move {
-                        let r = import(cl, tenant, table, &rows).await;
-                        (rows, r)
-                    })
-                    .buffer_unordered(REQUESTS_IN_FLIGHT_MAX)
-                    .collect()
-                    .await;
-                let mut first = None;
-                for (rows, r) in results {
-                    match r {
-                        Ok(d) => digest.merge(&d),
-                        Err(e) => {
-                            remaining.extend(rows);
-                            first.get_or_insert(e);
-                        }
+        let result = async {
+            let groups = group_by_shard(cl, tenant, table, std::mem::take(&mut remaining)).await;
+            let groups = match groups {
+                Ok(g) => g,
+                Err((rows, e)) => {
+                    remaining = rows;
+                    return Err(e);
+                }
+            };
+            let mut groups = groups.into_iter();
+            while let Some(group) = groups.next() {
+                let req = pb::ImportRowsRequest {
+                    tenant: tenant.to_string(),
+                    table: table.to_string(),
+                    rows: group.iter().map(to_pb).collect(),
+                    digest_only: false,
+                    list_buckets: vec![],
+                };
+                let mut req = tonic::Request::new(req);
+                req.set_timeout(Duration::from_millis(IMPORT_TIMEOUT_MS));
+                let call = async { cl.load().await.import_rows(req).await };
+                let answer = match tokio::time::timeout(Duration::from_millis(IMPORT_TIMEOUT_MS), call).await {
+                    Ok(a) => a,
+                    Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {IMPORT_TIMEOUT_MS} ms"))),
+                };
+                match answer {
+                    Ok(resp) => {
+                        digest.merge(&digest_from_pb(resp.get_ref().digest.as_ref()).map_err(|e| tonic::Status::internal(e.to_string()))?)
+                    }
+                    Err(e) => {
+                        remaining = group;
+                        remaining.extend(groups.flatten());
+                        return Err(e);
                     }
                 }
-                match first {
-                    None => return Ok(digest),
-                    Some(e) => e,
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(digest),
+            Err(e) if retryable(&e) && attempt < IMPORT_ATTEMPTS_MAX => {
+                tracing::debug!(attempt, error = %e, "import failed; trying again");
+                if e.code() == tonic::Code::Unavailable || e.code() == tonic::Code::Unknown || e.code() == tonic::Code::Internal {
+                    cl.reconnect().await;
                 }
+                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(IMPORT_BACKOFF_MAX_MS);
             }
-        };
-        if retryable(&failure) && attempt < IMPORT_ATTEMPTS_MAX {
-            tracing::debug!(attempt, error = %failure, "import failed; trying again");
-            if matches!(failure.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal) {
-                cl.reconnect().await;
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("writing rows into {tenant}/{table} (try {attempt} of {IMPORT_ATTEMPTS_MAX})"))
+                )
             }
-            tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-            backoff_ms = (backoff_ms * 2).min(IMPORT_BACKOFF_MAX_MS);
-            continue;
         }
-        return Err(
-            anyhow::Error::new(failure).context(format!("writing rows into {tenant}/{table} (try {attempt} of {IMPORT_ATTEMPTS_MAX})"))
-        );
     }
-}
-
-/// Where rows are cut into requests of at most [`REQUEST_BYTES_MAX`] as stored and
-/// [`REQUEST_CELLS_MAX`] cells (a row is never cut): the ranges of each request.
-pub fn request_bounds(rows: &[MappedRow]) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes, mut cells) = (0usize, 0usize, 0usize);
-    for (i, row) in rows.iter().enumerate() {
-        let b: usize = row.cells.iter().map(|(_, q, v)| kho_rpc::load::stored_cell_bytes(&row.key, q, v) as usize).sum();
-        if i > start && (bytes + b > REQUEST_BYTES_MAX || cells + row.cells.len() > REQUEST_CELLS_MAX) {
-            out.push(start..i);
-            start = i;
-            bytes = 0;
-            cells = 0;
-        }
-        bytes += b;
-        cells += row.cells.len();
-    }
-    if start < rows.len() {
-        out.push(start..rows.len());
-    }
-    out
-}
-
-/// One shard's rows cut into requests ([`request_bounds`]).
-fn requests_of(mut rows: Vec<MappedRow>) -> Vec<Vec<MappedRow>> {
-    let bounds = request_bounds(&rows);
-    let mut out = Vec::with_capacity(bounds.len());
-    for r in bounds.into_iter().rev() {
-        out.push(rows.split_off(r.start));
-    }
-    out.reverse();
-    out
-}
-
-/// One `ImportRows` request and the digest it answers.
-async fn import(cl: &Cluster, tenant: &str, table: &str, rows: &[MappedRow]) -> Result<TableDigest, tonic::Status> {
-    let req = pb::ImportRowsRequest {
-        tenant: tenant.to_string(),
-        table: table.to_string(),
-        rows: rows.iter().map(to_pb).collect(),
-        digest_only: false,
-        list_buckets: vec![],
-    };
-    let mut req = tonic::Request::new(req);
-    req.set_timeout(Duration::from_millis(IMPORT_TIMEOUT_MS));
-    let call = async { cl.load().await.import_rows(req).await };
-    let resp = match tokio::time::timeout(Duration::from_millis(IMPORT_TIMEOUT_MS), call).await {
-        Ok(a) => a?,
-        Err(_) => return Err(tonic::Status::deadline_exceeded(format!("no answer within {IMPORT_TIMEOUT_MS} ms"))),
-    };
-    digest_from_pb(resp.get_ref().digest.as_ref()).map_err(|e| tonic::Status::internal(e.to_string()))
 }
 
 /// The rows grouped by the shard that holds them (`LocateShards`, hashed row keys
@@ -543,31 +492,4 @@ pub fn progress_line(job: &str, p: &Progress, at: &Checkpoint) -> String {
 pub fn fold(digest: &mut TableDigest, end: &mut Checkpoint, batch: TableDigest) {
     digest.merge(&batch);
     end.digest = DigestJson::of(digest);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(key: &str, cells: usize, value_bytes: usize) -> MappedRow {
-        MappedRow {
-            key: key.as_bytes().to_vec(),
-            cells: (0..cells).map(|i| ("p".to_string(), vec![b'a' + i as u8], vec![0; value_bytes])).collect(),
-        }
-    }
-
-    #[test]
-    fn a_shards_rows_go_in_requests_within_the_bounds_and_rows_stay_whole() {
-        // 1 MiB values: four fit in a 4 MiB request with their overhead only three at a time.
-        let rows: Vec<MappedRow> = (0..7).map(|i| row(&format!("r{i}"), 1, 1 << 20)).collect();
-        let requests = requests_of(rows);
-        assert_eq!(requests.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1]);
-        // Cells: 30,000 rows of 2 cells make two requests of at most 50,000 cells.
-        let rows: Vec<MappedRow> = (0..30_000).map(|i| row(&format!("r{i}"), 2, 1)).collect();
-        let requests = requests_of(rows);
-        assert_eq!(requests.iter().map(Vec::len).collect::<Vec<_>>(), [25_000, 5_000]);
-        // One row above the bound still goes, alone.
-        assert_eq!(requests_of(vec![row("big", 5, 1 << 20)]).len(), 1);
-        assert!(requests_of(Vec::new()).is_empty());
-    }
 }

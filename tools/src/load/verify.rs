@@ -160,50 +160,39 @@ async fn read_source_digests(cl: &Arc<Cluster>, spec: &Spec, buckets: &[u8]) -> 
         if batch.rows.is_empty() {
             continue;
         }
-        // In requests the nodes take (a batch can be larger than one).
-        for range in run::request_bounds(&batch.rows) {
-            let req = pb::ImportRowsRequest {
-                tenant: spec.tenant.clone(),
-                table: spec.table.clone(),
-                rows: batch.rows[range.clone()].iter().map(run::to_pb).collect(),
-                digest_only: true,
-                list_buckets: buckets.iter().map(|b| *b as u32).collect(),
-            };
-            let mut req = tonic::Request::new(req);
-            req.set_timeout(std::time::Duration::from_millis(run::CHECKSUM_TIMEOUT_MS));
-            let resp = match cl.load().await.import_rows(req).await {
-                Ok(r) => r.into_inner(),
-                Err(e) => {
-                    failure = Some(anyhow::Error::new(e).context("computing the source's digest (ImportRows, digest_only)"));
-                    break;
-                }
-            };
-            digest.merge(&digest_from_pb(resp.digest.as_ref())?);
-            for r in resp.rows {
-                let i = range.start + r.index as usize;
-                let (Some(row), Some((file, line))) = (batch.rows.get(i), batch.origins.get(i)) else { continue };
-                let origin = match spec.source {
-                    super::job::SourceSpec::Postgres { .. } => format!("source row {line}"),
-                    _ => format!("{}:{line}", run::part_name(&spec.source, *file)),
-                };
-                if let Some(first) = listing.rows.get(&r.stored_key) {
-                    listing.duplicates.push(format!(
-                        "row {} appears twice in the source ({} and {})",
-                        show(&row.key),
-                        first.origin,
-                        origin
-                    ));
-                    continue;
-                }
-                if listing.rows.len() == SOURCE_ROWS_LISTED_MAX {
-                    listing.truncated = true;
-                    continue;
-                }
-                listing.rows.insert(r.stored_key, SourceRow { key: row.key.clone(), origin, digest: r.digest });
+        let req = pb::ImportRowsRequest {
+            tenant: spec.tenant.clone(),
+            table: spec.table.clone(),
+            rows: batch.rows.iter().map(run::to_pb).collect(),
+            digest_only: true,
+            list_buckets: buckets.iter().map(|b| *b as u32).collect(),
+        };
+        let mut req = tonic::Request::new(req);
+        req.set_timeout(std::time::Duration::from_millis(run::CHECKSUM_TIMEOUT_MS));
+        let resp = match cl.load().await.import_rows(req).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                failure = Some(anyhow::Error::new(e).context("computing the source's digest (ImportRows, digest_only)"));
+                break;
             }
-        }
-        if failure.is_some() {
-            break;
+        };
+        digest.merge(&digest_from_pb(resp.digest.as_ref())?);
+        for r in resp.rows {
+            let i = r.index as usize;
+            let (Some(row), Some((file, line))) = (batch.rows.get(i), batch.origins.get(i)) else { continue };
+            let origin = match spec.source {
+                super::job::SourceSpec::Postgres { .. } => format!("source row {line}"),
+                _ => format!("{}:{line}", run::part_name(&spec.source, *file)),
+            };
+            if let Some(first) = listing.rows.get(&r.stored_key) {
+                listing.duplicates.push(format!("row {} appears twice in the source ({} and {})", show(&row.key), first.origin, origin));
+                continue;
+            }
+            if listing.rows.len() == SOURCE_ROWS_LISTED_MAX {
+                listing.truncated = true;
+                continue;
+            }
+            listing.rows.insert(r.stored_key, SourceRow { key: row.key.clone(), origin, digest: r.digest });
         }
     }
     drop(rx);
