@@ -10,12 +10,10 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use kho_proto::v1 as pb;
 use kho_raft::load::TableDigest;
-use tokio::sync::mpsc;
 
-use super::encode::Limits;
 use super::job::{self, digest_from_pb, Checkpoint, FileId, SourceSpec, Spec, SPEC_VERSION};
 use super::mapping::Mapping;
-use super::run::{self, Batch, Cluster, InFlight, Progress, ReadMode};
+use super::run::{self, Cluster, InFlight, Progress, ReadMode};
 use super::source;
 use crate::admin_cmd::ConnArgs;
 
@@ -327,7 +325,7 @@ pub async fn start_job(conn: ConnArgs, source: SourceSpec, mapping: Mapping, t: 
     }
     let cl = Cluster::connect(conn.target()?).await?;
     if !t.allow_nonempty {
-        let families = families_of(&spec)?;
+        let families = spec.families()?;
         let now = checksum(&cl, &spec.tenant, &spec.table, &families, &[]).await?;
         let total = digest_from_pb(now.digest.as_ref())?.total();
         if total.rows > 0 {
@@ -439,14 +437,6 @@ fn truncate(text: &str, max: usize) -> String {
     text[..cut].to_string()
 }
 
-fn families_of(spec: &Spec) -> anyhow::Result<Vec<String>> {
-    let m = Mapping::parse_toml(&spec.mapping)?;
-    let mut fams: Vec<String> = m.columns.iter().filter_map(|c| c.cell.as_ref().map(|(f, _)| f.clone())).collect();
-    fams.sort();
-    fams.dedup();
-    Ok(fams)
-}
-
 pub async fn checksum(
     cl: &Cluster,
     tenant: &str,
@@ -471,12 +461,7 @@ pub async fn run_job(cl: &Arc<Cluster>, id: &str, run_id: &str, spec: Spec, at: 
     let mut digest = at.digest.digest()?;
     let mut acked = at.clone();
     if !at.finished {
-        let (tx, mut rx) = mpsc::channel::<Batch>(run::READ_AHEAD_BATCHES_MAX);
-        let reader = {
-            let (spec, at) = (spec.clone(), at.clone());
-            let rt = tokio::runtime::Handle::current();
-            std::thread::spawn(move || run::read_source(rt, &spec, &at, ReadMode::Load, Limits::default(), tx))
-        };
+        let (mut rx, reader) = run::spawn_reader(&spec, &at, ReadMode::Load);
         let mode = match opts.progress {
             ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
             ProgressMode::Auto => ProgressMode::Json,
@@ -586,12 +571,7 @@ pub async fn run_job(cl: &Arc<Cluster>, id: &str, run_id: &str, spec: Spec, at: 
 
 /// `--dry-run`: reads and maps every record, writes the reject file, loads nothing.
 async fn dry_run(spec: &Spec) -> anyhow::Result<ExitCode> {
-    let (tx, mut rx) = mpsc::channel::<Batch>(run::READ_AHEAD_BATCHES_MAX);
-    let reader = {
-        let spec = spec.clone();
-        let rt = tokio::runtime::Handle::current();
-        std::thread::spawn(move || run::read_source(rt, &spec, &Checkpoint::default(), ReadMode::Load, Limits::default(), tx))
-    };
+    let (mut rx, reader) = run::spawn_reader(spec, &Checkpoint::default(), ReadMode::Load);
     let mut last = Checkpoint::default();
     while let Some(b) = rx.recv().await {
         last = b.end;

@@ -114,6 +114,15 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// The families the mapping stores cells in, sorted: what verification covers.
+    pub fn families(&self) -> anyhow::Result<Vec<String>> {
+        let m = super::mapping::Mapping::parse_toml(&self.mapping)?;
+        let mut fams: Vec<String> = m.columns.iter().filter_map(|c| c.cell.as_ref().map(|(f, _)| f.clone())).collect();
+        fams.sort();
+        fams.dedup();
+        Ok(fams)
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a spec encodes")
     }

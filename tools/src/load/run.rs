@@ -401,6 +401,19 @@ fn synced_mark(rejects: Option<&mut RejectWriter>, synced: &mut u64) -> anyhow::
     Ok(r.mark().bytes)
 }
 
+/// Starts [`read_source`] from `start` on a thread of its own: the batches it reads, and
+/// the thread to join for its result once they end.
+pub fn spawn_reader(
+    spec: &Spec,
+    start: &Checkpoint,
+    mode: ReadMode,
+) -> (mpsc::Receiver<Batch>, std::thread::JoinHandle<anyhow::Result<()>>) {
+    let (tx, rx) = mpsc::channel::<Batch>(READ_AHEAD_BATCHES_MAX);
+    let (spec, start) = (spec.clone(), start.clone());
+    let rt = tokio::runtime::Handle::current();
+    (rx, std::thread::spawn(move || read_source(rt, &spec, &start, mode, Limits::default(), tx)))
+}
+
 /// Where the reject file of a job goes by default: beside the (first) source file, or in
 /// the current directory (as an absolute path: a resume from elsewhere writes to the same
 /// file); `name` is `JOB.rejects.jsonl` (or `JOB.dry-run.rejects.jsonl`).

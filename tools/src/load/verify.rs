@@ -9,13 +9,10 @@ use std::sync::Arc;
 
 use kho_proto::v1 as pb;
 use kho_raft::load::TableDigest;
-use tokio::sync::mpsc;
 
 use super::cmd::checksum;
-use super::encode::Limits;
 use super::job::{digest_from_pb, Checkpoint, Spec};
-use super::mapping::Mapping;
-use super::run::{self, Batch, Cluster, ReadMode};
+use super::run::{self, Cluster, ReadMode};
 
 /// Differing buckets whose rows are listed to name rows, count.
 const SAMPLE_BUCKETS_MAX: usize = 4;
@@ -35,18 +32,10 @@ struct SourceRow {
     digest: Vec<u8>,
 }
 
-fn families_of(spec: &Spec) -> anyhow::Result<Vec<String>> {
-    let m = Mapping::parse_toml(&spec.mapping)?;
-    let mut fams: Vec<String> = m.columns.iter().filter_map(|c| c.cell.as_ref().map(|(f, _)| f.clone())).collect();
-    fams.sort();
-    fams.dedup();
-    Ok(fams)
-}
-
 /// Compares the source's digest (`loaded`, or recomputed from the source with
 /// `from_source`) with the table's.
 pub async fn verify(cl: &Arc<Cluster>, spec: &Spec, loaded: &TableDigest, from_source: bool) -> anyhow::Result<Verdict> {
-    let families = families_of(spec)?;
+    let families = spec.families()?;
     let mut source = if from_source { read_source_digests(cl, spec, &[]).await?.0 } else { loaded.clone() };
     let resp = checksum(cl, &spec.tenant, &spec.table, &families, &[]).await?;
     let table = digest_from_pb(resp.digest.as_ref())?;
@@ -147,12 +136,7 @@ const SOURCE_ROWS_LISTED_MAX: usize = 100_000;
 /// would be stored (`ImportRows` with `digest_only`: only the nodes can hash a table's
 /// hashed row keys), with the rows of `buckets` by stored key.
 async fn read_source_digests(cl: &Arc<Cluster>, spec: &Spec, buckets: &[u8]) -> anyhow::Result<(TableDigest, SourceListing)> {
-    let (tx, mut rx) = mpsc::channel::<Batch>(run::READ_AHEAD_BATCHES_MAX);
-    let reader = {
-        let spec = spec.clone();
-        let rt = tokio::runtime::Handle::current();
-        std::thread::spawn(move || run::read_source(rt, &spec, &Checkpoint::default(), ReadMode::Verify, Limits::default(), tx))
-    };
+    let (mut rx, reader) = run::spawn_reader(spec, &Checkpoint::default(), ReadMode::Verify);
     let mut digest = TableDigest::default();
     let mut listing = SourceListing::default();
     let mut failure = None;
