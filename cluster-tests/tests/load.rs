@@ -268,6 +268,9 @@ cell = "doc:dien_tich"
                     mapping.to_str().unwrap(),
                     "--job",
                     "ho-so",
+                    // The other write path: each batch a Raft write of its cells.
+                    "--write-path",
+                    "rows",
                 ],
             );
             assert!(
@@ -619,9 +622,23 @@ async fn a_load_killed_with_a_node_resumes_to_every_row_once_and_leaves_no_plain
                 "{out}"
             );
 
-            // No loaded name in plaintext anywhere under the nodes' data directories.
+            // No loaded name in plaintext anywhere under the nodes' data directories
+            // (their SST staging directories included).
             for id in cluster.ids() {
                 cluster.stop(id).await;
+            }
+            // The rows came by the fast path: every replica ingested SST runs (RocksDB's
+            // info log names each ingested file), whether it applied them from the log or
+            // not.
+            for id in cluster.ids() {
+                let db = cluster.data_dir(id).join("db");
+                let ingested = files_under(&db)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("LOG")))
+                    .map(|f| String::from_utf8_lossy(&std::fs::read(f).unwrap()).matches("was ingested in L").count())
+                    .sum::<usize>();
+                assert!(ingested > 0, "node {id} ingested no SST run (RocksDB LOG files under {})", db.display());
             }
             let mut files = Vec::new();
             for id in cluster.ids() {

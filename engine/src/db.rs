@@ -17,6 +17,8 @@ use crate::value::{decode_value, encode_value};
 /// `multi-threaded-cf` feature cannot change the column-family handle type under us.
 type Db = DBWithThreadMode<SingleThreaded>;
 
+/// The staging directory of SST files, inside the DB directory ([`Engine::staging_dir`]).
+const STAGING_DIR: &str = "ingest-staging";
 /// Bloom filter bits per key of the Data column family (about 1% false positives).
 const DATA_BLOOM_BITS_PER_KEY: f64 = 10.0;
 /// Compression of the Data column family by level (RocksDB's 7 levels); the bottommost level
@@ -204,8 +206,24 @@ impl Engine {
         db_opts.set_compression_type(DBCompressionType::Lz4);
         let descriptors = Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, opts, &cache)));
         let db = Db::open_cf_descriptors(&db_opts, path, descriptors).map_err(rocks("open"))?;
+        // A file staged before a crash is never ingested: its run is applied again from the log.
+        let staging = path.join(STAGING_DIR);
+        match std::fs::remove_dir_all(&staging) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::Io { op: "wipe the SST staging directory", source: e })
+            }
+            _ => {}
+        }
         tracing::info!(path = %path.display(), ?opts, "engine opened");
         Ok(Engine { db: Arc::new(db), path: path.to_path_buf(), flushes: Arc::default() })
+    }
+
+    /// Where SST files are made and staged before they are ingested
+    /// ([`Engine::write_data_sst`], [`Engine::ingest_data_sst`]): `ingest-staging` inside the
+    /// DB directory (RocksDB ignores names it did not make; a hard link into the DB cannot
+    /// cross file systems). Wiped when the engine opens.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.path.join(STAGING_DIR)
     }
 
     /// The directory of the DB.
@@ -359,6 +377,50 @@ impl Engine {
     /// commit: several writes with `sync = false`, then one `sync_wal`.
     pub fn sync_wal(&self) -> Result<()> {
         self.db.flush_wal(true).map_err(rocks("sync_wal"))
+    }
+
+    /// Writes `cells` (data keys in strictly increasing order, and their stored values) into
+    /// a new SST file at `path` for the Data column family, synced; returns its size in
+    /// bytes. An out-of-order or repeated key is refused (the file is then incomplete: the
+    /// caller removes it). For [`Engine::ingest_data_sst`] on this or another node.
+    pub fn write_data_sst<'a>(&self, path: &Path, cells: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Result<u64> {
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(DATA_BLOOM_BITS_PER_KEY, false);
+        let mut opts = Options::default();
+        // Ingested files land on level 0 when they overlap what is stored, which is not
+        // compressed (DATA_COMPRESSION_PER_LEVEL); compaction compresses them further down.
+        opts.set_compression_type(DBCompressionType::None);
+        opts.set_block_based_table_factory(&table);
+        let mut writer = rocksdb::SstFileWriter::create(&opts);
+        writer.open(path).map_err(rocks("open SST writer"))?;
+        let mut last: Option<&[u8]> = None;
+        for (key, value) in cells {
+            if last.is_some_and(|l| l >= key) {
+                return Err(Error::InvalidKey { reason: format!("SST cells out of order at key {}", key_hex(key)) });
+            }
+            writer.put(key, value).map_err(rocks("write SST"))?;
+            last = Some(key);
+        }
+        writer.finish().map_err(rocks("finish SST"))?;
+        let file = std::fs::File::open(path).map_err(|source| Error::Io { op: "open written SST", source })?;
+        file.sync_all().map_err(|source| Error::Io { op: "sync written SST", source })?;
+        Ok(file.metadata().map_err(|source| Error::Io { op: "stat written SST", source })?.len())
+    }
+
+    /// Ingests the SST file at `path` (made by [`Engine::write_data_sst`]) into the Data
+    /// column family, moving it (the file at `path` is gone afterwards): its cells replace
+    /// the stored ones of the same keys, as a write would, and are durable on return
+    /// (RocksDB flushes a memtable holding keys of its range first).
+    pub fn ingest_data_sst(&self, path: &Path) -> Result<()> {
+        let mut opts = rocksdb::IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        opts.set_allow_blocking_flush(true);
+        opts.set_allow_global_seqno(true);
+        self.db.ingest_external_file_cf_opts(handle(&self.db, Cf::Data), &opts, vec![path]).map_err(rocks("ingest SST"))?;
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { op: "remove ingested SST", source: e }),
+            _ => Ok(()),
+        }
     }
 
     /// A handle that does not keep the instance open.

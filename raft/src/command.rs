@@ -216,6 +216,11 @@ pub enum Command {
         op: crate::load::LoadJobOp,
         by_admin: bool,
     },
+    /// Data shard: ingests a sorted run of one table's cells, an SST file made by the
+    /// leader ([`crate::ingest`]); its cells replace the stored ones as a write's would.
+    /// Refused, writing nothing, unless routed with the shard's epoch `version`, inside the
+    /// shard's range and the table's, and its file has its length and SHA-256.
+    IngestSst(crate::ingest::SstRun),
 }
 
 impl Command {
@@ -224,6 +229,7 @@ impl Command {
         matches!(
             self,
             Command::Write(_)
+                | Command::IngestSst(_)
                 | Command::ClearTable { .. }
                 | Command::Reseal { .. }
                 | Command::Split { .. }
@@ -451,6 +457,7 @@ impl std::fmt::Display for Command {
             Command::UpdateShard { desc } => write!(f, "update-shard {desc}"),
             Command::ClearTable { shard, tenant, table } => write!(f, "clear-table {tenant}/{table} in shard {shard}"),
             Command::Reseal { shard, replacements, .. } => write!(f, "reseal {} values in shard {shard}", replacements.len()),
+            Command::IngestSst(run) => write!(f, "ingest an SST run of {} cells ({} bytes) into shard {}", run.cells, run.bytes, run.shard),
             Command::DestroyKey { tenant, version } => write!(f, "destroy-key {tenant} version {version}"),
             Command::AllocShardIds { count } => write!(f, "alloc-shard-ids {count}"),
             Command::RecordSplit { pieces } => {

@@ -13,6 +13,7 @@ pub mod command;
 mod error;
 pub mod fatal;
 pub mod flushed_applied;
+pub mod ingest;
 pub mod key_jobs;
 pub mod key_range;
 pub mod keyring;

@@ -910,6 +910,7 @@ impl StateMachine {
             }
             Command::PutLoadJob { job, op, by_admin } => Ok((self.put_load_job(job, op, by_admin, batch)?, None)),
             Command::Write(_)
+            | Command::IngestSst(_)
             | Command::ClearTable { .. }
             | Command::Reseal { .. }
             | Command::Split { .. }
@@ -1017,7 +1018,10 @@ impl StateMachine {
         };
         if let Some(m) = &st.merging {
             // A merge's source takes nothing that changes its data or range.
-            if matches!(cmd, Command::Write(_) | Command::ClearTable { .. } | Command::Reseal { .. } | Command::Split { .. }) {
+            if matches!(
+                cmd,
+                Command::Write(_) | Command::IngestSst(_) | Command::ClearTable { .. } | Command::Reseal { .. } | Command::Split { .. }
+            ) {
                 return Ok((
                     Outcome::Rejected(AppError::wrong_shard(format!(
                         "shard {group} is merging into shard {}: `{cmd}` is refused; it is routed again once the merge is done",
@@ -1056,6 +1060,43 @@ impl StateMachine {
                 self.state.written_bytes.fetch_add(written as u64, std::sync::atomic::Ordering::Relaxed);
                 self.state.size_changed.store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok((execute_write(engine, w, batch)?, None))
+            }
+            Command::IngestSst(run) => {
+                if run.shard != group || run.epoch != st.desc.epoch.version || !st.desc.contains(&run.first) || !st.desc.contains(&run.last)
+                {
+                    return stale("an SST run");
+                }
+                if st.dropped_tables.contains(&run.table) || run.tenant != st.desc.tenant {
+                    return Ok((
+                        Outcome::Rejected(AppError::not_found(format!(
+                            "the table (id {}/{}) was dropped while the SST run was in flight; nothing was written",
+                            run.tenant, run.table
+                        ))),
+                        None,
+                    ));
+                }
+                let prefix = keys::table_prefix(run.tenant, run.table);
+                if !run.first.starts_with(&prefix) || !run.last.starts_with(&prefix) {
+                    return Ok((
+                        Outcome::Rejected(AppError::invalid(format!(
+                            "an SST run for table {}/{} holds keys outside the table",
+                            run.tenant, run.table
+                        ))),
+                        None,
+                    ));
+                }
+                if let Err(why) = crate::ingest::check(&run) {
+                    return Ok((Outcome::Rejected(AppError::invalid(format!("{why}; nothing was written"))), None));
+                }
+                drop(guard);
+                // Everything applied before this entry is made durable first: after a crash
+                // the entries replayed are this one and later ones, never earlier ones on
+                // top of the ingested cells (which are durable once ingested).
+                engine.flush_all().map_err(io_err)?;
+                crate::ingest::ingest(engine, &run)?;
+                self.state.written_bytes.fetch_add(run.bytes, std::sync::atomic::Ordering::Relaxed);
+                self.state.size_changed.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok((Outcome::Written { existed: false, cas: None }, None))
             }
             Command::ClearTable { shard, tenant, table } => {
                 if shard != group || tenant != st.desc.tenant {

@@ -1,7 +1,8 @@
 //! Shard splits and merges at the storage level (docs/SHARDING.md, "Split and merge"): the
 //! meta group's id allocation and a data shard's `Split`, `PrepareMerge`, `CommitMerge` and
 //! `RollbackMerge` entries, applied by the real state machine over RocksDB: what one apply
-//! batch writes, what it refuses, and what a crash at any instant leaves.
+//! batch writes, what it refuses, and what a crash at any instant leaves. Also the bulk
+//! load's `IngestSst` runs, refused once a split changed the shard's epoch.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -504,4 +505,154 @@ fn a_rolled_back_merge_takes_writes_again() {
     assert_eq!((&out[3].outcome, &out[4].outcome), (&Outcome::Done, &Outcome::Done));
     assert!(matches!(out[5].outcome, Outcome::Written { .. }), "{:?}", out[5]);
     assert!(child.state().shard().expect("a shard").merging.is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// SST runs (the bulk load's fast path) across a split
+
+/// An SST run of `rows` (puts of family 1, values "Le Van Nam {row}") built by `leader`'s
+/// engine for the parent at epoch `version`; the rows are given in any order.
+fn sst_run(leader: &Node, version: u64, rows: &[String]) -> kho_raft::ingest::SstRun {
+    let ops = rows
+        .iter()
+        .map(|row| {
+            let key = data_key(TENANT, TABLE, row.as_bytes(), 1, b"");
+            let stored = kho_engine::value::encode_value(&key, format!("Le Van Nam {row}").as_bytes());
+            CellOp::Put { key, stored }
+        })
+        .collect();
+    let w = CellWrite { shard: PARENT, epoch: version, tenant: TENANT, table: TABLE, ops, condition: None };
+    kho_raft::ingest::build(&leader.engine, &w).expect("build the SST run")
+}
+
+/// Rows "b000" … in reverse order: the run sorts them.
+fn run_rows(n: usize) -> Vec<String> {
+    (0..n).rev().map(|i| format!("b{i:03}")).collect()
+}
+
+fn value_of(node: &Node, row: &str) -> Option<Vec<u8>> {
+    let key = data_key(TENANT, TABLE, row.as_bytes(), 1, b"");
+    node.engine
+        .get(Cf::Data, &key)
+        .expect("get")
+        .map(|stored| kho_engine::value::decode_value(&key, &stored).expect("a stored value").to_vec())
+}
+
+fn staged_files(node: &Node) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(node.engine.staging_dir()) {
+        Ok(dir) => dir.flatten().map(|e| e.path()).collect(),
+        Err(_) => vec![],
+    }
+}
+
+/// A run built on one node (the leader) is applied by every replica from the entry alone:
+/// each holds the same cells, a run's cells replace earlier writes of the same keys and a
+/// later write replaces them (log order), and nothing stays staged. A run routed with a
+/// stale epoch, to another shard, across the split point, or whose file lost a byte or
+/// its length, is refused and writes nothing but the applied index.
+#[test]
+fn an_sst_run_is_ingested_by_every_replica_in_log_order_and_refused_when_stale_or_damaged() {
+    let leader = Node::new();
+    let mut rows = run_rows(500);
+    rows.push("a00".into()); // also written by the log's first put
+    let run = sst_run(&leader, 1, &rows);
+    assert_eq!(run.cells, 501);
+    assert!(staged_files(&leader).is_empty(), "the leader kept its staging file");
+
+    let mut log = parent_log()[..21].to_vec();
+    log.push(normal(21, Command::IngestSst(run.clone())));
+    log.push(put(22, PARENT, 1, "b007"));
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let node = Node::new();
+        node.create_parent();
+        let (_log, sm) = node.open(PARENT, GroupKind::Data);
+        let out = sm.apply_and_collect(log.clone()).expect("apply");
+        assert!(matches!(out[20].outcome, Outcome::Written { .. }), "{:?}", out[20]);
+        assert_eq!(value_of(&node, "a00").as_deref(), Some(&b"Le Van Nam a00"[..]), "the run replaces the earlier write");
+        assert_eq!(value_of(&node, "b499").as_deref(), Some(&b"Le Van Nam b499"[..]));
+        assert_eq!(value_of(&node, "b007").as_deref(), Some(&b"Tran Thi Binh b007"[..]), "the later write replaces the run");
+        assert_eq!(node.data().len(), 20 + 500, "20 puts and the run's 500 new rows");
+        assert!(staged_files(&node).is_empty(), "an ingested file stayed staged");
+        replicas.push(node);
+    }
+    assert_eq!(replicas[0].data(), replicas[1].data());
+
+    // Refused runs, applied on a replica that split at "m" (version 2).
+    let node = &replicas[0];
+    let (_log, sm) = node.open(PARENT, GroupKind::Data);
+    let out = sm.apply_and_collect(vec![split(23, 1, split_point())]).expect("split");
+    assert!(matches!(out[0].outcome, Outcome::Split { .. }), "{:?}", out[0]);
+    let before = node.data();
+    let left_rows: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    let across: Vec<String> = vec!["c1".into(), "z1".into()];
+    let mut flipped = sst_run(&leader, 2, &left_rows);
+    let last = flipped.sst.len() - 1;
+    flipped.sst[last / 2] ^= 1;
+    let mut short = sst_run(&leader, 2, &left_rows);
+    short.sst.pop();
+    let mut other_shard = sst_run(&leader, 2, &left_rows);
+    other_shard.shard = CHILD;
+    let refused = [
+        (sst_run(&leader, 1, &left_rows), AppErrorKind::WrongShard, "the epoch before the split"),
+        (sst_run(&leader, 2, &across), AppErrorKind::WrongShard, "keys on both sides of the split"),
+        (other_shard, AppErrorKind::WrongShard, "another shard"),
+        (flipped, AppErrorKind::InvalidArgument, "a flipped byte"),
+        (short, AppErrorKind::InvalidArgument, "a byte short"),
+    ];
+    for (i, (run, want, what)) in refused.into_iter().enumerate() {
+        let out = sm.apply_and_collect(vec![normal(24 + i as u64, Command::IngestSst(run))]).expect("apply");
+        match &out[0].outcome {
+            Outcome::Rejected(e) => assert_eq!(e.kind, want, "{what}: {e}"),
+            other => panic!("{what}: not refused: {other:?}"),
+        }
+    }
+    assert_eq!(node.data(), before, "a refused run wrote cells");
+    assert!(staged_files(node).is_empty());
+    let out = sm.apply_and_collect(vec![normal(40, Command::IngestSst(sst_run(&leader, 2, &left_rows)))]).expect("apply");
+    assert!(matches!(out[0].outcome, Outcome::Written { .. }), "the run cut again at the new epoch: {:?}", out[0]);
+    assert_eq!(node.data().len(), before.len() + 10);
+}
+
+/// A crash at any instant of a run's apply loses nothing and applies nothing out of order:
+/// the writes before the run are made durable before it is ingested, so the restart
+/// replays the run (the same cells again) and the entries after it, never an earlier
+/// entry on top of the ingested cells; the staging directory is wiped. Same state as a
+/// node that never crashed.
+#[test]
+fn a_crash_around_an_sst_run_replays_it_to_the_same_state() {
+    let leader = Node::new();
+    let run = sst_run(&leader, 1, &run_rows(300));
+    let mut log = parent_log()[..21].to_vec();
+    log.push(normal(21, Command::IngestSst(run)));
+    log.push(put(22, PARENT, 1, "b010"));
+    log.push(put(23, PARENT, 1, "zz"));
+
+    let reference = Node::new();
+    reference.create_parent();
+    let (_l, sm) = reference.open(PARENT, GroupKind::Data);
+    sm.apply_and_collect(log.clone()).expect("apply");
+    let want = reference.data();
+    drop(sm);
+
+    let node = Node::new();
+    node.create_parent();
+    let (_l, sm) = node.open(PARENT, GroupKind::Data);
+    // A file staged by a run that never finished: wiped at the next open.
+    std::fs::create_dir_all(node.engine.staging_dir()).unwrap();
+    std::fs::write(node.engine.staging_dir().join("apply-0-0.sst"), b"Le Van Nam").unwrap();
+    sm.apply_and_collect(log.clone()).expect("apply");
+    let crashed = node.crash_copy();
+    let applied = crashed
+        .engine
+        .get(Cf::RaftMeta, &meta_key::key(PARENT, meta_key::APPLIED))
+        .unwrap()
+        .and_then(|b| codec::decode_opt_log_id(&b).unwrap())
+        .map_or(0, |l| l.index);
+    assert!(applied >= 20, "the entries before the run were not made durable before it: applied {applied}");
+    assert!(staged_files(&crashed).is_empty(), "the staging directory was not wiped at open");
+    let (_l2, sm2) = crashed.open(PARENT, GroupKind::Data);
+    sm2.apply_and_collect(log[applied as usize..].to_vec()).expect("re-apply");
+    assert_eq!(crashed.data(), want);
+    assert_eq!(value_of(&crashed, "b010").as_deref(), Some(&b"Tran Thi Binh b010"[..]));
 }

@@ -275,6 +275,20 @@ impl DataService {
         ops: Vec<WriteOp>,
         origin: &Origin,
     ) -> Result<Leader<Written>, Status> {
+        self.propose_write_as(tenant, table, ops, origin, false).await
+    }
+
+    /// [`DataService::propose_write`]; with `sst` (puts only, a bulk load's rows), the
+    /// cells are proposed as one SST run ([`Command::IngestSst`]) built by this node, the
+    /// shard's leader, instead of a [`Command::Write`].
+    pub(crate) async fn propose_write_as(
+        &self,
+        tenant: &str,
+        table: &str,
+        ops: Vec<WriteOp>,
+        origin: &Origin,
+        sst: bool,
+    ) -> Result<Leader<Written>, Status> {
         let view = self.view(origin, Perm::Write, tenant, table).await?;
         let (meta, keys) = self.table_access(tenant, table, origin, Kind::Write).await?;
         need_ops(origin, &view, &meta, &ops).map_err(|s| self.deny(origin, &meta.tenant, &meta.name, s))?;
@@ -310,7 +324,7 @@ impl DataService {
             a.reason = format!("write of {} operations", ops.len());
         });
         let mut w = TableAccess { meta: &meta, keys: keys.as_deref() }.resolve(ops, None).map_err(status::app_error)?;
-        self.propose_cells(&mut w, origin, record).await
+        self.propose_cells(&mut w, origin, record, sst).await
     }
 
     /// Routes and proposes a resolved write (see [`DataService::propose_write`]), looking
@@ -323,8 +337,12 @@ impl DataService {
         w: &mut kho_raft::CellWrite,
         origin: &Origin,
         mut record: Option<kho_raft::audit::Record>,
+        sst: bool,
     ) -> Result<Leader<Written>, Status> {
         let mut last = None;
+        // Built once, on the first shard found here; cut again only if its keys no longer
+        // fit one shard (then the write is refused below, as any write across shards).
+        let mut run: Option<kho_raft::ingest::SstRun> = None;
         for _ in 0..ROUTE_ATTEMPTS_MAX {
             let first = kho_raft::cells::first_key(w).ok_or_else(|| Status::invalid_argument("ops: no operation"))?.to_vec();
             let g = match self.ctx.shard_route(&first, origin, Kind::Write).await? {
@@ -353,7 +371,25 @@ impl DataService {
             if let Some(r) = record.take() {
                 self.ctx.audit.append(r).await?;
             }
-            match self.ctx.propose_in(&g, Command::Write(w.clone()), origin).await? {
+            let cmd = if sst {
+                let mut r = match run.take() {
+                    Some(r) => r,
+                    None => {
+                        let (engine, cells) = (g.state.engine.clone(), w.clone());
+                        tokio::task::spawn_blocking(move || kho_raft::ingest::build(&engine, &cells))
+                            .await
+                            .map_err(|e| status::internal(format!("building an SST run: {e}")))?
+                            .map_err(|e| status::internal(format!("building an SST run: {e}")))?
+                    }
+                };
+                r.shard = w.shard;
+                r.epoch = w.epoch;
+                run = Some(r.clone());
+                Command::IngestSst(r)
+            } else {
+                Command::Write(w.clone())
+            };
+            match self.ctx.propose_in(&g, cmd, origin).await? {
                 Leader::There(to) => return Ok(Leader::There(to)),
                 Leader::Here(r) => match &r.outcome {
                     Outcome::Rejected(e) if e.kind == AppErrorKind::WrongShard => continue,
@@ -670,7 +706,7 @@ impl DataService {
                 None => WriteOp::Delete { row: r.key.clone(), family: r.family.clone(), qualifier: vec![] },
             };
             let mut w = access.resolve(vec![op], Some(RawCondition { key, expected: stored })).map_err(status::app_error)?;
-            match self.propose_cells(&mut w, origin, None).await? {
+            match self.propose_cells(&mut w, origin, None, false).await? {
                 Leader::There(to) => return forward!(self.ctx, data_client, to, compare_and_swap, r.clone()),
                 Leader::Here(w) => {
                     let cas = w.cas.as_ref().ok_or_else(|| status::internal("conditional write returned no comparison outcome"))?;

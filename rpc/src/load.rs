@@ -403,7 +403,7 @@ impl Load for LoadService {
                 d.view(&origin, Perm::Write, &r.tenant, &r.table).await?;
                 let (meta, _) = d.table_access(&r.tenant, &r.table, &origin, Kind::Write).await?;
                 no_cell_twice(&meta, r)?;
-                match d.propose_write(&r.tenant, &r.table, ops.clone(), &origin).await? {
+                match d.propose_write_as(&r.tenant, &r.table, ops.clone(), &origin, r.sst).await? {
                     Leader::Here(w) => {
                         let (meta, keys) = d.access(&r.tenant, &r.table)?;
                         let (digest, rows) = self.digest(meta, keys, r.clone()).await?;
@@ -543,7 +543,7 @@ mod tests {
     }
 
     fn req(rows: Vec<pb::Row>) -> pb::ImportRowsRequest {
-        pb::ImportRowsRequest { tenant: "t".into(), table: "x".into(), rows, digest_only: false, list_buckets: vec![] }
+        pb::ImportRowsRequest { tenant: "t".into(), table: "x".into(), rows, ..Default::default() }
     }
 
     #[test]

@@ -163,6 +163,16 @@ pub struct RunOpts {
     /// Batches written at once (1 to 64).
     #[arg(long, global = true, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub concurrency: u64,
+    /// How the nodes write each batch: `sst`, one sorted SST file per shard ingested by
+    /// every replica (the fast path); `rows`, one Raft write of the cells per shard.
+    #[arg(long, global = true, value_enum, default_value_t = WritePath::Sst)]
+    pub write_path: WritePath,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WritePath {
+    Sst,
+    Rows,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -484,6 +494,7 @@ pub async fn run_job(cl: &Arc<Cluster>, id: &str, run_id: &str, spec: Spec, at: 
         let checkpoint_every = interval.max(Duration::from_millis(CHECKPOINT_INTERVAL_MIN_MS));
         let mut failure: Option<anyhow::Error> = None;
         let concurrency = (opts.concurrency as usize).clamp(1, LOAD_CONCURRENCY_MAX);
+        let sst = opts.write_path == WritePath::Sst;
         while let Some(batch) = rx.recv().await {
             let (tenant, table) = (spec.tenant.clone(), spec.table.clone());
             let cl2 = cl.clone();
@@ -492,7 +503,7 @@ pub async fn run_job(cl: &Arc<Cluster>, id: &str, run_id: &str, spec: Spec, at: 
                 if rows.is_empty() {
                     Ok(TableDigest::default())
                 } else {
-                    run::send_rows(&cl2, &tenant, &table, rows).await
+                    run::send_rows(&cl2, &tenant, &table, rows, sst).await
                 }
             });
             inflight.push(batch.end, h);

@@ -87,10 +87,10 @@ fn retryable(s: &tonic::Status) -> bool {
     }
 }
 
-/// Writes rows, grouped by shard, one `ImportRows` per group, trying again (after looking
+/// Writes rows, grouped by shard, one `ImportRows` per group (with `sst`, each an SST run), trying again (after looking
 /// the shards up again) while the failures are retryable. Returns the digest the nodes
 /// answered for all of them.
-pub async fn send_rows(cl: &Cluster, tenant: &str, table: &str, rows: Vec<MappedRow>) -> anyhow::Result<TableDigest> {
+pub async fn send_rows(cl: &Cluster, tenant: &str, table: &str, rows: Vec<MappedRow>, sst: bool) -> anyhow::Result<TableDigest> {
     let mut digest = TableDigest::default();
     let mut remaining = rows;
     let mut attempt = 0u32;
@@ -112,8 +112,8 @@ pub async fn send_rows(cl: &Cluster, tenant: &str, table: &str, rows: Vec<Mapped
                     tenant: tenant.to_string(),
                     table: table.to_string(),
                     rows: group.iter().map(to_pb).collect(),
-                    digest_only: false,
-                    list_buckets: vec![],
+                    sst,
+                    ..Default::default()
                 };
                 let mut req = tonic::Request::new(req);
                 req.set_timeout(Duration::from_millis(IMPORT_TIMEOUT_MS));

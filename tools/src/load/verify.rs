@@ -150,6 +150,7 @@ async fn read_source_digests(cl: &Arc<Cluster>, spec: &Spec, buckets: &[u8]) -> 
             rows: batch.rows.iter().map(run::to_pb).collect(),
             digest_only: true,
             list_buckets: buckets.iter().map(|b| *b as u32).collect(),
+            sst: false,
         };
         let mut req = tonic::Request::new(req);
         req.set_timeout(std::time::Duration::from_millis(run::CHECKSUM_TIMEOUT_MS));
