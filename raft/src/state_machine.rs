@@ -93,6 +93,13 @@ pub struct SmState {
     /// Whether the shard's data changed (writes, deletes, a cleared table, a split or
     /// merge) since the size checker last looked at it.
     pub(crate) size_changed: std::sync::atomic::AtomicBool,
+    /// Whether an entry whose apply reads stored cells (a condition, a re-encryption step:
+    /// anything but a blind write, an SST run, a blank or membership entry) was applied
+    /// since the last flush made before an SST run. Such an entry, replayed after a crash
+    /// on top of a later run's cells (durable once ingested), could decide otherwise; so a
+    /// run is ingested only once the entries before it are durable, and this tells when a
+    /// flush is needed for that (a bulk load of runs only flushes once).
+    pub(crate) unflushed_reads: std::sync::atomic::AtomicBool,
     /// When the group opened here or last split or merged: automatic merges wait
     /// `sharding.split_merge_interval_ms` after it. A hint, not replicated state.
     pub(crate) reshaped_at: std::sync::Mutex<std::time::Instant>,
@@ -293,6 +300,7 @@ impl StateMachine {
             registry_hints,
             written_bytes: std::sync::atomic::AtomicU64::new(0),
             size_changed: std::sync::atomic::AtomicBool::new(true),
+            unflushed_reads: std::sync::atomic::AtomicBool::new(true),
             reshaped_at: std::sync::Mutex::new(std::time::Instant::now()),
         });
         let sm = StateMachine { state, log, snapshot_dir, snapshot_chunk_bytes };
@@ -348,6 +356,9 @@ impl StateMachine {
             };
             if !blind {
                 pending.flush(&self.state, &self.log)?;
+            }
+            if matches!(&entry.payload, EntryPayload::Normal(cmd) if !blind && !matches!(cmd, Command::IngestSst(_))) {
+                self.state.unflushed_reads.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             let mut change = None;
             let outcome = match entry.payload {
@@ -1089,10 +1100,13 @@ impl StateMachine {
                     return Ok((Outcome::Rejected(AppError::invalid(format!("{why}; nothing was written"))), None));
                 }
                 drop(guard);
-                // Everything applied before this entry is made durable first: after a crash
-                // the entries replayed are this one and later ones, never earlier ones on
-                // top of the ingested cells (which are durable once ingested).
-                engine.flush_all().map_err(io_err)?;
+                // Entries before this one that read stored cells are made durable first:
+                // after a crash none is replayed on top of the ingested cells (durable once
+                // ingested) to decide otherwise. Blind writes and runs replayed there write
+                // the same cells, and this run, replayed after them, is again on top.
+                if self.state.unflushed_reads.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    engine.flush_all().map_err(io_err)?;
+                }
                 crate::ingest::ingest(engine, &run)?;
                 self.state.written_bytes.fetch_add(run.bytes, std::sync::atomic::Ordering::Relaxed);
                 self.state.size_changed.store(true, std::sync::atomic::Ordering::Relaxed);

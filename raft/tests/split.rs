@@ -513,11 +513,16 @@ fn a_rolled_back_merge_takes_writes_again() {
 /// An SST run of `rows` (puts of family 1, values "Le Van Nam {row}") built by `leader`'s
 /// engine for the parent at epoch `version`; the rows are given in any order.
 fn sst_run(leader: &Node, version: u64, rows: &[String]) -> kho_raft::ingest::SstRun {
+    sst_run_of(leader, version, rows, "Le Van Nam")
+}
+
+/// [`sst_run`] with values "{name} {row}".
+fn sst_run_of(leader: &Node, version: u64, rows: &[String], name: &str) -> kho_raft::ingest::SstRun {
     let ops = rows
         .iter()
         .map(|row| {
             let key = data_key(TENANT, TABLE, row.as_bytes(), 1, b"");
-            let stored = kho_engine::value::encode_value(&key, format!("Le Van Nam {row}").as_bytes());
+            let stored = kho_engine::value::encode_value(&key, format!("{name} {row}").as_bytes());
             CellOp::Put { key, stored }
         })
         .collect();
@@ -614,19 +619,27 @@ fn an_sst_run_is_ingested_by_every_replica_in_log_order_and_refused_when_stale_o
     assert_eq!(node.data().len(), before.len() + 10);
 }
 
-/// A crash at any instant of a run's apply loses nothing and applies nothing out of order:
-/// the writes before the run are made durable before it is ingested, so the restart
-/// replays the run (the same cells again) and the entries after it, never an earlier
-/// entry on top of the ingested cells; the staging directory is wiped. Same state as a
-/// node that never crashed.
+/// A crash after runs were ingested loses nothing and applies nothing out of order: an
+/// entry that read stored cells (here a conditional write) is made durable before the
+/// next run is ingested, so no such entry is replayed on top of a later run's cells;
+/// blind writes and runs are replayed in log order to the same cells; the staging
+/// directory is wiped. Same state as a node that never crashed.
 #[test]
 fn a_crash_around_an_sst_run_replays_it_to_the_same_state() {
     let leader = Node::new();
-    let run = sst_run(&leader, 1, &run_rows(300));
+    let rows_b: Vec<String> = (5..16).map(|i| format!("b{i:03}")).collect();
     let mut log = parent_log()[..21].to_vec();
-    log.push(normal(21, Command::IngestSst(run)));
+    log.push(normal(21, Command::IngestSst(sst_run(&leader, 1, &run_rows(300)))));
     log.push(put(22, PARENT, 1, "b010"));
-    log.push(put(23, PARENT, 1, "zz"));
+    log.push(normal(23, Command::IngestSst(sst_run_of(&leader, 1, &rows_b, "Pham Thu Ha"))));
+    // Reads a cell (its condition fails: the row exists), writes nothing.
+    let mut cas = put(24, PARENT, 1, "b020");
+    if let EntryPayload::Normal(Command::Write(w)) = &mut cas.payload {
+        w.condition = Some(kho_raft::command::RawCondition { key: data_key(TENANT, TABLE, b"b020", 1, b""), expected: None });
+    }
+    log.push(cas);
+    log.push(normal(25, Command::IngestSst(sst_run_of(&leader, 1, &rows_b[..2], "Vo Thi Sau"))));
+    log.push(put(26, PARENT, 1, "zz"));
 
     let reference = Node::new();
     reference.create_parent();
@@ -649,10 +662,20 @@ fn a_crash_around_an_sst_run_replays_it_to_the_same_state() {
         .unwrap()
         .and_then(|b| codec::decode_opt_log_id(&b).unwrap())
         .map_or(0, |l| l.index);
-    assert!(applied >= 20, "the entries before the run were not made durable before it: applied {applied}");
+    assert!(applied >= 24, "the conditional write was not made durable before the next run: applied {applied}");
     assert!(staged_files(&crashed).is_empty(), "the staging directory was not wiped at open");
     let (_l2, sm2) = crashed.open(PARENT, GroupKind::Data);
     sm2.apply_and_collect(log[applied as usize..].to_vec()).expect("re-apply");
     assert_eq!(crashed.data(), want);
-    assert_eq!(value_of(&crashed, "b010").as_deref(), Some(&b"Tran Thi Binh b010"[..]));
+    assert_eq!(value_of(&crashed, "b010").as_deref(), Some(&b"Pham Thu Ha b010"[..]));
+    assert_eq!(value_of(&crashed, "b005").as_deref(), Some(&b"Vo Thi Sau b005"[..]));
+    assert_eq!(value_of(&crashed, "b020").as_deref(), Some(&b"Le Van Nam b020"[..]));
+
+    // Replayed from before the first run (as after a crash before any flush), the same.
+    let replayed = Node::new();
+    replayed.create_parent();
+    let (_l3, sm3) = replayed.open(PARENT, GroupKind::Data);
+    sm3.apply_and_collect(log.clone()).expect("apply");
+    sm3.apply_and_collect(log[20..].to_vec()).expect("apply the runs and what follows again");
+    assert_eq!(replayed.data(), want);
 }
