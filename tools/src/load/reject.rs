@@ -20,6 +20,10 @@ use super::source::Position;
 
 /// Permissions of a reject file: the owner's only.
 const REJECT_FILE_MODE: u32 = 0o600;
+/// How long a loader waits for the reject file's lock held by another loader, ms.
+const REJECT_LOCK_WAIT_MS: u64 = 30_000;
+/// Between two tries of that lock, ms.
+const REJECT_LOCK_POLL_MS: u64 = 100;
 
 /// One line of the reject file.
 #[derive(Serialize)]
@@ -66,6 +70,11 @@ impl RejectWriter {
     /// Opens the reject file of an interrupted load to go on writing it, from `mark` (from
     /// the checkpoint): the lines after it are cut, since their records are read again.
     pub fn open_append(path: &Path, max_rejects: u64, mark: RejectMark) -> anyhow::Result<RejectWriter> {
+        Self::open_append_within(path, max_rejects, mark, std::time::Duration::from_millis(REJECT_LOCK_WAIT_MS))
+    }
+
+    /// [`RejectWriter::open_append`], waiting at most `wait` for the file's lock.
+    fn open_append_within(path: &Path, max_rejects: u64, mark: RejectMark, wait: std::time::Duration) -> anyhow::Result<RejectWriter> {
         // Append mode: every write goes to the end, which `set_len` below moves to the mark.
         let file = OpenOptions::new()
             .append(true)
@@ -74,12 +83,37 @@ impl RejectWriter {
             .open(path)
             .with_context(|| format!("opening the reject file {}", path.display()))?;
         Self::restrict(&file, path)?;
+        Self::lock(&file, path, wait)?;
         let len = file.metadata().with_context(|| format!("reading the reject file {}", path.display()))?.len();
         if len < mark.bytes {
             bail!("the reject file {} has {len} bytes, the checkpoint says {} were written: was it changed?", path.display(), mark.bytes);
         }
         file.set_len(mark.bytes).with_context(|| format!("cutting the reject file {} to the checkpoint", path.display()))?;
         Ok(RejectWriter { file, path: path.to_path_buf(), max_rejects, mark })
+    }
+
+    /// Takes the file's exclusive lock (`flock`), held while the writer lives (the OS
+    /// drops it when the process ends, killed or not): a loader whose job was taken over
+    /// (`--resume` elsewhere) may still write until its next checkpoint, which stops it;
+    /// waits for it at most `REJECT_LOCK_WAIT_MS`.
+    fn lock(file: &File, path: &Path, wait: std::time::Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(()),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(REJECT_LOCK_POLL_MS))
+                }
+                Err(std::fs::TryLockError::WouldBlock) => bail!(
+                    "the reject file {} is locked by another kho load (a loader of this job still running?) for more than {} ms; stop it, then resume",
+                    path.display(),
+                    wait.as_millis()
+                ),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("locking the reject file {}", path.display()))
+                }
+            }
+        }
     }
 
     /// 0600 also for a file that existed before.
@@ -215,6 +249,13 @@ mod tests {
         assert_eq!(reasons, ["first", "again", "third"]);
         assert!(w.reject("a.csv", &pos(7, 5, 40), "fourth", "").is_err(), "the count went on from the checkpoint");
 
+        // A second writer of the same file waits for the first one's lock, then gives up.
+        let wait = std::time::Duration::from_millis(300);
+        let e = format!("{:#}", RejectWriter::open_append_within(&path, 3, w.mark(), wait).err().unwrap());
+        assert!(e.contains("is locked by another kho load") && e.contains("300 ms"), "{e}");
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(len, w.mark().bytes, "the refused writer cut the file");
+        drop(w);
         let e = format!("{:#}", RejectWriter::open_append(&path, 3, RejectMark { count: 9, bytes: 1 << 20 }).err().unwrap());
         assert!(e.contains("was it changed?"), "{e}");
     }
