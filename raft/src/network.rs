@@ -1,6 +1,7 @@
 //! Raft messages between nodes. This crate encodes every message as opaque bytes and
-//! hands it to a [`Transport`], which the `rpc` crate implements over one gRPC channel per
-//! peer node, shared by all groups. Every message carries its group id.
+//! hands it to a [`Transport`], which the `rpc` crate implements over gRPC channels per
+//! peer node (small and large messages on separate connections), shared by all groups.
+//! Every message carries its group id.
 //!
 //! Wire encoding (docs/FORMATS.md, "Raft messages"): a request payload is the postcard
 //! encoding of openraft's request; a reply payload is one status byte (0 = ok, followed by

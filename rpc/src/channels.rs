@@ -1,6 +1,10 @@
-//! One gRPC channel per peer address (another node's peer listener), created on first use
-//! and reused by every group's Raft messages and by request forwarding. Connections are
-//! opened by `tls::PeerConnector`: mutual TLS 1.3 with this node's certificate.
+//! gRPC channels to peer addresses (other nodes' peer listeners), created on first use.
+//! Each peer has one channel per [`Lane`], each its own HTTP/2 connection, shared by every
+//! group: Raft's small messages (votes, heartbeats, appends of small entries, read index)
+//! never wait behind a bulk load's large appends, a snapshot or a forwarded request on the
+//! same connection (its flow-control window, its socket buffer, its keepalive PINGs).
+//! Connections are opened by `tls::PeerConnector`: mutual TLS 1.3 with this node's
+//! certificate.
 //!
 //! A peer connection notices a dead link by HTTP/2 keepalive: when it has received nothing
 //! for [`PEER_KEEPALIVE_INTERVAL_MS`] it sends a PING, busy or idle, and closes the
@@ -34,8 +38,33 @@ pub const PEER_KEEPALIVE_TIMEOUT_MS: u64 = 1_000;
 /// timeout, milliseconds (docs/ARCHITECTURE.md, "Peer connections").
 pub const PEER_DEAD_AFTER_MS: u64 = PEER_KEEPALIVE_INTERVAL_MS + PEER_KEEPALIVE_TIMEOUT_MS;
 
+/// Which connection to a peer a message takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Raft messages of at most [`CONTROL_MESSAGE_BYTES_MAX`] bytes.
+    Control,
+    /// Larger Raft messages and snapshot streams.
+    Bulk,
+    /// Client requests forwarded to the node that serves them.
+    Forward,
+}
+
+/// Largest Raft message sent on the control lane, bytes; larger ones take the bulk lane.
+pub const CONTROL_MESSAGE_BYTES_MAX: usize = 64 << 10;
+
+impl Lane {
+    /// The lane of a Raft message of `bytes` bytes.
+    pub fn of_raft_message(bytes: usize) -> Lane {
+        if bytes <= CONTROL_MESSAGE_BYTES_MAX {
+            Lane::Control
+        } else {
+            Lane::Bulk
+        }
+    }
+}
+
 pub struct Channels {
-    map: Mutex<HashMap<String, Channel>>,
+    map: Mutex<HashMap<(String, Lane), Channel>>,
     /// Opens the connections: from `peer_source_ip`, with TLS unless the node is plaintext.
     connector: PeerConnector,
 }
@@ -45,9 +74,10 @@ impl Channels {
         Channels { map: Mutex::default(), connector: PeerConnector { tls, source_ip } }
     }
 
-    pub fn get(&self, addr: &str) -> Result<Channel, String> {
+    /// The channel to `addr` for `lane`.
+    pub fn get(&self, addr: &str, lane: Lane) -> Result<Channel, String> {
         let mut map = self.map.lock().expect("channels lock");
-        if let Some(c) = map.get(addr) {
+        if let Some(c) = map.get(&(addr.to_string(), lane)) {
             return Ok(c.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -58,7 +88,7 @@ impl Channels {
             .keep_alive_timeout(Duration::from_millis(PEER_KEEPALIVE_TIMEOUT_MS))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect_with_connector_lazy(self.connector.clone());
-        map.insert(addr.to_string(), channel.clone());
+        map.insert((addr.to_string(), lane), channel.clone());
         Ok(channel)
     }
 }

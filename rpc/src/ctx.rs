@@ -801,7 +801,7 @@ impl Ctx {
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
-        self.channels.get(addr).map_err(Status::unavailable)
+        self.channels.get(addr, crate::channels::Lane::Forward).map_err(Status::unavailable)
     }
 
     pub fn data_client(&self, addr: &str) -> Result<DataClient<Channel>, Status> {

@@ -16,7 +16,7 @@ use kho_proto::v1::{RaftMessage, RaftMessageKind, SnapshotChunk};
 use kho_raft::{GroupId, MessageKind, NodeId, RaftNode, Transport, TransportError};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::channels::Channels;
+use crate::channels::{Channels, Lane};
 use crate::tls::{ConnInfo, ListenerKind};
 
 /// Most snapshot chunks read ahead of the network, count.
@@ -54,8 +54,8 @@ fn status_to_error(target: NodeId, addr: &str, s: Status) -> TransportError {
 }
 
 impl GrpcTransport {
-    fn client(&self, target: NodeId, addr: &str) -> Result<RaftTransportClient<tonic::transport::Channel>, TransportError> {
-        let ch = self.channels.get(addr).map_err(|reason| TransportError::Unreachable { target, addr: addr.to_string(), reason })?;
+    fn client(&self, target: NodeId, addr: &str, lane: Lane) -> Result<RaftTransportClient<tonic::transport::Channel>, TransportError> {
+        let ch = self.channels.get(addr, lane).map_err(|reason| TransportError::Unreachable { target, addr: addr.to_string(), reason })?;
         Ok(RaftTransportClient::new(ch).max_decoding_message_size(self.message_bytes_max).max_encoding_message_size(self.message_bytes_max))
     }
 }
@@ -70,7 +70,7 @@ impl Transport for GrpcTransport {
         payload: Bytes,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Bytes, TransportError>> {
-        let client = self.client(target, &addr);
+        let client = self.client(target, &addr, Lane::of_raft_message(payload.len()));
         let from = self.from;
         async move {
             let mut client = client?;
@@ -94,7 +94,7 @@ impl Transport for GrpcTransport {
         chunks: BoxStream<'static, io::Result<Bytes>>,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Bytes, TransportError>> {
-        let client = self.client(target, &addr);
+        let client = self.client(target, &addr, Lane::Bulk);
         let from = self.from;
         // A feeder task reads the file and a bounded channel carries the chunks to gRPC. A
         // read error ends the stream early; the receiver then sees a truncated snapshot and
