@@ -16,7 +16,7 @@ use kho_raft::shard::{tenant_range, Epoch, Replica, ShardDesc, ShardState};
 use kho_raft::split_apply::child_initial_log_id;
 use kho_raft::state_machine::StateMachine;
 use kho_raft::{codec, AppErrorKind, CellOp, CellWrite, Command, Entry, GroupKind, KeyRange, Membership, META_GROUP};
-use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::testing::log_id;
 use openraft::type_config::TypeConfigExt;
 use openraft::EntryPayload;
@@ -582,6 +582,17 @@ fn an_sst_run_is_ingested_by_every_replica_in_log_order_and_refused_when_stale_o
         replicas.push(node);
     }
     assert_eq!(replicas[0].data(), replicas[1].data());
+
+    // A new replica that gets a snapshot taken after the run holds the run's cells.
+    TypeConfig::run(async {
+        let (_log, mut sm) = replicas[1].open(PARENT, GroupKind::Data);
+        let built = sm.get_snapshot_builder().await.build_snapshot().await.expect("build a snapshot");
+        let fresh = Node::new();
+        fresh.create_parent();
+        let (_flog, mut fsm) = fresh.open(PARENT, GroupKind::Data);
+        fsm.install_snapshot(&built.meta, built.snapshot).await.expect("install the snapshot");
+        assert_eq!(fresh.data(), replicas[1].data(), "the snapshot lacks the run's cells");
+    });
 
     // Refused runs, applied on a replica that split at "m" (version 2).
     let node = &replicas[0];
