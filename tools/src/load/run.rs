@@ -45,12 +45,53 @@ pub const CHECKSUM_TIMEOUT_MS: u64 = 3_600_000;
 pub struct Cluster {
     target: Target,
     conn: Mutex<Conn>,
+    /// Connections to shard leaders' client addresses (from `LocateShards`), at most
+    /// [`LEADER_CONNS_MAX`]: rows go straight to the node that proposes them.
+    leaders: Mutex<HashMap<String, Conn>>,
 }
+
+/// Most leader connections the loader keeps, count (beyond it, the oldest is dropped).
+const LEADER_CONNS_MAX: usize = 64;
 
 impl Cluster {
     pub async fn connect(target: Target) -> anyhow::Result<Arc<Cluster>> {
         let conn = client::connect(&target, Self::timeouts()).await?;
-        Ok(Arc::new(Cluster { target, conn: Mutex::new(conn) }))
+        Ok(Arc::new(Cluster { target, conn: Mutex::new(conn), leaders: Mutex::default() }))
+    }
+
+    /// The `Load` client for the shard leader at `addr` (a client address from
+    /// `LocateShards`); the shared connection when `addr` is empty or does not connect.
+    async fn load_at(&self, addr: &str) -> LoadClient<client::Svc> {
+        if addr.is_empty() {
+            return self.load().await;
+        }
+        let cached = self.leaders.lock().await.get(addr).cloned();
+        let conn = match cached {
+            Some(c) => c,
+            None => {
+                let target = Target { endpoints: crate::parse::EndpointList(vec![addr.to_string()]), ..self.target.clone() };
+                match client::connect(&target, Self::timeouts()).await {
+                    Ok(c) => {
+                        let mut leaders = self.leaders.lock().await;
+                        if leaders.len() >= LEADER_CONNS_MAX {
+                            leaders.clear();
+                        }
+                        leaders.insert(addr.to_string(), c.clone());
+                        c
+                    }
+                    Err(e) => {
+                        tracing::debug!(addr, error = %e, "the shard's leader does not connect; sending through the shared connection");
+                        return self.load().await;
+                    }
+                }
+            }
+        };
+        LoadClient::with_interceptor(conn.channel, conn.bearer).max_decoding_message_size(client::RESPONSE_BYTES_MAX)
+    }
+
+    /// Forgets the connection to `addr` (it failed): the next call connects again.
+    async fn forget_leader(&self, addr: &str) {
+        self.leaders.lock().await.remove(addr);
     }
 
     fn timeouts() -> Timeouts {
@@ -87,7 +128,8 @@ fn retryable(s: &tonic::Status) -> bool {
     }
 }
 
-/// Writes rows, grouped by shard, one `ImportRows` per group (with `sst`, each an SST run), trying again (after looking
+/// Writes rows, grouped by shard, one `ImportRows` per group (with `sst`, each an SST run)
+/// sent to the shard's leader when `LocateShards` knows it, trying again (after looking
 /// the shards up again) while the failures are retryable. Returns the digest the nodes
 /// answered for all of them.
 pub async fn send_rows(cl: &Cluster, tenant: &str, table: &str, rows: Vec<MappedRow>, sst: bool) -> anyhow::Result<TableDigest> {
@@ -107,7 +149,7 @@ pub async fn send_rows(cl: &Cluster, tenant: &str, table: &str, rows: Vec<Mapped
                 }
             };
             let mut groups = groups.into_iter();
-            while let Some(group) = groups.next() {
+            while let Some((leader, group)) = groups.next() {
                 let req = pb::ImportRowsRequest {
                     tenant: tenant.to_string(),
                     table: table.to_string(),
@@ -117,7 +159,7 @@ pub async fn send_rows(cl: &Cluster, tenant: &str, table: &str, rows: Vec<Mapped
                 };
                 let mut req = tonic::Request::new(req);
                 req.set_timeout(Duration::from_millis(IMPORT_TIMEOUT_MS));
-                let call = async { cl.load().await.import_rows(req).await };
+                let call = async { cl.load_at(&leader).await.import_rows(req).await };
                 let answer = match tokio::time::timeout(Duration::from_millis(IMPORT_TIMEOUT_MS), call).await {
                     Ok(a) => a,
                     Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {IMPORT_TIMEOUT_MS} ms"))),
@@ -127,8 +169,12 @@ pub async fn send_rows(cl: &Cluster, tenant: &str, table: &str, rows: Vec<Mapped
                         digest.merge(&digest_from_pb(resp.get_ref().digest.as_ref()).map_err(|e| tonic::Status::internal(e.to_string()))?)
                     }
                     Err(e) => {
+                        if !leader.is_empty() && matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal)
+                        {
+                            cl.forget_leader(&leader).await;
+                        }
                         remaining = group;
-                        remaining.extend(groups.flatten());
+                        remaining.extend(groups.flat_map(|(_, rows)| rows));
                         return Err(e);
                     }
                 }
@@ -156,14 +202,16 @@ pub async fn send_rows(cl: &Cluster, tenant: &str, table: &str, rows: Vec<Mapped
 }
 
 /// The rows grouped by the shard that holds them (`LocateShards`, hashed row keys
-/// included); on failure, the rows back with the error.
+/// included), each group with its shard leader's client address (empty: unknown); on
+/// failure, the rows back with the error.
 async fn group_by_shard(
     cl: &Cluster,
     tenant: &str,
     table: &str,
     rows: Vec<MappedRow>,
-) -> Result<Vec<Vec<MappedRow>>, (Vec<MappedRow>, tonic::Status)> {
+) -> Result<Vec<(String, Vec<MappedRow>)>, (Vec<MappedRow>, tonic::Status)> {
     let mut shard_of = Vec::with_capacity(rows.len());
+    let mut leader_of: HashMap<u64, String> = HashMap::new();
     for chunk in rows.chunks(LOCATE_KEYS_MAX) {
         let req = pb::LocateShardsRequest {
             tenant: tenant.to_string(),
@@ -175,7 +223,13 @@ async fn group_by_shard(
         let mut req = tonic::Request::new(req);
         req.set_timeout(Duration::from_millis(IMPORT_TIMEOUT_MS));
         match tokio::time::timeout(Duration::from_millis(IMPORT_TIMEOUT_MS), data.locate_shards(req)).await {
-            Ok(Ok(resp)) => shard_of.extend(resp.into_inner().key_shard_ids),
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                for sh in resp.shards {
+                    leader_of.insert(sh.id, sh.leader_address);
+                }
+                shard_of.extend(resp.key_shard_ids);
+            }
             Ok(Err(e)) => return Err((rows, e)),
             Err(_) => return Err((rows, tonic::Status::deadline_exceeded("LocateShards: no answer"))),
         }
@@ -192,7 +246,7 @@ async fn group_by_shard(
         });
         by_shard[i].1.push(row);
     }
-    Ok(by_shard.into_iter().map(|(_, rows)| rows).collect())
+    Ok(by_shard.into_iter().map(|(shard, rows)| (leader_of.get(&shard).cloned().unwrap_or_default(), rows)).collect())
 }
 
 pub fn to_pb(r: &MappedRow) -> pb::Row {
