@@ -21,8 +21,11 @@ type Db = DBWithThreadMode<SingleThreaded>;
 const STAGING_DIR: &str = "ingest-staging";
 /// Bloom filter bits per key of the Data column family (about 1% false positives).
 const DATA_BLOOM_BITS_PER_KEY: f64 = 10.0;
-/// Compression of the Data column family by level (RocksDB's 7 levels); the bottommost level
-/// that holds data uses zstd instead.
+/// Compression of the Data column family by level (RocksDB's 7 levels), the bottommost
+/// level included: lz4, not zstd. Sealed values (an encrypted tenant's) do not compress,
+/// and zstd on the bottommost level, where a small data set's level 0 is compacted, took
+/// about a fifth of all CPU during a bulk load (docs/BENCHMARKS.md, "Bulk load"); lz4
+/// gives up on them cheaply and still compresses keys and plaintext tenants' values.
 const DATA_COMPRESSION_PER_LEVEL: [DBCompressionType; 7] = [
     DBCompressionType::None,
     DBCompressionType::None,
@@ -177,7 +180,6 @@ fn cf_options(cf: Cf, opts: &EngineOptions, cache: &Cache) -> Options {
         // compressed, so flushes and the first compactions spend no CPU on it; sealed
         // values do not compress anyway.
         cf_opts.set_compression_per_level(&DATA_COMPRESSION_PER_LEVEL);
-        cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
     }
     cf_opts.set_block_based_table_factory(&table);
     cf_opts
@@ -188,8 +190,7 @@ impl Engine {
     ///
     /// WAL recovery mode is PointInTime: after a crash, a consistent prefix of the writes
     /// survives (every write made durable by `sync` or [`Engine::sync_wal`], at least).
-    /// Data is compressed with lz4 (the data column family: not on levels 0 and 1, zstd on
-    /// the bottommost level).
+    /// Data is compressed with lz4 (the data column family: not on levels 0 and 1).
     pub fn open(path: &Path, opts: &EngineOptions) -> Result<Engine> {
         std::fs::create_dir_all(path).map_err(|source| Error::Io { op: "create engine directory", source })?;
         let cache = Cache::new_lru_cache(opts.block_cache_bytes);
