@@ -381,8 +381,8 @@ impl Engine {
     }
 
     /// Writes `cells` (data keys in strictly increasing order, and their stored values) into
-    /// a new SST file at `path` for the Data column family, synced; returns its size in
-    /// bytes. An out-of-order or repeated key is refused (the file is then incomplete: the
+    /// a new SST file at `path` for the Data column family (not synced: it is read back and
+    /// sent, not kept); returns its size in bytes. An out-of-order or repeated key is refused (the file is then incomplete: the
     /// caller removes it). For [`Engine::ingest_data_sst`] on this or another node.
     pub fn write_data_sst<'a>(&self, path: &Path, cells: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Result<u64> {
         let mut table = BlockBasedOptions::default();
@@ -403,9 +403,7 @@ impl Engine {
             last = Some(key);
         }
         writer.finish().map_err(rocks("finish SST"))?;
-        let file = std::fs::File::open(path).map_err(|source| Error::Io { op: "open written SST", source })?;
-        file.sync_all().map_err(|source| Error::Io { op: "sync written SST", source })?;
-        Ok(file.metadata().map_err(|source| Error::Io { op: "stat written SST", source })?.len())
+        Ok(std::fs::metadata(path).map_err(|source| Error::Io { op: "stat written SST", source })?.len())
     }
 
     /// Ingests the SST file at `path` (made by [`Engine::write_data_sst`]) into the Data
@@ -418,10 +416,20 @@ impl Engine {
         opts.set_allow_blocking_flush(true);
         opts.set_allow_global_seqno(true);
         self.db.ingest_external_file_cf_opts(handle(&self.db, Cf::Data), &opts, vec![path]).map_err(rocks("ingest SST"))?;
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { op: "remove ingested SST", source: e }),
-            _ => Ok(()),
+        // Ingested: a leftover link is wiped at the next open, no reason to stop.
+        if let Err(e) = std::fs::remove_file(path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove an ingested SST file from the staging directory");
+            }
         }
+        Ok(())
+    }
+
+    /// Whether `e` (from [`Engine::ingest_data_sst`]) is RocksDB refusing the file as
+    /// malformed or unsupported (`InvalidArgument`, `NotSupported`): the same on every node
+    /// given the same bytes. Corruption is not among them: it may be this node's disk.
+    pub fn is_refused_file(e: &Error) -> bool {
+        matches!(e, Error::Rocks { source, .. } if matches!(source.kind(), rocksdb::ErrorKind::InvalidArgument | rocksdb::ErrorKind::NotSupported))
     }
 
     /// A handle that does not keep the instance open.

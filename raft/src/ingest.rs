@@ -25,7 +25,8 @@ use crate::command::{CellOp, CellWrite};
 pub struct SstRun {
     pub shard: u64,
     /// The shard's epoch version the run was cut for: applied only at that version (a split
-    /// or merge since makes the shard refuse it, writing nothing; the loader cuts it again).
+    /// or merge since makes the shard refuse it, writing nothing; the proposer routes it
+    /// again, and the loader cuts its rows again when they no longer fit one shard).
     pub epoch: u64,
     pub tenant: u32,
     pub table: u32,
@@ -130,8 +131,11 @@ pub fn check(run: &SstRun) -> Result<(), String> {
 
 /// Ingests a checked run ([`check`]) on this replica: writes its file into the staging
 /// directory (synced), then moves it into RocksDB. Blocking. Applying the same run again
-/// (after a crash, from the log) writes the same cells again.
-pub fn ingest(engine: &Engine, run: &SstRun) -> io::Result<()> {
+/// (after a crash, from the log) writes the same cells again. `Ok(Err(why))`: RocksDB
+/// refused the file as malformed or unsupported, which every replica does alike, having
+/// the same bytes: nothing was written. An `Err` is this node's failure (its disk, or a
+/// corrupt file, which stops the node rather than let it differ from the others).
+pub fn ingest(engine: &Engine, run: &SstRun) -> io::Result<Result<(), String>> {
     let staged = Staged(staging_file(engine, "apply")?);
     {
         use std::io::Write;
@@ -139,5 +143,9 @@ pub fn ingest(engine: &Engine, run: &SstRun) -> io::Result<()> {
         f.write_all(&run.sst)?;
         f.sync_all()?;
     }
-    engine.ingest_data_sst(&staged.0).map_err(io::Error::other)
+    match engine.ingest_data_sst(&staged.0) {
+        Ok(()) => Ok(Ok(())),
+        Err(e) if Engine::is_refused_file(&e) => Ok(Err(format!("RocksDB refused the SST run's file: {e}"))),
+        Err(e) => Err(io::Error::other(e)),
+    }
 }

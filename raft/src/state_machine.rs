@@ -1107,7 +1107,9 @@ impl StateMachine {
                 if self.state.unflushed_reads.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     engine.flush_all().map_err(io_err)?;
                 }
-                crate::ingest::ingest(engine, &run)?;
+                if let Err(why) = crate::ingest::ingest(engine, &run)? {
+                    return Ok((Outcome::Rejected(AppError::invalid(format!("{why}; nothing was written"))), None));
+                }
                 self.state.written_bytes.fetch_add(run.bytes, std::sync::atomic::Ordering::Relaxed);
                 self.state.size_changed.store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok((Outcome::Written { existed: false, cas: None }, None))

@@ -1243,14 +1243,15 @@ impl AdminService {
     /// Counts values per key version for the tenants asked for, on this node (the leader,
     /// after a read barrier).
     ///
-    /// The tenants' keys and re-encryption jobs are read once, before the shards' read
-    /// barriers, and the values are counted after them: a job shown `done` had its last
-    /// step applied on the shard before it was marked done, so the count shows it. (Read
-    /// after the count, a job finishing meanwhile was shown done beside a count taken
-    /// before its last step.)
+    /// The tenants' re-encryption jobs are read once, before the shards' read barriers,
+    /// and the values are counted after them: a job shown `done` had its last step applied
+    /// on the shard before it was marked done, so the count shows it. (Read after the
+    /// count, a job finishing meanwhile was shown done beside a count taken before its last
+    /// step.) The key versions are read after the count, so a version rotated in during it
+    /// is known.
     async fn key_status_here(&self, tenant: &str, count: bool, origin: &Origin) -> Result<pb::TenantKeyStatusResponse, Status> {
         let state = self.ctx.meta().state.clone();
-        type Wanted = (String, u32, Option<std::sync::Arc<kho_raft::keyring::TenantKeys>>, Option<kho_raft::keyring::Job>);
+        type Wanted = (String, u32, Option<kho_raft::keyring::Job>);
         let wanted: Vec<Wanted> = {
             let cat = state.catalog();
             if !tenant.is_empty() && !cat.tenants.contains_key(tenant) {
@@ -1259,7 +1260,7 @@ impl AdminService {
             cat.tenants
                 .iter()
                 .filter(|(n, _)| tenant.is_empty() || n.as_str() == tenant)
-                .map(|(n, i)| (n.clone(), *i, cat.tenant_keys(*i), cat.jobs.get(i).cloned()))
+                .map(|(n, i)| (n.clone(), *i, cat.jobs.get(i).cloned()))
                 .collect()
         };
         // The values are counted in every shard of the tenants, each after its read barrier
@@ -1268,13 +1269,12 @@ impl AdminService {
         if count {
             let mut descs: Vec<_> = {
                 let cat = state.catalog();
-                wanted.iter().flat_map(|(_, id, _, _)| cat.shards.shards_of_tenant(*id).cloned().collect::<Vec<_>>()).collect()
+                wanted.iter().flat_map(|(_, id, _)| cat.shards.shards_of_tenant(*id).cloned().collect::<Vec<_>>()).collect()
             };
             // A shard split here that the shard map does not show yet is counted too.
             for g in self.ctx.node.group_ids().into_iter().filter_map(|id| self.ctx.node.group(id)) {
                 let Some(st) = g.state.shard() else { continue };
-                if wanted.iter().any(|(_, t, _, _)| *t == st.desc.tenant) && !descs.iter().any(|d| d.id == g.id) && self.ctx.node.serves(&g)
-                {
+                if wanted.iter().any(|(_, t, _)| *t == st.desc.tenant) && !descs.iter().any(|d| d.id == g.id) && self.ctx.node.serves(&g) {
                     descs.push(st.desc);
                 }
             }
@@ -1296,7 +1296,7 @@ impl AdminService {
         }
         let count = self.ctx.scans.run(move || -> Result<pb::TenantKeyStatusResponse, Status> {
             let mut out = pb::TenantKeyStatusResponse { counted: count, ..Default::default() };
-            for (name, id, keys, job) in wanted {
+            for (name, id, job) in wanted {
                 let (applied, per_version, plain) = if count {
                     let mut total = (0u64, std::collections::BTreeMap::<u32, u64>::new(), 0u64);
                     for (_, shard) in shards.iter().filter(|(t, _)| *t == id) {
@@ -1312,6 +1312,7 @@ impl AdminService {
                     (state.applied_state().map_err(status::internal)?.0.map(|l| l.index).unwrap_or(0), Default::default(), 0)
                 };
                 out.applied_index = out.applied_index.max(applied);
+                let keys = state.catalog().tenant_keys(id);
                 let current = keys.as_ref().and_then(|k| k.current().map(|(v, _)| v)).unwrap_or(0);
                 let mut versions: Vec<pb::KeyVersionStatus> = keys
                     .iter()

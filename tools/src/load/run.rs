@@ -48,21 +48,31 @@ pub struct Cluster {
     /// Connections to shard leaders' client addresses (from `LocateShards`), at most
     /// [`LEADER_CONNS_MAX`]: rows go straight to the node that proposes them.
     leaders: Mutex<HashMap<String, Conn>>,
+    /// Leader addresses that did not connect, and when: not tried again for
+    /// [`LEADER_RETRY_AFTER_MS`] (the shared connection is used meanwhile).
+    unreachable: Mutex<HashMap<String, Instant>>,
 }
 
-/// Most leader connections the loader keeps, count (beyond it, the oldest is dropped).
+/// Most leader connections the loader keeps, count (beyond it, all are dropped and made
+/// again on use).
 const LEADER_CONNS_MAX: usize = 64;
+/// How long a leader address that did not connect is not tried again, ms.
+const LEADER_RETRY_AFTER_MS: u64 = 30_000;
 
 impl Cluster {
     pub async fn connect(target: Target) -> anyhow::Result<Arc<Cluster>> {
         let conn = client::connect(&target, Self::timeouts()).await?;
-        Ok(Arc::new(Cluster { target, conn: Mutex::new(conn), leaders: Mutex::default() }))
+        Ok(Arc::new(Cluster { target, conn: Mutex::new(conn), leaders: Mutex::default(), unreachable: Mutex::default() }))
     }
 
     /// The `Load` client for the shard leader at `addr` (a client address from
     /// `LocateShards`); the shared connection when `addr` is empty or does not connect.
     async fn load_at(&self, addr: &str) -> LoadClient<client::Svc> {
-        if addr.is_empty() {
+        // A node that listens on every interface may announce `0.0.0.0:…` or `[::]:…`.
+        if addr.is_empty() || addr.starts_with("0.0.0.0:") || addr.starts_with("[::]:") {
+            return self.load().await;
+        }
+        if self.unreachable.lock().await.get(addr).is_some_and(|at| at.elapsed() < Duration::from_millis(LEADER_RETRY_AFTER_MS)) {
             return self.load().await;
         }
         let cached = self.leaders.lock().await.get(addr).cloned();
@@ -81,6 +91,12 @@ impl Cluster {
                     }
                     Err(e) => {
                         tracing::debug!(addr, error = %e, "the shard's leader does not connect; sending through the shared connection");
+                        let mut unreachable = self.unreachable.lock().await;
+                        if unreachable.len() >= LEADER_CONNS_MAX {
+                            unreachable.clear();
+                        }
+                        unreachable.insert(addr.to_string(), Instant::now());
+                        drop(unreachable);
                         return self.load().await;
                     }
                 }
@@ -169,7 +185,11 @@ pub async fn send_rows(cl: &Cluster, tenant: &str, table: &str, rows: Vec<Mapped
                         digest.merge(&digest_from_pb(resp.get_ref().digest.as_ref()).map_err(|e| tonic::Status::internal(e.to_string()))?)
                     }
                     Err(e) => {
-                        if !leader.is_empty() && matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal)
+                        if !leader.is_empty()
+                            && matches!(
+                                e.code(),
+                                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::DeadlineExceeded
+                            )
                         {
                             cl.forget_leader(&leader).await;
                         }
