@@ -1027,6 +1027,15 @@ impl StateMachine {
                 None,
             ))
         };
+        // A write or run for a table dropped since it was proposed.
+        let dropped = |what: &str, tenant: u32, table: u32| {
+            Ok((
+                Outcome::Rejected(AppError::not_found(format!(
+                    "the table (id {tenant}/{table}) was dropped while the {what} was in flight; nothing was written"
+                ))),
+                None,
+            ))
+        };
         if let Some(m) = &st.merging {
             // A merge's source takes nothing that changes its data or range.
             if matches!(
@@ -1048,13 +1057,7 @@ impl StateMachine {
                     return stale("a write");
                 }
                 if st.dropped_tables.contains(&w.table) || w.tenant != st.desc.tenant {
-                    return Ok((
-                        Outcome::Rejected(AppError::not_found(format!(
-                            "the table (id {}/{}) was dropped while the write was in flight; nothing was written",
-                            w.tenant, w.table
-                        ))),
-                        None,
-                    ));
+                    return dropped("write", w.tenant, w.table);
                 }
                 if let Err(e) = crate::cells::check_in_table(&w) {
                     return Ok((Outcome::Rejected(e), None));
@@ -1078,13 +1081,7 @@ impl StateMachine {
                     return stale("an SST run");
                 }
                 if st.dropped_tables.contains(&run.table) || run.tenant != st.desc.tenant {
-                    return Ok((
-                        Outcome::Rejected(AppError::not_found(format!(
-                            "the table (id {}/{}) was dropped while the SST run was in flight; nothing was written",
-                            run.tenant, run.table
-                        ))),
-                        None,
-                    ));
+                    return dropped("SST run", run.tenant, run.table);
                 }
                 let prefix = keys::table_prefix(run.tenant, run.table);
                 if !run.first.starts_with(&prefix) || !run.last.starts_with(&prefix) {
